@@ -1,0 +1,18 @@
+.PHONY: setup demo test bench
+PY := .venv/bin/python
+
+setup:
+	bash scripts/setup.sh
+
+# The main job: an InfoNCE LoRA fine-tune of the bundled all-MiniLM-L6-v2 on SciFact, monitored.
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) recipes/infonce.py
+
+# The whole test suite (CI runs this).
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_step_monitor.py
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_signals.py
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_snapshot.py

@@ -1,0 +1,723 @@
+"""Read and validate user data: probe sets, query/document pairs, BEIR folders, triplets.
+
+Every reader streams its file line by line (1-based line numbers; blank lines are skipped) and
+either reads a line or raises :class:`DataError` naming the file, the line and the field that is
+wrong. Nothing is dropped silently: what a reader reads but does not keep (BEIR queries outside
+the split, score-0 judgements, documents past ``max_corpus``) is counted and shown by
+``summary()``.
+
+Only the standard library is imported at module level so that ``import aquin_monitor.data`` is
+cheap; numpy is imported where an array is built.
+
+>>> import json, tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "probe.jsonl").write_text('{"text": "a cat", "label": "animal"}\\n\\n{"text": "a car"')
+>>> try:
+...     read_probe(folder / "probe.jsonl")
+... except DataError as error:
+...     print(error.line, error.field, error.problem)
+3 None malformed JSON: Expecting ',' delimiter at column 17
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # numpy only for annotations; it is imported lazily where used
+    import numpy as np
+
+__all__ = [
+    "DataError",
+    "ProbeSet",
+    "RetrievalSet",
+    "read_probe",
+    "read_pairs",
+    "read_beir",
+    "read_triplets",
+    "bundled_dataset",
+    "scifact_probe",
+    "BUNDLED_DATASETS",
+]
+
+_DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
+BUNDLED_DATASETS = ("scifact", "banking77", "agnews", "snli_triplets")
+_QRELS_HEADER = ["query-id", "corpus-id", "score"]
+
+
+class DataError(ValueError):
+    """Bad user data; ``str()`` is one line ``"<file>:<line>: field '<field>': <what is wrong>"``.
+
+    ``line`` is None for problems of the whole file (empty file, missing companion file) and
+    ``field`` is None for problems of the whole line (malformed JSON, not an object, bad encoding).
+
+    >>> str(DataError("probe.jsonl", 7, "text", "empty text"))
+    "probe.jsonl:7: field 'text': empty text"
+    >>> str(DataError("probe.jsonl", None, None, "empty file: no records"))
+    'probe.jsonl: empty file: no records'
+    """
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = problem if field is None else f"field '{field}': {problem}"
+        super().__init__(f"{where}: {what}")
+
+    def __reduce__(self):  # keep the four-argument constructor picklable (multiprocessing)
+        return (type(self), (self.path, self.line, self.field, self.problem))
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+
+
+@dataclass
+class ProbeSet:
+    """Texts to embed at each snapshot, with optional labels and stable ids.
+
+    ``ids`` are the file's ids when it has them, otherwise the 0-based row index as a string.
+    ``truncated`` is True when ``limit`` stopped the reader before the end of the file.
+    """
+
+    texts: list[str]
+    labels: list[str] | None
+    ids: list[str]
+    source: str
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.texts):
+            raise ValueError(f"ProbeSet: {len(self.texts)} texts but {len(self.ids)} ids")
+        if self.labels is not None and len(self.labels) != len(self.texts):
+            raise ValueError(f"ProbeSet: {len(self.texts)} texts but {len(self.labels)} labels")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("ProbeSet: ids are not unique")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def label_names(self) -> list[str]:
+        """Distinct labels in order of first appearance (empty when unlabelled)."""
+        return list(dict.fromkeys(self.labels)) if self.labels is not None else []
+
+    def summary(self) -> str:
+        """One line of counts, e.g. ``"read 1,000 probe texts (77 labels) from X"``.
+
+        >>> ProbeSet(["a", "b", "c"], ["x", "y", "x"], ["0", "1", "2"], "p.jsonl").summary()
+        'read 3 probe texts (2 labels) from p.jsonl'
+        """
+        labels = "unlabelled" if self.labels is None else _count(len(self.label_names()), "label")
+        text = f"read {_count(len(self), 'probe text')} ({labels}) from {self.source}"
+        if self.truncated:
+            text += f"; stopped at limit={len(self):,}, the rest of the file was not read"
+        return text
+
+
+@dataclass
+class RetrievalSet:
+    """Queries, a corpus and graded relevance judgements (qrels), as the retrieval signals need.
+
+    ``qrels[qid]`` holds only relevant documents (grade > 0) and exists for every query (it is
+    empty for a BEIR query whose judgements are all score 0). ``hard_negatives[qid]`` lists
+    labelled hard-negative document ids and also exists for every query. ``not_kept`` counts
+    what was read but is not in the set (shown by :meth:`summary`).
+    """
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    categories: dict[str, str] | None
+    hard_negatives: dict[str, list[str]]
+    source: str
+    not_kept: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Sets built by hand (tests, recipes) get the same guarantees as sets read from files.
+        for qid in self.qrels:
+            if qid not in self.queries:
+                raise ValueError(f"RetrievalSet: qrels name unknown query id {qid!r}")
+            for did, grade in self.qrels[qid].items():
+                if did not in self.corpus:
+                    raise ValueError(f"RetrievalSet: qrels of {qid!r} name unknown doc id {did!r}")
+                if isinstance(grade, bool) or not isinstance(grade, int) or grade <= 0:
+                    raise ValueError(f"RetrievalSet: grade of ({qid!r}, {did!r}) must be an int > 0")
+        for qid, negatives in self.hard_negatives.items():
+            if qid not in self.queries:
+                raise ValueError(f"RetrievalSet: hard negatives name unknown query id {qid!r}")
+            for did in negatives:
+                if did not in self.corpus:
+                    raise ValueError(f"RetrievalSet: hard negative {did!r} is not in the corpus")
+        for qid in self.queries:
+            self.qrels.setdefault(qid, {})
+            self.hard_negatives.setdefault(qid, [])
+        if self.categories is not None and set(self.categories) != set(self.queries):
+            raise ValueError("RetrievalSet: categories must give one category per query")
+
+    def query_ids(self) -> list[str]:
+        """Query ids in stable (file) order."""
+        return list(self.queries)
+
+    def doc_ids(self) -> list[str]:
+        """Document ids in stable (file) order."""
+        return list(self.corpus)
+
+    def query_texts(self) -> list[str]:
+        """Query texts, aligned with :meth:`query_ids`."""
+        return list(self.queries.values())
+
+    def doc_texts(self) -> list[str]:
+        """Document texts, aligned with :meth:`doc_ids`."""
+        return list(self.corpus.values())
+
+    def num_judgements(self) -> int:
+        """Number of relevant (query, document) pairs."""
+        return sum(len(docs) for docs in self.qrels.values())
+
+    def relevance_matrix(self) -> np.ndarray:
+        """Grades as an int32 array ``R[i, j]`` = grade of doc_ids()[j] for query_ids()[i] (0 = not relevant).
+
+        >>> rs = RetrievalSet({"q": "x"}, {"a": "A", "b": "B"}, {"q": {"b": 2}}, None, {}, "-")
+        >>> rs.relevance_matrix().tolist()
+        [[0, 2]]
+        """
+        return self._id_matrix({qid: docs for qid, docs in self.qrels.items()})
+
+    def hard_negative_matrix(self) -> np.ndarray:
+        """Boolean ``N[i, j]``: doc_ids()[j] is a labelled hard negative of query_ids()[i]."""
+        marks = {qid: {did: 1 for did in docs} for qid, docs in self.hard_negatives.items()}
+        return self._id_matrix(marks).astype(bool)
+
+    def _id_matrix(self, values: dict[str, dict[str, int]]) -> np.ndarray:
+        import numpy as np
+
+        column = {did: j for j, did in enumerate(self.corpus)}
+        matrix = np.zeros((len(self.queries), len(self.corpus)), dtype=np.int32)
+        for i, qid in enumerate(self.queries):
+            for did, value in values.get(qid, {}).items():
+                matrix[i, column[did]] = value
+        return matrix
+
+    def summary(self) -> str:
+        """One line of counts of what was read, and of what was read but not kept.
+
+        >>> RetrievalSet({"q": "x"}, {"a": "A"}, {"q": {"a": 1}}, None, {}, "p.jsonl").summary()
+        'read 1 query, 1 document, 1 relevance judgement, 0 hard negatives from p.jsonl'
+        """
+        grades = {grade for docs in self.qrels.values() for grade in docs.values()}
+        parts = [
+            _count(len(self.queries), "query", "queries"),
+            _count(len(self.corpus), "document"),
+            _count(self.num_judgements(), "relevance judgement")
+            + (f" (grades {min(grades)}-{max(grades)})" if grades and max(grades) > 1 else ""),
+            _count(sum(len(v) for v in self.hard_negatives.values()), "hard negative"),
+        ]
+        if self.categories is not None:
+            parts.append(_count(len(set(self.categories.values())), "category", "categories"))
+        unjudged = sum(1 for docs in self.qrels.values() if not docs)
+        if unjudged:
+            parts.append(_count(unjudged, "query", "queries") + " without a relevant document")
+        text = f"read {', '.join(parts)} from {self.source}"
+        dropped = [f"{n:,} {what}" for what, n in self.not_kept.items() if n]
+        if dropped:
+            text += "; read but not kept: " + ", ".join(dropped)
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+
+
+def read_probe(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    id_field: str | None = "id",
+    limit: int | None = None,
+) -> ProbeSet:
+    """Read a probe set: JSONL with a text field and, on every line or on none, a label and an id.
+
+    Labels and ids may be strings or integers (kept as strings). ``label_field=None`` or
+    ``id_field=None`` ignores that field. ``limit`` reads only the first ``limit`` records and
+    marks the set ``truncated`` when the file has more.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    texts: list[str] = []
+    labels: list[str] = []
+    ids: list[str] = []
+    id_lines: dict[str, int] = {}
+    # line of the first record, and whether it had a label / an id: later lines must agree
+    first: tuple[int, bool, bool] | None = None
+    truncated = False
+    for lineno, record in _records(path):
+        if limit is not None and len(texts) == limit:
+            truncated = True
+            break
+        texts.append(_text(record, text_field, path, lineno))
+        has_label = label_field is not None and label_field in record
+        has_id = id_field is not None and id_field in record
+        if first is None:
+            first = (lineno, has_label, has_id)
+        for name, has, had in ((label_field, has_label, first[1]), (id_field, has_id, first[2])):
+            if has != had:
+                raise DataError(
+                    path, lineno, name,
+                    f"{'present' if has else 'missing'} here but "
+                    f"{'present' if had else 'missing'} on line {first[0]}; "
+                    "give it on every line or on none",
+                )
+        if has_label:
+            labels.append(_identifier(record, label_field, path, lineno))
+        if has_id:
+            ident = _identifier(record, id_field, path, lineno)
+            if ident in id_lines:
+                raise DataError(path, lineno, id_field, f"duplicate id '{ident}' (first on line {id_lines[ident]})")
+            id_lines[ident] = lineno
+            ids.append(ident)
+    if first is None:
+        raise _empty(path)
+    return ProbeSet(
+        texts=texts,
+        labels=labels if first[1] else None,
+        ids=ids if first[2] else [str(i) for i in range(len(texts))],
+        source=str(path),
+        truncated=truncated,
+    )
+
+
+def read_pairs(path: str | Path) -> RetrievalSet:
+    """Read a retrieval set from JSONL query/document pairs.
+
+    Each line is ``{"query": str, "document": str}`` with optional ``"relevance"`` (integer grade
+    >= 1, default 1), ``"category"`` (one per query), ``"negative"`` (a hard-negative document
+    text, or a list of them), ``"query_id"`` and ``"document_id"``. Identical query texts are one
+    query and identical document texts are one document (hard negatives included). Ids not given
+    in the file are derived in order of first appearance: ``q0, q1, ...`` and ``d0, d1, ...``
+    (skipping any id the file uses itself).
+    """
+    queries = _TextIds(path, "query_id")
+    documents = _TextIds(path, "document_id")
+    pair_lines: dict[tuple[str, str], int] = {}
+    grades: dict[str, dict[str, int]] = {}
+    negatives: dict[str, dict[str, int]] = {}  # query text -> {negative text: line}
+    categories: dict[str, tuple[str, int]] = {}
+    query_lines: dict[str, int] = {}  # query text -> first line, for missing categories
+    seen_any = False
+    for lineno, record in _records(path):
+        seen_any = True
+        query = _text(record, "query", path, lineno)
+        document = _text(record, "document", path, lineno)
+        query_lines.setdefault(query, lineno)
+        queries.add(query, _optional_identifier(record, "query_id", path, lineno), lineno)
+        documents.add(document, _optional_identifier(record, "document_id", path, lineno), lineno)
+
+        if (query, document) in pair_lines:
+            raise DataError(path, lineno, "document", f"duplicate pair: same query and document as line {pair_lines[(query, document)]}")
+        if document in negatives.get(query, {}):
+            raise DataError(path, lineno, "document", f"also a hard negative of this query on line {negatives[query][document]}")
+        pair_lines[(query, document)] = lineno
+        grades.setdefault(query, {})[document] = _grade(record, path, lineno)
+
+        if "category" in record:
+            category = _text(record, "category", path, lineno)
+            old = categories.setdefault(query, (category, lineno))
+            if old[0] != category:
+                raise DataError(path, lineno, "category", f"'{category}' conflicts with '{old[0]}' given for this query on line {old[1]}")
+
+        for i, negative in enumerate(_negatives(record, path, lineno)):
+            if (query, negative) in pair_lines:
+                raise DataError(path, lineno, f"negative[{i}]" if isinstance(record["negative"], list) else "negative",
+                                f"also a relevant document of this query on line {pair_lines[(query, negative)]}")
+            negatives.setdefault(query, {}).setdefault(negative, lineno)
+            documents.add(negative, None, lineno)
+    if not seen_any:
+        raise _empty(path)
+    if categories and len(categories) != len(query_lines):
+        missing = min((line, q) for q, line in query_lines.items() if q not in categories)
+        raise DataError(path, missing[0], "category", "missing for this query while other queries have one; give every query a category or none")
+
+    qid = queries.assign("q")
+    did = documents.assign("d")
+    return RetrievalSet(
+        queries={qid[q]: q for q in query_lines},
+        corpus={did[d]: d for d in documents.order},
+        qrels={qid[q]: {did[d]: g for d, g in docs.items()} for q, docs in grades.items()},
+        categories={qid[q]: categories[q][0] for q in query_lines} if categories else None,
+        hard_negatives={qid[q]: [did[d] for d in negatives.get(q, {})] for q in query_lines},
+        source=str(path),
+    )
+
+
+def read_triplets(path: str | Path) -> list[tuple[str, str, str]]:
+    """Read ``{"anchor", "positive", "negative"}`` JSONL (all three non-empty strings) as tuples."""
+    triplets = [
+        (_text(r, "anchor", path, n), _text(r, "positive", path, n), _text(r, "negative", path, n))
+        for n, r in _records(path)
+    ]
+    if not triplets:
+        raise _empty(path)
+    return triplets
+
+
+def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None = None) -> RetrievalSet:
+    """Read a BEIR folder: ``corpus.jsonl[.gz]``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+    A document's text is ``title + " " + text`` (just ``text`` when the title is empty), as BEIR
+    and sentence-transformers embed it. Only queries judged in the split are kept; score-0
+    judgements are validated but are not relevant. With ``max_corpus`` the corpus keeps every
+    document judged in the split plus the first other documents in file order, ``max_corpus`` in
+    all; every corpus line is still read and validated.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"BEIR folder not found: {folder}")
+    corpus_path = _corpus_path(folder)
+    queries_path = folder / "queries.jsonl"
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not queries_path.is_file():
+        raise FileNotFoundError(f"{queries_path} not found (a BEIR folder has queries.jsonl)")
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{qrels_path} not found; splits in this folder: {', '.join(splits) or 'none'}")
+
+    judgements = _read_qrels(qrels_path)  # (qid, did) -> (score, line)
+    judged_queries = {qid for qid, _ in judgements}
+    judged_docs = {did for _, did in judgements}
+    if max_corpus is not None:
+        if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
+            raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
+        if max_corpus < len(judged_docs):
+            raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {len(judged_docs):,} documents judged in split '{split}'")
+
+    queries: dict[str, str] = {}
+    query_lines: dict[str, int] = {}
+    for lineno, record in _records(queries_path):
+        qid = _identifier(record, "_id", queries_path, lineno)
+        text = _text(record, "text", queries_path, lineno)
+        if qid in query_lines:
+            raise DataError(queries_path, lineno, "_id", f"duplicate id '{qid}' (first on line {query_lines[qid]})")
+        query_lines[qid] = lineno
+        if qid in judged_queries:
+            queries[qid] = text
+    if not query_lines:
+        raise _empty(queries_path)
+
+    corpus: dict[str, str] = {}
+    doc_lines: dict[str, int] = {}
+    others_left = None if max_corpus is None else max_corpus - len(judged_docs)
+    for lineno, record in _records(corpus_path):
+        did = _identifier(record, "_id", corpus_path, lineno)
+        text = _text(record, "text", corpus_path, lineno)
+        title = record.get("title", "")
+        if not isinstance(title, str):
+            raise DataError(corpus_path, lineno, "title", f"expected a string, got {_json_type(title)}")
+        if did in doc_lines:
+            raise DataError(corpus_path, lineno, "_id", f"duplicate id '{did}' (first on line {doc_lines[did]})")
+        doc_lines[did] = lineno
+        if did in judged_docs or others_left is None or others_left > 0:
+            corpus[did] = f"{title} {text}" if title else text
+            if did not in judged_docs and others_left is not None:
+                others_left -= 1
+    if not doc_lines:
+        raise _empty(corpus_path)
+
+    for (qid, did), (_, line) in judgements.items():
+        if qid not in query_lines:
+            raise DataError(qrels_path, line, "query-id", f"unknown query id '{qid}': not in {queries_path.name}")
+        if did not in doc_lines:
+            raise DataError(qrels_path, line, "corpus-id", f"unknown document id '{did}': not in {corpus_path.name}")
+
+    qrels: dict[str, dict[str, int]] = {qid: {} for qid in queries}
+    for (qid, did), (score, _) in judgements.items():
+        if score > 0:
+            qrels[qid][did] = score
+    not_kept = {
+        f"queries outside split '{split}'": len(query_lines) - len(queries),
+        "score-0 judgements": sum(1 for score, _ in judgements.values() if score == 0),
+        "documents beyond max_corpus": len(doc_lines) - len(corpus),
+    }
+    return RetrievalSet(
+        queries=queries,
+        corpus=corpus,
+        qrels=qrels,
+        categories=None,
+        hard_negatives={qid: [] for qid in queries},
+        source=f"{folder} (split '{split}')",
+        not_kept=not_kept,
+    )
+
+
+def bundled_dataset(name: str) -> Path:
+    """Folder of a dataset shipped with the package: ``scifact``, ``banking77``, ``agnews``, ``snli_triplets``.
+
+    >>> bundled_dataset("scifact").name
+    'scifact'
+    """
+    if name not in BUNDLED_DATASETS:
+        raise ValueError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED_DATASETS)}")
+    return _DATASETS_DIR / name
+
+
+def scifact_probe(n_docs: int = 1000, split: str = "test", seed: int = 0) -> tuple[ProbeSet, RetrievalSet]:
+    """The bundled SciFact split as a probe set and a matching retrieval set.
+
+    The documents are every document relevant to a query of the split plus others drawn
+    uniformly without replacement (``numpy.random.default_rng(seed)``) up to ``n_docs``, kept in
+    corpus order; the same arguments give the same set. The probe holds the split's queries
+    (label ``"query"``, id ``"q:<query id>"``) then the documents (label ``"document"``, id
+    ``"d:<doc id>"``), with the same texts as the retrieval set.
+    """
+    import numpy as np
+
+    full = read_beir(bundled_dataset("scifact"), split)
+    relevant = {did for docs in full.qrels.values() for did in docs}
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not len(relevant) <= n_docs <= len(full.corpus):
+        raise ValueError(f"n_docs must be an integer from {len(relevant):,} (the relevant documents of split '{split}') to {len(full.corpus):,}, got {n_docs!r}")
+    others = [did for did in full.corpus if did not in relevant]
+    drawn = np.random.default_rng(seed).choice(len(others), size=n_docs - len(relevant), replace=False)
+    keep = relevant | {others[i] for i in drawn.tolist()}
+    corpus = {did: text for did, text in full.corpus.items() if did in keep}
+    source = f"{full.source}, {len(corpus):,} of {len(full.corpus):,} documents (seed {seed})"
+    retrieval = RetrievalSet(
+        queries=full.queries,
+        corpus=corpus,
+        qrels=full.qrels,
+        categories=None,
+        hard_negatives={qid: [] for qid in full.queries},
+        source=source,
+        not_kept={**full.not_kept, "documents not drawn": len(full.corpus) - len(corpus)},
+    )
+    probe = ProbeSet(
+        texts=[*full.queries.values(), *corpus.values()],
+        labels=["query"] * len(full.queries) + ["document"] * len(corpus),
+        ids=[f"q:{qid}" for qid in full.queries] + [f"d:{did}" for did in corpus],
+        source=source,
+    )
+    return probe, retrieval
+
+
+# --------------------------------------------------------------------------------------------
+# line and field validation
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` for each non-blank line, decoding UTF-8 line by line.
+
+    ``*.gz`` files are decompressed on the fly; a corrupt stream is reported at the line where
+    decompression failed.
+    """
+    compressed = Path(path).suffix == ".gz"
+    with (gzip.open if compressed else open)(path, "rb") as handle:
+        lines = iter(handle)
+        lineno = 0
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as exc:
+                if not compressed:
+                    raise
+                raise DataError(path, lineno + 1, None, f"corrupt gzip file ({exc})") from exc
+            lineno += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    path, lineno, None,
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "save the file as UTF-8",
+                ) from None
+            if lineno == 1 and text.startswith("\ufeff"):  # byte-order mark some editors write
+                text = text[1:]
+            if text.strip():
+                yield lineno, text
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would keep the last of two equal keys: a silent loss we refuse.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for each non-blank JSONL line; anything else is a DataError."""
+    for lineno, text in _lines(path):
+        try:
+            value = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+        except _DuplicateKey as exc:
+            raise DataError(path, lineno, exc.key, "appears twice in the same object") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(path, lineno, None, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(value, dict):
+            raise DataError(path, lineno, None, f"expected a JSON object {{...}}, got {_json_type(value)}")
+        yield lineno, value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _missing(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> DataError:
+    present = ", ".join(record) or "none"
+    return DataError(path, lineno, name, f"missing (fields on this line: {present})")
+
+
+def _text(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> str:
+    """A required non-empty string field."""
+    if name not in record:
+        raise _missing(record, name, path, lineno)
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(path, lineno, name, f"expected a string, got {_json_type(value)}")
+    if not value.strip():
+        raise DataError(path, lineno, name, "empty text" if not value else "whitespace-only text")
+    return value
+
+
+def _identifier(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> str:
+    """A required id or label: a non-empty string or an integer, returned as a string."""
+    if name not in record:
+        raise _missing(record, name, path, lineno)
+    value = record[name]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise DataError(path, lineno, name, f"expected a string or an integer, got {_json_type(value)}")
+    if not value.strip():
+        raise DataError(path, lineno, name, "empty")
+    return value
+
+
+def _optional_identifier(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> str | None:
+    return _identifier(record, name, path, lineno) if name in record else None
+
+
+def _grade(record: dict[str, Any], path: str | Path, lineno: int) -> int:
+    if "relevance" not in record:
+        return 1
+    value = record["relevance"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(path, lineno, "relevance", f"expected an integer grade >= 1, got {_json_type(value)}")
+    if value < 1:
+        raise DataError(path, lineno, "relevance", f"bad grade {value}: a relevant pair has grade >= 1 (put non-relevant documents in 'negative')")
+    return value
+
+
+def _negatives(record: dict[str, Any], path: str | Path, lineno: int) -> list[str]:
+    if "negative" not in record:
+        return []
+    value = record["negative"]
+    if isinstance(value, str):
+        return [_text(record, "negative", path, lineno)]
+    if not isinstance(value, list):
+        raise DataError(path, lineno, "negative", f"expected a string or a list of strings, got {_json_type(value)}")
+    return [_text({f"negative[{i}]": item}, f"negative[{i}]", path, lineno) for i, item in enumerate(value)]
+
+
+class _TextIds:
+    """Identity by text, with optional ids from the file that must agree with it."""
+
+    def __init__(self, path: str | Path, id_field: str):
+        self.path, self.id_field = path, id_field
+        self.order: dict[str, None] = {}  # texts in order of first appearance
+        self.given: dict[str, tuple[str, int]] = {}  # text -> (id, line)
+        self.owner: dict[str, tuple[str, int]] = {}  # id -> (text, line)
+
+    def add(self, text: str, ident: str | None, lineno: int) -> None:
+        self.order.setdefault(text, None)
+        if ident is None:
+            return
+        owner = self.owner.get(ident)
+        if owner is not None and owner[0] != text:
+            raise DataError(self.path, lineno, self.id_field, f"duplicate id '{ident}': line {owner[1]} uses it for a different text")
+        given = self.given.get(text)
+        if given is not None and given[0] != ident:
+            raise DataError(self.path, lineno, self.id_field, f"'{ident}' differs from id '{given[0]}' given to the same text on line {given[1]}")
+        self.owner.setdefault(ident, (text, lineno))
+        self.given.setdefault(text, (ident, lineno))
+
+    def assign(self, prefix: str) -> dict[str, str]:
+        """Text -> id: the file's id, else ``<prefix><n>`` counting up and skipping ids in use."""
+        ids: dict[str, str] = {}
+        counter = 0
+        for text in self.order:
+            if text in self.given:
+                ids[text] = self.given[text][0]
+                continue
+            while f"{prefix}{counter}" in self.owner:
+                counter += 1
+            ids[text] = f"{prefix}{counter}"
+            counter += 1
+        return ids
+
+
+def _corpus_path(folder: Path) -> Path:
+    plain, packed = folder / "corpus.jsonl", folder / "corpus.jsonl.gz"
+    if plain.is_file() and packed.is_file():
+        raise DataError(folder, None, None, "has both corpus.jsonl and corpus.jsonl.gz; keep one")
+    if plain.is_file() or packed.is_file():
+        return plain if plain.is_file() else packed
+    raise FileNotFoundError(f"{folder} has no corpus.jsonl or corpus.jsonl.gz")
+
+
+def _read_qrels(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(query id, doc id) -> (score, line)`` from a BEIR qrels TSV (header optional)."""
+    judgements: dict[tuple[str, str], tuple[int, int]] = {}
+    first = True
+    for lineno, text in _lines(path):
+        columns = [c.strip() for c in text.rstrip("\r\n").split("\t")]
+        if first and columns == _QRELS_HEADER:
+            first = False
+            continue
+        first = False
+        if len(columns) != 3:
+            raise DataError(path, lineno, None, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}")
+        qid, did, score_text = columns
+        for name, value in (("query-id", qid), ("corpus-id", did)):
+            if not value:
+                raise DataError(path, lineno, name, "empty")
+        # int() alone would also take '1_000' and non-ASCII digits
+        if not re.fullmatch(r"[0-9]+", score_text):
+            raise DataError(path, lineno, "score", f"bad score '{score_text}': expected an integer >= 0")
+        score = int(score_text)
+        if (qid, did) in judgements:
+            raise DataError(path, lineno, "corpus-id", f"duplicate judgement of ('{qid}', '{did}') (first on line {judgements[(qid, did)][1]})")
+        judgements[(qid, did)] = (score, lineno)
+    if not judgements:
+        raise _empty(path)
+    return judgements
+
+
+def _empty(path: str | Path) -> DataError:
+    return DataError(path, None, None, "empty file: no records")
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"

@@ -533,6 +533,11 @@ def test_bundled_scifact_counts(split, expected):
     rs = read_beir(bundled_dataset("scifact"), split)
     assert (len(rs.corpus), len(rs.queries), rs.num_judgements()) == expected
     assert rs.not_kept[f"queries outside split '{split}'"] == all_queries - queries
+    with open(bundled_dataset("scifact") / "qrels" / f"{split}.tsv", newline="", encoding="utf-8") as handle:
+        reference: dict[str, dict[str, int]] = {}
+        for row in csv.DictReader(handle, delimiter="\t"):
+            reference.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    assert rs.qrels == reference
 
 
 def test_bundled_scifact_documents_are_title_space_text():

@@ -1,0 +1,352 @@
+"""Capture the similarity matrix a loss already computes, without changing the loss or its gradients.
+
+Two ways in, both feeding a :class:`ContrastiveTap` that the training monitor drains once per
+optimizer step:
+
+- sentence-transformers losses: wrap once, ``loss = monitored(MultipleNegativesRankingLoss(model))``.
+  The wrapper records the first ``query_to_doc`` score matrix (or the triplet distances) the loss
+  computes, detached, and turns it into device-side sums right away (no host sync, no extra
+  forward pass). The loss value and the gradients are bit-for-bit those of the unwrapped loss.
+- your own loss (Lightning): call :func:`report_similarity` (or :func:`report_triplet`) with the
+  score matrix you computed, or use the losses of :mod:`aquin_monitor.losses`, which do it for you.
+
+Covered sentence-transformers losses: MultipleNegativesRankingLoss (pairs, hard-negative columns,
+symmetric and other ``directions``), MultipleNegativesSymmetricRankingLoss,
+CachedMultipleNegativesRankingLoss (and its symmetric variant), TripletLoss, MatryoshkaLoss /
+Matryoshka2dLoss around any of these (statistics of the full dimension), and GISTEmbedLoss (anchor
+× positive matrix before the guide's false-negative masking; no labelled hard-negative similarity).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .signals.contrastive import ContrastiveSums, similarity_samples, similarity_sums, triplet_sums
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TapReading:
+    """What the losses reported since the last drain (device tensors, not yet on the host)."""
+
+    sums: ContrastiveSums | None
+    loss_sum: torch.Tensor | None
+    loss_count: int
+    positive_samples: list[torch.Tensor] = field(default_factory=list)
+    negative_samples: list[torch.Tensor] = field(default_factory=list)
+
+
+class ContrastiveTap:
+    """Accumulates contrastive sums and loss values over the micro-batches of one optimizer step.
+
+    Reporting never raises into the training loop: a failure warns once and switches the tap off,
+    unless ``strict`` is set (tests).
+    """
+
+    def __init__(self, *, strict: bool = False):
+        self.strict = strict
+        self.enabled = True
+        self.keep_samples = False  # set by the monitor on steps that log histograms
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: ContrastiveSums | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._pos: list[torch.Tensor] = []
+        self._neg: list[torch.Tensor] = []
+
+    def add(self, sums: ContrastiveSums, positives: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> None:
+        with self._lock:
+            self._sums = sums if self._sums is None else self._sums + sums
+            if self.keep_samples and positives is not None:
+                self._pos.append(positives)
+                if negatives is not None:
+                    self._neg.append(negatives)
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return
+        value = loss.detach().float().reshape(())
+        with self._lock:
+            self._loss_sum = value if self._loss_sum is None else self._loss_sum + value.to(self._loss_sum.device)
+            self._loss_count += 1
+
+    def drain(self) -> TapReading:
+        with self._lock:
+            reading = TapReading(self._sums, self._loss_sum, self._loss_count, self._pos, self._neg)
+            self._reset()
+            return reading
+
+    def guarded(self, what: str, fn, *args, **kwargs) -> None:
+        """Run ``fn``; on failure warn once and switch the tap off (re-raise when strict)."""
+        if not self.enabled:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
+            if self.strict:
+                raise
+            self.enabled = False
+            msg = f"aquin-monitor: {what} failed and is switched off for this run: {exc!r}"
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+_default_tap = ContrastiveTap()
+
+
+def default_tap() -> ContrastiveTap:
+    """The process-wide tap that losses report to unless given another (one per DDP process)."""
+    return _default_tap
+
+
+def report_similarity(
+    scores: torch.Tensor,
+    positive_columns: torch.Tensor | None = None,
+    *,
+    block_size: int | None = None,
+    scale: float = 1.0,
+    tap: ContrastiveTap | None = None,
+) -> None:
+    """Report an anchors × candidates score matrix your loss computed (see :func:`similarity_sums`).
+
+    One line in a LightningModule's ``training_step``::
+
+        report_similarity(scores, scale=20.0)   # scores = 20 * cos_sim(queries, docs)
+    """
+    tap = tap or _default_tap
+
+    def _add() -> None:
+        sums = similarity_sums(scores, positive_columns, block_size=block_size, scale=scale)
+        if tap.keep_samples:
+            pos, neg = similarity_samples(scores, positive_columns, scale=scale)
+            tap.add(sums, pos, neg)
+        else:
+            tap.add(sums)
+
+    tap.guarded("contrastive statistics", _add)
+
+
+def report_triplet(
+    positive_distance: torch.Tensor,
+    negative_distance: torch.Tensor,
+    *,
+    distance_is_cosine: bool = False,
+    tap: ContrastiveTap | None = None,
+) -> None:
+    """Report the anchor–positive and anchor–negative distances of a triplet loss."""
+    tap = tap or _default_tap
+
+    def _add() -> None:
+        sums = triplet_sums(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine)
+        if tap.keep_samples:
+            sign = -1.0 if not distance_is_cosine else None
+            pos = (1 - positive_distance.detach().float()) if sign is None else -positive_distance.detach().float()
+            neg = (1 - negative_distance.detach().float()) if sign is None else -negative_distance.detach().float()
+            tap.add(sums, pos.reshape(-1), neg.reshape(-1))
+        else:
+            tap.add(sums)
+
+    tap.guarded("triplet statistics", _add)
+
+
+def report_loss(loss: torch.Tensor, *, tap: ContrastiveTap | None = None) -> None:
+    """Report the loss value (used for the NaN alarm and the gap-narrowing alarm)."""
+    tap = tap or _default_tap
+    tap.guarded("loss capture", tap.add_loss, loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# sentence-transformers losses
+# ---------------------------------------------------------------------------------------------
+
+
+class _Recording:
+    """Per-forward state of a monitored loss: which calls to record and where positives sit."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.calls = 0
+        self.rows_seen = 0
+        self.rows_target: int | None = None
+        self.n_columns = 2
+        self.done = False
+
+    def begin(self, n_columns: int) -> None:
+        self.active, self.calls, self.rows_seen, self.rows_target, self.done = True, 0, 0, None, False
+        self.n_columns = n_columns
+
+    def end(self) -> None:
+        self.active = False
+
+
+def _innermost_loss(loss: nn.Module) -> nn.Module:
+    inner = loss
+    while isinstance(getattr(inner, "loss", None), nn.Module) and not _owns(inner, "similarity_fct") and not _owns(inner, "distance_metric"):
+        inner = inner.loss
+    return inner
+
+
+def _owns(module: nn.Module, name: str) -> bool:
+    return name in vars(module) or name in module._modules
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _ModuleWrapper(nn.Module):
+    """Wraps a similarity that is an ``nn.Module`` (e.g. GISTEmbed's ``nn.CosineSimilarity``)."""
+
+    def __init__(self, inner: nn.Module, record):
+        super().__init__()
+        self.inner = inner
+        self._record = record
+
+    def forward(self, a, b):
+        out = self.inner(a, b)
+        self._record(out)
+        return out
+
+
+class MonitoredLoss(nn.Module):
+    """A sentence-transformers loss that also reports its contrastive statistics to a tap.
+
+    The wrapped loss computes exactly what it computed before (same value, same gradients);
+    the wrapper only reads, detached, the score matrix or distances the loss produced.
+
+    Example::
+
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from aquin_monitor.capture import monitored
+        loss = monitored(MultipleNegativesRankingLoss(model))
+        trainer = SentenceTransformerTrainer(model=model, loss=loss, callbacks=[TrainerEmbeddingMonitor()], ...)
+    """
+
+    def __init__(self, loss: nn.Module, tap: ContrastiveTap | None = None):
+        super().__init__()
+        self.loss = loss
+        self.tap = tap or _default_tap
+        self._rec = _Recording()
+        self._install()
+
+    @property
+    def model(self):
+        return self.loss.model
+
+    def get_config_dict(self):
+        return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
+
+    @property
+    def citation(self):
+        return getattr(self.loss, "citation", None)
+
+    def _install(self) -> None:
+        inner = _innermost_loss(self.loss)
+        self._n_directions = len(getattr(inner, "directions", ("query_to_doc",)))
+        self._gather = bool(getattr(inner, "gather_across_devices", False))
+        if _owns(inner, "distance_metric"):
+            original = inner.distance_metric
+            from sentence_transformers.losses import TripletDistanceMetric
+
+            cosine = original is TripletDistanceMetric.COSINE
+            distances: list[torch.Tensor] = []
+
+            @functools.wraps(original)
+            def recording_distance(a, b):
+                out = original(a, b)
+                if self._rec.active and not self._rec.done:
+                    distances.append(out)
+                    if len(distances) == 2:
+                        self._rec.done = True
+                        report_triplet(distances[0], distances[1], distance_is_cosine=cosine, tap=self.tap)
+                        distances.clear()
+                return out
+
+            self._distances = distances
+            inner.distance_metric = recording_distance
+        elif _owns(inner, "similarity_fct"):
+            original = inner.similarity_fct
+            if isinstance(original, nn.Module):
+                inner.similarity_fct = _ModuleWrapper(original, self._record_scores)
+            else:
+
+                @functools.wraps(original)
+                def recording_similarity(a, b):
+                    out = original(a, b)
+                    self._record_scores(out)
+                    return out
+
+                inner.similarity_fct = recording_similarity
+        else:
+            raise TypeError(
+                f"monitored() does not know how to read {type(self.loss).__name__}: it has no similarity_fct or "
+                "distance_metric; report its scores with aquin_monitor.capture.report_similarity instead"
+            )
+
+    def _record_scores(self, scores: torch.Tensor) -> None:
+        rec = self._rec
+        if not rec.active or rec.done:
+            return
+        call = rec.calls
+        rec.calls += 1
+        if call % self._n_directions:  # query_to_doc is the first similarity of each (mini-)batch
+            return
+        self.tap.guarded("contrastive statistics", self._add_query_to_doc, scores)
+
+    def _add_query_to_doc(self, scores: torch.Tensor) -> None:
+        rec = self._rec
+        if scores.ndim == 3:  # GISTEmbed's sim_matrix broadcasts to [B, W]; already 2-D here
+            scores = scores.squeeze()
+        rows, cols = scores.shape
+        blocks = max(rec.n_columns - 1, 1)
+        if cols % blocks:
+            blocks = 1
+        world_width = cols // blocks
+        rank, world = _world()
+        local_batch = world_width // world if self._gather and world > 1 else world_width
+        offset = rank * local_batch if self._gather and world > 1 else 0
+        if rec.rows_target is None:
+            rec.rows_target = local_batch
+        positives = torch.arange(offset + rec.rows_seen, offset + rec.rows_seen + rows, device=scores.device)
+        report_similarity(scores, positives, block_size=world_width, tap=self.tap)
+        rec.rows_seen += rows
+        if rec.rows_seen >= rec.rows_target:
+            rec.done = True
+
+    def forward(self, sentence_features, labels=None):
+        features = list(sentence_features)
+        model = getattr(self.loss, "model", None)
+        if model is not None and not model.training:  # evaluation losses are not training statistics
+            return self.loss(features, labels)
+        self._rec.begin(len(features))
+        if hasattr(self, "_distances"):
+            self._distances.clear()
+        try:
+            out = self.loss(features, labels)
+        finally:
+            self._rec.end()
+        if isinstance(out, torch.Tensor):
+            report_loss(out, tap=self.tap)
+        elif isinstance(out, dict):  # losses that return components: report their sum
+            report_loss(sum(v for v in out.values()), tap=self.tap)
+        return out
+
+
+def monitored(loss: nn.Module, tap: ContrastiveTap | None = None) -> MonitoredLoss:
+    """Wrap a sentence-transformers loss so the training monitor sees its contrastive statistics."""
+    if isinstance(loss, MonitoredLoss):
+        return loss
+    return MonitoredLoss(loss, tap)

@@ -1,0 +1,209 @@
+"""Contrastive decomposition: what the loss already computed, split into positives and negatives.
+
+Every function here reads a similarity (or distance) matrix that a loss computed anyway and returns
+device tensors of *sums and counts*, so that statistics can be accumulated over micro-batches,
+gradient-accumulation steps and DDP ranks before a single host transfer. Nothing here calls
+``.item()`` or synchronises with the device, and nothing runs a model: no extra forward pass, ever.
+
+Layout of an InfoNCE / MultipleNegativesRanking score matrix ``S`` (rows = anchors,
+columns = candidates), as built by sentence-transformers::
+
+    columns = [ positives (W) | hard negatives block 1 (W) | ... | block m (W) ]
+
+with ``W`` the (world) batch size; the positive of row ``r`` sits in column ``p_r`` and its own
+labelled hard negatives in columns ``k·W + p_r`` for ``k = 1..m``.
+
+Statistics (all in similarity units, i.e. before the loss's scale/temperature):
+
+- ``pos_sim``: mean of ``S[r, p_r]``
+- ``neg_sim``: mean of the in-batch negatives, every column except ``p_r`` and the row's own
+  labelled hard negatives
+- ``hardest_neg_sim``: mean over rows of the largest non-positive similarity
+- ``hard_neg_sim``: mean of the row's own labelled hard negatives (absent without them)
+- ``gap``: ``pos_sim − neg_sim`` (a narrowing gap means negatives are being pulled in)
+- ``in_batch_acc``: fraction of rows whose arg-max column is the positive
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Order of the accumulator vector; the last entries are counts.
+STAT_FIELDS = (
+    "pos_sum",
+    "neg_sum",
+    "hardest_sum",
+    "hard_neg_sum",
+    "correct",
+    "rows",
+    "neg_count",
+    "hard_neg_count",
+)
+
+
+@dataclass(frozen=True)
+class ContrastiveSums:
+    """Sums and counts for one or more score matrices, kept on the device (one vector).
+
+    Add two with ``+``; turn into means with :func:`finalize` once, on the host.
+    """
+
+    values: torch.Tensor  # [len(STAT_FIELDS)] float32 on the loss's device
+
+    def __add__(self, other: ContrastiveSums) -> ContrastiveSums:
+        return ContrastiveSums(self.values + other.values.to(self.values.device))
+
+    @staticmethod
+    def zeros(device: torch.device | str = "cpu") -> ContrastiveSums:
+        return ContrastiveSums(torch.zeros(len(STAT_FIELDS), dtype=torch.float32, device=device))
+
+
+def similarity_sums(
+    scores: torch.Tensor,
+    positive_columns: torch.Tensor | None = None,
+    *,
+    block_size: int | None = None,
+    scale: float = 1.0,
+) -> ContrastiveSums:
+    """Sums behind pos/neg/hard-negative similarity, from an anchors × candidates score matrix.
+
+    Args:
+        scores: ``[R, C]`` scores the loss computed (detached inside). Entries equal to ``-inf``
+            (masked by the loss, e.g. false negatives) are not counted as negatives.
+        positive_columns: ``[R]`` column of each row's positive; default ``arange(R)``.
+        block_size: width ``W`` of one candidate block; ``C`` must be a multiple of it. Columns
+            ``k·W + p_r`` (``k ≥ 1``) are the row's labelled hard negatives. Default ``R``.
+        scale: the factor the scores were multiplied by (MNRL's ``scale`` = 1/temperature), so the
+            statistics come out in similarity units.
+
+    >>> s = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    >>> m = finalize(similarity_sums(s))
+    >>> round(m["pos_sim"], 4), round(m["neg_sim"], 4), m["in_batch_acc"]
+    (0.8, 0.2, 1.0)
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D anchors x candidates matrix, got shape {tuple(scores.shape)}")
+    s = scores.detach().float()
+    if scale != 1.0:
+        s = s / scale
+    rows, cols = s.shape
+    device = s.device
+    if positive_columns is None:
+        positive_columns = torch.arange(rows, device=device)
+    positive_columns = positive_columns.to(device)
+    width = rows if block_size is None else block_size
+    if width <= 0 or cols % width:
+        raise ValueError(f"{cols} candidate columns are not a whole number of blocks of width {width}")
+    n_blocks = cols // width
+
+    row_index = torch.arange(rows, device=device)
+    pos = s[row_index, positive_columns]
+    finite = torch.isfinite(s)
+    non_positive = finite.clone()
+    non_positive[row_index, positive_columns] = False
+    hard_mask = torch.zeros_like(non_positive)
+    if n_blocks > 1:
+        hard_cols = positive_columns.unsqueeze(1) + width * torch.arange(1, n_blocks, device=device).unsqueeze(0)
+        hard_mask[row_index.unsqueeze(1), hard_cols] = True
+        hard_mask &= finite
+    in_batch = non_positive & ~hard_mask
+    zero = torch.zeros((), device=device)
+    neg_sum = torch.where(in_batch, s, zero).sum()
+    hard_sum = torch.where(hard_mask, s, zero).sum()
+    hardest = torch.where(non_positive, s, torch.full((), float("-inf"), device=device)).amax(dim=1)
+    has_negative = non_positive.any(dim=1)
+    hardest_sum = torch.where(has_negative, hardest, zero).sum()
+    correct = (s.argmax(dim=1) == positive_columns).float().sum()
+    values = torch.stack(
+        [
+            pos.sum(),
+            neg_sum,
+            hardest_sum,
+            hard_sum,
+            correct,
+            torch.tensor(float(rows), device=device),
+            in_batch.sum().float(),
+            hard_mask.sum().float(),
+        ]
+    )
+    # hardest_sum is averaged over rows that have a negative; rows without one are rare (batch of 1)
+    return ContrastiveSums(values)
+
+
+def triplet_sums(
+    positive_distance: torch.Tensor,
+    negative_distance: torch.Tensor,
+    *,
+    distance_is_cosine: bool = False,
+) -> ContrastiveSums:
+    """Sums for a triplet loss from the anchor–positive and anchor–negative distances it computed.
+
+    Similarity is ``1 − d`` for the cosine distance and ``−d`` for other metrics (Euclidean,
+    Manhattan), so ``gap = sim(a, p) − sim(a, n) = d(a, n) − d(a, p)`` either way, and
+    ``in_batch_acc`` is the triplet accuracy ``mean[d(a, p) < d(a, n)]``. The labelled negative is
+    both the in-batch negative and the hard negative here.
+
+    >>> m = finalize(triplet_sums(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0])))
+    >>> m["pos_sim"], m["neg_sim"], m["gap"], m["in_batch_acc"]
+    (-2.0, -2.0, 0.0, 0.5)
+    """
+    dp = positive_distance.detach().float().reshape(-1)
+    dn = negative_distance.detach().float().reshape(-1)
+    if dp.shape != dn.shape:
+        raise ValueError(f"positive and negative distances differ in shape: {tuple(dp.shape)} vs {tuple(dn.shape)}")
+    pos = (1.0 - dp) if distance_is_cosine else -dp
+    neg = (1.0 - dn) if distance_is_cosine else -dn
+    n = torch.tensor(float(dp.numel()), device=dp.device)
+    values = torch.stack([pos.sum(), neg.sum(), neg.sum(), neg.sum(), (dp < dn).float().sum(), n, n, n])
+    return ContrastiveSums(values)
+
+
+def finalize(sums: ContrastiveSums | torch.Tensor) -> dict[str, float]:
+    """Means from accumulated sums (host side, once per logged step).
+
+    Returns ``pos_sim``, ``neg_sim``, ``hardest_neg_sim``, ``gap``, ``in_batch_acc`` and, when labelled
+    hard negatives were seen, ``hard_neg_sim``. Empty sums give an empty dict.
+    """
+    v = sums.values if isinstance(sums, ContrastiveSums) else sums
+    v = v.detach().double().cpu().tolist()
+    d = dict(zip(STAT_FIELDS, v))
+    if d["rows"] <= 0:
+        return {}
+    out = {"pos_sim": d["pos_sum"] / d["rows"], "hardest_neg_sim": d["hardest_sum"] / d["rows"], "in_batch_acc": d["correct"] / d["rows"]}
+    if d["neg_count"] > 0:
+        out["neg_sim"] = d["neg_sum"] / d["neg_count"]
+        out["gap"] = out["pos_sim"] - out["neg_sim"]
+    if d["hard_neg_count"] > 0:
+        out["hard_neg_sim"] = d["hard_neg_sum"] / d["hard_neg_count"]
+    return out
+
+
+def similarity_samples(
+    scores: torch.Tensor,
+    positive_columns: torch.Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    max_negatives: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive similarities and (a strided subsample of) negative similarities, for histograms.
+
+    Returns two 1-D detached tensors on the scores' device. Negatives are every non-positive finite
+    entry, subsampled with a fixed stride to at most ``max_negatives`` (deterministic).
+    """
+    s = scores.detach().float()
+    if scale != 1.0:
+        s = s / scale
+    rows = s.shape[0]
+    if positive_columns is None:
+        positive_columns = torch.arange(rows, device=s.device)
+    row_index = torch.arange(rows, device=s.device)
+    pos = s[row_index, positive_columns]
+    mask = torch.isfinite(s)
+    mask[row_index, positive_columns] = False
+    neg = s[mask]
+    if neg.numel() > max_negatives:
+        stride = -(-neg.numel() // max_negatives)
+        neg = neg[::stride]
+    return pos, neg

@@ -1,0 +1,266 @@
+"""Per-block gradient norms in one fused device operation, and a dead/spike detector.
+
+Grouping (the ``grad_norm/<group>`` vocabulary of DESIGN.md) from parameter names:
+
+- ``embeddings``: token/position/type embeddings (``embeddings.``, ``embed_tokens``, ``wte``, ``wpe``)
+- ``layer.NN``: encoder block ``NN`` (names containing ``layer.N.``, ``layers.N.``, ``h.N.``, ``block.N.``)
+- ``layer.NN/lora_A``, ``layer.NN/lora_B``: peft LoRA matrices of block ``NN``
+- ``pooler``: the transformer's pooler; ``head``: everything else (Dense/projection modules)
+
+The norm of a group is ``sqrt(Σ_p ‖g_p‖²)`` over its parameters and ``total`` is the same over all
+parameters, which equals ``torch.nn.utils.get_total_norm`` of all gradients. Per-parameter norms
+come from one ``torch._foreach_norm`` call (a single fused multi-tensor kernel on CUDA), followed by
+a scatter-add into groups: no per-parameter host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_EMBEDDINGS = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|wte|wpe|word_embeddings|shared)(?:\.|$)")
+_POOLER = re.compile(r"(?:^|\.)pooler\.")
+_LORA = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.")
+
+
+def group_name(parameter_name: str) -> str:
+    """The ``grad_norm`` group of a parameter name.
+
+    >>> group_name("0.auto_model.encoder.layer.3.attention.self.query.weight")
+    'layer.03'
+    >>> group_name("base_model.model.encoder.layer.11.attention.self.query.lora_B.default.weight")
+    'layer.11/lora_B'
+    >>> group_name("0.auto_model.embeddings.word_embeddings.weight"), group_name("2.linear.weight")
+    ('embeddings', 'head')
+    """
+    lora = _LORA.search(parameter_name)
+    layer = _LAYER.search(parameter_name)
+    if layer:
+        base = f"layer.{int(layer.group(1)):02d}"
+        if lora:
+            return f"{base}/{lora.group(1).replace('lora_embedding_', 'lora_')}"
+        return base
+    if lora:
+        return f"other/{lora.group(1).replace('lora_embedding_', 'lora_')}"
+    if _EMBEDDINGS.search(parameter_name):
+        return "embeddings"
+    if _POOLER.search(parameter_name):
+        return "pooler"
+    return "head"
+
+
+def _group_order(name: str) -> tuple:
+    if name == "embeddings":
+        return (0, 0, name)
+    if name.startswith("layer."):
+        return (1, int(name[6:8]), name)
+    return (2, 0, name)
+
+
+@dataclass(frozen=True)
+class ParameterGroups:
+    """Trainable parameters and the group each belongs to (computed once per model)."""
+
+    names: tuple[str, ...]  # group names, sorted: embeddings, layer.00 …, then the rest
+    parameters: tuple[torch.nn.Parameter, ...] = field(repr=False)
+    parameter_names: tuple[str, ...] = field(repr=False)
+    index: torch.Tensor = field(repr=False)  # [P] long: group of each parameter
+
+    def metric_names(self, prefix: str = "grad_norm/") -> list[str]:
+        """Metric names in the order of :func:`grouped_grad_norms`' output (groups, then total)."""
+        return [prefix + n for n in self.names] + [prefix + "total"]
+
+
+def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> ParameterGroups:
+    """Group the trainable (``requires_grad``) parameters; frozen ones are skipped."""
+    params, pnames, groups = [], [], []
+    seen: set[int] = set()
+    for name, p in named_parameters:
+        if not p.requires_grad or id(p) in seen:  # tied weights count once
+            continue
+        seen.add(id(p))
+        params.append(p)
+        pnames.append(name)
+        groups.append(group_name(name))
+    names = tuple(sorted(set(groups), key=_group_order))
+    lookup = {n: i for i, n in enumerate(names)}
+    device = params[0].device if params else torch.device("cpu")
+    index = torch.tensor([lookup[g] for g in groups], dtype=torch.long, device=device)
+    return ParameterGroups(names, tuple(params), tuple(pnames), index)
+
+
+def grouped_grad_norms(groups: ParameterGroups) -> torch.Tensor:
+    """``[G + 1]`` float32 device tensor: the L2 norm of each group's gradients, then the total.
+
+    A parameter whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero.
+    A NaN/Inf anywhere in a group makes that group's norm and the total non-finite.
+    """
+    n_groups = len(groups.names)
+    present = [(i, p.grad) for i, p in enumerate(groups.parameters) if p.grad is not None]
+    if not present:
+        return torch.zeros(n_groups + 1, dtype=torch.float32)
+    device = present[0][1].device
+    grads = [g for _, g in present]
+    if all(g.device == device for g in grads):
+        per_param = torch.stack(torch._foreach_norm(grads)).float()
+    else:  # model split over devices: one fused call per device
+        per_param = torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
+    index = groups.index.to(device)
+    if len(present) != len(groups.parameters):
+        index = index[torch.tensor([i for i, _ in present], device=device)]
+    squares = per_param * per_param
+    group_sq = torch.zeros(n_groups, dtype=torch.float32, device=device).index_add_(0, index, squares)
+    # the total as torch.nn.utils.get_total_norm computes it, bit for bit (clipping may reuse it)
+    return torch.cat([group_sq.sqrt(), torch.linalg.vector_norm(per_param).reshape(1)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Dead / spike detection over each group's own history
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectorConfig:
+    """Thresholds of :class:`GradientAnomalyDetector` (defaults tested on real failure cases).
+
+    - ``window``: steps of history per group (robust statistics over log-norms).
+    - ``warmup``: steps during which nothing is flagged (early steps are legitimately wild).
+    - ``min_history``: finite observations a group needs before it can be flagged.
+    - ``spike_z``: robust z-score ``(log g − median) / (1.4826·MAD)`` above which a step is a spike,
+      and ``spike_ratio``: the norm must also be at least this many times the window's median
+      (guards against a tiny MAD on very smooth histories).
+    - ``dead_ratio`` / ``dead_floor``: a group is dead when its norm falls below ``dead_ratio × median``
+      of its history or below ``dead_floor``, for ``dead_patience`` consecutive steps, having been alive.
+    - ``cooldown``: steps after an alarm during which the same group/kind is not re-flagged.
+    """
+
+    window: int = 50
+    warmup: int = 10
+    min_history: int = 8
+    spike_z: float = 6.0
+    spike_ratio: float = 4.0
+    dead_ratio: float = 1e-3
+    dead_floor: float = 1e-12
+    dead_patience: int = 3
+    cooldown: int = 20
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: str  # "spike" | "dead_layer" | "nan"
+    group: str
+    value: float
+    message: str
+
+
+class GradientAnomalyDetector:
+    """Running per-group statistics of gradient norms; flags dead, spiking and non-finite groups.
+
+    State is plain numpy (``state_dict``/``load_state_dict``) so a resumed run keeps its history.
+    Call :meth:`update` once per optimizer step with the host-side norms of :func:`grouped_grad_norms`.
+    """
+
+    def __init__(self, names: Sequence[str], config: DetectorConfig | None = None):
+        self.names = list(names)
+        self.config = config or DetectorConfig()
+        w = self.config.window
+        self._history = np.full((len(self.names), w), np.nan)
+        self._steps_seen = 0
+        self._below = np.zeros(len(self.names), dtype=np.int64)
+        self._cooldown: dict[tuple[str, str], int] = {}
+
+    def update(self, norms: Sequence[float], step: int) -> list[Anomaly]:
+        cfg = self.config
+        g = np.asarray(norms, dtype=np.float64)
+        if g.shape != (len(self.names),):
+            raise ValueError(f"expected {len(self.names)} group norms, got shape {g.shape}")
+        self._steps_seen += 1
+        found: list[Anomaly] = []
+        finite_hist = np.isfinite(self._history)
+        counts = finite_hist.sum(axis=1)
+        logs = np.log(np.where(self._history > 0, self._history, np.nan))
+        with np.errstate(all="ignore"), _quiet_nan_warnings():
+            med_log = np.nanmedian(logs, axis=1)
+            mad = np.nanmedian(np.abs(logs - med_log[:, None]), axis=1)
+            med = np.nanmedian(np.where(finite_hist, self._history, np.nan), axis=1)
+        for i, name in enumerate(self.names):
+            value = g[i]
+            if not math.isfinite(value):
+                found.append(self._emit("nan", name, value, step, f"gradient of {name} is {value} at step {step}"))
+                continue
+            ready = self._steps_seen > cfg.warmup and counts[i] >= cfg.min_history
+            alive = ready and np.isfinite(med[i]) and med[i] > cfg.dead_floor
+            if alive and (value < cfg.dead_floor or value < cfg.dead_ratio * med[i]):
+                self._below[i] += 1
+                if self._below[i] == cfg.dead_patience:
+                    found.append(
+                        self._emit(
+                            "dead_layer",
+                            name,
+                            value,
+                            step,
+                            f"gradient of {name} collapsed to {value:.3g} (median of its last {int(counts[i])} steps: {med[i]:.3g}) at step {step}",
+                        )
+                    )
+                # a collapsed value is not history: keep the healthy median as the reference
+                continue
+            self._below[i] = 0
+            if alive and value > 0 and np.isfinite(med_log[i]):
+                z = (math.log(value) - med_log[i]) / (1.4826 * mad[i] + 1e-12)
+                if z > cfg.spike_z and value > cfg.spike_ratio * med[i]:
+                    found.append(
+                        self._emit(
+                            "spike",
+                            name,
+                            value,
+                            step,
+                            f"gradient of {name} spiked to {value:.3g}, {value / med[i]:.1f}x its median {med[i]:.3g} (robust z {z:.1f}) at step {step}",
+                        )
+                    )
+            self._history[i, (self._steps_seen - 1) % cfg.window] = value
+        return [a for a in found if a is not None]
+
+    def _emit(self, kind: str, group: str, value: float, step: int, message: str) -> Anomaly | None:
+        key = (kind, group)
+        last = self._cooldown.get(key)
+        if last is not None and step - last < self.config.cooldown:
+            return None
+        self._cooldown[key] = step
+        return Anomaly(kind, group, float(value), message)
+
+    def state_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "history": self._history.tolist(),
+            "steps_seen": self._steps_seen,
+            "below": self._below.tolist(),
+            "cooldown": [[k[0], k[1], v] for k, v in self._cooldown.items()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["names"]) != self.names:
+            raise ValueError(f"detector state is for groups {state['names']}, this model has {self.names}")
+        self._history = np.asarray(state["history"], dtype=np.float64)
+        self._steps_seen = int(state["steps_seen"])
+        self._below = np.asarray(state["below"], dtype=np.int64)
+        self._cooldown = {(k, g): int(v) for k, g, v in state["cooldown"]}
+
+
+class _quiet_nan_warnings:
+    """nanmedian of an all-NaN row (a group with no history yet) is NaN by design; silence the warning."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

@@ -1,0 +1,110 @@
+"""Per-block gradient norms equal torch's own norms; the detector flags real failure shapes only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from aquin_monitor.signals.gradients import (
+    DetectorConfig,
+    GradientAnomalyDetector,
+    group_name,
+    group_parameters,
+    grouped_grad_norms,
+)
+
+
+def _backward(model, texts):
+    feats = model.preprocess(texts)
+    model(feats)["sentence_embedding"].pow(2).sum().backward()
+
+
+def test_group_norms_equal_vector_norm_per_group(tiny_mean_model):
+    model = SentenceTransformer(tiny_mean_model, device="cpu")
+    _backward(model, ["hello world", "a second sentence"])
+    groups = group_parameters(model.named_parameters())
+    assert groups.names[0] == "embeddings" and "layer.00" in groups.names and "layer.01" in groups.names
+    norms = grouped_grad_norms(groups)
+    for gi, name in enumerate(groups.names):
+        members = [p.grad.flatten() for p, pn in zip(groups.parameters, groups.parameter_names) if group_name(pn) == name and p.grad is not None]
+        expected = torch.linalg.vector_norm(torch.cat(members)) if members else torch.tensor(0.0)
+        assert norms[gi].item() == pytest.approx(expected.item(), rel=1e-5), name
+    every = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.equal(norms[-1], torch.nn.utils.get_total_norm(every))
+
+
+def test_frozen_parameters_are_skipped_and_lora_split(tiny_lora):
+    from peft import PeftModel
+
+    base, adapter = tiny_lora
+    model = SentenceTransformer(base, device="cpu")
+    model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, adapter, is_trainable=True)
+    groups = group_parameters(model.named_parameters())
+    assert all(("lora_A" in n or "lora_B" in n) for n in groups.parameter_names)
+    assert set(groups.names) == {f"layer.{i:02d}/lora_{m}" for i in range(2) for m in "AB"}
+    _backward(model, ["lora gradients only"])
+    norms = grouped_grad_norms(groups)
+    a0 = [p.grad.flatten() for p, n in zip(groups.parameters, groups.parameter_names) if ".layer.0." in n and "lora_A" in n]
+    assert norms[groups.names.index("layer.00/lora_A")].item() == pytest.approx(torch.linalg.vector_norm(torch.cat(a0)).item(), rel=1e-5)
+
+
+def test_missing_grad_counts_as_zero_and_nan_propagates():
+    model = torch.nn.ModuleDict({"embeddings": torch.nn.Linear(3, 3), "layer": torch.nn.ModuleList([torch.nn.Linear(3, 3)])})
+    groups = group_parameters(model.named_parameters())
+    model["embeddings"].weight.grad = torch.ones(3, 3)
+    norms = grouped_grad_norms(groups)
+    assert groups.names == ("embeddings", "layer.00")
+    assert norms.tolist() == pytest.approx([3.0, 0.0, 3.0])
+    model["layer"][0].bias.grad = torch.tensor([0.0, float("nan"), 1.0])
+    norms = grouped_grad_norms(groups)
+    assert math.isfinite(norms[0].item()) and math.isnan(norms[1].item()) and math.isnan(norms[2].item())
+
+
+def _run(detector, series):
+    found = []
+    for step, row in enumerate(series, 1):
+        found.extend((step, a) for a in detector.update(row, step))
+    return found
+
+
+def test_detector_quiet_on_healthy_noisy_history():
+    rng = np.random.default_rng(0)
+    # log-normal noise around a slowly decaying trend, like a healthy fine-tune
+    series = [np.exp(rng.normal(0, 0.3, 3)) * (1.0 - 0.004 * t) for t in range(200)]
+    assert _run(GradientAnomalyDetector(["a", "b", "c"]), series) == []
+
+
+def test_detector_flags_spike_dead_and_nan():
+    rng = np.random.default_rng(1)
+    series = [np.exp(rng.normal(0, 0.2, 2)) for _ in range(60)]
+    series[40] = np.array([50.0, series[40][1]])  # spike in group a
+    for t in range(45, 60):
+        series[t] = np.array([series[t][0], 0.0])  # group b frozen from step 46
+    series.append(np.array([float("nan"), 1.0]))
+    found = _run(GradientAnomalyDetector(["a", "b"], DetectorConfig(cooldown=100)), series)
+    kinds = [(step, a.kind, a.group) for step, a in found]
+    assert (41, "spike", "a") in kinds
+    assert (48, "dead_layer", "b") in kinds  # after dead_patience=3 steps
+    assert (61, "nan", "a") in kinds
+    assert len(kinds) == 3
+
+
+def test_detector_silent_during_warmup_and_for_never_used_groups():
+    series = [np.array([100.0 if t == 3 else 1.0, 0.0]) for t in range(30)]
+    assert _run(GradientAnomalyDetector(["a", "pooler"]), series) == []
+
+
+def test_detector_state_roundtrip():
+    rng = np.random.default_rng(2)
+    d1 = GradientAnomalyDetector(["a"])
+    for t in range(30):
+        d1.update([float(np.exp(rng.normal()))], t + 1)
+    d2 = GradientAnomalyDetector(["a"])
+    d2.load_state_dict(d1.state_dict())
+    assert d2.update([1000.0], 31) == d1.update([1000.0], 31)
+    with pytest.raises(ValueError, match="groups"):
+        GradientAnomalyDetector(["b"]).load_state_dict(d1.state_dict())

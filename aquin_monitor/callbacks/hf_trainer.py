@@ -1,0 +1,142 @@
+"""sentence-transformers / Hugging Face ``Trainer`` callback: the twin of the Lightning one."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ..monitor import AlarmConfig
+from ._settings import MonitorSettings
+
+STATE_FILE = "aquin_monitor_state.json"
+
+
+class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
+    """Monitor an embedding fine-tune in the sentence-transformers or Hugging Face ``Trainer``.
+
+    Every optimizer step (respecting ``gradient_accumulation_steps``) it logs ``grad_norm/<group>``,
+    the contrastive decomposition of a loss wrapped with :func:`aquin_monitor.capture.monitored`, and
+    alarms, to the integrations named in ``args.report_to`` (``tensorboard``, ``wandb``) and always to
+    ``metrics.jsonl`` / ``events.jsonl`` in ``output_dir`` (default: ``args.output_dir``).
+
+    Pre-clip gradients, as in Lightning: the Trainer clips *before* its ``on_pre_optimizer_step`` hook,
+    so by default (``take_over_clipping=True``) this callback performs the clipping itself, right
+    after measuring: it sets ``args.max_grad_norm`` to 0 for the run and calls
+    ``torch.nn.utils.clip_grads_with_norm_`` with the same ``max_grad_norm`` and the total norm it just
+    computed (bit-identical to ``get_total_norm``), so the optimizer receives exactly the gradients it
+    would have received. Under DeepSpeed or FSDP (which clip themselves) or with
+    ``take_over_clipping=False`` it leaves clipping alone and logs under ``grad_norm_post_clip/``.
+
+    Resume: the monitor's state is written into each ``checkpoint-N`` folder (and exported through
+    ``ExportableState``), and a resumed run continues from it without duplicated steps.
+
+    Example::
+
+        from sentence_transformers import SentenceTransformerTrainer
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from aquin_monitor.callbacks import TrainerEmbeddingMonitor
+        from aquin_monitor.capture import monitored
+
+        trainer = SentenceTransformerTrainer(
+            model=model, train_dataset=pairs, loss=monitored(MultipleNegativesRankingLoss(model)),
+            callbacks=[TrainerEmbeddingMonitor(stop_on=["nan"])],
+        )
+        trainer.train()
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        *,
+        log_every: int = 1,
+        histogram_every: int = 50,
+        alarms: AlarmConfig | None = None,
+        stop_on: Sequence[str] = (),
+        strict: bool = False,
+        take_over_clipping: bool = True,
+    ):
+        self._init_args = {
+            "output_dir": output_dir,
+            "log_every": log_every,
+            "histogram_every": histogram_every,
+            "stop_on": list(stop_on),
+            "strict": strict,
+            "take_over_clipping": take_over_clipping,
+        }
+        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict)
+        self.take_over_clipping = take_over_clipping
+        self.monitor = None
+        self._restored_state: dict | None = None
+        self._clip_norm: float | None = None
+        self._args = None
+
+    # -- training ---------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from ..sinks import JsonlSink, sinks_for_hf
+
+        self.run_dir = self.settings.output_dir or args.output_dir
+        rank_zero = state.is_world_process_zero
+        sinks = [*sinks_for_hf(args, self.run_dir), JsonlSink(self.run_dir)] if rank_zero else []
+        self.monitor = self.settings.build(sinks, rank_zero=rank_zero)
+        restored = self._restored_state or self._read_checkpoint_state(args, state)
+        if restored:
+            self.monitor.load_state_dict(restored)
+        self.monitor.attach(model)
+        self._args = args
+        distributed_clipping = bool(getattr(args, "deepspeed", None)) or bool(getattr(args, "fsdp", None))
+        if self.take_over_clipping and args.max_grad_norm and args.max_grad_norm > 0 and not distributed_clipping:
+            self._clip_norm = float(args.max_grad_norm)
+            args.max_grad_norm = 0.0
+        elif args.max_grad_norm and args.max_grad_norm > 0:
+            self.monitor.grad_prefix = "grad_norm_post_clip/"
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        total = self.monitor.on_optimizer_step(state.global_step + 1, model)
+        if self._clip_norm is not None:
+            params = [p for p in model.parameters() if p.grad is not None]
+            if total is None or self.monitor.groups is None or len(params) != sum(
+                p.grad is not None for p in self.monitor.groups.parameters
+            ):
+                total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            torch.nn.utils.clip_grads_with_norm_(params, self._clip_norm, total)
+        if self.monitor.should_stop:
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.monitor is None or not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            tmp = os.path.join(folder, STATE_FILE + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.monitor.state_dict(), fh)
+            os.replace(tmp, os.path.join(folder, STATE_FILE))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._clip_norm is not None:
+            args.max_grad_norm = self._clip_norm
+            self._clip_norm = None
+        if self.monitor is not None:
+            self.monitor.close()
+
+    # -- resume -----------------------------------------------------------------------------
+    def _read_checkpoint_state(self, args, state) -> dict | None:
+        if not state.global_step:
+            return None
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def state(self) -> dict:
+        return {
+            "args": dict(self._init_args),
+            "attributes": {"_restored_state": self.monitor.state_dict() if self.monitor else None},
+        }

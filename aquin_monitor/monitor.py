@@ -1,0 +1,323 @@
+"""The framework-free core: per-step monitoring (:class:`StepMonitor`).
+
+The trainer callbacks (:mod:`aquin_monitor.callbacks`) translate hook calls into two calls here:
+:meth:`StepMonitor.on_optimizer_step` once per optimizer step, with the gradients in place, and
+:meth:`StepMonitor.close` at the end. Everything the monitor computes comes from
+:mod:`aquin_monitor.signals`; everything it writes goes to sinks.
+
+Cost discipline (the product promise is ~1% of a training step):
+
+- gradient norms: one fused ``_foreach_norm`` plus a scatter-add (:func:`grouped_grad_norms`);
+- contrastive statistics: device-side sums accumulated by the tap over micro-batches;
+- one host transfer per step, of one small vector. On CUDA it is asynchronous (pinned buffer and an
+  event) and read one step later, so the monitor never stalls the device queue;
+- DDP: one ``all_reduce`` of the contrastive sums (gradients are already identical across ranks),
+  so every rank takes the same alarm and stop decisions, and only rank zero writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .capture import ContrastiveTap, default_tap
+from .signals.contrastive import STAT_FIELDS, finalize
+from .signals.gradients import DetectorConfig, GradientAnomalyDetector, ParameterGroups, group_parameters, grouped_grad_norms
+
+logger = logging.getLogger(__name__)
+
+ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing")
+
+
+class AlarmWarning(UserWarning):
+    """Raised (as a warning) when the training monitor fires an alarm."""
+
+
+@dataclass
+class AlarmConfig:
+    """Alarm thresholds. Gradient alarms: see :class:`DetectorConfig`.
+
+    Gap narrowing compares the first and second half of the last ``gap_window`` steps: it fires when
+    the mean positive–negative gap dropped by more than ``gap_min_drop`` (similarity units) and by
+    more than ``gap_rel_drop`` of its earlier value, while the mean loss fell.
+    """
+
+    gradients: DetectorConfig = field(default_factory=DetectorConfig)
+    gap_window: int = 40
+    gap_min_drop: float = 0.05
+    gap_rel_drop: float = 0.2
+
+
+@dataclass(frozen=True)
+class Alarm:
+    step: int
+    kind: str
+    layer: str | None
+    message: str
+    value: float | None = None
+
+    def as_event(self) -> dict:
+        return asdict(self)
+
+
+class StepMonitor:
+    """Per-step gradient norms, contrastive decomposition and alarms, written to sinks.
+
+    Args:
+        sinks: where metrics go (:mod:`aquin_monitor.sinks`); empty on non-zero ranks.
+        log_every: compute and log every N optimizer steps.
+        histogram_every: log positive/negative similarity histograms every N steps (0: never).
+        alarms: thresholds (:class:`AlarmConfig`).
+        stop_on: alarm kinds that set :attr:`should_stop` (the callback stops the trainer).
+        strict: re-raise failures instead of warning once and switching the failing part off.
+        tap: the contrastive tap losses report to (default: the process-wide one).
+        warn: emit a Python :class:`AlarmWarning` per alarm (rank zero).
+
+    Example (framework-free)::
+
+        monitor = StepMonitor([JsonlSink("runs/x")])
+        for step, batch in enumerate(loader, 1):
+            loss = info_nce(model(batch.q), model(batch.d))   # reports its similarity matrix
+            loss.backward()
+            monitor.on_optimizer_step(step, model)
+            optimizer.step(); optimizer.zero_grad()
+        monitor.close()
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence = (),
+        *,
+        log_every: int = 1,
+        histogram_every: int = 50,
+        alarms: AlarmConfig | None = None,
+        stop_on: Sequence[str] = (),
+        strict: bool = False,
+        tap: ContrastiveTap | None = None,
+        warn: bool = True,
+    ):
+        unknown = set(stop_on) - set(ALARM_KINDS)
+        if unknown:
+            raise ValueError(f"stop_on names unknown alarm kinds {sorted(unknown)}; known: {list(ALARM_KINDS)}")
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.sinks = list(sinks)
+        self.log_every = log_every
+        self.histogram_every = histogram_every
+        self.alarm_config = alarms or AlarmConfig()
+        self.stop_on = tuple(stop_on)
+        self.strict = strict
+        self.tap = tap or default_tap()
+        self.tap.strict = strict
+        self.warn = warn
+        self.enabled = True
+        self.grad_prefix = "grad_norm/"  # the HF callback names post-clip norms differently
+        self.should_stop = False
+        self.alarms: list[Alarm] = []
+        self.last_step = 0
+        self.groups: ParameterGroups | None = None
+        self.detector: GradientAnomalyDetector | None = None
+        self._gap_history: deque[tuple[float, float]] = deque(maxlen=self.alarm_config.gap_window)
+        self._gap_cooldown_until = -1
+        self._pending: tuple | None = None
+        self._pending_state: dict | None = None
+
+    # -- wiring -------------------------------------------------------------------------------
+    def attach(self, model: torch.nn.Module) -> None:
+        """Group the model's trainable parameters (once; call again if trainability changes)."""
+        self.groups = group_parameters(model.named_parameters())
+        names = list(self.groups.names) + ["total"]
+        self.detector = GradientAnomalyDetector(names, self.alarm_config.gradients)
+        if self._pending_state is not None:
+            self._load_detector(self._pending_state)
+
+    # -- per step -----------------------------------------------------------------------------
+    def on_optimizer_step(self, step: int, model: torch.nn.Module | None = None) -> torch.Tensor | None:
+        """Measure the gradients now in ``.grad`` (before the optimizer step) as step ``step``.
+
+        Returns the total gradient norm as a device tensor (bit-identical to
+        ``torch.nn.utils.get_total_norm``), so a caller can reuse it for clipping; None if skipped.
+        """
+        if not self.enabled:
+            self.tap.drain()
+            return None
+        try:
+            return self._step(step, model)
+        except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
+            self._fail("per-step monitoring", exc)
+            return None
+
+    def _step(self, step: int, model: torch.nn.Module | None) -> torch.Tensor | None:
+        if step <= self.last_step and self._pending is None and self.last_step:
+            # resumed run replaying steps already logged: drop them, never log a step twice
+            self.tap.drain()
+            return None
+        if self.groups is None:
+            if model is None:
+                raise ValueError("StepMonitor.on_optimizer_step needs the model on its first call")
+            self.attach(model)
+        next_step = step + 1
+        self.tap.keep_samples = bool(self.histogram_every) and next_step % self.histogram_every == 0
+        reading = self.tap.drain()
+        if step % self.log_every:
+            return None
+        norms = grouped_grad_norms(self.groups)
+        device = norms.device
+        sums = reading.sums.values.to(device) if reading.sums is not None else torch.zeros(len(STAT_FIELDS), device=device)
+        if reading.loss_sum is not None:
+            loss = torch.stack([reading.loss_sum.to(device), torch.tensor(float(reading.loss_count), device=device)])
+        else:
+            loss = torch.zeros(2, device=device)
+        reduced = torch.cat([sums, loss])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(reduced)
+        packed = torch.cat([norms, reduced])
+        samples = (reading.positive_samples, reading.negative_samples)
+        self._drain_pending()
+        if packed.is_cuda:
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (step, host, event, samples)
+        else:
+            self._process(step, packed.numpy(), samples)
+        return norms[-1]
+
+    def _drain_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, host, event, samples = self._pending
+        self._pending = None
+        event.synchronize()
+        self._process(step, host.numpy(), samples)
+
+    def _process(self, step: int, vector: np.ndarray, samples) -> None:
+        groups = self.groups
+        n = len(groups.names) + 1
+        norms = vector[:n].astype(np.float64)
+        sums = vector[n : n + len(STAT_FIELDS)]
+        loss_sum, loss_count = float(vector[n + len(STAT_FIELDS)]), float(vector[n + len(STAT_FIELDS) + 1])
+        metrics: dict[str, float] = dict(zip(groups.metric_names(self.grad_prefix), norms.tolist()))
+        contrastive = finalize(torch.from_numpy(np.asarray(sums, dtype=np.float64)))
+        metrics.update({f"contrastive/{k}": v for k, v in contrastive.items()})
+        loss = loss_sum / loss_count if loss_count else None
+        if loss is not None:
+            metrics["contrastive/loss"] = loss
+
+        alarms = self._alarms(step, norms, loss, contrastive)
+        for alarm in alarms:
+            metrics[f"alarm/{alarm.kind}"] = 1.0
+        self.last_step = step
+        for sink in self.sinks:
+            sink.log_scalars(metrics, step)
+        pos, neg = samples
+        if pos:
+            hist_pos = torch.cat([p.float().cpu() for p in pos]).numpy()
+            for sink in self.sinks:
+                sink.log_histogram("contrastive/pos_sim_hist", hist_pos, step)
+        if neg:
+            hist_neg = torch.cat([x.float().cpu() for x in neg]).numpy()
+            for sink in self.sinks:
+                sink.log_histogram("contrastive/neg_sim_hist", hist_neg, step)
+        for alarm in alarms:
+            for sink in self.sinks:
+                sink.log_event(alarm.as_event())
+
+    def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict) -> list[Alarm]:
+        found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step)]
+        if loss is not None and not math.isfinite(loss):
+            found.append(Alarm(step, "nan", "loss", f"loss is {loss} at step {step}", loss))
+        gap = contrastive.get("gap")
+        if gap is not None and loss is not None and math.isfinite(gap) and math.isfinite(loss):
+            found.extend(self._gap_alarm(step, gap, loss))
+        self.alarms.extend(found)
+        for alarm in found:
+            if self.warn and self.sinks:
+                warnings.warn(f"aquin-monitor alarm [{alarm.kind}] {alarm.message}", AlarmWarning, stacklevel=4)
+            if alarm.kind in self.stop_on:
+                self.should_stop = True
+        return found
+
+    def _gap_alarm(self, step: int, gap: float, loss: float) -> list[Alarm]:
+        cfg = self.alarm_config
+        self._gap_history.append((gap, loss))
+        if len(self._gap_history) < cfg.gap_window or step < self._gap_cooldown_until:
+            return []
+        half = cfg.gap_window // 2
+        hist = np.asarray(self._gap_history)
+        gap_before, gap_now = hist[:half, 0].mean(), hist[half:, 0].mean()
+        loss_before, loss_now = hist[:half, 1].mean(), hist[half:, 1].mean()
+        drop = gap_before - gap_now
+        if drop > cfg.gap_min_drop and drop > cfg.gap_rel_drop * abs(gap_before) and loss_now < loss_before:
+            self._gap_cooldown_until = step + cfg.gap_window
+            return [
+                Alarm(
+                    step,
+                    "gap_narrowing",
+                    None,
+                    f"positive-negative similarity gap narrowed from {gap_before:.3f} to {gap_now:.3f} over the last "
+                    f"{cfg.gap_window} steps while the loss fell ({loss_before:.3f} -> {loss_now:.3f}): negatives are being pulled in",
+                    float(gap_now),
+                )
+            ]
+        return []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        try:
+            self._drain_pending()
+            for sink in self.sinks:
+                sink.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._fail("flushing", exc)
+
+    def close(self) -> None:
+        self.flush()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001
+                self._fail("closing a sink", exc)
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        if self.strict:
+            raise exc
+        self.enabled = False
+        msg = f"aquin-monitor: {what} failed and is switched off for this run: {exc!r}"
+        logger.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    # -- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        self.flush()
+        return {
+            "last_step": self.last_step,
+            "detector": self.detector.state_dict() if self.detector else None,
+            "gap_history": [list(x) for x in self._gap_history],
+            "gap_cooldown_until": self._gap_cooldown_until,
+            "alarms": [a.as_event() for a in self.alarms],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_step = int(state.get("last_step", 0))
+        self._gap_history = deque((tuple(x) for x in state.get("gap_history", [])), maxlen=self.alarm_config.gap_window)
+        self._gap_cooldown_until = int(state.get("gap_cooldown_until", -1))
+        self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
+        self._pending_state = state.get("detector")
+        if self.detector is not None and self._pending_state is not None:
+            self._load_detector(self._pending_state)
+
+    def _load_detector(self, detector_state: dict) -> None:
+        try:
+            self.detector.load_state_dict(detector_state)
+        except ValueError as exc:  # trainability changed between runs: start the history afresh
+            warnings.warn(f"aquin-monitor: gradient history not restored: {exc}", RuntimeWarning, stacklevel=2)
+        self._pending_state = None

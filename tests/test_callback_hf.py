@@ -1,0 +1,96 @@
+"""The sentence-transformers Trainer callback, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+from aquin_monitor.callbacks import TrainerEmbeddingMonitor
+from aquin_monitor.capture import monitored
+from aquin_monitor.sinks import read_jsonl
+
+ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(48)]
+POSITIVES = [f"answer {i} on topic {i % 5}" for i in range(48)]
+
+
+def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wrap=True, accumulation=1, resume=None, save_steps=None, lr=5e-4):
+    torch.manual_seed(0)
+    model = SentenceTransformer(model_path, device="cpu")
+    loss = MultipleNegativesRankingLoss(model)
+    if wrap:
+        loss = monitored(loss)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=lr,
+        max_grad_norm=max_grad_norm,
+        report_to=[],
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        logging_steps=1,
+        seed=0,
+        data_seed=0,
+        use_cpu=True,
+        dataloader_drop_last=True,
+    )
+    data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return model, trainer
+
+
+def test_metrics_every_optimizer_step_with_accumulation(tiny_mean_model, tmp_path):
+    cb = TrainerEmbeddingMonitor(strict=True)
+    _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=3, accumulation=2)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total"} <= r.keys()
+        assert {"contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc", "contrastive/loss"} <= r.keys()
+        assert -1 <= r["contrastive/neg_sim"] <= r["contrastive/pos_sim"] + 1
+        assert 0 <= r["contrastive/in_batch_acc"] <= 1
+        per_group = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+        assert math.sqrt(sum(v * v for v in per_group)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
+
+
+def test_clipping_takeover_changes_nothing_in_training(tiny_mean_model, tmp_path):
+    """Monitored (callback does the clipping) and unmonitored runs end with bit-identical weights."""
+    plain, _ = _train(tiny_mean_model, tmp_path / "plain", wrap=False, max_grad_norm=0.05)
+    cb = TrainerEmbeddingMonitor(strict=True)
+    watched, trainer = _train(tiny_mean_model, tmp_path / "watched", callbacks=[cb], max_grad_norm=0.05)
+    for (name, a), (_, b) in zip(plain.named_parameters(), watched.named_parameters()):
+        assert torch.equal(a, b), name
+    assert trainer.args.max_grad_norm == 0.05  # restored after training
+    rows = read_jsonl(tmp_path / "watched" / "metrics.jsonl")
+    # pre-clip: the logged total exceeds the clip threshold, as HF's own pre-clip grad_norm does
+    assert all(r["grad_norm/total"] > 0.05 for r in rows)
+    hf_logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    assert [r["grad_norm/total"] for r in rows] == pytest.approx(hf_logged, rel=1e-5)
+
+
+def test_resume_continues_without_duplicate_steps(tiny_mean_model, tmp_path):
+    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=4, save_steps=2)
+    assert (tmp_path / "checkpoint-2" / "aquin_monitor_state.json").exists()
+    state = json.loads((tmp_path / "checkpoint-4" / "aquin_monitor_state.json").read_text())
+    assert state["last_step"] == 4
+    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=6, save_steps=2, resume=str(tmp_path / "checkpoint-4"))
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_stop_on_nan_stops_training(tiny_mean_model, tmp_path):
+    cb = TrainerEmbeddingMonitor(stop_on=["nan"])
+    with pytest.warns(Warning):
+        _, trainer = _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=20, lr=1e6)
+    events = read_jsonl(tmp_path / "events.jsonl")
+    assert any(e["kind"] == "nan" for e in events)
+    assert trainer.state.global_step < 20

@@ -221,3 +221,31 @@ def test_summary_ignores_nan_normalised_entries_and_rejects_bad_input():
         summarize_attention_entropy(-entropy - 1, normalized)
     with pytest.raises(ValueError, match="uniform_above"):
         summarize_attention_entropy(entropy, normalized, uniform_above=2.0)
+
+
+# --------------------------------------------------------------------------- a real transformer
+
+
+def test_padded_batch_of_a_real_bert_equals_each_input_alone():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=32, attn_implementation="eager")
+    model = BertModel(config).eval()
+    lengths = [9, 4, 6]
+    input_ids = torch.randint(5, 50, (3, 9))
+    mask = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        batch = model(input_ids=input_ids, attention_mask=mask, output_attentions=True,
+                      output_hidden_states=True)
+        batched = attention_entropy(batch.attentions, mask)
+        for b, m in enumerate(lengths):
+            alone = model(input_ids=input_ids[b : b + 1, :m], output_attentions=True)
+            single = attention_entropy(alone.attentions)
+            np.testing.assert_allclose(batched.entropy[b], single.entropy[0], rtol=1e-5)
+            np.testing.assert_allclose(batched.normalized[b], single.entropy[0] / math.log(m), rtol=1e-5)
+    assert batched.entropy.shape == (3, 2, 4)
+    pooled = torch.stack([(h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                          for h in batch.hidden_states])
+    assert layerwise_similarity(pooled).similarity.shape == (3,)

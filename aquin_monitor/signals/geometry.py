@@ -148,7 +148,8 @@ def _paired_cosines(unit: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarra
 def anisotropy(x: object) -> float:
     """Exact mean cosine similarity over all distinct pairs of rows.
 
-    With x̂ᵢ = xᵢ/‖xᵢ‖ and S = Σᵢ x̂ᵢ, since Σᵢ Σⱼ x̂ᵢ·x̂ⱼ = ‖S‖² and the n diagonal terms are 1::
+    With x̂ᵢ = xᵢ/‖xᵢ‖ and S = Σᵢ x̂ᵢ, since Σᵢ Σⱼ x̂ᵢ·x̂ⱼ = ‖S‖² and the n diagonal terms
+    are 1::
 
         anisotropy = (‖S‖² − n) / (n(n − 1))
 
@@ -463,7 +464,9 @@ def _check_labels(labels: Sequence[object], n: int) -> np.ndarray:
     return label_array
 
 
-def _row_blocks(matrix: np.ndarray, columns: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+def _row_blocks(
+    matrix: np.ndarray, columns: int | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, stop, rows) blocks sized so a block × ``columns`` product stays ~32 MB."""
     n = matrix.shape[0]
     rows = max(1, _BLOCK_ELEMENTS // max(1, columns if columns is not None else n))

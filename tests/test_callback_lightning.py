@@ -1,0 +1,94 @@
+"""The Lightning callback, end to end on a tiny model: same metric names as the HF twin."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from torch.utils.data import DataLoader
+
+from aquin_monitor.callbacks import LightningEmbeddingMonitor
+from aquin_monitor.losses import info_nce
+from aquin_monitor.sinks import read_jsonl
+
+PAIRS = [(f"question number {i} about topic {i % 5}", f"answer {i} on topic {i % 5}") for i in range(32)]
+
+
+class PairModule(L.LightningModule):
+    def __init__(self, path, lr=5e-4, freeze_layer_at=None, nan_at=None):
+        super().__init__()
+        self.encoder = SentenceTransformer(path, device="cpu")
+        self.encoder.train()
+        self.lr, self.freeze_layer_at, self.nan_at = lr, freeze_layer_at, nan_at
+
+    def encode(self, texts):
+        feats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.encoder.preprocess(list(texts)).items()}
+        return self.encoder(feats)["sentence_embedding"]
+
+    def training_step(self, batch, batch_idx):
+        if self.freeze_layer_at is not None and self.global_step == self.freeze_layer_at:
+            for p in self.encoder[0].auto_model.encoder.layer[1].parameters():
+                p.requires_grad_(False)
+        queries = self.encode(batch[0])
+        if self.nan_at is not None and self.global_step >= self.nan_at:
+            queries = queries * float("nan")  # injected NaN, as an overflowing activation would produce
+        return info_nce(queries, self.encode(batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+
+def _fit(module, tmp_path, callback, max_steps, accumulate=1):
+    torch.manual_seed(0)
+    loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
+    trainer = L.Trainer(
+        max_steps=max_steps, accelerator="cpu", devices=1, callbacks=[callback], default_root_dir=str(tmp_path),
+        enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate,
+        gradient_clip_val=0.01, log_every_n_steps=1, enable_checkpointing=False,
+        logger=L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
+    )
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_lightning_logs_same_names_pre_clip(tiny_mean_model, tmp_path):
+    cb = LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"), strict=True)
+    trainer = _fit(PairModule(tiny_mean_model), tmp_path, cb, max_steps=4, accumulate=2)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total",
+                "contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc"} <= r.keys()
+        assert r["grad_norm/total"] > 0.01  # measured before Lightning's clipping to 0.01
+        groups = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+        assert math.sqrt(sum(v * v for v in groups)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
+    # the trainer's own TensorBoard logger got the metrics too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(trainer.logger.log_dir)
+    acc.Reload()
+    assert "contrastive/gap" in acc.Tags()["scalars"] and "grad_norm/layer.01" in acc.Tags()["scalars"]
+    assert cb.state_dict()["last_step"] == 4
+
+
+def test_frozen_layer_raises_dead_layer_alarm(tiny_mean_model, tmp_path):
+    cb = LightningEmbeddingMonitor(output_dir=str(tmp_path), strict=True)
+    with pytest.warns(Warning, match="dead_layer"):
+        _fit(PairModule(tiny_mean_model, freeze_layer_at=20), tmp_path, cb, max_steps=26)
+    events = read_jsonl(tmp_path / "events.jsonl")
+    dead = [e for e in events if e["kind"] == "dead_layer"]
+    assert dead and dead[0]["layer"] == "layer.01" and 21 <= dead[0]["step"] <= 25
+    assert not [e for e in events if e["kind"] in ("spike", "nan")]
+
+
+def test_nan_alarm_names_layers_and_stops(tiny_mean_model, tmp_path):
+    cb = LightningEmbeddingMonitor(output_dir=str(tmp_path), stop_on=["nan"], strict=True)
+    with pytest.warns(Warning, match="nan"):
+        trainer = _fit(PairModule(tiny_mean_model, nan_at=3), tmp_path, cb, max_steps=10)
+    events = [e for e in read_jsonl(tmp_path / "events.jsonl") if e["kind"] == "nan"]
+    assert events[0]["step"] == 4
+    assert {e["layer"] for e in events} >= {"loss", "layer.00", "total"}
+    assert trainer.global_step < 10

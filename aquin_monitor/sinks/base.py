@@ -1,0 +1,240 @@
+"""The one protocol every sink speaks, and :class:`MultiSink`, which fans a call out to many.
+
+Sinks never compute a signal: they write what they are given. The only shaping they do is
+formatting (a float to JSON, a nested record to ``a/b`` scalar tags).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class SinkWarning(RuntimeWarning):
+    """A sink failed and was switched off; training goes on."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where monitor results go: TensorBoard, Weights & Biases, JSONL files, a Lightning logger.
+
+    Every method writes what it is given and computes nothing. ``step`` is the optimizer
+    step the values belong to.
+    """
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        """Write named scalars (``grad_norm/layer.00``, ``contrastive/gap``, ...) at ``step``."""
+        ...
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        """Write the distribution of ``values`` (e.g. positive-pair similarities) at ``step``."""
+        ...
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        """Write an alarm ``{"step", "kind", "layer", "message", "value"}``.
+
+        TensorBoard and W&B show it as text plus a scalar ``alarm/<kind>`` = 1 at its step.
+        """
+        ...
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        """Write a matplotlib Figure. The caller owns the figure and closes it."""
+        ...
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+    ) -> None:
+        """Write an (n, d) embedding matrix with optional per-row labels (TB projector, W&B table)."""
+        ...
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Write a snapshot's JSON-able record (TensorBoard and W&B keep its numbers only)."""
+        ...
+
+    def flush(self) -> None:
+        """Push buffered writes to storage."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release what this sink opened (never what it borrowed)."""
+        ...
+
+
+def check_step(step: Any) -> int:
+    """Return ``step`` as an ``int``; raise :class:`ValueError` unless it is a non-negative integer.
+
+    >>> check_step(np.int64(4))
+    4
+    >>> check_step(2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: step must be a non-negative integer, got 2.5
+    """
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    return int(step)
+
+
+def validate_event(event: Mapping[str, Any]) -> None:
+    """Raise :class:`ValueError` unless ``event`` has an int ``step`` and a non-empty str ``kind``.
+
+    >>> validate_event({"step": 3, "kind": "spike", "layer": "layer.01", "message": "", "value": 9.0})
+    >>> validate_event({"kind": "spike"})
+    Traceback (most recent call last):
+    ...
+    ValueError: an alarm event needs a non-negative integer 'step', got None
+    """
+    step = event.get("step")
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"an alarm event needs a non-negative integer 'step', got {step!r}")
+    kind = event.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"an alarm event needs a non-empty string 'kind', got {kind!r}")
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    """One Markdown line describing an alarm, as shown in TensorBoard's text tab and W&B.
+
+    >>> event_text({"step": 7, "kind": "nan", "layer": "layer.03", "message": "NaN in grads", "value": None})
+    'step 7 · **nan** · layer `layer.03` · NaN in grads'
+    """
+    parts = [f"step {event.get('step')}", f"**{event.get('kind')}**"]
+    if event.get("layer") is not None:
+        parts.append(f"layer `{event['layer']}`")
+    if event.get("message"):
+        parts.append(str(event["message"]))
+    if event.get("value") is not None:
+        parts.append(f"value {event['value']:.6g}" if _is_number(event["value"]) else f"value {event['value']}")
+    return " · ".join(parts)
+
+
+def numeric_items(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten the numbers of a nested record into ``{"a/b": float}``; other leaves are dropped.
+
+    Used where a sink keeps scalars only (a snapshot's record in TensorBoard / W&B). Booleans
+    and strings are dropped; NaN and inf are kept (they are information for a dashboard).
+
+    >>> numeric_items({"geometry": {"anisotropy": 0.25, "note": "x"}, "n": 3, "ok": True})
+    {'geometry/anisotropy': 0.25, 'n': 3.0}
+    """
+    flat: dict[str, float] = {}
+    for key, value in record.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(numeric_items(value, name))
+        elif _is_number(value):
+            flat[name] = float(value)
+        elif isinstance(value, np.ndarray) and value.ndim == 0 and _is_number(value.item()):
+            flat[name] = float(value.item())
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def finite_values(values: Any) -> np.ndarray:
+    """The finite entries of ``values`` as a flat float64 array (histograms cannot bin NaN/inf).
+
+    >>> finite_values([1.0, float("nan"), 2.0, float("inf")]).tolist()
+    [1.0, 2.0]
+    """
+    array = np.asarray(values, dtype=np.float64).ravel()
+    return array[np.isfinite(array)]
+
+
+class MultiSink:
+    """Fan every call out to several sinks; a sink that raises is warned about once and switched off.
+
+    Monitoring must never kill training: the first exception a sink raises is reported
+    with :func:`warnings.warn` (:class:`SinkWarning`) and :mod:`logging`, then that sink is
+    skipped for the rest of the run while the others carry on. ``strict=True`` re-raises
+    instead (for tests).
+
+    >>> class Broken:
+    ...     def log_scalars(self, metrics, step):
+    ...         raise OSError("disk full")
+    >>> import warnings
+    >>> sink = MultiSink([Broken()])
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     sink.log_scalars({"contrastive/gap": 0.4}, step=1)
+    ...     sink.log_scalars({"contrastive/gap": 0.5}, step=2)
+    >>> len(caught), sink.active
+    (1, [])
+    """
+
+    def __init__(self, sinks: Sequence[Sink] = (), *, strict: bool = False) -> None:
+        self.sinks: list[Sink] = list(sinks)
+        self.strict = strict
+        self._disabled: set[int] = set()
+
+    @property
+    def active(self) -> list[Sink]:
+        """The sinks still switched on."""
+        return [sink for sink in self.sinks if id(sink) not in self._disabled]
+
+    def add(self, sink: Sink) -> None:
+        """Add one more sink."""
+        self.sinks.append(sink)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for sink in self.active:
+            try:
+                getattr(sink, method)(*args, **kwargs)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self._switch_off(sink, method, exc)
+
+    def _switch_off(self, sink: Sink, method: str, exc: BaseException) -> None:
+        self._disabled.add(id(sink))
+        message = (
+            f"aquin-monitor: sink {type(sink).__name__} failed in {method}() with "
+            f"{type(exc).__name__}: {exc}; it is switched off for the rest of the run "
+            "(training continues; pass strict=True to raise instead)"
+        )
+        logger.warning(message, exc_info=exc)
+        warnings.warn(message, SinkWarning, stacklevel=3)
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        self._call("log_scalars", metrics, step)
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self._call("log_histogram", tag, values, step)
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        self._call("log_event", event)
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        self._call("log_figure", tag, figure, step)
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+    ) -> None:
+        self._call("log_embeddings", tag, embeddings, labels, step)
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        self._call("log_summary", metrics, step)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        switched_off_before = set(self._disabled)
+        self._call("close")
+        # A switched-off sink may still hold a file or a run open: try to release it, quietly.
+        for sink in self.sinks:
+            if id(sink) in switched_off_before:
+                try:
+                    sink.close()
+                except Exception:  # already reported once when it was switched off
+                    logger.debug("closing switched-off sink %s failed", type(sink).__name__, exc_info=True)
+

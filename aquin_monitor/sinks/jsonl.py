@@ -1,0 +1,290 @@
+"""Plain files in the run directory, always written: JSON Lines, PNG figures, ``.npz`` embeddings.
+
+Layout of ``run_dir``::
+
+    metrics.jsonl      one object per log_scalars call: {"step": s, "time": unix, **metrics}
+    events.jsonl       one object per alarm: {"step", "kind", "layer", "message", "value", "time"}
+    snapshots.jsonl    one object per log_summary call: {"step": s, "time": unix, **record}
+    histograms.jsonl   one object per histogram: {"step", "time", "tag", "count", "nonfinite",
+                       "min", "max", "mean", "std", "quantiles": {"p01": ..., "p99": ...}}
+    figures/<tag-slug>/<step>.png
+    embeddings/<tag-slug>/<step>.npz   arrays "embeddings" and, when given, "labels"
+
+Every line is serialised in full, then appended with one ``write`` on an ``O_APPEND`` file
+descriptor (no user-space buffer), so each line reaches the OS when it is logged and a crash
+loses at most the line being written. Non-finite floats are written as ``null`` so every line
+is valid JSON. A partial last line left by an earlier crash is cut off when the file is opened
+again, so lines never run together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aquin_monitor.sinks.base import check_step, finite_values, validate_event
+
+logger = logging.getLogger(__name__)
+
+#: Quantiles recorded for each histogram, keyed ``p01`` ... ``p99``.
+HISTOGRAM_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+_RESERVED_KEYS = ("step", "time")
+
+
+class JsonlFormatError(ValueError):
+    """A JSON Lines file holds a line that is not a JSON object; the message names file and line."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert ``value`` to plain JSON types; non-finite floats become ``None`` (JSON ``null``).
+
+    numpy scalars and arrays (and anything with ``.tolist()``, e.g. a torch tensor) become
+    Python numbers and lists; mappings need string keys. Raises :class:`TypeError` for
+    anything else, rather than writing its ``repr``.
+
+    >>> to_jsonable({"a": float("nan"), "b": np.float32(0.5), "c": np.array([1.0, np.inf])})
+    {'a': None, 'b': 0.5, 'c': [1.0, None]}
+    """
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, got {key!r}")
+            out[key] = to_jsonable(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):
+        return to_jsonable(value.tolist())
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON: {value!r}")
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """Serialise one record as a JSON line (ending in a newline), NaN/inf as ``null``.
+
+    >>> json_line({"step": 3, "contrastive/gap": float("nan")})
+    '{"step": 3, "contrastive/gap": null}\\n'
+    """
+    return json.dumps(to_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON Lines file into a list of dicts; blank lines are skipped.
+
+    Raises :class:`JsonlFormatError` naming the file and the 1-based line number when a line
+    is not valid JSON or not a JSON object.
+    """
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JsonlFormatError(
+                    f"{path}, line {number}: invalid JSON ({exc.msg}, column {exc.colno}): {line[:120]!r}"
+                ) from exc
+            if not isinstance(record, dict):
+                raise JsonlFormatError(
+                    f"{path}, line {number}: expected a JSON object, got {type(record).__name__}"
+                )
+            records.append(record)
+    return records
+
+
+def slug(tag: str) -> str:
+    """A file-name-safe form of a tag: runs of other characters become ``_``.
+
+    >>> slug("geometry/similarity histogram")
+    'geometry_similarity_histogram'
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("._")
+    return cleaned or "untitled"
+
+
+def figure_path(run_dir: str | os.PathLike, tag: str, step: int) -> Path:
+    """Where :class:`JsonlSink` saves the figure ``tag`` of ``step``: ``figures/<slug>/<step>.png``."""
+    return Path(run_dir) / "figures" / slug(tag) / f"{check_step(step)}.png"
+
+
+def embeddings_path(run_dir: str | os.PathLike, tag: str, step: int) -> Path:
+    """Where :class:`JsonlSink` saves the embeddings ``tag`` of ``step``: ``embeddings/<slug>/<step>.npz``."""
+    return Path(run_dir) / "embeddings" / slug(tag) / f"{check_step(step)}.npz"
+
+
+class _AppendOnlyLines:
+    """A file that only ever grows by whole lines, each in one ``os.write`` call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._cut_partial_last_line()
+
+    def _cut_partial_last_line(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            # Walk back to the last newline; what follows it is a line a crash cut short.
+            end = size
+            keep = 0
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                chunk = handle.read(end - start)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+        os.truncate(self.path, keep)
+        message = f"aquin-monitor: {self.path} ended in a partial line ({size - keep} bytes, left by a crash); it was cut off"
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def write_line(self, line: str) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        data = memoryview(line.encode("utf-8"))
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class JsonlSink:
+    """Write monitor output as plain files under ``run_dir`` (see the module docstring for the layout).
+
+    >>> import tempfile
+    >>> run_dir = tempfile.mkdtemp()
+    >>> sink = JsonlSink(run_dir)
+    >>> sink.log_scalars({"contrastive/gap": 0.31, "grad_norm/total": float("inf")}, step=10)
+    >>> sink.close()
+    >>> [{k: v for k, v in r.items() if k != "time"} for r in read_jsonl(f"{run_dir}/metrics.jsonl")]
+    [{'step': 10, 'contrastive/gap': 0.31, 'grad_norm/total': None}]
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, _AppendOnlyLines] = {}
+        # metrics and events exist from the start: an empty events.jsonl means "no alarm".
+        self._file("metrics.jsonl")
+        self._file("events.jsonl")
+
+    def _file(self, name: str) -> _AppendOnlyLines:
+        if name not in self._files:
+            self._files[name] = _AppendOnlyLines(self.run_dir / name)
+        return self._files[name]
+
+    def _append(self, name: str, record: Mapping[str, Any]) -> None:
+        # Serialise fully before touching the file: a bad value raises here, with nothing written.
+        self._file(name).write_line(json_line(record))
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        self._append("metrics.jsonl", _stamped(metrics, step))
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        self._append("snapshots.jsonl", _stamped(metrics, step))
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        validate_event(event)
+        record = {"layer": None, "message": "", "value": None, **event}
+        record.setdefault("time", time.time())
+        self._append("events.jsonl", record)
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        """Append summary statistics of ``values``: count and stats of the finite entries,
+        ``nonfinite`` = how many NaN/inf were left out, quantiles by linear interpolation
+        (:func:`numpy.quantile`)."""
+        step = check_step(step)
+        total = int(np.size(values))
+        finite = finite_values(values)
+        record: dict[str, Any] = {
+            "step": step,
+            "time": time.time(),
+            "tag": tag,
+            "count": int(finite.size),
+            "nonfinite": total - int(finite.size),
+        }
+        if finite.size:
+            quantiles = np.quantile(finite, HISTOGRAM_QUANTILES)
+            record.update(
+                min=float(finite.min()),
+                max=float(finite.max()),
+                mean=float(finite.mean()),
+                std=float(finite.std()),
+                quantiles={f"p{round(q * 100):02d}": float(v) for q, v in zip(HISTOGRAM_QUANTILES, quantiles)},
+            )
+        else:
+            record.update(min=None, max=None, mean=None, std=None, quantiles=None)
+        self._append("histograms.jsonl", record)
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        path = figure_path(self.run_dir, tag, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        figure.savefig(partial, format="png")
+        os.replace(partial, path)  # atomic: a reader never sees half a PNG
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+    ) -> None:
+        matrix = np.asarray(embeddings)
+        if matrix.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {matrix.shape}")
+        arrays = {"embeddings": matrix}
+        if labels is not None:
+            if len(labels) != matrix.shape[0]:
+                raise ValueError(f"got {len(labels)} labels for {matrix.shape[0]} embeddings")
+            arrays["labels"] = np.asarray([str(label) for label in labels], dtype=str)
+        path = embeddings_path(self.run_dir, tag, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(partial, path)
+
+    def flush(self) -> None:
+        """Nothing to do: every line is handed to the OS when it is logged."""
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+
+def _stamped(metrics: Mapping[str, Any], step: int) -> dict[str, Any]:
+    clash = [key for key in _RESERVED_KEYS if key in metrics]
+    if clash:
+        raise ValueError(f"metric names {clash} are reserved for the record's own step and time")
+    return {"step": check_step(step), "time": time.time(), **metrics}

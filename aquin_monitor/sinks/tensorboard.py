@@ -1,0 +1,107 @@
+"""TensorBoard sink: scalars, histograms, alarms as text, figures, projector, custom-scalars layout."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aquin_monitor._optional import require
+from aquin_monitor.sinks.base import check_step, event_text, finite_values, numeric_items, validate_event
+
+#: Text tag alarms are written under (TensorBoard shows it as ``events/text_summary``).
+EVENTS_TAG = "events"
+
+#: The custom-scalars layout written once when the sink starts. Chart tags are regular
+#: expressions matched against scalar tags (TensorBoard's MultilineChartContent semantics).
+CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
+    "aquin-monitor": {
+        "contrastive": [
+            "Multiline",
+            [r"^contrastive/pos_sim$", r"^contrastive/neg_sim$", r"^contrastive/hard_neg_sim$", r"^contrastive/gap$"],
+        ],
+        "grad_norm": ["Multiline", [r"^grad_norm/layer\.\d+$"]],
+        "alarms": ["Multiline", [r"^alarm/"]],
+    }
+}
+
+
+class TensorBoardSink:
+    """Write to TensorBoard through a ``torch.utils.tensorboard`` ``SummaryWriter``.
+
+    Pass ``log_dir`` to open (and later close) a writer of our own, or ``writer`` to write
+    through one the trainer already has (Lightning's ``TensorBoardLogger.experiment``, the HF
+    ``TensorBoardCallback.tb_writer``); a borrowed writer is flushed, never closed.
+
+    - scalars: ``add_scalar`` per metric (NaN/inf kept: they are what an alarm is about);
+    - histograms: ``add_histogram`` of the finite values (NaN/inf cannot be binned); an array
+      with no finite value is skipped;
+    - alarms: one Markdown line under text tag ``events`` plus scalar ``alarm/<kind>`` = 1;
+    - figures: ``add_figure`` (the figure is left open: the caller owns it);
+    - embeddings: ``add_embedding`` for the projector, labels as metadata;
+    - summaries (snapshot records): their numbers only, as scalars, nested keys joined by ``/``.
+
+    When it starts the sink writes :data:`CUSTOM_SCALARS_LAYOUT` (``add_custom_scalars``): one
+    chart with pos/neg/hard-neg similarity and gap, one with every ``grad_norm/layer.NN``, one
+    with all ``alarm/*``.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, writer: Any = None) -> None:
+        if (log_dir is None) == (writer is None):
+            raise ValueError("TensorBoardSink needs exactly one of log_dir= or writer=")
+        if writer is None:
+            tensorboard = require("torch.utils.tensorboard", "TensorBoard logging")
+            writer = tensorboard.SummaryWriter(log_dir=os.fspath(log_dir))
+            self._owns_writer = True
+        else:
+            self._owns_writer = False
+        self.writer = writer
+        self.writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        step = check_step(step)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, float(value), global_step=step)
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        step = check_step(step)
+        finite = finite_values(values)
+        if finite.size:
+            self.writer.add_histogram(tag, finite, global_step=step)
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        validate_event(event)
+        step = int(event["step"])
+        self.writer.add_text(EVENTS_TAG, event_text(event), global_step=step)
+        self.writer.add_scalar(f"alarm/{event['kind']}", 1.0, global_step=step)
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(tag, figure, global_step=check_step(step), close=False)
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+    ) -> None:
+        matrix = np.asarray(embeddings, dtype=np.float32)
+        if matrix.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {matrix.shape}")
+        metadata = None
+        if labels is not None:
+            if len(labels) != matrix.shape[0]:
+                raise ValueError(f"got {len(labels)} labels for {matrix.shape[0]} embeddings")
+            # metadata.tsv is one label per line: a tab or newline inside a label would shift rows.
+            metadata = [" ".join(str(label).split()) for label in labels]
+        self.writer.add_embedding(matrix, metadata=metadata, tag=tag, global_step=check_step(step))
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.log_scalars(numeric_items(metrics), step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._owns_writer:
+            self.writer.close()
+        else:
+            self.writer.flush()

@@ -1,0 +1,159 @@
+"""Weights & Biases sink, on the run the trainer opened (or one of its own), on its own x-axis.
+
+How steps work, and why. W&B's internal ``_step`` must only grow, and a ``wandb.log(...,
+step=n)`` with ``n`` below it is dropped. Neither Hugging Face's ``WandbCallback`` nor
+Lightning's ``WandbLogger`` passes ``step=``: both log the trainer step as an ordinary metric
+(``train/global_step`` / ``trainer/global_step``) and declare it the x-axis of every metric with
+``define_metric("*", step_metric=..., step_sync=True)``. This sink does the same with its own
+key, :data:`STEP_KEY` = ``aquin/step``: every call is ``run.log({..., "aquin/step": step})``,
+never ``step=``, and each key it writes is declared once with
+``define_metric(key, step_metric="aquin/step")``. An exact ``define_metric`` takes precedence over
+the trainer's ``"*"`` glob, so our charts are plotted against our step and W&B does not stamp
+the trainer's (possibly stale) step into our scalar rows; the trainer's own rows are untouched.
+(Rows holding media -- histograms, images, tables -- are nested records whose sub-keys W&B
+still matches against the trainer's glob, so they also carry the trainer's last step; they
+are plotted against ``aquin/step`` all the same.)
+``commit=False`` was rejected: it merges values into the trainer's next row, so with
+``logging_steps=50`` only one step in fifty would survive.
+
+Caveat: if your own code calls ``wandb.log(..., step=n)`` explicitly, our rows advance ``_step``
+and W&B will drop yours; log your step as a metric instead (as HF and Lightning do).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aquin_monitor._optional import require
+from aquin_monitor.sinks.base import check_step, event_text, finite_values, numeric_items, validate_event
+
+#: The x-axis of everything this sink logs.
+STEP_KEY = "aquin/step"
+#: Key of the table that lists every alarm so far.
+EVENTS_KEY = "events"
+EVENT_COLUMNS = ["step", "kind", "layer", "message", "value", "text"]
+DEFAULT_PROJECT = "aquin-monitor"
+
+
+class WandbSink:
+    """Write to Weights & Biases.
+
+    The run is resolved at the first write, so a run the trainer opens later (HF's
+    ``WandbCallback`` opens it in ``on_train_begin``) is still the one used: ``run`` if given,
+    else the active ``wandb.run``, else a new ``wandb.init(project=..., mode=..., dir=...)``.
+    ``project`` defaults to ``$WANDB_PROJECT`` or ``"aquin-monitor"``; ``mode=None`` leaves the
+    choice to W&B, which honours ``WANDB_MODE`` (``"offline"`` needs no network or login). Only
+    a run this sink opened is finished by :meth:`close`.
+
+    Scalars go to history against ``aquin/step`` (see the module docstring), histograms as
+    ``wandb.Histogram`` of the finite values, alarms as ``alarm/<kind>`` = 1 plus a
+    ``wandb.Table`` under ``events`` holding every alarm so far, figures as ``wandb.Image``,
+    embeddings as a ``wandb.Table`` (columns ``label``, ``embedding``) for W&B's 2-D projection
+    panel, snapshot summaries as their numeric leaves.
+    """
+
+    def __init__(
+        self,
+        run: Any = None,
+        project: str | None = None,
+        mode: str | None = None,
+        dir: str | os.PathLike | None = None,
+    ) -> None:
+        self._run = run
+        self._owns_run = False
+        self.project = project
+        self.mode = mode
+        self.dir = dir
+        self._defined: set[str] = set()
+        self._event_rows: list[list[Any]] = []
+        self._wandb = require("wandb", "Weights & Biases logging")
+
+    @property
+    def run(self) -> Any:
+        """The W&B run written to (opened on first use when there is none)."""
+        if self._run is None:
+            if self._wandb.run is not None:
+                self._run = self._wandb.run
+            else:
+                kwargs: dict[str, Any] = {"project": self.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT}
+                if self.mode is not None:
+                    kwargs["mode"] = self.mode
+                if self.dir is not None:
+                    os.makedirs(self.dir, exist_ok=True)
+                    kwargs["dir"] = os.fspath(self.dir)
+                self._run = self._wandb.init(**kwargs)
+                self._owns_run = True
+        return self._run
+
+    def _log(self, row: Mapping[str, Any], step: int) -> None:
+        run = self.run
+        if not self._defined:
+            run.define_metric(STEP_KEY, hidden=True)
+            self._defined.add(STEP_KEY)
+        for key in row:
+            if key not in self._defined:
+                run.define_metric(key, step_metric=STEP_KEY)
+                self._defined.add(key)
+        run.log({**row, STEP_KEY: step})
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        if STEP_KEY in metrics:
+            raise ValueError(f"metric name {STEP_KEY!r} is reserved for the sink's x-axis")
+        self._log({key: float(value) for key, value in metrics.items()}, check_step(step))
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        step = check_step(step)
+        finite = finite_values(values)
+        if finite.size:
+            self._log({tag: self._wandb.Histogram(finite)}, step)
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        validate_event(event)
+        self._event_rows.append(
+            [
+                int(event["step"]),
+                str(event["kind"]),
+                None if event.get("layer") is None else str(event["layer"]),
+                str(event.get("message") or ""),
+                None if event.get("value") is None else float(event["value"]),
+                event_text(event),
+            ]
+        )
+        # Tables are immutable once logged: log one with every alarm so far (alarms are rare).
+        table = self._wandb.Table(columns=EVENT_COLUMNS, data=[list(row) for row in self._event_rows])
+        self._log({f"alarm/{event['kind']}": 1.0, EVENTS_KEY: table}, int(event["step"]))
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        self._log({tag: self._wandb.Image(figure)}, check_step(step))
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+    ) -> None:
+        matrix = np.asarray(embeddings, dtype=np.float64)
+        if matrix.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {matrix.shape}")
+        if labels is None:
+            labels = [str(i) for i in range(matrix.shape[0])]
+        elif len(labels) != matrix.shape[0]:
+            raise ValueError(f"got {len(labels)} labels for {matrix.shape[0]} embeddings")
+        rows = [[str(label), vector.tolist()] for label, vector in zip(labels, matrix)]
+        table = self._wandb.Table(columns=["label", "embedding"], data=rows)
+        self._log({tag: table}, check_step(step))
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        scalars = numeric_items(metrics)
+        if scalars:
+            self.log_scalars(scalars, step)
+
+    def flush(self) -> None:
+        """Nothing to do: W&B streams every ``log`` to its own service process."""
+
+    def close(self) -> None:
+        if self._owns_run and self._run is not None:
+            self._run.finish()
+            self._run = None
+            self._owns_run = False

@@ -1,0 +1,514 @@
+"""Sinks: write through each one, then read back what landed on disk with the tool's own reader.
+
+TensorBoard event files are read with tensorboard's EventAccumulator; W&B offline runs by
+parsing the run's ``.wandb`` transaction log (LevelDB-log framing, CRC-checked) into
+``wandb_internal_pb2.Record`` messages; JSONL with :mod:`json` rejecting NaN.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import struct
+import warnings
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from aquin_monitor.sinks import (  # noqa: E402
+    JsonlFormatError,
+    JsonlSink,
+    LightningLoggerSink,
+    MultiSink,
+    Sink,
+    SinkWarning,
+    TensorBoardSink,
+    WandbSink,
+    read_jsonl,
+    sinks_for_hf,
+    sinks_for_lightning,
+)
+from aquin_monitor.sinks.jsonl import embeddings_path, figure_path  # noqa: E402
+from aquin_monitor.sinks.tensorboard import CUSTOM_SCALARS_LAYOUT  # noqa: E402
+
+ALARM = {"step": 2, "kind": "spike", "layer": "layer.03", "message": "robust z = 9.1", "value": 9.1}
+
+
+def strict_json(line: str):
+    """json.loads that refuses NaN/Infinity (Python's default accepts them; JSON does not)."""
+    return json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name} in {line!r}"))
+
+
+@pytest.fixture
+def figure():
+    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
+    ax.plot([0, 1], [0, 1])
+    yield fig
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------- JSONL
+
+
+def test_jsonl_metrics_one_valid_line_per_call_with_null_for_non_finite(tmp_path):
+    sink = JsonlSink(tmp_path)
+    sink.log_scalars({"contrastive/gap": 0.25, "grad_norm/total": float("nan")}, step=1)
+    sink.log_scalars({"contrastive/gap": np.float32(0.5), "grad_norm/total": np.inf}, step=np.int64(2))
+    sink.close()
+
+    lines = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [strict_json(line) for line in lines]
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["contrastive/gap"] for r in records] == [0.25, 0.5]
+    assert [r["grad_norm/total"] for r in records] == [None, None]
+    assert all(isinstance(r["time"], float) and r["time"] > 1.6e9 for r in records)
+    assert read_jsonl(tmp_path / "metrics.jsonl") == records
+
+
+def test_jsonl_events_and_snapshots(tmp_path):
+    sink = JsonlSink(tmp_path)
+    assert (tmp_path / "events.jsonl").read_text() == ""  # exists from the start: no alarm yet
+    sink.log_event(ALARM)
+    sink.log_event({"step": 5, "kind": "nan", "layer": None, "message": "NaN in loss", "value": float("nan")})
+    sink.log_summary({"geometry": {"anisotropy": np.float64(0.125), "id_pca95": np.int64(17)},
+                      "spectrum": np.array([1.0, np.nan])}, step=100)
+    sink.close()
+
+    events = [strict_json(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [{k: e[k] for k in ALARM} for e in events] == [
+        ALARM,
+        {"step": 5, "kind": "nan", "layer": None, "message": "NaN in loss", "value": None},
+    ]
+    (snapshot,) = [strict_json(line) for line in (tmp_path / "snapshots.jsonl").read_text().splitlines()]
+    assert snapshot["step"] == 100
+    assert snapshot["geometry"] == {"anisotropy": 0.125, "id_pca95": 17}
+    assert snapshot["spectrum"] == [1.0, None]
+
+
+def test_jsonl_histogram_summary_statistics_hand_checked(tmp_path):
+    sink = JsonlSink(tmp_path)
+    values = np.concatenate([np.arange(101, dtype=np.float64), [np.nan, np.inf]])  # 0..100 plus 2 non-finite
+    sink.log_histogram("contrastive/pos_sim_hist", values, step=3)
+    sink.log_histogram("empty", np.array([np.nan]), step=3)
+    sink.close()
+
+    full, empty = read_jsonl(tmp_path / "histograms.jsonl")
+    assert full["tag"] == "contrastive/pos_sim_hist" and full["step"] == 3
+    assert (full["count"], full["nonfinite"]) == (101, 2)
+    assert (full["min"], full["max"], full["mean"]) == (0.0, 100.0, 50.0)
+    assert full["std"] == pytest.approx(np.sqrt((101**2 - 1) / 12))  # population sd of 0..n-1
+    # linear-interpolation quantiles of 0..100 are the percentages themselves
+    assert full["quantiles"] == {"p01": 1.0, "p05": 5.0, "p25": 25.0, "p50": 50.0, "p75": 75.0, "p95": 95.0, "p99": 99.0}
+    assert (empty["count"], empty["nonfinite"], empty["mean"], empty["quantiles"]) == (0, 1, None, None)
+
+
+def test_jsonl_figure_png_and_embeddings_npz(tmp_path, figure):
+    sink = JsonlSink(tmp_path)
+    sink.log_figure("geometry/similarity histogram", figure, step=7)
+    embeddings = np.arange(12, dtype=np.float32).reshape(4, 3)
+    sink.log_embeddings("probe", embeddings, ["a", "b", "c", "d"], step=7)
+    sink.close()
+
+    png = tmp_path / "figures" / "geometry_similarity_histogram" / "7.png"
+    assert png == figure_path(tmp_path, "geometry/similarity histogram", 7)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert mpimg.imread(png).shape[:2] == (75, 100)  # 1.5 x 2 inches at 50 dpi
+    assert plt.fignum_exists(figure.number)  # the caller owns the figure: not closed by the sink
+
+    with np.load(embeddings_path(tmp_path, "probe", 7)) as saved:
+        np.testing.assert_array_equal(saved["embeddings"], embeddings)
+        assert saved["labels"].tolist() == ["a", "b", "c", "d"]
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_jsonl_bad_input_raises_and_writes_nothing(tmp_path):
+    sink = JsonlSink(tmp_path)
+    with pytest.raises(ValueError, match="reserved"):
+        sink.log_scalars({"step": 1.0}, step=1)
+    with pytest.raises(TypeError, match="cannot write"):
+        sink.log_scalars({"odd": object()}, step=1)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        sink.log_scalars({"a": 1.0}, step=1.5)
+    with pytest.raises(ValueError, match="kind"):
+        sink.log_event({"step": 1, "kind": ""})
+    with pytest.raises(ValueError, match="labels"):
+        sink.log_embeddings("e", np.zeros((3, 2)), ["x"], step=0)
+    sink.close()
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b""
+    assert (tmp_path / "events.jsonl").read_bytes() == b""
+
+
+def test_read_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n\n{"step": 2, "x": NaN\n{"step": 3}\n', encoding="utf-8")
+    with pytest.raises(JsonlFormatError, match=r"metrics\.jsonl, line 3: invalid JSON") as info:
+        read_jsonl(path)
+    assert isinstance(info.value, ValueError)
+    path.write_text('{"step": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(JsonlFormatError, match="line 2: expected a JSON object"):
+        read_jsonl(path)
+
+
+def test_jsonl_cuts_a_partial_line_left_by_a_crash(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "a": 1.0}\n{"step": 2, "a"', encoding="utf-8")
+    with pytest.warns(RuntimeWarning, match="partial line"):
+        sink = JsonlSink(tmp_path)
+    sink.log_scalars({"a": 3.0}, step=3)
+    sink.close()
+    assert [(r["step"], r["a"]) for r in read_jsonl(tmp_path / "metrics.jsonl")] == [(1, 1.0), (3, 3.0)]
+
+
+# ------------------------------------------------------------------------------------ MultiSink
+
+
+class ExplodingSink:
+    def __init__(self):
+        self.calls = 0
+        self.closed = False
+
+    def log_scalars(self, metrics, step):
+        self.calls += 1
+        raise OSError("disk full")
+
+    def log_event(self, event):
+        self.calls += 1
+        raise OSError("disk full")
+
+    def close(self):
+        self.closed = True
+
+
+def test_multisink_switches_a_failing_sink_off_after_one_warning(tmp_path, caplog):
+    exploding = ExplodingSink()
+    jsonl = JsonlSink(tmp_path)
+    sink = MultiSink([exploding, jsonl])
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        sink.log_scalars({"contrastive/gap": 0.1}, step=1)
+        sink.log_scalars({"contrastive/gap": 0.2}, step=2)
+        sink.log_event(ALARM)
+    sink.close()
+
+    sink_warnings = [w for w in caught if issubclass(w.category, SinkWarning)]
+    assert len(sink_warnings) == 1
+    assert "ExplodingSink" in str(sink_warnings[0].message) and "disk full" in str(sink_warnings[0].message)
+    assert sum("ExplodingSink" in record.getMessage() for record in caplog.records) == 1
+    assert exploding.calls == 1  # never called again once switched off
+    assert exploding.closed  # but still given a chance to release resources
+    assert sink.active == [jsonl]
+    assert [r["contrastive/gap"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0.1, 0.2]
+    assert [e["kind"] for e in read_jsonl(tmp_path / "events.jsonl")] == ["spike"]
+
+
+def test_multisink_strict_reraises(tmp_path):
+    sink = MultiSink([ExplodingSink(), JsonlSink(tmp_path)], strict=True)
+    with pytest.raises(OSError, match="disk full"):
+        sink.log_scalars({"a": 1.0}, step=1)
+    assert len(sink.active) == 2
+    sink.close()
+
+
+# ---------------------------------------------------------------------------------- TensorBoard
+
+
+def read_tensorboard(log_dir):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    accumulator = ea.EventAccumulator(
+        str(log_dir),
+        size_guidance={ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0, ea.TENSORS: 0},
+    )
+    return accumulator.Reload()
+
+
+def test_tensorboard_sink_written_files_read_back_with_tensorboard(tmp_path, figure):
+    log_dir = tmp_path / "tb"
+    sink = TensorBoardSink(log_dir=log_dir)
+    for step, gap in [(1, 0.5), (2, 0.25)]:
+        sink.log_scalars({"contrastive/gap": gap, "grad_norm/layer.00": 10.0 * step}, step=step)
+    sink.log_histogram("contrastive/pos_sim_hist", np.array([0.1, 0.2, 0.9, np.nan]), step=2)
+    sink.log_event(ALARM)
+    sink.log_figure("geometry/spectrum", figure, step=2)
+    sink.log_embeddings("probe", np.eye(3, 4), ["q one", "q\ttwo", "q3"], step=2)
+    sink.log_summary({"geometry": {"anisotropy": 0.375}, "model": "minilm"}, step=2)
+    sink.close()
+
+    acc = read_tensorboard(log_dir)
+    tags = acc.Tags()
+    assert [(s.step, s.value) for s in acc.Scalars("contrastive/gap")] == [(1, 0.5), (2, 0.25)]
+    assert [(s.step, s.value) for s in acc.Scalars("grad_norm/layer.00")] == [(1, 10.0), (2, 20.0)]
+    assert [(s.step, s.value) for s in acc.Scalars("alarm/spike")] == [(2, 1.0)]
+    assert [(s.step, s.value) for s in acc.Scalars("geometry/anisotropy")] == [(2, 0.375)]
+
+    (hist,) = acc.Histograms("contrastive/pos_sim_hist")
+    assert hist.step == 2
+    assert (hist.histogram_value.num, hist.histogram_value.min, hist.histogram_value.max) == (3, 0.1, 0.9)
+    assert hist.histogram_value.sum == pytest.approx(1.2)
+
+    (text,) = acc.Tensors("events/text_summary")
+    assert text.step == 2
+    message = text.tensor_proto.string_val[0].decode()
+    assert "spike" in message and "layer.03" in message and "robust z = 9.1" in message
+
+    (image,) = acc.Images("geometry/spectrum")
+    assert (image.step, image.width, image.height) == (2, 100, 75)
+    assert image.encoded_image_string[:4] == b"\x89PNG"
+
+    assert "custom_scalars__config__" in tags["tensors"]
+    assert acc.SummaryMetadata("custom_scalars__config__").plugin_data.plugin_name == "custom_scalars"
+
+    # projector files, as TensorBoard's projector plugin reads them
+    config = (log_dir / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "probe:00002"' in config
+    (metadata,) = log_dir.glob("00002/probe*/metadata.tsv")
+    assert metadata.read_text().splitlines() == ["q one", "q two", "q3"]
+    tensors = np.loadtxt(metadata.parent / "tensors.tsv", delimiter="\t")
+    np.testing.assert_array_equal(tensors, np.eye(3, 4))
+
+
+def test_tensorboard_custom_scalars_layout(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    TensorBoardSink(log_dir=tmp_path).close()
+    (event,) = read_tensorboard(tmp_path).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert set(charts) == {"contrastive", "grad_norm", "alarms"}
+
+    def matched(chart, tags):
+        return [tag for tag in tags if any(re.search(pattern, tag) for pattern in charts[chart])]
+
+    contrastive = ["contrastive/pos_sim", "contrastive/neg_sim", "contrastive/hard_neg_sim", "contrastive/gap"]
+    assert matched("contrastive", contrastive + ["contrastive/in_batch_acc", "contrastive/gap_x"]) == contrastive
+    layers = [f"grad_norm/layer.{i:02d}" for i in range(12)]
+    assert matched("grad_norm", layers + ["grad_norm/total", "grad_norm/embeddings", "grad_norm/layerx00"]) == layers
+    assert matched("alarms", ["alarm/spike", "alarm/dead_layer", "grad_norm/total"]) == ["alarm/spike", "alarm/dead_layer"]
+    assert charts == {name: spec[1] for name, spec in CUSTOM_SCALARS_LAYOUT["aquin-monitor"].items()}
+
+
+def test_tensorboard_sink_borrowed_writer_is_not_closed(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    sink = TensorBoardSink(writer=writer)
+    sink.log_scalars({"a": 1.0}, step=0)
+    sink.close()
+    writer.add_scalar("b", 2.0, 1)  # still open: the trainer owns it
+    writer.close()
+    acc = read_tensorboard(tmp_path)
+    assert [s.value for s in acc.Scalars("a")] == [1.0] and [s.value for s in acc.Scalars("b")] == [2.0]
+    with pytest.raises(ValueError, match="exactly one"):
+        TensorBoardSink()
+    with pytest.raises(ValueError, match="exactly one"):
+        TensorBoardSink(log_dir=tmp_path, writer=writer)
+
+
+# --------------------------------------------------------------------------------- W&B (offline)
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B in offline mode with every directory under tmp_path: no network, no login."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        directory = tmp_path / name.lower()
+        directory.mkdir()
+        monkeypatch.setenv(name, str(directory))
+    yield wandb
+    if wandb.run is not None:
+        wandb.run.finish()
+    wandb.teardown()
+
+
+def wandb_records(run_dir):
+    """Parse a finished run's .wandb file (after ``wandb.teardown()``, which waits for the writer): LevelDB-log blocks of 32 KiB, 7-byte record headers
+    (crc32 of type byte + data, length, type FULL/FIRST/MIDDLE/LAST), after a 7-byte file header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    data = Path(path).read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:7])
+    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0)
+    block, header, position, pending, records = 32768, 7, 7, b"", []
+    while position + header <= len(data):
+        if block - position % block < header:  # block trailer too short for a header: zero padding
+            position += block - position % block
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + header])
+        payload = data[position + header : position + header + length]
+        position += header + length
+        if kind == 0 and length == 0:
+            continue
+        assert checksum == zlib.crc32(payload, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
+        if kind in (1, 4):  # FULL, LAST
+            record = pb.Record()
+            record.ParseFromString(pending + payload)
+            records.append(record)
+            pending = b""
+        else:  # FIRST, MIDDLE
+            pending += payload
+    return records
+
+
+def history_rows(records):
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_wandb_sink_joins_the_trainer_run_on_its_own_x_axis(wandb_offline, figure):
+    wandb = wandb_offline
+    # What HF's WandbCallback does in on_train_begin / on_log.
+    run = wandb.init(project="hf-project")
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    run.log({"train/loss": 1.5, "train/global_step": 1})
+
+    sink = WandbSink()
+    for step, gap in [(1, 0.5), (2, 0.25), (3, float("nan"))]:
+        sink.log_scalars({"contrastive/gap": gap, "grad_norm/layer.00": 10.0 * step}, step=step)
+    run.log({"train/loss": 1.0, "train/global_step": 3})  # the trainer keeps logging its own way
+    sink.log_histogram("contrastive/pos_sim_hist", np.array([0.1, 0.2, 0.9, np.inf]), step=3)
+    sink.log_event(ALARM)
+    sink.log_figure("geometry/spectrum", figure, step=3)
+    sink.log_embeddings("probe", np.arange(6.0).reshape(3, 2), ["a", "b", "c"], step=3)
+    sink.log_summary({"geometry": {"anisotropy": 0.375}, "model": "minilm"}, step=3)
+    assert sink.run is run
+    sink.close()
+    assert wandb.run is run  # a borrowed run is not finished by the sink
+    run_dir = Path(run.dir).parent
+    run.finish()
+    wandb.teardown()  # the service writes the .wandb file asynchronously: wait for it to exit
+
+    assert run_dir.name.startswith("offline-run-")
+    records = wandb_records(run_dir)
+    metrics = {m.metric.name: m.metric.step_metric for m in records if m.WhichOneof("record_type") == "metric" and m.metric.name}
+    for key in ["contrastive/gap", "grad_norm/layer.00", "contrastive/pos_sim_hist", "alarm/spike", "events",
+                "geometry/spectrum", "probe", "geometry/anisotropy"]:
+        assert metrics[key] == "aquin/step", key
+
+    rows = history_rows(records)
+    ours = [row for row in rows if "aquin/step" in row]
+    trainer = [row for row in rows if "aquin/step" not in row]
+    assert [row["train/global_step"] for row in trainer] == [1, 3]
+    scalar_rows = [r for r in ours if not any(key.endswith("/_type") for key in r)]
+    assert len(scalar_rows) == 4  # 3 log_scalars + 1 log_summary
+    # Not stamped with the trainer's (stale) step. Media rows are: W&B matches their nested
+    # keys against the trainer's "*" glob; harmless, they still carry aquin/step.
+    assert [r for r in scalar_rows if "train/global_step" in r] == []
+    assert [(r["aquin/step"], r["contrastive/gap"], r["grad_norm/layer.00"]) for r in ours[:2]] == [
+        (1, 0.5, 10.0), (2, 0.25, 20.0)]
+    assert ours[2]["aquin/step"] == 3 and np.isnan(ours[2]["contrastive/gap"])  # W&B keeps NaN
+    hist = next(r for r in ours if "contrastive/pos_sim_hist/_type" in r)
+    assert hist["contrastive/pos_sim_hist/_type"] == "histogram" and sum(hist["contrastive/pos_sim_hist/values"]) == 3
+    assert hist["aquin/step"] == 3
+    alarm = next(r for r in ours if "alarm/spike" in r)
+    assert (alarm["aquin/step"], alarm["alarm/spike"], alarm["events/_type"]) == (2, 1.0, "table-file")
+    table = json.loads((run_dir / "files" / alarm["events/path"]).read_text())
+    assert table["columns"][:5] == ["step", "kind", "layer", "message", "value"]
+    assert table["data"][0][:5] == [2, "spike", "layer.03", "robust z = 9.1", 9.1]
+    image = next(r for r in ours if "geometry/spectrum/_type" in r)
+    assert image["geometry/spectrum/_type"] == "image-file"
+    assert (image["geometry/spectrum/width"], image["geometry/spectrum/height"]) == (100, 75)
+    assert (run_dir / "files" / image["geometry/spectrum/path"]).read_bytes()[:4] == b"\x89PNG"
+    projection = next(r for r in ours if "probe/_type" in r)
+    embedded = json.loads((run_dir / "files" / projection["probe/path"]).read_text())
+    assert embedded["columns"] == ["label", "embedding"]
+    assert embedded["data"] == [["a", [0.0, 1.0]], ["b", [2.0, 3.0]], ["c", [4.0, 5.0]]]
+    summary = next(r for r in ours if "geometry/anisotropy" in r)
+    assert (summary["aquin/step"], summary["geometry/anisotropy"]) == (3, 0.375) and "model" not in summary
+
+
+def test_wandb_sink_opens_and_finishes_its_own_offline_run(wandb_offline, tmp_path):
+    wandb = wandb_offline
+    assert wandb.run is None
+    sink = WandbSink(dir=tmp_path / "own")
+    sink.log_scalars({"contrastive/pos_sim": 0.75}, step=4)
+    run = sink.run
+    assert run.project == "aquin-monitor"
+    run_dir = Path(run.dir).parent
+    sink.close()
+    assert wandb.run is None  # finished: it was ours
+    wandb.teardown()
+    assert run_dir.parent == tmp_path / "own" / "wandb" and run_dir.name.startswith("offline-run-")
+    rows = history_rows(wandb_records(run_dir))
+    assert [(r["aquin/step"], r["contrastive/pos_sim"]) for r in rows] == [(4, 0.75)]
+
+
+# ------------------------------------------------------------------------ trainer integrations
+
+
+def test_sinks_for_lightning_maps_each_logger(wandb_offline, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    tb_logger = TensorBoardLogger(save_dir=str(tmp_path), name="tb")
+    csv_logger = CSVLogger(save_dir=str(tmp_path), name="csv")
+    wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    tb_sink, csv_sink, wandb_sink = sinks_for_lightning([tb_logger, csv_logger, wandb_logger], tmp_path / "run")
+
+    assert isinstance(tb_sink, TensorBoardSink) and tb_sink.writer is tb_logger.experiment
+    assert isinstance(csv_sink, LightningLoggerSink) and csv_sink.logger is csv_logger
+    assert isinstance(wandb_sink, WandbSink) and wandb_sink.run is wandb_logger.experiment
+    jsonl = JsonlSink(tmp_path / "jsonl")
+    assert all(isinstance(sink, Sink) for sink in (tb_sink, csv_sink, wandb_sink, jsonl, MultiSink()))
+    jsonl.close()
+
+    multi = MultiSink([tb_sink, csv_sink], strict=True)
+    multi.log_scalars({"contrastive/gap": 0.5}, step=3)
+    multi.log_event(ALARM)
+    multi.log_histogram("h", np.ones(3), step=3)  # no place in a CSV: ignored, not an error
+    multi.close()
+    tb_logger.finalize("success")
+    csv_logger.finalize("success")
+
+    acc = read_tensorboard(tb_logger.log_dir)
+    assert [(s.step, s.value) for s in acc.Scalars("contrastive/gap")] == [(3, 0.5)]
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]
+    import csv
+
+    with open(os.path.join(csv_logger.log_dir, "metrics.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["step"], row["contrastive/gap"]) for row in rows if row["contrastive/gap"]} == {("3", "0.5")}
+    assert {(row["step"], row["alarm/spike"]) for row in rows if row["alarm/spike"]} == {("2", "1.0")}
+
+
+def test_sinks_for_hf_follows_report_to(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    assert sinks_for_hf(TrainingArguments(output_dir=str(tmp_path), report_to="none"), tmp_path) == []
+    assert sinks_for_hf(SimpleNamespace(report_to=[], output_dir=str(tmp_path)), tmp_path) == []
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=["tensorboard", "wandb", "mlflow"])
+    tb_sink, wandb_sink = sinks_for_hf(args, tmp_path / "run")
+    assert isinstance(tb_sink, TensorBoardSink) and isinstance(wandb_sink, WandbSink)
+    tb_sink.log_scalars({"contrastive/gap": 0.5}, step=1)
+    tb_sink.close()
+    log_dir = tmp_path / "out" / "runs" / "aquin-monitor"
+    assert [s.value for s in read_tensorboard(log_dir).Scalars("contrastive/gap")] == [0.5]
+
+    old_style = SimpleNamespace(report_to="tensorboard", logging_dir=str(tmp_path / "logs"), output_dir=str(tmp_path))
+    (sink,) = sinks_for_hf(old_style, tmp_path / "run")
+    sink.close()
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))

@@ -321,3 +321,240 @@ class StepMonitor:
         except ValueError as exc:  # trainability changed between runs: start the history afresh
             warnings.warn(f"aquin-monitor: gradient history not restored: {exc}", RuntimeWarning, stacklevel=2)
         self._pending_state = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint snapshots
+# ---------------------------------------------------------------------------------------------
+
+
+class SnapshotRunner:
+    """Probe set → every geometry, layer, attention, OOD and retrieval signal → :class:`Snapshot`.
+
+    One forward pass per probe text yields the embeddings, every layer's pooled hidden states and (for
+    the first ``max_attention_texts`` texts) every head's attention, in eval mode without gradients,
+    on an inspection copy when LoRA adapters are present (merged; the training model is never
+    mutated). Retrieval queries and documents reuse the probe's embeddings when the texts are in the
+    probe and the model has no query/document prompts; anything else is encoded once.
+
+    Args:
+        probe: :class:`~aquin_monitor.data.ProbeSet` (texts, optional labels) or a list of texts.
+        retrieval: optional :class:`~aquin_monitor.data.RetrievalSet` for retrieval metrics.
+        ood_threshold: cosine distance to the probe centroid above which an input is flagged;
+            None (default): :func:`robust_ood_threshold` of the probe's own distances.
+        umap: compute 2-D UMAP coordinates (needs ``aquin-monitor[umap]``).
+    """
+
+    def __init__(
+        self,
+        probe=None,
+        retrieval=None,
+        *,
+        batch_size: int = 32,
+        max_attention_texts: int = 256,
+        ood_threshold: float | None = None,
+        umap: bool = True,
+        seed: int = 0,
+        show_progress: bool = False,
+    ):
+        if probe is None and retrieval is None:
+            raise ValueError("SnapshotRunner needs a probe set, a retrieval set, or both")
+        if probe is not None and not hasattr(probe, "texts"):
+            from .data import ProbeSet
+
+            texts = list(probe)
+            probe = ProbeSet(texts=texts, labels=None, ids=[str(i) for i in range(len(texts))], source="<list>")
+        if probe is None:
+            from .data import ProbeSet
+
+            texts = retrieval.query_texts() + retrieval.doc_texts()
+            labels = ["query"] * len(retrieval.queries) + ["document"] * len(retrieval.corpus)
+            probe = ProbeSet(texts=texts, labels=labels, ids=[f"q:{q}" for q in retrieval.query_ids()] + [f"d:{d}" for d in retrieval.doc_ids()], source=retrieval.source)
+        if len(probe.texts) < 3:
+            raise ValueError(f"a probe needs at least 3 texts, got {len(probe.texts)}")
+        self.probe = probe
+        self.retrieval = retrieval
+        self.batch_size = batch_size
+        self.max_attention_texts = max_attention_texts
+        self.ood_threshold = ood_threshold
+        self.umap = umap
+        self.seed = seed
+        self.show_progress = show_progress
+        self.base = None
+        self.previous = None
+
+    def take(self, model, step: int, *, tag: str = "checkpoint", model_name: str = "", run_dir=None, diff_against_history: bool = True):
+        """Compute a snapshot of ``model``; diff it against the base and previous snapshots; save it."""
+        from .encoders import has_lora, merged_copy
+
+        inspected = merged_copy(model) if has_lora(model) else model
+        snap = self.compute(inspected, step, tag=tag, model_name=model_name)
+        if diff_against_history:
+            self.attach_diffs(snap)
+        if run_dir is not None:
+            snap.save(run_dir)
+        return snap
+
+    def record(self, model, step: int, *, tag: str = "checkpoint", run_dir=None, sinks=(), model_name: str = "", strict: bool = False):
+        """:meth:`take` a snapshot and log it to ``sinks``; a failure warns and returns None (checkpoint intact).
+
+        Logged: every snapshot metric as a scalar at ``step``, the record as a summary, and the probe
+        embeddings with their labels for TensorBoard's projector.
+        """
+        try:
+            snap = self.take(model, step, tag=tag, model_name=model_name, run_dir=run_dir)
+            labels = self.probe.labels
+            for sink in sinks:
+                sink.log_scalars(snap.metrics, step)
+                sink.log_summary({"tag": tag, **snap.metrics}, step)
+                sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
+            return snap
+        except Exception as exc:  # noqa: BLE001 - a failed snapshot must not cost the checkpoint or the run
+            if strict:
+                raise
+            msg = f"aquin-monitor: snapshot at step {step} failed, training goes on: {exc!r}"
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            return None
+
+    def attach_diffs(self, snap) -> None:
+        from .snapshot import diff
+
+        if self.base is not None:
+            d = diff(self.base, snap, name="base", seed=self.seed)
+            snap.metrics.update(d.metrics)
+            snap.arrays.update(d.arrays)
+            snap.details["diff_base"] = d.details
+        if self.previous is not None and self.previous is not self.base:
+            snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+        if self.base is None:
+            self.base = snap
+        self.previous = snap
+
+    def compute(self, model, step: int, *, tag: str = "checkpoint", model_name: str = ""):
+        from .encoders import encode, iter_forward, model_prompts
+        from .signals.geometry import geometry_summary, ood_scores
+        from .signals.layers import attention_entropy, layerwise_similarity, summarize_attention_entropy
+        from .snapshot import Snapshot
+
+        texts = self.probe.texts
+        embeddings, layers, entropy, normalized = [], [], [], []
+        n_att = min(self.max_attention_texts, len(texts))
+        chunks = [(0, n_att, True), (n_att, len(texts), False)] if n_att < len(texts) else [(0, len(texts), True)]
+        for start, stop, with_attention in chunks:
+            if start >= stop:
+                continue
+            for batch in iter_forward(model, texts[start:stop], batch_size=self.batch_size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress):
+                embeddings.append(batch.embeddings.numpy())
+                layers.append(batch.layer_embeddings.numpy())
+                if batch.attentions is not None:
+                    ent = attention_entropy(batch.attentions, batch.attention_mask)
+                    entropy.append(ent.entropy)
+                    normalized.append(ent.normalized)
+        emb = np.concatenate(embeddings).astype(np.float32)
+        layer_emb = np.concatenate(layers, axis=1)
+        labels = self.probe.labels
+        metrics: dict[str, float] = {}
+        details: dict = {}
+        arrays: dict[str, np.ndarray] = {"embeddings": emb}
+        if labels is not None:
+            arrays["labels"] = np.asarray([str(v) for v in labels])
+
+        threshold = self.ood_threshold
+        if threshold is None:
+            threshold = robust_ood_threshold(ood_scores(emb, threshold=2.0).scores)
+        geo = geometry_summary(emb, labels, ood_threshold=threshold, seed=self.seed)
+        metrics["geometry/ood_threshold"] = threshold
+        metrics.update(geo.as_metrics("geometry"))
+        arrays["pair_hist_counts"] = geo.histogram.counts
+        arrays["pair_hist_edges"] = geo.histogram.edges
+        arrays["pair_hist_baseline"] = geo.histogram.baseline_probabilities
+        arrays["pca_cumulative"] = geo.intrinsic.cumulative_explained_variance
+        arrays["ood_score"] = geo.ood.scores.astype(np.float32)
+        order = np.argsort(-geo.ood.scores[geo.ood.flagged]) if len(geo.ood.flagged) else []
+        details["ood_flagged"] = [
+            {"index": int(geo.ood.flagged[k]), "text": texts[int(geo.ood.flagged[k])], "score": float(geo.ood.scores[geo.ood.flagged[k]])}
+            for k in list(order)[:50]
+        ]
+        details["rogue_dimensions"] = _rogue_details(geo.rogue)
+
+        lw = layerwise_similarity(layer_emb)
+        metrics.update(lw.as_metrics("layers"))
+        arrays["layer_similarity"] = np.asarray(lw.similarity, dtype=np.float32)
+        if entropy:
+            summary = summarize_attention_entropy(np.concatenate(entropy), np.concatenate(normalized))
+            metrics.update(summary.as_metrics("attention"))
+            arrays["attention_entropy"] = summary.entropy.astype(np.float32)
+            arrays["attention_entropy_normalized"] = summary.normalized.astype(np.float32)
+            details["flagged_heads"] = [
+                {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
+            ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
+
+        if self.umap and len(texts) >= 10:
+            try:
+                arrays["umap"] = _umap_2d(emb, self.seed)
+            except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
+                warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
+
+        if self.retrieval is not None:
+            prompts = model_prompts(model)
+            index = {t: i for i, t in enumerate(texts)}
+            q_texts, d_texts = self.retrieval.query_texts(), self.retrieval.doc_texts()
+
+            def embed(batch_texts, prompt_name):
+                if prompt_name is None and all(t in index for t in batch_texts):
+                    return emb[[index[t] for t in batch_texts]]
+                return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress)
+
+            q_prompt = "query" if "query" in prompts else None
+            d_prompt = next((p for p in ("document", "passage", "corpus") if p in prompts), None)
+            q_emb, d_emb = embed(q_texts, q_prompt), embed(d_texts, d_prompt)
+            report = _retrieval_report(self.retrieval, q_emb, d_emb)
+            metrics.update(report.as_metrics())
+            arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)
+            arrays["hard_negative_gap"] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+            if self.retrieval.categories:
+                details["retrieval_by_category"] = {str(k): v for k, v in report.by_category().items()}
+        return Snapshot(int(step), tag, model_name, metrics, details, arrays)
+
+
+def _retrieval_report(retrieval, q_emb, d_emb):
+    from .signals.retrieval import retrieval_metrics
+
+    doc_pos = {d: i for i, d in enumerate(retrieval.doc_ids())}
+    qids = retrieval.query_ids()
+    relevant = [{doc_pos[d]: g for d, g in retrieval.qrels.get(q, {}).items()} for q in qids]
+    negatives = [[doc_pos[d] for d in retrieval.hard_negatives.get(q, [])] for q in qids]
+    categories = [retrieval.categories.get(q) for q in qids] if retrieval.categories else None
+    return retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
+
+
+def _rogue_details(rogue) -> list[dict]:
+    total = float(np.clip(rogue.contributions, 0, None).sum()) or 1.0
+    return [{"dim": int(d), "share": float(max(c, 0.0) / total)} for d, c in zip(rogue.top_dimensions, rogue.top_contributions)]
+
+
+def robust_ood_threshold(scores: np.ndarray) -> float:
+    """median + 3 × 1.4826 × MAD of the probe's own centroid distances.
+
+    A fixed cosine-distance cut does not transfer between models: anisotropic spaces (MiniLM's
+    mean distance to the centroid is ~0.66) would flag nearly everything at 0.5. This flags the
+    inputs that are outliers for *this* model's own spread.
+    """
+    med = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - med)))
+    return med + 3 * 1.4826 * mad
+
+
+def _umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
+    import warnings as _w
+
+    from ._optional import require
+
+    umap = require("umap", "UMAP coordinates in snapshots")
+    n = embeddings.shape[0]
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        # a seeded UMAP runs single-threaded; it is still the cheapest part of a snapshot at probe sizes
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, init="spectral" if n > 20 else "random")
+        return reducer.fit_transform(embeddings).astype(np.float32)

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..monitor import AlarmConfig
-from ._settings import MonitorSettings
+from ._settings import MonitorSettings, restore_history
 
 STATE_FILE = "aquin_monitor_state.json"
 
@@ -31,6 +31,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     computed (bit-identical to ``get_total_norm``), so the optimizer receives exactly the gradients it
     would have received. Under DeepSpeed or FSDP (which clip themselves) or with
     ``take_over_clipping=False`` it leaves clipping alone and logs under ``grad_norm_post_clip/``.
+
+    Snapshots: with ``snapshots=SnapshotRunner(probe, retrieval)``, the base model is snapshotted at
+    train start, then every ``snapshot_every``-th checkpoint save and at the end, on rank zero, under
+    ``<output_dir>/snapshots/<step>/`` and diffed against the base and the previous snapshot.
 
     Resume: the monitor's state is written into each ``checkpoint-N`` folder (and exported through
     ``ExportableState``), and a resumed run continues from it without duplicated steps.
@@ -59,6 +63,8 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         stop_on: Sequence[str] = (),
         strict: bool = False,
         take_over_clipping: bool = True,
+        snapshots=None,
+        snapshot_every: int = 1,
     ):
         self._init_args = {
             "output_dir": output_dir,
@@ -68,7 +74,9 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "strict": strict,
             "take_over_clipping": take_over_clipping,
         }
-        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict)
+        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
+        self._saves = 0
+        self._last_snapshot_step: int | None = None
         self.take_over_clipping = take_over_clipping
         self.monitor = None
         self._restored_state: dict | None = None
@@ -88,6 +96,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             self.monitor.load_state_dict(restored)
         self.monitor.attach(model)
         self._args = args
+        runner = self.settings.snapshots
+        if runner is not None and rank_zero:
+            if not (state.global_step and restore_history(runner, self.run_dir, state.global_step)):
+                self._snapshot(model, state.global_step, "base" if not state.global_step else "checkpoint")
         distributed_clipping = bool(getattr(args, "deepspeed", None)) or bool(getattr(args, "fsdp", None))
         if self.take_over_clipping and args.max_grad_norm and args.max_grad_norm > 0 and not distributed_clipping:
             self._clip_norm = float(args.max_grad_norm)
@@ -108,9 +120,18 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             control.should_training_stop = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):
+    def _snapshot(self, model, step: int, tag: str) -> None:
+        self.settings.snapshots.record(
+            model, step, tag=tag, run_dir=self.run_dir, sinks=self.monitor.sinks, strict=self.settings.strict
+        )
+        self._last_snapshot_step = step
+
+    def on_save(self, args, state, control, model=None, **kwargs):
         if self.monitor is None or not state.is_world_process_zero:
             return
+        self._saves += 1
+        if self.settings.snapshots is not None and model is not None and self._saves % self.settings.snapshot_every == 0:
+            self._snapshot(model, state.global_step, "checkpoint")
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
             tmp = os.path.join(folder, STATE_FILE + ".tmp")
@@ -118,7 +139,14 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
                 json.dump(self.monitor.state_dict(), fh)
             os.replace(tmp, os.path.join(folder, STATE_FILE))
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if (
+            self.settings.snapshots is not None
+            and state.is_world_process_zero
+            and model is not None
+            and self._last_snapshot_step != state.global_step
+        ):
+            self._snapshot(model, state.global_step, "checkpoint")
         if self._clip_norm is not None:
             args.max_grad_norm = self._clip_norm
             self._clip_norm = None

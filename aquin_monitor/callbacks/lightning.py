@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from .._optional import require
 from ..monitor import AlarmConfig
-from ._settings import MonitorSettings
+from ._settings import MonitorSettings, find_sentence_transformer, restore_history
 
 _pl = require("lightning.pytorch", "LightningEmbeddingMonitor")
 
@@ -24,6 +24,10 @@ class LightningEmbeddingMonitor(_pl.Callback):
     clipping (Lightning clips after this hook). The sentence-transformers twin,
     :class:`~aquin_monitor.callbacks.TrainerEmbeddingMonitor`, measures at the same point, so
     ``grad_norm/*`` means the same in both.
+
+    Snapshots: with ``snapshots=SnapshotRunner(probe, retrieval)``, the SentenceTransformer inside
+    your module is snapshotted at train start (base), at every ``snapshot_every``-th checkpoint save
+    and at the end, on rank zero, under ``<output_dir>/snapshots/<step>/``.
 
     Rank-zero discipline: every rank computes (the contrastive sums are all-reduced, so alarm and
     stop decisions agree and no rank waits on another), only global rank zero writes.
@@ -51,9 +55,13 @@ class LightningEmbeddingMonitor(_pl.Callback):
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
+        snapshots=None,
+        snapshot_every: int = 1,
     ):
         super().__init__()
-        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict)
+        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
+        self._saves = 0
+        self._last_snapshot_step: int | None = None
         self.monitor = None
         self._restored: dict | None = None
 
@@ -78,6 +86,25 @@ class LightningEmbeddingMonitor(_pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.monitor.groups is None:
             self.monitor.attach(pl_module)
+        runner = self.settings.snapshots
+        if runner is not None and trainer.is_global_zero:
+            step = trainer.global_step
+            if not (step and restore_history(runner, self.run_dir, step)):
+                self._snapshot(pl_module, step, "base" if not step else "checkpoint")
+
+    def _snapshot(self, pl_module, step: int, tag: str) -> None:
+        self.settings.snapshots.record(
+            find_sentence_transformer(pl_module), step, tag=tag, run_dir=self.run_dir,
+            sinks=self.monitor.sinks, strict=self.settings.strict,
+        )
+        self._last_snapshot_step = step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.settings.snapshots is None or not trainer.is_global_zero:
+            return
+        self._saves += 1
+        if self._saves % self.settings.snapshot_every == 0 and self._last_snapshot_step != trainer.global_step:
+            self._snapshot(pl_module, trainer.global_step, "checkpoint")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module)
@@ -85,6 +112,8 @@ class LightningEmbeddingMonitor(_pl.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.settings.snapshots is not None and trainer.is_global_zero and self._last_snapshot_step != trainer.global_step:
+            self._snapshot(pl_module, trainer.global_step, "checkpoint")
         self.monitor.close()
 
     def on_exception(self, trainer, pl_module, exception) -> None:

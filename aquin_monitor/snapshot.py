@@ -1,0 +1,164 @@
+"""The ``Snapshot`` record of an embedding space, its atomic save/load, and ``diff(a, b)``.
+
+On disk, one folder per snapshot: ``<run>/snapshots/<step>/snapshot.json`` (numbers: ``step``, ``tag``,
+``model``, ``metrics`` in the metric vocabulary, small ``details``) and ``arrays.npz`` (embeddings, UMAP
+coordinates, histograms, heatmaps...). The folder is written under a temporary name and renamed into
+place, so a crash never leaves half a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .signals.drift import drift_summary, procrustes_align
+
+
+@dataclass
+class Snapshot:
+    step: int
+    tag: str  # "base" | "checkpoint" | "inspect"
+    model: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``<run_dir>/snapshots/<step>/`` atomically and return it."""
+        root = Path(run_dir) / "snapshots"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / str(self.step)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.step}-", dir=root))
+        try:
+            record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": _jsonable(self.metrics), "details": _jsonable(self.details)}
+            (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
+            np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})
+            if final.exists():
+                old = root / f".{self.step}-old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Snapshot:
+        folder = Path(folder)
+        path = folder / "snapshot.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no snapshot here") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        arrays = {}
+        if (folder / "arrays.npz").exists():
+            with np.load(folder / "arrays.npz", allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        return cls(int(record["step"]), record.get("tag", "checkpoint"), record.get("model", ""), _floats(record.get("metrics", {})), record.get("details", {}), arrays)
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    """Snapshot folders of a run, by step."""
+    root = Path(run_dir) / "snapshots"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / "snapshot.json").exists()]
+    return sorted(found, key=lambda p: int(p.name))
+
+
+@dataclass
+class Diff:
+    """What changed from ``before`` to ``after`` (same probe inputs, row for row)."""
+
+    metrics: dict[str, float]
+    arrays: dict[str, np.ndarray]
+    details: dict[str, Any]
+
+
+def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: int = 20000, seed: int = 0) -> Diff:
+    """Rotation-invariant drift from ``before`` to ``after`` under ``drift/<name>/...``.
+
+    Linear CKA, k-NN overlap, similarity-distribution shift, anisotropy delta, per-label centroid
+    shift after orthogonal Procrustes alignment, and the composite drift score
+    (:func:`aquin_monitor.signals.drift.drift_score`); rank changes of the first relevant document
+    when both snapshots carry retrieval ranks. Arrays for the figures: centroids of both spaces
+    projected on the first two principal axes of ``before`` (after aligning ``after`` onto it), the
+    pair cosines of both spaces on the same sampled pairs, and ranks before/after.
+    """
+    x, y = before.arrays.get("embeddings"), after.arrays.get("embeddings")
+    if x is None or y is None:
+        raise ValueError("both snapshots need their 'embeddings' array to be diffed")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"snapshots were taken on different probes: {x.shape[0]} vs {y.shape[0]} rows")
+    labels = before.arrays.get("labels")
+    labels = None if labels is None or len(labels) != x.shape[0] else [str(v) for v in labels]
+    summary = drift_summary(x, y, labels, max_pairs=max_pairs, seed=seed)
+    prefix = f"drift/{name}"
+    metrics = summary.as_metrics(prefix)
+    arrays: dict[str, np.ndarray] = {}
+    details: dict[str, Any] = {}
+    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yu = y / np.linalg.norm(y, axis=1, keepdims=True)
+    if xu.shape[1] == yu.shape[1]:
+        aligned = procrustes_align(xu, yu).aligned_y
+        centred = xu - xu.mean(0)
+        axes = np.linalg.svd(centred, full_matrices=False)[2][:2]
+        if labels is not None and summary.centroids is not None:
+            names = [str(v) for v in summary.centroids.labels]
+            lab = np.asarray(labels)
+            arrays["centroid_base_2d"] = np.stack([xu[lab == c].mean(0) @ axes.T for c in names]).astype(np.float32)
+            arrays["centroid_now_2d"] = np.stack([aligned[lab == c].mean(0) @ axes.T for c in names]).astype(np.float32)
+            arrays["centroid_labels"] = np.asarray(names)
+            details["centroid_shift"] = {c: float(v) for c, v in zip(names, summary.centroids.cosine_distance)}
+    rng = np.random.default_rng(seed)
+    n = xu.shape[0]
+    m = min(max_pairs, n * (n - 1) // 2)
+    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = i != j
+    arrays["sim_base_values"] = np.einsum("ij,ij->i", xu[i[keep]], xu[j[keep]]).astype(np.float32)
+    arrays["sim_now_values"] = np.einsum("ij,ij->i", yu[i[keep]], yu[j[keep]]).astype(np.float32)
+    rb, ra = before.arrays.get("first_rank"), after.arrays.get("first_rank")
+    if rb is not None and ra is not None and rb.shape == ra.shape:
+        arrays["rank_before"], arrays["rank_after"] = rb, ra
+        ok = np.isfinite(rb) & np.isfinite(ra)
+        change = ra[ok] - rb[ok]
+        metrics[f"{prefix}/rank_improved_fraction"] = float(np.mean(change < 0)) if change.size else math.nan
+        metrics[f"{prefix}/rank_worsened_fraction"] = float(np.mean(change > 0)) if change.size else math.nan
+        metrics[f"{prefix}/rank_change_median"] = float(np.median(change)) if change.size else math.nan
+    for key in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy"):
+        if key in before.metrics and key in after.metrics:
+            metrics[f"{prefix}/delta/{key.split('/', 1)[1]}"] = after.metrics[key] - before.metrics[key]
+    return Diff(metrics, arrays, details)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    return {k: (math.nan if v is None else float(v)) for k, v in metrics.items()}

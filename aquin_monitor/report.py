@@ -1,0 +1,655 @@
+"""A self-contained HTML report of a run directory: one file, opens offline, no script.
+
+What it reads (every piece optional; a missing or broken piece becomes a note in the page)::
+
+    RUN_DIR/metrics.jsonl                     one object per optimizer step ({"step", "time", metric: value})
+    RUN_DIR/events.jsonl                      one object per alarm ({"step", "kind", "layer", "message", "value"})
+    RUN_DIR/snapshots/<step>/snapshot.json    {"step", "tag": "base"|"checkpoint", "model", "metrics", "details"}
+    RUN_DIR/snapshots/<step>/arrays.npz       arrays for the figures (see :mod:`aquin_monitor.plots`)
+
+What it writes: a header (model, steps, alarm counts), the training timeline (loss; positive /
+negative similarity and gap; gradient-norm heatmap; alarms table), then one section per snapshot
+in step order: its metrics with the change against the base snapshot, its figures, the diff
+figures against the base, the inputs flagged out-of-distribution and the flagged attention heads.
+
+Figures are PNG embedded as base64 ``data:`` URIs and the CSS is inline, so the page has no
+external reference at all; every piece of text from the run (model names, labels, probe texts,
+alarm messages) is HTML-escaped. JSON Lines are read line by line: a line that does not parse is
+skipped and named (``file:line``) in the page. The file is written atomically (a temporary file in
+the same directory, then :func:`os.replace`), so a reader never sees half a report.
+
+>>> import tempfile
+>>> run_dir = tempfile.mkdtemp()
+>>> _ = open(f"{run_dir}/metrics.jsonl", "w").write('{"step": 1, "contrastive/loss": 2.0}\\n{"step": 2,\\n')
+>>> text = write_report(run_dir).read_text()
+>>> "metrics.jsonl:2" in text and "<script" not in text
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aquin_monitor import plots
+
+__all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView"]
+
+REPORT_NAME = "report.html"
+#: Resolution of the embedded PNGs: sharp enough on screen, a few tens of KB per figure.
+FIGURE_DPI = 90
+#: Longest tables (alarms, OOD inputs) show this many rows and say how many were left out.
+MAX_TABLE_ROWS = 200
+
+_METRIC_GROUPS = ("geometry", "attention", "retrieval", "drift")
+
+
+class RunDirectoryError(ValueError):
+    """The run directory given to the report does not exist or is not a directory."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_jsonl_tolerant(path: str | os.PathLike, name: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read a JSON Lines file, skipping what does not parse.
+
+    Returns ``(records, problems)``: every line that is a JSON object, in order, and one message
+    ``"<name>:<line>: <what is wrong>"`` per skipped line (``name`` defaults to the file name).
+    Blank lines are neither records nor problems. A missing file raises :class:`FileNotFoundError`.
+    """
+    name = name or Path(path).name
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{name}:{number}: invalid JSON ({exc.msg}, column {exc.colno}); line skipped")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"{name}:{number}: expected a JSON object, got {type(record).__name__}; line skipped")
+                continue
+            records.append(record)
+    return records, problems
+
+
+@dataclass
+class SnapshotView:
+    """One snapshot as read from disk; ``problems`` lists what could not be read."""
+
+    directory: Path
+    step: int | None
+    tag: str
+    model: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def is_base(self) -> bool:
+        return self.tag == "base"
+
+
+@dataclass
+class Run:
+    """Everything the report shows, read tolerantly from a run directory."""
+
+    directory: Path
+    metrics: list[dict[str, Any]] | None  # None: no metrics.jsonl
+    events: list[dict[str, Any]] | None  # None: no events.jsonl
+    snapshots: list[SnapshotView]
+    problems: list[str]
+
+    @property
+    def base(self) -> SnapshotView | None:
+        return next((snapshot for snapshot in self.snapshots if snapshot.is_base), None)
+
+    @property
+    def model(self) -> str | None:
+        for snapshot in ([self.base] if self.base else []) + self.snapshots:
+            if snapshot.model:
+                return snapshot.model
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_jsonl_file(run_dir: Path, name: str, problems: list[str]) -> list[dict[str, Any]] | None:
+    path = run_dir / name
+    if not path.is_file():
+        return None
+    try:
+        records, found = read_jsonl_tolerant(path, name)
+    except OSError as exc:
+        problems.append(f"{name}: could not be read ({exc})")
+        return None
+    problems.extend(found)
+    kept = []
+    for record in records:
+        if _is_int(record.get("step")):
+            kept.append(record)
+        else:
+            problems.append(f"{name}: a record without an integer 'step' was skipped: {json.dumps(record)[:120]}")
+    return kept
+
+
+def _load_arrays(path: Path, label: str, problems: list[str]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        problems.append(f"{label}: could not be read ({exc})")
+        return arrays
+    with archive:
+        for key in archive.files:
+            if key == "embeddings":  # the report draws from the 2-D projections, not the raw vectors
+                continue
+            try:
+                arrays[key] = archive[key]
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                problems.append(f"{label}: array {key!r} could not be read ({exc})")
+    return arrays
+
+
+def _load_snapshot(directory: Path, run_dir: Path) -> SnapshotView:
+    label = directory.relative_to(run_dir).as_posix()
+    step = int(directory.name) if directory.name.isdigit() else None
+    view = SnapshotView(directory=directory, step=step, tag="unknown", model=None)
+    json_path = directory / "snapshot.json"
+    if json_path.is_file():
+        try:
+            record = json.loads(json_path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except (OSError, ValueError) as exc:
+            view.problems.append(f"{label}/snapshot.json: could not be read ({exc})")
+        else:
+            if _is_int(record.get("step")):
+                view.step = record["step"]
+            view.tag = str(record.get("tag", "unknown"))
+            view.model = str(record["model"]) if record.get("model") is not None else None
+            if isinstance(record.get("metrics"), dict):
+                view.metrics = record["metrics"]
+            if isinstance(record.get("details"), dict):
+                view.details = record["details"]
+    else:
+        view.problems.append(f"{label}/snapshot.json is missing")
+    arrays_path = directory / "arrays.npz"
+    if arrays_path.is_file():
+        view.arrays = _load_arrays(arrays_path, f"{label}/arrays.npz", view.problems)
+    return view
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run directory tolerantly (see the module docstring); raises
+    :class:`RunDirectoryError` only when ``run_dir`` is not a directory."""
+    directory = Path(run_dir)
+    if not directory.is_dir():
+        raise RunDirectoryError(f"run directory {str(directory)!r} does not exist or is not a directory")
+    problems: list[str] = []
+    metrics = _read_jsonl_file(directory, "metrics.jsonl", problems)
+    events = _read_jsonl_file(directory, "events.jsonl", problems)
+    snapshots: list[SnapshotView] = []
+    snapshot_root = directory / "snapshots"
+    if snapshot_root.is_dir():
+        for child in snapshot_root.iterdir():
+            if child.is_dir() and not child.name.startswith("."):  # dot-dirs: snapshots being written
+                snapshots.append(_load_snapshot(child, directory))
+    snapshots.sort(key=lambda s: (s.step is None, s.step if s.step is not None else 0, s.directory.name))
+    return Run(directory, metrics, events, snapshots, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _format_number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return _escape(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return "n/a"
+    if number == int(number) and abs(number) < 1e6:
+        return str(int(number))
+    return f"{number:.4g}"
+
+
+def _format_delta(value: Any, base: Any) -> tuple[str, str]:
+    """``(text, css class)`` of ``value − base``; empty when either is not a finite number."""
+    numbers = []
+    for item in (value, base):
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(float(item)):
+            return "", ""
+        numbers.append(float(item))
+    delta = numbers[0] - numbers[1]
+    if delta == 0:
+        return "0", "zero"
+    return f"{delta:+.4g}", "up" if delta > 0 else "down"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], css: str = "") -> str:
+    """An HTML table; ``headers`` are escaped here, cells must already be HTML."""
+    head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _note(text: str, css: str = "note") -> str:
+    return f'<p class="{css}">{_escape(text)}</p>'
+
+
+def _figure_html(figure: Any, caption: str) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f'<figure><img alt="{_escape(caption)}" src="data:image/png;base64,{encoded}">'
+        f"<figcaption>{_escape(caption)}</figcaption></figure>"
+    )
+
+
+@dataclass(frozen=True)
+class _FigureSpec:
+    caption: str
+    needs: tuple[str, ...]  # array keys that must be present
+    draw: Callable[[Mapping[str, np.ndarray]], Any]
+
+
+def _draw_figures(specs: Sequence[_FigureSpec], arrays: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """``(html of drawn figures, notes)``: a figure whose arrays are absent is listed in one note;
+    one that fails to draw gets a note with the error, and the rest of the report goes on."""
+    drawn, notes, absent = [], [], []
+    for spec in specs:
+        missing = [key for key in spec.needs if key not in arrays]
+        if missing:
+            absent.append(f"{spec.caption} (needs {', '.join(missing)})")
+            continue
+        try:
+            drawn.append(_figure_html(spec.draw(arrays), spec.caption))
+        except Exception as exc:  # noqa: BLE001 - one bad array must not cost the whole report
+            notes.append(f"{spec.caption}: not drawn ({type(exc).__name__}: {exc})")
+    if absent:
+        notes.insert(0, "Not in arrays.npz, so not drawn: " + "; ".join(absent) + ".")
+    return drawn, notes
+
+
+def _timeline_figure(caption: str, function: Callable[..., Any], *args: Any) -> tuple[str, str]:
+    try:
+        return _figure_html(function(*args), caption), ""
+    except plots.NoDataError as exc:
+        return "", f"{caption}: nothing to draw ({exc})."
+    except Exception as exc:  # noqa: BLE001 - see _draw_figures
+        return "", f"{caption}: not drawn ({type(exc).__name__}: {exc})."
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _header(run: Run) -> str:
+    events = run.events or []
+    kinds: dict[str, int] = {}
+    for event in events:
+        kinds[str(event.get("kind", "alarm"))] = kinds.get(str(event.get("kind", "alarm")), 0) + 1
+    steps = sorted({row["step"] for row in run.metrics or []})
+    if steps:
+        step_text = f"{len(steps)} logged steps ({steps[0]} – {steps[-1]})"
+    else:
+        step_text = "no training steps logged"
+    badges = "".join(
+        f'<span class="badge alarm-{_escape(kind)}">{_escape(kind)}: {count}</span>' for kind, count in sorted(kinds.items())
+    ) or '<span class="badge ok">no alarms</span>'
+    facts = [
+        ("Model", _escape(run.model or "unknown (no snapshot names it)")),
+        ("Run directory", f"<code>{_escape(run.directory.resolve())}</code>"),
+        ("Training", _escape(step_text)),
+        ("Snapshots", _escape(f"{len(run.snapshots)}" + (f" (steps {', '.join(str(s.step) for s in run.snapshots)})" if run.snapshots else ""))),
+        ("Alarms", f"{len(events)} {badges}"),
+    ]
+    rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
+    return f'<header id="summary"><h1>aquin-monitor report</h1><table class="facts">{rows}</table></header>'
+
+
+def _problems_section(run: Run) -> str:
+    problems = list(run.problems)
+    for snapshot in run.snapshots:
+        problems.extend(snapshot.problems)
+    if not problems:
+        return ""
+    items = "".join(f"<li><code>{_escape(problem)}</code></li>" for problem in problems)
+    return (
+        '<section id="problems" class="problems"><h2>Problems reading the run</h2>'
+        f"<p>These parts were skipped; the rest of the report is drawn from what could be read.</p><ul>{items}</ul></section>"
+    )
+
+
+def _alarms_table(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return _note("No alarm fired.", "note ok")
+    ordered = sorted(events, key=lambda e: e["step"])
+    rows = [
+        (
+            _escape(event["step"]),
+            f'<span class="badge alarm-{_escape(event.get("kind", ""))}">{_escape(event.get("kind", "?"))}</span>',
+            _escape(event.get("layer") if event.get("layer") is not None else "—"),
+            _escape(event.get("message", "")),
+            _format_number(event.get("value")),
+        )
+        for event in ordered[:MAX_TABLE_ROWS]
+    ]
+    extra = _note(f"First {MAX_TABLE_ROWS} of {len(ordered)} alarms shown.") if len(ordered) > MAX_TABLE_ROWS else ""
+    return _table(["step", "kind", "layer", "message", "value"], rows, "alarms") + extra
+
+
+def _alarms_from_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alarms reconstructed from ``alarm/<kind>`` keys, for runs whose events.jsonl is missing."""
+    events = []
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("alarm/") and value:
+                events.append({"step": row["step"], "kind": key[len("alarm/"):], "layer": None,
+                               "message": f"{key} in metrics.jsonl (events.jsonl is missing)", "value": None})
+    return events
+
+
+def _timeline_section(run: Run) -> str:
+    parts = ['<section id="timeline"><h2>Training timeline</h2>']
+    events = run.events or []
+    if run.metrics is None:
+        parts.append(_note("No metrics.jsonl in this run directory: no training timeline (a run with snapshots only, or one inspected without training)."))
+    elif not run.metrics:
+        parts.append(_note("metrics.jsonl holds no readable step yet: no training timeline."))
+    else:
+        for caption, function in (
+            ("Training loss", plots.loss_curve),
+            ("Positive / negative similarity and gap", plots.contrastive_curve),
+            ("Gradient norm per layer and step", plots.grad_norm_heatmap),
+        ):
+            figure, note = _timeline_figure(caption, function, run.metrics, events)
+            parts.append(figure or _note(note))
+    parts.append('<h3 id="alarms">Alarms</h3>')
+    if run.events is None:
+        if run.metrics:
+            fallback = _alarms_from_metrics(run.metrics)
+            parts.append(_note("No events.jsonl in this run directory; alarms below come from alarm/<kind> keys of metrics.jsonl."))
+            parts.append(_alarms_table(fallback))
+        else:
+            parts.append(_note("No events.jsonl in this run directory."))
+    else:
+        parts.append(_alarms_table(events))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _snapshot_figures() -> list[_FigureSpec]:
+    return [
+        _FigureSpec("UMAP by label", ("umap",), lambda a: plots.umap_by_label(a["umap"], a.get("labels"))),
+        _FigureSpec("UMAP by OOD score", ("umap", "ood_score"), lambda a: plots.umap_by_ood(a["umap"], a["ood_score"], a.get("_flagged"))),
+        _FigureSpec(
+            "Pairwise cosine vs uniform sphere", ("pair_hist_counts", "pair_hist_edges"),
+            lambda a: plots.anisotropy_histogram(a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), a.get("_anisotropy")),
+        ),
+        _FigureSpec("PCA explained variance", ("pca_cumulative",), lambda a: plots.pca_variance_curve(a["pca_cumulative"])),
+        _FigureSpec("Layer-wise similarity", ("layer_similarity",), lambda a: plots.layer_similarity(a["layer_similarity"])),
+        _FigureSpec(
+            "Attention entropy per head", ("attention_entropy",),
+            lambda a: plots.attention_entropy_heatmap(
+                a["attention_entropy"], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)
+            ),
+        ),
+        _FigureSpec("Rank of the first relevant document", ("first_rank",), lambda a: plots.rank_histogram(a["first_rank"])),
+        _FigureSpec("Hard-negative gap per query", ("hard_negative_gap",), lambda a: plots.hard_negative_gap_distribution(a["hard_negative_gap"])),
+    ]
+
+
+def _diff_figures() -> list[_FigureSpec]:
+    return [
+        _FigureSpec(
+            "Centroid drift base → now", ("centroid_base_2d", "centroid_now_2d"),
+            lambda a: plots.centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")),
+        ),
+        _FigureSpec("Similarity distribution shift", ("sim_base_values", "sim_now_values"),
+                    lambda a: plots.similarity_shift(a["sim_base_values"], a["sim_now_values"])),
+        _FigureSpec("Rank changes base → now", ("rank_before", "rank_after"),
+                    lambda a: plots.rank_changes(a["rank_before"], a["rank_after"])),
+    ]
+
+
+_DIFF_KEYS = ("centroid_base_2d", "centroid_now_2d", "sim_base_values", "sim_now_values", "rank_before", "rank_after")
+
+
+def _plot_inputs(snapshot: SnapshotView) -> dict[str, Any]:
+    """The arrays plus the few numbers and details the figures take (keys starting with ``_``)."""
+    inputs: dict[str, Any] = dict(snapshot.arrays)
+    # Normalised entropy (÷ log(len)) compares heads over inputs of different lengths; prefer it.
+    inputs["_attention_normalized"] = "attention_entropy_normalized" in inputs
+    if inputs["_attention_normalized"]:
+        inputs["attention_entropy"] = inputs["attention_entropy_normalized"]
+    inputs["_flagged_heads"] = [h for h in snapshot.details.get("flagged_heads") or [] if isinstance(h, dict)]
+    ood = [item.get("index") for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
+    inputs["_flagged"] = [i for i in ood if _is_int(i)]
+    inputs["_anisotropy"] = snapshot.metrics.get("geometry/anisotropy")
+    return inputs
+
+
+def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
+    if not snapshot.metrics:
+        return _note("This snapshot records no metrics.")
+    compare = base is not None and base is not snapshot
+    grouped: dict[str, list[str]] = {}
+    for name in sorted(snapshot.metrics):
+        group = name.split("/", 1)[0]
+        grouped.setdefault(group if group in _METRIC_GROUPS else "other", []).append(name)
+    tables = []
+    for group in (*_METRIC_GROUPS, "other"):
+        names = grouped.get(group)
+        if not names:
+            continue
+        headers = ["metric", "value"] + (["Δ vs base"] if compare and group != "drift" else [])
+        rows = []
+        for name in names:
+            value = snapshot.metrics[name]
+            row = [f"<code>{_escape(name)}</code>", _format_number(value)]
+            if compare and group != "drift":
+                delta, css = _format_delta(value, base.metrics.get(name))
+                row.append(f'<span class="delta {css}">{delta or "—"}</span>')
+            rows.append(row)
+        tables.append(f'<div class="metric-group"><h4>{_escape(group)}</h4>{_table(headers, rows, "metrics")}</div>')
+    return f'<div class="metric-groups">{"".join(tables)}</div>'
+
+
+def _details_html(snapshot: SnapshotView) -> str:
+    parts = []
+    flagged = [item for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
+    parts.append("<h4>Out-of-distribution inputs</h4>")
+    if flagged:
+        ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
+        rows = [(_escape(item.get("index", "?")), _format_number(item.get("score")), f'<span class="probe">{_escape(item.get("text", ""))}</span>')
+                for item in ordered[:MAX_TABLE_ROWS]]
+        parts.append(_table(["index", "OOD score", "text"], rows, "ood"))
+        if len(ordered) > MAX_TABLE_ROWS:
+            parts.append(_note(f"First {MAX_TABLE_ROWS} of {len(ordered)} flagged inputs shown."))
+    else:
+        parts.append(_note("No input flagged out-of-distribution." if "ood_flagged" in snapshot.details else "No OOD details recorded."))
+
+    heads = [item for item in snapshot.details.get("flagged_heads") or [] if isinstance(item, dict)]
+    parts.append("<h4>Flagged attention heads</h4>")
+    if heads:
+        rows = [(_escape(h.get("layer", "?")), _escape(h.get("head", "?")), _escape(h.get("kind", "?")), _format_number(h.get("entropy")))
+                for h in heads]
+        parts.append(_table(["layer", "head", "kind", "entropy"], rows, "heads"))
+    else:
+        parts.append(_note("No attention head flagged." if "flagged_heads" in snapshot.details else "No attention details recorded."))
+
+    categories = snapshot.details.get("retrieval_by_category")
+    if isinstance(categories, dict) and categories:
+        metric_names = sorted({m for values in categories.values() if isinstance(values, dict) for m in values})
+        rows = [[_escape(category)] + [_format_number(values.get(m)) for m in metric_names]
+                for category, values in sorted(categories.items()) if isinstance(values, dict)]
+        parts.append("<h4>Retrieval by category</h4>" + _table(["category", *metric_names], rows, "metrics"))
+
+    rogue = [item for item in snapshot.details.get("rogue_dimensions") or [] if isinstance(item, dict)]
+    if rogue:
+        rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
+        parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
+    return "".join(parts)
+
+
+def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal: int) -> str:
+    anchor = f"snapshot-{snapshot.step if snapshot.step is not None else f'x{ordinal}'}"
+    title = f"Snapshot at step {snapshot.step if snapshot.step is not None else '?'} ({snapshot.tag})"
+    parts = [f'<section class="snapshot" id="{_escape(anchor)}"><h2>{_escape(title)}</h2>']
+    if snapshot.model:
+        parts.append(f"<p>Model: <code>{_escape(snapshot.model)}</code></p>")
+    parts.append("<h3>Metrics</h3>")
+    if base is None:
+        parts.append(_note("No snapshot is tagged 'base', so no change against the base model is shown."))
+    parts.append(_metrics_tables(snapshot, base))
+
+    inputs = _plot_inputs(snapshot)
+    specs = _snapshot_figures()
+    parts.append("<h3>Figures</h3>")
+    if not snapshot.arrays:
+        parts.append(_note("No arrays.npz (or no readable array) for this snapshot: no figures."))
+    else:
+        drawn, notes = _draw_figures(specs, inputs)
+        parts.extend(_note(note) for note in notes)
+        parts.append(f'<div class="figures">{"".join(drawn)}</div>')
+
+    if not snapshot.is_base:  # the base is what the diffs are measured against
+        parts.append("<h3>Diff against the base model</h3>")
+        if not any(key in snapshot.arrays for key in _DIFF_KEYS):
+            parts.append(_note("No drift arrays in arrays.npz for this snapshot: no diff figures."))
+        else:
+            drawn, notes = _draw_figures(_diff_figures(), inputs)
+            parts.extend(_note(note) for note in notes)
+            parts.append(f'<div class="figures">{"".join(drawn)}</div>')
+    parts.append(_details_html(snapshot))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _snapshots_section(run: Run) -> str:
+    if not run.snapshots:
+        return '<section id="snapshots"><h2>Snapshots</h2>' + _note(
+            "No snapshots in this run directory (snapshots/<step>/snapshot.json): no geometry, retrieval or diff figures."
+        ) + "</section>"
+    base = run.base
+    return "".join(_snapshot_section(snapshot, base, i) for i, snapshot in enumerate(run.snapshots))
+
+
+def _contents(run: Run) -> str:
+    links = ['<a href="#summary">Summary</a>', '<a href="#timeline">Training timeline</a>', '<a href="#alarms">Alarms</a>']
+    if run.problems or any(s.problems for s in run.snapshots):
+        links.insert(1, '<a href="#problems">Problems</a>')
+    for index, snapshot in enumerate(run.snapshots):
+        anchor = f"snapshot-{snapshot.step if snapshot.step is not None else f'x{index}'}"
+        links.append(f'<a href="#{_escape(anchor)}">Step {_escape(snapshot.step if snapshot.step is not None else "?")} ({_escape(snapshot.tag)})</a>')
+    if not run.snapshots:
+        links.append('<a href="#snapshots">Snapshots</a>')
+    return f'<nav>{" · ".join(links)}</nav>'
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1240px;
+       padding: 0 20px 40px; color: #222; background: #fff; line-height: 1.4; }
+h1 { margin: 18px 0 8px; font-size: 26px; }
+h2 { border-bottom: 2px solid #2b83ba; padding-bottom: 4px; margin-top: 36px; }
+h3 { margin: 22px 0 8px; color: #2b83ba; }
+h4 { margin: 14px 0 6px; }
+nav { position: sticky; top: 0; background: #f4f6f8; padding: 6px 10px; border-bottom: 1px solid #ddd; font-size: 14px; z-index: 1; }
+nav a { color: #2b83ba; text-decoration: none; }
+table { border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+thead th { background: #f4f6f8; }
+table.facts th { background: #f4f6f8; width: 130px; }
+table.metrics td:nth-child(n+2) { text-align: right; font-variant-numeric: tabular-nums; }
+.metric-groups { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
+figure { margin: 8px 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 12px; color: #555; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; font-size: 14px; }
+.note.ok { background: #eef8ee; border-left-color: #1a9641; }
+.problems { background: #fdecea; border: 1px solid #d7191c; padding: 4px 14px; }
+.badge { display: inline-block; padding: 1px 8px; margin: 0 3px; border-radius: 10px; font-size: 12px; background: #666; color: #fff; }
+.badge.ok { background: #1a9641; }
+.badge.alarm-dead_layer { background: #7b3294; }
+.badge.alarm-spike { background: #e66101; }
+.badge.alarm-nan { background: #d7191c; }
+.badge.alarm-gap_narrowing { background: #0571b0; }
+.delta.up, .delta.down { font-weight: 600; color: #333; } .delta.zero { color: #888; }
+.probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
+code { font-size: 12px; }
+"""
+
+
+def render_report(run_dir: str | os.PathLike) -> str:
+    """The report of ``run_dir`` as one HTML document (see the module docstring)."""
+    run = load_run(run_dir)
+    title = f"aquin-monitor report: {run.model or run.directory.name}"
+    body = [
+        _contents(run),
+        _header(run),
+        _problems_section(run),
+        _timeline_section(run),
+        _snapshots_section(run),
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the HTML report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``), atomically.
+
+    Returns the path written. Raises :class:`RunDirectoryError` when ``run_dir`` is not a
+    directory; anything missing or broken inside it is a note in the page, not an error.
+    """
+    text = render_report(run_dir)
+    target = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,602 @@
+"""HTML report and its figures, on synthetic run directories written in the on-disk run format.
+
+The run directory is built here, by hand, in the documented layout (metrics.jsonl, events.jsonl,
+snapshots/<step>/snapshot.json + arrays.npz), so these tests pin the format the report reads and
+do not depend on the code that writes snapshots.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from aquin_monitor import plots
+from aquin_monitor.report import RunDirectoryError, read_jsonl_tolerant, write_report
+from aquin_monitor.signals.geometry import uniform_sphere_cosine_bin_probabilities
+
+N_STEPS = 30
+GROUPS = ("embeddings", "layer.00", "layer.01", "layer.02")
+DEAD_STEP = 17
+GAP_STEP = 25
+EVIL_TEXT = '<script>alert("pwned")</script> & more'
+BASE_ANISOTROPY = 0.125
+CHECKPOINT_ANISOTROPY = 0.375
+# Figures with every array present: 3 timeline + 8 per snapshot + 3 diff figures for the checkpoint.
+TIMELINE_FIGURES, SNAPSHOT_FIGURES, DIFF_FIGURES = 3, 8, 3
+EXPECTED_IMAGES = TIMELINE_FIGURES + SNAPSHOT_FIGURES + (SNAPSHOT_FIGURES + DIFF_FIGURES)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic run directory
+
+
+def _write_jsonl(path: Path, records) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _metrics_rows(n_steps: int = N_STEPS) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for step in range(1, n_steps + 1):
+        norms = {f"grad_norm/{g}": float(rng.uniform(0.5, 2.0) * (i + 1)) for i, g in enumerate(GROUPS)}
+        if step == DEAD_STEP:
+            norms["grad_norm/layer.01"] = 0.0
+        norms["grad_norm/total"] = float(np.sqrt(sum(v * v for v in norms.values())))
+        pos, neg = 0.6 + 0.01 * step, 0.2 + 0.012 * step
+        row = {"step": step, "time": 1.7e9 + step, **norms, "contrastive/pos_sim": pos, "contrastive/neg_sim": neg,
+               "contrastive/hard_neg_sim": neg + 0.1, "contrastive/gap": pos - neg, "contrastive/in_batch_acc": 0.8,
+               "contrastive/loss": 2.0 / np.sqrt(step)}
+        if step == DEAD_STEP:
+            row["alarm/dead_layer"] = 1.0
+        if step == GAP_STEP:
+            row["alarm/gap_narrowing"] = 1.0
+        rows.append(row)
+    rows[21]["grad_norm/layer.02"] = None  # a non-finite norm is written as null
+    del rows[22]["contrastive/hard_neg_sim"]  # any key may be missing on a line
+    return rows
+
+
+EVENTS = [
+    {"step": DEAD_STEP, "kind": "dead_layer", "layer": "layer.01", "message": "layer.01 gradient is 0 <dead>", "value": 0.0},
+    {"step": GAP_STEP, "kind": "gap_narrowing", "layer": None, "message": "gap fell by 40% while loss fell", "value": 0.24},
+]
+
+
+def _snapshot_arrays(rng: np.random.Generator, with_diff: bool) -> dict[str, np.ndarray]:
+    n, d, q, layers, heads = 60, 16, 25, 3, 4
+    labels = np.array(["sports", "science & tech", "<world>"])[np.arange(n) % 3]
+    embeddings = rng.normal(size=(n, d)).astype(np.float32) + 0.5
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    i, j = np.triu_indices(n, k=1)
+    edges = np.linspace(-1.0, 1.0, 41)
+    counts, _ = np.histogram(np.sum(unit[i] * unit[j], axis=1), bins=edges)
+    singular = np.linalg.svd(embeddings - embeddings.mean(0), compute_uv=False)
+    entropy = rng.uniform(0.2, 2.0, size=(layers, heads))
+    arrays = {
+        "embeddings": embeddings,
+        "umap": rng.normal(size=(n, 2)).astype(np.float32) + np.arange(n)[:, None] % 3 * 3,
+        "labels": labels,
+        "ood_score": rng.uniform(0.0, 1.0, size=n).astype(np.float32),
+        "pair_hist_counts": counts,
+        "pair_hist_edges": edges,
+        "pair_hist_baseline": uniform_sphere_cosine_bin_probabilities(edges, d),
+        "pca_cumulative": np.cumsum(singular**2) / np.sum(singular**2),
+        "layer_similarity": np.array([0.9, 0.5, 0.4, 0.35]),
+        "attention_entropy": entropy,
+        "attention_entropy_normalized": entropy / np.log(12.0),
+        "first_rank": rng.integers(1, 150, size=q),
+        "hard_negative_gap": rng.normal(0.05, 0.1, size=q),
+    }
+    if with_diff:
+        arrays.update(
+            centroid_base_2d=rng.normal(size=(3, 2)),
+            centroid_now_2d=rng.normal(size=(3, 2)),
+            centroid_labels=np.array(["sports", "science & tech", "<world>"]),
+            sim_base_values=rng.normal(0.1, 0.1, size=500),
+            sim_now_values=rng.normal(0.3, 0.1, size=500),
+            rank_before=rng.integers(1, 100, size=q),
+            rank_after=rng.integers(1, 100, size=q),
+        )
+    return arrays
+
+
+def _write_snapshot(run_dir: Path, step: int, tag: str, anisotropy: float, arrays: dict | None) -> Path:
+    directory = run_dir / "snapshots" / str(step)
+    directory.mkdir(parents=True)
+    metrics = {
+        "geometry/anisotropy": anisotropy, "geometry/id_pca95": 9.0, "geometry/effective_rank": 12.5,
+        "geometry/uniformity": -2.5, "geometry/ood_fraction": 0.05, "attention/collapsed_heads": 1.0,
+        "retrieval/ndcg@10": 0.5 if tag == "base" else 0.625, "retrieval/mrr@10": 0.4,
+    }
+    if tag != "base":
+        metrics.update({"drift/base/cka": 0.9, "drift/base/knn_overlap@10": 0.7, "drift/base/score": 0.2})
+    record = {
+        "step": step, "tag": tag, "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "metrics": metrics,
+        "details": {
+            "ood_flagged": [{"index": 3, "text": EVIL_TEXT, "score": 0.91}, {"index": 7, "text": "plain text", "score": 0.74}],
+            "flagged_heads": [{"layer": 1, "head": 2, "kind": "collapsed", "entropy": 0.01}],
+            "retrieval_by_category": {"<cat>": {"retrieval/ndcg@10": 0.5}},
+            "rogue_dimensions": [{"dim": 5, "share": 0.4}],
+        },
+    }
+    (directory / "snapshot.json").write_text(json.dumps(record), encoding="utf-8")
+    if arrays is not None:
+        np.savez(directory / "arrays.npz", **arrays)
+    return directory
+
+
+def build_run(run_dir: Path, *, metrics: bool = True, events: bool = True, snapshots: bool = True) -> Path:
+    """A complete synthetic run: 30 logged steps with two alarms, a base snapshot at step 0 and a
+    checkpoint snapshot at step 30, every array present."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if metrics:
+        _write_jsonl(run_dir / "metrics.jsonl", _metrics_rows())
+    if events:
+        _write_jsonl(run_dir / "events.jsonl", EVENTS)
+    if snapshots:
+        rng = np.random.default_rng(1)
+        _write_snapshot(run_dir, 0, "base", BASE_ANISOTROPY, _snapshot_arrays(rng, with_diff=False))
+        _write_snapshot(run_dir, N_STEPS, "checkpoint", CHECKPOINT_ANISOTROPY, _snapshot_arrays(rng, with_diff=True))
+    return run_dir
+
+
+class _Collector(HTMLParser):
+    """Every start tag with its attributes, and the ids, as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def named(self, name):
+        return [attrs for tag, attrs in self.tags if tag == name]
+
+    def ids(self):
+        return {attrs["id"] for _, attrs in self.tags if "id" in attrs}
+
+
+def _parse(text: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(text)
+    collector.close()
+    return collector
+
+
+def _section(text: str, anchor: str) -> str:
+    start = text.index(f'id="{anchor}"')
+    end = text.find("<section", start)
+    return text[start : end if end >= 0 else len(text)]
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, str]:
+    run_dir = build_run(tmp_path_factory.mktemp("run") / "run")
+    path = write_report(run_dir)
+    return path, path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_is_one_self_contained_file(full_report):
+    path, text = full_report
+    assert path.name == "report.html"
+    page = _parse(text)
+    references = [attrs.get(name) or "" for _, attrs in page.tags for name in ("src", "href") if name in attrs]
+    assert references, "the page should at least link its own sections"
+    assert not [r for r in references if r.startswith(("http://", "https://", "//"))]
+    assert "http://" not in text and "https://" not in text
+    assert all(r.startswith(("#", "data:image/png;base64,")) for r in references)
+    assert not page.named("script") and not page.named("link")
+
+
+def test_report_embeds_every_expected_figure_as_png(full_report):
+    _, text = full_report
+    images = _parse(text).named("img")
+    assert len(images) == EXPECTED_IMAGES == 22
+    for image in images:
+        payload = base64.b64decode(image["src"].split(",", 1)[1], validate=True)
+        assert payload[:8] == b"\x89PNG\r\n\x1a\n"
+        assert image["alt"]
+    # nothing was skipped for a missing array, nothing failed to draw
+    assert "Not in arrays.npz" not in text and "not drawn" not in text and "nothing to draw" not in text
+
+
+def test_report_has_header_timeline_and_snapshot_sections(full_report):
+    _, text = full_report
+    page = _parse(text)
+    assert {"summary", "timeline", "alarms", "snapshot-0", "snapshot-30"} <= page.ids()
+    assert "problems" not in page.ids()
+    header = _section(text, "summary")
+    assert "sentence-transformers/all-MiniLM-L6-v2" in header
+    assert f"{N_STEPS} logged steps (1 – {N_STEPS})" in header
+    assert "dead_layer: 1" in header and "gap_narrowing: 1" in header
+    assert text.index('id="snapshot-0"') < text.index('id="snapshot-30"')
+    assert "Snapshot at step 0 (base)" in text and "Snapshot at step 30 (checkpoint)" in text
+    # the diff block is for the checkpoint only
+    assert "Diff against the base model" not in _section(text, "snapshot-0")
+    assert "Diff against the base model" in _section(text, "snapshot-30")
+
+
+def test_alarms_table_lists_each_alarm_escaped(full_report):
+    _, text = full_report
+    alarms = text[text.index('id="alarms"') : text.index('id="snapshot-0"')]
+    assert "layer.01 gradient is 0 &lt;dead&gt;" in alarms
+    assert "gap fell by 40% while loss fell" in alarms
+    rows = [cells for cells in _table_rows(alarms)]
+    assert [(r[0], r[2]) for r in rows] == [(str(DEAD_STEP), "layer.01"), (str(GAP_STEP), "—")]
+
+
+def _table_rows(fragment: str) -> list[list[str]]:
+    """Cell texts of each body row of the first table in ``fragment``."""
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell, self.in_body, self.done = [], None, False, False
+
+        def handle_starttag(self, tag, attrs):
+            if self.done:
+                return
+            if tag == "tbody":
+                self.in_body = True
+            elif tag == "tr" and self.in_body:
+                self.rows.append([])
+            elif tag == "td" and self.in_body:
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+            elif tag == "table" and self.in_body:
+                self.done, self.in_body = True, False
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Rows()
+    parser.feed(fragment)
+    return parser.rows
+
+
+def test_user_text_is_escaped(full_report):
+    _, text = full_report
+    assert EVIL_TEXT not in text
+    assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; more" in text
+    assert "&lt;cat&gt;" in text
+    page = _parse(text)
+    assert not page.named("script")
+    # the browser-side text is exactly the original string
+    assert EVIL_TEXT in "".join(page.text)
+
+
+def test_metrics_table_shows_change_against_base(full_report):
+    _, text = full_report
+    checkpoint = _section(text, "snapshot-30")
+    rows = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>geometry</h4>"):])}
+    assert rows["geometry/anisotropy"] == ["0.375", f"{CHECKPOINT_ANISOTROPY - BASE_ANISOTROPY:+.4g}"]
+    assert rows["geometry/id_pca95"] == ["9", "0"]
+    retrieval = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>retrieval</h4>"):])}
+    assert retrieval["retrieval/ndcg@10"] == ["0.625", "+0.125"]
+    drift = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>drift</h4>"):])}
+    assert drift["drift/base/cka"] == ["0.9"]  # drift is already a comparison: no delta column
+    base = _section(text, "snapshot-0")
+    base_rows = {r[0]: r[1:] for r in _table_rows(base[base.index("<h4>geometry</h4>"):])}
+    assert base_rows["geometry/anisotropy"] == ["0.125"]
+
+
+def test_broken_jsonl_line_is_named_and_the_rest_is_drawn(tmp_path):
+    run_dir = build_run(tmp_path / "run", snapshots=False)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 31, "contrastive/loss": \n')  # line 31: a crash cut it short
+        handle.write("[1, 2]\n")  # line 32: JSON, but not an object
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    problems = _section(text, "problems")
+    assert "metrics.jsonl:31: invalid JSON" in problems
+    assert "metrics.jsonl:32: expected a JSON object, got list" in problems
+    assert len(_parse(text).named("img")) == TIMELINE_FIGURES
+    assert "No snapshots in this run directory" in text
+
+
+def test_read_jsonl_tolerant_returns_records_and_problems(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"step": 1}\n\nnot json\n{"step": 2}\n', encoding="utf-8")
+    records, problems = read_jsonl_tolerant(path)
+    assert records == [{"step": 1}, {"step": 2}]
+    assert len(problems) == 1 and problems[0].startswith("events.jsonl:3: invalid JSON")
+
+
+def test_run_with_only_snapshots_renders_a_note_for_the_timeline(tmp_path):
+    run_dir = build_run(tmp_path / "run", metrics=False, events=False)
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "No metrics.jsonl in this run directory" in _section(text, "timeline")
+    assert len(_parse(text).named("img")) == SNAPSHOT_FIGURES * 2 + DIFF_FIGURES
+
+
+def test_empty_run_directory_renders_notes(tmp_path):
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "No metrics.jsonl" in text and "No snapshots in this run directory" in text
+    assert "No events.jsonl" in text
+    assert not _parse(text).named("img")
+
+
+def test_missing_arrays_and_broken_snapshot_json_are_notes(tmp_path):
+    run_dir = build_run(tmp_path / "run")
+    checkpoint = run_dir / "snapshots" / str(N_STEPS)
+    arrays = dict(np.load(checkpoint / "arrays.npz"))
+    for key in ("umap", "rank_before", "pca_cumulative"):
+        del arrays[key]
+    arrays["layer_similarity"] = np.zeros((2, 2))  # wrong shape: that one figure fails, the rest is drawn
+    np.savez(checkpoint / "arrays.npz", **arrays)
+    broken = run_dir / "snapshots" / "40"
+    broken.mkdir()
+    (broken / "snapshot.json").write_text("{not json", encoding="utf-8")
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    section = _section(text, "snapshot-30")
+    assert "Not in arrays.npz, so not drawn" in section
+    assert "UMAP by label (needs umap)" in section and "Rank changes base → now (needs rank_before)" in section
+    assert "Layer-wise similarity: not drawn (ValueError" in section
+    # UMAP by label, UMAP by OOD, PCA, layer similarity and rank changes are missing from the checkpoint
+    assert len(_parse(text).named("img")) == EXPECTED_IMAGES - 5
+    assert "snapshots/40/snapshot.json: could not be read" in _section(text, "problems")
+
+
+def test_events_missing_falls_back_to_alarm_keys_of_metrics(tmp_path):
+    run_dir = build_run(tmp_path / "run", events=False, snapshots=False)
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    alarms = text[text.index('id="alarms"') :]
+    assert "No events.jsonl" in alarms
+    assert [r[:2] for r in _table_rows(alarms)] == [[str(DEAD_STEP), "dead_layer"], [str(GAP_STEP), "gap_narrowing"]]
+
+
+def test_not_a_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        write_report(tmp_path / "nope")
+    assert issubclass(RunDirectoryError, ValueError)
+
+
+def test_report_is_written_atomically(tmp_path, monkeypatch):
+    run_dir = build_run(tmp_path / "run", snapshots=False)
+    out = tmp_path / "out" / "my-report.html"
+    assert write_report(run_dir, out) == out
+    first = out.read_text(encoding="utf-8")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["my-report.html"]
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(run_dir, out)
+    assert out.read_text(encoding="utf-8") == first  # the old report is intact
+    assert sorted(p.name for p in out.parent.iterdir()) == ["my-report.html"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------
+# figures: plain data in, a Figure out, with the numbers drawn being the numbers given
+
+
+def test_loss_curve_draws_the_logged_values():
+    rows = _metrics_rows()
+    figure = plots.loss_curve(rows, EVENTS)
+    assert isinstance(figure, Figure)
+    line = figure.axes[0].lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(1, N_STEPS + 1))
+    np.testing.assert_allclose(line.get_ydata(), [r["contrastive/loss"] for r in rows])
+    vertical = [l for l in figure.axes[0].lines[1:] if l.get_xdata()[0] == l.get_xdata()[1]]
+    assert sorted(l.get_xdata()[0] for l in vertical) == [DEAD_STEP, GAP_STEP]
+
+
+def test_contrastive_curve_skips_absent_series_and_keeps_gaps():
+    rows = _metrics_rows()
+    for row in rows:
+        row.pop("contrastive/hard_neg_sim", None)
+    figure = plots.contrastive_curve(rows)
+    labels = [l.get_label() for l in figure.axes[0].lines if not l.get_label().startswith("_")]
+    assert labels == ["positive pairs", "in-batch negatives", "gap (pos − neg)"]
+    gap = figure.axes[0].lines[2]
+    np.testing.assert_allclose(gap.get_ydata(), [r["contrastive/gap"] for r in rows])
+
+
+def test_grad_norm_heatmap_orders_layers_and_marks_dead_and_null_cells():
+    rows = [
+        {"step": 1, "grad_norm/head": 1.0, "grad_norm/layer.10": 2.0, "grad_norm/layer.02": 3.0,
+         "grad_norm/layer.00/lora_A": 4.0, "grad_norm/embeddings": 5.0, "grad_norm/total": 9.0},
+        {"step": 3, "grad_norm/head": 0.0, "grad_norm/layer.10": None, "grad_norm/layer.02": 3.0,
+         "grad_norm/layer.00/lora_A": 4.0, "grad_norm/embeddings": 5.0, "grad_norm/total": 9.0},
+    ]
+    events = [{"step": 3, "kind": "dead_layer", "layer": "head"}, {"step": 1, "kind": "spike", "layer": "total"}]
+    figure = plots.grad_norm_heatmap(rows, events)
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == [
+        "embeddings", "layer.00/lora_A", "layer.02", "layer.10", "head"
+    ]
+    mesh = axes.collections[0]
+    grid = mesh.get_array()
+    assert grid.shape == (5, 2)
+    assert grid.mask[3, 1] and not grid.mask[4, 1]  # null is masked (white); 0 is kept ...
+    assert grid[4, 1] < mesh.norm.vmin  # ... below the colour range, so drawn in the 'under' colour
+    assert mesh.norm.vmin == 1.0 and mesh.norm.vmax == 5.0
+    dead = [c for c in axes.collections[1:] if c.get_label() == "alarm: dead_layer"]
+    np.testing.assert_array_equal(dead[0].get_offsets(), [[3, 4]])  # at (step 3, row 'head')
+    spike_lines = [l for l in axes.lines if l.get_label() == "alarm: spike"]
+    assert spike_lines and spike_lines[0].get_xdata()[0] == 1  # 'total' is no row: a vertical line
+
+
+def test_anisotropy_histogram_draws_fractions_and_baseline():
+    edges = np.linspace(-1, 1, 5)
+    counts = np.array([1, 3, 4, 2])
+    baseline = uniform_sphere_cosine_bin_probabilities(edges, 3)  # d=3: uniform on [-1, 1]
+    figure = plots.anisotropy_histogram(counts, edges, baseline, anisotropy=0.25)
+    axes = figure.axes[0]
+    observed, expected = axes.patches
+    np.testing.assert_allclose(observed.get_data().values, [0.1, 0.3, 0.4, 0.2])
+    np.testing.assert_allclose(expected.get_data().values, [0.25, 0.25, 0.25, 0.25])
+    np.testing.assert_array_equal(observed.get_data().edges, edges)
+    assert "anisotropy 0.250" in axes.get_title()
+    # binned mean = Σ fraction · bin centre = 0.1·(−0.75) + 0.3·(−0.25) + 0.4·0.25 + 0.2·0.75 = 0.1
+    assert "binned mean 0.100" in [line.get_label() for line in axes.lines]
+    with pytest.raises(ValueError, match="5 entries"):
+        plots.anisotropy_histogram(counts, edges[:-1])
+
+
+def test_pca_variance_curve_marks_intrinsic_dimension():
+    cumulative = np.array([0.5, 0.8, 0.91, 0.96, 0.995, 1.0])
+    figure = plots.pca_variance_curve(cumulative)
+    labels = [l.get_label() for l in figure.axes[0].lines if not l.get_label().startswith("_")]
+    assert labels == ["90% at 3 components", "95% at 4 components", "99% at 5 components"]
+
+
+def test_rank_histogram_bins_by_hand():
+    ranks = [1, 1, 2, 4, 5, 7, 30, 101, 500, np.nan]
+    figure = plots.rank_histogram(ranks)
+    heights = [bar.get_height() for bar in figure.axes[0].patches]
+    # bins 1, 2, 3, 4-5, 6-10, 11-20, 21-50, 51-100, >100, not found
+    assert heights == [2, 1, 0, 2, 1, 0, 1, 0, 2, 1]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()][-2:] == [">100", "not found"]
+    assert "20% at rank 1" in figure.axes[0].get_title()
+
+
+def test_hard_negative_gap_counts_queries_below_zero():
+    figure = plots.hard_negative_gap_distribution([-0.2, -0.1, 0.1, 0.3, np.nan])
+    assert "50% below 0" in figure.axes[0].get_title() and "1 non-finite" in figure.axes[0].get_title()
+    assert sum(figure.axes[0].patches[0].get_data().values) == 4
+
+
+def test_rank_changes_counts_improved_and_worse():
+    figure = plots.rank_changes([1, 5, 10, 3, 0], [2, 1, 10, 1, 4])
+    labels = sorted(c.get_label() for c in figure.axes[0].collections)
+    assert labels == ["improved (2)", "unchanged (1)", "worse (1)"]
+    assert figure.axes[0].get_xscale() == "log" and figure.axes[0].get_yscale() == "log"
+    assert "1 non-finite left out" in figure.axes[0].get_title()
+
+
+def test_diff_and_snapshot_figures_accept_plain_arrays():
+    rng = np.random.default_rng(3)
+    arrays = _snapshot_arrays(rng, with_diff=True)
+    figures = [
+        plots.umap_by_label(arrays["umap"], arrays["labels"]),
+        plots.umap_by_label(arrays["umap"]),
+        plots.umap_by_ood(arrays["umap"], arrays["ood_score"], flagged=[3, 7]),
+        plots.layer_similarity(arrays["layer_similarity"]),
+        plots.attention_entropy_heatmap(arrays["attention_entropy"], [{"layer": 1, "head": 2, "kind": "collapsed"}]),
+        plots.centroid_drift_arrows(arrays["centroid_base_2d"], arrays["centroid_now_2d"], arrays["centroid_labels"]),
+        plots.similarity_shift(arrays["sim_base_values"], arrays["sim_now_values"]),
+    ]
+    assert all(isinstance(f, Figure) for f in figures)
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert sorted(legend) == sorted(["sports", "science & tech", "<world>"])
+    assert [t.get_text() for t in figures[4].axes[0].texts] == ["C"]
+    assert figures[4].axes[0].texts[0].get_position() == (2, 1)
+    shift_title = figures[6].axes[0].get_legend().get_texts()
+    assert [t.get_text() for t in shift_title] == [
+        f"base (mean {arrays['sim_base_values'].mean():.3f})", f"now (mean {arrays['sim_now_values'].mean():.3f})"
+    ]
+
+
+def test_figures_refuse_empty_or_mismatched_data():
+    with pytest.raises(plots.NoDataError):
+        plots.loss_curve([{"step": 1, "grad_norm/total": 1.0}])
+    with pytest.raises(plots.NoDataError):
+        plots.grad_norm_heatmap([{"step": 1, "grad_norm/total": 1.0}])
+    with pytest.raises(plots.NoDataError):
+        plots.rank_histogram([])
+    with pytest.raises(ValueError, match="3 labels for 2 points"):
+        plots.umap_by_label(np.zeros((2, 2)), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="differ in length"):
+        plots.rank_changes([1, 2], [1])
+    with pytest.raises(ValueError, match=r"\[k, 2\]"):
+        plots.centroid_drift_arrows(np.zeros((3, 2)), np.zeros((2, 2)))
+    assert issubclass(plots.NoDataError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# the browser test: Debian's chromium opens the report offline
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "chromium is not on PATH: the HTML report browser test needs Debian's chromium. "
+            "Install it with `apt-get update && apt-get install -y chromium` (CI does this in .ci/run)."
+        )
+    return path
+
+
+def _run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(profile)})
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
+
+
+@pytest.mark.chromium
+def test_chromium_detects_console_errors_on_a_page_that_has_them(tmp_path):
+    """The console-error check below must be able to fail: a page that throws is caught by it."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><body><p>x</p><script>throw new Error("boom");</script></body></html>')
+    result = _run_chromium(page, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom")
+    assert any("boom" in line for line in _console_errors(result.stderr)), result.stderr[-3000:]
+
+
+@pytest.mark.chromium
+def test_report_opens_in_headless_chromium(full_report, tmp_path):
+    import matplotlib.image
+
+    path, text = full_report
+    screenshot = tmp_path / "report.png"
+    result = _run_chromium(
+        path, tmp_path / "profile", "--enable-logging=stderr", "--v=0",
+        f"--screenshot={screenshot}", "--window-size=1280,2000",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not _console_errors(result.stderr), _console_errors(result.stderr)
+    pixels = matplotlib.image.imread(screenshot)
+    assert pixels.shape[:2] == (2000, 1280)
+    rgb = np.round(pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+    colours = np.unique(rgb, axis=0)
+    assert len(colours) > 50, f"screenshot looks blank: {len(colours)} distinct colours"
+    not_white = np.mean(np.any(rgb < 250, axis=1))
+    assert not_white > 0.05, f"screenshot is {1 - not_white:.1%} white"
+    keep = os.environ.get("AQUIN_REPORT_SCREENSHOT")
+    if keep:  # for a person to look at: AQUIN_REPORT_SCREENSHOT=/tmp/report.png pytest -k chromium
+        shutil.copy(screenshot, keep)
+
+    dom = _run_chromium(path, tmp_path / "profile-dom", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    loaded = _parse(dom.stdout)
+    assert len(loaded.named("img")) == EXPECTED_IMAGES
+    assert {"summary", "timeline", "snapshot-0", "snapshot-30"} <= loaded.ids()
+    assert not loaded.named("script")

@@ -254,15 +254,19 @@ def grad_norm_heatmap(
     )
     if not groups:
         raise NoDataError(f"no row of metrics.jsonl has a {prefix}<group> key")
-    steps = np.array(sorted({row["step"] for row in metrics_rows if _is_step(row.get("step"))}), dtype=np.int64)
+    # Only rows that log a gradient norm are columns: snapshot metrics share metrics.jsonl.
+    steps = np.array(
+        sorted({row["step"] for row in metrics_rows if _is_step(row.get("step")) and any(k.startswith(prefix) for k in row)}),
+        dtype=np.int64,
+    )
     column = {int(step): index for index, step in enumerate(steps)}
     row_of_key = {prefix + group: index for index, group in enumerate(groups)}
     grid = np.full((len(groups), steps.size), np.nan)
     logged_null = np.zeros(grid.shape, dtype=bool)  # logged as null/non-finite, not merely absent
     for row in metrics_rows:
-        if not _is_step(row.get("step")):
+        where = column.get(row.get("step")) if _is_step(row.get("step")) else None
+        if where is None:
             continue
-        where = column[row["step"]]
         for key, value in row.items():
             index = row_of_key.get(key)
             if index is not None:
@@ -480,6 +484,7 @@ def layer_similarity(values: Any) -> Figure:
     figure, axes = _figure()
     axes.plot(layers, values, marker="o", color="#2b83ba", linewidth=1.6)
     axes.set_xticks(layers, ["emb"] + [str(i) for i in layers[1:]])
+    axes.ticklabel_format(axis="y", useOffset=False)  # nearly equal layers: plain values, not "1e-5 + 0.98"
     axes.set_xlabel("layer (emb = embedding output)")
     axes.set_ylabel("mean pairwise cosine")
     axes.set_title("Layer-wise similarity (anisotropy of each layer)")

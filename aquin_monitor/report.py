@@ -53,7 +53,12 @@ FIGURE_DPI = 90
 #: Longest tables (alarms, OOD inputs) show this many rows and say how many were left out.
 MAX_TABLE_ROWS = 200
 
-_METRIC_GROUPS = ("geometry", "attention", "retrieval", "drift")
+#: Lists longer than this (flagged inputs) start folded.
+_OPEN_LIST_ROWS = 10
+
+_METRIC_GROUPS = ("geometry", "layers", "attention", "retrieval", "drift")
+# metrics.jsonl also carries each snapshot's metrics at its step; these prefixes mark a training step.
+_TRAINING_PREFIXES = ("grad_norm/", "contrastive/", "alarm/")
 
 
 class RunDirectoryError(ValueError):
@@ -117,6 +122,11 @@ class Run:
     events: list[dict[str, Any]] | None  # None: no events.jsonl
     snapshots: list[SnapshotView]
     problems: list[str]
+
+    @property
+    def training_rows(self) -> list[dict[str, Any]]:
+        """Rows of metrics.jsonl logged by training steps (not the snapshot metrics logged there too)."""
+        return [row for row in self.metrics or [] if any(key.startswith(_TRAINING_PREFIXES) for key in row)]
 
     @property
     def base(self) -> SnapshotView | None:
@@ -313,11 +323,11 @@ def _timeline_figure(caption: str, function: Callable[..., Any], *args: Any) -> 
 
 
 def _header(run: Run) -> str:
-    events = run.events or []
+    events = run.events if run.events is not None else _alarms_from_metrics(run.training_rows)
     kinds: dict[str, int] = {}
     for event in events:
         kinds[str(event.get("kind", "alarm"))] = kinds.get(str(event.get("kind", "alarm")), 0) + 1
-    steps = sorted({row["step"] for row in run.metrics or []})
+    steps = sorted({row["step"] for row in run.training_rows})
     if steps:
         step_text = f"{len(steps)} logged steps ({steps[0]} – {steps[-1]})"
     else:
@@ -325,6 +335,8 @@ def _header(run: Run) -> str:
     badges = "".join(
         f'<span class="badge alarm-{_escape(kind)}">{_escape(kind)}: {count}</span>' for kind, count in sorted(kinds.items())
     ) or '<span class="badge ok">no alarms</span>'
+    if run.events is None:
+        badges += " (no events.jsonl" + ("; counted from alarm/&lt;kind&gt; keys of metrics.jsonl)" if run.training_rows else ": not recorded)")
     facts = [
         ("Model", _escape(run.model or "unknown (no snapshot names it)")),
         ("Run directory", f"<code>{_escape(run.directory.resolve())}</code>"),
@@ -383,15 +395,15 @@ def _timeline_section(run: Run) -> str:
     events = run.events or []
     if run.metrics is None:
         parts.append(_note("No metrics.jsonl in this run directory: no training timeline (a run with snapshots only, or one inspected without training)."))
-    elif not run.metrics:
-        parts.append(_note("metrics.jsonl holds no readable step yet: no training timeline."))
+    elif not run.training_rows:
+        parts.append(_note("metrics.jsonl holds no training step (grad_norm/, contrastive/ or alarm/ keys): no training timeline."))
     else:
         for caption, function in (
             ("Training loss", plots.loss_curve),
             ("Positive / negative similarity and gap", plots.contrastive_curve),
             ("Gradient norm per layer and step", plots.grad_norm_heatmap),
         ):
-            figure, note = _timeline_figure(caption, function, run.metrics, events)
+            figure, note = _timeline_figure(caption, function, run.training_rows, events)
             parts.append(figure or _note(note))
     parts.append('<h3 id="alarms">Alarms</h3>')
     if run.events is None:
@@ -492,7 +504,12 @@ def _details_html(snapshot: SnapshotView) -> str:
         ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
         rows = [(_escape(item.get("index", "?")), _format_number(item.get("score")), f'<span class="probe">{_escape(item.get("text", ""))}</span>')
                 for item in ordered[:MAX_TABLE_ROWS]]
-        parts.append(_table(["index", "OOD score", "text"], rows, "ood"))
+        # a long list folds away (plain HTML <details>, no script); a short one stays open
+        opened = " open" if len(ordered) <= _OPEN_LIST_ROWS else ""
+        parts.append(
+            f"<details{opened}><summary>{len(ordered)} inputs flagged, highest OOD score first</summary>"
+            + _table(["index", "OOD score", "text"], rows, "ood") + "</details>"
+        )
         if len(ordered) > MAX_TABLE_ROWS:
             parts.append(_note(f"First {MAX_TABLE_ROWS} of {len(ordered)} flagged inputs shown."))
     else:
@@ -607,6 +624,7 @@ figcaption { font-size: 12px; color: #555; }
 .delta.up, .delta.down { font-weight: 600; color: #333; } .delta.zero { color: #888; }
 .probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 code { font-size: 12px; }
+summary { cursor: pointer; font-size: 14px; margin: 4px 0; }
 """
 
 

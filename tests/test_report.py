@@ -142,7 +142,10 @@ def build_run(run_dir: Path, *, metrics: bool = True, events: bool = True, snaps
     checkpoint snapshot at step 30, every array present."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if metrics:
-        _write_jsonl(run_dir / "metrics.jsonl", _metrics_rows())
+        # the snapshot runner logs each snapshot's metrics into metrics.jsonl at its step, as well
+        snapshot_rows = [{"step": 0, "time": 1.7e9, "geometry/anisotropy": BASE_ANISOTROPY},
+                         {"step": N_STEPS, "time": 1.7e9 + 99, "geometry/anisotropy": CHECKPOINT_ANISOTROPY}]
+        _write_jsonl(run_dir / "metrics.jsonl", snapshot_rows[:1] + _metrics_rows() + snapshot_rows[1:])
     if events:
         _write_jsonl(run_dir / "events.jsonl", EVENTS)
     if snapshots:
@@ -285,6 +288,7 @@ def test_user_text_is_escaped(full_report):
     assert EVIL_TEXT not in text
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; more" in text
     assert "&lt;cat&gt;" in text
+    assert "<details open><summary>2 inputs flagged, highest OOD score first</summary>" in text
     page = _parse(text)
     assert not page.named("script")
     # the browser-side text is exactly the original string
@@ -309,12 +313,12 @@ def test_metrics_table_shows_change_against_base(full_report):
 def test_broken_jsonl_line_is_named_and_the_rest_is_drawn(tmp_path):
     run_dir = build_run(tmp_path / "run", snapshots=False)
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write('{"step": 31, "contrastive/loss": \n')  # line 31: a crash cut it short
-        handle.write("[1, 2]\n")  # line 32: JSON, but not an object
+        handle.write('{"step": 31, "contrastive/loss": \n')  # line 33: a crash cut it short
+        handle.write("[1, 2]\n")  # line 34: JSON, but not an object
     text = write_report(run_dir).read_text(encoding="utf-8")
     problems = _section(text, "problems")
-    assert "metrics.jsonl:31: invalid JSON" in problems
-    assert "metrics.jsonl:32: expected a JSON object, got list" in problems
+    assert "metrics.jsonl:33: invalid JSON" in problems
+    assert "metrics.jsonl:34: expected a JSON object, got list" in problems
     assert len(_parse(text).named("img")) == TIMELINE_FIGURES
     assert "No snapshots in this run directory" in text
 
@@ -339,7 +343,7 @@ def test_empty_run_directory_renders_notes(tmp_path):
     run_dir.mkdir()
     text = write_report(run_dir).read_text(encoding="utf-8")
     assert "No metrics.jsonl" in text and "No snapshots in this run directory" in text
-    assert "No events.jsonl" in text
+    assert "No events.jsonl" in text and "no events.jsonl: not recorded" in _section(text, "summary")
     assert not _parse(text).named("img")
 
 
@@ -370,6 +374,8 @@ def test_events_missing_falls_back_to_alarm_keys_of_metrics(tmp_path):
     alarms = text[text.index('id="alarms"') :]
     assert "No events.jsonl" in alarms
     assert [r[:2] for r in _table_rows(alarms)] == [[str(DEAD_STEP), "dead_layer"], [str(GAP_STEP), "gap_narrowing"]]
+    header = _section(text, "summary")
+    assert "dead_layer: 1" in header and "counted from alarm/&lt;kind&gt; keys of metrics.jsonl" in header
 
 
 def test_not_a_directory_is_a_clear_error(tmp_path):
@@ -444,6 +450,14 @@ def test_grad_norm_heatmap_orders_layers_and_marks_dead_and_null_cells():
     np.testing.assert_array_equal(dead[0].get_offsets(), [[3, 4]])  # at (step 3, row 'head')
     spike_lines = [l for l in axes.lines if l.get_label() == "alarm: spike"]
     assert spike_lines and spike_lines[0].get_xdata()[0] == 1  # 'total' is no row: a vertical line
+
+
+def test_grad_norm_heatmap_columns_are_training_steps_only():
+    rows = [{"step": 0, "geometry/anisotropy": 0.1}] + _metrics_rows()
+    mesh = plots.grad_norm_heatmap(rows).axes[0].collections[0]
+    assert mesh.get_array().shape == (len(GROUPS), N_STEPS)
+    first = [r for r in rows if "grad_norm/embeddings" in r][0]["grad_norm/embeddings"]
+    assert mesh.get_array()[0, 0] == pytest.approx(first)
 
 
 def test_anisotropy_histogram_draws_fractions_and_baseline():

@@ -404,10 +404,13 @@ class SnapshotRunner:
         try:
             snap = self.take(model, step, tag=tag, model_name=model_name, run_dir=run_dir)
             labels = self.probe.labels
+            figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
                 sink.log_scalars(snap.metrics, step)
                 sink.log_summary({"tag": tag, **snap.metrics}, step)
                 sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
+                for name, figure in figures.items():
+                    sink.log_figure(f"snapshot/{name}", figure, step)
             return snap
         except Exception as exc:  # noqa: BLE001 - a failed snapshot must not cost the checkpoint or the run
             if strict:
@@ -516,6 +519,31 @@ class SnapshotRunner:
             if self.retrieval.categories:
                 details["retrieval_by_category"] = {str(k): v for k, v in report.by_category().items()}
         return Snapshot(int(step), tag, model_name, metrics, details, arrays)
+
+
+def snapshot_figures(snap) -> dict:
+    """The dashboard figures of a snapshot (those whose arrays it has), by name."""
+    from . import plots
+
+    a = snap.arrays
+    makers = {
+        "umap_by_label": lambda: plots.umap_by_label(a["umap"], a.get("labels")),
+        "anisotropy_histogram": lambda: plots.anisotropy_histogram(
+            a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), snap.metrics.get("geometry/anisotropy")
+        ),
+        "layer_similarity": lambda: plots.layer_similarity(a["layer_similarity"]),
+        "attention_entropy": lambda: plots.attention_entropy_heatmap(a["attention_entropy"], snap.details.get("flagged_heads")),
+        "rank_histogram": lambda: plots.rank_histogram(a["first_rank"]),
+        "centroid_drift": lambda: plots.centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")),
+        "similarity_shift": lambda: plots.similarity_shift(a["sim_base_values"], a["sim_now_values"]),
+    }
+    figures = {}
+    for name, make in makers.items():
+        try:
+            figures[name] = make()
+        except (KeyError, ValueError):  # arrays this snapshot does not have (no labels, no retrieval, no diff)
+            continue
+    return figures
 
 
 def _retrieval_report(retrieval, q_emb, d_emb):

@@ -1,0 +1,94 @@
+"""Snapshots: every signal from one pass, saved atomically, diffed; LoRA models are never mutated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aquin_monitor.data import ProbeSet, RetrievalSet
+from aquin_monitor.encoders import encode, load_model, merged_copy
+from aquin_monitor.monitor import SnapshotRunner
+from aquin_monitor.signals.geometry import anisotropy
+from aquin_monitor.signals.retrieval import retrieval_metrics
+from aquin_monitor.snapshot import Snapshot, diff, list_snapshots
+
+QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
+DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}
+QRELS = {f"q{i}": {f"d{i}": 1} for i in range(6)}
+
+
+def _sets():
+    retrieval = RetrievalSet(QUERIES, DOCS, QRELS, None, {q: [] for q in QUERIES}, "test")
+    texts = list(QUERIES.values()) + list(DOCS.values())
+    probe = ProbeSet(texts, ["query"] * 6 + ["document"] * 12, [str(i) for i in range(18)], "test")
+    return probe, retrieval
+
+
+class _Collect:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self.calls.append((name, a))
+
+
+def test_snapshot_signals_match_direct_computation(tiny_mean_model, tmp_path):
+    model = load_model(tiny_mean_model)
+    probe, retrieval = _sets()
+    runner = SnapshotRunner(probe, retrieval, umap=True, batch_size=4, max_attention_texts=8)
+    sink = _Collect()
+    snap = runner.record(model, 0, tag="base", run_dir=tmp_path, sinks=[sink], strict=True)
+    emb = encode(model, probe.texts)
+    np.testing.assert_allclose(snap.arrays["embeddings"], emb, atol=1e-5)
+    assert snap.metrics["geometry/anisotropy"] == pytest.approx(anisotropy(emb), abs=1e-6)
+    direct = retrieval_metrics(emb[:6], emb[6:], [{i: 1} for i in range(6)]).as_metrics()
+    for key in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@1"):
+        assert snap.metrics[key] == pytest.approx(direct[key])
+    assert snap.arrays["attention_entropy"].shape == (2, 4)  # 2 layers x 4 heads, from the first 8 texts
+    assert snap.arrays["layer_similarity"].shape == (3,) and snap.arrays["umap"].shape == (18, 2)
+    assert {"log_scalars", "log_summary", "log_embeddings", "log_figure"} <= {c[0] for c in sink.calls}
+    assert [p.name for p in list_snapshots(tmp_path)] == ["0"]
+    assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith(".")]  # no temp folders left
+    loaded = Snapshot.load(tmp_path / "snapshots" / "0")
+    assert loaded.tag == "base" and loaded.metrics == pytest.approx(snap.metrics, nan_ok=True)
+    np.testing.assert_array_equal(loaded.arrays["embeddings"], snap.arrays["embeddings"])
+
+
+def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
+    model = load_model(tiny_mean_model)
+    probe, retrieval = _sets()
+    runner = SnapshotRunner(probe, retrieval, umap=False)
+    base = runner.take(model, 0, tag="base", run_dir=tmp_path)
+    same = runner.take(model, 1, run_dir=tmp_path)
+    assert same.metrics["drift/base/cka"] == pytest.approx(1.0) and same.metrics["drift/base/score"] == pytest.approx(0.0, abs=1e-9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved = runner.take(model, 2, run_dir=tmp_path)
+    assert moved.metrics["drift/base/cka"] < 1.0 and moved.metrics["drift/base/score"] > 0.0
+    assert "drift/previous/cka" in moved.metrics
+    assert {"centroid_base_2d", "centroid_now_2d", "rank_before", "rank_after", "sim_base_values"} <= moved.arrays.keys()
+    direct = diff(base, moved)
+    assert direct.metrics["drift/base/cka"] == pytest.approx(moved.metrics["drift/base/cka"])
+
+
+def test_lora_snapshot_uses_merged_copy_and_leaves_training_model_alone(tiny_lora, tmp_path):
+    base, adapter = tiny_lora
+    model = load_model(base, adapter=adapter)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe, _ = _sets()
+    snap = SnapshotRunner(probe, umap=False).take(model, 0, tag="base")
+    np.testing.assert_allclose(snap.arrays["embeddings"], encode(merged_copy(model), probe.texts), atol=1e-5)
+    after = dict(model.named_parameters())
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    assert any("lora_A" in n and p.requires_grad for n, p in model.named_parameters())
+
+
+def test_failed_snapshot_warns_and_keeps_going(tiny_mean_model, tmp_path):
+    runner = SnapshotRunner(["a", "b", "c"], umap=False)
+    with pytest.warns(RuntimeWarning, match="snapshot at step 3 failed"):
+        assert runner.record(object(), 3, run_dir=tmp_path) is None
+    with pytest.raises(Exception):
+        runner.record(object(), 3, run_dir=tmp_path, strict=True)
+    assert list_snapshots(tmp_path) == []

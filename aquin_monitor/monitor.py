@@ -398,16 +398,16 @@ class SnapshotRunner:
     def record(self, model, step: int, *, tag: str = "checkpoint", run_dir=None, sinks=(), model_name: str = "", strict: bool = False):
         """:meth:`take` a snapshot and log it to ``sinks``; a failure warns and returns None (checkpoint intact).
 
-        Logged: every snapshot metric as a scalar at ``step``, the record as a summary, and the probe
-        embeddings with their labels for TensorBoard's projector.
+        Logged: the record as a summary (every metric a scalar at ``step`` on the dashboards, a line
+        of ``snapshots.jsonl`` in the files), its figures, and the probe embeddings with their labels
+        for TensorBoard's projector.
         """
         try:
             snap = self.take(model, step, tag=tag, model_name=model_name, run_dir=run_dir)
             labels = self.probe.labels
             figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
-                sink.log_scalars(snap.metrics, step)
-                sink.log_summary({"tag": tag, **snap.metrics}, step)
+                sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
                 sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
                 for name, figure in figures.items():
                     sink.log_figure(f"snapshot/{name}", figure, step)

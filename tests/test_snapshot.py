@@ -47,7 +47,7 @@ def test_snapshot_signals_match_direct_computation(tiny_mean_model, tmp_path):
         assert snap.metrics[key] == pytest.approx(direct[key])
     assert snap.arrays["attention_entropy"].shape == (2, 4)  # 2 layers x 4 heads, from the first 8 texts
     assert snap.arrays["layer_similarity"].shape == (3,) and snap.arrays["umap"].shape == (18, 2)
-    assert {"log_scalars", "log_summary", "log_embeddings", "log_figure"} <= {c[0] for c in sink.calls}
+    assert {"log_summary", "log_embeddings", "log_figure"} <= {c[0] for c in sink.calls}
     assert [p.name for p in list_snapshots(tmp_path)] == ["0"]
     assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith(".")]  # no temp folders left
     loaded = Snapshot.load(tmp_path / "snapshots" / "0")

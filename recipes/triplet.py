@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""Triplet-loss fine-tune of a bi-encoder on SNLI triplets in PyTorch Lightning, with aquin-monitor watching.
+
+A LightningModule around a sentence-transformers model (default: the bundled all-MiniLM-L6-v2, a full
+fine-tune; ``--lora-rank 8`` for LoRA) trained with a triplet loss (Schroff et al. 2015) on the
+bundled SNLI (anchor, entailed positive, contradicting negative) triplets. The Lightning monitor logs
+gradient norms per block, the positive/negative similarity split and alarms every step; a checkpoint
+every ``--snapshot-every`` steps triggers a geometry snapshot on a held-out probe of SNLI sentences
+(anchors, positives and negatives, labelled as such). TensorBoard by default, ``--wandb`` adds
+Weights & Biases (``WANDB_MODE=offline`` works). At the end: the HTML report and where the dashboards are.
+
+``--provoke collapse`` is the failure demonstration: a full fine-tune at a learning rate far too high
+(1e-2 unless ``--lr`` says otherwise, no warm-up). The weights blow up within a few steps, the
+gradient-norm alarms fire (spikes, then layers going dead as the model saturates), the
+positive–negative gap closes and the snapshots show the embedding space collapsing (anisotropy
+towards 1, intrinsic dimension towards 1).
+
+    python recipes/triplet.py                         # defaults: a few minutes on a 2-core CPU
+    python recipes/triplet.py --provoke collapse --output-dir runs/triplet-collapse
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROBE_LABELS = ("anchor", "positive", "negative")
+COLLAPSE_LR = 1e-2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--model", default="default", help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2")
+    p.add_argument("--data", default=None, help="triplets JSONL with anchor/positive/negative (default: the bundled SNLI dev triplets)")
+    p.add_argument("--output-dir", default=None, help="run directory (default: runs/triplet-<timestamp>)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=100, help="stop after this many optimizer steps (-1: run the epochs)")
+    p.add_argument("--batch-size", type=int, default=16, help="triplets per step")
+    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (default 2e-5 full, 1e-4 LoRA, {COLLAPSE_LR:g} with --provoke collapse)")
+    p.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up (0 with --provoke collapse)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshot-every", type=int, default=50, help="checkpoint (and geometry snapshot) every N optimizer steps")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training triplets")
+    p.add_argument("--probe-triplets", type=int, default=100, help="held-out triplets whose 3 sentences make the snapshot probe (3x texts)")
+    p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine", help="triplet distance")
+    p.add_argument("--margin", type=float, default=None, help="triplet margin (default 0.3 cosine, 1.0 euclidean)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on query/key/value (0: full fine-tune)")
+    p.add_argument("--max-seq-length", type=int, default=64, help="SNLI sentences are short; 64 tokens keep all but a few whole")
+    p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline works: WANDB_MODE=offline)")
+    p.add_argument("--wandb-project", default="aquin-monitor")
+    p.add_argument("--stop-on", nargs="*", default=[], choices=["dead_layer", "spike", "nan", "gap_narrowing"], help="alarms that stop training")
+    p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots (faster)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    p.add_argument("--device", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "snapshot_every", "probe_triplets", "epochs", "max_seq_length"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_train is not None and args.max_train < args.batch_size:
+        p.error("--max-train must be at least --batch-size (the last partial batch is dropped)")
+    if args.provoke == "collapse":
+        args.lora_rank = 0
+        args.lr = args.lr if args.lr is not None else COLLAPSE_LR
+        args.warmup_steps = 0
+    if args.lr is None:
+        args.lr = 1e-4 if args.lora_rank else 2e-5
+    if args.margin is None:
+        args.margin = 0.3 if args.distance == "cosine" else 1.0
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", "triplet-" + time.strftime("%Y%m%d-%H%M%S"))
+    return args
+
+
+def split_triplets(triplets, probe_triplets: int, seed: int):
+    """Shuffle (seeded), hold out ``probe_triplets`` triplets with distinct anchors for the probe, train on the rest.
+
+    SNLI repeats an anchor across triplets; any training triplet whose anchor is in the probe is
+    dropped too, so the probe stays unseen by the optimizer.
+    """
+    import random
+
+    order = list(triplets)
+    random.Random(seed).shuffle(order)
+    probe, anchors = [], set()
+    for t in order:
+        if len(probe) == probe_triplets:
+            break
+        if t[0] not in anchors:
+            anchors.add(t[0])
+            probe.append(t)
+    train = [t for t in order if t[0] not in anchors]
+    if len(probe) < probe_triplets:
+        raise ValueError(f"only {len(probe)} triplets with distinct anchors for a probe of {probe_triplets}")
+    return train, probe
+
+
+def probe_set(probe_triplets):
+    """The probe: every anchor, then every positive, then every negative, labelled by role."""
+    from aquin_monitor.data import ProbeSet
+
+    texts, labels, ids = [], [], []
+    for role_index, role in enumerate(PROBE_LABELS):
+        for i, t in enumerate(probe_triplets):
+            texts.append(t[role_index])
+            labels.append(role)
+            ids.append(f"{role}:{i}")
+    return ProbeSet(texts=texts, labels=labels, ids=ids, source="snli triplets (held out)")
+
+
+def build_module(model, args):
+    import lightning as L
+    import torch
+
+    from aquin_monitor.losses import triplet
+
+    class TripletModule(L.LightningModule):
+        """A SentenceTransformer trained with :func:`aquin_monitor.losses.triplet` (reports its distances)."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = model
+
+        def encode(self, texts):
+            features = self.encoder.preprocess(list(texts))
+            features = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in features.items()}
+            return self.encoder(features)["sentence_embedding"]
+
+        def training_step(self, batch, batch_idx):
+            anchors, positives, negatives = batch
+            # one forward over all three roles: one tokenisation, one padded batch
+            embeddings = self.encode([*anchors, *positives, *negatives])
+            a, p, n = embeddings.split(len(anchors))
+            loss = triplet(a, p, n, margin=args.margin, distance=args.distance)
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            params = [p for p in self.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=args.lr)
+            warmup = max(args.warmup_steps, 0)
+            if not warmup:
+                return optimizer
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    return TripletModule()
+
+
+def summarize(out: Path, monitor) -> None:
+    """Print what the monitor saw: alarms by kind, the first and last contrastive numbers, snapshot geometry."""
+    from aquin_monitor.sinks import read_jsonl
+    from aquin_monitor.snapshot import Snapshot, list_snapshots
+
+    alarms = monitor.monitor.alarms if monitor.monitor is not None else []
+    if alarms:
+        kinds: dict[str, int] = {}
+        for a in alarms:
+            kinds[a.kind] = kinds.get(a.kind, 0) + 1
+        first = alarms[0]
+        print(f"alarms: {', '.join(f'{k} x{v}' for k, v in kinds.items())}; first at step {first.step}: {first.message}")
+    else:
+        print("alarms: none")
+    metrics_path = out / "metrics.jsonl"
+    rows = [r for r in read_jsonl(metrics_path) if "contrastive/gap" in r] if metrics_path.exists() else []
+    if rows:
+        head, tail = rows[: min(10, len(rows))], rows[-min(10, len(rows)) :]
+
+        def mean(part, key):
+            values = [r[key] for r in part if key in r]
+            return sum(values) / len(values) if values else float("nan")
+
+        for key in ("contrastive/loss", "contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc"):
+            print(f"  {key:28s} first {len(head)} steps {mean(head, key):8.4f}   last {len(tail)} steps {mean(tail, key):8.4f}")
+    for folder in list_snapshots(out):
+        snap = Snapshot.load(folder)
+        m = snap.metrics
+        print(
+            f"  snapshot step {snap.step:4d} ({snap.tag}): anisotropy {m.get('geometry/anisotropy', float('nan')):.3f}, "
+            f"id_pca95 {m.get('geometry/id_pca95', float('nan')):.0f}"
+            + (f", CKA vs base {m['drift/base/cka']:.3f}" if "drift/base/cka" in m else "")
+        )
+
+
+def write_html_report(out: Path) -> Path | None:
+    try:
+        from aquin_monitor.report import write_report
+    except ImportError as exc:  # the report module is optional for this recipe
+        print(f"report: skipped, aquin_monitor.report.write_report is not available ({exc})")
+        return None
+    return write_report(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from aquin_monitor.callbacks import LightningEmbeddingMonitor
+    from aquin_monitor.data import bundled_dataset, read_triplets
+    from aquin_monitor.encoders import add_lora, load_model
+    from aquin_monitor.monitor import SnapshotRunner
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    L.seed_everything(args.seed, verbose=False)
+
+    data_path = Path(args.data) if args.data else bundled_dataset("snli_triplets") / "dev.jsonl"
+    train, held_out = split_triplets(read_triplets(data_path), args.probe_triplets, args.seed)
+    if args.max_train is not None:
+        train = train[: args.max_train]
+    if len(train) < args.batch_size:
+        raise ValueError(f"{len(train)} training triplets left after holding out the probe; need at least --batch-size {args.batch_size}")
+    probe = probe_set(held_out)
+    print(f"data: {data_path}: {len(train)} training triplets, probe of {len(probe)} held-out sentences")
+
+    model = load_model(args.model, device="cpu")
+    model.max_seq_length = args.max_seq_length
+    if args.lora_rank:
+        add_lora(model, rank=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["query", "key", "value"])
+    module = build_module(model, args)
+    module.train()  # loaded for inference (eval mode); a fine-tune trains with dropout on
+    print(
+        f"model: {args.model} ({'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full fine-tune'}), "
+        f"triplet loss ({args.distance}, margin {args.margin:g}), lr {args.lr:g}, batch {args.batch_size}"
+        + (", PROVOKING COLLAPSE" if args.provoke else "")
+    )
+
+    loader = DataLoader(
+        train, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda b: tuple(map(list, zip(*b))),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    loggers = [TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False)]
+    if args.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=args.wandb_project, save_dir=str(out), name=out.name))
+    runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed)
+    monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on)
+    # every checkpoint save is a snapshot; save_top_k=1 keeps only the newest checkpoint on disk
+    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=args.snapshot_every, save_top_k=1)
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        logger=loggers,
+        callbacks=[monitor, checkpoints],
+        log_every_n_steps=1,
+        enable_progress_bar=not args.no_progress,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+    )
+    with warnings.catch_warnings():
+        # a list of strings needs no worker processes; Lightning's advice to add some is noise here
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, loader)
+
+    summarize(out, monitor)
+    report = None if args.no_report else write_html_report(out)
+    print(f"\nrun directory: {out}  ({trainer.global_step} steps in {time.time() - started:.0f} s)")
+    print(f"  TensorBoard:  tensorboard --logdir {out}")
+    if args.wandb:
+        mode = os.environ.get("WANDB_MODE", "online")
+        print(f"  W&B:          {'wandb sync ' + str(out / 'wandb') + '/offline-run-*' if mode == 'offline' else 'see the run URL above'}")
+    print(f"  metrics:      {out / 'metrics.jsonl'}, alarms: {out / 'events.jsonl'}, snapshots: {out / 'snapshots'}")
+    if report is not None:
+        print(f"  report:       {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

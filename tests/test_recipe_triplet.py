@@ -1,0 +1,124 @@
+"""recipes/triplet.py, short: a tiny model, a few steps, a small probe; checks what the run wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aquin_monitor.sinks import read_jsonl
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "triplet.py"
+STEPS, SNAPSHOT_EVERY, PROBE_TRIPLETS = 4, 2, 6
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_triplet", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+@pytest.fixture(scope="module")
+def short_run(recipe, tiny_mean_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("triplet") / "run"
+    argv = [
+        "--model", tiny_mean_model, "--output-dir", str(out), "--max-steps", str(STEPS), "--snapshot-every", str(SNAPSHOT_EVERY),
+        "--batch-size", "4", "--max-train", "40", "--probe-triplets", str(PROBE_TRIPLETS), "--lr", "1e-3",
+        "--no-umap", "--no-progress", "--no-report", "--device", "cpu",
+    ]
+    assert recipe.main(argv) == 0
+    return out
+
+
+def test_metrics_every_step_with_gradient_and_contrastive_names(short_run):
+    rows = [r for r in read_jsonl(short_run / "metrics.jsonl") if "grad_norm/total" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for r in rows:
+        assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01"} <= r.keys()
+        groups = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+        assert math.sqrt(sum(v * v for v in groups)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
+        # cosine triplet: similarities are cosines, gap = sim(a, p) - sim(a, n), acc = share with d(a,p) < d(a,n)
+        assert -1 <= r["contrastive/pos_sim"] <= 1 and -1 <= r["contrastive/neg_sim"] <= 1
+        assert r["contrastive/gap"] == pytest.approx(r["contrastive/pos_sim"] - r["contrastive/neg_sim"], abs=1e-6)
+        assert r["contrastive/in_batch_acc"] * 4 == pytest.approx(round(r["contrastive/in_batch_acc"] * 4))
+        # hinge loss with margin 0.3 averaged over the batch: 0 <= loss <= max(d(a,p) - d(a,n) + m)
+        assert 0 <= r["contrastive/loss"] <= 2 + 0.3
+    assert (short_run / "events.jsonl").exists()
+    assert all(json.loads(line)["kind"] in {"dead_layer", "spike", "nan", "gap_narrowing"}
+               for line in (short_run / "events.jsonl").read_text().splitlines() if line.strip())
+
+
+def test_tap_loss_equals_lightnings_own_logged_loss(short_run):
+    """Two independent paths: the monitor's tap and Lightning's self.log("train/loss") to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(short_run / "tensorboard"))
+    acc.Reload()
+    lightning_loss = [e.value for e in sorted(acc.Scalars("train/loss"), key=lambda e: e.step)]
+    monitor_loss = [r["contrastive/loss"] for r in read_jsonl(short_run / "metrics.jsonl") if "contrastive/loss" in r]
+    assert len(lightning_loss) == STEPS
+    assert monitor_loss == pytest.approx(lightning_loss, rel=1e-5)
+
+
+def test_tensorboard_has_monitor_scalars(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(short_run / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert {"contrastive/gap", "contrastive/pos_sim", "grad_norm/layer.01", "grad_norm/total"} <= set(scalars)
+    written = {r["step"]: r["contrastive/gap"] for r in read_jsonl(short_run / "metrics.jsonl") if "contrastive/gap" in r}
+    read_back = {e.step: e.value for e in acc.Scalars("contrastive/gap")}
+    assert read_back == pytest.approx(written, rel=1e-6)  # float32 in the event file
+
+
+def test_snapshots_at_base_and_every_checkpoint(short_run):
+    folders = sorted((p for p in (short_run / "snapshots").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert [int(p.name) for p in folders] == list(range(0, STEPS + 1, SNAPSHOT_EVERY))
+    records = [json.loads((p / "snapshot.json").read_text()) for p in folders]
+    assert records[0]["tag"] == "base" and all(r["tag"] == "checkpoint" for r in records[1:])
+    assert "drift/base/cka" in records[-1]["metrics"]
+    for folder, record in zip(folders, records):
+        arrays = np.load(folder / "arrays.npz")
+        emb, labels = arrays["embeddings"].astype(np.float64), arrays["labels"]
+        assert emb.shape[0] == 3 * PROBE_TRIPLETS
+        assert list(labels) == ["anchor"] * PROBE_TRIPLETS + ["positive"] * PROBE_TRIPLETS + ["negative"] * PROBE_TRIPLETS
+        # anisotropy against a brute-force mean over distinct pairs
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        cos = unit @ unit.T
+        n = len(unit)
+        brute = (cos.sum() - np.trace(cos)) / (n * (n - 1))
+        assert record["metrics"]["geometry/anisotropy"] == pytest.approx(brute, abs=1e-5)
+    # a checkpoint was saved, so on_save_checkpoint fired and the last one is on disk
+    assert list((short_run / "checkpoints").glob("*.ckpt"))
+
+
+def test_probe_is_held_out_and_labelled(recipe):
+    triplets = [(f"a{i % 30}", f"p{i}", f"n{i}") for i in range(90)]  # anchors repeat, as in SNLI
+    train, probe = recipe.split_triplets(triplets, 10, seed=3)
+    assert len({t[0] for t in probe}) == 10
+    assert not {t[0] for t in train} & {t[0] for t in probe}
+    assert len(train) == 90 - 10 * 3  # every triplet sharing a probe anchor leaves training
+    probe_set = recipe.probe_set(probe)
+    assert probe_set.labels.count("anchor") == probe_set.labels.count("negative") == 10
+    assert probe_set.texts[10] == probe[0][1]
+    with pytest.raises(ValueError, match="distinct anchors"):
+        recipe.split_triplets(triplets, 31, seed=0)
+
+
+def test_provoke_collapse_sets_the_documented_regime(recipe):
+    args = recipe.parse_args(["--provoke", "collapse", "--lora-rank", "8"])
+    assert (args.lr, args.warmup_steps, args.lora_rank) == (recipe.COLLAPSE_LR, 0, 0)
+    assert recipe.parse_args([]).lr == 2e-5 and recipe.parse_args(["--lora-rank", "4"]).lr == 1e-4
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--batch-size", "0"])

@@ -38,8 +38,6 @@ __all__ = ["build_parser", "main"]
 PROG = "aquin-monitor"
 EXIT_OK, EXIT_MISSING_DEPENDENCY, EXIT_BAD_INPUT = 0, 1, 2
 
-# Prompt names sentence-transformers models use for the document side, in order of preference.
-_DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +70,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir, read_pairs
-    from .encoders import encode, load_cross_encoder, model_prompts, resolve_model
+    from .encoders import encode, load_cross_encoder, resolve_model, retrieval_prompt_names
     from .signals.retrieval import rerank, retrieval_metrics, topk
 
     data = read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
@@ -81,9 +79,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     _note(data.summary())
     model = _load_model(args.model, args, args.adapter)
 
-    prompts = model_prompts(model)
-    query_prompt = "query" if "query" in prompts else None
-    document_prompt = next((name for name in _DOCUMENT_PROMPT_NAMES if name in prompts), None)
+    query_prompt, document_prompt = retrieval_prompt_names(model)
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
     query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress)
     doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress)

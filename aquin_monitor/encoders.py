@@ -406,6 +406,18 @@ def _as_text_list(texts: Sequence[str]) -> list[str]:
     return texts
 
 
+def retrieval_prompt_names(model: SentenceTransformer) -> tuple[str | None, str | None]:
+    """The prompt names to encode retrieval queries and documents with, if the model defines them.
+
+    Queries: ``query``; documents: the first of ``document``, ``passage``, ``corpus`` (E5 / BGE /
+    Instructor conventions). None where the model has no such prompt.
+    """
+    prompts = model_prompts(model)
+    query = "query" if "query" in prompts else None
+    document = next((name for name in ("document", "passage", "corpus") if name in prompts), None)
+    return query, document
+
+
 def apply_prompt(
     model: SentenceTransformer,
     texts: Sequence[str],

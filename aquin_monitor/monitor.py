@@ -435,7 +435,7 @@ class SnapshotRunner:
         self.previous = snap
 
     def compute(self, model, step: int, *, tag: str = "checkpoint", model_name: str = ""):
-        from .encoders import encode, iter_forward, model_prompts
+        from .encoders import encode, iter_forward, retrieval_prompt_names
         from .signals.geometry import geometry_summary, ood_scores
         from .signals.layers import attention_entropy, layerwise_similarity, summarize_attention_entropy
         from .snapshot import Snapshot
@@ -500,7 +500,7 @@ class SnapshotRunner:
                 warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
 
         if self.retrieval is not None:
-            prompts = model_prompts(model)
+            q_prompt, d_prompt = retrieval_prompt_names(model)
             index = {t: i for i, t in enumerate(texts)}
             q_texts, d_texts = self.retrieval.query_texts(), self.retrieval.doc_texts()
 
@@ -509,8 +509,6 @@ class SnapshotRunner:
                     return emb[[index[t] for t in batch_texts]]
                 return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress)
 
-            q_prompt = "query" if "query" in prompts else None
-            d_prompt = next((p for p in ("document", "passage", "corpus") if p in prompts), None)
             q_emb, d_emb = embed(q_texts, q_prompt), embed(d_texts, d_prompt)
             report = _retrieval_report(self.retrieval, q_emb, d_emb)
             metrics.update(report.as_metrics())

@@ -128,6 +128,9 @@ class StepMonitor:
         self._gap_cooldown_until = -1
         self._pending: tuple | None = None
         self._pending_state: dict | None = None
+        self._reduced_step: int | None = None  # last step this rank joined the cross-rank all_reduce
+        self._reduce_device: torch.device | None = None
+        self._joins_reduce = True  # False once every rank has switched its monitor off
 
     # -- wiring -------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
@@ -147,11 +150,13 @@ class StepMonitor:
         """
         if not self.enabled:
             self.tap.drain()
+            self._answer_peers(step, model)
             return None
         try:
             return self._step(step, model)
         except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
             self._fail("per-step monitoring", exc)
+            self._answer_peers(step, model)
             return None
 
     def _step(self, step: int, model: torch.nn.Module | None) -> torch.Tensor | None:
@@ -175,9 +180,11 @@ class StepMonitor:
             loss = torch.stack([reading.loss_sum.to(device), torch.tensor(float(reading.loss_count), device=device)])
         else:
             loss = torch.zeros(2, device=device)
-        reduced = torch.cat([sums, loss])
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # the last entry counts the ranks whose monitor still runs (see _answer_peers)
+        reduced = torch.cat([sums, loss, torch.ones(1, device=device)])
+        if _world_size() > 1:
             torch.distributed.all_reduce(reduced)
+            self._reduced_step, self._reduce_device = step, device
         packed = torch.cat([norms, reduced])
         samples = (reading.positive_samples, reading.negative_samples)
         self._drain_pending()
@@ -190,6 +197,36 @@ class StepMonitor:
         else:
             self._process(step, packed.numpy(), samples)
         return norms[-1]
+
+    def _answer_peers(self, step: int, model: torch.nn.Module | None) -> None:
+        """Keep joining the per-step all_reduce after this rank's monitor switched itself off.
+
+        Peers whose monitor still runs make one all_reduce per logged step; a rank that stopped
+        making it would leave them waiting forever (a deadlock, where a warning was promised). This
+        rank adds zeros, so the peers' means cover the ranks still measuring, and 0 to the running
+        count; once that count is 0 every rank reads it in the same reduced vector and all stop.
+        """
+        if (
+            not self._joins_reduce
+            or _world_size() < 2
+            or step % self.log_every
+            or step == self._reduced_step
+            or (self.last_step and step <= self.last_step)  # peers skip replayed steps too
+        ):
+            return
+        device = self._reduce_device
+        if device is None:
+            device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        vector = torch.zeros(len(STAT_FIELDS) + 3, device=device)
+        try:
+            torch.distributed.all_reduce(vector)
+        except Exception as exc:  # noqa: BLE001 - a broken process group: nothing left to answer
+            logger.warning("aquin-monitor: leaving the cross-rank reduction: %r", exc)
+            self._joins_reduce = False
+            return
+        self._reduced_step = step
+        if float(vector[-1]) == 0:
+            self._joins_reduce = False
 
     def _drain_pending(self) -> None:
         if self._pending is None:
@@ -321,6 +358,12 @@ class StepMonitor:
         except ValueError as exc:  # trainability changed between runs: start the history afresh
             warnings.warn(f"aquin-monitor: gradient history not restored: {exc}", RuntimeWarning, stacklevel=2)
         self._pending_state = None
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------

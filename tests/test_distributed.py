@@ -98,6 +98,15 @@ def test_lightning_ddp_two_processes(tiny_mean_model, tmp_path):
     _check_run(tmp_path)
 
 
+def test_one_rank_switching_its_monitor_off_does_not_hang_the_others(tiny_mean_model, tmp_path):
+    """Rank zero's monitor fails at step 2 and switches off; rank one keeps reducing and logging nothing."""
+    _launch([sys.executable, str(SCRIPTS / "lightning_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS), "2"], tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    assert [e["global_step"] for e in ranks] == [MAX_STEPS] * WORLD_SIZE  # training finished on both ranks
+    assert ranks[0]["monitor_enabled"] is False and ranks[1]["monitor_enabled"] is True
+    assert ranks[1]["final_state"]["last_step"] == MAX_STEPS
+
+
 def test_hf_trainer_torchrun_two_processes(tiny_mean_model, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",

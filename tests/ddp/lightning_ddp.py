@@ -82,8 +82,24 @@ class RecordingMonitor(LightningEmbeddingMonitor):
         super().on_train_end(trainer, pl_module)
 
 
-def main(model_path: str, out_dir: str, max_steps: int) -> None:
+def _fail_rank_zero_once(step_to_fail: int) -> None:
+    """Rank zero's monitor fails once (as a sink or a warnings-as-errors filter could make it)."""
+    from aquin_monitor.monitor import StepMonitor
+
+    original = StepMonitor._alarms
+
+    def failing(self, step, *args, **kwargs):
+        if step == step_to_fail and torch.distributed.get_rank() == 0:
+            raise RuntimeError("injected rank-0-only failure")
+        return original(self, step, *args, **kwargs)
+
+    StepMonitor._alarms = failing
+
+
+def main(model_path: str, out_dir: str, max_steps: int, fail_rank_zero_at: int | None = None) -> None:
     out = Path(out_dir)
+    if fail_rank_zero_at is not None:
+        _fail_rank_zero_once(fail_rank_zero_at)
     torch.manual_seed(0)
     runner = SnapshotRunner(PROBE, umap=False)
     snapshot_steps: list[int] = []
@@ -94,7 +110,7 @@ def main(model_path: str, out_dir: str, max_steps: int) -> None:
         return take(model, step, **kwargs)
 
     runner.take = recording_take
-    callback = RecordingMonitor(output_dir=str(out / "run"), snapshots=runner, strict=True)
+    callback = RecordingMonitor(output_dir=str(out / "run"), snapshots=runner, strict=fail_rank_zero_at is None)
     checkpoints = ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_train_steps=2, save_top_k=-1)
     module = PairModule(model_path)
     loader = DataLoader(PAIRS, batch_size=PER_RANK_BATCH, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
@@ -119,9 +135,10 @@ def main(model_path: str, out_dir: str, max_steps: int) -> None:
         "snapshot_steps": snapshot_steps,
         "final_state": callback.final_state,
         "n_sinks": len(callback.monitor.sinks),
+        "monitor_enabled": callback.monitor.enabled,
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(evidence), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)

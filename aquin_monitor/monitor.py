@@ -351,6 +351,9 @@ class StepMonitor:
         self._pending_state = state.get("detector")
         if self.detector is not None and self._pending_state is not None:
             self._load_detector(self._pending_state)
+        for sink in self.sinks:  # a resumed run replays the steps after the checkpoint: log them once
+            if hasattr(sink, "rewind"):
+                sink.rewind(self.last_step)
 
     def _load_detector(self, detector_state: dict) -> None:
         try:

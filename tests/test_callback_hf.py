@@ -94,3 +94,13 @@ def test_stop_on_nan_stops_training(tiny_mean_model, tmp_path):
     events = read_jsonl(tmp_path / "events.jsonl")
     assert any(e["kind"] == "nan" for e in events)
     assert trainer.state.global_step < 20
+
+
+def test_resume_from_an_older_checkpoint_logs_each_step_once(tiny_mean_model, tmp_path):
+    """Steps logged after the checkpoint by the first run are replaced by the resumed run's (like purge_step)."""
+    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=4, save_steps=2)
+    first = {r["step"]: r for r in read_jsonl(tmp_path / "metrics.jsonl")}
+    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=6, save_steps=2, resume=str(tmp_path / "checkpoint-2"))
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0]["time"] == first[1]["time"] and rows[2]["time"] > first[4]["time"]  # 1-2 kept, 3-4 re-logged

@@ -224,6 +224,17 @@ class MultiSink:
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self._call("log_summary", metrics, step)
 
+    def rewind(self, step: int) -> None:
+        """Forward to the sinks that can drop what was logged after ``step`` (resume)."""
+        for sink in self.active:
+            if hasattr(sink, "rewind"):
+                try:
+                    sink.rewind(step)
+                except Exception as exc:  # noqa: BLE001
+                    if self.strict:
+                        raise
+                    self._switch_off(sink, "rewind", exc)
+
     def flush(self) -> None:
         self._call("flush")
 

@@ -275,12 +275,41 @@ class JsonlSink:
             np.savez(handle, **arrays)
         os.replace(partial, path)
 
+    def rewind(self, step: int) -> None:
+        """Drop the lines logged after ``step`` (a resumed run replays them), like TensorBoard's ``purge_step``.
+
+        Each file is rewritten to a temporary name and renamed into place, so a crash leaves either the
+        old file or the new one. Lines that are not valid JSON are kept as they are.
+        """
+        step = check_step(step)
+        for name in ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            handle = self._files.pop(name, None)
+            if handle is not None:
+                handle.close()
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if _at_or_before(line, step)]
+            partial = path.with_name(f".{name}.partial")
+            partial.write_text("".join(kept), encoding="utf-8")
+            os.replace(partial, path)
+        self._file("metrics.jsonl")
+        self._file("events.jsonl")
+
     def flush(self) -> None:
         """Nothing to do: every line is handed to the OS when it is logged."""
 
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
+
+
+def _at_or_before(line: str, step: int) -> bool:
+    try:
+        logged = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return True
+    return not isinstance(logged, int) or logged <= step
 
 
 def _stamped(metrics: Mapping[str, Any], step: int) -> dict[str, Any]:

@@ -297,7 +297,8 @@ def rank_relevant(
     pairs = _relevance_pairs(relevant, len(queries), len(corpus))
     qc, cc = _plan_chunks(len(queries), len(corpus), corpus.shape[1], query_chunk_size,
                           corpus_chunk_size, max_memory_bytes)
-    scores, ranks, _, _ = _scan_ranks(queries, corpus, pairs, similarity, qc, cc, mine_negative=False)
+    scorer = _Scorer(queries, corpus, similarity, min(qc, len(queries)) * min(cc, len(corpus)))
+    scores, ranks, _, _ = _scan_ranks(scorer, pairs, qc, cc, mine_negative=False)
     return RankResult(pairs.query, pairs.doc, pairs.grade, scores, ranks, len(queries), len(corpus))
 
 
@@ -408,11 +409,11 @@ def retrieval_metrics(
 
     qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size,
                           max_memory_bytes)
-    scores, ranks, neg_sim, neg_index = _scan_ranks(queries, corpus, pairs, similarity, qc, cc,
-                                                    mine_negative=True)
+    scorer = _Scorer(queries, corpus, similarity, min(qc, n_queries) * min(cc, n_docs))
+    scores, ranks, neg_sim, neg_index = _scan_ranks(scorer, pairs, qc, cc, mine_negative=True)
     is_labelled = np.zeros(n_queries, dtype=bool)
     if len(labelled[0]):
-        labelled_scores = _Scorer(queries, corpus, similarity, 0).pairs(labelled[0], labelled[1])
+        labelled_scores = scorer.pairs(labelled[0], labelled[1])
         # closest labelled negative per query, ties to the smaller corpus index
         order = np.lexsort((labelled[1], -labelled_scores, labelled[0]))
         q_sorted = labelled[0][order]
@@ -564,14 +565,14 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
     return norms
 
 
-def _scan_ranks(queries, corpus, pairs, similarity, qc, cc, *, mine_negative):
+def _scan_ranks(scorer: _Scorer, pairs: _Pairs, qc: int, cc: int, *, mine_negative: bool):
     """One pass over the corpus: rank of each pair, and the best non-relevant doc per query."""
+    queries, corpus = scorer.queries, scorer.corpus
     n_queries, n_docs = len(queries), len(corpus)
     counts = np.zeros(len(pairs.query), dtype=np.int64)
     pair_scores = np.empty(len(pairs.query), dtype=np.float32)
     neg_score = np.full(n_queries, -np.inf, dtype=np.float32)
     neg_index = np.full(n_queries, -1, dtype=np.int64)
-    scorer = _Scorer(queries, corpus, similarity, min(qc, n_queries) * min(cc, n_docs))
     for qs in range(0, n_queries, qc):
         qe = min(qs + qc, n_queries)
         p0, p1 = (int(i) for i in np.searchsorted(pairs.query, [qs, qe]))

@@ -9,11 +9,18 @@ every ``--snapshot-every`` steps triggers a geometry snapshot on a held-out prob
 (anchors, positives and negatives, labelled as such). TensorBoard by default, ``--wandb`` adds
 Weights & Biases (``WANDB_MODE=offline`` works). At the end: the HTML report and where the dashboards are.
 
-``--provoke collapse`` is the failure demonstration: a full fine-tune at a learning rate far too high
-(1e-2 unless ``--lr`` says otherwise, no warm-up). The weights blow up within a few steps, the
-gradient-norm alarms fire (spikes, then layers going dead as the model saturates), the
-positive–negative gap closes and the snapshots show the embedding space collapsing (anisotropy
-towards 1, intrinsic dimension towards 1).
+``--provoke collapse`` is the failure demonstration, a broken learning-rate schedule: the fine-tune
+runs healthily for ``--provoke-at`` steps (default 20), then the learning rate jumps to
+``--collapse-lr`` (default 1e-2, 500x the default). One or two AdamW updates of that size saturate
+the encoder: every embedding points the same way, the positive–negative gap closes to 0 and the
+loss sits at the margin. The gradients of the blocks below the top collapse by four to five orders
+of magnitude and the monitor raises ``dead_layer`` alarms for them (a ``spike`` alarm too when the
+blow-up passes through large gradients first, as it does on small models); the snapshots after the
+jump show the collapse (anisotropy 0.05 -> 1.00, PCA dimension 126 -> 1, CKA to the base model
+near 0 on MiniLM). ``gap_narrowing`` stays silent here by design: it flags a gap shrinking *while
+the loss falls*, and this loss rises. The healthy steps first give the detectors the history they
+judge against: a run that starts at 1e-2 collapses inside the detectors' warm-up, before there is a
+normal to compare with, and only the snapshots would show it.
 
     python recipes/triplet.py                         # defaults: a few minutes on a 2-core CPU
     python recipes/triplet.py --provoke collapse --output-dir runs/triplet-collapse
@@ -45,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=100, help="stop after this many optimizer steps (-1: run the epochs)")
     p.add_argument("--batch-size", type=int, default=16, help="triplets per step")
-    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (default 2e-5 full, 1e-4 LoRA, {COLLAPSE_LR:g} with --provoke collapse)")
-    p.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up (0 with --provoke collapse)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-5 full fine-tune, 1e-4 LoRA)")
+    p.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snapshot-every", type=int, default=50, help="checkpoint (and geometry snapshot) every N optimizer steps")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training triplets")
@@ -56,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on query/key/value (0: full fine-tune)")
     p.add_argument("--max-seq-length", type=int, default=64, help="SNLI sentences are short; 64 tokens keep all but a few whole")
     p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
+    p.add_argument("--provoke-at", type=int, default=20, help="--provoke collapse: optimizer steps at the normal learning rate before the jump")
+    p.add_argument("--collapse-lr", type=float, default=COLLAPSE_LR, help="--provoke collapse: the learning rate after the jump")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline works: WANDB_MODE=offline)")
     p.add_argument("--wandb-project", default="aquin-monitor")
     p.add_argument("--stop-on", nargs="*", default=[], choices=["dead_layer", "spike", "nan", "gap_narrowing"], help="alarms that stop training")
@@ -70,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.max_train is not None and args.max_train < args.batch_size:
         p.error("--max-train must be at least --batch-size (the last partial batch is dropped)")
     if args.provoke == "collapse":
-        args.lora_rank = 0
-        args.lr = args.lr if args.lr is not None else COLLAPSE_LR
-        args.warmup_steps = 0
+        args.lora_rank = 0  # LoRA's small update space resists the blow-up; the demo is a full fine-tune
+        if args.provoke_at < 0:
+            p.error("--provoke-at must be >= 0")
     if args.lr is None:
         args.lr = 1e-4 if args.lora_rank else 2e-5
     if args.margin is None:
@@ -118,6 +127,16 @@ def probe_set(probe_triplets):
     return ProbeSet(texts=texts, labels=labels, ids=ids, source="snli triplets (held out)")
 
 
+def lr_factor(step: int, args) -> float:
+    """Learning-rate multiplier for 0-based optimizer step ``step``: linear warm-up, then 1.
+
+    With ``--provoke collapse``, ``collapse_lr / lr`` from step ``provoke_at`` on (the broken schedule).
+    """
+    if args.provoke == "collapse" and step >= args.provoke_at:
+        return args.collapse_lr / args.lr
+    return min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else 1.0
+
+
 def build_module(model, args):
     import lightning as L
     import torch
@@ -148,10 +167,7 @@ def build_module(model, args):
         def configure_optimizers(self):
             params = [p for p in self.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=args.lr)
-            warmup = max(args.warmup_steps, 0)
-            if not warmup:
-                return optimizer
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     return TripletModule()
@@ -238,7 +254,7 @@ def main(argv=None) -> int:
     print(
         f"model: {args.model} ({'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full fine-tune'}), "
         f"triplet loss ({args.distance}, margin {args.margin:g}), lr {args.lr:g}, batch {args.batch_size}"
-        + (", PROVOKING COLLAPSE" if args.provoke else "")
+        + (f"; PROVOKING COLLAPSE: lr jumps to {args.collapse_lr:g} after step {args.provoke_at}" if args.provoke else "")
     )
 
     loader = DataLoader(

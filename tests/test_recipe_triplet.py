@@ -116,9 +116,44 @@ def test_probe_is_held_out_and_labelled(recipe):
         recipe.split_triplets(triplets, 31, seed=0)
 
 
-def test_provoke_collapse_sets_the_documented_regime(recipe):
-    args = recipe.parse_args(["--provoke", "collapse", "--lora-rank", "8"])
-    assert (args.lr, args.warmup_steps, args.lora_rank) == (recipe.COLLAPSE_LR, 0, 0)
-    assert recipe.parse_args([]).lr == 2e-5 and recipe.parse_args(["--lora-rank", "4"]).lr == 1e-4
+def test_provoke_collapse_schedule(recipe):
+    """Warm-up to the healthy rate, then the jump to --collapse-lr from --provoke-at on (0-based scheduler steps)."""
+    args = recipe.parse_args(["--provoke", "collapse", "--lora-rank", "8", "--warmup-steps", "4", "--provoke-at", "6"])
+    assert args.lora_rank == 0 and args.lr == 2e-5 and args.collapse_lr == recipe.COLLAPSE_LR
+    factors = [recipe.lr_factor(step, args) for step in range(8)]
+    assert factors == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 500, 500])
+    healthy = recipe.parse_args(["--warmup-steps", "0"])
+    assert [recipe.lr_factor(step, healthy) for step in (0, 50, 500)] == [1, 1, 1]
+    assert recipe.parse_args(["--lora-rank", "4"]).lr == 1e-4
     with pytest.raises(SystemExit):
         recipe.parse_args(["--batch-size", "0"])
+
+
+def _alarm_run(recipe, model, out, *extra):
+    """24 steps on the tiny model at a healthy learning rate (1e-3), optionally with the provoked collapse."""
+    argv = [
+        "--model", model, "--output-dir", str(out), "--max-steps", "24", "--snapshot-every", "24", "--batch-size", "8",
+        "--probe-triplets", "10", "--lr", "1e-3", "--no-umap", "--no-progress", "--no-report", "--device", "cpu", *extra,
+    ]
+    assert recipe.main(argv) == 0
+    events = read_jsonl(out / "events.jsonl")
+    snapshots = {p.name: json.loads((p / "snapshot.json").read_text()) for p in (out / "snapshots").iterdir() if p.name.isdigit()}
+    return events, snapshots
+
+
+def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe, tiny_mean_model, tmp_path):
+    healthy, _ = _alarm_run(recipe, tiny_mean_model, tmp_path / "healthy")
+    assert healthy == []
+
+    # the jump to lr 1.0 is applied by optimizer step 13; its gradients (measured at step 14) blow up
+    with pytest.warns(Warning, match="aquin-monitor alarm"):
+        events, snapshots = _alarm_run(recipe, tiny_mean_model, tmp_path / "collapse", "--provoke", "collapse", "--provoke-at", "12", "--collapse-lr", "1.0")
+    kinds = {e["kind"] for e in events}
+    assert {"spike", "dead_layer"} <= kinds
+    assert min(e["step"] for e in events) > 12  # nothing before the jump
+    first_spike = min(e["step"] for e in events if e["kind"] == "spike")
+    first_dead = min(e["step"] for e in events if e["kind"] == "dead_layer")
+    assert first_spike < first_dead  # blow-up, then saturation
+    # the snapshots show the collapse: every probe sentence points the same way
+    assert snapshots["24"]["metrics"]["geometry/anisotropy"] > 0.99
+    assert snapshots["24"]["metrics"]["geometry/anisotropy"] > snapshots["0"]["metrics"]["geometry/anisotropy"]

@@ -57,7 +57,7 @@ def nt_xent(
     n = z1.shape[0]
     scores = z @ z.T / temperature
     scores = scores.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positives = torch.arange(2 * n, device=z.device).roll(n)  # view k's positive is k ± n
     loss = F.cross_entropy(scores, positives)
     if report:
         report_similarity(scores, positives, block_size=2 * n, scale=1.0 / temperature, tap=tap)

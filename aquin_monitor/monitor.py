@@ -177,7 +177,7 @@ class StepMonitor:
         device = norms.device
         sums = reading.sums.values.to(device) if reading.sums is not None else torch.zeros(len(STAT_FIELDS), device=device)
         if reading.loss_sum is not None:
-            loss = torch.stack([reading.loss_sum.to(device), torch.tensor(float(reading.loss_count), device=device)])
+            loss = torch.stack([reading.loss_sum.to(device), torch.full((), float(reading.loss_count), device=device)])
         else:
             loss = torch.zeros(2, device=device)
         # the last entry counts the ranks whose monitor still runs (see _answer_peers)

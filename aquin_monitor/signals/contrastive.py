@@ -123,7 +123,7 @@ def similarity_sums(
             hardest_sum,
             hard_sum,
             correct,
-            torch.tensor(float(rows), device=device),
+            torch.full((), float(rows), device=device),  # a fill kernel: no host-to-device copy, no sync
             in_batch.sum().float(),
             hard_mask.sum().float(),
         ]
@@ -155,7 +155,7 @@ def triplet_sums(
         raise ValueError(f"positive and negative distances differ in shape: {tuple(dp.shape)} vs {tuple(dn.shape)}")
     pos = (1.0 - dp) if distance_is_cosine else -dp
     neg = (1.0 - dn) if distance_is_cosine else -dn
-    n = torch.tensor(float(dp.numel()), device=dp.device)
+    n = torch.full((), float(dp.numel()), device=dp.device)
     values = torch.stack([pos.sum(), neg.sum(), neg.sum(), neg.sum(), (dp < dn).float().sum(), n, n, n])
     return ContrastiveSums(values)
 

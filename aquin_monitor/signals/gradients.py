@@ -71,6 +71,9 @@ class ParameterGroups:
     parameters: tuple[torch.nn.Parameter, ...] = field(repr=False)
     parameter_names: tuple[str, ...] = field(repr=False)
     index: torch.Tensor = field(repr=False)  # [P] long: group of each parameter
+    # device index tensors per pattern of present gradients, built once: creating one per step from
+    # a Python list would be a host-to-device copy, i.e. a device synchronisation every step
+    _present_index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def metric_names(self, prefix: str = "grad_norm/") -> list[str]:
         """Metric names in the order of :func:`grouped_grad_norms`' output (groups, then total)."""
@@ -111,9 +114,13 @@ def grouped_grad_norms(groups: ParameterGroups) -> torch.Tensor:
         per_param = torch.stack(torch._foreach_norm(grads)).float()
     else:  # model split over devices: one fused call per device
         per_param = torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
-    index = groups.index.to(device)
+    index = groups.index
     if len(present) != len(groups.parameters):
-        index = index[torch.tensor([i for i, _ in present], device=device)]
+        key = tuple(i for i, _ in present)
+        if key not in groups._present_index:
+            groups._present_index[key] = groups.index[list(key)].to(device)
+        index = groups._present_index[key]
+    index = index.to(device)
     squares = per_param * per_param
     group_sq = torch.zeros(n_groups, dtype=torch.float32, device=device).index_add_(0, index, squares)
     # the total as torch.nn.utils.get_total_norm computes it, bit for bit (clipping may reuse it)

@@ -242,27 +242,10 @@ def _histogram_line(counts, edges) -> str:
     return ", ".join(parts) or "no evaluated query"
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null (JSON has no such numbers)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
 def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) -> None:
-    text = json.dumps(_jsonable(result), indent=1, allow_nan=False)
+    from .sinks.jsonl import to_jsonable
+
+    text = json.dumps(to_jsonable(result), indent=1, allow_nan=False)
     if args.json == "-":
         print(text)
         return

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .signals.drift import drift_summary, procrustes_align
+from .sinks.jsonl import to_jsonable
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Snapshot:
         final = root / str(self.step)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.step}-", dir=root))
         try:
-            record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": _jsonable(self.metrics), "details": _jsonable(self.details)}
+            record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": to_jsonable(self.metrics), "details": to_jsonable(self.details)}
             (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
             np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})
             if final.exists():
@@ -143,21 +144,6 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
         if key in before.metrics and key in after.metrics:
             metrics[f"{prefix}/delta/{key.split('/', 1)[1]}"] = after.metrics[key] - before.metrics[key]
     return Diff(metrics, arrays, details)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _floats(metrics: dict) -> dict[str, float]:

@@ -12,7 +12,7 @@ dashboards are.
 (2e-3, no warm-up) and a tiny temperature, which drives the embedding space to collapse; the monitor's
 alarms fire and the snapshots show anisotropy rising.
 
-    python recipes/infonce.py                      # defaults: 20 steps, a few minutes on a 2-core CPU
+    python recipes/infonce.py                      # defaults: 28 steps, ~3-4 minutes on a 2-core CPU
     python recipes/infonce.py --provoke collapse --output-dir runs/collapse
 """
 
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--hard-negatives", action="store_true", help="mine one hard negative per pair with the base model")
-    p.add_argument("--max-train", type=int, default=640, help="use at most this many training pairs (0: all 919)")
+    p.add_argument("--max-train", type=int, default=0, help="use at most this many training pairs (0: all 919 SciFact train pairs)")
     p.add_argument("--probe-docs", type=int, default=300, help="SciFact test documents in the probe (all relevant ones + random others)")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--scale", type=float, default=20.0, help="MNRL scale (1/temperature)")
@@ -118,7 +118,9 @@ def main(argv=None) -> int:
     if not args.full:
         add_lora(model, rank=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["query", "key", "value"])
 
-    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed)
+    name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
+    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed,
+                            model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
     monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1)
     report_to = ["tensorboard"] + (["wandb"] if args.wandb else [])
     training_args = SentenceTransformerTrainingArguments(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .signals.contrastive import ContrastiveSums, similarity_samples, similarity_sums, triplet_sums
+from .signals.contrastive import ContrastiveSums, similarity_samples, similarity_sums, triplet_similarities, triplet_sums
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,7 @@ def report_triplet(
     def _add() -> None:
         sums = triplet_sums(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine)
         if tap.keep_samples:
-            sign = -1.0 if not distance_is_cosine else None
-            pos = (1 - positive_distance.detach().float()) if sign is None else -positive_distance.detach().float()
-            neg = (1 - negative_distance.detach().float()) if sign is None else -negative_distance.detach().float()
-            tap.add(sums, pos.reshape(-1), neg.reshape(-1))
+            tap.add(sums, *triplet_similarities(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine))
         else:
             tap.add(sums)
 

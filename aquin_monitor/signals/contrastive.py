@@ -132,6 +132,23 @@ def similarity_sums(
     return ContrastiveSums(values)
 
 
+def triplet_similarities(
+    positive_distance: torch.Tensor, negative_distance: torch.Tensor, *, distance_is_cosine: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat, detached similarities of a triplet loss's distances: ``1 − d`` (cosine distance) or ``−d``.
+
+    >>> triplet_similarities(torch.tensor([0.25]), torch.tensor([1.0]), distance_is_cosine=True)
+    (tensor([0.7500]), tensor([0.]))
+    """
+    dp = positive_distance.detach().float().reshape(-1)
+    dn = negative_distance.detach().float().reshape(-1)
+    if dp.shape != dn.shape:
+        raise ValueError(f"positive and negative distances differ in shape: {tuple(dp.shape)} vs {tuple(dn.shape)}")
+    if distance_is_cosine:
+        return 1.0 - dp, 1.0 - dn
+    return -dp, -dn
+
+
 def triplet_sums(
     positive_distance: torch.Tensor,
     negative_distance: torch.Tensor,
@@ -149,14 +166,10 @@ def triplet_sums(
     >>> m["pos_sim"], m["neg_sim"], m["gap"], m["in_batch_acc"]
     (-2.0, -2.0, 0.0, 0.5)
     """
-    dp = positive_distance.detach().float().reshape(-1)
-    dn = negative_distance.detach().float().reshape(-1)
-    if dp.shape != dn.shape:
-        raise ValueError(f"positive and negative distances differ in shape: {tuple(dp.shape)} vs {tuple(dn.shape)}")
-    pos = (1.0 - dp) if distance_is_cosine else -dp
-    neg = (1.0 - dn) if distance_is_cosine else -dn
-    n = torch.full((), float(dp.numel()), device=dp.device)
-    values = torch.stack([pos.sum(), neg.sum(), neg.sum(), neg.sum(), (dp < dn).float().sum(), n, n, n])
+    pos, neg = triplet_similarities(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine)
+    n = torch.full((), float(pos.numel()), device=pos.device)
+    # pos > neg  <=>  d(a, p) < d(a, n) for both conversions
+    values = torch.stack([pos.sum(), neg.sum(), neg.sum(), neg.sum(), (pos > neg).float().sum(), n, n, n])
     return ContrastiveSums(values)
 
 

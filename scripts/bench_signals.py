@@ -13,15 +13,12 @@
     python scripts/bench_signals.py [--cache] [--skip-scifact] [--skip-scale] [--queries 10000] [--docs 1000000]
 
 ``--cache`` keeps the SciFact embeddings (and the encoding time measured with them) in
-/tmp/aquin_bench_scifact_minilm.npz, so a re-run skips the encoding.
+/tmp/aquin_bench_scifact_minilm_v2.npz, so a re-run skips the encoding.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
 import os
 import resource
 import time
@@ -31,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from aquin_monitor.data import read_beir  # noqa: E402
 from aquin_monitor.signals.retrieval import rank_relevant, retrieval_metrics, topk  # noqa: E402
 
 try:
@@ -39,7 +37,7 @@ except ImportError:  # written in parallel; the benchmark runs without it
     geometry = None
 
 SCIFACT = Path(__file__).resolve().parents[1] / "aquin_monitor" / "datasets" / "scifact"
-CACHE = Path("/tmp/aquin_bench_scifact_minilm.npz")
+CACHE = Path("/tmp/aquin_bench_scifact_minilm_v2.npz")
 
 
 def best_of(repeats: int, fn):
@@ -52,19 +50,11 @@ def best_of(repeats: int, fn):
 
 
 def load_scifact():
-    with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    with open(SCIFACT / "queries.jsonl", encoding="utf-8") as f:
-        query_text = {row["_id"]: row["text"] for row in map(json.loads, f)}
-    qrels: dict[str, dict[str, int]] = {}
-    with open(SCIFACT / "qrels" / "test.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    position = {doc["_id"]: i for i, doc in enumerate(docs)}
-    doc_texts = [doc["title"] + " " + doc["text"] for doc in docs]
-    query_ids = list(qrels)
-    relevant = [{position[d]: g for d, g in qrels[q].items()} for q in query_ids]
-    return doc_texts, [query_text[q] for q in query_ids], relevant
+    """SciFact test through the project's own reader: documents as ``title + " " + text``."""
+    data = read_beir(SCIFACT, "test")
+    position = {d: i for i, d in enumerate(data.doc_ids())}
+    relevant = [{position[d]: g for d, g in data.qrels[q].items()} for q in data.query_ids()]
+    return data.doc_texts(), data.query_texts(), relevant
 
 
 def scifact_embeddings(use_cache: bool):

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor import plots
+from aquin_monitor.sinks.jsonl import iter_jsonl
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView"]
 
@@ -79,19 +80,11 @@ def read_jsonl_tolerant(path: str | os.PathLike, name: str | None = None) -> tup
     name = name or Path(path).name
     records: list[dict[str, Any]] = []
     problems: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{name}:{number}: invalid JSON ({exc.msg}, column {exc.colno}); line skipped")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"{name}:{number}: expected a JSON object, got {type(record).__name__}; line skipped")
-                continue
+    for number, _, record, problem in iter_jsonl(path, encoding_errors="replace"):
+        if problem is None:
             records.append(record)
+        else:
+            problems.append(f"{name}:{number}: {problem}; line skipped")
     return records, problems
 
 

@@ -27,7 +27,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,25 @@ def json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(to_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n"
 
 
+def iter_jsonl(path: str | os.PathLike, *, encoding_errors: str = "strict") -> Iterator[tuple[int, str, Any, str | None]]:
+    """``(line number, line, record, problem)`` for each non-blank line of a JSON Lines file.
+
+    ``problem`` is None for a JSON object, else what is wrong with the line (``record`` is then the
+    parsed value, or None for invalid JSON). Readers decide whether a problem raises or is skipped.
+    """
+    with open(path, encoding="utf-8", errors=encoding_errors) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, line, None, f"invalid JSON ({exc.msg}, column {exc.colno})"
+                continue
+            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+            yield number, line, record, problem
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON Lines file into a list of dicts; blank lines are skipped.
 
@@ -96,21 +115,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     is not valid JSON or not a JSON object.
     """
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JsonlFormatError(
-                    f"{path}, line {number}: invalid JSON ({exc.msg}, column {exc.colno}): {line[:120]!r}"
-                ) from exc
-            if not isinstance(record, dict):
-                raise JsonlFormatError(
-                    f"{path}, line {number}: expected a JSON object, got {type(record).__name__}"
-                )
-            records.append(record)
+    for number, line, record, problem in iter_jsonl(path):
+        if problem is not None:
+            excerpt = f": {line[:120]!r}" if record is None else ""
+            raise JsonlFormatError(f"{path}, line {number}: {problem}{excerpt}")
+        records.append(record)
     return records
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .capture import ContrastiveTap, default_tap
-from .signals.contrastive import STAT_FIELDS, ContrastiveSums, finalize
+from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
 from .signals.gradients import DetectorConfig, GradientAnomalyDetector, ParameterGroups, group_parameters, grouped_grad_norms
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class StepMonitor:
         self._gap_history: deque[tuple[float, float]] = deque(maxlen=self.alarm_config.gap_window)
         self._gap_cooldown_until = -1
         self._pending: tuple | None = None
+        self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self._pending_state: dict | None = None
         self._reduced_step: int | None = None  # last step this rank joined the cross-rank all_reduce
         self._reduce_device: torch.device | None = None
@@ -185,18 +186,27 @@ class StepMonitor:
         if _world_size() > 1:
             torch.distributed.all_reduce(reduced)
             self._reduced_step, self._reduce_device = step, device
-        packed = torch.cat([norms, reduced])
-        samples = (reading.positive_samples, reading.negative_samples)
+        # histogram samples (every histogram_every steps) ride in the same copy; their sizes are shapes
+        pos = [p.detach().float().reshape(-1).to(device) for p in reading.positive_samples]
+        neg = [x.detach().float().reshape(-1).to(device) for x in reading.negative_samples]
+        sizes = (sum(p.numel() for p in pos), sum(x.numel() for x in neg))
+        packed = torch.cat([norms, reduced, *pos, *neg])
         self._drain_pending()
         if packed.is_cuda:
-            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host = self._pinned(packed.numel())
             host.copy_(packed, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending = (step, host, event, samples)
+            self._pending = (step, host, event, sizes)
         else:
-            self._process(step, packed.numpy(), samples)
+            self._process(step, packed.numpy(), sizes)
         return norms[-1]
+
+    def _pinned(self, n: int) -> torch.Tensor:
+        """A page-locked host buffer of ``n`` float32, reused across steps (the previous copy was read)."""
+        if self._host is None or self._host.numel() < n:
+            self._host = torch.empty(max(n, 2 * (self._host.numel() if self._host is not None else 0)), dtype=torch.float32, pin_memory=True)
+        return self._host[:n]
 
     def _answer_peers(self, step: int, model: torch.nn.Module | None) -> None:
         """Keep joining the per-step all_reduce after this rank's monitor switched itself off.
@@ -231,12 +241,12 @@ class StepMonitor:
     def _drain_pending(self) -> None:
         if self._pending is None:
             return
-        step, host, event, samples = self._pending
+        step, host, event, sizes = self._pending
         self._pending = None
         event.synchronize()
-        self._process(step, host.numpy(), samples)
+        self._process(step, host.numpy(), sizes)
 
-    def _process(self, step: int, vector: np.ndarray, samples) -> None:
+    def _process(self, step: int, vector: np.ndarray, sizes: tuple[int, int]) -> None:
         groups = self.groups
         n = len(groups.names) + 1
         norms = vector[:n].astype(np.float64)
@@ -255,15 +265,13 @@ class StepMonitor:
         self.last_step = step
         for sink in self.sinks:
             sink.log_scalars(metrics, step)
-        pos, neg = samples
-        if pos:
-            hist_pos = torch.cat([p.float().cpu() for p in pos]).numpy()
-            for sink in self.sinks:
-                sink.log_histogram("contrastive/pos_sim_hist", hist_pos, step)
-        if neg:
-            hist_neg = torch.cat([x.float().cpu() for x in neg]).numpy()
-            for sink in self.sinks:
-                sink.log_histogram("contrastive/neg_sim_hist", hist_neg, step)
+        end = n + len(STAT_FIELDS) + 3
+        hist_pos = vector[end : end + sizes[0]]
+        hist_neg = drop_nan(vector[end + sizes[0] : end + sizes[0] + sizes[1]])
+        for tag, values in (("contrastive/pos_sim_hist", hist_pos), ("contrastive/neg_sim_hist", hist_neg)):
+            if values.size:
+                for sink in self.sinks:
+                    sink.log_histogram(tag, np.array(values, dtype=np.float32), step)
         for alarm in alarms:
             for sink in self.sinks:
                 sink.log_event(alarm.as_event())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: Order of the accumulator vector; the last entries are counts.
@@ -202,8 +203,15 @@ def similarity_samples(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive similarities and (a strided subsample of) negative similarities, for histograms.
 
-    Returns two 1-D detached tensors on the scores' device. Negatives are every non-positive finite
-    entry, subsampled with a fixed stride to at most ``max_negatives`` (deterministic).
+    Returns two 1-D detached tensors on the scores' device. Negatives are the non-positive finite
+    entries, taken with a fixed stride over the flattened matrix (at most ``max_negatives`` entries,
+    deterministic). So that no shape depends on the data (a boolean mask would synchronise the device),
+    the positive and masked (``-inf``) entries the stride lands on come back as NaN: drop them on the
+    host (:func:`drop_nan`).
+
+    >>> pos, neg = similarity_samples(torch.tensor([[0.9, 0.1], [0.3, 0.7]]))
+    >>> pos.double().round(decimals=2).tolist(), drop_nan(neg).astype(float).round(2).tolist()
+    ([0.9, 0.7], [0.1, 0.3])
     """
     s = scores.detach().float()
     if scale != 1.0:
@@ -213,10 +221,16 @@ def similarity_samples(
         positive_columns = torch.arange(rows, device=s.device)
     row_index = torch.arange(rows, device=s.device)
     pos = s[row_index, positive_columns]
-    mask = torch.isfinite(s)
-    mask[row_index, positive_columns] = False
-    neg = s[mask]
+    negatives = s.masked_fill(~torch.isfinite(s), float("nan"))
+    negatives[row_index, positive_columns] = float("nan")
+    neg = negatives.reshape(-1)
     if neg.numel() > max_negatives:
         stride = -(-neg.numel() // max_negatives)
         neg = neg[::stride]
     return pos, neg
+
+
+def drop_nan(values):
+    """``values`` (a host numpy array or tensor) without its NaN entries."""
+    values = np.asarray(values)
+    return values[~np.isnan(values)]

@@ -99,16 +99,13 @@ def similarity_sums(
         raise ValueError(f"{cols} candidate columns are not a whole number of blocks of width {width}")
     n_blocks = cols // width
 
-    row_index = torch.arange(rows, device=device)
-    pos = s[row_index, positive_columns]
+    # masks from comparisons only: writing into a mask by index would copy the written value to the
+    # device, a synchronisation every step
+    pos = s.gather(1, positive_columns.unsqueeze(1)).squeeze(1)
+    offset = torch.arange(cols, device=device).unsqueeze(0) - positive_columns.unsqueeze(1)  # column - p_r
     finite = torch.isfinite(s)
-    non_positive = finite.clone()
-    non_positive[row_index, positive_columns] = False
-    hard_mask = torch.zeros_like(non_positive)
-    if n_blocks > 1:
-        hard_cols = positive_columns.unsqueeze(1) + width * torch.arange(1, n_blocks, device=device).unsqueeze(0)
-        hard_mask[row_index.unsqueeze(1), hard_cols] = True
-        hard_mask &= finite
+    non_positive = finite & (offset != 0)
+    hard_mask = finite & (offset > 0) & (offset % width == 0) if n_blocks > 1 else torch.zeros_like(finite)
     in_batch = non_positive & ~hard_mask
     zero = torch.zeros((), device=device)
     neg_sum = torch.where(in_batch, s, zero).sum()
@@ -219,11 +216,10 @@ def similarity_samples(
     rows = s.shape[0]
     if positive_columns is None:
         positive_columns = torch.arange(rows, device=s.device)
-    row_index = torch.arange(rows, device=s.device)
-    pos = s[row_index, positive_columns]
-    negatives = s.masked_fill(~torch.isfinite(s), float("nan"))
-    negatives[row_index, positive_columns] = float("nan")
-    neg = negatives.reshape(-1)
+    positive_columns = positive_columns.to(s.device)
+    pos = s.gather(1, positive_columns.unsqueeze(1)).squeeze(1)
+    is_positive = torch.arange(s.shape[1], device=s.device).unsqueeze(0) == positive_columns.unsqueeze(1)
+    neg = s.masked_fill(is_positive | ~torch.isfinite(s), float("nan")).reshape(-1)
     if neg.numel() > max_negatives:
         stride = -(-neg.numel() // max_negatives)
         neg = neg[::stride]

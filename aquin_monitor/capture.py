@@ -56,6 +56,7 @@ class ContrastiveTap:
         self.enabled = True
         self.keep_samples = False  # set by the monitor on steps that log histograms
         self._lock = threading.Lock()
+        self._armed = None  # called when the backward pass of the next reported tensor begins
         self._reset()
 
     def _reset(self) -> None:
@@ -73,9 +74,33 @@ class ContrastiveTap:
                 if negatives is not None:
                     self._neg.append(negatives)
 
+    def arm(self, callback) -> None:
+        """Call ``callback()`` once, when the backward pass reaches the next tensor reported here.
+
+        The monitor's background worker starts then: ``backward()`` releases the GIL, so host work done
+        during it does not slow the thread that launches kernels (see ``monitor._HostWorker``).
+        """
+        self._armed = callback
+
+    def hook_backward(self, tensor) -> None:
+        callback = self._armed
+        if callback is None or not isinstance(tensor, torch.Tensor) or tensor.grad_fn is None:
+            return
+        self._armed = None
+
+        def prehook(grad_outputs):
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - never break the user's backward pass
+                logger.warning("aquin-monitor: backward pre-hook failed: %r", exc)
+            return None  # the gradients pass unchanged
+
+        tensor.grad_fn.register_prehook(prehook)
+
     def add_loss(self, loss: torch.Tensor) -> None:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
+        self.hook_backward(loss)
         value = loss.detach().float().reshape(())
         with self._lock:
             self._loss_sum = value if self._loss_sum is None else self._loss_sum + value.to(self._loss_sum.device)
@@ -127,6 +152,7 @@ def report_similarity(
     tap = tap or _default_tap
 
     def _add() -> None:
+        tap.hook_backward(scores)
         sums = similarity_sums(scores, positive_columns, block_size=block_size, scale=scale)
         if tap.keep_samples:
             pos, neg = similarity_samples(scores, positive_columns, scale=scale)
@@ -148,6 +174,7 @@ def report_triplet(
     tap = tap or _default_tap
 
     def _add() -> None:
+        tap.hook_backward(positive_distance)
         sums = triplet_sums(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine)
         if tap.keep_samples:
             tap.add(sums, *triplet_similarities(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine))

@@ -17,8 +17,10 @@ Cost discipline (the product promise is ~1% of a training step):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import threading
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -79,6 +81,9 @@ class StepMonitor:
         strict: re-raise failures instead of warning once and switching the failing part off.
         tap: the contrastive tap losses report to (default: the process-wide one).
         warn: emit a Python :class:`AlarmWarning` per alarm (rank zero).
+        background: on CUDA, do the host side of a step (alarm detection, sink writes) in a worker
+            thread while the next step's backward pass runs (see :class:`_HostWorker`); False does it
+            on the training thread at the next step. Results and decisions are the same either way.
 
     Example (framework-free)::
 
@@ -102,6 +107,7 @@ class StepMonitor:
         strict: bool = False,
         tap: ContrastiveTap | None = None,
         warn: bool = True,
+        background: bool = True,
     ):
         unknown = set(stop_on) - set(ALARM_KINDS)
         if unknown:
@@ -128,6 +134,8 @@ class StepMonitor:
         self._gap_cooldown_until = -1
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
+        self.background = background
+        self._worker: _HostWorker | None = None
         self._pending_state: dict | None = None
         self._reduced_step: int | None = None  # last step this rank joined the cross-rank all_reduce
         self._reduce_device: torch.device | None = None
@@ -192,15 +200,30 @@ class StepMonitor:
         sizes = (sum(p.numel() for p in pos), sum(x.numel() for x in neg))
         packed = torch.cat([norms, reduced, *pos, *neg])
         self._drain_pending()
-        if packed.is_cuda:
-            host = self._pinned(packed.numel())
-            host.copy_(packed, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+        if self._asynchronous(packed):
+            host, event = self._copy_to_host(packed)
             self._pending = (step, host, event, sizes)
+            if self.background:
+                if self._worker is None:
+                    self._worker = _HostWorker(self._process)
+                self._worker.submit(step, host, event, sizes)
+                self.tap.arm(functools.partial(self._worker.start, step))
         else:
             self._process(step, packed.numpy(), sizes)
         return norms[-1]
+
+    @staticmethod
+    def _asynchronous(packed: torch.Tensor) -> bool:
+        """Whether the step's vector is copied to the host asynchronously (CUDA) or read now (CPU)."""
+        return packed.is_cuda
+
+    def _copy_to_host(self, packed: torch.Tensor):
+        """Start the asynchronous copy of ``packed`` to page-locked memory; the event marks its end."""
+        host = self._pinned(packed.numel())
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def _pinned(self, n: int) -> torch.Tensor:
         """A page-locked host buffer of ``n`` float32, reused across steps (the previous copy was read)."""
@@ -239,12 +262,16 @@ class StepMonitor:
             self._joins_reduce = False
 
     def _drain_pending(self) -> None:
+        """Finish the previous step's host-side work (CUDA): wait for it, or do it now."""
         if self._pending is None:
             return
         step, host, event, sizes = self._pending
         self._pending = None
-        event.synchronize()
-        self._process(step, host.numpy(), sizes)
+        if self._worker is not None:
+            self._worker.finish(step)  # re-raises here what failed in the worker
+        else:
+            event.synchronize()
+            self._process(step, host.numpy(), sizes)
 
     def _process(self, step: int, vector: np.ndarray, sizes: tuple[int, int]) -> None:
         groups = self.groups
@@ -326,6 +353,9 @@ class StepMonitor:
 
     def close(self) -> None:
         self.flush()
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
         for sink in self.sinks:
             try:
                 sink.close()
@@ -369,6 +399,82 @@ class StepMonitor:
         except ValueError as exc:  # trainability changed between runs: start the history afresh
             warnings.warn(f"aquin-monitor: gradient history not restored: {exc}", RuntimeWarning, stacklevel=2)
         self._pending_state = None
+
+
+class _HostWorker:
+    """Runs the host side of a CUDA step in a thread, while the training thread is inside ``backward()``.
+
+    On a GPU whose step is bound by Python's kernel launches, every millisecond the training thread
+    spends on the monitor's host work (robust statistics, protobuf and JSON encoding) is a millisecond
+    of step time. ``backward()`` releases the GIL for its whole duration, so work done then is free;
+    work done during the forward pass would take the GIL from the thread launching kernels. Hence:
+
+    - :meth:`submit` hands over step ``s`` (pinned host buffer, CUDA event) at the monitor call;
+    - the tap arms a pre-hook on the autograd node of the next reported loss or score matrix, which
+      calls :meth:`start` as step ``s + 1``'s backward pass begins; the worker then waits for the
+      event (long passed) and processes;
+    - :meth:`finish`, at the next monitor call (or flush), starts it if no hook fired and waits for it.
+      So step ``s``'s alarms and ``should_stop`` are known at step ``s + 1``'s monitor call on every
+      rank, exactly as without the worker, and the worker never runs when the training thread is
+      between monitor calls outside a backward pass (no concurrent writes to a trainer's logger).
+    """
+
+    def __init__(self, process):
+        self._process = process
+        self._cond = threading.Condition()
+        self._started = 0  # the highest step allowed to start
+        self._item: tuple | None = None
+        self._done: int | None = None  # step of the last item finished
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="aquin-monitor-host", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: int, host: torch.Tensor, event, sizes) -> None:
+        with self._cond:
+            self._item = (step, host, event, sizes)
+            self._done = None
+            self._cond.notify_all()
+
+    def start(self, step: int, *_hook_args) -> None:
+        with self._cond:
+            if step > self._started:
+                self._started = step
+                self._cond.notify_all()
+
+    def finish(self, step: int) -> None:
+        self.start(step)
+        with self._cond:
+            self._cond.wait_for(lambda: self._done == step or not self._thread.is_alive())
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or (self._item is not None and self._started >= self._item[0]))
+                if self._item is None:  # stopping, nothing left
+                    return
+                step, host, event, sizes = self._item
+                self._item = None
+            try:
+                event.synchronize()
+                self._process(step, host.numpy(), sizes)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by finish()
+                error = exc
+            else:
+                error = None
+            with self._cond:
+                self._error = error
+                self._done = step
+                self._cond.notify_all()
 
 
 def _world_size() -> int:

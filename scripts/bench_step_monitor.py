@@ -11,6 +11,8 @@ own identically initialised copy of the model:
      each value turned into a Python float and written as a TensorBoard scalar (what ``self.log_dict``
      ends up doing; Lightning's own logging machinery comes on top, so this is a lower bound)
   d  ``wandb.watch(model, log="gradients", log_freq=1)`` in offline mode, one ``run.log`` per step
+  e  as b with ``background=False``: on CUDA the host side of each step (alarm statistics, sink writes)
+     runs on the training thread at the next step instead of in the worker thread during backward
 
 The variants are interleaved (each round runs every variant for ``--steps-per-round`` steps, in an
 order rotated per round) so that drift of the machine (thermal, other processes) hits them alike.
@@ -48,6 +50,7 @@ VARIANTS = {
     "b": "aquin-monitor StepMonitor (JSONL + TensorBoard)",
     "c": "Lightning grad_norm + per-step logging",
     "d": "wandb.watch(log='gradients', log_freq=1)",
+    "e": "as b, host work on the training thread",
 }
 
 
@@ -164,13 +167,13 @@ class Variant:
         self.round_medians: list[float] = []
         self.added: list[float] = []  # CPU: time of the monitoring work between backward and optimizer step
         self.close = lambda: None
-        if key == "b":
+        if key in "be":
             from aquin_monitor.monitor import StepMonitor
             from aquin_monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
 
-            run_dir = workdir / "monitor"
+            run_dir = workdir / f"monitor_{key}"
             sinks = MultiSink([JsonlSink(run_dir), TensorBoardSink(log_dir=run_dir / "tensorboard")])
-            self.monitor = StepMonitor([sinks], histogram_every=50, tap=self.tap, warn=False)
+            self.monitor = StepMonitor([sinks], histogram_every=50, tap=self.tap, warn=False, background=key == "b")
             self.close = self.monitor.close
         elif key == "c":
             from torch.utils.tensorboard import SummaryWriter
@@ -195,10 +198,10 @@ class Variant:
         with autocast:
             q = self.encode(self.module, queries)
             d = self.encode(self.module, documents)
-            loss = info_nce(q.float(), d.float(), report=self.key == "b", tap=self.tap)
+            loss = info_nce(q.float(), d.float(), report=self.key in "be", tap=self.tap)
         loss.backward()
         t0 = time.perf_counter()
-        if self.key == "b":
+        if self.key in "be":
             self.monitor.on_optimizer_step(self.step_count, self.module)
         elif self.key == "c":
             from lightning.pytorch.utilities import grad_norm

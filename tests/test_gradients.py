@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from aquin_monitor.signals.gradients import (
     group_name,
     group_parameters,
     grouped_grad_norms,
+    row_nanmedian,
 )
 
 
@@ -108,3 +110,15 @@ def test_detector_state_roundtrip():
     assert d2.update([1000.0], 31) == d1.update([1000.0], 31)
     with pytest.raises(ValueError, match="groups"):
         GradientAnomalyDetector(["b"]).load_state_dict(d1.state_dict())
+
+
+def test_row_nanmedian_equals_numpy_nanmedian():
+    rng = np.random.default_rng(0)
+    for n_cols in (1, 2, 7, 50):
+        a = rng.lognormal(size=(40, n_cols))
+        a[rng.random(a.shape) < 0.3] = np.nan
+        a[0] = np.nan  # an all-NaN row
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(a, axis=1)
+        np.testing.assert_array_equal(row_nanmedian(a), expected)

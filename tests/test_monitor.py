@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,101 @@ def test_logged_norms_and_contrastive_means_match_hand_computation(tmp_path):
     assert row["contrastive/neg_sim"] == pytest.approx(0.2)
     assert row["contrastive/gap"] == pytest.approx(0.6)
     assert row["contrastive/in_batch_acc"] == 1.0
+
+
+class _DoneEvent:
+    """Stands in for the CUDA event of the host copy on a CPU-only machine (the copy is done)."""
+
+    def synchronize(self):
+        return None
+
+
+def _as_if_cuda(monkeypatch):
+    """Route StepMonitor through its CUDA path (deferred host work, background worker) on the CPU."""
+    monkeypatch.setattr(StepMonitor, "_asynchronous", staticmethod(lambda packed: True))
+    monkeypatch.setattr(StepMonitor, "_copy_to_host", lambda self, packed: (packed.clone(), _DoneEvent()))
+
+
+def _run(tmp_path, background, n_steps=30, nan_at=20):
+    """A toy contrastive fine-tune; the gradient of one layer turns NaN at step ``nan_at``."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
+    tap = ContrastiveTap(strict=True)
+    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=5, tap=tap, strict=True, warn=False,
+                          stop_on=["nan"], background=background)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 6), torch.randn(8, 6)
+    stopped_at, threads = None, set()
+    original = monitor._process
+
+    def recording(*args):
+        threads.add(threading.current_thread().name)
+        return original(*args)
+
+    monitor._process = recording
+    for step in range(1, n_steps + 1):
+        q, d = torch.nn.functional.normalize(model(x), dim=-1), torch.nn.functional.normalize(model(y), dim=-1)
+        scores = q @ d.T
+        report_similarity(scores, tap=tap)
+        loss = torch.nn.functional.cross_entropy(scores * 20, torch.arange(8))
+        loss.backward()
+        if step == nan_at:
+            model[0].bias.grad[0] = float("nan")
+        monitor.on_optimizer_step(step, model)
+        if monitor.should_stop and stopped_at is None:
+            stopped_at = step
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    return read_jsonl(tmp_path / "metrics.jsonl"), read_jsonl(tmp_path / "events.jsonl"), stopped_at, threads
+
+
+def test_background_worker_writes_what_the_training_thread_would(tmp_path, monkeypatch):
+    direct = _run(tmp_path / "direct", background=False)
+    _as_if_cuda(monkeypatch)
+    deferred = _run(tmp_path / "deferred", background=False)
+    worker = _run(tmp_path / "worker", background=True)
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(worker[0]) == strip(deferred[0]) == strip(direct[0])
+    assert [e["step"] for e in worker[1]] == [e["step"] for e in direct[1]] == [20, 20]  # layer.. and total
+    assert {e["kind"] for e in worker[1]} == {"nan"}
+    # the alarm of step 20 is known on the CPU at once, through the CUDA path at the next monitor call
+    assert direct[2] == 20 and deferred[2] == worker[2] == 21
+    assert direct[3] == deferred[3] == {"MainThread"}
+    assert worker[3] == {"aquin-monitor-host"}
+
+
+def test_worker_starts_when_the_next_backward_begins():
+    from aquin_monitor.monitor import _HostWorker
+
+    order, processed = [], []
+    worker = _HostWorker(lambda step, vector, sizes: processed.append((step, vector.tolist())))
+    worker.submit(7, torch.tensor([1.0, 2.0]), _DoneEvent(), (0, 0))
+    tap = ContrastiveTap(strict=True)
+    tap.arm(lambda: (order.append("hook"), worker.start(7)))
+
+    weight = torch.ones(3, requires_grad=True)
+    scores = torch.outer(weight, weight)
+    report_similarity(scores, tap=tap)  # arms a pre-hook on the node that made this matrix
+    order.append("forward done")
+    (scores * 2).sum().backward()
+    order.append("backward done")
+    worker.finish(7)
+    worker.stop()
+    assert order == ["forward done", "hook", "backward done"]
+    assert processed == [(7, [1.0, 2.0])]
+    assert tap._armed is None  # one-shot: the next report does not hook again
+
+
+def test_a_failure_in_the_worker_surfaces_on_the_training_thread():
+    from aquin_monitor.monitor import _HostWorker
+
+    def process(step, vector, sizes):
+        raise OSError("disk full")
+
+    worker = _HostWorker(process)
+    worker.submit(3, torch.zeros(1), _DoneEvent(), (0, 0))
+    with pytest.raises(OSError, match="disk full"):
+        worker.finish(3)  # no hook fired: finish starts the work itself
+    worker.stop()

@@ -121,6 +121,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         return control
 
     def _snapshot(self, model, step: int, tag: str) -> None:
+        self.monitor.flush()  # this step's metrics before the snapshot's, and the host worker idle
         self.settings.snapshots.record(
             model, step, tag=tag, run_dir=self.run_dir, sinks=self.monitor.sinks, strict=self.settings.strict
         )

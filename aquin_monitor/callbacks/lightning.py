@@ -93,6 +93,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
                 self._snapshot(pl_module, step, "base" if not step else "checkpoint")
 
     def _snapshot(self, pl_module, step: int, tag: str) -> None:
+        self.monitor.flush()  # this step's metrics before the snapshot's, and the host worker idle
         self.settings.snapshots.record(
             find_sentence_transformer(pl_module), step, tag=tag, run_dir=self.run_dir,
             sinks=self.monitor.sinks, strict=self.settings.strict,

@@ -28,6 +28,12 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
 }
 
 
+def _summary_pb2():
+    from tensorboard.compat.proto import summary_pb2
+
+    return summary_pb2
+
+
 class TensorBoardSink:
     """Write to TensorBoard through a ``torch.utils.tensorboard`` ``SummaryWriter``.
 
@@ -35,7 +41,8 @@ class TensorBoardSink:
     through one the trainer already has (Lightning's ``TensorBoardLogger.experiment``, the HF
     ``TensorBoardCallback.tb_writer``); a borrowed writer is flushed, never closed.
 
-    - scalars: ``add_scalar`` per metric (NaN/inf kept: they are what an alarm is about);
+    - scalars: one event per step holding every metric, as ``add_scalar`` would write each (NaN/inf kept:
+      they are what an alarm is about);
     - histograms: ``add_histogram`` of the finite values (NaN/inf cannot be binned); an array
       with no finite value is skipped;
     - alarms: one Markdown line under text tag ``events`` plus scalar ``alarm/<kind>`` = 1;
@@ -62,8 +69,15 @@ class TensorBoardSink:
 
     def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
         step = check_step(step)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, float(value), global_step=step)
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if file_writer is None:  # not torch's SummaryWriter (e.g. tensorboardX): one call per scalar
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, float(value), global_step=step)
+            return
+        # one event holding every scalar of the step: what add_scalar writes per tag (simple_value),
+        # at a twentieth of the cost of twenty events
+        summary = _summary_pb2().Summary(value=[_summary_pb2().Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()])
+        file_writer().add_summary(summary, step)
 
     def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         step = check_step(step)

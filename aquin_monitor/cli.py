@@ -53,7 +53,8 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     resolve_model(args.model)
     _note(probe.summary())
     model = _load_model(args.model, args, args.adapter)
-    runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress)
+    runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
+                            max_attention_texts=args.attention_texts)
     snap = runner.take(model, 0, tag="inspect", model_name=args.model, run_dir=args.run_dir, diff_against_history=False)
     result: dict[str, Any] = {
         "command": "inspect",
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", metavar="MODEL", help=model_help)
     inspect.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
+    inspect.add_argument("--attention-texts", type=_positive_int, default=32, metavar="N",
+                         help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
     inspect.add_argument("--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)")
     inspect.set_defaults(handler=_inspect)
 

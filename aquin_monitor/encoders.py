@@ -546,7 +546,7 @@ def iter_forward(
     Each :class:`ForwardBatch` holds the final embeddings (as ``model.encode`` computes them, with
     the same prompt handling, including Instructor-style ``include_prompt=False`` pooling), every
     hidden state pooled by the model's own Pooling module and every head's attention weights, all
-    from that single pass. The pass runs in eval mode under ``torch.no_grad``; attentions force
+    from that single pass. The pass runs in eval mode under ``torch.inference_mode``; attentions force
     eager attention (sdpa cannot return them). Train/eval modes, the attention implementation and
     the ``output_*`` config flags are restored around every batch, even on error, so the model is
     untouched whenever control is back with the caller.
@@ -578,7 +578,7 @@ def iter_forward(
         batch = texts[start : start + batch_size]
         with contextlib.ExitStack() as stack:
             stack.enter_context(_preserved_training_modes(model))
-            stack.enter_context(torch.no_grad())
+            stack.enter_context(torch.inference_mode())  # as SentenceTransformer.encode: no version counters
             record = (
                 stack.enter_context(_recording_outputs(model, hidden_states=hidden_states, attentions=attentions))
                 if inspect_internals

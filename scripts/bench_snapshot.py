@@ -3,8 +3,8 @@
 
 Prints, measured in this one process on the same model and texts:
   encode      model.encode-equivalent (aquin_monitor.encoders.encode) of the probe texts
-  snapshot    SnapshotRunner.take on the same texts (forward with hidden states + attentions for the
-              first 256 texts, geometry, layers, attention entropy, OOD, UMAP, retrieval, no diff)
+  snapshot    SnapshotRunner.take on the same texts (one forward pass with hidden states, attentions for
+              32 evenly spaced texts, geometry, layers, attention entropy, OOD, UMAP, retrieval, no diff)
 and their ratio; with --full-scifact, also the snapshot time of SciFact's whole 5,183-document corpus.
 
     python scripts/bench_snapshot.py [--n 1000] [--texts agnews|scifact] [--repeats 2] [--full-scifact] [--no-umap]
@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--texts", choices=["agnews", "scifact"], default="agnews",
                    help="agnews: short news snippets (worst case: encoding is cheap); scifact: 300 claims + abstracts")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full-scifact", action="store_true")
     p.add_argument("--no-umap", action="store_true")
     args = p.parse_args()

@@ -156,17 +156,11 @@ def attention_entropy(
                 f"attentions[{layer_index}] has shape {tuple(weights.shape)}, expected "
                 f"{(batch, heads, tokens, tokens)} like attentions[0]"
             )
-        for b in range(batch):  # one input at a time keeps float64 temporaries at H×T×T
-            real = mask[b]
-            rows = np.asarray(weights[b][:, real][:, :, real], dtype=np.float64)  # [H, m, m]
-            _check_attention_rows(weights[b][:, real], layer_index, b)
-            mass = rows.sum(axis=-1, keepdims=True)
-            if (mass <= 0).any():
-                raise ValueError(
-                    f"attentions[{layer_index}] input {b}: a query gives zero weight to every "
-                    "non-padding token (is attention_mask the one the model used?)"
-                )
-            entropy[b, layer_index] = entr(rows / mass).sum(axis=-1).mean(axis=-1)
+        # inputs in chunks whose temporaries stay near 64 MB, whatever the sequence length
+        chunk = max(1, (1 << 24) // (heads * tokens * tokens))
+        for lo in range(0, batch, chunk):
+            hi = min(batch, lo + chunk)
+            entropy[lo:hi, layer_index] = _chunk_entropy(weights[lo:hi], mask[lo:hi], layer_index, lo)
     log_tokens = np.log(num_tokens.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         normalized = np.where(
@@ -175,22 +169,59 @@ def attention_entropy(
     return AttentionEntropy(entropy=entropy, normalized=normalized, num_tokens=num_tokens)
 
 
-def _check_attention_rows(query_rows: np.ndarray, layer_index: int, b: int) -> None:
-    """Real query rows ``[H, m, T]`` must be finite, non-negative and sum to 1 over all keys."""
-    rows = np.asarray(query_rows, dtype=np.float64)
-    if not np.isfinite(rows).all():
-        raise ValueError(f"attentions[{layer_index}] input {b} contains NaN or Inf")
-    if (rows < 0).any():
+def _chunk_entropy(weights, mask: np.ndarray, layer_index: int, first_input: int) -> np.ndarray:
+    """Mean row entropy ``[c, H]`` of attentions ``[c, H, T, T]`` over the real queries and keys.
+
+    Real query rows must be finite, non-negative and sum to 1 over all keys, and give some weight
+    to the real keys; the first input (``first_input`` + offset) breaking a rule is named. The checks
+    run over the whole chunk at once; the entropy in float64 over each input's real tokens.
+    """
+    import torch
+
+    w = torch.as_tensor(np.asarray(weights) if not isinstance(weights, torch.Tensor) else weights)
+    if w.dtype != torch.float64:
+        w = w.float()
+    m = torch.as_tensor(mask)
+    real_query = m[:, None, :]  # [c, 1, T] over the [c, H, T] row statistics
+
+    def first(violations) -> int:
+        return first_input + int(torch.nonzero(violations.reshape(len(violations), -1).any(dim=1))[0, 0])
+
+    sums = w.sum(dim=-1)  # [c, H, T]; weights are at most 1, so a sum is finite iff its terms are
+    bad = ~torch.isfinite(sums) & real_query
+    if bad.any():
+        raise ValueError(f"attentions[{layer_index}] input {first(bad)} contains NaN or Inf")
+    negative = (w.amin(dim=-1) < 0) & real_query
+    if negative.any():
         raise ValueError(
-            f"attentions[{layer_index}] input {b} has negative weights: expected softmax "
+            f"attentions[{layer_index}] input {first(negative)} has negative weights: expected softmax "
             "probabilities, not scores"
         )
-    sums = rows.sum(axis=-1)
-    if np.abs(sums - 1.0).max() > _ROW_SUM_TOLERANCE:
+    off = ((sums - 1.0).abs() > _ROW_SUM_TOLERANCE) & real_query
+    if off.any():
+        b = first(off) - first_input
+        real_sums = sums[b][:, m[b]]
         raise ValueError(
-            f"attentions[{layer_index}] input {b}: attention rows sum to "
-            f"{sums.min():.4g}..{sums.max():.4g}, expected 1 (softmax over keys, last axis)"
+            f"attentions[{layer_index}] input {first_input + b}: attention rows sum to "
+            f"{float(real_sums.min()):.4g}..{float(real_sums.max()):.4g}, expected 1 (softmax over keys, last axis)"
         )
+    out = np.empty((len(w), w.shape[1]))
+    for b in range(len(w)):  # float64 over each input's real tokens only (a padded batch is mostly padding)
+        real = m[b]
+        n_real = int(real.sum())
+        if bool(real[:n_real].all()):  # right padding, as tokenizers do: a slice, no copy
+            rows = w[b, :, :n_real, :n_real].double()
+        else:
+            idx = torch.nonzero(real)[:, 0]
+            rows = w[b][:, idx][:, :, idx].double()
+        mass = rows.sum(dim=-1, keepdim=True)  # [H, m, 1]
+        if bool((mass <= 0).any()):
+            raise ValueError(
+                f"attentions[{layer_index}] input {first_input + b}: a query gives zero weight to every "
+                "non-padding token (is attention_mask the one the model used?)"
+            )
+        out[b] = torch.special.entr(rows / mass).sum(dim=-1).mean(dim=-1).numpy()
+    return out
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,21 @@ def test_a_failure_in_the_worker_surfaces_on_the_training_thread():
     with pytest.raises(OSError, match="disk full"):
         worker.finish(3)  # no hook fired: finish starts the work itself
     worker.stop()
+
+
+@pytest.mark.parametrize("module", ["aquin_monitor.monitor", "aquin_monitor.signals.contrastive", "aquin_monitor.signals.gradients"])
+def test_doctests_pass(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_attention_sample_spreads_over_the_probe():
+    from aquin_monitor.monitor import attention_sample
+
+    picked = attention_sample(1000, 32)
+    assert len(picked) == 32 and picked[0] == 0 and picked[-1] == 999
+    assert np.all(np.diff(picked) >= 31)  # evenly spaced: no cluster at the start of the file
+    assert attention_sample(5, 0).size == 0

@@ -512,3 +512,22 @@ def test_sinks_for_hf_follows_report_to(tmp_path, monkeypatch):
     (sink,) = sinks_for_hf(old_style, tmp_path / "run")
     sink.close()
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_rewind_makes_tensorboard_drop_the_replayed_steps(tmp_path):
+    import time
+
+    log_dir = tmp_path / "tb"
+    first = TensorBoardSink(log_dir=log_dir)
+    for step in range(1, 11):  # the first run got to step 10; its checkpoint was at step 5
+        first.log_scalars({"contrastive/gap": float(step)}, step=step)
+    first.close()
+    time.sleep(1.1)  # event file names carry the second they were opened in; the resumed one sorts after
+    resumed = TensorBoardSink(log_dir=log_dir)
+    resumed.rewind(5)
+    for step in range(6, 9):
+        resumed.log_scalars({"contrastive/gap": 100.0 + step}, step=step)
+    resumed.close()
+
+    events = read_tensorboard(log_dir).Scalars("contrastive/gap")
+    assert [(e.step, e.value) for e in events] == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]

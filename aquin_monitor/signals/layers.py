@@ -174,7 +174,8 @@ def _chunk_entropy(weights, mask: np.ndarray, layer_index: int, first_input: int
 
     Real query rows must be finite, non-negative and sum to 1 over all keys, and give some weight
     to the real keys; the first input (``first_input`` + offset) breaking a rule is named. The checks
-    run over the whole chunk at once; the entropy in float64 over each input's real tokens.
+    run over the whole chunk at once; the entropy over each input's real tokens (terms in the weights'
+    precision, sums in float64).
     """
     import torch
 
@@ -206,21 +207,23 @@ def _chunk_entropy(weights, mask: np.ndarray, layer_index: int, first_input: int
             f"{float(real_sums.min()):.4g}..{float(real_sums.max()):.4g}, expected 1 (softmax over keys, last axis)"
         )
     out = np.empty((len(w), w.shape[1]))
-    for b in range(len(w)):  # float64 over each input's real tokens only (a padded batch is mostly padding)
+    for b in range(len(w)):  # each input's real tokens only (a padded batch is mostly padding)
         real = m[b]
         n_real = int(real.sum())
         if bool(real[:n_real].all()):  # right padding, as tokenizers do: a slice, no copy
-            rows = w[b, :, :n_real, :n_real].double()
+            rows = w[b, :, :n_real, :n_real]
         else:
             idx = torch.nonzero(real)[:, 0]
-            rows = w[b][:, idx][:, :, idx].double()
-        mass = rows.sum(dim=-1, keepdim=True)  # [H, m, 1]
+            rows = w[b][:, idx][:, :, idx]
+        mass = rows.sum(dim=-1, keepdim=True, dtype=torch.float64)  # [H, m, 1]
         if bool((mass <= 0).any()):
             raise ValueError(
                 f"attentions[{layer_index}] input {first_input + b}: a query gives zero weight to every "
                 "non-padding token (is attention_mask the one the model used?)"
             )
-        out[b] = torch.special.entr(rows / mass).sum(dim=-1).mean(dim=-1).numpy()
+        # -p log p in the weights' own precision (float32 from a model: ~1e-7 relative), sums in float64
+        p = rows / mass.to(rows.dtype)
+        out[b] = torch.special.entr(p).sum(dim=-1, dtype=torch.float64).mean(dim=-1).numpy()
     return out
 
 

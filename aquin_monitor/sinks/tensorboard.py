@@ -111,6 +111,22 @@ class TensorBoardSink:
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self.log_scalars(numeric_items(metrics), step)
 
+    def rewind(self, step: int) -> None:
+        """Make TensorBoard drop what was logged after ``step`` (a resumed run logs those steps again).
+
+        Writes what ``SummaryWriter(purge_step=step + 1)`` writes: a session-start event at ``step + 1``,
+        on which TensorBoard's reader discards every event of a later step read before it (older
+        event files of the same folder are read first). A borrowed writer gets it too: the trainer
+        that owns it replays the same steps.
+        """
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        purge = check_step(step) + 1
+        file_writer = self.writer._get_file_writer() if hasattr(self.writer, "_get_file_writer") else self.writer.file_writer
+        file_writer.add_event(Event(step=purge, file_version="brain.Event:2"))
+        file_writer.add_event(Event(step=purge, session_log=SessionLog(status=SessionLog.START)))
+        self.writer.flush()
+
     def flush(self) -> None:
         self.writer.flush()
 

@@ -343,6 +343,15 @@ class StepMonitor:
         return []
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def start_fresh(self) -> None:
+        """A new run (step 0, nothing resumed): sinks move files an earlier run left in their folder aside."""
+        for sink in self.sinks:
+            if hasattr(sink, "archive_previous_run"):
+                try:
+                    sink.archive_previous_run()
+                except Exception as exc:  # noqa: BLE001
+                    self._fail("moving an earlier run's files aside", exc)
+
     def flush(self) -> None:
         try:
             self._drain_pending()

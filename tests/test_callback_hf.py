@@ -104,3 +104,13 @@ def test_resume_from_an_older_checkpoint_logs_each_step_once(tiny_mean_model, tm
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0]["time"] == first[1]["time"] and rows[2]["time"] > first[4]["time"]  # 1-2 kept, 3-4 re-logged
+
+
+def test_a_fresh_run_moves_an_earlier_runs_files_aside(tiny_mean_model, tmp_path):
+    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=3)
+    first = read_jsonl(tmp_path / "metrics.jsonl")
+    with pytest.warns(RuntimeWarning, match="earlier run"):
+        _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=2)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]  # not 1, 2, 3, 1, 2
+    (archived,) = (tmp_path / "previous").iterdir()
+    assert read_jsonl(archived / "metrics.jsonl") == first  # nothing lost

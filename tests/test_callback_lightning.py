@@ -92,3 +92,14 @@ def test_nan_alarm_names_layers_and_stops(tiny_mean_model, tmp_path):
     assert events[0]["step"] == 4
     assert {e["layer"] for e in events} >= {"loss", "layer.00", "total"}
     assert trainer.global_step < 10
+
+
+def test_a_fresh_run_moves_an_earlier_runs_files_aside(tiny_mean_model, tmp_path):
+    run = tmp_path / "run"
+    _fit(PairModule(tiny_mean_model), tmp_path, LightningEmbeddingMonitor(output_dir=str(run), strict=True), max_steps=3)
+    first = read_jsonl(run / "metrics.jsonl")
+    with pytest.warns(RuntimeWarning, match="earlier run"):
+        _fit(PairModule(tiny_mean_model), tmp_path, LightningEmbeddingMonitor(output_dir=str(run), strict=True), max_steps=2)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    (archived,) = (run / "previous").iterdir()
+    assert read_jsonl(archived / "metrics.jsonl") == first

@@ -531,3 +531,28 @@ def test_tensorboard_rewind_makes_tensorboard_drop_the_replayed_steps(tmp_path):
 
     events = read_tensorboard(log_dir).Scalars("contrastive/gap")
     assert [(e.step, e.value) for e in events] == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
+
+
+def test_jsonl_archive_previous_run_moves_every_artifact_and_loses_nothing(tmp_path):
+    old = JsonlSink(tmp_path)
+    old.log_scalars({"contrastive/gap": 0.5}, step=1)
+    old.log_event({"step": 1, "kind": "spike", "layer": "layer.00", "message": "m", "value": 3.0})
+    old.close()
+    (tmp_path / "snapshots" / "0").mkdir(parents=True)
+    (tmp_path / "snapshots" / "0" / "snapshot.json").write_text("{}")
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "checkpoint-5").mkdir()  # not ours: stays
+
+    sink = JsonlSink(tmp_path)
+    with pytest.warns(RuntimeWarning, match="earlier run"):
+        target = sink.archive_previous_run()
+    sink.log_scalars({"contrastive/gap": 0.7}, step=1)
+    sink.close()
+    assert target.parent == tmp_path / "previous"
+    assert sorted(p.name for p in target.iterdir()) == ["events.jsonl", "metrics.jsonl", "report.html", "snapshots"]
+    assert read_jsonl(target / "metrics.jsonl")[0]["contrastive/gap"] == 0.5
+    assert [r["contrastive/gap"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0.7]
+    assert read_jsonl(tmp_path / "events.jsonl") == [] and (tmp_path / "checkpoint-5").is_dir()
+    # a folder with only empty files holds no earlier run
+    empty = tmp_path / "fresh"
+    assert JsonlSink(empty).archive_previous_run() is None and not (empty / "previous").exists()

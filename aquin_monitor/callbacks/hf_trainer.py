@@ -94,6 +94,8 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         restored = self._restored_state or self._read_checkpoint_state(args, state)
         if restored:
             self.monitor.load_state_dict(restored)
+        elif state.global_step == 0:
+            self.monitor.start_fresh()  # an earlier run's files in the same folder are moved aside
         self.monitor.attach(model)
         self._args = args
         runner = self.settings.snapshots

@@ -84,6 +84,8 @@ class LightningEmbeddingMonitor(_pl.Callback):
             self.monitor.load_state_dict(self._restored)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0 and self.monitor.last_step == 0:
+            self.monitor.start_fresh()  # an earlier run's files in the same folder are moved aside
         if self.monitor.groups is None:
             self.monitor.attach(pl_module)
         runner = self.settings.snapshots

@@ -235,6 +235,17 @@ class MultiSink:
                         raise
                     self._switch_off(sink, "rewind", exc)
 
+    def archive_previous_run(self) -> None:
+        """Forward to the sinks that can move an earlier run's files aside (fresh start)."""
+        for sink in self.active:
+            if hasattr(sink, "archive_previous_run"):
+                try:
+                    sink.archive_previous_run()
+                except Exception as exc:  # noqa: BLE001
+                    if self.strict:
+                        raise
+                    self._switch_off(sink, "archive_previous_run", exc)
+
     def flush(self) -> None:
         self._call("flush")
 

@@ -305,12 +305,52 @@ class JsonlSink:
         self._file("metrics.jsonl")
         self._file("events.jsonl")
 
+    def archive_previous_run(self) -> Path | None:
+        """Move what an earlier run left in ``run_dir`` to ``run_dir/previous/<time>/``; return that folder.
+
+        A fresh run (step 0, nothing resumed) writing into a folder that holds another run's files would
+        interleave the two runs' steps in one ``metrics.jsonl`` and one report. Nothing is deleted:
+        every file and folder this project writes there is renamed (same file system, so each move is
+        atomic) and a warning names where it went. Returns None when there was nothing to move.
+        """
+        present = [name for name in RUN_ARTIFACTS if _holds_something(self.run_dir / name)]
+        if not present:
+            return None
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.run_dir / "previous" / stamp
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.run_dir / "previous" / f"{stamp}-{suffix}"
+        target.mkdir(parents=True)
+        for name in present:
+            os.replace(self.run_dir / name, target / name)
+        self._file("metrics.jsonl")
+        self._file("events.jsonl")
+        message = f"aquin-monitor: {self.run_dir} held an earlier run's files; moved {', '.join(present)} to {target}"
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return target
+
     def flush(self) -> None:
         """Nothing to do: every line is handed to the OS when it is logged."""
 
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
+
+
+#: What a run leaves in its run directory (moved aside by :meth:`JsonlSink.archive_previous_run`).
+RUN_ARTIFACTS = ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl", "figures", "embeddings", "snapshots", "report.html")
+
+
+def _holds_something(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _at_or_before(line: str, step: int) -> bool:

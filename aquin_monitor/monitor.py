@@ -445,7 +445,7 @@ class _HostWorker:
             self._done = None
             self._cond.notify_all()
 
-    def start(self, step: int, *_hook_args) -> None:
+    def start(self, step: int) -> None:
         with self._cond:
             if step > self._started:
                 self._started = step

@@ -185,8 +185,11 @@ class MultiSink:
         """Add one more sink."""
         self.sinks.append(sink)
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+    def _call(self, method: str, *args: Any, optional: bool = False, **kwargs: Any) -> None:
+        """Call ``method`` on every active sink (``optional``: only on those that define it)."""
         for sink in self.active:
+            if optional and not hasattr(sink, method):
+                continue
             try:
                 getattr(sink, method)(*args, **kwargs)
             except Exception as exc:
@@ -226,25 +229,11 @@ class MultiSink:
 
     def rewind(self, step: int) -> None:
         """Forward to the sinks that can drop what was logged after ``step`` (resume)."""
-        for sink in self.active:
-            if hasattr(sink, "rewind"):
-                try:
-                    sink.rewind(step)
-                except Exception as exc:  # noqa: BLE001
-                    if self.strict:
-                        raise
-                    self._switch_off(sink, "rewind", exc)
+        self._call("rewind", step, optional=True)
 
     def archive_previous_run(self) -> None:
         """Forward to the sinks that can move an earlier run's files aside (fresh start)."""
-        for sink in self.active:
-            if hasattr(sink, "archive_previous_run"):
-                try:
-                    sink.archive_previous_run()
-                except Exception as exc:  # noqa: BLE001
-                    if self.strict:
-                        raise
-                    self._switch_off(sink, "archive_previous_run", exc)
+        self._call("archive_previous_run", optional=True)
 
     def flush(self) -> None:
         self._call("flush")

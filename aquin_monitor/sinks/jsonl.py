@@ -207,6 +207,9 @@ class JsonlSink:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, _AppendOnlyLines] = {}
+        self._open_standing_files()
+
+    def _open_standing_files(self) -> None:
         # metrics and events exist from the start: an empty events.jsonl means "no alarm".
         self._file("metrics.jsonl")
         self._file("events.jsonl")
@@ -302,8 +305,7 @@ class JsonlSink:
             partial = path.with_name(f".{name}.partial")
             partial.write_text("".join(kept), encoding="utf-8")
             os.replace(partial, path)
-        self._file("metrics.jsonl")
-        self._file("events.jsonl")
+        self._open_standing_files()
 
     def archive_previous_run(self) -> Path | None:
         """Move what an earlier run left in ``run_dir`` to ``run_dir/previous/<time>/``; return that folder.
@@ -328,8 +330,7 @@ class JsonlSink:
         target.mkdir(parents=True)
         for name in present:
             os.replace(self.run_dir / name, target / name)
-        self._file("metrics.jsonl")
-        self._file("events.jsonl")
+        self._open_standing_files()
         message = f"aquin-monitor: {self.run_dir} held an earlier run's files; moved {', '.join(present)} to {target}"
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)

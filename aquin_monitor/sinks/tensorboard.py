@@ -28,12 +28,6 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def _summary_pb2():
-    from tensorboard.compat.proto import summary_pb2
-
-    return summary_pb2
-
-
 class TensorBoardSink:
     """Write to TensorBoard through a ``torch.utils.tensorboard`` ``SummaryWriter``.
 
@@ -69,15 +63,22 @@ class TensorBoardSink:
 
     def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
         step = check_step(step)
-        file_writer = getattr(self.writer, "_get_file_writer", None)
+        file_writer = self._file_writer()
         if file_writer is None:  # not torch's SummaryWriter (e.g. tensorboardX): one call per scalar
             for tag, value in metrics.items():
                 self.writer.add_scalar(tag, float(value), global_step=step)
             return
         # one event holding every scalar of the step: what add_scalar writes per tag (simple_value),
         # at a twentieth of the cost of twenty events
-        summary = _summary_pb2().Summary(value=[_summary_pb2().Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()])
-        file_writer().add_summary(summary, step)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()])
+        file_writer.add_summary(summary, step)
+
+    def _file_writer(self):
+        """The event-file writer behind a torch ``SummaryWriter``; None for other writers."""
+        getter = getattr(self.writer, "_get_file_writer", None)
+        return getter() if getter is not None else None
 
     def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         step = check_step(step)
@@ -122,7 +123,7 @@ class TensorBoardSink:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         purge = check_step(step) + 1
-        file_writer = self.writer._get_file_writer() if hasattr(self.writer, "_get_file_writer") else self.writer.file_writer
+        file_writer = self._file_writer() or self.writer.file_writer
         file_writer.add_event(Event(step=purge, file_version="brain.Event:2"))
         file_writer.add_event(Event(step=purge, session_log=SessionLog(status=SessionLog.START)))
         self.writer.flush()

@@ -13,13 +13,16 @@ own identically initialised copy of the model:
   d  ``wandb.watch(model, log="gradients", log_freq=1)`` in offline mode, one ``run.log`` per step
   e  as b with ``background=False``: on CUDA the host side of each step (alarm statistics, sink writes)
      runs on the training thread at the next step instead of in the worker thread during backward
+  h  calibration: a plus 2 ms of busy host work (holding the GIL) between ``backward()`` and the
+     optimizer step. Its ratio to a says how much host work shows in the step: ~1 + 2 ms / step when
+     the step is bound by Python's kernel launches, ~1 when the device is the bottleneck
 
 The variants are interleaved (each round runs every variant for ``--steps-per-round`` steps, in an
 order rotated per round) so that drift of the machine (thermal, other processes) hits them alike.
 Reported per variant: the median time per step over all timed steps (CPU: every step timed; CUDA:
 blocks of ``--steps-per-round`` steps between two synchronisations, so the monitor's asynchronous host
 copy counts as it would in training), its ratio to variant a, the paired ratio (median over rounds of
-the ratio to a in the same round), ``best`` (fastest block over fastest block of a: interference from
+the ratio to a in the same round, with a 95% bootstrap interval of that median), ``best`` (fastest block over fastest block of a: interference from
 other processes only ever adds time), and the host time the monitoring adds on the training thread:
 ``in-step`` (between ``backward()`` and ``optimizer.step()``) plus ``loss +`` (the loss call's extra
 time when it reports its scores), as ``1 + host / median(a)``. On CPU the in-step time includes the
@@ -55,7 +58,9 @@ VARIANTS = {
     "c": "Lightning grad_norm + per-step logging",
     "d": "wandb.watch(log='gradients', log_freq=1)",
     "e": "as b, host work on the training thread",
+    "h": "a + 2 ms of host work after backward (calibration)",
 }
+HOST_CALIBRATION_S = 0.002
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -219,6 +224,10 @@ class Variant:
                 self.writer.add_scalar(name, float(value), self.step_count)
         elif self.key == "d":
             self.wandb_run.log({"step": self.step_count})  # commits the row the gradient hooks filled
+        elif self.key == "h":
+            end = t0 + HOST_CALIBRATION_S
+            while time.perf_counter() < end:
+                pass
         if self.key != "a":
             self.added.append(time.perf_counter() - t0)
         self.optimizer.step()
@@ -312,6 +321,15 @@ def run(args) -> dict[str, list[float]]:
     return {v.key: (v.times, v.added, v.round_medians, v.loss_times) for v in variants}
 
 
+def bootstrap_median_interval(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median of ``values`` (percentile method, seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return medians[int(0.025 * n)], medians[int(0.975 * n) - 1]
+
+
 def table(results: dict[str, tuple[list[float], list[float], list[float], list[float]]]) -> str:
     """Median step time and its ratio to variant a, and the host time the monitoring adds.
 
@@ -328,11 +346,13 @@ def table(results: dict[str, tuple[list[float], list[float], list[float], list[f
     base_rounds = results["a"][2]
     base_loss = statistics.median(results["a"][3])
     lines = [
-        f"{'variant':<52} {'median ms':>10} {'p25-p75 ms':>15} {'ratio to a':>11} {'paired':>7} {'best':>6}"
+        f"{'variant':<52} {'median ms':>10} {'p25-p75 ms':>15} {'ratio to a':>11} {'paired':>7} {'paired 95% CI':>14} {'best':>6}"
         f" {'in-step ms':>11} {'loss +ms':>9} {'1 + host/a':>11} {'n':>4}"
     ]
     for key, (values, added, rounds, loss_times) in results.items():
-        paired = statistics.median(x / y for x, y in zip(rounds, base_rounds))
+        ratios = [x / y for x, y in zip(rounds, base_rounds)]
+        paired = statistics.median(ratios)
+        low, high = bootstrap_median_interval(ratios)
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         med = statistics.median(values)
         loss_extra = statistics.median(loss_times) - base_loss
@@ -343,7 +363,7 @@ def table(results: dict[str, tuple[list[float], list[float], list[float], list[f
             host = f"{'-':>11} {loss_extra * 1e3:>9.2f} {'-':>11}"
         lines.append(
             f"{key + ' ' + VARIANTS[key]:<52} {med * 1e3:>10.1f} {q[0] * 1e3:>7.1f}-{q[2] * 1e3:<7.1f} {med / base:>11.3f}"
-            f" {paired:>7.3f} {min(values) / base_best:>6.3f} {host} {len(values):>4}"
+            f" {paired:>7.3f} {low:>6.3f}-{high:<7.3f} {min(values) / base_best:>6.3f} {host} {len(values):>4}"
         )
     return "\n".join(lines)
 

@@ -5,8 +5,9 @@ optimizer step:
 
 - sentence-transformers losses: wrap once, ``loss = monitored(MultipleNegativesRankingLoss(model))``.
   The wrapper records the first ``query_to_doc`` score matrix (or the triplet distances) the loss
-  computes, detached, and turns it into device-side sums right away (no host sync, no extra
-  forward pass). The loss value and the gradients are bit-for-bit those of the unwrapped loss.
+  computes, as a detached float32 copy, which the tap turns into device-side sums when the monitor
+  drains it at the optimizer step (no host sync, no extra forward pass). The loss value and the
+  gradients are bit-for-bit those of the unwrapped loss.
 - your own loss (Lightning): call :func:`report_similarity` (or :func:`report_triplet`) with the
   score matrix you computed, or use the losses of :mod:`aquin_monitor.losses`, which do it for you.
 
@@ -28,7 +29,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .signals.contrastive import ContrastiveSums, similarity_samples, similarity_sums, triplet_similarities, triplet_sums
+from .signals.contrastive import (
+    ContrastiveSums,
+    check_scores,
+    check_triplet,
+    similarity_samples,
+    similarity_sums,
+    triplet_similarities,
+    triplet_sums,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +56,20 @@ class TapReading:
 class ContrastiveTap:
     """Accumulates contrastive sums and loss values over the micro-batches of one optimizer step.
 
+    A report keeps a detached float32 copy of what the loss computed (one device copy; the loss may
+    change its matrix in place afterwards, as GISTEmbed's false-negative masking does) and the tap
+    reduces the copies to sums at :meth:`drain`, i.e. at the monitor's call after ``backward()``. On a
+    GPU the thirty-odd small kernels of that reduction are then launched while the device works through
+    the backward pass, not between the forward and the backward pass where the device may be waiting
+    for the host. The copies are reduced early once they hold more than ``max_deferred_elements``
+    values (CachedMultipleNegativesRankingLoss, large gradient accumulation), so they never take more
+    than that much device memory.
+
     Reporting never raises into the training loop: a failure warns once and switches the tap off,
     unless ``strict`` is set (tests).
     """
+
+    max_deferred_elements = 1 << 24  # 64 MiB of float32
 
     def __init__(self, *, strict: bool = False):
         self.strict = strict
@@ -65,14 +85,39 @@ class ContrastiveTap:
         self._loss_count = 0
         self._pos: list[torch.Tensor] = []
         self._neg: list[torch.Tensor] = []
+        self._deferred: list[tuple] = []
+        self._deferred_elements = 0
 
     def add(self, sums: ContrastiveSums, positives: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> None:
+        """Add reduced statistics; histogram samples are kept when given (the reporter decides)."""
         with self._lock:
             self._sums = sums if self._sums is None else self._sums + sums
-            if self.keep_samples and positives is not None:
+            if positives is not None:
                 self._pos.append(positives)
                 if negatives is not None:
                     self._neg.append(negatives)
+
+    def defer(self, what: str, reduce, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Keep float32 copies of ``tensors``; :meth:`drain` adds ``reduce(*copies, keep_samples)``.
+
+        ``reduce`` returns ``(sums, positive_samples, negative_samples)`` (samples None unless asked).
+        """
+        copies = tuple(t.detach().to(torch.float32, copy=True) for t in tensors)
+        with self._lock:
+            self._deferred.append((what, reduce, copies, self.keep_samples))
+            self._deferred_elements += sum(c.numel() for c in copies)
+            full = self._deferred_elements > self.max_deferred_elements
+        if full:
+            self._reduce_deferred()
+
+    def _reduce_deferred(self) -> None:
+        with self._lock:
+            pending, self._deferred, self._deferred_elements = self._deferred, [], 0
+        for what, reduce, copies, keep in pending:
+            self.guarded(what, self._add_reduced, reduce, copies, keep)
+
+    def _add_reduced(self, reduce, copies, keep) -> None:
+        self.add(*reduce(*copies, keep))
 
     def arm(self, callback) -> None:
         """Call ``callback()`` once, when the backward pass reaches the next tensor reported here.
@@ -107,10 +152,17 @@ class ContrastiveTap:
             self._loss_count += 1
 
     def drain(self) -> TapReading:
+        """What was reported since the last drain, reduced to device-side sums; the tap starts afresh."""
+        self._reduce_deferred()
         with self._lock:
             reading = TapReading(self._sums, self._loss_sum, self._loss_count, self._pos, self._neg)
             self._reset()
             return reading
+
+    def discard(self) -> None:
+        """Drop what was reported since the last drain, without reducing it (a step not logged)."""
+        with self._lock:
+            self._reset()
 
     def guarded(self, what: str, fn, *args, **kwargs) -> None:
         """Run ``fn``; on failure warn once and switch the tap off (re-raise when strict)."""
@@ -151,14 +203,14 @@ def report_similarity(
     """
     tap = tap or _default_tap
 
+    def reduce(s: torch.Tensor, keep: bool):
+        sums = similarity_sums(s, positive_columns, block_size=block_size, scale=scale)
+        return (sums, *similarity_samples(s, positive_columns, scale=scale)) if keep else (sums, None, None)
+
     def _add() -> None:
+        check_scores(scores, block_size)  # a malformed report fails here, in the loss call
         tap.hook_backward(scores)
-        sums = similarity_sums(scores, positive_columns, block_size=block_size, scale=scale)
-        if tap.keep_samples:
-            pos, neg = similarity_samples(scores, positive_columns, scale=scale)
-            tap.add(sums, pos, neg)
-        else:
-            tap.add(sums)
+        tap.defer("contrastive statistics", reduce, (scores,))
 
     tap.guarded("contrastive statistics", _add)
 
@@ -173,13 +225,14 @@ def report_triplet(
     """Report the anchor–positive and anchor–negative distances of a triplet loss."""
     tap = tap or _default_tap
 
+    def reduce(dp: torch.Tensor, dn: torch.Tensor, keep: bool):
+        sums = triplet_sums(dp, dn, distance_is_cosine=distance_is_cosine)
+        return (sums, *triplet_similarities(dp, dn, distance_is_cosine=distance_is_cosine)) if keep else (sums, None, None)
+
     def _add() -> None:
+        check_triplet(positive_distance, negative_distance)
         tap.hook_backward(positive_distance)
-        sums = triplet_sums(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine)
-        if tap.keep_samples:
-            tap.add(sums, *triplet_similarities(positive_distance, negative_distance, distance_is_cosine=distance_is_cosine))
-        else:
-            tap.add(sums)
+        tap.defer("triplet statistics", reduce, (positive_distance, negative_distance))
 
     tap.guarded("triplet statistics", _add)
 

@@ -8,7 +8,9 @@ The trainer callbacks (:mod:`aquin_monitor.callbacks`) translate hook calls into
 Cost discipline (the product promise is ~1% of a training step):
 
 - gradient norms: one fused ``_foreach_norm`` plus a scatter-add (:func:`grouped_grad_norms`);
-- contrastive statistics: device-side sums accumulated by the tap over micro-batches;
+- contrastive statistics: device-side sums of the score matrices the losses reported, reduced by the
+  tap at this call (after ``backward()``, so their kernel launches overlap the device's backward pass)
+  and accumulated over micro-batches;
 - one host transfer per step, of one small vector. On CUDA it is asynchronous (pinned buffer and an
   event) and read one step later, so the monitor never stalls the device queue;
 - DDP: one ``all_reduce`` of the contrastive sums (gradients are already identical across ranks),
@@ -158,7 +160,7 @@ class StepMonitor:
         ``torch.nn.utils.get_total_norm``), so a caller can reuse it for clipping; None if skipped.
         """
         if not self.enabled:
-            self.tap.drain()
+            self.tap.discard()
             self._answer_peers(step, model)
             return None
         try:
@@ -171,7 +173,7 @@ class StepMonitor:
     def _step(self, step: int, model: torch.nn.Module | None) -> torch.Tensor | None:
         if step <= self.last_step and self._pending is None and self.last_step:
             # resumed run replaying steps already logged: drop them, never log a step twice
-            self.tap.drain()
+            self.tap.discard()
             return None
         if self.groups is None:
             if model is None:
@@ -179,9 +181,10 @@ class StepMonitor:
             self.attach(model)
         next_step = step + 1
         self.tap.keep_samples = bool(self.histogram_every) and next_step % self.histogram_every == 0
-        reading = self.tap.drain()
         if step % self.log_every:
+            self.tap.discard()
             return None
+        reading = self.tap.drain()
         norms = grouped_grad_norms(self.groups)
         device = norms.device
         sums = (reading.sums if reading.sums is not None else ContrastiveSums.zeros(device)).values.to(device)

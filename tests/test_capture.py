@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer, losses
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from aquin_monitor.capture import ContrastiveTap, monitored, report_similarity
+from aquin_monitor.capture import ContrastiveTap, monitored, report_similarity, report_triplet
 from aquin_monitor.losses import info_nce, nt_xent, triplet
-from aquin_monitor.signals.contrastive import finalize
+from aquin_monitor.signals.contrastive import finalize, similarity_sums
 
 TEXTS = [
     "the cat sat on the mat", "dogs bark at night", "a bank raised its interest rates", "the river bank was muddy",
@@ -201,3 +202,53 @@ def test_report_failure_warns_once_and_switches_off():
     assert tap.drain().sums is None
     with pytest.raises(ValueError):
         report_similarity(torch.zeros(3), tap=ContrastiveTap(strict=True))
+
+
+class _CountOps(TorchDispatchMode):
+    """Records every aten operation run inside the ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_report_keeps_a_copy_and_reduces_it_at_drain():
+    torch.manual_seed(0)
+    scores = torch.randn(6, 12)  # in-batch block + one block of labelled hard negatives
+    expected = finalize(similarity_sums(scores.clone(), block_size=6, scale=2.0))
+    tap = ContrastiveTap(strict=True)
+    with _CountOps() as during_report:
+        report_similarity(scores, block_size=6, scale=2.0, tap=tap)
+    # the loss call pays for one copy (and a detach, a view: no kernel); the reduction runs at drain()
+    assert [str(op) for op in during_report.ops] == ["aten.detach.default", "aten._to_copy.default"]
+    scores.fill_(float("-inf"))  # the loss masks its matrix in place afterwards, as GISTEmbed does
+    with _CountOps() as during_drain:
+        stats = finalize(tap.drain().sums)
+    assert len(during_drain.ops) > 10
+    assert stats == pytest.approx(expected, abs=1e-6) and "hard_neg_sim" in stats
+
+
+def test_deferred_copies_are_reduced_early_past_the_bound():
+    torch.manual_seed(0)
+    matrices = [torch.randn(4, 8) for _ in range(5)]
+    unbounded, bounded = ContrastiveTap(strict=True), ContrastiveTap(strict=True)
+    bounded.max_deferred_elements = 70  # two 4x8 copies fit; a third reduces what is held
+    held = []
+    for m in matrices:
+        report_similarity(m, block_size=4, tap=unbounded)
+        report_similarity(m, block_size=4, tap=bounded)
+        held.append(bounded._deferred_elements)
+    assert held == [32, 64, 0, 32, 64]
+    # the rows of all reports stacked: sums and counts add up across reports
+    reference = finalize(similarity_sums(torch.cat(matrices), torch.arange(4).repeat(5), block_size=4))
+    assert finalize(bounded.drain().sums) == pytest.approx(reference, abs=1e-6)
+    assert finalize(unbounded.drain().sums) == pytest.approx(reference, abs=1e-6)
+
+
+def test_triplet_report_with_mismatched_distances_fails_in_the_loss_call():
+    with pytest.raises(ValueError, match="differ in shape"):
+        report_triplet(torch.ones(3), torch.ones(4), tap=ContrastiveTap(strict=True))

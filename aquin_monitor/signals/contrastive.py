@@ -61,6 +61,28 @@ class ContrastiveSums:
         return ContrastiveSums(torch.zeros(len(STAT_FIELDS), dtype=torch.float32, device=device))
 
 
+def check_scores(scores: torch.Tensor, block_size: int | None = None) -> int:
+    """Validate a score matrix's shape for :func:`similarity_sums` (shapes only: no device work).
+
+    Returns the candidate block width. Raises ``ValueError`` naming what is wrong.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D anchors x candidates matrix, got shape {tuple(scores.shape)}")
+    rows, cols = scores.shape
+    width = rows if block_size is None else block_size
+    if width <= 0 or cols % width:
+        raise ValueError(f"{cols} candidate columns are not a whole number of blocks of width {width}")
+    return width
+
+
+def check_triplet(positive_distance: torch.Tensor, negative_distance: torch.Tensor) -> None:
+    """Validate the distances of a triplet loss (as many anchor–negative as anchor–positive distances)."""
+    if positive_distance.numel() != negative_distance.numel():
+        raise ValueError(
+            f"positive and negative distances differ in shape: {tuple(positive_distance.shape)} vs {tuple(negative_distance.shape)}"
+        )
+
+
 def similarity_sums(
     scores: torch.Tensor,
     positive_columns: torch.Tensor | None = None,
@@ -84,8 +106,7 @@ def similarity_sums(
     >>> round(m["pos_sim"], 4), round(m["neg_sim"], 4), m["in_batch_acc"]
     (0.8, 0.2, 1.0)
     """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be a 2-D anchors x candidates matrix, got shape {tuple(scores.shape)}")
+    width = check_scores(scores, block_size)
     s = scores.detach().float()
     if scale != 1.0:
         s = s / scale
@@ -94,9 +115,6 @@ def similarity_sums(
     if positive_columns is None:
         positive_columns = torch.arange(rows, device=device)
     positive_columns = positive_columns.to(device)
-    width = rows if block_size is None else block_size
-    if width <= 0 or cols % width:
-        raise ValueError(f"{cols} candidate columns are not a whole number of blocks of width {width}")
     n_blocks = cols // width
 
     # masks from comparisons only: writing into a mask by index would copy the written value to the
@@ -138,10 +156,9 @@ def triplet_similarities(
     >>> triplet_similarities(torch.tensor([0.25]), torch.tensor([1.0]), distance_is_cosine=True)
     (tensor([0.7500]), tensor([0.]))
     """
+    check_triplet(positive_distance, negative_distance)
     dp = positive_distance.detach().float().reshape(-1)
     dn = negative_distance.detach().float().reshape(-1)
-    if dp.shape != dn.shape:
-        raise ValueError(f"positive and negative distances differ in shape: {tuple(dp.shape)} vs {tuple(dn.shape)}")
     if distance_is_cosine:
         return 1.0 - dp, 1.0 - dn
     return -dp, -dn

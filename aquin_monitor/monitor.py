@@ -624,13 +624,17 @@ class SnapshotRunner:
         attention_set = set(attention_sample(len(texts), self.max_attention_texts).tolist())
         with_att = [i for i in range(len(texts)) if i in attention_set]
         without_att = [i for i in range(len(texts)) if i not in attention_set]
+        # the attention sample is spread over the probe, so its lengths vary as much as the probe's: small
+        # batches of similar length keep its padding (which the eager attention pays for too) near zero
+        attention_batch = max(1, min(self.batch_size, 8))
         for indices, with_attention in ((with_att, True), (without_att, False)):
             if not indices:
                 continue
             # longest first, as SentenceTransformer.encode does: batches of similar length pad least
             chunk = sorted(indices, key=lambda i: -len(texts[i]))
             order.extend(chunk)
-            for batch in iter_forward(model, [texts[i] for i in chunk], batch_size=self.batch_size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress):
+            size = attention_batch if with_attention else self.batch_size
+            for batch in iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress):
                 embeddings.append(batch.embeddings.numpy())
                 layers.append(batch.layer_embeddings.numpy())
                 if batch.attentions is not None:
@@ -780,24 +784,49 @@ def _umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
 
     umap = require("umap", "UMAP coordinates in snapshots")
     n = embeddings.shape[0]
+    k = min(15, n - 1)
     with _w.catch_warnings():
         _w.simplefilter("ignore")
         # seeded, hence single-threaded. Cosine neighbours = euclidean neighbours of unit vectors.
         unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        small = n < 4096  # below this umap computes every pairwise distance itself ...
+        # Up to EXACT_KNN_MAX_POINTS the neighbours come from matrix products (exact_knn): umap itself would
+        # compute every pair through sklearn with a Python call per pair below 4,096 points (~1.5 s for
+        # 1,000), and run its approximate nearest-neighbour descent above. Below 4,096 points the graph
+        # and the coordinates are those of umap's exact path, bit for bit (tests/test_snapshot.py).
+        knn = exact_knn(unit.astype(np.float64), k) if n <= EXACT_KNN_MAX_POINTS else None
         reducer = umap.UMAP(
             # 100 epochs (umap: 500 below 10k points): on 1,000 MiniLM embeddings of AG News, trustworthiness@10
-            # 0.912 against 0.918 at 200 and 0.921 at 500, label silhouette 0.293 / 0.285 / 0.294, at 0.36 s
-            # against 0.62 s and 1.20 s (scripts/bench_snapshot.py's machine)
-            n_components=2, n_neighbors=min(15, n - 1), n_epochs=100,
-            # ... through sklearn with a Python call per pair (~1.5 s for 1,000 points); one matrix product
-            # gives the same distances in milliseconds. Above it, umap's nearest-neighbour descent.
-            metric="precomputed" if small else "euclidean",
+            # 0.917 against 0.918 at 200 and 0.921 at 500; 75 epochs 0.911, 50 epochs 0.900
+            n_components=2, n_neighbors=k, n_epochs=100,
             random_state=seed, init="spectral" if n > 20 else "random",
+            precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
         )
-        if small:
-            gram = unit.astype(np.float64) @ unit.astype(np.float64).T
-            distances = np.sqrt(np.clip(2.0 - 2.0 * gram, 0.0, None))
-            np.fill_diagonal(distances, 0.0)
-            return reducer.fit_transform(distances).astype(np.float32)
         return reducer.fit_transform(unit).astype(np.float32)
+
+
+EXACT_KNN_MAX_POINTS = 20000
+
+
+def exact_knn(unit: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row of ``unit`` (itself included, as umap counts it) by euclidean
+    distance between unit vectors, ``sqrt(2 − 2 cos)``; ``(indices, distances)`` ``[n, k]``, nearest first.
+
+    >>> idx, dist = exact_knn(np.eye(3), 2)
+    >>> idx[:, 0].tolist(), np.round(dist[:, 1], 4).tolist()
+    ([0, 1, 2], [1.4142, 1.4142, 1.4142])
+    """
+    n = unit.shape[0]
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    indices = np.empty((n, k), dtype=np.int64)
+    distances = np.empty((n, k), dtype=unit.dtype)
+    for start in range(0, n, chunk):
+        block = np.sqrt(np.clip(2.0 - 2.0 * (unit[start : start + chunk] @ unit.T), 0.0, None))
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = 0.0  # a row is its own nearest neighbour, whatever rounding says
+        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (block.shape[0], 1))
+        d = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(d, axis=1, kind="stable")
+        indices[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        distances[start : start + chunk] = np.take_along_axis(d, order, axis=1)
+    return indices, distances

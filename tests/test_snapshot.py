@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,32 @@ def test_failed_snapshot_warns_and_keeps_going(tiny_mean_model, tmp_path):
     with pytest.raises(Exception):
         runner.record(object(), 3, run_dir=tmp_path, strict=True)
     assert list_snapshots(tmp_path) == []
+
+
+def test_exact_knn_matches_sklearn_brute_force():
+    from sklearn.neighbors import NearestNeighbors
+
+    from aquin_monitor.monitor import exact_knn
+
+    x = np.random.default_rng(0).normal(size=(300, 24))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    indices, distances = exact_knn(unit, 15, chunk=64)  # several chunks, the last one partial
+    ref_dist, ref_idx = NearestNeighbors(n_neighbors=15, algorithm="brute").fit(unit).kneighbors(unit)
+    assert np.array_equal(indices, ref_idx)
+    np.testing.assert_allclose(distances, ref_dist, atol=1e-7)
+    assert np.array_equal(exact_knn(unit[:5], 5)[0][:, 0], np.arange(5))  # k = n: every row, itself first
+
+
+def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
+    umap = pytest.importorskip("umap")
+    from aquin_monitor.monitor import _umap_2d
+
+    rng = np.random.default_rng(1)
+    emb = (rng.normal(size=(150, 16)) + 3 * rng.integers(0, 3, size=(150, 1))).astype(np.float32)
+    unit = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float64)
+    distances = np.sqrt(np.clip(2.0 - 2.0 * unit @ unit.T, 0.0, None))
+    np.fill_diagonal(distances, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # umap: random_state forces one thread
+        ref = umap.UMAP(n_components=2, n_neighbors=15, n_epochs=100, metric="precomputed", random_state=0, init="spectral").fit_transform(distances)
+    np.testing.assert_array_equal(_umap_2d(emb, 0), ref.astype(np.float32))

@@ -138,8 +138,14 @@ def _sample_distinct_pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarra
     return i, j
 
 
-def _paired_cosines(unit: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    return np.clip(np.einsum("ij,ij->i", unit[i], unit[j]), -1.0, 1.0)
+def _paired_cosines(unit: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    # gathered in chunks that stay in cache: gathering all pairs' rows at once (2 x 60 MB for 20,000
+    # pairs of 384-d rows) costs ~100 ms of page faults for ~5 ms of arithmetic
+    out = np.empty(len(i), dtype=unit.dtype)
+    for start in range(0, len(i), chunk):
+        a, b = i[start : start + chunk], j[start : start + chunk]
+        out[start : start + chunk] = np.einsum("ij,ij->i", unit[a], unit[b])
+    return np.clip(out, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- anisotropy

@@ -16,6 +16,7 @@ symmetric and other ``directions``), MultipleNegativesSymmetricRankingLoss,
 CachedMultipleNegativesRankingLoss (and its symmetric variant), TripletLoss, MatryoshkaLoss /
 Matryoshka2dLoss around any of these (statistics of the full dimension), and GISTEmbedLoss (anchor
 × positive matrix before the guide's false-negative masking; no labelled hard-negative similarity).
+CachedGISTEmbedLoss is refused with a ``TypeError`` (see ``_UNSUPPORTED``).
 """
 
 from __future__ import annotations
@@ -284,6 +285,17 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+#: losses whose similarity calls the wrapper cannot tell apart, so it refuses them rather than log wrong numbers
+_UNSUPPORTED = {
+    "CachedGISTEmbedLoss": (
+        "each mini-batch computes the anchor-positive matrix among the guide's, the anchor-anchor, "
+        "positive-positive and negative matrices through the same similarity function, in an order that "
+        "depends on its options; train with GISTEmbedLoss, or report the anchor-positive scores yourself "
+        "with aquin_monitor.capture.report_similarity"
+    ),
+}
+
+
 class _ModuleWrapper(nn.Module):
     """Wraps a similarity that is an ``nn.Module`` (e.g. GISTEmbed's ``nn.CosineSimilarity``)."""
 
@@ -332,6 +344,8 @@ class MonitoredLoss(nn.Module):
 
     def _install(self) -> None:
         inner = _innermost_loss(self.loss)
+        if type(inner).__name__ in _UNSUPPORTED:
+            raise TypeError(f"monitored() cannot read {type(inner).__name__}: {_UNSUPPORTED[type(inner).__name__]}")
         self._n_directions = len(getattr(inner, "directions", ("query_to_doc",)))
         self._gather = bool(getattr(inner, "gather_across_devices", False))
         if _owns(inner, "distance_metric"):

@@ -252,3 +252,9 @@ def test_deferred_copies_are_reduced_early_past_the_bound():
 def test_triplet_report_with_mismatched_distances_fails_in_the_loss_call():
     with pytest.raises(ValueError, match="differ in shape"):
         report_triplet(torch.ones(3), torch.ones(4), tap=ContrastiveTap(strict=True))
+
+
+def test_cached_gist_is_refused_not_misread(tiny_mean_model, tiny_cls_model):
+    model, guide = _load(tiny_mean_model), _load(tiny_cls_model)
+    with pytest.raises(TypeError, match="CachedGISTEmbedLoss.*report_similarity"):
+        monitored(losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=2))

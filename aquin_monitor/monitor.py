@@ -33,6 +33,7 @@ import torch
 
 from .capture import ContrastiveTap, default_tap
 from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
+from .signals.geometry import _row_blocks
 from .signals.gradients import DetectorConfig, GradientAnomalyDetector, ParameterGroups, group_parameters, grouped_grad_norms
 
 logger = logging.getLogger(__name__)
@@ -807,9 +808,10 @@ def _umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
 EXACT_KNN_MAX_POINTS = 20000
 
 
-def exact_knn(unit: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of each row of ``unit`` (itself included, as umap counts it) by euclidean
     distance between unit vectors, ``sqrt(2 − 2 cos)``; ``(indices, distances)`` ``[n, k]``, nearest first.
+    Row blocks of ~32 MB of distances at a time (``signals.geometry._row_blocks``).
 
     >>> idx, dist = exact_knn(np.eye(3), 2)
     >>> idx[:, 0].tolist(), np.round(dist[:, 1], 4).tolist()
@@ -820,13 +822,13 @@ def exact_knn(unit: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, 
         raise ValueError(f"k must be in [1, {n}], got {k}")
     indices = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=unit.dtype)
-    for start in range(0, n, chunk):
-        block = np.sqrt(np.clip(2.0 - 2.0 * (unit[start : start + chunk] @ unit.T), 0.0, None))
-        rows = np.arange(block.shape[0])
-        block[rows, start + rows] = 0.0  # a row is its own nearest neighbour, whatever rounding says
-        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (block.shape[0], 1))
+    for start, stop, rows in _row_blocks(unit):
+        block = np.sqrt(np.clip(2.0 - 2.0 * (rows @ unit.T), 0.0, None))
+        own = np.arange(stop - start)
+        block[own, start + own] = 0.0  # a row is its own nearest neighbour, whatever rounding says
+        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (stop - start, 1))
         d = np.take_along_axis(block, part, axis=1)
         order = np.argsort(d, axis=1, kind="stable")
-        indices[start : start + chunk] = np.take_along_axis(part, order, axis=1)
-        distances[start : start + chunk] = np.take_along_axis(d, order, axis=1)
+        indices[start:stop] = np.take_along_axis(part, order, axis=1)
+        distances[start:stop] = np.take_along_axis(d, order, axis=1)
     return indices, distances

@@ -96,14 +96,16 @@ def test_failed_snapshot_warns_and_keeps_going(tiny_mean_model, tmp_path):
     assert list_snapshots(tmp_path) == []
 
 
-def test_exact_knn_matches_sklearn_brute_force():
+def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
     from sklearn.neighbors import NearestNeighbors
 
     from aquin_monitor.monitor import exact_knn
+    from aquin_monitor.signals import geometry
 
     x = np.random.default_rng(0).normal(size=(300, 24))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    indices, distances = exact_knn(unit, 15, chunk=64)  # several chunks, the last one partial
+    monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 64 * 300)  # blocks of 64 rows: several, the last one partial
+    indices, distances = exact_knn(unit, 15)
     ref_dist, ref_idx = NearestNeighbors(n_neighbors=15, algorithm="brute").fit(unit).kneighbors(unit)
     assert np.array_equal(indices, ref_idx)
     np.testing.assert_allclose(distances, ref_dist, atol=1e-7)

@@ -24,6 +24,7 @@ from .geometry import (
     _check_labels,
     _metric_name,
     _paired_cosines,
+    _row_blocks,
     _sample_distinct_pairs,
     _unit_rows,
     anisotropy,
@@ -98,10 +99,8 @@ def _cosine_neighbours(unit: np.ndarray, k: int) -> np.ndarray:
     """Indices ``[n, k]`` of each row's k most cosine-similar other rows (self excluded)."""
     n = unit.shape[0]
     neighbours = np.empty((n, k), dtype=np.int64)
-    rows = max(1, _BLOCK_ELEMENTS // n)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        similarities = unit[start:stop] @ unit.T
+    for start, stop, rows in _row_blocks(unit):
+        similarities = rows @ unit.T
         similarities[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         neighbours[start:stop] = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
     return neighbours

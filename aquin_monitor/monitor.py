@@ -34,7 +34,15 @@ import torch
 from .capture import ContrastiveTap, default_tap
 from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
 from .signals.geometry import _row_blocks
-from .signals.gradients import DetectorConfig, GradientAnomalyDetector, ParameterGroups, group_parameters, grouped_grad_norms
+from .signals.gradients import (
+    DetectorConfig,
+    GradientAnomalyDetector,
+    ParameterGroups,
+    gradient_presence,
+    group_parameters,
+    grouped_grad_norms,
+    groups_with_gradient,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +156,9 @@ class StepMonitor:
     def attach(self, model: torch.nn.Module) -> None:
         """Group the model's trainable parameters (once; call again if trainability changes)."""
         self.groups = group_parameters(model.named_parameters())
+        # groups none of whose parameters has had a gradient yet (a sentence-transformers model's unused
+        # pooler) are not logged: a constant 0 would read as a measured norm. The detector still sees 0.
+        self._had_gradient = np.zeros(len(self.groups.names), dtype=bool)
         names = list(self.groups.names) + ["total"]
         self.detector = GradientAnomalyDetector(names, self.alarm_config.gradients)
         if self._pending_state is not None:
@@ -186,7 +197,11 @@ class StepMonitor:
             self.tap.discard()
             return None
         reading = self.tap.drain()
-        norms = grouped_grad_norms(self.groups)
+        present = gradient_presence(self.groups)
+        norms = grouped_grad_norms(self.groups, present)
+        if not self._had_gradient.all():
+            self._had_gradient |= groups_with_gradient(self.groups, present)
+        silent = tuple(np.flatnonzero(~self._had_gradient).tolist())
         device = norms.device
         sums = (reading.sums if reading.sums is not None else ContrastiveSums.zeros(device)).values.to(device)
         if reading.loss_sum is not None:
@@ -201,19 +216,19 @@ class StepMonitor:
         # histogram samples (every histogram_every steps) ride in the same copy; their sizes are shapes
         pos = [p.detach().float().reshape(-1).to(device) for p in reading.positive_samples]
         neg = [x.detach().float().reshape(-1).to(device) for x in reading.negative_samples]
-        sizes = (sum(p.numel() for p in pos), sum(x.numel() for x in neg))
+        layout = (sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent)
         packed = torch.cat([norms, reduced, *pos, *neg])
         self._drain_pending()
         if self._asynchronous(packed):
             host, event = self._copy_to_host(packed)
-            self._pending = (step, host, event, sizes)
+            self._pending = (step, host, event, layout)
             if self.background:
                 if self._worker is None:
                     self._worker = _HostWorker(self._process)
-                self._worker.submit(step, host, event, sizes)
+                self._worker.submit(step, host, event, layout)
                 self.tap.arm(functools.partial(self._worker.start, step))
         else:
-            self._process(step, packed.numpy(), sizes)
+            self._process(step, packed.numpy(), layout)
         return norms[-1]
 
     @staticmethod
@@ -269,21 +284,25 @@ class StepMonitor:
         """Finish the previous step's host-side work (CUDA): wait for it, or do it now."""
         if self._pending is None:
             return
-        step, host, event, sizes = self._pending
+        step, host, event, layout = self._pending
         self._pending = None
         if self._worker is not None:
             self._worker.finish(step)  # re-raises here what failed in the worker
         else:
             event.synchronize()
-            self._process(step, host.numpy(), sizes)
+            self._process(step, host.numpy(), layout)
 
-    def _process(self, step: int, vector: np.ndarray, sizes: tuple[int, int]) -> None:
+    def _process(self, step: int, vector: np.ndarray, layout: tuple[int, int, tuple[int, ...]]) -> None:
+        """Host side of step ``step``: ``layout`` = (positive samples, negative samples, group indices not logged)."""
         groups = self.groups
         n = len(groups.names) + 1
         norms = vector[:n].astype(np.float64)
         sums = vector[n : n + len(STAT_FIELDS)]
         loss_sum, loss_count = float(vector[n + len(STAT_FIELDS)]), float(vector[n + len(STAT_FIELDS) + 1])
-        metrics: dict[str, float] = dict(zip(groups.metric_names(self.grad_prefix), norms.tolist()))
+        silent = set(layout[2])
+        metrics: dict[str, float] = {
+            name: value for i, (name, value) in enumerate(zip(groups.metric_names(self.grad_prefix), norms.tolist())) if i not in silent
+        }
         contrastive = finalize(torch.from_numpy(np.asarray(sums, dtype=np.float64)))
         metrics.update({f"contrastive/{k}": v for k, v in contrastive.items()})
         loss = loss_sum / loss_count if loss_count else None
@@ -297,8 +316,8 @@ class StepMonitor:
         for sink in self.sinks:
             sink.log_scalars(metrics, step)
         end = n + len(STAT_FIELDS) + 3
-        hist_pos = vector[end : end + sizes[0]]
-        hist_neg = drop_nan(vector[end + sizes[0] : end + sizes[0] + sizes[1]])
+        hist_pos = vector[end : end + layout[0]]
+        hist_neg = drop_nan(vector[end + layout[0] : end + layout[0] + layout[1]])
         for tag, values in (("contrastive/pos_sim_hist", hist_pos), ("contrastive/neg_sim_hist", hist_neg)):
             if values.size:
                 for sink in self.sinks:
@@ -443,9 +462,9 @@ class _HostWorker:
         self._thread = threading.Thread(target=self._run, name="aquin-monitor-host", daemon=True)
         self._thread.start()
 
-    def submit(self, step: int, host: torch.Tensor, event, sizes) -> None:
+    def submit(self, step: int, host: torch.Tensor, event, layout) -> None:
         with self._cond:
-            self._item = (step, host, event, sizes)
+            self._item = (step, host, event, layout)
             self._done = None
             self._cond.notify_all()
 
@@ -475,11 +494,11 @@ class _HostWorker:
                 self._cond.wait_for(lambda: self._stopping or (self._item is not None and self._started >= self._item[0]))
                 if self._item is None:  # stopping, nothing left
                     return
-                step, host, event, sizes = self._item
+                step, host, event, layout = self._item
                 self._item = None
             try:
                 event.synchronize()
-                self._process(step, host.numpy(), sizes)
+                self._process(step, host.numpy(), layout)
             except BaseException as exc:  # noqa: BLE001 - handed to the training thread by finish()
                 error = exc
             else:

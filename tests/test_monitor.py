@@ -57,6 +57,31 @@ def test_logged_norms_and_contrastive_means_match_hand_computation(tmp_path):
     assert row["contrastive/in_batch_acc"] == 1.0
 
 
+def test_groups_without_any_gradient_are_not_logged_until_they_get_one(tmp_path, tiny_mean_model):
+    """A sentence-transformers model never uses its BERT pooler: no ``grad_norm/pooler`` of 0 is logged."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_mean_model, device="cpu")
+    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True))
+    for step in (1, 2):
+        model.zero_grad(set_to_none=True)
+        model(model.preprocess(["a first text", "and a second one"]))["sentence_embedding"].pow(2).sum().backward()
+        if step == 2:  # the pooler gets a gradient from now on
+            pooler = model[0].auto_model.pooler.dense.weight
+            pooler.grad = torch.full_like(pooler, 0.5)
+        monitor.on_optimizer_step(step, model)
+    monitor.close()
+
+    rows = {r["step"]: r for r in read_jsonl(tmp_path / "metrics.jsonl")}
+    n_layers = model[0].auto_model.config.num_hidden_layers
+    expected = {"grad_norm/embeddings", "grad_norm/total"} | {f"grad_norm/layer.{i:02d}" for i in range(n_layers)}
+    assert {k for k in rows[1] if k.startswith("grad_norm/")} == expected
+    assert {k for k in rows[2] if k.startswith("grad_norm/")} == expected | {"grad_norm/pooler"}
+    assert rows[2]["grad_norm/pooler"] == pytest.approx(0.5 * pooler.numel() ** 0.5, rel=1e-6)
+    with_pooler = [p.grad for p in model.parameters() if p.grad is not None]
+    assert rows[2]["grad_norm/total"] == pytest.approx(torch.nn.utils.get_total_norm(with_pooler).item(), rel=1e-6)
+
+
 class _DoneEvent:
     """Stands in for the CUDA event of the host copy on a CPU-only machine (the copy is done)."""
 

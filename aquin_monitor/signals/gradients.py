@@ -71,6 +71,7 @@ class ParameterGroups:
     parameters: tuple[torch.nn.Parameter, ...] = field(repr=False)
     parameter_names: tuple[str, ...] = field(repr=False)
     index: torch.Tensor = field(repr=False)  # [P] long: group of each parameter
+    group_of: np.ndarray = field(default=None, repr=False, compare=False)  # the same on the host
     # device index tensors per pattern of present gradients, built once: creating one per step from
     # a Python list would be a host-to-device copy, i.e. a device synchronisation every step
     _present_index: dict = field(default_factory=dict, repr=False, compare=False)
@@ -95,28 +96,51 @@ def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]])
     lookup = {n: i for i, n in enumerate(names)}
     device = params[0].device if params else torch.device("cpu")
     index = torch.tensor([lookup[g] for g in groups], dtype=torch.long, device=device)
-    return ParameterGroups(names, tuple(params), tuple(pnames), index)
+    return ParameterGroups(names, tuple(params), tuple(pnames), index, np.array([lookup[g] for g in groups], dtype=np.int64))
 
 
-def grouped_grad_norms(groups: ParameterGroups) -> torch.Tensor:
+def gradient_presence(groups: ParameterGroups) -> tuple[int, ...] | None:
+    """Indices of the parameters that have a ``.grad`` now, or None when all of them have one.
+
+    Host-side only (``p.grad is None`` reads no device memory).
+    """
+    present = tuple(i for i, p in enumerate(groups.parameters) if p.grad is not None)
+    return None if len(present) == len(groups.parameters) else present
+
+
+def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | None) -> np.ndarray:
+    """``[G]`` bool: which groups have at least one parameter with a gradient (``present`` as above)."""
+    mask = np.zeros(len(groups.names), dtype=bool)
+    if present is None:
+        mask[:] = True
+    elif present:
+        mask[groups.group_of[list(present)]] = True
+    return mask
+
+
+def grouped_grad_norms(groups: ParameterGroups, present: tuple[int, ...] | None | bool = False) -> torch.Tensor:
     """``[G + 1]`` float32 device tensor: the L2 norm of each group's gradients, then the total.
 
     A parameter whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero.
-    A NaN/Inf anywhere in a group makes that group's norm and the total non-finite.
+    A NaN/Inf anywhere in a group makes that group's norm and the total non-finite. ``present``: what
+    :func:`gradient_presence` returned for this step, if the caller already asked it.
     """
     n_groups = len(groups.names)
-    present = [(i, p.grad) for i, p in enumerate(groups.parameters) if p.grad is not None]
+    if present is False:
+        present = gradient_presence(groups)
+    if present is None:
+        present = range(len(groups.parameters))
     if not present:
         return torch.zeros(n_groups + 1, dtype=torch.float32)
-    device = present[0][1].device
-    grads = [g for _, g in present]
+    grads = [groups.parameters[i].grad for i in present]
+    device = grads[0].device
     if all(g.device == device for g in grads):
         per_param = torch.stack(torch._foreach_norm(grads)).float()
     else:  # model split over devices: one fused call per device
         per_param = torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
     index = groups.index
-    if len(present) != len(groups.parameters):
-        key = tuple(i for i, _ in present)
+    if len(grads) != len(groups.parameters):
+        key = tuple(present)
         if key not in groups._present_index:
             groups._present_index[key] = groups.index[list(key)].to(device)
         index = groups._present_index[key]

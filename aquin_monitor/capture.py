@@ -14,9 +14,10 @@ optimizer step:
 Covered sentence-transformers losses: MultipleNegativesRankingLoss (pairs, hard-negative columns,
 symmetric and other ``directions``), MultipleNegativesSymmetricRankingLoss,
 CachedMultipleNegativesRankingLoss (and its symmetric variant), TripletLoss, MatryoshkaLoss /
-Matryoshka2dLoss around any of these (statistics of the full dimension), and GISTEmbedLoss (anchor
-× positive matrix before the guide's false-negative masking; no labelled hard-negative similarity).
-CachedGISTEmbedLoss is refused with a ``TypeError`` (see ``_UNSUPPORTED``).
+Matryoshka2dLoss around any of these (statistics of the full dimension), and GISTEmbedLoss /
+CachedGISTEmbedLoss (anchor × positive and anchor × hard-negative matrices, read before the guide's
+false-negative masking; the anchor–anchor and positive–positive matrices they add are not read; see
+:class:`_GuidedRecording`).
 """
 
 from __future__ import annotations
@@ -285,17 +286,6 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-#: losses whose similarity calls the wrapper cannot tell apart, so it refuses them rather than log wrong numbers
-_UNSUPPORTED = {
-    "CachedGISTEmbedLoss": (
-        "each mini-batch computes the anchor-positive matrix among the guide's, the anchor-anchor, "
-        "positive-positive and negative matrices through the same similarity function, in an order that "
-        "depends on its options; train with GISTEmbedLoss, or report the anchor-positive scores yourself "
-        "with aquin_monitor.capture.report_similarity"
-    ),
-}
-
-
 class _ModuleWrapper(nn.Module):
     """Wraps a similarity that is an ``nn.Module`` (e.g. GISTEmbed's ``nn.CosineSimilarity``)."""
 
@@ -306,8 +296,81 @@ class _ModuleWrapper(nn.Module):
 
     def forward(self, a, b):
         out = self.inner(a, b)
-        self._record(out)
+        self._record(out, a, b)
         return out
+
+
+def _root(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory ``t`` views (``t`` itself if it is no view)."""
+    return t._base if t._base is not None else t
+
+
+def _place(t: torch.Tensor) -> tuple:
+    """Which memory ``t`` views: two views of one tensor with the same place hold the same values."""
+    return id(_root(t)), t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+
+class _GuidedRecording:
+    """Reads GISTEmbedLoss / CachedGISTEmbedLoss, which send many matrices through one similarity.
+
+    Their ``sim_matrix(x, y)`` calls ``similarity_fct(x.unsqueeze(1), y.unsqueeze(0))`` for the model's
+    anchor–positive matrix, the guide's, and (by option and version) anchor–anchor, positive–positive
+    and anchor–negative matrices of both, per mini-batch for the cached variant. They are told apart
+    by the memory their inputs view, not by their order: the first call is on the anchors and the
+    positives; a later call on (rows of) those anchors and those positives is the next mini-batch's
+    anchor–positive matrix; a call on the anchors and a tensor that is not the anchors is an
+    anchor–negative matrix (the hard negatives, in column order); everything else (the guide's
+    matrices, anchor–anchor, positive–positive) is not read. Each mini-batch's ``[anchor–positive |
+    anchor–negative …]`` copies, taken before the guide's in-place false-negative masking, form the
+    layout of MultipleNegativesRankingLoss's matrix. Should the anchors ever share memory with the
+    candidates (one merged forward pass over all columns), only the first anchor–positive matrix is read.
+    """
+
+    def __init__(self, owner: MonitoredLoss):
+        self.owner = owner
+        self.begin()
+
+    def begin(self) -> None:
+        self.anchors: torch.Tensor | None = None
+        self.positives: tuple | None = None
+        self.shared = False
+        self.rows_seen = 0
+        self.rows_target = 0
+        self.chunk: list[torch.Tensor] = []
+        self.done = False
+
+    def record(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        if not self.owner._rec.active or self.done:
+            return
+        self.owner.tap.guarded("contrastive statistics", self._record, out, a, b)
+
+    def _record(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.anchors is None:
+            self.anchors, self.positives, self.rows_target = _root(a), _place(b), _root(a).shape[0]
+            self.shared = _root(b) is self.anchors
+            self.done = self.shared
+        elif _root(a) is self.anchors and _place(b) == self.positives:
+            self.flush()
+            if self.done:
+                return
+        elif _root(a) is not self.anchors or _root(b) is self.anchors or not self.chunk:
+            return  # the guide's matrices, anchor-anchor, positive-positive
+        scores = out.squeeze() if out.ndim == 3 else out
+        self.chunk.append(scores.detach().to(torch.float32, copy=True))  # before the in-place masking
+
+    def flush(self) -> None:
+        """Report the mini-batch read so far (also called when the loss returns)."""
+        chunk, self.chunk = self.chunk, []
+        if not chunk:
+            return
+        rows, width = chunk[0].shape
+        rank, world = _world()
+        offset = rank * self.rows_target if self.owner._gather and world > 1 else 0
+        positives = torch.arange(offset + self.rows_seen, offset + self.rows_seen + rows, device=chunk[0].device)
+        scores = chunk[0] if len(chunk) == 1 else torch.cat(chunk, dim=1)
+        report_similarity(scores, positives, block_size=width, tap=self.owner.tap)
+        self.rows_seen += rows
+        self.done = self.done or self.rows_seen >= self.rows_target
 
 
 class MonitoredLoss(nn.Module):
@@ -344,8 +407,6 @@ class MonitoredLoss(nn.Module):
 
     def _install(self) -> None:
         inner = _innermost_loss(self.loss)
-        if type(inner).__name__ in _UNSUPPORTED:
-            raise TypeError(f"monitored() cannot read {type(inner).__name__}: {_UNSUPPORTED[type(inner).__name__]}")
         self._n_directions = len(getattr(inner, "directions", ("query_to_doc",)))
         self._gather = bool(getattr(inner, "gather_across_devices", False))
         if _owns(inner, "distance_metric"):
@@ -370,14 +431,18 @@ class MonitoredLoss(nn.Module):
             inner.distance_metric = recording_distance
         elif _owns(inner, "similarity_fct"):
             original = inner.similarity_fct
+            record = self._record_scores
+            if _owns(inner, "guide"):  # GISTEmbedLoss, CachedGISTEmbedLoss
+                self._gist = _GuidedRecording(self)
+                record = self._gist.record
             if isinstance(original, nn.Module):
-                inner.similarity_fct = _ModuleWrapper(original, self._record_scores)
+                inner.similarity_fct = _ModuleWrapper(original, record)
             else:
 
                 @functools.wraps(original)
                 def recording_similarity(a, b):
                     out = original(a, b)
-                    self._record_scores(out)
+                    record(out, a, b)
                     return out
 
                 inner.similarity_fct = recording_similarity
@@ -387,7 +452,7 @@ class MonitoredLoss(nn.Module):
                 "distance_metric; report its scores with aquin_monitor.capture.report_similarity instead"
             )
 
-    def _record_scores(self, scores: torch.Tensor) -> None:
+    def _record_scores(self, scores: torch.Tensor, a=None, b=None) -> None:
         rec = self._rec
         if not rec.active or rec.done:
             return
@@ -399,7 +464,7 @@ class MonitoredLoss(nn.Module):
 
     def _add_query_to_doc(self, scores: torch.Tensor) -> None:
         rec = self._rec
-        if scores.ndim == 3:  # GISTEmbed's sim_matrix broadcasts to [B, W]; already 2-D here
+        if scores.ndim == 3:  # a similarity module broadcasting [B, 1, d] against [1, W, d] may keep a unit axis
             scores = scores.squeeze()
         rows, cols = scores.shape
         blocks = max(rec.n_columns - 1, 1)
@@ -425,8 +490,14 @@ class MonitoredLoss(nn.Module):
         self._rec.begin(len(features))
         if hasattr(self, "_distances"):
             self._distances.clear()
+        gist = getattr(self, "_gist", None)
+        if gist is not None:
+            gist.begin()
         try:
             out = self.loss(features, labels)
+            if gist is not None:
+                gist.flush()
+                gist.begin()  # drop the references to this forward's embeddings
         finally:
             self._rec.end()
         if isinstance(out, torch.Tensor):

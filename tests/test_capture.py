@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from aquin_monitor.capture import ContrastiveTap, monitored, report_similarity, report_triplet
 from aquin_monitor.losses import info_nce, nt_xent, triplet
-from aquin_monitor.signals.contrastive import finalize, similarity_sums
+from aquin_monitor.signals.contrastive import STAT_FIELDS, finalize, similarity_sums
 
 TEXTS = [
     "the cat sat on the mat", "dogs bark at night", "a bank raised its interest rates", "the river bank was muddy",
@@ -132,19 +132,42 @@ def test_triplet_loss_wrapper(tiny_mean_model):
     assert stats["in_batch_acc"] == pytest.approx((dp < dn).float().mean().item())
 
 
-def test_gist_embed_reads_anchor_positive_matrix(tiny_mean_model, tiny_cls_model):
-    model = _load(tiny_mean_model)
-    guide = _load(tiny_cls_model)
+def _make_gist(kind, model, guide, **options):
+    if kind == "gist":
+        return losses.GISTEmbedLoss(model, guide, **options)
+    if kind == "cached_gist":
+        return losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=3, **options)
+    if kind == "matryoshka_gist":
+        return losses.MatryoshkaLoss(model, losses.GISTEmbedLoss(model, guide, **options), matryoshka_dims=[32, 16])
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["gist", "cached_gist", "matryoshka_gist"])
+@pytest.mark.parametrize("with_negatives", [False, True])
+@pytest.mark.parametrize("contrast", [True, False])
+def test_gist_family_reads_anchor_positive_and_negative_matrices(tiny_mean_model, tiny_cls_model, kind, with_negatives, contrast):
+    """The guide's matrices, anchor-anchor and positive-positive go through the same similarity: none is read."""
+    columns = [TEXTS, POSITIVES] + ([NEGATIVES] if with_negatives else [])
+    options = {"contrast_anchors": contrast, "contrast_positives": contrast, "margin": 0.05}
+    model, guide = _load(tiny_mean_model), _load(tiny_cls_model)
     twin = copy.deepcopy(model)
-    plain_value, plain_grads = _loss_and_grads(model, losses.GISTEmbedLoss(model, guide), [TEXTS, POSITIVES])
+    torch.manual_seed(0)
+    plain_value, plain_grads = _loss_and_grads(model, _make_gist(kind, model, guide, **options), columns)
     tap = ContrastiveTap(strict=True)
-    value, grads = _loss_and_grads(twin, monitored(losses.GISTEmbedLoss(twin, guide), tap=tap), [TEXTS, POSITIVES])
-    assert torch.equal(value, plain_value) and all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
-    stats = finalize(tap.drain().sums)
-    with torch.no_grad():
-        ref = _reference_stats(_embeddings(twin, TEXTS), _embeddings(twin, POSITIVES), 1)
-    assert stats["pos_sim"] == pytest.approx(ref["pos_sim"], abs=1e-5)
-    assert stats["neg_sim"] == pytest.approx(ref["neg_sim"], abs=1e-5)
+    torch.manual_seed(0)
+    value, grads = _loss_and_grads(twin, monitored(_make_gist(kind, twin, guide, **options), tap=tap), columns)
+    assert torch.equal(value, plain_value)
+    assert len(grads) == len(plain_grads) and all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+
+    reading = tap.drain()
+    stats = finalize(reading.sums)
+    with torch.no_grad():  # before the guide's masking: the plain cosine matrix of anchors x candidates
+        ref = _reference_stats(_embeddings(twin, TEXTS), torch.cat([_embeddings(twin, c) for c in columns[1:]]), len(columns) - 1)
+    for key, expected in ref.items():
+        assert stats[key] == pytest.approx(expected, abs=1e-5), key
+    assert ("hard_neg_sim" in stats) == with_negatives
+    assert reading.sums.values[STAT_FIELDS.index("rows")].item() == len(TEXTS)  # every anchor row once, whatever the mini-batches
+    assert reading.loss_count == 1 and reading.loss_sum.item() == pytest.approx(value.item())
 
 
 def test_eval_mode_losses_are_not_recorded(tiny_mean_model):
@@ -252,9 +275,3 @@ def test_deferred_copies_are_reduced_early_past_the_bound():
 def test_triplet_report_with_mismatched_distances_fails_in_the_loss_call():
     with pytest.raises(ValueError, match="differ in shape"):
         report_triplet(torch.ones(3), torch.ones(4), tap=ContrastiveTap(strict=True))
-
-
-def test_cached_gist_is_refused_not_misread(tiny_mean_model, tiny_cls_model):
-    model, guide = _load(tiny_mean_model), _load(tiny_cls_model)
-    with pytest.raises(TypeError, match="CachedGISTEmbedLoss.*report_similarity"):
-        monitored(losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=2))

@@ -309,7 +309,7 @@ class StepMonitor:
         if loss is not None:
             metrics["contrastive/loss"] = loss
 
-        alarms = self._alarms(step, norms, loss, contrastive)
+        alarms = self._alarms(step, norms, loss, contrastive, layout[2])
         for alarm in alarms:
             metrics[f"alarm/{alarm.kind}"] = 1.0
         self.last_step = step
@@ -326,8 +326,8 @@ class StepMonitor:
             for sink in self.sinks:
                 sink.log_event(alarm.as_event())
 
-    def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict) -> list[Alarm]:
-        found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step)]
+    def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
+        found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step, no_gradient)]
         if loss is not None and not math.isfinite(loss):
             found.append(Alarm(step, "nan", "loss", f"loss is {loss} at step {step}", loss))
         gap = contrastive.get("gap")

@@ -82,6 +82,32 @@ def test_groups_without_any_gradient_are_not_logged_until_they_get_one(tmp_path,
     assert rows[2]["grad_norm/total"] == pytest.approx(torch.nn.utils.get_total_norm(with_pooler).item(), rel=1e-6)
 
 
+def test_an_encoder_layer_that_never_reaches_the_loss_raises_dead_layer(tmp_path, tiny_mean_model):
+    """The loss reads the first layer's hidden states: the last layer and the pooler get no gradient."""
+    from transformers import AutoModel
+
+    from aquin_monitor.signals.gradients import DetectorConfig
+
+    bert = AutoModel.from_pretrained(tiny_mean_model)
+    last = f"layer.{bert.config.num_hidden_layers - 1:02d}"
+    cfg = DetectorConfig()
+    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True))
+    ids = torch.randint(5, 90, (4, 7))
+    optimizer = torch.optim.SGD(bert.parameters(), lr=1e-3)
+    for step in range(1, 20):
+        out = bert(input_ids=ids, output_hidden_states=True)
+        out.hidden_states[-2].pow(2).mean().backward()
+        monitor.on_optimizer_step(step, bert)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    monitor.close()
+
+    events = read_jsonl(tmp_path / "events.jsonl")
+    assert [(e["step"], e["kind"], e["layer"]) for e in events] == [(cfg.warmup + cfg.dead_patience, "dead_layer", last)]
+    logged = {k for r in read_jsonl(tmp_path / "metrics.jsonl") for k in r if k.startswith("grad_norm/")}
+    assert f"grad_norm/{last}" not in logged and "grad_norm/pooler" not in logged and "grad_norm/layer.00" in logged
+
+
 class _DoneEvent:
     """Stands in for the CUDA event of the host copy on a CPU-only machine (the copy is done)."""
 

@@ -169,6 +169,12 @@ class DetectorConfig:
     - ``dead_ratio`` / ``dead_floor``: a group is dead when its norm falls below ``dead_ratio × median``
       of its history or below ``dead_floor``, for ``dead_patience`` consecutive steps, having been alive.
     - ``cooldown``: steps after an alarm during which the same group/kind is not re-flagged.
+    - A group whose norm stayed below ``dead_floor`` on every one of the first ``warmup +
+      dead_patience`` steps is flagged ``dead_layer`` once, at that step (a layer whose output never
+      reaches the loss, or a parameter left out of the graph): it has no healthy history to collapse
+      from. ``total`` is not flagged that way, nor a group that never had a gradient tensor at all
+      (``no_gradient``) unless it is an encoder block (``layer.NN``): a sentence-transformers model
+      never uses its BERT pooler.
     """
 
     window: int = 50
@@ -204,15 +210,21 @@ class GradientAnomalyDetector:
         self._history = np.full((len(self.names), w), np.nan)
         self._steps_seen = 0
         self._below = np.zeros(len(self.names), dtype=np.int64)
+        self._ever_alive = np.zeros(len(self.names), dtype=bool)
         self._cooldown: dict[tuple[str, str], int] = {}
 
-    def update(self, norms: Sequence[float], step: int) -> list[Anomaly]:
+    def update(self, norms: Sequence[float], step: int, no_gradient: Sequence[int] = ()) -> list[Anomaly]:
+        """Flag this step's anomalies; ``no_gradient``: indices of groups that never had a gradient tensor."""
         cfg = self.config
         g = np.asarray(norms, dtype=np.float64)
         if g.shape != (len(self.names),):
             raise ValueError(f"expected {len(self.names)} group norms, got shape {g.shape}")
         self._steps_seen += 1
+        with np.errstate(invalid="ignore"):
+            self._ever_alive |= g > cfg.dead_floor  # NaN is not alive (the nan alarm covers it)
         found: list[Anomaly] = []
+        if self._steps_seen == cfg.warmup + cfg.dead_patience:
+            found.extend(self._dead_from_start(g, step, set(no_gradient)))
         counts = np.isfinite(self._history).sum(axis=1)
         with np.errstate(all="ignore"):
             logs = np.log(np.where(self._history > 0, self._history, np.nan))
@@ -256,6 +268,25 @@ class GradientAnomalyDetector:
             self._history[i, (self._steps_seen - 1) % cfg.window] = value
         return [a for a in found if a is not None]
 
+    def _dead_from_start(self, g: np.ndarray, step: int, no_gradient: set[int]) -> list[Anomaly]:
+        found = []
+        for i, name in enumerate(self.names):
+            if self._ever_alive[i] or name == "total" or not math.isfinite(g[i]):
+                continue
+            if i in no_gradient and not name.startswith("layer."):
+                continue  # e.g. the pooler sentence-transformers never uses
+            why = "has had no gradient" if i in no_gradient else f"has had a gradient norm below {self.config.dead_floor:g}"
+            found.append(
+                self._emit(
+                    "dead_layer",
+                    name,
+                    g[i],
+                    step,
+                    f"{name} {why} on every step since the start ({self._steps_seen} steps): its output does not reach the loss (step {step})",
+                )
+            )
+        return found
+
     def _emit(self, kind: str, group: str, value: float, step: int, message: str) -> Anomaly | None:
         key = (kind, group)
         last = self._cooldown.get(key)
@@ -270,6 +301,7 @@ class GradientAnomalyDetector:
             "history": self._history.tolist(),
             "steps_seen": self._steps_seen,
             "below": self._below.tolist(),
+            "ever_alive": self._ever_alive.tolist(),
             "cooldown": [[k[0], k[1], v] for k, v in self._cooldown.items()],
         }
 
@@ -279,6 +311,11 @@ class GradientAnomalyDetector:
         self._history = np.asarray(state["history"], dtype=np.float64)
         self._steps_seen = int(state["steps_seen"])
         self._below = np.asarray(state["below"], dtype=np.int64)
+        if "ever_alive" in state:
+            self._ever_alive = np.asarray(state["ever_alive"], dtype=bool)
+        else:  # a checkpoint from before this field: alive where its history says so
+            with np.errstate(invalid="ignore"):
+                self._ever_alive = (self._history > self.config.dead_floor).any(axis=1)
         self._cooldown = {(k, g): int(v) for k, g, v in state["cooldown"]}
 
 

@@ -496,7 +496,7 @@ class MonitoredLoss(nn.Module):
         try:
             out = self.loss(features, labels)
             if gist is not None:
-                gist.flush()
+                self.tap.guarded("contrastive statistics", gist.flush)
                 gist.begin()  # drop the references to this forward's embeddings
         finally:
             self._rec.end()

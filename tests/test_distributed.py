@@ -118,3 +118,18 @@ def test_hf_trainer_torchrun_two_processes(tiny_mean_model, tmp_path):
     for step in (2, 4):
         state = json.loads((tmp_path / "trainer" / f"checkpoint-{step}" / "aquin_monitor_state.json").read_text())
         assert state["last_step"] == step
+
+
+def test_losses_gathering_across_ranks_are_read_at_this_ranks_columns(tiny_mean_model, tmp_path):
+    """gather_across_devices: each rank's anchors sit at rank * batch + i among every rank's candidates."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
+        str(SCRIPTS / "gather_ddp.py"), tiny_mean_model, str(tmp_path),
+    ]
+    _launch(command, tmp_path)
+    for rank in range(WORLD_SIZE):
+        evidence = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert sorted(evidence) == ["cached_gist", "cached_mnrl", "gist", "mnrl"]
+        for kind, found in evidence.items():
+            for key, expected in found["reference"].items():
+                assert found["read"][key] == pytest.approx(expected, abs=1e-5), (rank, kind, key)

@@ -118,7 +118,10 @@ def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | Non
     return mask
 
 
-def grouped_grad_norms(groups: ParameterGroups, present: tuple[int, ...] | None | bool = False) -> torch.Tensor:
+_ASK = object()  # grouped_grad_norms: look up which parameters have a gradient
+
+
+def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
     """``[G + 1]`` float32 device tensor: the L2 norm of each group's gradients, then the total.
 
     A parameter whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero.
@@ -126,7 +129,7 @@ def grouped_grad_norms(groups: ParameterGroups, present: tuple[int, ...] | None 
     :func:`gradient_presence` returned for this step, if the caller already asked it.
     """
     n_groups = len(groups.names)
-    if present is False:
+    if present is _ASK:
         present = gradient_presence(groups)
     if present is None:
         present = range(len(groups.parameters))

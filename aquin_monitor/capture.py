@@ -99,12 +99,13 @@ class ContrastiveTap:
                 if negatives is not None:
                     self._neg.append(negatives)
 
-    def defer(self, what: str, reduce, tensors: tuple[torch.Tensor, ...]) -> None:
+    def defer(self, what: str, reduce, tensors: tuple[torch.Tensor, ...], *, copy: bool = True) -> None:
         """Keep float32 copies of ``tensors``; :meth:`drain` adds ``reduce(*copies, keep_samples)``.
 
         ``reduce`` returns ``(sums, positive_samples, negative_samples)`` (samples None unless asked).
+        ``copy=False``: the tensors already are float32 copies nothing else holds; they are kept as given.
         """
-        copies = tuple(t.detach().to(torch.float32, copy=True) for t in tensors)
+        copies = tuple(t.detach().to(torch.float32, copy=True) for t in tensors) if copy else tuple(tensors)
         with self._lock:
             self._deferred.append((what, reduce, copies, self.keep_samples))
             self._deferred_elements += sum(c.numel() for c in copies)
@@ -203,7 +204,11 @@ def report_similarity(
 
         report_similarity(scores, scale=20.0)   # scores = 20 * cos_sim(queries, docs)
     """
-    tap = tap or _default_tap
+    _report_scores(scores, positive_columns, block_size, scale, tap or _default_tap, copy=True)
+
+
+def _report_scores(scores, positive_columns, block_size, scale, tap: ContrastiveTap, *, copy: bool) -> None:
+    """:func:`report_similarity`; ``copy=False`` when ``scores`` already is the reporter's own float32 copy."""
 
     def reduce(s: torch.Tensor, keep: bool):
         sums = similarity_sums(s, positive_columns, block_size=block_size, scale=scale)
@@ -212,7 +217,7 @@ def report_similarity(
     def _add() -> None:
         check_scores(scores, block_size)  # a malformed report fails here, in the loss call
         tap.hook_backward(scores)
-        tap.defer("contrastive statistics", reduce, (scores,))
+        tap.defer("contrastive statistics", reduce, (scores,), copy=copy)
 
     tap.guarded("contrastive statistics", _add)
 
@@ -333,7 +338,6 @@ class _GuidedRecording:
     def begin(self) -> None:
         self.anchors: torch.Tensor | None = None
         self.positives: tuple | None = None
-        self.shared = False
         self.rows_seen = 0
         self.rows_target = 0
         self.chunk: list[torch.Tensor] = []
@@ -347,8 +351,7 @@ class _GuidedRecording:
     def _record(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         if self.anchors is None:
             self.anchors, self.positives, self.rows_target = _root(a), _place(b), _root(a).shape[0]
-            self.shared = _root(b) is self.anchors
-            self.done = self.shared
+            self.done = _root(b) is self.anchors  # anchors and candidates in one tensor: read this matrix only
         elif _root(a) is self.anchors and _place(b) == self.positives:
             self.flush()
             if self.done:
@@ -368,7 +371,7 @@ class _GuidedRecording:
         offset = rank * self.rows_target if self.owner._gather and world > 1 else 0
         positives = torch.arange(offset + self.rows_seen, offset + self.rows_seen + rows, device=chunk[0].device)
         scores = chunk[0] if len(chunk) == 1 else torch.cat(chunk, dim=1)
-        report_similarity(scores, positives, block_size=width, tap=self.owner.tap)
+        _report_scores(scores, positives, width, 1.0, self.owner.tap, copy=False)  # the chunk holds copies already
         self.rows_seen += rows
         self.done = self.done or self.rows_seen >= self.rows_target
 

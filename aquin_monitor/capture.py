@@ -25,12 +25,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .distributed import rank_and_world_size
+from .failsoft import report_failure
 from .signals.contrastive import (
     ContrastiveSums,
     check_scores,
@@ -174,12 +175,8 @@ class ContrastiveTap:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
-            if self.strict:
-                raise
+            report_failure(what, exc, strict=self.strict, stacklevel=4)
             self.enabled = False
-            msg = f"aquin-monitor: {what} failed and is switched off for this run: {exc!r}"
-            logger.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 _default_tap = ContrastiveTap()
@@ -285,12 +282,6 @@ def _owns(module: nn.Module, name: str) -> bool:
     return name in vars(module) or name in module._modules
 
 
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class _ModuleWrapper(nn.Module):
     """Wraps a similarity that is an ``nn.Module`` (e.g. GISTEmbed's ``nn.CosineSimilarity``)."""
 
@@ -367,7 +358,7 @@ class _GuidedRecording:
         if not chunk:
             return
         rows, width = chunk[0].shape
-        rank, world = _world()
+        rank, world = rank_and_world_size()
         offset = rank * self.rows_target if self.owner._gather and world > 1 else 0
         positives = torch.arange(offset + self.rows_seen, offset + self.rows_seen + rows, device=chunk[0].device)
         scores = chunk[0] if len(chunk) == 1 else torch.cat(chunk, dim=1)
@@ -474,7 +465,7 @@ class MonitoredLoss(nn.Module):
         if cols % blocks:
             blocks = 1
         world_width = cols // blocks
-        rank, world = _world()
+        rank, world = rank_and_world_size()
         local_batch = world_width // world if self._gather and world > 1 else world_width
         offset = rank * local_batch if self._gather and world > 1 else 0
         if rec.rows_target is None:

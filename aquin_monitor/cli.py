@@ -47,7 +47,7 @@ EXIT_OK, EXIT_MISSING_DEPENDENCY, EXIT_BAD_INPUT = 0, 1, 2
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import resolve_model
-    from .monitor import SnapshotRunner
+    from .snapshots import SnapshotRunner
 
     probe = read_probe(args.probe)
     resolve_model(args.model)
@@ -126,7 +126,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_pairs, read_probe
     from .encoders import resolve_model
-    from .monitor import SnapshotRunner
+    from .snapshots import SnapshotRunner
     from .snapshot import diff
 
     probe = read_probe(args.probe)

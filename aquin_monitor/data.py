@@ -25,6 +25,7 @@ import gzip
 import json
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -103,6 +104,27 @@ class ProbeSet:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], source: str = "<list>") -> ProbeSet:
+        """An unlabelled probe of ``texts``, ids ``"0"``, ``"1"``, ...
+
+        >>> ProbeSet.from_texts(["a", "b"]).ids
+        ['0', '1']
+        """
+        texts = list(texts)
+        return cls(texts=texts, labels=None, ids=[str(i) for i in range(len(texts))], source=source)
+
+    @classmethod
+    def from_retrieval(cls, retrieval: RetrievalSet) -> ProbeSet:
+        """The queries (label ``"query"``, id ``"q:<id>"``) then the documents (``"document"``, ``"d:<id>"``)
+        of a retrieval set, with its texts: a probe whose embeddings serve the retrieval metrics too."""
+        return cls(
+            texts=retrieval.query_texts() + retrieval.doc_texts(),
+            labels=["query"] * len(retrieval.queries) + ["document"] * len(retrieval.corpus),
+            ids=[f"q:{q}" for q in retrieval.query_ids()] + [f"d:{d}" for d in retrieval.doc_ids()],
+            source=retrieval.source,
+        )
 
     def label_names(self) -> list[str]:
         """Distinct labels in order of first appearance (empty when unlabelled)."""
@@ -496,13 +518,7 @@ def scifact_probe(n_docs: int = 1000, split: str = "test", seed: int = 0) -> tup
         source=source,
         not_kept={**full.not_kept, "documents not drawn": len(full.corpus) - len(corpus)},
     )
-    probe = ProbeSet(
-        texts=[*full.queries.values(), *corpus.values()],
-        labels=["query"] * len(full.queries) + ["document"] * len(corpus),
-        ids=[f"q:{qid}" for qid in full.queries] + [f"d:{did}" for did in corpus],
-        source=source,
-    )
-    return probe, retrieval
+    return ProbeSet.from_retrieval(retrieval), retrieval
 
 
 # --------------------------------------------------------------------------------------------

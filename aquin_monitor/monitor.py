@@ -1,9 +1,12 @@
 """The framework-free core: per-step monitoring (:class:`StepMonitor`).
 
-The trainer callbacks (:mod:`aquin_monitor.callbacks`) translate hook calls into two calls here:
-:meth:`StepMonitor.on_optimizer_step` once per optimizer step, with the gradients in place, and
-:meth:`StepMonitor.close` at the end. Everything the monitor computes comes from
-:mod:`aquin_monitor.signals`; everything it writes goes to sinks.
+The trainer callbacks (:mod:`aquin_monitor.callbacks`) translate hook calls into calls here:
+:meth:`StepMonitor.start` as training starts or resumes, :meth:`StepMonitor.on_optimizer_step` once
+per optimizer step with the gradients in place (then :meth:`StepMonitor.clip_gradients` where the
+trainer's own clipping had to be taken over), :meth:`StepMonitor.on_checkpoint` per checkpoint save
+and :meth:`StepMonitor.end`. Alarms are decided by :mod:`aquin_monitor.alarms`, snapshots taken by
+:mod:`aquin_monitor.snapshots`; everything the monitor computes comes from :mod:`aquin_monitor.signals`;
+everything it writes goes to sinks.
 
 Cost discipline (the product promise is ~1% of a training step):
 
@@ -21,22 +24,21 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
+import os
 import threading
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .alarms import ALARM_KINDS, Alarm, AlarmConfig, AlarmWarning, GapNarrowingCheck, GradientAnomalyDetector, loss_alarm
 from .capture import ContrastiveTap, default_tap
+from .distributed import rank_and_world_size
+from .failsoft import report_failure
 from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
-from .signals.geometry import _row_blocks
 from .signals.gradients import (
-    DetectorConfig,
-    GradientAnomalyDetector,
     ParameterGroups,
     gradient_presence,
     group_parameters,
@@ -44,40 +46,12 @@ from .signals.gradients import (
     groups_with_gradient,
 )
 
+if TYPE_CHECKING:
+    from .snapshots import SnapshotSchedule
+
 logger = logging.getLogger(__name__)
 
-ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing")
-
-
-class AlarmWarning(UserWarning):
-    """Raised (as a warning) when the training monitor fires an alarm."""
-
-
-@dataclass
-class AlarmConfig:
-    """Alarm thresholds. Gradient alarms: see :class:`DetectorConfig`.
-
-    Gap narrowing compares the first and second half of the last ``gap_window`` steps: it fires when
-    the mean positive–negative gap dropped by more than ``gap_min_drop`` (similarity units) and by
-    more than ``gap_rel_drop`` of its earlier value, while the mean loss fell.
-    """
-
-    gradients: DetectorConfig = field(default_factory=DetectorConfig)
-    gap_window: int = 40
-    gap_min_drop: float = 0.05
-    gap_rel_drop: float = 0.2
-
-
-@dataclass(frozen=True)
-class Alarm:
-    step: int
-    kind: str
-    layer: str | None
-    message: str
-    value: float | None = None
-
-    def as_event(self) -> dict:
-        return asdict(self)
+__all__ = ["StepMonitor", "ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning"]
 
 
 class StepMonitor:
@@ -95,6 +69,11 @@ class StepMonitor:
         background: on CUDA, do the host side of a step (alarm detection, sink writes) in a worker
             thread while the next step's backward pass runs (see :class:`_HostWorker`); False does it
             on the training thread at the next step. Results and decisions are the same either way.
+        grad_prefix: metric prefix of the gradient norms (``grad_norm_post_clip/`` when a trainer
+            clips before the monitor can measure).
+        snapshots: when to take checkpoint snapshots (:class:`~aquin_monitor.snapshots.SnapshotSchedule`),
+            on the rank that writes; None: no snapshots.
+        run_dir: where snapshots are saved.
 
     Example (framework-free)::
 
@@ -119,6 +98,9 @@ class StepMonitor:
         tap: ContrastiveTap | None = None,
         warn: bool = True,
         background: bool = True,
+        grad_prefix: str = "grad_norm/",
+        snapshots: SnapshotSchedule | None = None,
+        run_dir: str | os.PathLike | None = None,
     ):
         unknown = set(stop_on) - set(ALARM_KINDS)
         if unknown:
@@ -135,14 +117,16 @@ class StepMonitor:
         self.tap.strict = strict
         self.warn = warn
         self.enabled = True
-        self.grad_prefix = "grad_norm/"  # the HF callback names post-clip norms differently
+        self.grad_prefix = grad_prefix
+        self.snapshots = snapshots
+        self.run_dir = run_dir
+        self._discard_update = False
         self.should_stop = False
         self.alarms: list[Alarm] = []
         self.last_step = 0
         self.groups: ParameterGroups | None = None
         self.detector: GradientAnomalyDetector | None = None
-        self._gap_history: deque[tuple[float, float]] = deque(maxlen=self.alarm_config.gap_window)
-        self._gap_cooldown_until = -1
+        self.gap_check = GapNarrowingCheck(self.alarm_config)
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self.background = background
@@ -176,11 +160,29 @@ class StepMonitor:
             self._answer_peers(step, model)
             return None
         try:
-            return self._step(step, model)
+            total = self._step(step, model)
         except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
             self._fail("per-step monitoring", exc)
             self._answer_peers(step, model)
             return None
+        if self._discard_update and model is not None:
+            self.discard_update(model)
+        return total
+
+    def discard_update(self, model: torch.nn.Module) -> None:
+        """Set every gradient of ``model`` to None: the optimizer step that follows changes no weight
+        (torch optimizers skip parameters without a gradient), so a NaN step never reaches the weights."""
+        for parameter in model.parameters():
+            parameter.grad = None
+        self._discard_update = False
+
+    def clip_gradients(self, model: torch.nn.Module, max_norm: float, total: torch.Tensor | None) -> None:
+        """Clip ``model``'s gradients to ``max_norm`` as ``clip_grad_norm_`` would, reusing ``total`` (this
+        step's total norm, from :meth:`on_optimizer_step`) when it covers the same gradients."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        if total is None or self.groups is None or len(params) != sum(p.grad is not None for p in self.groups.parameters):
+            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
     def _step(self, step: int, model: torch.nn.Module | None) -> torch.Tensor | None:
         if step <= self.last_step and self._pending is None and self.last_step:
@@ -210,7 +212,7 @@ class StepMonitor:
             loss = torch.zeros(2, device=device)
         # the last entry counts the ranks whose monitor still runs (see _answer_peers)
         reduced = torch.cat([sums, loss, torch.ones(1, device=device)])
-        if _world_size() > 1:
+        if rank_and_world_size()[1] > 1:
             torch.distributed.all_reduce(reduced)
             self._reduced_step, self._reduce_device = step, device
         # histogram samples (every histogram_every steps) ride in the same copy; their sizes are shapes
@@ -260,7 +262,7 @@ class StepMonitor:
         """
         if (
             not self._joins_reduce
-            or _world_size() < 2
+            or rank_and_world_size()[1] < 2
             or step % self.log_every
             or step == self._reduced_step
             or (self.last_step and step <= self.last_step)  # peers skip replayed steps too
@@ -328,11 +330,7 @@ class StepMonitor:
 
     def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
         found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step, no_gradient)]
-        if loss is not None and not math.isfinite(loss):
-            found.append(Alarm(step, "nan", "loss", f"loss is {loss} at step {step}", loss))
-        gap = contrastive.get("gap")
-        if gap is not None and loss is not None and math.isfinite(gap) and math.isfinite(loss):
-            found.extend(self._gap_alarm(step, gap, loss))
+        found.extend(a for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss)) if a is not None)
         self.alarms.extend(found)
         for alarm in found:
             if self.warn and self.sinks:
@@ -341,31 +339,41 @@ class StepMonitor:
                 self.should_stop = True
         return found
 
-    def _gap_alarm(self, step: int, gap: float, loss: float) -> list[Alarm]:
-        cfg = self.alarm_config
-        self._gap_history.append((gap, loss))
-        if len(self._gap_history) < cfg.gap_window or step < self._gap_cooldown_until:
-            return []
-        half = cfg.gap_window // 2
-        hist = np.asarray(self._gap_history)
-        gap_before, gap_now = hist[:half, 0].mean(), hist[half:, 0].mean()
-        loss_before, loss_now = hist[:half, 1].mean(), hist[half:, 1].mean()
-        drop = gap_before - gap_now
-        if drop > cfg.gap_min_drop and drop > cfg.gap_rel_drop * abs(gap_before) and loss_now < loss_before:
-            self._gap_cooldown_until = step + cfg.gap_window
-            return [
-                Alarm(
-                    step,
-                    "gap_narrowing",
-                    None,
-                    f"positive-negative similarity gap narrowed from {gap_before:.3f} to {gap_now:.3f} over the last "
-                    f"{cfg.gap_window} steps while the loss fell ({loss_before:.3f} -> {loss_now:.3f}): negatives are being pulled in",
-                    float(gap_now),
-                )
-            ]
-        return []
-
     # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, model: torch.nn.Module, step: int, snapshot_model: torch.nn.Module | None = None) -> None:
+        """Training starts (``step`` 0) or resumes (``step`` > 0) with ``model``.
+
+        A fresh run moves an earlier run's files aside; the parameters are grouped; the base snapshot
+        (or, on resume without saved snapshots, one of the resumed model) is taken of ``snapshot_model``
+        (default: ``model``; the SentenceTransformer inside a LightningModule).
+        """
+        if step == 0 and self.last_step == 0:
+            self.start_fresh()
+        if self.groups is None:
+            self.attach(model)
+        if self.snapshots is not None:
+            tag = self.snapshots.at_start(self.run_dir, step)
+            if tag is not None:
+                self.snapshot(snapshot_model or model, step, tag)
+
+    def on_checkpoint(self, model: torch.nn.Module, step: int) -> None:
+        """A checkpoint was saved at ``step``: snapshot it when the schedule says so."""
+        if self.snapshots is not None and self.snapshots.at_save(step):
+            self.snapshot(model, step)
+
+    def end(self, model: torch.nn.Module | None, step: int) -> None:
+        """Training ended at ``step``: the last snapshot (unless one was taken at this step), then :meth:`close`."""
+        if self.snapshots is not None and model is not None and self.snapshots.at_end(step):
+            self.snapshot(model, step)
+        self.close()
+
+    def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
+        """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""
+        self.flush()  # this step's metrics before the snapshot's, and the host worker idle
+        snap = self.snapshots.runner.record(model, step, tag=tag, run_dir=self.run_dir, sinks=self.sinks, strict=self.strict)
+        self.snapshots.taken(step)
+        return snap
+
     def start_fresh(self) -> None:
         """A new run (step 0, nothing resumed): sinks move files an earlier run left in their folder aside."""
         for sink in self.sinks:
@@ -395,12 +403,8 @@ class StepMonitor:
                 self._fail("closing a sink", exc)
 
     def _fail(self, what: str, exc: Exception) -> None:
-        if self.strict:
-            raise exc
+        report_failure(what, exc, strict=self.strict, stacklevel=4)
         self.enabled = False
-        msg = f"aquin-monitor: {what} failed and is switched off for this run: {exc!r}"
-        logger.warning(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -408,15 +412,13 @@ class StepMonitor:
         return {
             "last_step": self.last_step,
             "detector": self.detector.state_dict() if self.detector else None,
-            "gap_history": [list(x) for x in self._gap_history],
-            "gap_cooldown_until": self._gap_cooldown_until,
+            **self.gap_check.state_dict(),
             "alarms": [a.as_event() for a in self.alarms],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state.get("last_step", 0))
-        self._gap_history = deque((tuple(x) for x in state.get("gap_history", [])), maxlen=self.alarm_config.gap_window)
-        self._gap_cooldown_until = int(state.get("gap_cooldown_until", -1))
+        self.gap_check.load_state_dict(state)
         self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
         self._pending_state = state.get("detector")
         if self.detector is not None and self._pending_state is not None:
@@ -507,347 +509,3 @@ class _HostWorker:
                 self._error = error
                 self._done = step
                 self._cond.notify_all()
-
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint snapshots
-# ---------------------------------------------------------------------------------------------
-
-
-class SnapshotRunner:
-    """Probe set → every geometry, layer, attention, OOD and retrieval signal → :class:`Snapshot`.
-
-    One forward pass per probe text yields the embeddings, every layer's pooled hidden states and (for
-    ``max_attention_texts`` of them, evenly spaced over the probe: :func:`attention_sample`) every
-    head's attention, in eval mode without gradients,
-    on an inspection copy when LoRA adapters are present (merged; the training model is never
-    mutated). Retrieval queries and documents reuse the probe's embeddings when the texts are in the
-    probe and the model has no query/document prompts; anything else is encoded once.
-
-    Args:
-        probe: :class:`~aquin_monitor.data.ProbeSet` (texts, optional labels) or a list of texts.
-        retrieval: optional :class:`~aquin_monitor.data.RetrievalSet` for retrieval metrics.
-        ood_threshold: cosine distance to the probe centroid above which an input is flagged;
-            None (default): :func:`robust_ood_threshold` of the probe's own distances.
-        max_attention_texts: how many probe texts (evenly spaced) also give every head's attention
-            for the attention-entropy signals (default 32: one batch; eager attention is the most
-            expensive part of a snapshot after the forward pass itself).
-        umap: compute 2-D UMAP coordinates (needs ``aquin-monitor[umap]``).
-        model_name: how snapshots (and the report) name the model.
-    """
-
-    def __init__(
-        self,
-        probe=None,
-        retrieval=None,
-        *,
-        batch_size: int = 32,
-        max_attention_texts: int = 32,
-        ood_threshold: float | None = None,
-        umap: bool = True,
-        seed: int = 0,
-        show_progress: bool = False,
-        model_name: str = "",
-    ):
-        if probe is None and retrieval is None:
-            raise ValueError("SnapshotRunner needs a probe set, a retrieval set, or both")
-        if probe is not None and not hasattr(probe, "texts"):
-            from .data import ProbeSet
-
-            texts = list(probe)
-            probe = ProbeSet(texts=texts, labels=None, ids=[str(i) for i in range(len(texts))], source="<list>")
-        if probe is None:
-            from .data import ProbeSet
-
-            texts = retrieval.query_texts() + retrieval.doc_texts()
-            labels = ["query"] * len(retrieval.queries) + ["document"] * len(retrieval.corpus)
-            probe = ProbeSet(texts=texts, labels=labels, ids=[f"q:{q}" for q in retrieval.query_ids()] + [f"d:{d}" for d in retrieval.doc_ids()], source=retrieval.source)
-        if len(probe.texts) < 3:
-            raise ValueError(f"a probe needs at least 3 texts, got {len(probe.texts)}")
-        self.probe = probe
-        self.retrieval = retrieval
-        self.batch_size = batch_size
-        self.max_attention_texts = max_attention_texts
-        self.ood_threshold = ood_threshold
-        self.umap = umap
-        self.seed = seed
-        self.show_progress = show_progress
-        self.model_name = model_name
-        self.base = None
-        self.previous = None
-
-    def take(self, model, step: int, *, tag: str = "checkpoint", model_name: str = "", run_dir=None, diff_against_history: bool = True):
-        """Compute a snapshot of ``model``; diff it against the base and previous snapshots; save it."""
-        from .encoders import has_lora, merged_copy
-
-        inspected = merged_copy(model) if has_lora(model) else model
-        snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
-        if diff_against_history:
-            self.attach_diffs(snap)
-        if run_dir is not None:
-            snap.save(run_dir)
-        return snap
-
-    def record(self, model, step: int, *, tag: str = "checkpoint", run_dir=None, sinks=(), model_name: str = "", strict: bool = False):
-        """:meth:`take` a snapshot and log it to ``sinks``; a failure warns and returns None (checkpoint intact).
-
-        Logged: the record as a summary (every metric a scalar at ``step`` on the dashboards, a line
-        of ``snapshots.jsonl`` in the files), its figures, and the probe embeddings with their labels
-        for TensorBoard's projector.
-        """
-        try:
-            snap = self.take(model, step, tag=tag, model_name=model_name, run_dir=run_dir)
-            labels = self.probe.labels
-            figures = snapshot_figures(snap) if sinks else {}
-            for sink in sinks:
-                sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
-                sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
-                for name, figure in figures.items():
-                    sink.log_figure(f"snapshot/{name}", figure, step)
-            return snap
-        except Exception as exc:  # noqa: BLE001 - a failed snapshot must not cost the checkpoint or the run
-            if strict:
-                raise
-            msg = f"aquin-monitor: snapshot at step {step} failed, training goes on: {exc!r}"
-            logger.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            return None
-
-    def attach_diffs(self, snap) -> None:
-        from .snapshot import diff
-
-        if self.base is not None:
-            d = diff(self.base, snap, name="base", seed=self.seed)
-            snap.metrics.update(d.metrics)
-            snap.arrays.update(d.arrays)
-            snap.details["diff_base"] = d.details
-        if self.previous is not None and self.previous is not self.base:
-            snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
-        if self.base is None:
-            self.base = snap
-        self.previous = snap
-
-    def compute(self, model, step: int, *, tag: str = "checkpoint", model_name: str = ""):
-        from .encoders import encode, iter_forward, retrieval_prompt_names
-        from .signals.geometry import geometry_summary, ood_scores
-        from .signals.layers import attention_entropy, layerwise_similarity, summarize_attention_entropy
-        from .snapshot import Snapshot
-
-        texts = self.probe.texts
-        embeddings, layers, entropy, normalized, order = [], [], [], [], []
-        attention_set = set(attention_sample(len(texts), self.max_attention_texts).tolist())
-        with_att = [i for i in range(len(texts)) if i in attention_set]
-        without_att = [i for i in range(len(texts)) if i not in attention_set]
-        # the attention sample is spread over the probe, so its lengths vary as much as the probe's: small
-        # batches of similar length keep its padding (which the eager attention pays for too) near zero
-        attention_batch = max(1, min(self.batch_size, 8))
-        for indices, with_attention in ((with_att, True), (without_att, False)):
-            if not indices:
-                continue
-            # longest first, as SentenceTransformer.encode does: batches of similar length pad least
-            chunk = sorted(indices, key=lambda i: -len(texts[i]))
-            order.extend(chunk)
-            size = attention_batch if with_attention else self.batch_size
-            for batch in iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress):
-                embeddings.append(batch.embeddings.numpy())
-                layers.append(batch.layer_embeddings.numpy())
-                if batch.attentions is not None:
-                    ent = attention_entropy(batch.attentions, batch.attention_mask)
-                    entropy.append(ent.entropy)
-                    normalized.append(ent.normalized)
-        restore = np.argsort(np.asarray(order))
-        emb = np.concatenate(embeddings).astype(np.float32)[restore]
-        layer_emb = np.concatenate(layers, axis=1)[:, restore]
-        labels = self.probe.labels
-        metrics: dict[str, float] = {}
-        details: dict = {}
-        arrays: dict[str, np.ndarray] = {"embeddings": emb}
-        if labels is not None:
-            arrays["labels"] = np.asarray([str(v) for v in labels])
-
-        threshold = self.ood_threshold
-        if threshold is None:
-            threshold = robust_ood_threshold(ood_scores(emb, threshold=2.0).scores)
-        geo = geometry_summary(emb, labels, ood_threshold=threshold, seed=self.seed)
-        metrics["geometry/ood_threshold"] = threshold
-        metrics.update(geo.as_metrics("geometry"))
-        arrays["pair_hist_counts"] = geo.histogram.counts
-        arrays["pair_hist_edges"] = geo.histogram.edges
-        arrays["pair_hist_baseline"] = geo.histogram.baseline_probabilities
-        arrays["pca_cumulative"] = geo.intrinsic.cumulative_explained_variance
-        arrays["ood_score"] = geo.ood.scores.astype(np.float32)
-        order = np.argsort(-geo.ood.scores[geo.ood.flagged]) if len(geo.ood.flagged) else []
-        details["ood_flagged"] = [
-            {"index": int(geo.ood.flagged[k]), "text": texts[int(geo.ood.flagged[k])], "score": float(geo.ood.scores[geo.ood.flagged[k]])}
-            for k in list(order)[:50]
-        ]
-        details["rogue_dimensions"] = _rogue_details(geo.rogue)
-
-        lw = layerwise_similarity(layer_emb)
-        metrics.update(lw.as_metrics("layers"))
-        arrays["layer_similarity"] = np.asarray(lw.similarity, dtype=np.float32)
-        if entropy:
-            summary = summarize_attention_entropy(np.concatenate(entropy), np.concatenate(normalized))
-            metrics.update(summary.as_metrics("attention"))
-            arrays["attention_entropy"] = summary.entropy.astype(np.float32)
-            arrays["attention_entropy_normalized"] = summary.normalized.astype(np.float32)
-            details["flagged_heads"] = [
-                {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
-            ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
-
-        if self.umap and len(texts) >= 10:
-            try:
-                arrays["umap"] = _umap_2d(emb, self.seed)
-            except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
-                warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
-
-        if self.retrieval is not None:
-            q_prompt, d_prompt = retrieval_prompt_names(model)
-            index = {t: i for i, t in enumerate(texts)}
-            q_texts, d_texts = self.retrieval.query_texts(), self.retrieval.doc_texts()
-
-            def embed(batch_texts, prompt_name):
-                if prompt_name is None and all(t in index for t in batch_texts):
-                    return emb[[index[t] for t in batch_texts]]
-                return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress)
-
-            q_emb, d_emb = embed(q_texts, q_prompt), embed(d_texts, d_prompt)
-            report = _retrieval_report(self.retrieval, q_emb, d_emb)
-            metrics.update(report.as_metrics())
-            arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)
-            arrays["hard_negative_gap"] = np.asarray(report.hard_negative_gap, dtype=np.float32)
-            if self.retrieval.categories:
-                details["retrieval_by_category"] = {str(k): v for k, v in report.by_category().items()}
-        return Snapshot(int(step), tag, model_name, metrics, details, arrays)
-
-
-def snapshot_figures(snap) -> dict:
-    """The dashboard figures of a snapshot (those whose arrays it has), by name."""
-    from . import plots
-
-    a = snap.arrays
-    makers = {
-        "umap_by_label": lambda: plots.umap_by_label(a["umap"], a.get("labels")),
-        "anisotropy_histogram": lambda: plots.anisotropy_histogram(
-            a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), snap.metrics.get("geometry/anisotropy")
-        ),
-        "layer_similarity": lambda: plots.layer_similarity(a["layer_similarity"]),
-        "attention_entropy": lambda: plots.attention_entropy_heatmap(a["attention_entropy"], snap.details.get("flagged_heads")),
-        "rank_histogram": lambda: plots.rank_histogram(a["first_rank"]),
-        "centroid_drift": lambda: plots.centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")),
-        "similarity_shift": lambda: plots.similarity_shift(a["sim_base_values"], a["sim_now_values"]),
-    }
-    figures = {}
-    for name, make in makers.items():
-        try:
-            figures[name] = make()
-        except (KeyError, ValueError):  # arrays this snapshot does not have (no labels, no retrieval, no diff)
-            continue
-    return figures
-
-
-def _retrieval_report(retrieval, q_emb, d_emb):
-    from .signals.retrieval import retrieval_metrics
-
-    doc_pos = {d: i for i, d in enumerate(retrieval.doc_ids())}
-    qids = retrieval.query_ids()
-    relevant = [{doc_pos[d]: g for d, g in retrieval.qrels.get(q, {}).items()} for q in qids]
-    negatives = [[doc_pos[d] for d in retrieval.hard_negatives.get(q, [])] for q in qids]
-    categories = [retrieval.categories.get(q) for q in qids] if retrieval.categories else None
-    return retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
-
-
-def _rogue_details(rogue) -> list[dict]:
-    total = float(np.clip(rogue.contributions, 0, None).sum()) or 1.0
-    return [{"dim": int(d), "share": float(max(c, 0.0) / total)} for d, c in zip(rogue.top_dimensions, rogue.top_contributions)]
-
-
-def attention_sample(n: int, k: int) -> np.ndarray:
-    """Indices of the ``k`` probe texts (of ``n``) whose attentions a snapshot keeps: evenly spaced.
-
-    Attentions need eager attention, which costs several times the fused kernel; the per-head
-    entropy is a mean over texts and tokens, so a sample spread over the whole probe (not its first
-    texts, which a file sorted by label would fill with one class) estimates it well.
-
-    >>> attention_sample(10, 4).tolist(), attention_sample(3, 8).tolist()
-    ([0, 3, 6, 9], [0, 1, 2])
-    """
-    if k >= n:
-        return np.arange(n)
-    if k <= 0:
-        return np.arange(0)
-    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
-
-
-def robust_ood_threshold(scores: np.ndarray) -> float:
-    """median + 3 × 1.4826 × MAD of the probe's own centroid distances.
-
-    A fixed cosine-distance cut does not transfer between models: anisotropic spaces (MiniLM's
-    mean distance to the centroid is ~0.66) would flag nearly everything at 0.5. This flags the
-    inputs that are outliers for *this* model's own spread.
-    """
-    med = float(np.median(scores))
-    mad = float(np.median(np.abs(scores - med)))
-    return med + 3 * 1.4826 * mad
-
-
-def _umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
-    import warnings as _w
-
-    from ._optional import require
-
-    umap = require("umap", "UMAP coordinates in snapshots")
-    n = embeddings.shape[0]
-    k = min(15, n - 1)
-    with _w.catch_warnings():
-        _w.simplefilter("ignore")
-        # seeded, hence single-threaded. Cosine neighbours = euclidean neighbours of unit vectors.
-        unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        # Up to EXACT_KNN_MAX_POINTS the neighbours come from matrix products (exact_knn): umap itself would
-        # compute every pair through sklearn with a Python call per pair below 4,096 points (~1.5 s for
-        # 1,000), and run its approximate nearest-neighbour descent above. Below 4,096 points the graph
-        # and the coordinates are those of umap's exact path, bit for bit (tests/test_snapshot.py).
-        knn = exact_knn(unit.astype(np.float64), k) if n <= EXACT_KNN_MAX_POINTS else None
-        reducer = umap.UMAP(
-            # 100 epochs (umap: 500 below 10k points): on 1,000 MiniLM embeddings of AG News, trustworthiness@10
-            # 0.917 against 0.918 at 200 and 0.921 at 500; 75 epochs 0.911, 50 epochs 0.900
-            n_components=2, n_neighbors=k, n_epochs=100,
-            random_state=seed, init="spectral" if n > 20 else "random",
-            precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
-        )
-        return reducer.fit_transform(unit).astype(np.float32)
-
-
-EXACT_KNN_MAX_POINTS = 20000
-
-
-def exact_knn(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest rows of each row of ``unit`` (itself included, as umap counts it) by euclidean
-    distance between unit vectors, ``sqrt(2 − 2 cos)``; ``(indices, distances)`` ``[n, k]``, nearest first.
-    Row blocks of ~32 MB of distances at a time (``signals.geometry._row_blocks``).
-
-    >>> idx, dist = exact_knn(np.eye(3), 2)
-    >>> idx[:, 0].tolist(), np.round(dist[:, 1], 4).tolist()
-    ([0, 1, 2], [1.4142, 1.4142, 1.4142])
-    """
-    n = unit.shape[0]
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    indices = np.empty((n, k), dtype=np.int64)
-    distances = np.empty((n, k), dtype=unit.dtype)
-    for start, stop, rows in _row_blocks(unit):
-        block = np.sqrt(np.clip(2.0 - 2.0 * (rows @ unit.T), 0.0, None))
-        own = np.arange(stop - start)
-        block[own, start + own] = 0.0  # a row is its own nearest neighbour, whatever rounding says
-        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (stop - start, 1))
-        d = np.take_along_axis(block, part, axis=1)
-        order = np.argsort(d, axis=1, kind="stable")
-        indices[start:stop] = np.take_along_axis(part, order, axis=1)
-        distances[start:stop] = np.take_along_axis(d, order, axis=1)
-    return indices, distances

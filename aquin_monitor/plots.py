@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,9 @@ __all__ = [
     "centroid_drift_arrows",
     "similarity_shift",
     "rank_changes",
+    "SnapshotFigure",
+    "SNAPSHOT_FIGURES",
+    "snapshot_figure_inputs",
 ]
 
 #: Colour of each alarm kind's markers (any other kind is drawn in grey).
@@ -669,3 +673,65 @@ def rank_changes(rank_before: Any, rank_after: Any) -> Figure:
     axes.legend(loc="upper left", fontsize=8)
     axes.grid(alpha=0.3, which="both")
     return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry of snapshot figures: dashboards and the HTML report draw the same set
+
+
+@dataclass(frozen=True)
+class SnapshotFigure:
+    """One figure of a snapshot: logged as ``snapshot/<name>`` on dashboards, shown under ``caption``
+    in the report. ``needs``: the arrays it draws from; ``diff``: it shows a change against the base."""
+
+    name: str
+    caption: str
+    needs: tuple[str, ...]
+    draw: Callable[[Mapping[str, Any]], Figure]
+    diff: bool = False
+
+
+def snapshot_figure_inputs(arrays: Mapping[str, Any], metrics: Mapping[str, Any], details: Mapping[str, Any]) -> dict[str, Any]:
+    """The arrays of a snapshot plus the few numbers and details its figures take (keys starting with ``_``).
+
+    >>> inputs = snapshot_figure_inputs({"attention_entropy": 1, "attention_entropy_normalized": 2}, {}, {"ood_flagged": [{"index": 4}]})
+    >>> inputs["attention_entropy"], inputs["_flagged"]
+    (2, [4])
+    """
+    inputs: dict[str, Any] = dict(arrays)
+    # Normalised entropy (÷ log(len)) compares heads over inputs of different lengths; prefer it.
+    inputs["_attention_normalized"] = "attention_entropy_normalized" in inputs
+    if inputs["_attention_normalized"]:
+        inputs["attention_entropy"] = inputs["attention_entropy_normalized"]
+    inputs["_flagged_heads"] = [h for h in details.get("flagged_heads") or [] if isinstance(h, dict)]
+    ood = [item.get("index") for item in details.get("ood_flagged") or [] if isinstance(item, dict)]
+    inputs["_flagged"] = [i for i in ood if isinstance(i, int) and not isinstance(i, bool)]
+    inputs["_anisotropy"] = metrics.get("geometry/anisotropy")
+    return inputs
+
+
+SNAPSHOT_FIGURES: tuple[SnapshotFigure, ...] = (
+    SnapshotFigure("umap_by_label", "UMAP by label", ("umap",), lambda a: umap_by_label(a["umap"], a.get("labels"))),
+    SnapshotFigure("umap_by_ood", "UMAP by OOD score", ("umap", "ood_score"), lambda a: umap_by_ood(a["umap"], a["ood_score"], a.get("_flagged"))),
+    SnapshotFigure(
+        "anisotropy_histogram", "Pairwise cosine vs uniform sphere", ("pair_hist_counts", "pair_hist_edges"),
+        lambda a: anisotropy_histogram(a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), a.get("_anisotropy")),
+    ),
+    SnapshotFigure("pca_variance", "PCA explained variance", ("pca_cumulative",), lambda a: pca_variance_curve(a["pca_cumulative"])),
+    SnapshotFigure("layer_similarity", "Layer-wise similarity", ("layer_similarity",), lambda a: layer_similarity(a["layer_similarity"])),
+    SnapshotFigure(
+        "attention_entropy", "Attention entropy per head", ("attention_entropy",),
+        lambda a: attention_entropy_heatmap(a["attention_entropy"], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)),
+    ),
+    SnapshotFigure("rank_histogram", "Rank of the first relevant document", ("first_rank",), lambda a: rank_histogram(a["first_rank"])),
+    SnapshotFigure("hard_negative_gap", "Hard-negative gap per query", ("hard_negative_gap",), lambda a: hard_negative_gap_distribution(a["hard_negative_gap"])),
+    SnapshotFigure(
+        "centroid_drift", "Centroid drift base → now", ("centroid_base_2d", "centroid_now_2d"),
+        lambda a: centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")), diff=True,
+    ),
+    SnapshotFigure(
+        "similarity_shift", "Similarity distribution shift", ("sim_base_values", "sim_now_values"),
+        lambda a: similarity_shift(a["sim_base_values"], a["sim_now_values"]), diff=True,
+    ),
+    SnapshotFigure("rank_changes", "Rank changes base → now", ("rank_before", "rank_after"), lambda a: rank_changes(a["rank_before"], a["rank_after"]), diff=True),
+)

@@ -35,9 +35,8 @@ import json
 import math
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from aquin_monitor import plots
 from aquin_monitor.sinks.jsonl import iter_jsonl
+from aquin_monitor.snapshot import SnapshotView
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView"]
 
@@ -86,24 +86,6 @@ def read_jsonl_tolerant(path: str | os.PathLike, name: str | None = None) -> tup
         else:
             problems.append(f"{name}:{number}: {problem}; line skipped")
     return records, problems
-
-
-@dataclass
-class SnapshotView:
-    """One snapshot as read from disk; ``problems`` lists what could not be read."""
-
-    directory: Path
-    step: int | None
-    tag: str
-    model: str | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def is_base(self) -> bool:
-        return self.tag == "base"
 
 
 @dataclass
@@ -156,53 +138,6 @@ def _read_jsonl_file(run_dir: Path, name: str, problems: list[str]) -> list[dict
     return kept
 
 
-def _load_arrays(path: Path, label: str, problems: list[str]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        problems.append(f"{label}: could not be read ({exc})")
-        return arrays
-    with archive:
-        for key in archive.files:
-            if key == "embeddings":  # the report draws from the 2-D projections, not the raw vectors
-                continue
-            try:
-                arrays[key] = archive[key]
-            except (OSError, ValueError, zipfile.BadZipFile) as exc:
-                problems.append(f"{label}: array {key!r} could not be read ({exc})")
-    return arrays
-
-
-def _load_snapshot(directory: Path, run_dir: Path) -> SnapshotView:
-    label = directory.relative_to(run_dir).as_posix()
-    step = int(directory.name) if directory.name.isdigit() else None
-    view = SnapshotView(directory=directory, step=step, tag="unknown", model=None)
-    json_path = directory / "snapshot.json"
-    if json_path.is_file():
-        try:
-            record = json.loads(json_path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-        except (OSError, ValueError) as exc:
-            view.problems.append(f"{label}/snapshot.json: could not be read ({exc})")
-        else:
-            if _is_int(record.get("step")):
-                view.step = record["step"]
-            view.tag = str(record.get("tag", "unknown"))
-            view.model = str(record["model"]) if record.get("model") is not None else None
-            if isinstance(record.get("metrics"), dict):
-                view.metrics = record["metrics"]
-            if isinstance(record.get("details"), dict):
-                view.details = record["details"]
-    else:
-        view.problems.append(f"{label}/snapshot.json is missing")
-    arrays_path = directory / "arrays.npz"
-    if arrays_path.is_file():
-        view.arrays = _load_arrays(arrays_path, f"{label}/arrays.npz", view.problems)
-    return view
-
-
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run directory tolerantly (see the module docstring); raises
     :class:`RunDirectoryError` only when ``run_dir`` is not a directory."""
@@ -217,7 +152,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if snapshot_root.is_dir():
         for child in snapshot_root.iterdir():
             if child.is_dir() and not child.name.startswith("."):  # dot-dirs: snapshots being written
-                snapshots.append(_load_snapshot(child, directory))
+                snapshots.append(SnapshotView.read(child, child.relative_to(directory).as_posix()))
     snapshots.sort(key=lambda s: (s.step is None, s.step if s.step is not None else 0, s.directory.name))
     return Run(directory, metrics, events, snapshots, problems)
 
@@ -277,14 +212,7 @@ def _figure_html(figure: Any, caption: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class _FigureSpec:
-    caption: str
-    needs: tuple[str, ...]  # array keys that must be present
-    draw: Callable[[Mapping[str, np.ndarray]], Any]
-
-
-def _draw_figures(specs: Sequence[_FigureSpec], arrays: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """``(html of drawn figures, notes)``: a figure whose arrays are absent is listed in one note;
     one that fails to draw gets a note with the error, and the rest of the report goes on."""
     drawn, notes, absent = [], [], []
@@ -412,57 +340,6 @@ def _timeline_section(run: Run) -> str:
     return "".join(parts)
 
 
-def _snapshot_figures() -> list[_FigureSpec]:
-    return [
-        _FigureSpec("UMAP by label", ("umap",), lambda a: plots.umap_by_label(a["umap"], a.get("labels"))),
-        _FigureSpec("UMAP by OOD score", ("umap", "ood_score"), lambda a: plots.umap_by_ood(a["umap"], a["ood_score"], a.get("_flagged"))),
-        _FigureSpec(
-            "Pairwise cosine vs uniform sphere", ("pair_hist_counts", "pair_hist_edges"),
-            lambda a: plots.anisotropy_histogram(a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), a.get("_anisotropy")),
-        ),
-        _FigureSpec("PCA explained variance", ("pca_cumulative",), lambda a: plots.pca_variance_curve(a["pca_cumulative"])),
-        _FigureSpec("Layer-wise similarity", ("layer_similarity",), lambda a: plots.layer_similarity(a["layer_similarity"])),
-        _FigureSpec(
-            "Attention entropy per head", ("attention_entropy",),
-            lambda a: plots.attention_entropy_heatmap(
-                a["attention_entropy"], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)
-            ),
-        ),
-        _FigureSpec("Rank of the first relevant document", ("first_rank",), lambda a: plots.rank_histogram(a["first_rank"])),
-        _FigureSpec("Hard-negative gap per query", ("hard_negative_gap",), lambda a: plots.hard_negative_gap_distribution(a["hard_negative_gap"])),
-    ]
-
-
-def _diff_figures() -> list[_FigureSpec]:
-    return [
-        _FigureSpec(
-            "Centroid drift base → now", ("centroid_base_2d", "centroid_now_2d"),
-            lambda a: plots.centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")),
-        ),
-        _FigureSpec("Similarity distribution shift", ("sim_base_values", "sim_now_values"),
-                    lambda a: plots.similarity_shift(a["sim_base_values"], a["sim_now_values"])),
-        _FigureSpec("Rank changes base → now", ("rank_before", "rank_after"),
-                    lambda a: plots.rank_changes(a["rank_before"], a["rank_after"])),
-    ]
-
-
-_DIFF_KEYS = ("centroid_base_2d", "centroid_now_2d", "sim_base_values", "sim_now_values", "rank_before", "rank_after")
-
-
-def _plot_inputs(snapshot: SnapshotView) -> dict[str, Any]:
-    """The arrays plus the few numbers and details the figures take (keys starting with ``_``)."""
-    inputs: dict[str, Any] = dict(snapshot.arrays)
-    # Normalised entropy (÷ log(len)) compares heads over inputs of different lengths; prefer it.
-    inputs["_attention_normalized"] = "attention_entropy_normalized" in inputs
-    if inputs["_attention_normalized"]:
-        inputs["attention_entropy"] = inputs["attention_entropy_normalized"]
-    inputs["_flagged_heads"] = [h for h in snapshot.details.get("flagged_heads") or [] if isinstance(h, dict)]
-    ood = [item.get("index") for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
-    inputs["_flagged"] = [i for i in ood if _is_int(i)]
-    inputs["_anisotropy"] = snapshot.metrics.get("geometry/anisotropy")
-    return inputs
-
-
 def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
     if not snapshot.metrics:
         return _note("This snapshot records no metrics.")
@@ -542,8 +419,9 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
         parts.append(_note("No snapshot is tagged 'base', so no change against the base model is shown."))
     parts.append(_metrics_tables(snapshot, base))
 
-    inputs = _plot_inputs(snapshot)
-    specs = _snapshot_figures()
+    inputs = plots.snapshot_figure_inputs(snapshot.arrays, snapshot.metrics, snapshot.details)
+    specs = [spec for spec in plots.SNAPSHOT_FIGURES if not spec.diff]
+    diff_specs = [spec for spec in plots.SNAPSHOT_FIGURES if spec.diff]
     parts.append("<h3>Figures</h3>")
     if not snapshot.arrays:
         parts.append(_note("No arrays.npz (or no readable array) for this snapshot: no figures."))
@@ -554,10 +432,10 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
 
     if not snapshot.is_base:  # the base is what the diffs are measured against
         parts.append("<h3>Diff against the base model</h3>")
-        if not any(key in snapshot.arrays for key in _DIFF_KEYS):
+        if not any(key in snapshot.arrays for spec in diff_specs for key in spec.needs):
             parts.append(_note("No drift arrays in arrays.npz for this snapshot: no diff figures."))
         else:
-            drawn, notes = _draw_figures(_diff_figures(), inputs)
+            drawn, notes = _draw_figures(diff_specs, inputs)
             parts.extend(_note(note) for note in notes)
             parts.append(f'<div class="figures">{"".join(drawn)}</div>')
     parts.append(_details_html(snapshot))

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,87 @@ class Snapshot:
             raise FileNotFoundError(f"{path}: no snapshot here") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-        arrays = {}
-        if (folder / "arrays.npz").exists():
-            with np.load(folder / "arrays.npz", allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+        arrays = read_arrays(folder / "arrays.npz") if (folder / "arrays.npz").exists() else {}
         return cls(int(record["step"]), record.get("tag", "checkpoint"), record.get("model", ""), _floats(record.get("metrics", {})), record.get("details", {}), arrays)
+
+
+def read_arrays(path: Path, *, skip: tuple[str, ...] = (), problems: list[str] | None = None, label: str = "") -> dict[str, np.ndarray]:
+    """The arrays of an ``arrays.npz`` (pickles refused), less those named in ``skip``.
+
+    Strict by default (an unreadable file or array raises); given a ``problems`` list, each unreadable
+    part is noted there as ``"<label>: ..."`` and left out instead.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        if problems is None:
+            raise
+        problems.append(f"{label}: could not be read ({exc})")
+        return arrays
+    with archive:
+        for key in archive.files:
+            if key in skip:
+                continue
+            try:
+                arrays[key] = archive[key]
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                if problems is None:
+                    raise
+                problems.append(f"{label}: array {key!r} could not be read ({exc})")
+    return arrays
+
+
+@dataclass
+class SnapshotView:
+    """One snapshot folder read tolerantly (the report's reader): what could not be read is listed in
+    ``problems`` instead of raising; ``step`` is None and ``tag`` ``"unknown"`` when unreadable.
+    The raw ``embeddings`` are not loaded (figures draw from the 2-D projections)."""
+
+    directory: Path
+    step: int | None
+    tag: str
+    model: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def is_base(self) -> bool:
+        return self.tag == "base"
+
+    @classmethod
+    def read(cls, directory: Path, label: str) -> SnapshotView:
+        """Read ``directory``; ``label`` names it in problems (e.g. ``snapshots/4``)."""
+        view = cls(directory=directory, step=int(directory.name) if directory.name.isdigit() else None, tag="unknown", model=None)
+        json_path = directory / "snapshot.json"
+        if json_path.is_file():
+            try:
+                record = json.loads(json_path.read_text(encoding="utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            except (OSError, ValueError) as exc:
+                view.problems.append(f"{label}/snapshot.json: could not be read ({exc})")
+            else:
+                view._take_record(record)
+        else:
+            view.problems.append(f"{label}/snapshot.json is missing")
+        arrays_path = directory / "arrays.npz"
+        if arrays_path.is_file():
+            view.arrays = read_arrays(arrays_path, skip=("embeddings",), problems=view.problems, label=f"{label}/arrays.npz")
+        return view
+
+    def _take_record(self, record: dict[str, Any]) -> None:
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            self.step = step
+        self.tag = str(record.get("tag", "unknown"))
+        self.model = str(record["model"]) if record.get("model") is not None else None
+        if isinstance(record.get("metrics"), dict):
+            self.metrics = record["metrics"]
+        if isinstance(record.get("details"), dict):
+            self.details = record["details"]
 
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     from aquin_monitor.capture import monitored
     from aquin_monitor.data import bundled_dataset, read_beir, scifact_probe
     from aquin_monitor.encoders import add_lora, load_model
-    from aquin_monitor.monitor import SnapshotRunner
+    from aquin_monitor.snapshots import SnapshotRunner
 
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
         from aquin_monitor.data import ProbeSet
 
         test = read_beir(data_dir, "test")
-        probe = ProbeSet(test.query_texts() + test.doc_texts(), ["query"] * len(test.queries) + ["document"] * len(test.corpus),
-                         [f"q:{q}" for q in test.query_ids()] + [f"d:{d}" for d in test.doc_ids()], test.source)
+        probe = ProbeSet.from_retrieval(test)
     else:
         probe, test = scifact_probe(n_docs=args.probe_docs, split="test", seed=args.seed)
     print(f"train: {train.summary()}")

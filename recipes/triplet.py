@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     from aquin_monitor.callbacks import LightningEmbeddingMonitor
     from aquin_monitor.data import bundled_dataset, read_triplets
     from aquin_monitor.encoders import add_lora, load_model
-    from aquin_monitor.monitor import SnapshotRunner
+    from aquin_monitor.snapshots import SnapshotRunner
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from aquin_monitor.alarms import DetectorConfig, GradientAnomalyDetector
 from aquin_monitor.signals.gradients import (
-    DetectorConfig,
-    GradientAnomalyDetector,
     group_name,
     group_parameters,
     grouped_grad_norms,

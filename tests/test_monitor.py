@@ -86,7 +86,7 @@ def test_an_encoder_layer_that_never_reaches_the_loss_raises_dead_layer(tmp_path
     """The loss reads the first layer's hidden states: the last layer and the pooler get no gradient."""
     from transformers import AutoModel
 
-    from aquin_monitor.signals.gradients import DetectorConfig
+    from aquin_monitor.alarms import DetectorConfig
 
     bert = AutoModel.from_pretrained(tiny_mean_model)
     last = f"layer.{bert.config.num_hidden_layers - 1:02d}"
@@ -206,7 +206,7 @@ def test_a_failure_in_the_worker_surfaces_on_the_training_thread():
     worker.stop()
 
 
-@pytest.mark.parametrize("module", ["aquin_monitor.monitor", "aquin_monitor.signals.contrastive", "aquin_monitor.signals.gradients"])
+@pytest.mark.parametrize("module", ["aquin_monitor.alarms", "aquin_monitor.snapshots", "aquin_monitor.signals.contrastive", "aquin_monitor.signals.gradients"])
 def test_doctests_pass(module):
     import doctest
     import importlib
@@ -216,7 +216,7 @@ def test_doctests_pass(module):
 
 
 def test_attention_sample_spreads_over_the_probe():
-    from aquin_monitor.monitor import attention_sample
+    from aquin_monitor.snapshots import attention_sample
 
     picked = attention_sample(1000, 32)
     assert len(picked) == 32 and picked[0] == 0 and picked[-1] == 999

@@ -10,7 +10,7 @@ import torch
 
 from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import encode, load_model, merged_copy
-from aquin_monitor.monitor import SnapshotRunner
+from aquin_monitor.snapshots import SnapshotRunner
 from aquin_monitor.signals.geometry import anisotropy
 from aquin_monitor.signals.retrieval import retrieval_metrics
 from aquin_monitor.snapshot import Snapshot, diff, list_snapshots
@@ -99,7 +99,7 @@ def test_failed_snapshot_warns_and_keeps_going(tiny_mean_model, tmp_path):
 def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
     from sklearn.neighbors import NearestNeighbors
 
-    from aquin_monitor.monitor import exact_knn
+    from aquin_monitor.snapshots import exact_knn
     from aquin_monitor.signals import geometry
 
     x = np.random.default_rng(0).normal(size=(300, 24))
@@ -114,7 +114,7 @@ def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
 
 def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     umap = pytest.importorskip("umap")
-    from aquin_monitor.monitor import _umap_2d
+    from aquin_monitor.snapshots import umap_2d as _umap_2d
 
     rng = np.random.default_rng(1)
     emb = (rng.normal(size=(150, 16)) + 3 * rng.integers(0, 3, size=(150, 1))).astype(np.float32)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from ..monitor import AlarmConfig, StepMonitor
+from ..alarms import AlarmConfig
+from ..failsoft import report_failure
+from ..monitor import StepMonitor
+
+if TYPE_CHECKING:
+    from ..sinks.base import Sink
+    from ..snapshots import SnapshotRunner
 
 
 @dataclass
@@ -18,13 +25,16 @@ class MonitorSettings:
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     stop_on: Sequence[str] = ()
     strict: bool = False
-    snapshots: object | None = None  # a SnapshotRunner
+    snapshots: SnapshotRunner | None = None
     snapshot_every: int = 1  # every Nth checkpoint save
 
-    def build(self, sinks: Sequence, *, rank_zero: bool) -> StepMonitor:
+    def build(self, sinks: Sequence[Sink], *, rank_zero: bool, run_dir: str, grad_prefix: str = "grad_norm/") -> StepMonitor:
+        """The monitor of one run: writes (and snapshots) on rank zero only, computes on every rank."""
         from ..sinks import MultiSink
+        from ..snapshots import SnapshotSchedule
 
         writers = [MultiSink(list(sinks), strict=self.strict)] if rank_zero and sinks else []
+        schedule = SnapshotSchedule(self.snapshots, self.snapshot_every) if self.snapshots is not None and rank_zero else None
         return StepMonitor(
             writers,
             log_every=self.log_every,
@@ -33,22 +43,25 @@ class MonitorSettings:
             stop_on=self.stop_on,
             strict=self.strict,
             warn=rank_zero,
+            grad_prefix=grad_prefix,
+            snapshots=schedule,
+            run_dir=run_dir,
         )
 
 
-def restore_history(runner, run_dir, step: int) -> bool:
-    """On resume, reload the base and latest earlier snapshots from disk so diffs continue; True if found."""
-    from ..snapshot import Snapshot, list_snapshots
+def open_sinks(makers: Sequence[tuple[str, Callable[[], list[Sink]]]], *, strict: bool) -> list[Sink]:
+    """Open each group of sinks; one that cannot be opened (its folder is a file, a read-only disk)
+    is warned about and left out, and the run goes on with the others."""
+    sinks: list[Sink] = []
+    for what, make in makers:
+        try:
+            sinks.extend(make())
+        except Exception as exc:  # noqa: BLE001 - monitoring must never stop training from starting
+            report_failure(f"opening {what}", exc, strict=strict, outcome="is left out of this run; training goes on")
+    return sinks
 
-    folders = [f for f in list_snapshots(run_dir) if int(f.name) <= step]
-    if not folders:
-        return False
-    runner.base = Snapshot.load(folders[0])
-    runner.previous = Snapshot.load(folders[-1])
-    return True
 
-
-def find_sentence_transformer(module):
+def find_sentence_transformer(module: Any):
     """The SentenceTransformer inside a LightningModule (or the module itself)."""
     from sentence_transformers import SentenceTransformer
 

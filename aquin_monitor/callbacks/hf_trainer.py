@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..monitor import AlarmConfig
-from ._settings import MonitorSettings, restore_history
+from ..alarms import AlarmConfig
+from ._settings import MonitorSettings, open_sinks
+
+if TYPE_CHECKING:
+    from ..snapshots import SnapshotRunner
 
 STATE_FILE = "aquin_monitor_state.json"
 
@@ -63,7 +66,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         stop_on: Sequence[str] = (),
         strict: bool = False,
         take_over_clipping: bool = True,
-        snapshots=None,
+        snapshots: SnapshotRunner | None = None,
         snapshot_every: int = 1,
     ):
         self._init_args = {
@@ -75,13 +78,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "take_over_clipping": take_over_clipping,
         }
         self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
-        self._saves = 0
-        self._last_snapshot_step: int | None = None
         self.take_over_clipping = take_over_clipping
         self.monitor = None
         self._restored_state: dict | None = None
         self._clip_norm: float | None = None
-        self._args = None
 
     # -- training ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -89,52 +89,33 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
 
         self.run_dir = self.settings.output_dir or args.output_dir
         rank_zero = state.is_world_process_zero
-        sinks = [*sinks_for_hf(args, self.run_dir), JsonlSink(self.run_dir)] if rank_zero else []
-        self.monitor = self.settings.build(sinks, rank_zero=rank_zero)
+        makers = [("the trainer's report_to sinks", lambda: sinks_for_hf(args, self.run_dir)), ("the JSONL files", lambda: [JsonlSink(self.run_dir)])]
+        sinks = open_sinks(makers, strict=self.settings.strict) if rank_zero else []
+        distributed_clipping = bool(getattr(args, "deepspeed", None)) or bool(getattr(args, "fsdp", None))
+        clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
+        if self.take_over_clipping and clipping and not distributed_clipping:
+            self._clip_norm = float(args.max_grad_norm)
+            args.max_grad_norm = 0.0
+        prefix = "grad_norm_post_clip/" if clipping and self._clip_norm is None else "grad_norm/"
+        self.monitor = self.settings.build(sinks, rank_zero=rank_zero, run_dir=self.run_dir, grad_prefix=prefix)
         restored = self._restored_state or self._read_checkpoint_state(args, state)
         if restored:
             self.monitor.load_state_dict(restored)
-        elif state.global_step == 0:
-            self.monitor.start_fresh()  # an earlier run's files in the same folder are moved aside
-        self.monitor.attach(model)
-        self._args = args
-        runner = self.settings.snapshots
-        if runner is not None and rank_zero:
-            if not (state.global_step and restore_history(runner, self.run_dir, state.global_step)):
-                self._snapshot(model, state.global_step, "base" if not state.global_step else "checkpoint")
-        distributed_clipping = bool(getattr(args, "deepspeed", None)) or bool(getattr(args, "fsdp", None))
-        if self.take_over_clipping and args.max_grad_norm and args.max_grad_norm > 0 and not distributed_clipping:
-            self._clip_norm = float(args.max_grad_norm)
-            args.max_grad_norm = 0.0
-        elif args.max_grad_norm and args.max_grad_norm > 0:
-            self.monitor.grad_prefix = "grad_norm_post_clip/"
+        self.monitor.start(model, state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         total = self.monitor.on_optimizer_step(state.global_step + 1, model)
         if self._clip_norm is not None:
-            params = [p for p in model.parameters() if p.grad is not None]
-            if total is None or self.monitor.groups is None or len(params) != sum(
-                p.grad is not None for p in self.monitor.groups.parameters
-            ):
-                total = torch.nn.utils.get_total_norm([p.grad for p in params])
-            torch.nn.utils.clip_grads_with_norm_(params, self._clip_norm, total)
+            self.monitor.clip_gradients(model, self._clip_norm, total)
         if self.monitor.should_stop:
             control.should_training_stop = True
         return control
 
-    def _snapshot(self, model, step: int, tag: str) -> None:
-        self.monitor.flush()  # this step's metrics before the snapshot's, and the host worker idle
-        self.settings.snapshots.record(
-            model, step, tag=tag, run_dir=self.run_dir, sinks=self.monitor.sinks, strict=self.settings.strict
-        )
-        self._last_snapshot_step = step
-
     def on_save(self, args, state, control, model=None, **kwargs):
         if self.monitor is None or not state.is_world_process_zero:
             return
-        self._saves += 1
-        if self.settings.snapshots is not None and model is not None and self._saves % self.settings.snapshot_every == 0:
-            self._snapshot(model, state.global_step, "checkpoint")
+        if model is not None:
+            self.monitor.on_checkpoint(model, state.global_step)
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
             tmp = os.path.join(folder, STATE_FILE + ".tmp")
@@ -143,18 +124,11 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             os.replace(tmp, os.path.join(folder, STATE_FILE))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if (
-            self.settings.snapshots is not None
-            and state.is_world_process_zero
-            and model is not None
-            and self._last_snapshot_step != state.global_step
-        ):
-            self._snapshot(model, state.global_step, "checkpoint")
         if self._clip_norm is not None:
             args.max_grad_norm = self._clip_norm
             self._clip_norm = None
         if self.monitor is not None:
-            self.monitor.close()
+            self.monitor.end(model, state.global_step)
 
     # -- resume -----------------------------------------------------------------------------
     def _read_checkpoint_state(self, args, state) -> dict | None:

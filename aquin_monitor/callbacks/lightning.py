@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._optional import require
-from ..monitor import AlarmConfig
-from ._settings import MonitorSettings, find_sentence_transformer, restore_history
+from ..alarms import AlarmConfig
+from ._settings import MonitorSettings, find_sentence_transformer, open_sinks
+
+if TYPE_CHECKING:
+    from ..snapshots import SnapshotRunner
 
 _pl = require("lightning.pytorch", "LightningEmbeddingMonitor")
 
@@ -55,19 +59,20 @@ class LightningEmbeddingMonitor(_pl.Callback):
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
-        snapshots=None,
+        snapshots: SnapshotRunner | None = None,
         snapshot_every: int = 1,
     ):
         super().__init__()
         self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
-        self._saves = 0
-        self._last_snapshot_step: int | None = None
         self.monitor = None
         self._restored: dict | None = None
 
     @property
     def state_key(self) -> str:
-        return "LightningEmbeddingMonitor"
+        # one key per configuration, as Lightning's own callbacks do: two monitors in one trainer (other
+        # output folders or settings) keep their states apart; checkpoints keyed by the class name alone
+        # (earlier versions) are still found through Lightning's legacy-key fallback.
+        return self._generate_state_key(output_dir=self.settings.output_dir, log_every=self.settings.log_every, stop_on=list(self.settings.stop_on))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:
@@ -78,36 +83,22 @@ class LightningEmbeddingMonitor(_pl.Callback):
         self.run_dir = run_dir
         sinks = []
         if trainer.is_global_zero:
-            sinks = [*sinks_for_lightning(trainer.loggers, run_dir), JsonlSink(run_dir)]
-        self.monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero)
+            makers = [("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)), ("the JSONL files", lambda: [JsonlSink(run_dir)])]
+            sinks = open_sinks(makers, strict=self.settings.strict)
+        self.monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir)
         if self._restored is not None:
             self.monitor.load_state_dict(self._restored)
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_step == 0 and self.monitor.last_step == 0:
-            self.monitor.start_fresh()  # an earlier run's files in the same folder are moved aside
-        if self.monitor.groups is None:
-            self.monitor.attach(pl_module)
-        runner = self.settings.snapshots
-        if runner is not None and trainer.is_global_zero:
-            step = trainer.global_step
-            if not (step and restore_history(runner, self.run_dir, step)):
-                self._snapshot(pl_module, step, "base" if not step else "checkpoint")
+    def _inspected(self, pl_module):
+        """What snapshots embed: the SentenceTransformer inside the module (only looked up when snapshotting)."""
+        return find_sentence_transformer(pl_module) if self.monitor.snapshots is not None else pl_module
 
-    def _snapshot(self, pl_module, step: int, tag: str) -> None:
-        self.monitor.flush()  # this step's metrics before the snapshot's, and the host worker idle
-        self.settings.snapshots.record(
-            find_sentence_transformer(pl_module), step, tag=tag, run_dir=self.run_dir,
-            sinks=self.monitor.sinks, strict=self.settings.strict,
-        )
-        self._last_snapshot_step = step
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.monitor.start(pl_module, trainer.global_step, snapshot_model=self._inspected(pl_module))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if self.settings.snapshots is None or not trainer.is_global_zero:
-            return
-        self._saves += 1
-        if self._saves % self.settings.snapshot_every == 0 and self._last_snapshot_step != trainer.global_step:
-            self._snapshot(pl_module, trainer.global_step, "checkpoint")
+        if self.monitor is not None and self.monitor.snapshots is not None:
+            self.monitor.on_checkpoint(self._inspected(pl_module), trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module)
@@ -115,9 +106,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.settings.snapshots is not None and trainer.is_global_zero and self._last_snapshot_step != trainer.global_step:
-            self._snapshot(pl_module, trainer.global_step, "checkpoint")
-        self.monitor.close()
+        self.monitor.end(self._inspected(pl_module), trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:

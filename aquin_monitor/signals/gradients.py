@@ -1,4 +1,5 @@
-"""Per-block gradient norms in one fused device operation, and a dead/spike detector.
+"""Per-block gradient norms in one fused device operation (the dead/spike detector that reads them is
+:class:`aquin_monitor.alarms.GradientAnomalyDetector`).
 
 Grouping (the ``grad_norm/<group>`` vocabulary of DESIGN.md) from parameter names:
 
@@ -15,9 +16,8 @@ a scatter-add into groups: no per-parameter host synchronisation.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,174 +152,6 @@ def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
     group_sq = torch.zeros(n_groups, dtype=torch.float32, device=device).index_add_(0, index, squares)
     # the total as torch.nn.utils.get_total_norm computes it, bit for bit (clipping may reuse it)
     return torch.cat([group_sq.sqrt(), torch.linalg.vector_norm(per_param).reshape(1)])
-
-
-# ---------------------------------------------------------------------------------------------
-# Dead / spike detection over each group's own history
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DetectorConfig:
-    """Thresholds of :class:`GradientAnomalyDetector` (defaults tested on real failure cases).
-
-    - ``window``: steps of history per group (robust statistics over log-norms).
-    - ``warmup``: steps during which nothing is flagged (early steps are legitimately wild).
-    - ``min_history``: finite observations a group needs before it can be flagged.
-    - ``spike_z``: robust z-score ``(log g − median) / (1.4826·MAD)`` above which a step is a spike,
-      and ``spike_ratio``: the norm must also be at least this many times the window's median
-      (guards against a tiny MAD on very smooth histories).
-    - ``dead_ratio`` / ``dead_floor``: a group is dead when its norm falls below ``dead_ratio × median``
-      of its history or below ``dead_floor``, for ``dead_patience`` consecutive steps, having been alive.
-    - ``cooldown``: steps after an alarm during which the same group/kind is not re-flagged.
-    - A group whose norm stayed below ``dead_floor`` on every one of the first ``warmup +
-      dead_patience`` steps is flagged ``dead_layer`` once, at that step (a layer whose output never
-      reaches the loss, or a parameter left out of the graph): it has no healthy history to collapse
-      from. ``total`` is not flagged that way, nor a group that never had a gradient tensor at all
-      (``no_gradient``) unless it is an encoder block (``layer.NN``): a sentence-transformers model
-      never uses its BERT pooler.
-    """
-
-    window: int = 50
-    warmup: int = 10
-    min_history: int = 8
-    spike_z: float = 6.0
-    spike_ratio: float = 4.0
-    dead_ratio: float = 1e-3
-    dead_floor: float = 1e-12
-    dead_patience: int = 3
-    cooldown: int = 20
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    kind: str  # "spike" | "dead_layer" | "nan"
-    group: str
-    value: float
-    message: str
-
-
-class GradientAnomalyDetector:
-    """Running per-group statistics of gradient norms; flags dead, spiking and non-finite groups.
-
-    State is plain numpy (``state_dict``/``load_state_dict``) so a resumed run keeps its history.
-    Call :meth:`update` once per optimizer step with the host-side norms of :func:`grouped_grad_norms`.
-    """
-
-    def __init__(self, names: Sequence[str], config: DetectorConfig | None = None):
-        self.names = list(names)
-        self.config = config or DetectorConfig()
-        w = self.config.window
-        self._history = np.full((len(self.names), w), np.nan)
-        self._steps_seen = 0
-        self._below = np.zeros(len(self.names), dtype=np.int64)
-        self._ever_alive = np.zeros(len(self.names), dtype=bool)
-        self._cooldown: dict[tuple[str, str], int] = {}
-
-    def update(self, norms: Sequence[float], step: int, no_gradient: Sequence[int] = ()) -> list[Anomaly]:
-        """Flag this step's anomalies; ``no_gradient``: indices of groups that never had a gradient tensor."""
-        cfg = self.config
-        g = np.asarray(norms, dtype=np.float64)
-        if g.shape != (len(self.names),):
-            raise ValueError(f"expected {len(self.names)} group norms, got shape {g.shape}")
-        self._steps_seen += 1
-        with np.errstate(invalid="ignore"):
-            self._ever_alive |= g > cfg.dead_floor  # NaN is not alive (the nan alarm covers it)
-        found: list[Anomaly] = []
-        if self._steps_seen == cfg.warmup + cfg.dead_patience:
-            found.extend(self._dead_from_start(g, step, set(no_gradient)))
-        counts = np.isfinite(self._history).sum(axis=1)
-        with np.errstate(all="ignore"):
-            logs = np.log(np.where(self._history > 0, self._history, np.nan))
-            med_log = row_nanmedian(logs)
-            mad = row_nanmedian(np.abs(logs - med_log[:, None]))
-            med = row_nanmedian(self._history)
-        for i, name in enumerate(self.names):
-            value = g[i]
-            if not math.isfinite(value):
-                found.append(self._emit("nan", name, value, step, f"gradient of {name} is {value} at step {step}"))
-                continue
-            ready = self._steps_seen > cfg.warmup and counts[i] >= cfg.min_history
-            alive = ready and np.isfinite(med[i]) and med[i] > cfg.dead_floor
-            if alive and (value < cfg.dead_floor or value < cfg.dead_ratio * med[i]):
-                self._below[i] += 1
-                if self._below[i] == cfg.dead_patience:
-                    found.append(
-                        self._emit(
-                            "dead_layer",
-                            name,
-                            value,
-                            step,
-                            f"gradient of {name} collapsed to {value:.3g} (median of its last {int(counts[i])} steps: {med[i]:.3g}) at step {step}",
-                        )
-                    )
-                # a collapsed value is not history: keep the healthy median as the reference
-                continue
-            self._below[i] = 0
-            if alive and value > 0 and np.isfinite(med_log[i]):
-                z = (math.log(value) - med_log[i]) / (1.4826 * mad[i] + 1e-12)
-                if z > cfg.spike_z and value > cfg.spike_ratio * med[i]:
-                    found.append(
-                        self._emit(
-                            "spike",
-                            name,
-                            value,
-                            step,
-                            f"gradient of {name} spiked to {value:.3g}, {value / med[i]:.1f}x its median {med[i]:.3g} (robust z {z:.1f}) at step {step}",
-                        )
-                    )
-            self._history[i, (self._steps_seen - 1) % cfg.window] = value
-        return [a for a in found if a is not None]
-
-    def _dead_from_start(self, g: np.ndarray, step: int, no_gradient: set[int]) -> list[Anomaly]:
-        found = []
-        for i, name in enumerate(self.names):
-            if self._ever_alive[i] or name == "total" or not math.isfinite(g[i]):
-                continue
-            if i in no_gradient and not name.startswith("layer."):
-                continue  # e.g. the pooler sentence-transformers never uses
-            why = "has had no gradient" if i in no_gradient else f"has had a gradient norm below {self.config.dead_floor:g}"
-            found.append(
-                self._emit(
-                    "dead_layer",
-                    name,
-                    g[i],
-                    step,
-                    f"{name} {why} on every step since the start ({self._steps_seen} steps): its output does not reach the loss (step {step})",
-                )
-            )
-        return found
-
-    def _emit(self, kind: str, group: str, value: float, step: int, message: str) -> Anomaly | None:
-        key = (kind, group)
-        last = self._cooldown.get(key)
-        if last is not None and step - last < self.config.cooldown:
-            return None
-        self._cooldown[key] = step
-        return Anomaly(kind, group, float(value), message)
-
-    def state_dict(self) -> dict:
-        return {
-            "names": list(self.names),
-            "history": self._history.tolist(),
-            "steps_seen": self._steps_seen,
-            "below": self._below.tolist(),
-            "ever_alive": self._ever_alive.tolist(),
-            "cooldown": [[k[0], k[1], v] for k, v in self._cooldown.items()],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if list(state["names"]) != self.names:
-            raise ValueError(f"detector state is for groups {state['names']}, this model has {self.names}")
-        self._history = np.asarray(state["history"], dtype=np.float64)
-        self._steps_seen = int(state["steps_seen"])
-        self._below = np.asarray(state["below"], dtype=np.int64)
-        if "ever_alive" in state:
-            self._ever_alive = np.asarray(state["ever_alive"], dtype=bool)
-        else:  # a checkpoint from before this field: alive where its history says so
-            with np.errstate(invalid="ignore"):
-                self._ever_alive = (self._history > self.config.dead_floor).any(axis=1)
-        self._cooldown = {(k, g): int(v) for k, g, v in state["cooldown"]}
 
 
 def row_nanmedian(a: np.ndarray) -> np.ndarray:

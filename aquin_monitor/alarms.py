@@ -1,0 +1,280 @@
+"""Alarms of the training monitor: their kinds and thresholds, and the stateful checks that raise them.
+
+- :class:`GradientAnomalyDetector`: dead, spiking and non-finite gradient groups, each judged against
+  its own recent history (robust statistics over log-norms);
+- :class:`GapNarrowingCheck`: the positive–negative similarity gap narrowing while the loss falls
+  (negatives are being pulled in);
+- a non-finite loss (``nan``).
+
+Everything here is host-side numpy on the small per-step vector :class:`~aquin_monitor.monitor.StepMonitor`
+reads back; every check keeps its state in ``state_dict`` form so a resumed run keeps its history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .signals.gradients import row_nanmedian
+
+ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing")
+
+
+class AlarmWarning(UserWarning):
+    """Raised (as a warning) when the training monitor fires an alarm."""
+
+
+@dataclass
+class DetectorConfig:
+    """Thresholds of :class:`GradientAnomalyDetector` (defaults tested on real failure cases).
+
+    - ``window``: steps of history per group (robust statistics over log-norms).
+    - ``warmup``: steps during which nothing is flagged (early steps are legitimately wild).
+    - ``min_history``: finite observations a group needs before it can be flagged.
+    - ``spike_z``: robust z-score ``(log g − median) / (1.4826·MAD)`` above which a step is a spike,
+      and ``spike_ratio``: the norm must also be at least this many times the window's median
+      (guards against a tiny MAD on very smooth histories).
+    - ``dead_ratio`` / ``dead_floor``: a group is dead when its norm falls below ``dead_ratio × median``
+      of its history or below ``dead_floor``, for ``dead_patience`` consecutive steps, having been alive.
+    - ``cooldown``: steps after an alarm during which the same group/kind is not re-flagged.
+    - A group whose norm stayed below ``dead_floor`` on every one of the first ``warmup +
+      dead_patience`` steps is flagged ``dead_layer`` once, at that step (a layer whose output never
+      reaches the loss, or a parameter left out of the graph): it has no healthy history to collapse
+      from. ``total`` is not flagged that way, nor a group that never had a gradient tensor at all
+      (``no_gradient``) unless it is an encoder block (``layer.NN``): a sentence-transformers model
+      never uses its BERT pooler.
+    """
+
+    window: int = 50
+    warmup: int = 10
+    min_history: int = 8
+    spike_z: float = 6.0
+    spike_ratio: float = 4.0
+    dead_ratio: float = 1e-3
+    dead_floor: float = 1e-12
+    dead_patience: int = 3
+    cooldown: int = 20
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: str  # "spike" | "dead_layer" | "nan"
+    group: str
+    value: float
+    message: str
+
+
+class GradientAnomalyDetector:
+    """Running per-group statistics of gradient norms; flags dead, spiking and non-finite groups.
+
+    State is plain numpy (``state_dict``/``load_state_dict``) so a resumed run keeps its history.
+    Call :meth:`update` once per optimizer step with the host-side norms of :func:`grouped_grad_norms`.
+    """
+
+    def __init__(self, names: Sequence[str], config: DetectorConfig | None = None):
+        self.names = list(names)
+        self.config = config or DetectorConfig()
+        w = self.config.window
+        self._history = np.full((len(self.names), w), np.nan)
+        self._steps_seen = 0
+        self._below = np.zeros(len(self.names), dtype=np.int64)
+        self._ever_alive = np.zeros(len(self.names), dtype=bool)
+        self._cooldown: dict[tuple[str, str], int] = {}
+
+    def update(self, norms: Sequence[float], step: int, no_gradient: Sequence[int] = ()) -> list[Anomaly]:
+        """Flag this step's anomalies; ``no_gradient``: indices of groups that never had a gradient tensor."""
+        cfg = self.config
+        g = np.asarray(norms, dtype=np.float64)
+        if g.shape != (len(self.names),):
+            raise ValueError(f"expected {len(self.names)} group norms, got shape {g.shape}")
+        self._steps_seen += 1
+        with np.errstate(invalid="ignore"):
+            self._ever_alive |= g > cfg.dead_floor  # NaN is not alive (the nan alarm covers it)
+        found: list[Anomaly] = []
+        if self._steps_seen == cfg.warmup + cfg.dead_patience:
+            found.extend(self._dead_from_start(g, step, set(no_gradient)))
+        counts = np.isfinite(self._history).sum(axis=1)
+        with np.errstate(all="ignore"):
+            logs = np.log(np.where(self._history > 0, self._history, np.nan))
+            med_log = row_nanmedian(logs)
+            mad = row_nanmedian(np.abs(logs - med_log[:, None]))
+            med = row_nanmedian(self._history)
+        for i, name in enumerate(self.names):
+            value = g[i]
+            if not math.isfinite(value):
+                found.append(self._emit("nan", name, value, step, f"gradient of {name} is {value} at step {step}"))
+                continue
+            ready = self._steps_seen > cfg.warmup and counts[i] >= cfg.min_history
+            alive = ready and np.isfinite(med[i]) and med[i] > cfg.dead_floor
+            if alive and (value < cfg.dead_floor or value < cfg.dead_ratio * med[i]):
+                self._below[i] += 1
+                if self._below[i] == cfg.dead_patience:
+                    found.append(
+                        self._emit(
+                            "dead_layer",
+                            name,
+                            value,
+                            step,
+                            f"gradient of {name} collapsed to {value:.3g} (median of its last {int(counts[i])} steps: {med[i]:.3g}) at step {step}",
+                        )
+                    )
+                # a collapsed value is not history: keep the healthy median as the reference
+                continue
+            self._below[i] = 0
+            if alive and value > 0 and np.isfinite(med_log[i]):
+                z = (math.log(value) - med_log[i]) / (1.4826 * mad[i] + 1e-12)
+                if z > cfg.spike_z and value > cfg.spike_ratio * med[i]:
+                    found.append(
+                        self._emit(
+                            "spike",
+                            name,
+                            value,
+                            step,
+                            f"gradient of {name} spiked to {value:.3g}, {value / med[i]:.1f}x its median {med[i]:.3g} (robust z {z:.1f}) at step {step}",
+                        )
+                    )
+            self._history[i, (self._steps_seen - 1) % cfg.window] = value
+        return [a for a in found if a is not None]
+
+    def _dead_from_start(self, g: np.ndarray, step: int, no_gradient: set[int]) -> list[Anomaly]:
+        found = []
+        for i, name in enumerate(self.names):
+            if self._ever_alive[i] or name == "total" or not math.isfinite(g[i]):
+                continue
+            if i in no_gradient and not name.startswith("layer."):
+                continue  # e.g. the pooler sentence-transformers never uses
+            why = "has had no gradient" if i in no_gradient else f"has had a gradient norm below {self.config.dead_floor:g}"
+            found.append(
+                self._emit(
+                    "dead_layer",
+                    name,
+                    g[i],
+                    step,
+                    f"{name} {why} on every step since the start ({self._steps_seen} steps): its output does not reach the loss (step {step})",
+                )
+            )
+        return found
+
+    def _emit(self, kind: str, group: str, value: float, step: int, message: str) -> Anomaly | None:
+        key = (kind, group)
+        last = self._cooldown.get(key)
+        if last is not None and step - last < self.config.cooldown:
+            return None
+        self._cooldown[key] = step
+        return Anomaly(kind, group, float(value), message)
+
+    def state_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "history": self._history.tolist(),
+            "steps_seen": self._steps_seen,
+            "below": self._below.tolist(),
+            "ever_alive": self._ever_alive.tolist(),
+            "cooldown": [[k[0], k[1], v] for k, v in self._cooldown.items()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["names"]) != self.names:
+            raise ValueError(f"detector state is for groups {state['names']}, this model has {self.names}")
+        self._history = np.asarray(state["history"], dtype=np.float64)
+        self._steps_seen = int(state["steps_seen"])
+        self._below = np.asarray(state["below"], dtype=np.int64)
+        if "ever_alive" in state:
+            self._ever_alive = np.asarray(state["ever_alive"], dtype=bool)
+        else:  # a checkpoint from before this field: alive where its history says so
+            with np.errstate(invalid="ignore"):
+                self._ever_alive = (self._history > self.config.dead_floor).any(axis=1)
+        self._cooldown = {(k, g): int(v) for k, g, v in state["cooldown"]}
+
+
+@dataclass
+class AlarmConfig:
+    """Alarm thresholds. Gradient alarms: see :class:`DetectorConfig`.
+
+    Gap narrowing compares the first and second half of the last ``gap_window`` steps: it fires when
+    the mean positive–negative gap dropped by more than ``gap_min_drop`` (similarity units) and by
+    more than ``gap_rel_drop`` of its earlier value, while the mean loss fell.
+    """
+
+    gradients: DetectorConfig = field(default_factory=DetectorConfig)
+    gap_window: int = 40
+    gap_min_drop: float = 0.05
+    gap_rel_drop: float = 0.2
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One alarm as logged: ``alarm/<kind>`` = 1 at ``step`` and a line of ``events.jsonl``."""
+
+    step: int
+    kind: str
+    layer: str | None
+    message: str
+    value: float | None = None
+
+    def as_event(self) -> dict:
+        return asdict(self)
+
+
+def loss_alarm(step: int, loss: float | None) -> Alarm | None:
+    """A ``nan`` alarm when the step's mean loss is not finite.
+
+    >>> loss_alarm(3, float("nan")).message, loss_alarm(3, 0.5)
+    ('loss is nan at step 3', None)
+    """
+    if loss is not None and not math.isfinite(loss):
+        return Alarm(step, "nan", "loss", f"loss is {loss} at step {step}", loss)
+    return None
+
+
+class GapNarrowingCheck:
+    """Fires ``gap_narrowing`` when the positive–negative gap shrinks while the loss falls.
+
+    Keeps the last ``gap_window`` (gap, loss) pairs and compares their halves (:class:`AlarmConfig`);
+    after an alarm it stays quiet for one window.
+
+    >>> check = GapNarrowingCheck(AlarmConfig(gap_window=4))
+    >>> [check.update(s, gap, loss) for s, (gap, loss) in enumerate([(0.5, 2.0), (0.5, 2.0), (0.3, 1.0), (0.3, 1.0)], 1)][-1].kind
+    'gap_narrowing'
+    """
+
+    def __init__(self, config: AlarmConfig):
+        self.config = config
+        self.history: deque[tuple[float, float]] = deque(maxlen=config.gap_window)
+        self.cooldown_until = -1
+
+    def update(self, step: int, gap: float | None, loss: float | None) -> Alarm | None:
+        """Record this step's gap and loss (finite ones only); the alarm, if it fires now."""
+        if gap is None or loss is None or not (math.isfinite(gap) and math.isfinite(loss)):
+            return None
+        cfg = self.config
+        self.history.append((gap, loss))
+        if len(self.history) < cfg.gap_window or step < self.cooldown_until:
+            return None
+        half = cfg.gap_window // 2
+        hist = np.asarray(self.history)
+        gap_before, gap_now = hist[:half, 0].mean(), hist[half:, 0].mean()
+        loss_before, loss_now = hist[:half, 1].mean(), hist[half:, 1].mean()
+        drop = gap_before - gap_now
+        if not (drop > cfg.gap_min_drop and drop > cfg.gap_rel_drop * abs(gap_before) and loss_now < loss_before):
+            return None
+        self.cooldown_until = step + cfg.gap_window
+        return Alarm(
+            step,
+            "gap_narrowing",
+            None,
+            f"positive-negative similarity gap narrowed from {gap_before:.3f} to {gap_now:.3f} over the last "
+            f"{cfg.gap_window} steps while the loss fell ({loss_before:.3f} -> {loss_now:.3f}): negatives are being pulled in",
+            float(gap_now),
+        )
+
+    def state_dict(self) -> dict:
+        return {"gap_history": [list(x) for x in self.history], "gap_cooldown_until": self.cooldown_until}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque((tuple(x) for x in state.get("gap_history", [])), maxlen=self.config.gap_window)
+        self.cooldown_until = int(state.get("gap_cooldown_until", -1))

@@ -1,0 +1,466 @@
+"""Checkpoint snapshots of the embedding space: what is measured (:class:`SnapshotRunner`) and when
+(:class:`SnapshotSchedule`).
+
+A snapshot is one pass of the probe set through the model: embeddings, every layer's pooled hidden
+states and a sample of attentions, turned by :mod:`aquin_monitor.signals` into the geometry, layer,
+attention, OOD and retrieval metrics of a :class:`~aquin_monitor.snapshot.Snapshot`, diffed against the
+base and previous snapshots, saved under ``<run>/snapshots/<step>/`` and logged to the sinks.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .failsoft import report_failure
+from .signals.geometry import _row_blocks
+from .snapshot import Snapshot, diff, list_snapshots
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .data import ProbeSet, RetrievalSet
+    from .sinks.base import Sink
+
+
+
+@dataclass
+class ProbePass:
+    """What one pass of the probe through the model gives, rows in probe order: the final embeddings
+    ``[n, d]``, every layer's pooled hidden states ``[L+1, n, d]`` and, for the attention sample, each
+    head's entropy ``[m, L, H]`` (absolute and normalised by log(length); None without attentions)."""
+
+    embeddings: np.ndarray
+    layers: np.ndarray
+    entropy: np.ndarray | None
+    normalized_entropy: np.ndarray | None
+
+
+class SnapshotRunner:
+    """Probe set → every geometry, layer, attention, OOD and retrieval signal → :class:`Snapshot`.
+
+    One forward pass per probe text yields the embeddings, every layer's pooled hidden states and (for
+    ``max_attention_texts`` of them, evenly spaced over the probe: :func:`attention_sample`) every
+    head's attention, in eval mode without gradients, on an inspection copy when LoRA adapters are
+    present (merged; the training model is never mutated). Retrieval queries and documents reuse the
+    probe's embeddings when the texts are in the probe and the model has no query/document prompts;
+    anything else is encoded once.
+
+    Args:
+        probe: :class:`~aquin_monitor.data.ProbeSet` (texts, optional labels) or a list of texts;
+            None: the retrieval set's queries and documents (:meth:`ProbeSet.from_retrieval`).
+        retrieval: optional :class:`~aquin_monitor.data.RetrievalSet` for retrieval metrics.
+        batch_size: texts per forward pass.
+        max_attention_texts: how many probe texts (evenly spaced) also give every head's attention
+            for the attention-entropy signals (eager attention is the most expensive part of a
+            snapshot after the forward pass itself).
+        ood_threshold: cosine distance to the probe centroid above which an input is flagged;
+            None (default): :func:`robust_ood_threshold` of the probe's own distances.
+        umap: compute 2-D UMAP coordinates (needs ``aquin-monitor[umap]``).
+        seed: seeds UMAP and the sampled pairs of the histograms and diffs.
+        show_progress: progress bars while encoding.
+        model_name: how snapshots (and the report) name the model.
+
+    Example::
+
+        from aquin_monitor.data import read_probe
+        from aquin_monitor.encoders import load_model
+        from aquin_monitor.snapshots import SnapshotRunner
+
+        runner = SnapshotRunner(read_probe("probe.jsonl"), umap=False)
+        snap = runner.take(load_model("default"), step=0, tag="base", run_dir="runs/x")
+        print(snap.metrics["geometry/anisotropy"])
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet | Sequence[str] | None = None,
+        retrieval: RetrievalSet | None = None,
+        *,
+        batch_size: int = 32,
+        max_attention_texts: int = 32,
+        ood_threshold: float | None = None,
+        umap: bool = True,
+        seed: int = 0,
+        show_progress: bool = False,
+        model_name: str = "",
+    ):
+        from .data import ProbeSet
+
+        if probe is None and retrieval is None:
+            raise ValueError("SnapshotRunner needs a probe set, a retrieval set, or both")
+        if probe is None:
+            probe = ProbeSet.from_retrieval(retrieval)
+        elif not hasattr(probe, "texts"):
+            probe = ProbeSet.from_texts(probe)
+        if len(probe.texts) < 3:
+            raise ValueError(f"a probe needs at least 3 texts, got {len(probe.texts)}")
+        self.probe = probe
+        self.retrieval = retrieval
+        self.batch_size = batch_size
+        self.max_attention_texts = max_attention_texts
+        self.ood_threshold = ood_threshold
+        self.umap = umap
+        self.seed = seed
+        self.show_progress = show_progress
+        self.model_name = model_name
+        self.base: Snapshot | None = None
+        self.previous: Snapshot | None = None
+
+    def take(
+        self,
+        model: torch.nn.Module,
+        step: int,
+        *,
+        tag: str = "checkpoint",
+        model_name: str = "",
+        run_dir: str | os.PathLike | None = None,
+        diff_against_history: bool = True,
+    ) -> Snapshot:
+        """Compute a snapshot of ``model``; diff it against the base and previous snapshots; save it."""
+        from .encoders import has_lora, merged_copy
+
+        inspected = merged_copy(model) if has_lora(model) else model
+        snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
+        if diff_against_history:
+            self.attach_diffs(snap)
+        if run_dir is not None:
+            snap.save(run_dir)
+        return snap
+
+    def record(
+        self,
+        model: torch.nn.Module,
+        step: int,
+        *,
+        tag: str = "checkpoint",
+        run_dir: str | os.PathLike | None = None,
+        sinks: Sequence[Sink] = (),
+        model_name: str = "",
+        strict: bool = False,
+    ) -> Snapshot | None:
+        """:meth:`take` a snapshot and log it to ``sinks``; a failure warns and returns None (checkpoint intact).
+
+        Logged: the record as a summary (every metric a scalar at ``step`` on the dashboards, a line
+        of ``snapshots.jsonl`` in the files), the figures of :data:`aquin_monitor.plots.SNAPSHOT_FIGURES`
+        it has arrays for, and the probe embeddings with their labels for TensorBoard's projector.
+        """
+        try:
+            snap = self.take(model, step, tag=tag, model_name=model_name, run_dir=run_dir)
+            labels = self.probe.labels
+            figures = snapshot_figures(snap) if sinks else {}
+            for sink in sinks:
+                sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
+                sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
+                for name, figure in figures.items():
+                    sink.log_figure(f"snapshot/{name}", figure, step)
+            return snap
+        except Exception as exc:  # noqa: BLE001 - a failed snapshot must not cost the checkpoint or the run
+            report_failure(f"snapshot at step {step}", exc, strict=strict, outcome="training goes on")
+            return None
+
+    def restore(self, run_dir: str | os.PathLike, step: int) -> bool:
+        """On resume: reload the base and the latest snapshot at or before ``step`` so diffs continue."""
+        folders = [f for f in list_snapshots(run_dir) if int(f.name) <= step]
+        if not folders:
+            return False
+        self.base = Snapshot.load(folders[0])
+        self.previous = Snapshot.load(folders[-1])
+        return True
+
+    def attach_diffs(self, snap: Snapshot) -> None:
+        """Add the diffs against the base and the previous snapshot to ``snap``; it becomes the previous."""
+        if self.base is not None:
+            d = diff(self.base, snap, name="base", seed=self.seed)
+            snap.metrics.update(d.metrics)
+            snap.arrays.update(d.arrays)
+            snap.details["diff_base"] = d.details
+        if self.previous is not None and self.previous is not self.base:
+            snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+        if self.base is None:
+            self.base = snap
+        self.previous = snap
+
+    def compute(self, model: torch.nn.Module, step: int, *, tag: str = "checkpoint", model_name: str = "") -> Snapshot:
+        """The snapshot of ``model`` at ``step``, without diffs (see :meth:`take`)."""
+        probe_pass = self.forward(model)
+        emb = probe_pass.embeddings
+        snap = Snapshot(int(step), tag, model_name, {}, {}, {"embeddings": emb})
+        if self.probe.labels is not None:
+            snap.arrays["labels"] = np.asarray([str(v) for v in self.probe.labels])
+        self._add_geometry(snap, emb)
+        self._add_layers(snap, probe_pass)
+        if self.umap and len(emb) >= 10:
+            try:
+                snap.arrays["umap"] = umap_2d(emb, self.seed)
+            except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
+                warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
+        if self.retrieval is not None:
+            self._add_retrieval(snap, model, emb)
+        return snap
+
+    def forward(self, model: torch.nn.Module) -> ProbePass:
+        """One pass of the probe: the attention sample in small batches, the rest in ``batch_size`` ones."""
+        from .encoders import iter_forward
+        from .signals.layers import attention_entropy
+
+        texts = self.probe.texts
+        sample = set(attention_sample(len(texts), self.max_attention_texts).tolist())
+        embeddings, layers, entropy, normalized, order = [], [], [], [], []
+        # the attention sample is spread over the probe, so its lengths vary as much as the probe's: small
+        # batches of similar length keep its padding (which the eager attention pays for too) near zero
+        for with_attention in (True, False):
+            indices = [i for i in range(len(texts)) if (i in sample) == with_attention]
+            # longest first, as SentenceTransformer.encode does: batches of similar length pad least
+            chunk = sorted(indices, key=lambda i: -len(texts[i]))
+            order.extend(chunk)
+            size = max(1, min(self.batch_size, 8)) if with_attention else self.batch_size
+            batches = iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress) if chunk else ()
+            for batch in batches:
+                embeddings.append(batch.embeddings.numpy())
+                layers.append(batch.layer_embeddings.numpy())
+                if batch.attentions is not None:
+                    ent = attention_entropy(batch.attentions, batch.attention_mask)
+                    entropy.append(ent.entropy)
+                    normalized.append(ent.normalized)
+        restore = np.argsort(np.asarray(order))
+        return ProbePass(
+            embeddings=np.concatenate(embeddings).astype(np.float32)[restore],
+            layers=np.concatenate(layers, axis=1)[:, restore],
+            entropy=np.concatenate(entropy) if entropy else None,
+            normalized_entropy=np.concatenate(normalized) if normalized else None,
+        )
+
+    def _add_geometry(self, snap: Snapshot, emb: np.ndarray) -> None:
+        from .signals.geometry import geometry_summary, ood_scores
+
+        threshold = self.ood_threshold
+        if threshold is None:
+            threshold = robust_ood_threshold(ood_scores(emb, threshold=2.0).scores)
+        geo = geometry_summary(emb, self.probe.labels, ood_threshold=threshold, seed=self.seed)
+        snap.metrics["geometry/ood_threshold"] = threshold
+        snap.metrics.update(geo.as_metrics("geometry"))
+        snap.arrays["pair_hist_counts"] = geo.histogram.counts
+        snap.arrays["pair_hist_edges"] = geo.histogram.edges
+        snap.arrays["pair_hist_baseline"] = geo.histogram.baseline_probabilities
+        snap.arrays["pca_cumulative"] = geo.intrinsic.cumulative_explained_variance
+        snap.arrays["ood_score"] = geo.ood.scores.astype(np.float32)
+        flagged = geo.ood.flagged
+        order = np.argsort(-geo.ood.scores[flagged]) if len(flagged) else []
+        snap.details["ood_flagged"] = [
+            {"index": int(flagged[k]), "text": self.probe.texts[int(flagged[k])], "score": float(geo.ood.scores[flagged[k]])}
+            for k in list(order)[:50]
+        ]
+        snap.details["rogue_dimensions"] = _rogue_details(geo.rogue)
+
+    def _add_layers(self, snap: Snapshot, probe_pass: ProbePass) -> None:
+        from .signals.layers import layerwise_similarity, summarize_attention_entropy
+
+        lw = layerwise_similarity(probe_pass.layers)
+        snap.metrics.update(lw.as_metrics("layers"))
+        snap.arrays["layer_similarity"] = np.asarray(lw.similarity, dtype=np.float32)
+        if probe_pass.entropy is None:
+            return
+        summary = summarize_attention_entropy(probe_pass.entropy, probe_pass.normalized_entropy)
+        snap.metrics.update(summary.as_metrics("attention"))
+        snap.arrays["attention_entropy"] = summary.entropy.astype(np.float32)
+        snap.arrays["attention_entropy_normalized"] = summary.normalized.astype(np.float32)
+        snap.details["flagged_heads"] = [
+            {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
+        ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
+
+    def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module, emb: np.ndarray) -> None:
+        from .encoders import encode, retrieval_prompt_names
+
+        q_prompt, d_prompt = retrieval_prompt_names(model)
+        index = {t: i for i, t in enumerate(self.probe.texts)}
+
+        def embed(batch_texts: list[str], prompt_name: str | None) -> np.ndarray:
+            if prompt_name is None and all(t in index for t in batch_texts):
+                return emb[[index[t] for t in batch_texts]]
+            return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress)
+
+        q_emb, d_emb = embed(self.retrieval.query_texts(), q_prompt), embed(self.retrieval.doc_texts(), d_prompt)
+        report = _retrieval_report(self.retrieval, q_emb, d_emb)
+        snap.metrics.update(report.as_metrics())
+        snap.arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)
+        snap.arrays["hard_negative_gap"] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+        if self.retrieval.categories:
+            snap.details["retrieval_by_category"] = {str(k): v for k, v in report.by_category().items()}
+
+
+class SnapshotSchedule:
+    """When a run's snapshots are taken: the base model as training starts, every ``every``-th
+    checkpoint save, and the model as training ends, never twice at one step. On resume, the base and
+    latest snapshots at or before the resumed step are reloaded from the run folder so diffs continue.
+
+    Both trainer callbacks go through one schedule (held by their :class:`~aquin_monitor.monitor.StepMonitor`),
+    so they snapshot at the same steps.
+
+    >>> schedule = SnapshotSchedule(runner=None, every=2)
+    >>> schedule.at_start(None, 0), schedule.at_save(10), schedule.at_save(20)
+    ('base', False, True)
+    >>> schedule.taken(20); schedule.at_end(20), schedule.at_end(25)
+    (False, True)
+    """
+
+    def __init__(self, runner: SnapshotRunner, every: int = 1):
+        if every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {every}")
+        self.runner = runner
+        self.every = every
+        self.saves = 0
+        self.last_step: int | None = None
+
+    def at_start(self, run_dir: str | os.PathLike | None, step: int) -> str | None:
+        """The tag of the snapshot to take as training starts at ``step``; None when there is nothing to take.
+
+        On resume the history is reloaded first; a resumed step without its snapshot (the run was
+        killed while taking it, or ``every`` > 1 skipped it) gets one now, so the series has no gap.
+        """
+        if step == 0:
+            return "base"
+        if run_dir is not None and self.runner.restore(run_dir, step):
+            return None
+        return "checkpoint"
+
+    def at_save(self, step: int) -> bool:
+        """A checkpoint was saved at ``step``: whether to snapshot it."""
+        self.saves += 1
+        return self.saves % self.every == 0 and step != self.last_step
+
+    def at_end(self, step: int) -> bool:
+        """Training ended at ``step``: whether to snapshot (not when one was taken at this step)."""
+        return step != self.last_step
+
+    def taken(self, step: int) -> None:
+        """Note that a snapshot was taken (or attempted) at ``step``."""
+        self.last_step = step
+
+
+def snapshot_figures(snap: Snapshot) -> dict[str, Figure]:
+    """The figures of :data:`aquin_monitor.plots.SNAPSHOT_FIGURES` that ``snap`` has arrays for, by name.
+
+    One figure that fails to draw is left out with a warning; the others are kept.
+    """
+    from . import plots
+
+    inputs = plots.snapshot_figure_inputs(snap.arrays, snap.metrics, snap.details)
+    figures = {}
+    for spec in plots.SNAPSHOT_FIGURES:
+        if any(key not in inputs for key in spec.needs):
+            continue
+        try:
+            figures[spec.name] = spec.draw(inputs)
+        except plots.NoDataError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - one figure is not worth the others
+            warnings.warn(f"aquin-monitor: figure {spec.name} of the snapshot at step {snap.step} not drawn: {exc!r}", RuntimeWarning, stacklevel=2)
+    return figures
+
+
+def _retrieval_report(retrieval, q_emb, d_emb):
+    from .signals.retrieval import retrieval_metrics
+
+    doc_pos = {d: i for i, d in enumerate(retrieval.doc_ids())}
+    qids = retrieval.query_ids()
+    relevant = [{doc_pos[d]: g for d, g in retrieval.qrels.get(q, {}).items()} for q in qids]
+    negatives = [[doc_pos[d] for d in retrieval.hard_negatives.get(q, [])] for q in qids]
+    categories = [retrieval.categories.get(q) for q in qids] if retrieval.categories else None
+    return retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
+
+
+def _rogue_details(rogue) -> list[dict]:
+    total = float(np.clip(rogue.contributions, 0, None).sum()) or 1.0
+    return [{"dim": int(d), "share": float(max(c, 0.0) / total)} for d, c in zip(rogue.top_dimensions, rogue.top_contributions)]
+
+
+def attention_sample(n: int, k: int) -> np.ndarray:
+    """Indices of the ``k`` probe texts (of ``n``) whose attentions a snapshot keeps: evenly spaced.
+
+    Attentions need eager attention, which costs several times the fused kernel; the per-head
+    entropy is a mean over texts and tokens, so a sample spread over the whole probe (not its first
+    texts, which a file sorted by label would fill with one class) estimates it well.
+
+    >>> attention_sample(10, 4).tolist(), attention_sample(3, 8).tolist()
+    ([0, 3, 6, 9], [0, 1, 2])
+    """
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.arange(0)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
+
+
+def robust_ood_threshold(scores: np.ndarray) -> float:
+    """median + 3 × 1.4826 × MAD of the probe's own centroid distances.
+
+    A fixed cosine-distance cut does not transfer between models: anisotropic spaces (MiniLM's
+    mean distance to the centroid is ~0.66) would flag nearly everything at 0.5. This flags the
+    inputs that are outliers for *this* model's own spread.
+    """
+    med = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - med)))
+    return med + 3 * 1.4826 * mad
+
+
+def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
+    """2-D UMAP coordinates ``[n, 2]`` of the cosine geometry of ``embeddings`` (seeded, hence single-threaded).
+
+    Cosine neighbours are the euclidean neighbours of the unit vectors. Up to ``EXACT_KNN_MAX_POINTS``
+    they come from matrix products (:func:`exact_knn`) and are handed to umap as precomputed: below
+    4,096 points umap's own exact path would compute every pair with a Python call per pair, and the
+    graph and coordinates are those of that path, bit for bit (``tests/test_snapshot.py``); above
+    4,096 points umap would otherwise use its approximate nearest-neighbour descent. 100 epochs
+    instead of umap's 500 (the README's costs table gives the trustworthiness measured for that choice).
+    """
+    from ._optional import require
+
+    umap = require("umap", "UMAP coordinates in snapshots")
+    n = embeddings.shape[0]
+    k = min(15, n - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        knn = exact_knn(unit.astype(np.float64), k) if n <= EXACT_KNN_MAX_POINTS else None
+        reducer = umap.UMAP(
+            n_components=2, n_neighbors=k, n_epochs=100,
+            random_state=seed, init="spectral" if n > 20 else "random",
+            precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
+        )
+        return reducer.fit_transform(unit).astype(np.float32)
+
+
+EXACT_KNN_MAX_POINTS = 20000
+
+
+def exact_knn(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row of ``unit`` (itself included, as umap counts it) by euclidean
+    distance between unit vectors, ``sqrt(2 − 2 cos)``; ``(indices, distances)`` ``[n, k]``, nearest first.
+    Row blocks of ~32 MB of distances at a time (``signals.geometry._row_blocks``).
+
+    >>> idx, dist = exact_knn(np.eye(3), 2)
+    >>> idx[:, 0].tolist(), np.round(dist[:, 1], 4).tolist()
+    ([0, 1, 2], [1.4142, 1.4142, 1.4142])
+    """
+    n = unit.shape[0]
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    indices = np.empty((n, k), dtype=np.int64)
+    distances = np.empty((n, k), dtype=unit.dtype)
+    for start, stop, rows in _row_blocks(unit):
+        block = np.sqrt(np.clip(2.0 - 2.0 * (rows @ unit.T), 0.0, None))
+        own = np.arange(stop - start)
+        block[own, start + own] = 0.0  # a row is its own nearest neighbour, whatever rounding says
+        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (stop - start, 1))
+        d = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(d, axis=1, kind="stable")
+        indices[start:stop] = np.take_along_axis(part, order, axis=1)
+        distances[start:stop] = np.take_along_axis(d, order, axis=1)
+    return indices, distances

@@ -75,6 +75,11 @@ class StepMonitor:
             on the rank that writes; None: no snapshots.
         run_dir: where snapshots are saved.
 
+    A ``stop_on`` alarm of kind ``nan`` also discards the update of the step on which it is decided
+    (every gradient is set to None before the optimizer runs, so the weights stay finite): on CPU
+    that is the NaN step itself; on CUDA, where a step's numbers are read one step later, it is
+    the step after it (the NaN step's own update has then already been applied).
+
     Example (framework-free)::
 
         monitor = StepMonitor([JsonlSink("runs/x")])
@@ -337,6 +342,8 @@ class StepMonitor:
                 warnings.warn(f"aquin-monitor alarm [{alarm.kind}] {alarm.message}", AlarmWarning, stacklevel=4)
             if alarm.kind in self.stop_on:
                 self.should_stop = True
+                if alarm.kind == "nan":
+                    self._discard_update = True
         return found
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -349,6 +356,13 @@ class StepMonitor:
         """
         if step == 0 and self.last_step == 0:
             self.start_fresh()
+        elif step > 0 and self.last_step == 0 and self.warn:
+            warnings.warn(
+                f"aquin-monitor: resumed at step {step} without the monitor's saved state (the checkpoint has none, e.g. the "
+                "run was killed while saving it): the alarm history starts afresh and the steps up to the checkpoint are kept as logged",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if self.groups is None:
             self.attach(model)
         if self.snapshots is not None:

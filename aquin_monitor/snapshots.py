@@ -326,7 +326,7 @@ class SnapshotSchedule:
         """
         if step == 0:
             return "base"
-        if run_dir is not None and self.runner.restore(run_dir, step):
+        if run_dir is not None and self.runner.restore(run_dir, step) and self.runner.previous.step == step:
             return None
         return "checkpoint"
 

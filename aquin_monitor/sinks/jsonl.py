@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from aquin_monitor.runlock import RunLock
 from aquin_monitor.sinks.base import check_step, finite_values, validate_event
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,10 @@ class _AppendOnlyLines:
 class JsonlSink:
     """Write monitor output as plain files under ``run_dir`` (see the module docstring for the layout).
 
+    The sink holds the folder's :class:`~aquin_monitor.runlock.RunLock` from creation to :meth:`close`
+    (``lock=False``: not), so a second live run writing into the same folder fails at once with
+    :class:`~aquin_monitor.runlock.RunFolderLocked` and changes nothing.
+
     >>> import tempfile
     >>> run_dir = tempfile.mkdtemp()
     >>> sink = JsonlSink(run_dir)
@@ -203,11 +208,17 @@ class JsonlSink:
     [{'step': 10, 'contrastive/gap': 0.31, 'grad_norm/total': None}]
     """
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, lock: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Claim the folder before touching anything in it: a second live run stops here, having changed nothing.
+        self.lock = RunLock(self.run_dir).acquire() if lock else None
         self._files: dict[str, _AppendOnlyLines] = {}
-        self._open_standing_files()
+        try:
+            self._open_standing_files()
+        except BaseException:
+            self.close()
+            raise
 
     def _open_standing_files(self) -> None:
         # metrics and events exist from the start: an empty events.jsonl means "no alarm".
@@ -340,8 +351,13 @@ class JsonlSink:
         """Nothing to do: every line is handed to the OS when it is logged."""
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
+        """Close the files and release the run folder's lock."""
+        try:
+            for handle in self._files.values():
+                handle.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 #: What a run leaves in its run directory (moved aside by :meth:`JsonlSink.archive_previous_run`).

@@ -42,7 +42,7 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RunFolderLocked", "RunLock", "RunLockWarning", "lock_holder"]
+__all__ = ["LOCK_NAME", "RunFolderLocked", "RunLock", "RunLockWarning", "held_elsewhere", "lock_holder"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,30 @@ def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError):
         return None
     return _parse_holder(text)
+
+
+def held_elsewhere(run_dir: str | os.PathLike) -> bool:
+    """Whether another live process holds the lock of ``run_dir`` now (never creates the lock file).
+
+    False when this process holds it, when nobody does, and where locks are unavailable.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    earlier = _HELD.get(os.path.realpath(path))
+    if (earlier is not None and earlier.held) or fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops the probe's own lock, if it got one
+    return False
 
 
 def _parse_holder(text: str) -> dict[str, Any] | None:

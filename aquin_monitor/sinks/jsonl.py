@@ -90,14 +90,22 @@ def json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(to_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def iter_jsonl(path: str | os.PathLike, *, encoding_errors: str = "strict") -> Iterator[tuple[int, str, Any, str | None]]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any, str | None]]:
     """``(line number, line, record, problem)`` for each non-blank line of a JSON Lines file.
 
     ``problem`` is None for a JSON object, else what is wrong with the line (``record`` is then the
-    parsed value, or None for invalid JSON). Readers decide whether a problem raises or is skipped.
+    parsed value, or None for invalid JSON or bytes that are not UTF-8; each line is decoded on its
+    own, so one bad byte costs one line, named, never a silent U+FFFD). Readers decide whether a
+    problem raises or is skipped.
     """
-    with open(path, encoding="utf-8", errors=encoding_errors) as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+                yield number, raw.decode("utf-8", errors="replace"), None, problem
+                continue
             if not line.strip():
                 continue
             try:
@@ -113,7 +121,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON Lines file into a list of dicts; blank lines are skipped.
 
     Raises :class:`JsonlFormatError` naming the file and the 1-based line number when a line
-    is not valid JSON or not a JSON object.
+    is not UTF-8, not valid JSON or not a JSON object.
     """
     records = []
     for number, line, record, problem in iter_jsonl(path):

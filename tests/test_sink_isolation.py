@@ -12,7 +12,6 @@ import warnings
 
 import matplotlib
 import numpy as np
-import pytest
 
 from aquin_monitor import plots
 from aquin_monitor.data import ProbeSet

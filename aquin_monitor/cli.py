@@ -9,8 +9,12 @@ stdout and, with ``--json OUT``, as JSON (``--json -``: JSON on stdout instead o
 Progress bars and data summaries go to stderr.
 
 Exit status: 0 on success; 2 on bad input (a :class:`~aquin_monitor.data.DataError`, a model that
-cannot be loaded, a missing file, bad arguments) with one line on stderr naming the file, line
-and field, never a traceback; 1 when an optional dependency is missing.
+cannot be loaded, a missing file, an output path that cannot be written, a run folder in use,
+bad arguments) with one line on stderr naming the file, line and field, never a traceback; 1
+when an optional dependency is missing; 130 on Ctrl-C (one line); 141 when the reader of stdout
+went away (``aquin-monitor eval ... | head``: nothing on stderr). Every input and output path is
+checked before the first model is loaded, and files are written atomically (a temporary name,
+then a rename), so an interruption leaves no partial file.
 
 Examples::
 
@@ -26,17 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError
+from .runlock import RunFolderLocked
 
 __all__ = ["build_parser", "main"]
 
 PROG = "aquin-monitor"
 EXIT_OK, EXIT_MISSING_DEPENDENCY, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE: what a shell shows for either
 
 
 
@@ -46,16 +53,18 @@ EXIT_OK, EXIT_MISSING_DEPENDENCY, EXIT_BAD_INPUT = 0, 1, 2
 
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
-    from .encoders import resolve_model
+    from .encoders import check_model
     from .snapshots import SnapshotRunner
 
-    probe = read_probe(args.probe)
-    resolve_model(args.model)
+    probe = _usable_probe(read_probe(args.probe))
+    check_model(args.model, adapter=args.adapter)
     _note(probe.summary())
     model = _load_model(args.model, args, args.adapter)
     runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
                             max_attention_texts=args.attention_texts)
-    snap = runner.take(model, 0, tag="inspect", model_name=args.model, run_dir=args.run_dir, diff_against_history=False)
+    snap = runner.take(model, 0, tag="inspect", model_name=args.model, diff_against_history=False)
+    if args.run_dir:
+        _save_inspect_snapshot(snap, args.run_dir)
     result: dict[str, Any] = {
         "command": "inspect",
         "model": args.model,
@@ -71,11 +80,13 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir, read_pairs
-    from .encoders import encode, load_cross_encoder, resolve_model, retrieval_prompt_names
+    from .encoders import check_model, encode, load_cross_encoder, retrieval_prompt_names
     from .signals.retrieval import rerank, retrieval_metrics, topk
 
     data = read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
-    resolve_model(args.model)
+    check_model(args.model, adapter=args.adapter)
+    if args.cross_encoder:
+        check_model(args.cross_encoder, cross_encoder=True)
     cross_encoder = load_cross_encoder(args.cross_encoder, device=args.device) if args.cross_encoder else None
     _note(data.summary())
     model = _load_model(args.model, args, args.adapter)
@@ -125,14 +136,14 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_pairs, read_probe
-    from .encoders import resolve_model
+    from .encoders import check_model
     from .snapshots import SnapshotRunner
     from .snapshot import diff
 
-    probe = read_probe(args.probe)
+    probe = _usable_probe(read_probe(args.probe))
     retrieval = read_pairs(args.pairs) if args.pairs else None
-    resolve_model(args.base)
-    resolve_model(args.other)  # a missing OTHER fails now, not after BASE has been encoded
+    check_model(args.base)
+    check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
     _note(probe.summary())
     if retrieval is not None:
         _note(retrieval.summary())
@@ -158,6 +169,7 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
 def _report(args: argparse.Namespace) -> dict[str, Any]:
     from .report import write_report  # matplotlib and the page templates only when asked for
 
+    _check_run_folder(args.run_dir)
     path = write_report(args.run_dir)
     print(path)
     return {"command": "report", "path": str(path)}
@@ -199,6 +211,128 @@ def _gap_summary(report) -> dict[str, Any]:
         "max": float(gaps.max()),
         "fraction_negative": float(np.mean(gaps < 0)),  # a negative outscores every positive
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before any model loads, and writes that leave nothing half-done
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (under a file, a folder given for a file, not writable)."""
+
+
+#: Smallest probe a snapshot takes (pairwise and PCA signals need three points).
+MIN_PROBE_TEXTS = 3
+
+
+def _usable_probe(probe):
+    """``probe`` if a snapshot can be taken of it; else a :class:`~aquin_monitor.data.DataError`-like
+    ``ValueError`` naming the file (found now, not after the model has loaded)."""
+    if len(probe.texts) < MIN_PROBE_TEXTS:
+        raise ValueError(f"{probe.source}: a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}")
+    if len(set(probe.texts)) == 1:
+        raise ValueError(f"{probe.source}: all {len(probe.texts)} texts are identical; a probe needs different texts")
+    return probe
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Every path a command will write, checked before it reads a model (nothing is created here)."""
+    json_out = getattr(args, "json", None)
+    if json_out and json_out != "-":
+        _check_output_file(Path(json_out), "--json")
+    if args.command == "inspect" and args.run_dir:
+        _check_output_dir(Path(args.run_dir), "--run-dir")
+        _check_inspect_run_dir(Path(args.run_dir))
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{option} {path}: the file is not writable")
+    _check_creatable(path.parent, option, path)
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a file, not a folder")
+    _check_creatable(path, option, path)
+
+
+def _check_creatable(folder: Path, option: str, shown: Path) -> None:
+    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is one."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{option} {shown}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {shown}: the folder {existing} is not writable")
+
+
+def _check_inspect_run_dir(run_dir: Path) -> None:
+    """``inspect --run-dir`` writes ``snapshots/0`` of tag 'inspect': never into a folder a live run
+    holds, never over another kind of snapshot (a training run's base)."""
+    from .runlock import held_elsewhere, lock_holder
+    from .snapshot import snapshot_tag
+
+    if held_elsewhere(run_dir):
+        raise RunFolderLocked(run_dir, lock_holder(run_dir))
+    tag = snapshot_tag(run_dir, 0)
+    if tag not in (None, "inspect"):
+        raise OutputPathError(
+            f"--run-dir {run_dir}: {run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
+            "inspect never replaces another kind of snapshot: choose another --run-dir"
+        )
+
+
+def _save_inspect_snapshot(snap, run_dir: str) -> None:
+    from .runlock import RunLock
+
+    with RunLock(run_dir):
+        _check_inspect_run_dir(Path(run_dir))  # again, now that the folder is ours
+        snap.save(run_dir)
+
+
+#: Files whose presence makes a folder a run folder (besides snapshots/<step>/).
+RUN_MARKERS = ("metrics.jsonl", "events.jsonl", "snapshots.jsonl")
+
+
+def _check_run_folder(run_dir: str) -> None:
+    """``report`` reads a run folder: refuse anything else before writing report.html into it."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise OutputPathError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: is a file, not a run folder")
+    snapshots = folder / "snapshots"
+    has_snapshot = snapshots.is_dir() and any(p.is_dir() and p.name.isdigit() for p in snapshots.iterdir())
+    if not has_snapshot and not any((folder / name).is_file() for name in RUN_MARKERS):
+        raise OutputPathError(
+            f"{folder}: not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written"
+        )
+    _check_output_file(folder / "report.html", "report")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path`` (umask permissions), then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _drop_stdout() -> None:
+    """After the reader of stdout left: send what is still buffered to /dev/null, so the exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +387,7 @@ def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) ->
     print("\n".join(table))
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        _write_atomically(out, text + "\n")
         _note(f"wrote {out}")
 
 
@@ -287,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
         epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "
-        f"{EXIT_MISSING_DEPENDENCY} missing optional dependency.",
+        f"{EXIT_MISSING_DEPENDENCY} missing optional dependency, {EXIT_INTERRUPTED} interrupted (Ctrl-C), "
+        f"{EXIT_BROKEN_PIPE} stdout closed by its reader.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -354,13 +488,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2, message already printed)
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
+        _check_output_paths(args)
         args.handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit
+    except BrokenPipeError:  # `aquin-monitor eval ... | head`: not an error of ours, nothing to say
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # files are written atomically: nothing partial is left behind
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MissingDependencyError as error:
         print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_MISSING_DEPENDENCY
     # The project's convention: bad input raises a ValueError subclass (DataError, ModelLoadError,
     # RetrievalInputError, ...); unreadable or missing files raise OSError.
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, RunFolderLocked) as error:
         print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -51,6 +51,7 @@ __all__ = [
     "add_lora",
     "apply_prompt",
     "bundled_model_path",
+    "check_model",
     "detect_pooling",
     "encode",
     "has_lora",
@@ -162,6 +163,38 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     return _resolve_location(name_or_path)
 
 
+def check_model(
+    name_or_path: str | os.PathLike, *, adapter: str | os.PathLike | None = None, cross_encoder: bool = False
+) -> str:
+    """Everything :func:`load_model` (``cross_encoder=True``: :func:`load_cross_encoder`) checks
+    before loading, without loading: the location resolves, a directory is a checkpoint, an
+    adapter directory has ``adapter_config.json``. Returns the resolved location.
+
+    Raises:
+        ModelLoadError: (or :class:`ModelNotFoundError`) naming the path, as the loaders would.
+
+    >>> check_model("default") == bundled_model_path()
+    True
+    """
+    if cross_encoder and name_or_path == DEFAULT_MODEL:
+        raise ModelLoadError("there is no bundled cross-encoder; pass a checkpoint directory or a Hub id")
+    location = _resolve_location(name_or_path) if cross_encoder else resolve_model(name_or_path)
+    if os.path.isdir(location):
+        _check_checkpoint_dir(location)
+    if adapter is not None:
+        _adapter_dir(adapter)
+    return location
+
+
+def _adapter_dir(adapter: str | os.PathLike) -> str:
+    path = os.path.expanduser(os.fspath(adapter))
+    if not os.path.isdir(path):
+        raise ModelNotFoundError(f"LoRA adapter directory {path!r} does not exist")
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ModelLoadError(f"{path!r} is not a peft adapter: it has no adapter_config.json")
+    return path
+
+
 def _check_checkpoint_dir(path: str) -> None:
     markers = ("modules.json", "config.json", "adapter_config.json")
     if not any(os.path.isfile(os.path.join(path, marker)) for marker in markers):
@@ -220,11 +253,7 @@ def load_model(
 
 def _load_adapter(model: SentenceTransformer, adapter: str | os.PathLike) -> None:
     peft = require("peft", "Loading a LoRA adapter")
-    path = os.path.expanduser(os.fspath(adapter))
-    if not os.path.isdir(path):
-        raise ModelNotFoundError(f"LoRA adapter directory {path!r} does not exist")
-    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise ModelLoadError(f"{path!r} is not a peft adapter: it has no adapter_config.json")
+    path = _adapter_dir(adapter)
     transformer_module = _transformer_module(model)
     attribute = _inner_model_attribute(transformer_module)
     # A PeftModel wrapper rather than transformers' injected adapters (`model.load_adapter`):

@@ -23,6 +23,8 @@ Diff figures (a snapshot against the base model):
 A function given nothing to draw raises :class:`NoDataError` (a :class:`ValueError`), so a caller
 can tell "absent" from "drawn"; shapes that do not fit together raise :class:`ValueError`.
 Non-finite values (``null`` in JSON) are left out of what is drawn and counted in the title.
+User text (labels, alarm kinds, layer names) is drawn as plain text (:data:`PLAIN_TEXT`): no
+mathtext, no LaTeX, so a label such as ``$$`` is shown as written and never fails a figure.
 """
 
 from __future__ import annotations
@@ -72,6 +74,20 @@ class NoDataError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+#: Text properties of every piece of user text (labels, alarm kinds, layer names) drawn in a figure:
+#: no mathtext (a label ``$$`` is two dollar signs, not an empty formula that fails to render) and
+#: no LaTeX even when the user's rcParams turn ``text.usetex`` on.
+PLAIN_TEXT: dict[str, bool] = {"parse_math": False, "usetex": False}
+
+
+def _legend(owner: Any, **kwargs: Any) -> Any:
+    """``owner.legend(**kwargs)`` (an Axes or a Figure) with its entries drawn as plain text."""
+    legend = owner.legend(**kwargs)
+    for text in legend.get_texts():
+        text.update(PLAIN_TEXT)
+    return legend
 
 
 def _figure(size: tuple[float, float] = _WIDE) -> tuple[Figure, Any]:
@@ -190,7 +206,7 @@ def loss_curve(
     axes.set_ylabel("loss")
     axes.set_title(f"Training loss{_dropped_note(int(bad.sum()))}")
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize=8)
+    _legend(axes, loc="upper right", fontsize=8)
     return figure
 
 
@@ -223,7 +239,7 @@ def contrastive_curve(
     axes.set_ylabel("cosine similarity")
     axes.set_title("Contrastive decomposition: positives vs negatives")
     axes.grid(alpha=0.3)
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return figure
 
 
@@ -314,13 +330,13 @@ def grad_norm_heatmap(
         if layer not in row_of:
             unplaced.append(event)
     _mark_alarms(axes, unplaced)
-    axes.set_yticks(range(len(groups)), groups, fontsize=7 if len(groups) > 20 else 8)
+    axes.set_yticks(range(len(groups)), groups, fontsize=7 if len(groups) > 20 else 8, **PLAIN_TEXT)
     axes.set_ylim(len(groups) - 0.5, -0.5)
     axes.set_xlabel("step")
     axes.set_title("Gradient norm per layer (log scale)")
     handles, _ = axes.get_legend_handles_labels()
     if handles:
-        figure.legend(loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+        _legend(figure, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
     return figure
 
 
@@ -386,7 +402,7 @@ def umap_by_label(umap: Any, labels: Sequence[Any] | None = None) -> Figure:
             mask = names == label
             axes.scatter(points[mask, 0], points[mask, 1], s=8, color=palette(index % palette.N), alpha=0.85,
                          label=_short(label, 28))
-        axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.5, frameon=False)
+        _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.5, frameon=False)
         title = f"UMAP of the probe set by label ({unique.size} labels)"
     axes.set_title(title)
     axes.set_xticks([])
@@ -414,7 +430,7 @@ def umap_by_ood(umap: Any, ood_score: Any, flagged: Sequence[int] | None = None)
         index = np.asarray([i for i in flagged if 0 <= int(i) < points.shape[0]], dtype=np.int64)
         axes.scatter(points[index, 0], points[index, 1], s=60, facecolors="none", edgecolors="#d7191c",
                      linewidths=1.2, label=f"flagged OOD ({index.size})")
-        axes.legend(loc="lower right", fontsize=8)
+        _legend(axes, loc="lower right", fontsize=8)
     axes.set_title("UMAP of the probe set by OOD score")
     axes.set_xticks([])
     axes.set_yticks([])
@@ -453,7 +469,7 @@ def anisotropy_histogram(
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("fraction of pairs")
     axes.set_xlim(edges[0], edges[-1])
-    axes.legend(loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=8)
     axes.grid(alpha=0.3)
     return figure
 
@@ -476,7 +492,7 @@ def pca_variance_curve(cumulative: Any, thresholds: Sequence[float] = (0.90, 0.9
     axes.set_xlabel("number of principal components")
     axes.set_ylabel("cumulative explained variance")
     axes.set_title(f"PCA explained variance ({cumulative.size} components)")
-    axes.legend(loc="lower right", fontsize=8)
+    _legend(axes, loc="lower right", fontsize=8)
     axes.grid(alpha=0.3)
     return figure
 
@@ -575,7 +591,7 @@ def hard_negative_gap_distribution(gaps: Any, bins: int = 40) -> Figure:
     axes.set_title(f"Hard-negative gap per query ({below:.0%} below 0){_dropped_note(dropped)}")
     axes.set_xlabel("sim(closest positive) − sim(closest negative)")
     axes.set_ylabel("queries")
-    axes.legend(loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=8)
     axes.grid(alpha=0.3)
     return figure
 
@@ -604,7 +620,8 @@ def centroid_drift_arrows(base_2d: Any, now_2d: Any, labels: Sequence[Any] | Non
         axes.scatter(*now[index], s=40, color=colour)
         axes.annotate("", xy=now[index], xytext=base[index],
                       arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.4})
-        axes.annotate(_short(name, 18), now[index], xytext=(4, 4), textcoords="offset points", fontsize=7, color=colour)
+        axes.annotate(_short(name, 18), now[index], xytext=(4, 4), textcoords="offset points", fontsize=7, color=colour,
+                      **PLAIN_TEXT)
     axes.margins(0.15)  # room for the labels of centroids on the edge
     shift = np.linalg.norm(now - base, axis=1)
     axes.set_title(f"Centroid drift base → now ({len(names)} labels, mean shift {shift.mean():.3f})", fontsize=10)
@@ -632,7 +649,7 @@ def similarity_shift(base_values: Any, now_values: Any, bins: int = 50) -> Figur
     axes.set_title(f"Similarity distribution shift{_dropped_note(dropped_base + dropped_now)}")
     axes.set_xlabel("cosine similarity of sampled pairs")
     axes.set_ylabel("density")
-    axes.legend(loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=8)
     axes.grid(alpha=0.3)
     return figure
 
@@ -670,7 +687,7 @@ def rank_changes(rank_before: Any, rank_after: Any) -> Figure:
     axes.set_ylabel("rank now")
     left_out = int((~keep).sum())
     axes.set_title(f"Rank of the first relevant document, base vs now{_dropped_note(left_out)}", fontsize=10)
-    axes.legend(loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=8)
     axes.grid(alpha=0.3, which="both")
     return figure
 

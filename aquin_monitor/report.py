@@ -80,7 +80,7 @@ def read_jsonl_tolerant(path: str | os.PathLike, name: str | None = None) -> tup
     name = name or Path(path).name
     records: list[dict[str, Any]] = []
     problems: list[str] = []
-    for number, _, record, problem in iter_jsonl(path, encoding_errors="replace"):
+    for number, _, record, problem in iter_jsonl(path):
         if problem is None:
             records.append(record)
         else:

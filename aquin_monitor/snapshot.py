@@ -2,17 +2,25 @@
 
 On disk, one folder per snapshot: ``<run>/snapshots/<step>/snapshot.json`` (numbers: ``step``, ``tag``,
 ``model``, ``metrics`` in the metric vocabulary, small ``details``) and ``arrays.npz`` (embeddings, UMAP
-coordinates, histograms, heatmaps...). The folder is written under a temporary name and renamed into
-place, so a crash never leaves half a snapshot.
+coordinates, histograms, heatmaps...). The folder is written under a temporary name
+(``.<step>-tmp-<host>-<pid>-<token>``) and renamed into place, so a crash never leaves half a snapshot.
+Re-saving a step moves the old folder to ``.<step>-old`` first; a kill between the two renames is
+repaired by :func:`recover_snapshots` (the next save, or the next :func:`list_snapshots`, e.g. on
+resume): ``.<step>-old`` is put back, and temp folders of dead processes are removed. Folders and
+files get the permissions of the process umask, like every other file the run writes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from .runlock import held_elsewhere
 from .signals.drift import drift_summary, procrustes_align
 from .sinks.jsonl import to_jsonable
+
+logger = logging.getLogger(__name__)
+
+# A snapshot being written (this version), one written by mkdtemp (earlier versions), a replaced one.
+_TEMP = re.compile(r"^\.(?P<step>\d+)-tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+$")
+_LEGACY_TEMP = re.compile(r"^\.(?P<step>\d+)-[a-z0-9_]{8}$")
+_OLD = re.compile(r"^\.(?P<step>\d+)-old$")
 
 
 @dataclass
@@ -34,23 +50,18 @@ class Snapshot:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write ``<run_dir>/snapshots/<step>/`` atomically and return it."""
+        """Write ``<run_dir>/snapshots/<step>/`` atomically and return it (see the module docstring)."""
         root = Path(run_dir) / "snapshots"
         root.mkdir(parents=True, exist_ok=True)
+        recover_snapshots(run_dir)
         final = root / str(self.step)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.step}-", dir=root))
+        tmp = root / f".{self.step}-tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()  # mode 0o777 minus the umask (mkdtemp would give 0o700: unreadable to teammates)
         try:
             record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": to_jsonable(self.metrics), "details": to_jsonable(self.details)}
             (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
             np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})
-            if final.exists():
-                old = root / f".{self.step}-old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            _move_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -149,13 +160,104 @@ class SnapshotView:
             self.details = record["details"]
 
 
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``; an existing ``final`` is set aside as ``.<step>-old`` meanwhile."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".{final.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)  # put the old snapshot back rather than leave a gap
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_snapshots(run_dir: str | os.PathLike) -> list[str]:
+    """Repair what a killed save left in ``<run_dir>/snapshots``; return one line per repair.
+
+    - ``.<N>-old`` without ``<N>``: a re-save was killed between its two renames; the old snapshot
+      is put back as ``<N>`` (with a warning).
+    - ``.<N>-old`` beside ``<N>``: the re-save completed; the old copy is removed.
+    - temp folders of processes that are no longer running on this host (and those of earlier
+      versions) are removed.
+
+    Nothing is done while another live process holds the run folder's lock (it repairs its own
+    folder). Failures (a read-only folder) are logged, never raised.
+    """
+    root = Path(run_dir) / "snapshots"
+    if not root.is_dir() or held_elsewhere(run_dir):
+        return []
+    repairs: list[str] = []
+    for child in sorted(root.iterdir()):
+        try:
+            repair = _recover_one(child)
+        except OSError as exc:
+            logger.warning("aquin-monitor: could not tidy %s: %s", child, exc)
+            continue
+        if repair:
+            repairs.append(repair)
+    for line in repairs:
+        if "put back" in line:
+            logger.warning(line)
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+    return repairs
+
+
+def _recover_one(child: Path) -> str | None:
+    old = _OLD.match(child.name)
+    if old:
+        final = child.with_name(old["step"])
+        if final.exists():
+            shutil.rmtree(child)
+            return f"removed {child} (the re-save of snapshot {old['step']} had completed)"
+        os.replace(child, final)
+        return f"aquin-monitor: snapshot {old['step']} was being re-saved when its process died; the earlier one was put back at {final}"
+    temp = _TEMP.match(child.name)
+    if temp and (temp["host"] != socket.gethostname() or _alive(int(temp["pid"]))):
+        return None  # another machine's or a live process's write in progress
+    if temp or _LEGACY_TEMP.match(child.name):
+        shutil.rmtree(child)
+        return f"removed {child}, a snapshot left half-written by a process that is no longer running"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
-    """Snapshot folders of a run, by step."""
+    """Snapshot folders of a run, by step (after :func:`recover_snapshots` has repaired a killed save)."""
     root = Path(run_dir) / "snapshots"
     if not root.is_dir():
         return []
+    recover_snapshots(run_dir)
     found = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / "snapshot.json").exists()]
     return sorted(found, key=lambda p: int(p.name))
+
+
+def snapshot_tag(run_dir: str | os.PathLike, step: int) -> str | None:
+    """The tag (``base``, ``checkpoint``, ``inspect``) of the snapshot saved at ``step``; None if there is
+    none. A folder whose record cannot be read counts as ``"unknown"`` (someone else's: not ours to replace)."""
+    path = Path(run_dir) / "snapshots" / str(step) / "snapshot.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    return str(record.get("tag", "checkpoint")) if isinstance(record, dict) else "unknown"
 
 
 @dataclass

@@ -190,7 +190,7 @@ class ExplodingSink:
         self.closed = True
 
 
-def test_multisink_switches_a_failing_sink_off_after_one_warning(tmp_path, caplog):
+def test_multisink_switches_a_failing_call_kind_off_after_one_warning(tmp_path, caplog):
     exploding = ExplodingSink()
     jsonl = JsonlSink(tmp_path)
     sink = MultiSink([exploding, jsonl])
@@ -199,24 +199,25 @@ def test_multisink_switches_a_failing_sink_off_after_one_warning(tmp_path, caplo
         sink.log_scalars({"contrastive/gap": 0.1}, step=1)
         sink.log_scalars({"contrastive/gap": 0.2}, step=2)
         sink.log_event(ALARM)
+        sink.log_event(ALARM)
     sink.close()
 
-    sink_warnings = [w for w in caught if issubclass(w.category, SinkWarning)]
-    assert len(sink_warnings) == 1
-    assert "ExplodingSink" in str(sink_warnings[0].message) and "disk full" in str(sink_warnings[0].message)
-    assert sum("ExplodingSink" in record.getMessage() for record in caplog.records) == 1
-    assert exploding.calls == 1  # never called again once switched off
-    assert exploding.closed  # but still given a chance to release resources
-    assert sink.active == [jsonl]
+    sink_warnings = [str(w.message) for w in caught if issubclass(w.category, SinkWarning)]
+    assert len(sink_warnings) == 2  # one per failing call kind (log_scalars, log_event), never repeated
+    assert all("ExplodingSink" in m and "disk full" in m for m in sink_warnings)
+    assert sum("ExplodingSink" in record.getMessage() for record in caplog.records) == 2
+    assert exploding.calls == 2  # each failing kind called once, then skipped
+    assert exploding.closed  # its other calls (close) still run
+    assert sink.switched_off == [("ExplodingSink", "log_scalars"), ("ExplodingSink", "log_event")]
     assert [r["contrastive/gap"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0.1, 0.2]
-    assert [e["kind"] for e in read_jsonl(tmp_path / "events.jsonl")] == ["spike"]
+    assert [e["kind"] for e in read_jsonl(tmp_path / "events.jsonl")] == ["spike", "spike"]
 
 
 def test_multisink_strict_reraises(tmp_path):
     sink = MultiSink([ExplodingSink(), JsonlSink(tmp_path)], strict=True)
     with pytest.raises(OSError, match="disk full"):
         sink.log_scalars({"a": 1.0}, step=1)
-    assert len(sink.active) == 2
+    assert sink.switched_off == []
     sink.close()
 
 

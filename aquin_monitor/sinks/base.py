@@ -151,61 +151,69 @@ def finite_values(values: Any) -> np.ndarray:
 
 
 class MultiSink:
-    """Fan every call out to several sinks; a sink that raises is warned about once and switched off.
+    """Fan every call out to several sinks; a failing part is warned about once and switched off alone.
 
-    Monitoring must never kill training: the first exception a sink raises is reported
-    with :func:`warnings.warn` (:class:`SinkWarning`) and :mod:`logging`, then that sink is
-    skipped for the rest of the run while the others carry on. ``strict=True`` re-raises
-    instead (for tests).
+    Monitoring must never kill training, and one failing part must not silence the rest: the
+    first exception raised by one sink's call kind (``log_scalars``, ``log_embeddings``, ...)
+    or, for figures, by one sink's figure tag, is reported with :func:`warnings.warn`
+    (:class:`SinkWarning`) and :mod:`logging`, then that part alone is skipped for the rest of
+    the run. The same sink's other calls, its other figures and every other sink carry on (a
+    figure that cannot be drawn never stops the scalars of later steps). ``strict=True``
+    re-raises instead (for tests).
 
-    >>> class Broken:
+    >>> class FullDisk:
     ...     def log_scalars(self, metrics, step):
-    ...         raise OSError("disk full")
+    ...         pass
+    ...     def log_embeddings(self, tag, embeddings, labels, step):
+    ...         raise OSError("No space left on device")
     >>> import warnings
-    >>> sink = MultiSink([Broken()])
+    >>> sink = MultiSink([FullDisk()])
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
-    ...     sink.log_scalars({"contrastive/gap": 0.4}, step=1)
+    ...     sink.log_embeddings("probe", np.zeros((2, 2)), None, step=1)
+    ...     sink.log_embeddings("probe", np.zeros((2, 2)), None, step=2)
     ...     sink.log_scalars({"contrastive/gap": 0.5}, step=2)
-    >>> len(caught), sink.active
-    (1, [])
+    >>> len(caught), sink.switched_off
+    (1, [('FullDisk', 'log_embeddings')])
     """
 
     def __init__(self, sinks: Sequence[Sink] = (), *, strict: bool = False) -> None:
         self.sinks: list[Sink] = list(sinks)
         self.strict = strict
-        self._disabled: set[int] = set()
+        self._disabled: dict[tuple[int, str], str] = {}  # (id(sink), part) -> sink class name
 
     @property
-    def active(self) -> list[Sink]:
-        """The sinks still switched on."""
-        return [sink for sink in self.sinks if id(sink) not in self._disabled]
+    def switched_off(self) -> list[tuple[str, str]]:
+        """``(sink class name, part)`` of every part switched off, e.g. ``("JsonlSink", "log_figure snapshot/umap")``."""
+        return [(name, part) for (_, part), name in self._disabled.items()]
 
     def add(self, sink: Sink) -> None:
         """Add one more sink."""
         self.sinks.append(sink)
 
-    def _call(self, method: str, *args: Any, optional: bool = False, **kwargs: Any) -> None:
-        """Call ``method`` on every active sink (``optional``: only on those that define it)."""
-        for sink in self.active:
-            if optional and not hasattr(sink, method):
+    def _call(self, method: str, *args: Any, part: str | None = None, optional: bool = False, **kwargs: Any) -> None:
+        """Call ``method`` on every sink whose ``part`` (default: the method) is on; ``optional``:
+        only on sinks that define it."""
+        part = part or method
+        for sink in self.sinks:
+            if (id(sink), part) in self._disabled or (optional and not hasattr(sink, method)):
                 continue
             try:
                 getattr(sink, method)(*args, **kwargs)
             except Exception as exc:
                 if self.strict:
                     raise
-                self._switch_off(sink, method, exc)
+                self._switch_off(sink, part, exc)
 
-    def _switch_off(self, sink: Sink, method: str, exc: BaseException) -> None:
-        self._disabled.add(id(sink))
+    def _switch_off(self, sink: Sink, part: str, exc: BaseException) -> None:
+        self._disabled[(id(sink), part)] = type(sink).__name__
         message = (
-            f"aquin-monitor: sink {type(sink).__name__} failed in {method}() with "
-            f"{type(exc).__name__}: {exc}; it is switched off for the rest of the run "
-            "(training continues; pass strict=True to raise instead)"
+            f"aquin-monitor: sink {type(sink).__name__} failed in {part} with "
+            f"{type(exc).__name__}: {_first_line(exc)}; this part alone is switched off for the rest of the "
+            "run (its other calls and the other sinks go on; pass strict=True to raise instead)"
         )
         logger.warning(message, exc_info=exc)
-        warnings.warn(message, SinkWarning, stacklevel=3)
+        warnings.warn(message, SinkWarning, stacklevel=4)
 
     def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
         self._call("log_scalars", metrics, step)
@@ -217,7 +225,7 @@ class MultiSink:
         self._call("log_event", event)
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        self._call("log_figure", tag, figure, step)
+        self._call("log_figure", tag, figure, step, part=f"log_figure {tag}")
 
     def log_embeddings(
         self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
@@ -239,13 +247,10 @@ class MultiSink:
         self._call("flush")
 
     def close(self) -> None:
-        switched_off_before = set(self._disabled)
         self._call("close")
-        # A switched-off sink may still hold a file or a run open: try to release it, quietly.
-        for sink in self.sinks:
-            if id(sink) in switched_off_before:
-                try:
-                    sink.close()
-                except Exception:  # already reported once when it was switched off
-                    logger.debug("closing switched-off sink %s failed", type(sink).__name__, exc_info=True)
 
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (mathtext errors start with a newline)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else ""

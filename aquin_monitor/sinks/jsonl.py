@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from aquin_monitor.runlock import RunLock
 from aquin_monitor.sinks.base import check_step, finite_values, validate_event
 
 logger = logging.getLogger(__name__)
@@ -89,14 +90,22 @@ def json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(to_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def iter_jsonl(path: str | os.PathLike, *, encoding_errors: str = "strict") -> Iterator[tuple[int, str, Any, str | None]]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any, str | None]]:
     """``(line number, line, record, problem)`` for each non-blank line of a JSON Lines file.
 
     ``problem`` is None for a JSON object, else what is wrong with the line (``record`` is then the
-    parsed value, or None for invalid JSON). Readers decide whether a problem raises or is skipped.
+    parsed value, or None for invalid JSON or bytes that are not UTF-8; each line is decoded on its
+    own, so one bad byte costs one line, named, never a silent U+FFFD). Readers decide whether a
+    problem raises or is skipped.
     """
-    with open(path, encoding="utf-8", errors=encoding_errors) as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+                yield number, raw.decode("utf-8", errors="replace"), None, problem
+                continue
             if not line.strip():
                 continue
             try:
@@ -112,7 +121,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON Lines file into a list of dicts; blank lines are skipped.
 
     Raises :class:`JsonlFormatError` naming the file and the 1-based line number when a line
-    is not valid JSON or not a JSON object.
+    is not UTF-8, not valid JSON or not a JSON object.
     """
     records = []
     for number, line, record, problem in iter_jsonl(path):
@@ -194,6 +203,10 @@ class _AppendOnlyLines:
 class JsonlSink:
     """Write monitor output as plain files under ``run_dir`` (see the module docstring for the layout).
 
+    The sink holds the folder's :class:`~aquin_monitor.runlock.RunLock` from creation to :meth:`close`
+    (``lock=False``: not), so a second live run writing into the same folder fails at once with
+    :class:`~aquin_monitor.runlock.RunFolderLocked` and changes nothing.
+
     >>> import tempfile
     >>> run_dir = tempfile.mkdtemp()
     >>> sink = JsonlSink(run_dir)
@@ -203,11 +216,17 @@ class JsonlSink:
     [{'step': 10, 'contrastive/gap': 0.31, 'grad_norm/total': None}]
     """
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, lock: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Claim the folder before touching anything in it: a second live run stops here, having changed nothing.
+        self.lock = RunLock(self.run_dir).acquire() if lock else None
         self._files: dict[str, _AppendOnlyLines] = {}
-        self._open_standing_files()
+        try:
+            self._open_standing_files()
+        except BaseException:
+            self.close()
+            raise
 
     def _open_standing_files(self) -> None:
         # metrics and events exist from the start: an empty events.jsonl means "no alarm".
@@ -340,8 +359,13 @@ class JsonlSink:
         """Nothing to do: every line is handed to the OS when it is logged."""
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
+        """Close the files and release the run folder's lock."""
+        try:
+            for handle in self._files.values():
+                handle.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 #: What a run leaves in its run directory (moved aside by :meth:`JsonlSink.archive_previous_run`).

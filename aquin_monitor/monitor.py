@@ -67,7 +67,7 @@ class StepMonitor:
         tap: the contrastive tap losses report to (default: the process-wide one).
         warn: emit a Python :class:`AlarmWarning` per alarm (rank zero).
         background: on CUDA, do the host side of a step (alarm detection, sink writes) in a worker
-            thread while the next step's backward pass runs (see :class:`_HostWorker`); False does it
+            thread while the next step's backward pass runs (see :class:`HostWorker`); False does it
             on the training thread at the next step. Results and decisions are the same either way.
         grad_prefix: metric prefix of the gradient norms (``grad_norm_post_clip/`` when a trainer
             clips before the monitor can measure).
@@ -135,7 +135,7 @@ class StepMonitor:
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self.background = background
-        self._worker: _HostWorker | None = None
+        self._worker: HostWorker | None = None
         self._pending_state: dict | None = None
         self._reduced_step: int | None = None  # last step this rank joined the cross-rank all_reduce
         self._reduce_device: torch.device | None = None
@@ -231,7 +231,7 @@ class StepMonitor:
             self._pending = (step, host, event, layout)
             if self.background:
                 if self._worker is None:
-                    self._worker = _HostWorker(self._process)
+                    self._worker = HostWorker(self._process)
                 self._worker.submit(step, host, event, layout)
                 self.tap.arm(functools.partial(self._worker.start, step))
         else:
@@ -449,7 +449,7 @@ class StepMonitor:
         self._pending_state = None
 
 
-class _HostWorker:
+class HostWorker:
     """Runs the host side of a CUDA step in a thread, while the training thread is inside ``backward()``.
 
     On a GPU whose step is bound by Python's kernel launches, every millisecond the training thread

@@ -177,10 +177,10 @@ def test_background_worker_writes_what_the_training_thread_would(tmp_path, monke
 
 
 def test_worker_starts_when_the_next_backward_begins():
-    from aquin_monitor.monitor import _HostWorker
+    from aquin_monitor.monitor import HostWorker
 
     order, processed = [], []
-    worker = _HostWorker(lambda step, vector, sizes: processed.append((step, vector.tolist())))
+    worker = HostWorker(lambda step, vector, sizes: processed.append((step, vector.tolist())))
     worker.submit(7, torch.tensor([1.0, 2.0]), _DoneEvent(), (0, 0))
     tap = ContrastiveTap(strict=True)
     tap.arm(lambda: (order.append("hook"), worker.start(7)))
@@ -199,12 +199,12 @@ def test_worker_starts_when_the_next_backward_begins():
 
 
 def test_a_failure_in_the_worker_surfaces_on_the_training_thread():
-    from aquin_monitor.monitor import _HostWorker
+    from aquin_monitor.monitor import HostWorker
 
     def process(step, vector, sizes):
         raise OSError("disk full")
 
-    worker = _HostWorker(process)
+    worker = HostWorker(process)
     worker.submit(3, torch.zeros(1), _DoneEvent(), (0, 0))
     with pytest.raises(OSError, match="disk full"):
         worker.finish(3)  # no hook fired: finish starts the work itself

@@ -248,6 +248,42 @@ def read_probe(
     Labels and ids may be strings or integers (kept as strings). ``label_field=None`` or
     ``id_field=None`` ignores that field. ``limit`` reads only the first ``limit`` records and
     marks the set ``truncated`` when the file has more.
+
+    Args:
+        path: A JSONL file, one object a line (blank lines are skipped).
+        text_field: Name of the field holding the text to embed.
+        label_field: Name of the optional label field, or None to ignore labels.
+        id_field: Name of the optional id field, or None to ignore ids (then ids are ``"0"``, ``"1"``, ...).
+        limit: Read at most this many records, or all when None.
+
+    Inputs:
+        +------------------------------------------------+--------------------------------------+
+        | line                                           | kept as                              |
+        +================================================+======================================+
+        | ``{"text": str}``                              | text; no label; id = position        |
+        +------------------------------------------------+--------------------------------------+
+        | ``{"text": str, "label": str or int}``         | text and label (as a string)         |
+        +------------------------------------------------+--------------------------------------+
+        | ``{"text":.., "label":.., "id": str or int}``  | text, label, unique id (as a string) |
+        +------------------------------------------------+--------------------------------------+
+
+    Returns:
+        A :class:`ProbeSet` of texts, labels (None when the file has none) and ids.
+
+    Raises:
+        DataError: One line naming the file, line and field: malformed JSON, a missing or empty
+            text, a label or id given on some lines only, a duplicate id, an empty file.
+        ValueError: ``limit`` is not a positive integer or None.
+
+    Example:
+        ::
+
+            >>> import tempfile, pathlib
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "probe.jsonl"
+            >>> _ = path.write_text('{"text": "a cat", "label": "animal"}\\n{"text": "a car", "label": 7}\\n')
+            >>> probe = read_probe(path)
+            >>> probe.texts, probe.labels, probe.ids
+            (['a cat', 'a car'], ['animal', '7'], ['0', '1'])
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
@@ -376,60 +412,38 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
     judgements are validated but are not relevant. With ``max_corpus`` the corpus keeps every
     document judged in the split plus the first other documents in file order, ``max_corpus`` in
     all; every corpus line is still read and validated.
+
+    Args:
+        folder: A BEIR dataset folder (Thakur et al. 2021, "BEIR: A Heterogeneous Benchmark for
+            Zero-shot Evaluation of Information Retrieval Models").
+        split: Name of the qrels file to read, ``qrels/<split>.tsv``.
+        max_corpus: Keep at most this many documents (the judged ones always), or all when None.
+
+    Returns:
+        A :class:`RetrievalSet` whose ``not_kept`` counts the queries outside the split, the
+        score-0 judgements and the documents beyond ``max_corpus``.
+
+    Raises:
+        FileNotFoundError: The folder or one of its three files is missing.
+        DataError: A line is malformed, an id is duplicated, or a judgement names an unknown id.
+        ValueError: ``max_corpus`` is not a positive integer or is smaller than the judged documents.
+
+    Example:
+        ::
+
+            >>> beir = read_beir(bundled_dataset("scifact"), "test", max_corpus=500)
+            >>> len(beir.queries), len(beir.corpus), beir.not_kept["documents beyond max_corpus"]
+            (300, 500, 4683)
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"BEIR folder not found: {folder}")
-    corpus_path = _corpus_path(folder)
-    queries_path = folder / "queries.jsonl"
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not queries_path.is_file():
-        raise FileNotFoundError(f"{queries_path} not found (a BEIR folder has queries.jsonl)")
-    if not qrels_path.is_file():
-        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{qrels_path} not found; splits in this folder: {', '.join(splits) or 'none'}")
-
+    corpus_path, queries_path, qrels_path = _beir_paths(folder, split)
     judgements = _read_qrels(qrels_path)  # (qid, did) -> (score, line)
     judged_queries = {qid for qid, _ in judgements}
     judged_docs = {did for _, did in judgements}
-    if max_corpus is not None:
-        if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
-            raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
-        if max_corpus < len(judged_docs):
-            raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {len(judged_docs):,} documents judged in split '{split}'")
-
-    queries: dict[str, str] = {}
-    query_lines: dict[str, int] = {}
-    for lineno, record in _records(queries_path):
-        qid = _identifier(record, "_id", queries_path, lineno)
-        text = _text(record, "text", queries_path, lineno)
-        if qid in query_lines:
-            raise DataError(queries_path, lineno, "_id", f"duplicate id '{qid}' (first on line {query_lines[qid]})")
-        query_lines[qid] = lineno
-        if qid in judged_queries:
-            queries[qid] = text
-    if not query_lines:
-        raise _empty(queries_path)
-
-    corpus: dict[str, str] = {}
-    doc_lines: dict[str, int] = {}
+    _check_max_corpus(max_corpus, len(judged_docs), split)
+    queries, query_lines = _read_beir_queries(queries_path, judged_queries)
     others_left = None if max_corpus is None else max_corpus - len(judged_docs)
-    for lineno, record in _records(corpus_path):
-        did = _identifier(record, "_id", corpus_path, lineno)
-        text = _text(record, "text", corpus_path, lineno)
-        title = record.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(corpus_path, lineno, "title", f"expected a string, got {_json_type(title)}")
-        if did in doc_lines:
-            raise DataError(corpus_path, lineno, "_id", f"duplicate id '{did}' (first on line {doc_lines[did]})")
-        doc_lines[did] = lineno
-        if did in judged_docs or others_left is None or others_left > 0:
-            corpus[did] = f"{title} {text}" if title else text
-            if did not in judged_docs and others_left is not None:
-                others_left -= 1
-    if not doc_lines:
-        raise _empty(corpus_path)
-
+    corpus, doc_lines = _read_beir_corpus(corpus_path, judged_docs, others_left)
     for (qid, did), (_, line) in judgements.items():
         if qid not in query_lines:
             raise DataError(qrels_path, line, "query-id", f"unknown query id '{qid}': not in {queries_path.name}")
@@ -676,6 +690,72 @@ class _TextIds:
             ids[text] = f"{prefix}{counter}"
             counter += 1
         return ids
+
+
+def _beir_paths(folder: Path, split: str) -> tuple[Path, Path, Path]:
+    """The corpus, queries and qrels files of a BEIR folder; FileNotFoundError names a missing one."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"BEIR folder not found: {folder}")
+    corpus_path = _corpus_path(folder)
+    queries_path = folder / "queries.jsonl"
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not queries_path.is_file():
+        raise FileNotFoundError(f"{queries_path} not found (a BEIR folder has queries.jsonl)")
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{qrels_path} not found; splits in this folder: {', '.join(splits) or 'none'}")
+    return corpus_path, queries_path, qrels_path
+
+
+def _check_max_corpus(max_corpus: int | None, judged_docs: int, split: str) -> None:
+    if max_corpus is None:
+        return
+    if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
+        raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
+    if max_corpus < judged_docs:
+        raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {judged_docs:,} documents judged in split '{split}'")
+
+
+def _read_beir_queries(path: Path, judged: set[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Every query line validated; returns the judged queries' texts and the line of every id."""
+    queries: dict[str, str] = {}
+    query_lines: dict[str, int] = {}
+    for lineno, record in _records(path):
+        qid = _identifier(record, "_id", path, lineno)
+        text = _text(record, "text", path, lineno)
+        if qid in query_lines:
+            raise DataError(path, lineno, "_id", f"duplicate id '{qid}' (first on line {query_lines[qid]})")
+        query_lines[qid] = lineno
+        if qid in judged:
+            queries[qid] = text
+    if not query_lines:
+        raise _empty(path)
+    return queries, query_lines
+
+
+def _read_beir_corpus(
+    path: Path, judged: set[str], others_left: int | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Every corpus line validated; keeps the judged documents and the first ``others_left`` others
+    (all when None); returns the kept texts and the line of every id."""
+    corpus: dict[str, str] = {}
+    doc_lines: dict[str, int] = {}
+    for lineno, record in _records(path):
+        did = _identifier(record, "_id", path, lineno)
+        text = _text(record, "text", path, lineno)
+        title = record.get("title", "")
+        if not isinstance(title, str):
+            raise DataError(path, lineno, "title", f"expected a string, got {_json_type(title)}")
+        if did in doc_lines:
+            raise DataError(path, lineno, "_id", f"duplicate id '{did}' (first on line {doc_lines[did]})")
+        doc_lines[did] = lineno
+        if did in judged or others_left is None or others_left > 0:
+            corpus[did] = f"{title} {text}" if title else text
+            if did not in judged and others_left is not None:
+                others_left -= 1
+    if not doc_lines:
+        raise _empty(path)
+    return corpus, doc_lines
 
 
 def _corpus_path(folder: Path) -> Path:

@@ -12,7 +12,7 @@ dashboards are.
 (2e-3, no warm-up) and a tiny temperature, which drives the embedding space to collapse; the monitor's
 alarms fire and the snapshots show anisotropy rising.
 
-    python recipes/infonce.py                      # defaults: 28 steps, ~3-4 minutes on a 2-core CPU
+    python recipes/infonce.py                      # defaults: 28 steps
     python recipes/infonce.py --provoke collapse --output-dir runs/collapse
 """
 

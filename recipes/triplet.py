@@ -22,7 +22,7 @@ the loss falls*, and this loss rises. The healthy steps first give the detectors
 judge against: a run that starts at 1e-2 collapses inside the detectors' warm-up, before there is a
 normal to compare with, and only the snapshots would show it.
 
-    python recipes/triplet.py                         # defaults: a few minutes on a 2-core CPU
+    python recipes/triplet.py                         # defaults: 100 steps
     python recipes/triplet.py --provoke collapse --output-dir runs/triplet-collapse
 """
 

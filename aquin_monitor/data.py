@@ -62,7 +62,7 @@ class DataError(ValueError):
     'probe.jsonl: empty file: no records'
     """
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
         self.path = str(path)
         self.line = line
         self.field = field

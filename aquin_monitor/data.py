@@ -254,7 +254,7 @@ def read_probe(
         text_field: Name of the field holding the text to embed.
         label_field: Name of the optional label field, or None to ignore labels.
         id_field: Name of the optional id field, or None to ignore ids (then ids are ``"0"``, ``"1"``, ...).
-        limit: Read at most this many records, or all when None.
+        limit: Read at most this many records, or all when None (else a positive integer).
 
     Inputs:
         +------------------------------------------------+--------------------------------------+
@@ -271,9 +271,8 @@ def read_probe(
         A :class:`ProbeSet` of texts, labels (None when the file has none) and ids.
 
     Raises:
-        DataError: One line naming the file, line and field: malformed JSON, a missing or empty
-            text, a label or id given on some lines only, a duplicate id, an empty file.
-        ValueError: ``limit`` is not a positive integer or None.
+        DataError: malformed JSON, a missing or empty text, a label or id on some lines only, a
+            duplicate id, an empty file; one line naming the file, line and field.
 
     Example:
         ::
@@ -281,8 +280,7 @@ def read_probe(
             >>> import tempfile, pathlib
             >>> path = pathlib.Path(tempfile.mkdtemp()) / "probe.jsonl"
             >>> _ = path.write_text('{"text": "a cat", "label": "animal"}\\n{"text": "a car", "label": 7}\\n')
-            >>> probe = read_probe(path)
-            >>> probe.texts, probe.labels, probe.ids
+            >>> probe = read_probe(path); probe.texts, probe.labels, probe.ids
             (['a cat', 'a car'], ['animal', '7'], ['0', '1'])
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -303,22 +301,11 @@ def read_probe(
         has_id = id_field is not None and id_field in record
         if first is None:
             first = (lineno, has_label, has_id)
-        for name, has, had in ((label_field, has_label, first[1]), (id_field, has_id, first[2])):
-            if has != had:
-                raise DataError(
-                    path, lineno, name,
-                    f"{'present' if has else 'missing'} here but "
-                    f"{'present' if had else 'missing'} on line {first[0]}; "
-                    "give it on every line or on none",
-                )
+        _check_as_on_first_line(path, lineno, first[0], ((label_field, has_label, first[1]), (id_field, has_id, first[2])))
         if has_label:
             labels.append(_identifier(record, label_field, path, lineno))
         if has_id:
-            ident = _identifier(record, id_field, path, lineno)
-            if ident in id_lines:
-                raise DataError(path, lineno, id_field, f"duplicate id '{ident}' (first on line {id_lines[ident]})")
-            id_lines[ident] = lineno
-            ids.append(ident)
+            ids.append(_claim_id(_identifier(record, id_field, path, lineno), id_lines, path, lineno, id_field))
     if first is None:
         raise _empty(path)
     return ProbeSet(
@@ -655,6 +642,28 @@ def _negatives(record: dict[str, Any], path: str | Path, lineno: int) -> list[st
     return [_text({f"negative[{i}]": item}, f"negative[{i}]", path, lineno) for i, item in enumerate(value)]
 
 
+def _check_as_on_first_line(
+    path: str | Path, lineno: int, first_line: int, fields: tuple[tuple[str | None, bool, bool], ...]
+) -> None:
+    """Each (field, given here, given on the first line): a field is given on every line or on none."""
+    for name, has, had in fields:
+        if has != had:
+            raise DataError(
+                path, lineno, name,
+                f"{'present' if has else 'missing'} here but "
+                f"{'present' if had else 'missing'} on line {first_line}; "
+                "give it on every line or on none",
+            )
+
+
+def _claim_id(ident: str, lines: dict[str, int], path: str | Path, lineno: int, field: str) -> str:
+    """Record ``ident`` as used on ``lineno`` and return it; DataError if an earlier line used it."""
+    if ident in lines:
+        raise DataError(path, lineno, field, f"duplicate id '{ident}' (first on line {lines[ident]})")
+    lines[ident] = lineno
+    return ident
+
+
 class _TextIds:
     """Identity by text, with optional ids from the file that must agree with it."""
 
@@ -723,9 +732,7 @@ def _read_beir_queries(path: Path, judged: set[str]) -> tuple[dict[str, str], di
     for lineno, record in _records(path):
         qid = _identifier(record, "_id", path, lineno)
         text = _text(record, "text", path, lineno)
-        if qid in query_lines:
-            raise DataError(path, lineno, "_id", f"duplicate id '{qid}' (first on line {query_lines[qid]})")
-        query_lines[qid] = lineno
+        _claim_id(qid, query_lines, path, lineno, "_id")
         if qid in judged:
             queries[qid] = text
     if not query_lines:
@@ -746,9 +753,7 @@ def _read_beir_corpus(
         title = record.get("title", "")
         if not isinstance(title, str):
             raise DataError(path, lineno, "title", f"expected a string, got {_json_type(title)}")
-        if did in doc_lines:
-            raise DataError(path, lineno, "_id", f"duplicate id '{did}' (first on line {doc_lines[did]})")
-        doc_lines[did] = lineno
+        _claim_id(did, doc_lines, path, lineno, "_id")
         if did in judged or others_left is None or others_left > 0:
             corpus[did] = f"{title} {text}" if title else text
             if did not in judged and others_left is not None:

@@ -611,7 +611,7 @@ def monitored(loss: nn.Module, tap: ContrastiveTap | None = None) -> MonitoredLo
         +------------------------------------------------------+---------------------------------------------+
         | Loss                                                 | What is read                                |
         +======================================================+=============================================+
-        | MultipleNegativesRankingLoss (and Symmetric, Cached) | anchor × [positives | hard negatives] scores |
+        | MultipleNegativesRankingLoss (and Symmetric, Cached) | anchor × [positives, hard negatives] scores |
         +------------------------------------------------------+---------------------------------------------+
         | GISTEmbedLoss, CachedGISTEmbedLoss                   | the model's anchor × candidate scores,      |
         |                                                      | before the guide's false-negative masking   |

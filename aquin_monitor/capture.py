@@ -25,7 +25,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +76,7 @@ class ContrastiveTap:
 
     max_deferred_elements = 1 << 24  # 64 MiB of float32
 
-    def __init__(self, *, strict: bool = False):
+    def __init__(self, *, strict: bool = False) -> None:
         self.strict = strict
         self.enabled = True
         self.keep_samples = False  # set by the monitor on steps that log histograms
@@ -100,7 +102,9 @@ class ContrastiveTap:
                 if negatives is not None:
                     self._neg.append(negatives)
 
-    def defer(self, what: str, reduce, tensors: tuple[torch.Tensor, ...], *, copy: bool = True) -> None:
+    def defer(
+        self, what: str, reduce: Callable[..., tuple], tensors: tuple[torch.Tensor, ...], *, copy: bool = True
+    ) -> None:
         """Keep float32 copies of ``tensors``; :meth:`drain` adds ``reduce(*copies, keep_samples)``.
 
         ``reduce`` returns ``(sums, positive_samples, negative_samples)`` (samples None unless asked).
@@ -123,7 +127,7 @@ class ContrastiveTap:
     def _add_reduced(self, reduce, copies, keep) -> None:
         self.add(*reduce(*copies, keep))
 
-    def arm(self, callback) -> None:
+    def arm(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback()`` once, when the backward pass reaches the next tensor reported here.
 
         The monitor's background worker starts then: ``backward()`` releases the GIL, so host work done
@@ -131,7 +135,8 @@ class ContrastiveTap:
         """
         self._armed = callback
 
-    def hook_backward(self, tensor) -> None:
+    def hook_backward(self, tensor: Any) -> None:
+        """Fire the armed callback when the backward pass reaches ``tensor`` (a no-op for non-tensors)."""
         callback = self._armed
         if callback is None or not isinstance(tensor, torch.Tensor) or tensor.grad_fn is None:
             return
@@ -147,6 +152,7 @@ class ContrastiveTap:
         tensor.grad_fn.register_prehook(prehook)
 
     def add_loss(self, loss: torch.Tensor) -> None:
+        """Add a one-element loss value to this step's mean (anything else is ignored)."""
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
         self.hook_backward(loss)
@@ -168,7 +174,7 @@ class ContrastiveTap:
         with self._lock:
             self._reset()
 
-    def guarded(self, what: str, fn, *args, **kwargs) -> None:
+    def guarded(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``fn``; on failure warn once and switch the tap off (re-raise when strict)."""
         if not self.enabled:
             return
@@ -183,7 +189,11 @@ _default_tap = ContrastiveTap()
 
 
 def default_tap() -> ContrastiveTap:
-    """The process-wide tap that losses report to unless given another (one per DDP process)."""
+    """The process-wide tap that losses report to unless given another (one per DDP process).
+
+    >>> default_tap() is default_tap()
+    True
+    """
     return _default_tap
 
 
@@ -200,6 +210,30 @@ def report_similarity(
     One line in a LightningModule's ``training_step``::
 
         report_similarity(scores, scale=20.0)   # scores = 20 * cos_sim(queries, docs)
+
+    A float32 copy is kept and reduced when the monitor drains the tap (after ``backward()``); a
+    malformed matrix warns once and switches the tap off, never raising into training.
+
+    Args:
+        scores: ``[R, C]`` scores, row r an anchor, ``C`` a multiple of ``block_size``; ``-inf``
+            entries (masked by the loss) are not counted.
+        positive_columns: ``[R]`` column of each row's positive; default ``arange(R)``.
+        block_size: width of one candidate block; columns ``k·block_size + p_r`` (``k ≥ 1``) are
+            the row's labelled hard negatives. Default ``R``.
+        scale: the factor the scores were multiplied by, so the statistics come out as similarities.
+        tap: where to report; default the process-wide :func:`default_tap`.
+
+    Example:
+        ::
+
+            >>> from aquin_monitor.signals.contrastive import finalize
+            >>> tap = ContrastiveTap(strict=True)
+            >>> scores = torch.tensor([[0.9, 0.2, 0.6, 0.1], [0.4, 0.7, 0.2, 0.3]])  # [in-batch | hard negatives]
+            >>> report_similarity(20 * scores, block_size=2, scale=20.0, tap=tap)
+            >>> # positives 0.9, 0.7; own hard negatives 0.6, 0.3; the other columns 0.2, 0.1, 0.4, 0.2
+            >>> stats = finalize(tap.drain().sums)
+            >>> round(stats["pos_sim"], 4), round(stats["neg_sim"], 4), round(stats["hard_neg_sim"], 4)
+            (0.8, 0.225, 0.45)
     """
     _report_scores(scores, positive_columns, block_size, scale, tap or _default_tap, copy=True)
 
@@ -226,7 +260,28 @@ def report_triplet(
     distance_is_cosine: bool = False,
     tap: ContrastiveTap | None = None,
 ) -> None:
-    """Report the anchor–positive and anchor–negative distances of a triplet loss."""
+    """Report the anchor–positive and anchor–negative distances of a triplet loss.
+
+    Similarity is ``1 − d`` for the cosine distance and ``−d`` otherwise, so ``contrastive/gap``
+    is ``d(a, n) − d(a, p)`` and ``contrastive/in_batch_acc`` the fraction of triplets with
+    ``d(a, p) < d(a, n)``.
+
+    Args:
+        positive_distance: ``[B]`` anchor–positive distances.
+        negative_distance: ``[B]`` anchor–negative distances.
+        distance_is_cosine: the distances are ``1 − cos`` (else Euclidean or another metric).
+        tap: where to report; default the process-wide :func:`default_tap`.
+
+    Example:
+        ::
+
+            >>> from aquin_monitor.signals.contrastive import finalize
+            >>> tap = ContrastiveTap(strict=True)
+            >>> report_triplet(torch.tensor([0.2, 0.6]), torch.tensor([0.5, 0.4]), distance_is_cosine=True, tap=tap)
+            >>> stats = finalize(tap.drain().sums)
+            >>> round(stats["pos_sim"], 4), round(stats["neg_sim"], 4), stats["in_batch_acc"]
+            (0.6, 0.55, 0.5)
+    """
     tap = tap or _default_tap
 
     def reduce(dp: torch.Tensor, dn: torch.Tensor, keep: bool):
@@ -242,7 +297,17 @@ def report_triplet(
 
 
 def report_loss(loss: torch.Tensor, *, tap: ContrastiveTap | None = None) -> None:
-    """Report the loss value (used for the NaN alarm and the gap-narrowing alarm)."""
+    """Report the loss value (used for the NaN alarm and the gap-narrowing alarm).
+
+    The values reported over one optimizer step are averaged into ``contrastive/loss``; anything
+    but a one-element tensor is ignored.
+
+    >>> tap = ContrastiveTap()
+    >>> report_loss(torch.tensor(2.0), tap=tap); report_loss(torch.tensor(4.0), tap=tap)
+    >>> reading = tap.drain()
+    >>> reading.loss_sum.item() / reading.loss_count
+    3.0
+    """
     tap = tap or _default_tap
     tap.guarded("loss capture", tap.add_loss, loss)
 
@@ -371,7 +436,13 @@ class MonitoredLoss(nn.Module):
     """A sentence-transformers loss that also reports its contrastive statistics to a tap.
 
     The wrapped loss computes exactly what it computed before (same value, same gradients);
-    the wrapper only reads, detached, the score matrix or distances the loss produced.
+    the wrapper only reads, detached, the score matrix or distances the loss produced. Build it
+    with :func:`monitored` (which documents what is read from which loss).
+
+    Args:
+        loss: The sentence-transformers loss to wrap (its ``similarity_fct`` or
+            ``distance_metric`` is replaced by a reading one that returns the same values).
+        tap: Where to report; default the process-wide :func:`default_tap`.
 
     Example::
 
@@ -381,7 +452,7 @@ class MonitoredLoss(nn.Module):
         trainer = SentenceTransformerTrainer(model=model, loss=loss, callbacks=[TrainerEmbeddingMonitor()], ...)
     """
 
-    def __init__(self, loss: nn.Module, tap: ContrastiveTap | None = None):
+    def __init__(self, loss: nn.Module, tap: ContrastiveTap | None = None) -> None:
         super().__init__()
         self.loss = loss
         self.tap = tap or _default_tap
@@ -389,14 +460,17 @@ class MonitoredLoss(nn.Module):
         self._install()
 
     @property
-    def model(self):
+    def model(self) -> nn.Module:
+        """The wrapped loss's model (the sentence-transformers Trainer reads it)."""
         return self.loss.model
 
-    def get_config_dict(self):
+    def get_config_dict(self) -> dict[str, Any]:
+        """The wrapped loss's configuration (written to the model card)."""
         return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
 
     @property
-    def citation(self):
+    def citation(self) -> str | None:
+        """The wrapped loss's citation (written to the model card)."""
         return getattr(self.loss, "citation", None)
 
     def _install(self) -> None:
@@ -476,7 +550,8 @@ class MonitoredLoss(nn.Module):
         if rec.rows_seen >= rec.rows_target:
             rec.done = True
 
-    def forward(self, sentence_features, labels=None):
+    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> Any:
+        """The wrapped loss's output, its statistics reported on the way (training forwards only)."""
         features = list(sentence_features)
         model = getattr(self.loss, "model", None)
         if model is not None and not model.training:  # evaluation losses are not training statistics
@@ -502,7 +577,63 @@ class MonitoredLoss(nn.Module):
 
 
 def monitored(loss: nn.Module, tap: ContrastiveTap | None = None) -> MonitoredLoss:
-    """Wrap a sentence-transformers loss so the training monitor sees its contrastive statistics."""
+    """Wrap a sentence-transformers loss so the training monitor sees its contrastive statistics.
+
+    The wrapped loss computes exactly what it computed before (same value, same gradients, bit for
+    bit); the wrapper reads, detached, the first query→document score matrix (or the triplet
+    distances) the loss computes in each training forward, and reports it with the loss value to
+    ``tap``. The monitor turns those into ``contrastive/pos_sim`` (mean diagonal similarity),
+    ``contrastive/neg_sim`` (mean off-diagonal in-batch similarity), ``contrastive/hard_neg_sim``
+    (labelled hard-negative columns), ``contrastive/hardest_neg_sim``, ``contrastive/gap``,
+    ``contrastive/in_batch_acc`` and ``contrastive/loss``. No extra forward pass; evaluation
+    forwards (model in eval mode) are not read. Wrapping twice returns the same wrapper.
+
+    Args:
+        loss: A sentence-transformers loss (see the inputs table); anything else raises TypeError.
+        tap: Where to report; default the process-wide :func:`default_tap`, which the monitor drains.
+
+    Returns:
+        A :class:`MonitoredLoss` to pass to ``SentenceTransformerTrainer(loss=...)``.
+
+    Raises:
+        TypeError: the loss has neither a ``similarity_fct`` nor a ``distance_metric`` to read.
+
+    Inputs:
+        +------------------------------------------------------+---------------------------------------------+
+        | Loss                                                 | What is read                                |
+        +======================================================+=============================================+
+        | MultipleNegativesRankingLoss (and Symmetric, Cached) | anchor × [positives, hard negatives] scores |
+        +------------------------------------------------------+---------------------------------------------+
+        | GISTEmbedLoss, CachedGISTEmbedLoss                   | the model's anchor × candidate scores,      |
+        |                                                      | before the guide's false-negative masking   |
+        +------------------------------------------------------+---------------------------------------------+
+        | TripletLoss                                          | anchor–positive, anchor–negative distances  |
+        +------------------------------------------------------+---------------------------------------------+
+        | MatryoshkaLoss / Matryoshka2dLoss around one of them | the full dimension's scores                 |
+        +------------------------------------------------------+---------------------------------------------+
+
+    Example:
+        ::
+
+            >>> import torch, torch.nn.functional as F
+            >>> from sentence_transformers.losses import MultipleNegativesRankingLoss
+            >>> from aquin_monitor.encoders import load_model
+            >>> from aquin_monitor.signals.contrastive import finalize
+            >>> model = load_model(device="cpu").train()
+            >>> tap = ContrastiveTap()
+            >>> loss = monitored(MultipleNegativesRankingLoss(model), tap=tap)
+            >>> features = [model.preprocess(["a cat sleeps", "stocks fell"]), model.preprocess(["a kitten naps", "shares dropped"])]
+            >>> _ = torch.manual_seed(0)  # the same dropout masks for both runs
+            >>> value = loss(features, None)
+            >>> _ = torch.manual_seed(0)
+            >>> bool(value == MultipleNegativesRankingLoss(model)(features, None))  # the loss is unchanged
+            True
+            >>> _ = torch.manual_seed(0)
+            >>> queries, documents = [F.normalize(model(dict(f))["sentence_embedding"]) for f in features]
+            >>> stats = finalize(tap.drain().sums)
+            >>> abs(stats["pos_sim"] - (queries @ documents.T).diag().mean().item()) < 1e-6
+            True
+    """
     if isinstance(loss, MonitoredLoss):
         return loss
     return MonitoredLoss(loss, tap)

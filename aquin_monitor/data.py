@@ -63,7 +63,7 @@ class DataError(ValueError):
     'probe.jsonl: empty file: no records'
     """
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
         self.path = str(path)
         self.line = line
         self.field = field
@@ -270,6 +270,40 @@ def read_probe(
     Labels and ids may be strings or integers (kept as strings). ``label_field=None`` or
     ``id_field=None`` ignores that field. ``limit`` reads only the first ``limit`` records and
     marks the set ``truncated`` when the file has more.
+
+    Args:
+        path: A JSONL file, one object a line (blank lines are skipped).
+        text_field: Name of the field holding the text to embed.
+        label_field: Name of the optional label field, or None to ignore labels.
+        id_field: Name of the optional id field, or None to ignore ids (then ids are ``"0"``, ``"1"``, ...).
+        limit: Read at most this many records, or all when None (else a positive integer).
+
+    Inputs:
+        +------------------------------------------------+--------------------------------------+
+        | line                                           | kept as                              |
+        +================================================+======================================+
+        | ``{"text": str}``                              | text; no label; id = position        |
+        +------------------------------------------------+--------------------------------------+
+        | ``{"text": str, "label": str or int}``         | text and label (as a string)         |
+        +------------------------------------------------+--------------------------------------+
+        | ``{"text":.., "label":.., "id": str or int}``  | text, label, unique id (as a string) |
+        +------------------------------------------------+--------------------------------------+
+
+    Returns:
+        A :class:`ProbeSet` of texts, labels (None when the file has none) and ids.
+
+    Raises:
+        DataError: malformed JSON, a missing or empty text, a label or id on some lines only, a
+            duplicate id, an empty file; one line naming the file, line and field.
+
+    Example:
+        ::
+
+            >>> import tempfile, pathlib
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "probe.jsonl"
+            >>> _ = path.write_text('{"text": "a cat", "label": "animal"}\\n{"text": "a car", "label": 7}\\n')
+            >>> probe = read_probe(path); probe.texts, probe.labels, probe.ids
+            (['a cat', 'a car'], ['animal', '7'], ['0', '1'])
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
@@ -289,22 +323,11 @@ def read_probe(
         has_id = id_field is not None and id_field in record
         if first is None:
             first = (lineno, has_label, has_id)
-        for name, has, had in ((label_field, has_label, first[1]), (id_field, has_id, first[2])):
-            if has != had:
-                raise DataError(
-                    path, lineno, name,
-                    f"{'present' if has else 'missing'} here but "
-                    f"{'present' if had else 'missing'} on line {first[0]}; "
-                    "give it on every line or on none",
-                )
+        _check_as_on_first_line(path, lineno, first[0], ((label_field, has_label, first[1]), (id_field, has_id, first[2])))
         if has_label:
             labels.append(_identifier(record, label_field, path, lineno))
         if has_id:
-            ident = _identifier(record, id_field, path, lineno)
-            if ident in id_lines:
-                raise DataError(path, lineno, id_field, f"duplicate id '{ident}' (first on line {id_lines[ident]})")
-            id_lines[ident] = lineno
-            ids.append(ident)
+            ids.append(_claim_id(_identifier(record, id_field, path, lineno), id_lines, path, lineno, id_field))
     if first is None:
         raise _empty(path)
     return ProbeSet(
@@ -398,60 +421,38 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
     judgements are validated but are not relevant. With ``max_corpus`` the corpus keeps every
     document judged in the split plus the first other documents in file order, ``max_corpus`` in
     all; every corpus line is still read and validated.
+
+    Args:
+        folder: A BEIR dataset folder (Thakur et al. 2021, "BEIR: A Heterogeneous Benchmark for
+            Zero-shot Evaluation of Information Retrieval Models").
+        split: Name of the qrels file to read, ``qrels/<split>.tsv``.
+        max_corpus: Keep at most this many documents (the judged ones always), or all when None.
+
+    Returns:
+        A :class:`RetrievalSet` whose ``not_kept`` counts the queries outside the split, the
+        score-0 judgements and the documents beyond ``max_corpus``.
+
+    Raises:
+        FileNotFoundError: The folder or one of its three files is missing.
+        DataError: A line is malformed, an id is duplicated, or a judgement names an unknown id.
+        ValueError: ``max_corpus`` is not a positive integer or is smaller than the judged documents.
+
+    Example:
+        ::
+
+            >>> beir = read_beir(bundled_dataset("scifact"), "test", max_corpus=500)
+            >>> len(beir.queries), len(beir.corpus), beir.not_kept["documents beyond max_corpus"]
+            (300, 500, 4683)
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"BEIR folder not found: {folder}")
-    corpus_path = _corpus_path(folder)
-    queries_path = folder / "queries.jsonl"
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not queries_path.is_file():
-        raise FileNotFoundError(f"{queries_path} not found (a BEIR folder has queries.jsonl)")
-    if not qrels_path.is_file():
-        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{qrels_path} not found; splits in this folder: {', '.join(splits) or 'none'}")
-
+    corpus_path, queries_path, qrels_path = _beir_paths(folder, split)
     judgements = _read_qrels(qrels_path)  # (qid, did) -> (score, line)
     judged_queries = {qid for qid, _ in judgements}
     judged_docs = {did for _, did in judgements}
-    if max_corpus is not None:
-        if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
-            raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
-        if max_corpus < len(judged_docs):
-            raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {len(judged_docs):,} documents judged in split '{split}'")
-
-    queries: dict[str, str] = {}
-    query_lines: dict[str, int] = {}
-    for lineno, record in _records(queries_path):
-        qid = _identifier(record, "_id", queries_path, lineno)
-        text = _text(record, "text", queries_path, lineno)
-        if qid in query_lines:
-            raise DataError(queries_path, lineno, "_id", f"duplicate id '{qid}' (first on line {query_lines[qid]})")
-        query_lines[qid] = lineno
-        if qid in judged_queries:
-            queries[qid] = text
-    if not query_lines:
-        raise _empty(queries_path)
-
-    corpus: dict[str, str] = {}
-    doc_lines: dict[str, int] = {}
+    _check_max_corpus(max_corpus, len(judged_docs), split)
+    queries, query_lines = _read_beir_queries(queries_path, judged_queries)
     others_left = None if max_corpus is None else max_corpus - len(judged_docs)
-    for lineno, record in _records(corpus_path):
-        did = _identifier(record, "_id", corpus_path, lineno)
-        text = _text(record, "text", corpus_path, lineno)
-        title = record.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(corpus_path, lineno, "title", f"expected a string, got {_json_type(title)}")
-        if did in doc_lines:
-            raise DataError(corpus_path, lineno, "_id", f"duplicate id '{did}' (first on line {doc_lines[did]})")
-        doc_lines[did] = lineno
-        if did in judged_docs or others_left is None or others_left > 0:
-            corpus[did] = f"{title} {text}" if title else text
-            if did not in judged_docs and others_left is not None:
-                others_left -= 1
-    if not doc_lines:
-        raise _empty(corpus_path)
-
+    corpus, doc_lines = _read_beir_corpus(corpus_path, judged_docs, others_left)
     for (qid, did), (_, line) in judgements.items():
         if qid not in query_lines:
             raise DataError(qrels_path, line, "query-id", f"unknown query id '{qid}': not in {queries_path.name}")
@@ -657,6 +658,28 @@ def _negatives(record: dict[str, Any], path: str | Path, lineno: int) -> list[st
     return [_text({f"negative[{i}]": item}, f"negative[{i}]", path, lineno) for i, item in enumerate(value)]
 
 
+def _check_as_on_first_line(
+    path: str | Path, lineno: int, first_line: int, fields: tuple[tuple[str | None, bool, bool], ...]
+) -> None:
+    """Each (field, given here, given on the first line): a field is given on every line or on none."""
+    for name, has, had in fields:
+        if has != had:
+            raise DataError(
+                path, lineno, name,
+                f"{'present' if has else 'missing'} here but "
+                f"{'present' if had else 'missing'} on line {first_line}; "
+                "give it on every line or on none",
+            )
+
+
+def _claim_id(ident: str, lines: dict[str, int], path: str | Path, lineno: int, field: str) -> str:
+    """Record ``ident`` as used on ``lineno`` and return it; DataError if an earlier line used it."""
+    if ident in lines:
+        raise DataError(path, lineno, field, f"duplicate id '{ident}' (first on line {lines[ident]})")
+    lines[ident] = lineno
+    return ident
+
+
 class _TextIds:
     """Identity by text, with optional ids from the file that must agree with it."""
 
@@ -692,6 +715,68 @@ class _TextIds:
             ids[text] = f"{prefix}{counter}"
             counter += 1
         return ids
+
+
+def _beir_paths(folder: Path, split: str) -> tuple[Path, Path, Path]:
+    """The corpus, queries and qrels files of a BEIR folder; FileNotFoundError names a missing one."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"BEIR folder not found: {folder}")
+    corpus_path = _corpus_path(folder)
+    queries_path = folder / "queries.jsonl"
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not queries_path.is_file():
+        raise FileNotFoundError(f"{queries_path} not found (a BEIR folder has queries.jsonl)")
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{qrels_path} not found; splits in this folder: {', '.join(splits) or 'none'}")
+    return corpus_path, queries_path, qrels_path
+
+
+def _check_max_corpus(max_corpus: int | None, judged_docs: int, split: str) -> None:
+    if max_corpus is None:
+        return
+    if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
+        raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
+    if max_corpus < judged_docs:
+        raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {judged_docs:,} documents judged in split '{split}'")
+
+
+def _read_beir_queries(path: Path, judged: set[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Every query line validated; returns the judged queries' texts and the line of every id."""
+    queries: dict[str, str] = {}
+    query_lines: dict[str, int] = {}
+    for lineno, record in _records(path):
+        qid = _identifier(record, "_id", path, lineno)
+        text = _text(record, "text", path, lineno)
+        _claim_id(qid, query_lines, path, lineno, "_id")
+        if qid in judged:
+            queries[qid] = text
+    if not query_lines:
+        raise _empty(path)
+    return queries, query_lines
+
+
+def _read_beir_corpus(
+    path: Path, judged: set[str], others_left: int | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Every corpus line validated; keeps the judged documents and the first ``others_left`` others
+    (all when None); returns the kept texts and the line of every id."""
+    corpus: dict[str, str] = {}
+    doc_lines: dict[str, int] = {}
+    for lineno, record in _records(path):
+        did = _identifier(record, "_id", path, lineno)
+        text = _text(record, "text", path, lineno)
+        title = record.get("title", "")
+        if not isinstance(title, str):
+            raise DataError(path, lineno, "title", f"expected a string, got {_json_type(title)}")
+        _claim_id(did, doc_lines, path, lineno, "_id")
+        if did in judged or others_left is None or others_left > 0:
+            corpus[did] = f"{title} {text}" if title else text
+            if did not in judged and others_left is not None:
+                others_left -= 1
+    if not doc_lines:
+        raise _empty(path)
+    return corpus, doc_lines
 
 
 def _corpus_path(folder: Path) -> Path:

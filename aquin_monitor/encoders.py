@@ -223,13 +223,20 @@ def load_model(
         prompts: prompt name -> prefix. Overrides or extends the ``prompts`` the checkpoint saved
             in ``config_sentence_transformers.json`` (user values win per key).
 
+    Returns:
+        A ``SentenceTransformer``; with ``adapter``, its transformer is wrapped in a peft ``PeftModel``.
+
     Raises:
         ModelLoadError: missing path, unreadable or broken checkpoint/adapter; the message names
             the path.
+        ValueError: ``prompts`` is not a mapping of strings to strings.
 
-    >>> model = load_model(device="cpu")
-    >>> detect_pooling(model)
-    'mean'
+    Example:
+        ::
+
+            >>> model = load_model(device="cpu", prompts={"query": "query: "})
+            >>> detect_pooling(model), model_prompts(model)["query"]
+            ('mean', 'query: ')
     """
     from sentence_transformers import SentenceTransformer
 
@@ -580,12 +587,33 @@ def iter_forward(
     the ``output_*`` config flags are restored around every batch, even on error, so the model is
     untouched whenever control is back with the caller.
 
+    Args:
+        model: The model to run (its modes and config are restored after every batch).
+        texts: The texts, in order.
+        prompt_name: Name of one of the model's prompts, as in ``model.encode``.
+        prompt: A literal prefix instead of a named prompt, as in ``model.encode``.
+        batch_size: Texts per forward pass.
+        hidden_states: Also pool every hidden state with the model's Pooling module.
+        attentions: Also return every head's attention weights.
+        show_progress: Show a progress bar over the batches.
+
+    Returns:
+        An iterator of :class:`ForwardBatch`, one per batch, in input order.
+
     Raises:
         ValueError: hidden states or attentions requested from a model without a Hugging Face
             transformer, or hidden states from one without a Pooling module.
-    """
-    from sentence_transformers.util import batch_to_device
 
+    Example:
+        ::
+
+            >>> model = load_model(device="cpu")
+            >>> batch = next(iter_forward(model, ["a cat sits on the mat"], batch_size=8))
+            >>> batch.embeddings.shape, batch.layer_embeddings.shape, len(batch.attentions)
+            (torch.Size([1, 384]), torch.Size([7, 1, 384]), 6)
+            >>> bool(torch.allclose(batch.attentions[0].sum(-1), torch.ones(1, 12, batch.attention_mask.shape[1])))
+            True
+    """
     texts = _as_text_list(texts)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -595,7 +623,6 @@ def iter_forward(
         raise ValueError(
             f"{type(model).__name__} has no Pooling module, so its hidden states cannot be pooled the way the model pools"
         )
-    inspect_internals = hidden_states or attentions
     truncate_dim = getattr(model, "truncate_dim", None)
     starts = range(0, len(texts), batch_size)
     if show_progress:
@@ -604,46 +631,82 @@ def iter_forward(
         starts = tqdm(starts, desc="Batches", unit="batch")
 
     for start in starts:
-        batch = texts[start : start + batch_size]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_preserved_training_modes(model))
-            stack.enter_context(torch.inference_mode())  # as SentenceTransformer.encode: no version counters
-            record = (
-                stack.enter_context(_recording_outputs(model, hidden_states=hidden_states, attentions=attentions))
-                if inspect_internals
-                else {}
-            )
-            model.eval()
-            features = batch_to_device(model.preprocess(batch, prompt=resolved_prompt), model.device)
-            # The Transformer module writes its outputs into this dict; keep the inputs for layer pooling.
-            input_features = dict(features)
-            embeddings = model(features)["sentence_embedding"]
-            if truncate_dim is not None:
-                embeddings = embeddings[..., :truncate_dim]
-
-            layer_embeddings = None
-            layer_attentions = None
-            if inspect_internals:
-                output = record.get("output")
-                if output is None:
-                    raise RuntimeError("the transformer's forward was not called; cannot read its hidden states")
-                if hidden_states:
-                    states = _output_field(output, "hidden_states")
-                    if not states:
-                        raise ValueError(f"{type(transformer_of(model)).__name__} returned no hidden states")
-                    layer_embeddings = _pool_layers(pooling, input_features, states)
-                if attentions:
-                    weights = _output_field(output, "attentions")
-                    if not weights:
-                        raise ValueError(f"{type(transformer_of(model)).__name__} returned no attention weights")
-                    layer_attentions = tuple(w.detach().float().cpu() for w in weights)
-
-        yield ForwardBatch(
-            embeddings=embeddings.detach().float().cpu(),
-            layer_embeddings=layer_embeddings,
-            attentions=layer_attentions,
-            attention_mask=input_features["attention_mask"].detach().cpu(),
+        yield _forward_batch(
+            model, texts[start : start + batch_size], resolved_prompt, pooling,
+            hidden_states=hidden_states, attentions=attentions, truncate_dim=truncate_dim,
         )
+
+
+def _forward_batch(
+    model: SentenceTransformer,
+    batch: list[str],
+    prompt: str | None,
+    pooling: Any | None,
+    *,
+    hidden_states: bool,
+    attentions: bool,
+    truncate_dim: int | None,
+) -> ForwardBatch:
+    """One forward pass of ``batch``; the model's modes and config are restored before it returns."""
+    from sentence_transformers.util import batch_to_device
+
+    inspect_internals = hidden_states or attentions
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_preserved_training_modes(model))
+        stack.enter_context(torch.inference_mode())  # as SentenceTransformer.encode: no version counters
+        record = (
+            stack.enter_context(_recording_outputs(model, hidden_states=hidden_states, attentions=attentions))
+            if inspect_internals
+            else {}
+        )
+        model.eval()
+        features = batch_to_device(model.preprocess(batch, prompt=prompt), model.device)
+        # The Transformer module writes its outputs into this dict; keep the inputs for layer pooling.
+        input_features = dict(features)
+        embeddings = model(features)["sentence_embedding"]
+        if truncate_dim is not None:
+            embeddings = embeddings[..., :truncate_dim]
+
+        layer_embeddings = None
+        layer_attentions = None
+        if inspect_internals:
+            layer_embeddings, layer_attentions = _read_internals(
+                model, record.get("output"), pooling, input_features, hidden_states=hidden_states, attentions=attentions
+            )
+
+    return ForwardBatch(
+        embeddings=embeddings.detach().float().cpu(),
+        layer_embeddings=layer_embeddings,
+        attentions=layer_attentions,
+        attention_mask=input_features["attention_mask"].detach().cpu(),
+    )
+
+
+def _read_internals(
+    model: SentenceTransformer,
+    output: Any,
+    pooling: Any | None,
+    input_features: dict[str, Any],
+    *,
+    hidden_states: bool,
+    attentions: bool,
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+    """Pooled hidden states and attention weights from the transformer's recorded ``output``."""
+    if output is None:
+        raise RuntimeError("the transformer's forward was not called; cannot read its hidden states")
+    layer_embeddings = None
+    layer_attentions = None
+    if hidden_states:
+        states = _output_field(output, "hidden_states")
+        if not states:
+            raise ValueError(f"{type(transformer_of(model)).__name__} returned no hidden states")
+        layer_embeddings = _pool_layers(pooling, input_features, states)
+    if attentions:
+        weights = _output_field(output, "attentions")
+        if not weights:
+            raise ValueError(f"{type(transformer_of(model)).__name__} returned no attention weights")
+        layer_attentions = tuple(w.detach().float().cpu() for w in weights)
+    return layer_embeddings, layer_attentions
 
 
 def encode(
@@ -659,6 +722,29 @@ def encode(
 
     ``SentenceTransformer.encode`` switches the model to eval mode and leaves it there; a monitor
     encoding in the middle of training must not, so the modes are restored afterwards.
+
+    Args:
+        model: The model to encode with (not modified).
+        texts: The texts, in order; an empty sequence gives a ``[0, d]`` array.
+        prompt_name: Name of one of the model's prompts (e.g. ``"query"``), as in ``model.encode``.
+        prompt: A literal prefix instead of a named prompt, as in ``model.encode``.
+        batch_size: Texts per forward pass.
+        show_progress: Show a progress bar.
+
+    Returns:
+        A float32 numpy array ``[len(texts), d]``, the embeddings ``model.encode`` computes.
+
+    Example:
+        ::
+
+            >>> import numpy as np
+            >>> model = load_model(device="cpu")
+            >>> _ = model.train()
+            >>> embeddings = encode(model, ["a cat sits", "stock prices fell"])
+            >>> embeddings.shape, embeddings.dtype, model.training
+            ((2, 384), dtype('float32'), True)
+            >>> bool(np.allclose(embeddings, model.encode(["a cat sits", "stock prices fell"]), atol=1e-6))
+            True
     """
     texts = _as_text_list(texts)
     with _preserved_training_modes(model):

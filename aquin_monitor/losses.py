@@ -28,11 +28,55 @@ def info_nce(
     ``L = −mean_i log softmax_j(s·cos(q_i, c_j))[i]`` over candidates ``c = [documents; hard_negatives]``
     (in-batch negatives plus one labelled hard negative per query when given), with ``s`` the scale
     (1/temperature). ``symmetric=True`` averages it with the document→query direction (as
-    sentence-transformers' MultipleNegativesSymmetricRankingLoss).
-
-    Inputs: ``queries`` and ``documents`` ``[B, d]`` (row i of each is a positive pair), optional
-    ``hard_negatives`` ``[B·m, d]`` in blocks of B. Equals sentence-transformers'
+    sentence-transformers' MultipleNegativesSymmetricRankingLoss). Equals sentence-transformers'
     MultipleNegativesRankingLoss on the same embeddings.
+
+    Args:
+        queries: ``[B, d]`` query (anchor) embeddings.
+        documents: ``[B, d]`` document embeddings; row i is the positive of query i, and the
+            negative of every other query.
+        hard_negatives: optional ``[B·m, d]`` labelled hard negatives in m blocks of B rows (row
+            ``k·B + i`` belongs to query i).
+        scale: multiplier of the cosine similarities (1/temperature).
+        symmetric: also the document→query direction (in-batch documents only), averaged.
+        report: report the score matrix and the loss to the tap (the training monitor's
+            ``contrastive/*`` metrics); False computes the loss alone.
+        tap: where to report; default the process-wide :func:`aquin_monitor.capture.default_tap`.
+
+    Returns:
+        The scalar loss (differentiable; reporting never changes it).
+
+    References:
+        - van den Oord et al. 2018, "Representation Learning with Contrastive Predictive Coding",
+          https://arxiv.org/abs/1807.03748
+        - Henderson et al. 2017, "Efficient Natural Language Response Suggestion for Smart Reply",
+          https://arxiv.org/abs/1705.00652
+
+    Inputs:
+        +-------------------------------------------+------------------------------------------+
+        | Texts                                     | Labels                                   |
+        +===========================================+==========================================+
+        | (query, document) pairs                   | none (row i of each is a positive pair)  |
+        +-------------------------------------------+------------------------------------------+
+        | (query, document, hard negative) triplets | none                                     |
+        +-------------------------------------------+------------------------------------------+
+
+    Example:
+        ::
+
+            >>> import torch
+            >>> from aquin_monitor.capture import ContrastiveTap
+            >>> from aquin_monitor.signals.contrastive import finalize
+            >>> queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+            >>> documents = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+            >>> tap = ContrastiveTap()
+            >>> loss = info_nce(queries, documents, scale=1.0, tap=tap)
+            >>> expected = (torch.log1p(torch.exp(torch.tensor(-0.4))) + torch.log1p(torch.exp(torch.tensor(-0.8)))) / 2
+            >>> bool(torch.isclose(loss, expected))
+            True
+            >>> stats = finalize(tap.drain().sums)  # diagonal: 1.0 and 0.8; off-diagonal: 0.6 and 0.0
+            >>> round(stats["pos_sim"], 4), round(stats["neg_sim"], 4), stats["in_batch_acc"]
+            (0.9, 0.3, 1.0)
     """
     candidates = documents if hard_negatives is None else torch.cat([documents, hard_negatives])
     scores = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T * scale
@@ -52,6 +96,37 @@ def nt_xent(
     """NT-Xent (SimCLR, Chen et al. 2020): each of the 2N views against the other 2N−1, positive = its pair.
 
     ``L = −mean_k log exp(cos(z_k, z_k⁺)/τ) / Σ_{j≠k} exp(cos(z_k, z_j)/τ)``.
+
+    Args:
+        z1: ``[N, d]`` embeddings of the first view of N examples.
+        z2: ``[N, d]`` embeddings of the second view; row i pairs with row i of ``z1``.
+        temperature: τ, the divisor of the cosine similarities.
+        report: report the ``[2N, 2N]`` score matrix and the loss to the tap; False computes the loss alone.
+        tap: where to report; default the process-wide :func:`aquin_monitor.capture.default_tap`.
+
+    Returns:
+        The scalar loss.
+
+    References:
+        Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+        Representations", https://arxiv.org/abs/2002.05709
+
+    Inputs:
+        +-------------------------------+----------------------------------+
+        | Texts                         | Labels                           |
+        +===============================+==================================+
+        | two views of each example     | none (row i of each is a pair)   |
+        +-------------------------------+----------------------------------+
+
+    Example:
+        ::
+
+            >>> import math, torch
+            >>> z1, z2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+            >>> loss = nt_xent(z1, z2, temperature=1.0, report=False)
+            >>> # each view: its pair at cosine 1, the two others at cosine 0
+            >>> math.isclose(loss.item(), -math.log(math.e / (math.e + 2)), rel_tol=1e-6)
+            True
     """
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     n = z1.shape[0]
@@ -79,6 +154,44 @@ def triplet(
 
     ``distance`` is ``"euclidean"`` (sentence-transformers' TripletLoss default, margin 5) or
     ``"cosine"`` (``1 − cos``; use a margin below 1).
+
+    Args:
+        anchor: ``[B, d]`` anchor embeddings.
+        positive: ``[B, d]`` embeddings that should be close to the anchor of the same row.
+        negative: ``[B, d]`` embeddings that should be farther from it than the positive.
+        margin: how much farther the negative must be.
+        distance: ``"euclidean"`` or ``"cosine"``.
+        report: report the distances and the loss to the tap (similarity is ``1 − d`` for the
+            cosine distance, ``−d`` for the Euclidean one); False computes the loss alone.
+        tap: where to report; default the process-wide :func:`aquin_monitor.capture.default_tap`.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: ``distance`` is neither ``"euclidean"`` nor ``"cosine"``.
+
+    References:
+        Schroff et al. 2015, "FaceNet: A Unified Embedding for Face Recognition and Clustering",
+        https://arxiv.org/abs/1503.03832
+
+    Inputs:
+        +-------------------------------------+--------+
+        | Texts                               | Labels |
+        +=====================================+========+
+        | (anchor, positive, negative) rows   | none   |
+        +-------------------------------------+--------+
+
+    Example:
+        ::
+
+            >>> import torch
+            >>> anchor = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+            >>> positive = torch.tensor([[3.0, 4.0], [1.0, 0.0]])   # distances 5 and 1
+            >>> negative = torch.tensor([[0.0, 2.0], [0.0, 6.0]])   # distances 2 and 6
+            >>> loss = triplet(anchor, positive, negative, margin=1.0, report=False)
+            >>> round(loss.item(), 4)  # (max(5 - 2 + 1, 0) + max(1 - 6 + 1, 0)) / 2
+            2.0
     """
     if distance == "euclidean":
         dp, dn = F.pairwise_distance(anchor, positive, p=2), F.pairwise_distance(anchor, negative, p=2)

@@ -263,35 +263,7 @@ def grad_norm_heatmap(
     An alarm whose ``layer`` names a row is ringed at (step, row) in its kind's colour; one
     that names no row (e.g. the loss) is a dashed vertical line.
     """
-    groups = sorted(
-        {
-            key[len(prefix):]
-            for row in metrics_rows
-            for key in row
-            if key.startswith(prefix) and key != prefix + "total"
-        },
-        key=_group_sort_key,
-    )
-    if not groups:
-        raise NoDataError(f"no row of metrics.jsonl has a {prefix}<group> key")
-    # Only rows that log a gradient norm are columns: snapshot metrics share metrics.jsonl.
-    steps = np.array(
-        sorted({row["step"] for row in metrics_rows if _is_step(row.get("step")) and any(k.startswith(prefix) for k in row)}),
-        dtype=np.int64,
-    )
-    column = {int(step): index for index, step in enumerate(steps)}
-    row_of_key = {prefix + group: index for index, group in enumerate(groups)}
-    grid = np.full((len(groups), steps.size), np.nan)
-    logged_null = np.zeros(grid.shape, dtype=bool)  # logged as null/non-finite, not merely absent
-    for row in metrics_rows:
-        where = column.get(row.get("step")) if _is_step(row.get("step")) else None
-        if where is None:
-            continue
-        for key, value in row.items():
-            index = row_of_key.get(key)
-            if index is not None:
-                grid[index, where] = number = _number(value)
-                logged_null[index, where] = number != number
+    groups, steps, grid, logged_null = _grad_norm_grid(metrics_rows, prefix)
     positive = grid[np.isfinite(grid) & (grid > 0)]
     if positive.size == 0 and not np.isfinite(grid).any():
         raise NoDataError("every gradient norm is null")
@@ -338,6 +310,43 @@ def grad_norm_heatmap(
     if handles:
         _legend(figure, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
     return figure
+
+
+def _grad_norm_grid(
+    metrics_rows: Sequence[Mapping[str, Any]], prefix: str
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Groups (rows), steps (columns), the ``[groups, steps]`` norms (NaN: absent or null) and
+    where a norm was logged as null/non-finite."""
+    groups = sorted(
+        {
+            key[len(prefix):]
+            for row in metrics_rows
+            for key in row
+            if key.startswith(prefix) and key != prefix + "total"
+        },
+        key=_group_sort_key,
+    )
+    if not groups:
+        raise NoDataError(f"no row of metrics.jsonl has a {prefix}<group> key")
+    # Only rows that log a gradient norm are columns: snapshot metrics share metrics.jsonl.
+    steps = np.array(
+        sorted({row["step"] for row in metrics_rows if _is_step(row.get("step")) and any(k.startswith(prefix) for k in row)}),
+        dtype=np.int64,
+    )
+    column = {int(step): index for index, step in enumerate(steps)}
+    row_of_key = {prefix + group: index for index, group in enumerate(groups)}
+    grid = np.full((len(groups), steps.size), np.nan)
+    logged_null = np.zeros(grid.shape, dtype=bool)  # logged as null/non-finite, not merely absent
+    for row in metrics_rows:
+        where = column.get(row.get("step")) if _is_step(row.get("step")) else None
+        if where is None:
+            continue
+        for key, value in row.items():
+            index = row_of_key.get(key)
+            if index is not None:
+                grid[index, where] = number = _number(value)
+                logged_null[index, where] = number != number
+    return groups, steps, grid, logged_null
 
 
 def _is_step(step: Any) -> bool:

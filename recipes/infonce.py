@@ -12,7 +12,7 @@ dashboards are.
 (2e-3, no warm-up) and a tiny temperature, which drives the embedding space to collapse; the monitor's
 alarms fire and the snapshots show anisotropy rising.
 
-    python recipes/infonce.py                      # defaults: 28 steps, ~3-4 minutes on a 2-core CPU
+    python recipes/infonce.py                      # defaults: 28 steps
     python recipes/infonce.py --provoke collapse --output-dir runs/collapse
 """
 
@@ -23,13 +23,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+
+    from aquin_monitor.data import ProbeSet, RetrievalSet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="default", help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2")
     p.add_argument("--data", default=None, help="BEIR folder to train/evaluate on (default: the bundled SciFact)")
@@ -53,13 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def training_pairs(retrieval, limit=None):
+def training_pairs(retrieval: RetrievalSet, limit: int | None = None) -> list[tuple[str, str]]:
     """(claim, abstract) pairs from the split's relevance judgements, in a stable order."""
     pairs = [(retrieval.queries[q], retrieval.corpus[d]) for q in sorted(retrieval.qrels, key=str) for d in sorted(retrieval.qrels[q], key=str)]
     return pairs[:limit] if limit else pairs
 
 
-def mine_negatives(model, pairs, corpus_texts, batch_size):
+def mine_negatives(
+    model: SentenceTransformer, pairs: list[tuple[str, str]], corpus_texts: list[str], batch_size: int
+) -> list[str]:
     """For each pair, the highest-scoring corpus document that is not its positive (base model)."""
     from aquin_monitor.encoders import encode
     from aquin_monitor.signals.retrieval import topk
@@ -72,29 +81,13 @@ def mine_negatives(model, pairs, corpus_texts, batch_size):
     return [corpus_texts[int(i)] for i in idx[:, 0]]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.provoke == "collapse":
-        args.full = True
-        args.lr = args.lr or 2e-3
-        args.scale = 100.0
-    lr = args.lr or (2e-5 if args.full else 2e-4)
+def load_data(args: argparse.Namespace) -> tuple[RetrievalSet, ProbeSet, RetrievalSet]:
+    """The training split, and the snapshot probe with the retrieval set it is scored on.
 
-    import torch
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-
-    from aquin_monitor.callbacks import TrainerEmbeddingMonitor
-    from aquin_monitor.capture import monitored
+    The bundled SciFact: ``scifact_probe`` (every test query, the relevant documents plus random
+    others); ``--data``: every query and document of the folder's test split.
+    """
     from aquin_monitor.data import bundled_dataset, read_beir, scifact_probe
-    from aquin_monitor.encoders import add_lora, load_model
-    from aquin_monitor.snapshots import SnapshotRunner
-
-    torch.manual_seed(args.seed)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
 
     data_dir = Path(args.data) if args.data else bundled_dataset("scifact")
     train = read_beir(data_dir, "train")
@@ -105,8 +98,12 @@ def main(argv=None) -> int:
         probe = ProbeSet.from_retrieval(test)
     else:
         probe, test = scifact_probe(n_docs=args.probe_docs, split="test", seed=args.seed)
-    print(f"train: {train.summary()}")
-    print(f"probe: {len(probe.texts)} texts; retrieval: {test.summary()}")
+    return train, probe, test
+
+
+def build_model(args: argparse.Namespace, train: RetrievalSet) -> tuple[SentenceTransformer, dict[str, list[str]]]:
+    """The model (LoRA added unless ``--full``) and the training columns, hard negatives mined by the base model."""
+    from aquin_monitor.encoders import add_lora, load_model
 
     model = load_model(args.model)
     model.max_seq_length = args.max_seq_length
@@ -116,13 +113,16 @@ def main(argv=None) -> int:
         columns["negative"] = mine_negatives(model, pairs, train.doc_texts(), args.batch_size)
     if not args.full:
         add_lora(model, rank=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["query", "key", "value"])
+    return model, columns
 
-    name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
-    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed,
-                            model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
-    monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1)
+
+def training_arguments(args: argparse.Namespace, out: Path, lr: float) -> SentenceTransformerTrainingArguments:
+    """The Trainer's arguments: a checkpoint (hence a snapshot) every ``--snapshot-every`` steps."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
     report_to = ["tensorboard"] + (["wandb"] if args.wandb else [])
-    training_args = SentenceTransformerTrainingArguments(
+    return SentenceTransformerTrainingArguments(
         output_dir=str(out),
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -140,10 +140,49 @@ def main(argv=None) -> int:
         use_cpu=not torch.cuda.is_available(),
         dataloader_drop_last=True,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.provoke == "collapse":
+        args.full = True
+        args.lr = args.lr or 2e-3
+        args.scale = 100.0
+    lr = args.lr or (2e-5 if args.full else 2e-4)
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from aquin_monitor.callbacks import TrainerEmbeddingMonitor
+    from aquin_monitor.capture import monitored
+    from aquin_monitor.snapshots import SnapshotRunner
+
+    torch.manual_seed(args.seed)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    train, probe, test = load_data(args)
+    print(f"train: {train.summary()}")
+    print(f"probe: {len(probe.texts)} texts; retrieval: {test.summary()}")
+    model, columns = build_model(args, train)
+
+    name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
+    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed,
+                            model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
+    monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1)
+    training_args = training_arguments(args, out, lr)
     loss = monitored(MultipleNegativesRankingLoss(model, scale=args.scale))
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns), loss=loss, callbacks=[monitor])
     trainer.train()
+    report_results(args, out, trainer.state.global_step, test, started)
+    return 0
 
+
+def report_results(args: argparse.Namespace, out: Path, steps: int, test: RetrievalSet, started: float) -> None:
+    """Write the HTML report and ``summary.json`` (first and last snapshot's numbers), and print where things are."""
     from aquin_monitor.report import write_report
     from aquin_monitor.snapshot import Snapshot, list_snapshots
 
@@ -154,7 +193,7 @@ def main(argv=None) -> int:
     summary = {
         "model": args.model,
         "mode": "full" if args.full else f"lora r={args.lora_rank}",
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "seconds": round(time.time() - started, 1),
         "probe": f"{len(test.queries)} SciFact test queries vs {len(test.corpus)} documents",
         "before": {k: before.get(k) for k in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy")},
@@ -170,7 +209,6 @@ def main(argv=None) -> int:
     print(f"report:      {report}")
     print(f"dashboards:  tensorboard --logdir {out}")
     print(f"plain files: {out}/metrics.jsonl, {out}/events.jsonl, {out}/snapshots/")
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ the loss falls*, and this loss rises. The healthy steps first give the detectors
 judge against: a run that starts at 1e-2 collapses inside the detectors' warm-up, before there is a
 normal to compare with, and only the snapshots would show it.
 
-    python recipes/triplet.py                         # defaults: a few minutes on a 2-core CPU
+    python recipes/triplet.py                         # defaults: 100 steps
     python recipes/triplet.py --provoke collapse --output-dir runs/triplet-collapse
 """
 
@@ -33,7 +33,15 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning as L
+    from sentence_transformers import SentenceTransformer
+
+    from aquin_monitor.data import ProbeSet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,7 +50,7 @@ PROBE_LABELS = ("anchor", "positive", "negative")
 COLLAPSE_LR = 1e-2
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -91,7 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def split_triplets(triplets, probe_triplets: int, seed: int):
+def split_triplets(
+    triplets: Sequence[tuple[str, str, str]], probe_triplets: int, seed: int
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     """Shuffle (seeded), hold out ``probe_triplets`` triplets with distinct anchors for the probe, train on the rest.
 
     SNLI repeats an anchor across triplets; any training triplet whose anchor is in the probe is
@@ -114,7 +124,7 @@ def split_triplets(triplets, probe_triplets: int, seed: int):
     return train, probe
 
 
-def probe_set(probe_triplets):
+def probe_set(probe_triplets: Sequence[tuple[str, str, str]]) -> ProbeSet:
     """The probe: every anchor, then every positive, then every negative, labelled by role."""
     from aquin_monitor.data import ProbeSet
 
@@ -127,7 +137,7 @@ def probe_set(probe_triplets):
     return ProbeSet(texts=texts, labels=labels, ids=ids, source="snli triplets (held out)")
 
 
-def lr_factor(step: int, args) -> float:
+def lr_factor(step: int, args: argparse.Namespace) -> float:
     """Learning-rate multiplier for 0-based optimizer step ``step``: linear warm-up, then 1.
 
     With ``--provoke collapse``, ``collapse_lr / lr`` from step ``provoke_at`` on (the broken schedule).
@@ -137,7 +147,7 @@ def lr_factor(step: int, args) -> float:
     return min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else 1.0
 
 
-def build_module(model, args):
+def build_module(model: SentenceTransformer, args: argparse.Namespace) -> L.LightningModule:
     import lightning as L
     import torch
 
@@ -173,7 +183,7 @@ def build_module(model, args):
     return TripletModule()
 
 
-def summarize(out: Path, monitor) -> None:
+def summarize(out: Path, monitor: Any) -> None:
     """Print what the monitor saw: alarms by kind, the first and last contrastive numbers, snapshot geometry."""
     from aquin_monitor.sinks import read_jsonl
     from aquin_monitor.snapshot import Snapshot, list_snapshots
@@ -217,24 +227,9 @@ def write_html_report(out: Path) -> Path | None:
     return write_report(out)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from torch.utils.data import DataLoader
-
-    from aquin_monitor.callbacks import LightningEmbeddingMonitor
+def load_data(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], ProbeSet]:
+    """Training triplets and the held-out probe (see :func:`split_triplets`), ``--max-train`` applied."""
     from aquin_monitor.data import bundled_dataset, read_triplets
-    from aquin_monitor.encoders import add_lora, load_model
-    from aquin_monitor.snapshots import SnapshotRunner
-
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    L.seed_everything(args.seed, verbose=False)
 
     data_path = Path(args.data) if args.data else bundled_dataset("snli_triplets") / "dev.jsonl"
     train, held_out = split_triplets(read_triplets(data_path), args.probe_triplets, args.seed)
@@ -244,6 +239,47 @@ def main(argv=None) -> int:
         raise ValueError(f"{len(train)} training triplets left after holding out the probe; need at least --batch-size {args.batch_size}")
     probe = probe_set(held_out)
     print(f"data: {data_path}: {len(train)} training triplets, probe of {len(probe)} held-out sentences")
+    return train, probe
+
+
+def build_trainer(args: argparse.Namespace, out: Path, loggers: list[Any], monitor: Any) -> L.Trainer:
+    """The Lightning trainer: the monitor, and a checkpoint (hence a snapshot) every ``--snapshot-every`` steps."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # every checkpoint save is a snapshot; save_top_k=1 keeps only the newest checkpoint on disk
+    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=args.snapshot_every, save_top_k=1)
+    return L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        logger=loggers,
+        callbacks=[monitor, checkpoints],
+        log_every_n_steps=1,
+        enable_progress_bar=not args.no_progress,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from aquin_monitor.callbacks import LightningEmbeddingMonitor
+    from aquin_monitor.encoders import add_lora, load_model
+    from aquin_monitor.snapshots import SnapshotRunner
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    L.seed_everything(args.seed, verbose=False)
+    train, probe = load_data(args)
 
     model = load_model(args.model, device="cpu")
     model.max_seq_length = args.max_seq_length
@@ -268,20 +304,7 @@ def main(argv=None) -> int:
         loggers.append(WandbLogger(project=args.wandb_project, save_dir=str(out), name=out.name))
     runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed)
     monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on)
-    # every checkpoint save is a snapshot; save_top_k=1 keeps only the newest checkpoint on disk
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=args.snapshot_every, save_top_k=1)
-    trainer = L.Trainer(
-        accelerator=args.device,
-        devices=1,
-        max_epochs=args.epochs,
-        max_steps=args.max_steps,
-        logger=loggers,
-        callbacks=[monitor, checkpoints],
-        log_every_n_steps=1,
-        enable_progress_bar=not args.no_progress,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-    )
+    trainer = build_trainer(args, out, loggers, monitor)
     with warnings.catch_warnings():
         # a list of strings needs no worker processes; Lightning's advice to add some is noise here
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -289,7 +312,13 @@ def main(argv=None) -> int:
 
     summarize(out, monitor)
     report = None if args.no_report else write_html_report(out)
-    print(f"\nrun directory: {out}  ({trainer.global_step} steps in {time.time() - started:.0f} s)")
+    print_locations(args, out, f"{trainer.global_step} steps in {time.time() - started:.0f} s", report)
+    return 0
+
+
+def print_locations(args: argparse.Namespace, out: Path, done: str, report: Path | None) -> None:
+    """Where the run's dashboards and files are."""
+    print(f"\nrun directory: {out}  ({done})")
     print(f"  TensorBoard:  tensorboard --logdir {out}")
     if args.wandb:
         mode = os.environ.get("WANDB_MODE", "online")
@@ -297,7 +326,6 @@ def main(argv=None) -> int:
     print(f"  metrics:      {out / 'metrics.jsonl'}, alarms: {out / 'events.jsonl'}, snapshots: {out / 'snapshots'}")
     if report is not None:
         print(f"  report:       {report}")
-    return 0
 
 
 if __name__ == "__main__":

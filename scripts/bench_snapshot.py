@@ -8,10 +8,10 @@ Prints, measured in this one process on the same model and texts:
 and their ratio; with --full-scifact, also the snapshot time of SciFact's whole 5,183-document corpus.
 
 The two are measured alternately (``--repeats`` pairs, which one goes first alternating), after one
-untimed snapshot (numba compiles UMAP's kernels in the first one of a process, ~10 s). Reported: the
+untimed snapshot (numba compiles UMAP's kernels in the first one of a process). Reported: the
 ratio of the fastest runs (interference from other processes only ever adds time), the median of
 the paired ratios (snapshot over the encode run next to it) and a 95% bootstrap interval of it. On a
-shared machine whose speed drifts by ±15% between runs, the paired median and its interval are the
+shared machine whose speed drifts between runs, the paired median and its interval are the
 figures to read.
 
     python scripts/bench_snapshot.py [--n 1000] [--texts agnews|scifact] [--repeats 6] [--full-scifact] [--no-umap]

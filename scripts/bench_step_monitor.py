@@ -34,8 +34,8 @@ CPU (default): the bundled all-MiniLM-L6-v2, batch 32 SciFact claim/abstract pai
 GPU: ``--device cuda --model bert-base``: a bge-base-sized BERT (12 layers x 768, random init, no
 download), batch 128 pairs of 128 random tokens, bf16 autocast.
 
-    python scripts/bench_step_monitor.py                                   # CPU, a few minutes
-    python scripts/bench_step_monitor.py --device cuda --model bert-base   # H100: about 1-2 minutes
+    python scripts/bench_step_monitor.py                                   # CPU
+    python scripts/bench_step_monitor.py --device cuda --model bert-base   # CUDA
 """
 
 from __future__ import annotations

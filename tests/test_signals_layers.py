@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
@@ -17,11 +16,6 @@ from aquin_monitor.signals.layers import (
     layerwise_similarity,
     summarize_attention_entropy,
 )
-
-
-def test_doctests_pass():
-    result = doctest.testmod(layers)
-    assert result.attempted >= 2 and result.failed == 0
 
 
 # --------------------------------------------------------------------------- layer similarity

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import doctest
 import gzip
 import json
 import tracemalloc
@@ -464,10 +463,6 @@ def test_zero_vector_has_cosine_zero_and_collections_mean_grade_one():
     assert result.score.tolist() == [0.0, 0.0] and result.grade.tolist() == [1.0, 1.0]
     assert result.ranks_of(0) == {2: 3}  # every score ties at 0: corpus order decides
     assert result.ranks_of(1) == {1: 2}
-
-
-def test_docstring_examples():
-    assert doctest.testmod(retrieval).failed == 0
 
 
 # ------------------------------------------------------------------------------------------

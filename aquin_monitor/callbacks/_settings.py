@@ -51,11 +51,16 @@ class MonitorSettings:
 
 def open_sinks(makers: Sequence[tuple[str, Callable[[], list[Sink]]]], *, strict: bool) -> list[Sink]:
     """Open each group of sinks; one that cannot be opened (its folder is a file, a read-only disk)
-    is warned about and left out, and the run goes on with the others."""
+    is warned about and left out, and the run goes on with the others. A run folder that another
+    live run holds (:class:`~aquin_monitor.runlock.RunFolderLocked`) is the one error raised."""
+    from ..runlock import RunFolderLocked
+
     sinks: list[Sink] = []
     for what, make in makers:
         try:
             sinks.extend(make())
+        except RunFolderLocked:
+            raise  # another live run writes there: fail fast, change nothing (README, Reliability)
         except Exception as exc:  # noqa: BLE001 - monitoring must never stop training from starting
             report_failure(f"opening {what}", exc, strict=strict, outcome="is left out of this run; training goes on")
     return sinks

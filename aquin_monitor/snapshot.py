@@ -187,6 +187,18 @@ def recover_snapshots(run_dir: str | os.PathLike) -> list[str]:
 
     Nothing is done while another live process holds the run folder's lock (it repairs its own
     folder). Failures (a read-only folder) are logged, never raised.
+
+    Example (a kill left snapshot 4 set aside)::
+
+        >>> import tempfile, warnings
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> _ = Snapshot(4, "checkpoint", "m", {"geometry/anisotropy": 0.4}).save(run_dir)
+        >>> os.replace(run_dir / "snapshots" / "4", run_dir / "snapshots" / ".4-old")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     repairs = recover_snapshots(run_dir)
+        >>> len(repairs), [p.name for p in list_snapshots(run_dir)]
+        (1, ['4'])
     """
     root = Path(run_dir) / "snapshots"
     if not root.is_dir() or held_elsewhere(run_dir):
@@ -249,7 +261,14 @@ def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
 
 def snapshot_tag(run_dir: str | os.PathLike, step: int) -> str | None:
     """The tag (``base``, ``checkpoint``, ``inspect``) of the snapshot saved at ``step``; None if there is
-    none. A folder whose record cannot be read counts as ``"unknown"`` (someone else's: not ours to replace)."""
+    none. A folder whose record cannot be read counts as ``"unknown"`` (someone else's: not ours to replace).
+
+    >>> import tempfile
+    >>> run_dir = tempfile.mkdtemp()
+    >>> _ = Snapshot(0, "base", "m").save(run_dir)
+    >>> snapshot_tag(run_dir, 0), snapshot_tag(run_dir, 4)
+    ('base', None)
+    """
     path = Path(run_dir) / "snapshots" / str(step) / "snapshot.json"
     if not path.exists():
         return None

@@ -280,3 +280,17 @@ def test_sigint_during_a_real_run_exits_130_with_one_line(tmp_path, tiny_mean_mo
     assert not out_json.exists()
     leftovers = [p for p in (tmp_path / "run").rglob("*") if p.name != ".aquin-monitor.lock"] if (tmp_path / "run").exists() else []
     assert not leftovers
+
+
+def test_read_only_output_folder_is_refused_before_any_model_load(capsys, tmp_path, tiny_mean_model, probe, no_model_load, monkeypatch):
+    # the tests may run as root, for whom every folder is writable: the OS answer is replaced for one folder
+    from aquin_monitor import cli
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", read_only / "sub" / "out.json", "--no-progress")
+    assert code == 2
+    one_error_line(err, "--json", f"the folder {read_only} is not writable")
+    assert list(read_only.iterdir()) == []

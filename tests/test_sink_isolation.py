@@ -155,3 +155,8 @@ def test_dollar_labels_with_umap_keep_metrics_jsonl_complete(tiny_mean_model, tm
     for step in (0, 4, 8):
         png = tmp_path / "figures" / "snapshot_umap_by_label" / f"{step}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
+    from aquin_monitor.report import write_report
+
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert ": not drawn (" not in page  # no figure failed: the report draws them from the same labels
+    assert page.count('alt="UMAP by label"') == 3  # snapshots 0, 4 and 8

@@ -48,16 +48,46 @@ def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wra
     return model, trainer
 
 
+def _mnrl_reference(queries: torch.Tensor, documents: torch.Tensor) -> dict[str, float]:
+    """Plain-torch sums of one micro-batch: cosines, in-batch accuracy, MNRL loss (scale 20)."""
+    cos = torch.nn.functional.normalize(queries.double(), dim=1) @ torch.nn.functional.normalize(documents.double(), dim=1).T
+    n = len(cos)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    labels = torch.arange(n)
+    return {
+        "pos": cos.diagonal().sum().item(), "neg": cos[off_diagonal].sum().item(), "neg_count": n * (n - 1), "rows": n,
+        "hardest": cos.masked_fill(~off_diagonal, float("-inf")).amax(dim=1).sum().item(),
+        "correct": (cos.argmax(dim=1) == labels).sum().item(), "loss": torch.nn.functional.cross_entropy(20 * cos, labels).item(),
+    }
+
+
 def test_metrics_every_optimizer_step_with_accumulation(tiny_mean_model, tmp_path):
     cb = TrainerEmbeddingMonitor(strict=True)
-    _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=3, accumulation=2)
+    outputs = []  # every SentenceTransformer forward: MNRL embeds the anchors, then the positives
+
+    def keep(module, args, output):
+        if isinstance(module, SentenceTransformer):
+            outputs.append(output["sentence_embedding"].detach().clone())
+
+    handle = torch.nn.modules.module.register_module_forward_hook(keep)
+    try:
+        _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=3, accumulation=2)
+    finally:
+        handle.remove()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for r in rows:
+    assert len(outputs) == 3 * 2 * 2  # steps x micro-batches x (anchor, positive)
+    micro = [_mnrl_reference(outputs[k], outputs[k + 1]) for k in range(0, len(outputs), 2)]
+    for r, (first, second) in zip(rows, zip(micro[::2], micro[1::2])):
         assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total"} <= r.keys()
-        assert {"contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc", "contrastive/loss"} <= r.keys()
-        assert -1 <= r["contrastive/neg_sim"] <= r["contrastive/pos_sim"] + 1
-        assert 0 <= r["contrastive/in_batch_acc"] <= 1
+        total = {key: first[key] + second[key] for key in first}
+        pos, neg = total["pos"] / total["rows"], total["neg"] / total["neg_count"]
+        assert r["contrastive/pos_sim"] == pytest.approx(pos, rel=1e-5, abs=1e-6)
+        assert r["contrastive/neg_sim"] == pytest.approx(neg, rel=1e-5, abs=1e-6)
+        assert r["contrastive/gap"] == pytest.approx(pos - neg, rel=1e-5, abs=1e-6)
+        assert r["contrastive/hardest_neg_sim"] == pytest.approx(total["hardest"] / total["rows"], rel=1e-5, abs=1e-6)
+        assert r["contrastive/in_batch_acc"] == total["correct"] / total["rows"]
+        assert r["contrastive/loss"] == pytest.approx(total["loss"] / 2, rel=1e-5)  # mean over the 2 micro-batches
         per_group = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
         assert math.sqrt(sum(v * v for v in per_group)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from reference_stats import combine, in_batch_sums
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 
@@ -48,19 +49,6 @@ def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wra
     return model, trainer
 
 
-def _mnrl_reference(queries: torch.Tensor, documents: torch.Tensor) -> dict[str, float]:
-    """Plain-torch sums of one micro-batch: cosines, in-batch accuracy, MNRL loss (scale 20)."""
-    cos = torch.nn.functional.normalize(queries.double(), dim=1) @ torch.nn.functional.normalize(documents.double(), dim=1).T
-    n = len(cos)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool)
-    labels = torch.arange(n)
-    return {
-        "pos": cos.diagonal().sum().item(), "neg": cos[off_diagonal].sum().item(), "neg_count": n * (n - 1), "rows": n,
-        "hardest": cos.masked_fill(~off_diagonal, float("-inf")).amax(dim=1).sum().item(),
-        "correct": (cos.argmax(dim=1) == labels).sum().item(), "loss": torch.nn.functional.cross_entropy(20 * cos, labels).item(),
-    }
-
-
 def test_metrics_every_optimizer_step_with_accumulation(tiny_mean_model, tmp_path):
     cb = TrainerEmbeddingMonitor(strict=True)
     outputs = []  # every SentenceTransformer forward: MNRL embeds the anchors, then the positives
@@ -77,17 +65,13 @@ def test_metrics_every_optimizer_step_with_accumulation(tiny_mean_model, tmp_pat
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert len(outputs) == 3 * 2 * 2  # steps x micro-batches x (anchor, positive)
-    micro = [_mnrl_reference(outputs[k], outputs[k + 1]) for k in range(0, len(outputs), 2)]
-    for r, (first, second) in zip(rows, zip(micro[::2], micro[1::2])):
+    micro = [in_batch_sums(outputs[k], outputs[k + 1]) for k in range(0, len(outputs), 2)]  # MNRL: scale 20
+    for r, first, second in zip(rows, micro[::2], micro[1::2]):
         assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total"} <= r.keys()
-        total = {key: first[key] + second[key] for key in first}
-        pos, neg = total["pos"] / total["rows"], total["neg"] / total["neg_count"]
-        assert r["contrastive/pos_sim"] == pytest.approx(pos, rel=1e-5, abs=1e-6)
-        assert r["contrastive/neg_sim"] == pytest.approx(neg, rel=1e-5, abs=1e-6)
-        assert r["contrastive/gap"] == pytest.approx(pos - neg, rel=1e-5, abs=1e-6)
-        assert r["contrastive/hardest_neg_sim"] == pytest.approx(total["hardest"] / total["rows"], rel=1e-5, abs=1e-6)
-        assert r["contrastive/in_batch_acc"] == total["correct"] / total["rows"]
-        assert r["contrastive/loss"] == pytest.approx(total["loss"] / 2, rel=1e-5)  # mean over the 2 micro-batches
+        expected = combine([first, second])
+        for key in ("pos_sim", "neg_sim", "gap", "hardest_neg_sim", "loss"):
+            assert r[f"contrastive/{key}"] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+        assert r["contrastive/in_batch_acc"] == expected["in_batch_acc"]
         per_group = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
         assert math.sqrt(sum(v * v for v in per_group)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
 

@@ -3,9 +3,10 @@
 For both trainers, with gradient clipping on and small enough to bite, a hook registered by the test
 (not by the monitor) reads every parameter's ``.grad`` at the point the optimizer is about to receive
 it, before any clipping, groups the parameters by a regular expression written here
-(:mod:`grad_reference`) and computes each group's L2 norm in float64. A second hook, after the
+(:mod:`reference_stats`) and computes each group's L2 norm in float64. A second hook, after the
 optimizer step, checks that clipping really changed the gradients (their total norm is the clip
-value), so a monitor that measured after clipping could not pass.
+value), so a monitor that measured after clipping could not pass. The Lightning run also checks
+``contrastive/*`` against the module's own embeddings, recomputed per micro-batch in plain torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 from datasets import Dataset
-from grad_reference import reference_group_norms, total_norm
+from reference_stats import combine, in_batch_sums, reference_group_norms, total_norm
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 from torch.utils.data import DataLoader
@@ -52,13 +53,16 @@ class PairModule(L.LightningModule):
         super().__init__()
         self.encoder = SentenceTransformer(path, device="cpu")
         self.encoder.train()
+        self.embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []  # (queries, documents) per micro-batch
 
     def encode(self, texts):
         features = self.encoder.preprocess(list(texts))
         return self.encoder(features)["sentence_embedding"]
 
     def training_step(self, batch, batch_idx):
-        return info_nce(self.encode(batch[0]), self.encode(batch[1]))
+        queries, documents = self.encode(batch[0]), self.encode(batch[1])
+        self.embeddings.append((queries.detach().clone(), documents.detach().clone()))
+        return info_nce(queries, documents)  # scale 20
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=5e-4)
@@ -89,9 +93,17 @@ def test_lightning_group_norms_equal_pre_clip_reference_with_accumulation(tiny_m
         enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
         gradient_clip_val=CLIP, gradient_clip_algorithm="norm", logger=False, enable_checkpointing=False,
     )
-    trainer.fit(PairModule(tiny_mean_model), loader)
-    assert len(reference.pre_clip) == 3  # 6 micro-batches, 3 optimizer steps
-    assert_rows_match(read_jsonl(tmp_path / "run" / "metrics.jsonl"), reference.pre_clip, reference.post_clip)
+    module = PairModule(tiny_mean_model)
+    trainer.fit(module, loader)
+    assert len(reference.pre_clip) == 3 and len(module.embeddings) == 6  # 3 optimizer steps of 2 micro-batches
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert_rows_match(rows, reference.pre_clip, reference.post_clip)
+    micro = [in_batch_sums(q, d) for q, d in module.embeddings]
+    for row, first, second in zip(rows, micro[::2], micro[1::2]):
+        expected = combine([first, second])
+        for key in ("pos_sim", "neg_sim", "gap", "hardest_neg_sim", "loss"):
+            assert row[f"contrastive/{key}"] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+        assert row["contrastive/in_batch_acc"] == expected["in_batch_acc"]
 
 
 # ------------------------------------------------------------------------------------------ HF / ST

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from grad_reference import reference_group, reference_group_norms
+from reference_stats import reference_group, reference_group_norms
 from sentence_transformers import SentenceTransformer
 
 from aquin_monitor.signals.gradients import (
@@ -26,7 +26,7 @@ def _backward(model, texts):
 
 
 def test_group_norms_equal_vector_norm_per_group(tiny_mean_model):
-    """Groups and norms against tests/grad_reference.py: names parsed by the test's own regex, float64 norms."""
+    """Groups and norms against tests/reference_stats.py: names parsed by the test's own regex, float64 norms."""
     model = SentenceTransformer(tiny_mean_model, device="cpu")
     _backward(model, ["hello world", "a second sentence"])
     groups = group_parameters(model.named_parameters())

@@ -1,9 +1,10 @@
-"""An independent reference for ``grad_norm/<group>``: groups parsed here, norms in float64 torch.
+"""Independent references for the per-step metrics, for tests: plain torch, nothing from ``aquin_monitor``.
 
-Nothing from ``aquin_monitor`` is imported: the groups come from a regular expression over the
-parameter names of a BERT-style model (``embeddings.``, ``encoder.layer.N.``, ``pooler.``, peft's
-``lora_A`` / ``lora_B``), and each group's norm is ``sqrt(Σ_p Σ g²)`` accumulated in float64 over the
-parameters that hold a gradient now.
+- ``grad_norm/<group>``: groups from a regular expression over the parameter names of a BERT-style
+  model (``embeddings.``, ``encoder.layer.N.``, ``pooler.``, peft's ``lora_A`` / ``lora_B``), each
+  group's norm ``sqrt(Σ_p Σ g²)`` accumulated in float64 over the parameters that hold a gradient now.
+- ``contrastive/*`` of an in-batch (InfoNCE / MultipleNegativesRanking) loss: sums over one
+  micro-batch's query and document embeddings, combined over micro-batches by :func:`combine`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 
 BLOCK = re.compile(r"\bencoder\.layer\.(\d+)\.")
 LORA = re.compile(r"\.(lora_A|lora_B)\.")
@@ -62,3 +64,41 @@ def total_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     """L2 norm of all gradients present, in float64."""
     grads = [p.grad.detach().double().reshape(-1) for p in parameters if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.cat(grads))) if grads else 0.0
+
+
+def in_batch_sums(queries: torch.Tensor, documents: torch.Tensor, scale: float = 20.0) -> dict[str, float]:
+    """Sums of one micro-batch of an in-batch loss: row i's positive is document i, the rest negatives.
+
+    ``loss`` is the cross-entropy of ``scale · cos`` (the loss value of that micro-batch).
+    """
+    cos = F.normalize(queries.double(), dim=1) @ F.normalize(documents.double(), dim=1).T
+    n = len(cos)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    labels = torch.arange(n)
+    return {
+        "pos": cos.diagonal().sum().item(),
+        "neg": cos[off_diagonal].sum().item(),
+        "neg_count": n * (n - 1),
+        "hardest": cos.masked_fill(~off_diagonal, float("-inf")).amax(dim=1).sum().item(),
+        "correct": (cos.argmax(dim=1) == labels).sum().item(),
+        "rows": n,
+        "loss": F.cross_entropy(scale * cos, labels).item(),
+        "losses": 1,
+    }
+
+
+def combine(micro_batches: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The ``contrastive/*`` values of one optimizer step from its micro-batches' :func:`in_batch_sums`."""
+    total: dict[str, float] = {}
+    for sums in micro_batches:
+        for key, value in sums.items():
+            total[key] = total.get(key, 0) + value
+    pos, neg = total["pos"] / total["rows"], total["neg"] / total["neg_count"]
+    return {
+        "pos_sim": pos,
+        "neg_sim": neg,
+        "gap": pos - neg,
+        "hardest_neg_sim": total["hardest"] / total["rows"],
+        "in_batch_acc": total["correct"] / total["rows"],
+        "loss": total["loss"] / total["losses"],
+    }

@@ -123,12 +123,11 @@ class TrainerReference(TrainerCallback):
         self.post_clip.append(total_norm(model.parameters()))  # .grad survives until zero_grad
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_trainer_group_norms_equal_pre_clip_reference(tiny_mean_model, tmp_path, accumulation):
+def _trainer(model_path: str, out, accumulation: int, monitor: TrainerEmbeddingMonitor):
     torch.manual_seed(0)
-    model = SentenceTransformer(tiny_mean_model, device="cpu")
+    model = SentenceTransformer(model_path, device="cpu")
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=accumulation,
+        output_dir=str(out), max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=accumulation,
         learning_rate=5e-4, max_grad_norm=CLIP, report_to=[], save_strategy="no", logging_steps=1, seed=0,
         data_seed=0, use_cpu=True, dataloader_drop_last=True,
     )
@@ -136,11 +135,32 @@ def test_trainer_group_norms_equal_pre_clip_reference(tiny_mean_model, tmp_path,
     reference = TrainerReference()
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=data, loss=monitored(MultipleNegativesRankingLoss(model)),
-        callbacks=[reference, TrainerEmbeddingMonitor(strict=True)],
+        callbacks=[reference, monitor],
     )
     trainer.train()
     assert len(reference.pre_clip) == 3
+    return trainer, reference
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_trainer_group_norms_equal_pre_clip_reference(tiny_mean_model, tmp_path, accumulation):
+    trainer, reference = _trainer(tiny_mean_model, tmp_path, accumulation, TrainerEmbeddingMonitor(strict=True))
     assert_rows_match(read_jsonl(tmp_path / "metrics.jsonl"), reference.pre_clip, reference.post_clip)
     # and the Trainer's own (pre-clip) grad_norm agrees with the reference total
     logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
     assert logged == pytest.approx([r["total"] for r in reference.pre_clip], rel=1e-5)
+
+
+def test_trainer_without_takeover_logs_post_clip_norms_under_their_own_name(tiny_mean_model, tmp_path):
+    """take_over_clipping=False: the Trainer clips before any callback runs, so the monitor (and the test's
+    hook, at the same point) see clipped gradients; they are logged as grad_norm_post_clip/<group>."""
+    _, reference = _trainer(tiny_mean_model, tmp_path, 1, TrainerEmbeddingMonitor(strict=True, take_over_clipping=False))
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row, expected, after in zip(rows, reference.pre_clip, reference.post_clip):
+        assert not [k for k in row if k.startswith("grad_norm/")]
+        logged = {k[len("grad_norm_post_clip/"):]: v for k, v in row.items() if k.startswith("grad_norm_post_clip/")}
+        assert set(logged) == set(expected)
+        for group, value in expected.items():
+            assert logged[group] == pytest.approx(value, rel=1e-5), (row["step"], group)
+        assert logged["total"] == pytest.approx(CLIP, rel=1e-4) and after == pytest.approx(CLIP, rel=1e-4)

@@ -99,7 +99,7 @@ def test_embeddings_are_those_sentence_transformers_encodes(snapshots):
 
 
 def test_geometry_against_brute_force_and_libraries(snapshots):
-    from scipy.stats import median_abs_deviation
+    from scipy.stats import beta, median_abs_deviation
     from sklearn.decomposition import PCA
 
     for snap, x in zip(snapshots[:2], snapshots[2:]):
@@ -109,8 +109,18 @@ def test_geometry_against_brute_force_and_libraries(snapshots):
         assert m["geometry/pair_cosine_mean"] == pytest.approx(cosines.mean(), abs=1e-5)
         assert m["geometry/pair_cosine_std"] == pytest.approx(cosines.std(), abs=1e-5)
         assert m["geometry/pair_cosine_baseline_std"] == pytest.approx(1 / math.sqrt(x.shape[1]))
-        counts, _ = np.histogram(cosines, bins=snap.arrays["pair_hist_edges"])
+        edges = snap.arrays["pair_hist_edges"]
+        counts, _ = np.histogram(cosines, bins=edges)
         assert snap.arrays["pair_hist_counts"].tolist() == counts.tolist()
+        # uniform on the sphere S^(d-1): (1 + cos) / 2 follows Beta((d - 1) / 2, (d - 1) / 2)
+        half = (x.shape[1] - 1) / 2
+        np.testing.assert_allclose(snap.arrays["pair_hist_baseline"], np.diff(beta.cdf((edges + 1) / 2, half, half)), atol=1e-9)
+        # rogue dimensions: dimension k's share of the mean pair cosine, sum over pairs i != j of u_ik u_jk
+        u = unit(x)
+        share = np.array([(np.outer(u[:, k], u[:, k]).sum() - u[:, k] @ u[:, k]) / (len(u) * (len(u) - 1)) for k in range(u.shape[1])])
+        positive = np.sort(np.clip(share, 0, None))[::-1]
+        assert m["geometry/rogue_top1_share"] == pytest.approx(positive[0] / positive.sum(), abs=1e-5)
+        assert m["geometry/rogue_top5_share"] == pytest.approx(positive[:5].sum() / positive.sum(), abs=1e-5)
 
         # PCA: explained variance from numpy's SVD; component counts from scikit-learn's rule
         sigma = np.linalg.svd(x - x.mean(0), compute_uv=False)
@@ -121,7 +131,6 @@ def test_geometry_against_brute_force_and_libraries(snapshots):
         assert m["geometry/effective_rank"] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-5)
 
         # Wang & Isola: uniformity over all pairs (t = 2), alignment over same-label pairs (alpha = 2)
-        u = unit(x)
         pairs = [(i, j) for i in range(len(u)) for j in range(i + 1, len(u))]
         uniformity = math.log(np.mean([math.exp(-2 * np.sum((u[i] - u[j]) ** 2)) for i, j in pairs]))
         assert m["geometry/uniformity"] == pytest.approx(uniformity, abs=1e-5)
@@ -173,6 +182,14 @@ def test_retrieval_against_pytrec_eval_with_graded_judgements(snapshots):
                  for qi, qid in enumerate(QUERIES)]
         assert snap.arrays["first_rank"].tolist() == first
         assert snap.metrics["retrieval/mean_first_rank"] == pytest.approx(np.mean(first))
+        assert snap.metrics["retrieval/median_first_rank"] == pytest.approx(np.median(first))
+        # no labelled negatives: the closest non-relevant document is the hard negative
+        relevant = [[doc_ids.index(did) for did in QRELS[qid]] for qid in QUERIES]
+        closest_positive = [scores[qi, rel].max() for qi, rel in enumerate(relevant)]
+        closest_negative = [np.delete(scores[qi], rel).max() for qi, rel in enumerate(relevant)]
+        assert snap.metrics["retrieval/positive_sim"] == pytest.approx(np.mean(closest_positive), abs=1e-5)
+        assert snap.metrics["retrieval/negative_sim"] == pytest.approx(np.mean(closest_negative), abs=1e-5)
+        assert snap.metrics["retrieval/hard_negative_gap"] == pytest.approx(np.mean(closest_positive) - np.mean(closest_negative), abs=1e-5)
     base, moved = snapshots[:2]
     assert moved.metrics["drift/base/delta/ndcg@10"] == pytest.approx(
         moved.metrics["retrieval/ndcg@10"] - base.metrics["retrieval/ndcg@10"], abs=1e-12)

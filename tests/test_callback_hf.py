@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from reference_stats import combine, in_batch_sums
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 
@@ -50,14 +51,27 @@ def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wra
 
 def test_metrics_every_optimizer_step_with_accumulation(tiny_mean_model, tmp_path):
     cb = TrainerEmbeddingMonitor(strict=True)
-    _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=3, accumulation=2)
+    outputs = []  # every SentenceTransformer forward: MNRL embeds the anchors, then the positives
+
+    def keep(module, args, output):
+        if isinstance(module, SentenceTransformer):
+            outputs.append(output["sentence_embedding"].detach().clone())
+
+    handle = torch.nn.modules.module.register_module_forward_hook(keep)
+    try:
+        _train(tiny_mean_model, tmp_path, callbacks=[cb], max_steps=3, accumulation=2)
+    finally:
+        handle.remove()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for r in rows:
+    assert len(outputs) == 3 * 2 * 2  # steps x micro-batches x (anchor, positive)
+    micro = [in_batch_sums(outputs[k], outputs[k + 1]) for k in range(0, len(outputs), 2)]  # MNRL: scale 20
+    for r, first, second in zip(rows, micro[::2], micro[1::2]):
         assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total"} <= r.keys()
-        assert {"contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc", "contrastive/loss"} <= r.keys()
-        assert -1 <= r["contrastive/neg_sim"] <= r["contrastive/pos_sim"] + 1
-        assert 0 <= r["contrastive/in_batch_acc"] <= 1
+        expected = combine([first, second])
+        for key in ("pos_sim", "neg_sim", "gap", "hardest_neg_sim", "loss"):
+            assert r[f"contrastive/{key}"] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+        assert r["contrastive/in_batch_acc"] == expected["in_batch_acc"]
         per_group = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
         assert math.sqrt(sum(v * v for v in per_group)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
 

@@ -89,6 +89,22 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(k * l) / (np.linalg.norm(k) * np.linalg.norm(l)))
 
 
+def reference_drift_score(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """((1 - CKA) + (1 - k-NN overlap) + min(1, W1)) / 3: k-NN sets from scikit-learn (cosine, self
+    excluded), W1 by scipy between the cosines of every pair (a small probe: no sampling)."""
+    from scipy.stats import wasserstein_distance
+    from sklearn.neighbors import NearestNeighbors
+
+    def neighbours(e):
+        rows = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(e).kneighbors(e)[1]
+        return [set(row.tolist()) - {i} for i, row in enumerate(rows)]
+
+    overlap = np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))])
+    upper = np.triu_indices(len(x), 1)
+    w1 = wasserstein_distance((unit(x) @ unit(x).T)[upper], (unit(y) @ unit(y).T)[upper])
+    return float(((1 - linear_cka(x, y)) + (1 - overlap) + min(1.0, w1)) / 3)
+
+
 def brute_force_retrieval(q: np.ndarray, d: np.ndarray, relevant: list[dict[int, int]], negatives=None):
     """Per-query first rank, recall@k, RR@10, NDCG@10 (trec_eval gains) and hard-negative gap."""
     scores = unit(q) @ unit(d).T
@@ -507,7 +523,8 @@ def test_diff_between_two_models_matches_independent_cka(capsys, tiny_mean_model
     x, y = st_encode(tiny_mean_model, texts), st_encode(tiny_cls_model, texts)
     metrics = result["metrics"]
     assert metrics["drift/cka"] == pytest.approx(linear_cka(x, y), abs=1e-5)
-    assert metrics["drift/cka"] < 0.99 and 0 < metrics["drift/score"] <= 1
+    assert metrics["drift/cka"] < 0.99
+    assert metrics["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
     ux, uy = unit(x), unit(y)
     pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
     shift = np.mean([uy[i] @ uy[j] for i, j in pairs]) - np.mean([ux[i] @ ux[j] for i, j in pairs])
@@ -530,7 +547,8 @@ def test_diff_between_two_models_matches_independent_cka(capsys, tiny_mean_model
 
 
 def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
-    from aquin_monitor.encoders import encode, load_model
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
 
     base, adapter = tiny_lora
     code, out, _ = run(capsys, "diff", base, base, "--adapter", adapter, "--probe", probe_file, "--json", "-", "--no-progress")
@@ -538,11 +556,13 @@ def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
     result = json.loads(out)
     texts = [t for t, _ in PROBE]
     x = st_encode(base, texts)
-    y = encode(load_model(base, device="cpu", adapter=adapter), texts).astype(np.float64)
+    with_adapter = SentenceTransformer(base, device="cpu")  # the adapter applied by peft itself
+    with_adapter[0].auto_model = PeftModel.from_pretrained(with_adapter[0].auto_model, adapter)
+    y = with_adapter.encode(texts, convert_to_numpy=True).astype(np.float64)
     assert not np.allclose(x, y, atol=1e-3)  # the adapter moves the embeddings
     assert result["other"]["adapter"] == adapter
     assert result["metrics"]["drift/cka"] == pytest.approx(linear_cka(x, y), abs=1e-5)
-    assert result["metrics"]["drift/score"] > 0
+    assert result["metrics"]["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference_stats import reference_group, reference_group_norms
 from sentence_transformers import SentenceTransformer
 
 from aquin_monitor.alarms import DetectorConfig, GradientAnomalyDetector
 from aquin_monitor.signals.gradients import (
-    group_name,
     group_parameters,
     grouped_grad_norms,
     row_nanmedian,
@@ -25,15 +25,19 @@ def _backward(model, texts):
 
 
 def test_group_norms_equal_vector_norm_per_group(tiny_mean_model):
+    """Groups and norms against tests/reference_stats.py: names parsed by the test's own regex, float64 norms."""
     model = SentenceTransformer(tiny_mean_model, device="cpu")
     _backward(model, ["hello world", "a second sentence"])
     groups = group_parameters(model.named_parameters())
-    assert groups.names[0] == "embeddings" and "layer.00" in groups.names and "layer.01" in groups.names
+    parsed = {reference_group(n) for n, p in model.named_parameters() if p.requires_grad}
+    assert parsed == {"embeddings", "layer.00", "layer.01", "pooler"}
+    assert groups.names == ("embeddings", "layer.00", "layer.01", "pooler")
+    expected = reference_group_norms(model.named_parameters())
+    assert "pooler" not in expected  # the mean-pooled model never uses its pooler: no gradient
     norms = grouped_grad_norms(groups)
     for gi, name in enumerate(groups.names):
-        members = [p.grad.flatten() for p, pn in zip(groups.parameters, groups.parameter_names) if group_name(pn) == name and p.grad is not None]
-        expected = torch.linalg.vector_norm(torch.cat(members)) if members else torch.tensor(0.0)
-        assert norms[gi].item() == pytest.approx(expected.item(), rel=1e-5), name
+        assert norms[gi].item() == pytest.approx(expected.get(name, 0.0), rel=1e-5), name
+    assert norms[-1].item() == pytest.approx(expected["total"], rel=1e-6)
     every = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.equal(norms[-1], torch.nn.utils.get_total_norm(every))
 
@@ -49,8 +53,12 @@ def test_frozen_parameters_are_skipped_and_lora_split(tiny_lora):
     assert set(groups.names) == {f"layer.{i:02d}/lora_{m}" for i in range(2) for m in "AB"}
     _backward(model, ["lora gradients only"])
     norms = grouped_grad_norms(groups)
-    a0 = [p.grad.flatten() for p, n in zip(groups.parameters, groups.parameter_names) if ".layer.0." in n and "lora_A" in n]
-    assert norms[groups.names.index("layer.00/lora_A")].item() == pytest.approx(torch.linalg.vector_norm(torch.cat(a0)).item(), rel=1e-5)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    expected = reference_group_norms(trainable)
+    assert set(expected) == set(groups.names) | {"total"}
+    for gi, name in enumerate(groups.names):
+        assert norms[gi].item() == pytest.approx(expected[name], rel=1e-5), name
+    assert norms[-1].item() == pytest.approx(expected["total"], rel=1e-5)
 
 
 def test_missing_grad_counts_as_zero_and_nan_propagates():

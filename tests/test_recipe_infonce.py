@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aquin_monitor.sinks import read_jsonl
@@ -39,7 +40,11 @@ def test_short_infonce_run_writes_metrics_snapshots_and_report(tiny_mean_model, 
     base, last = Snapshot.load(out / "snapshots" / "0"), Snapshot.load(out / "snapshots" / "4")
     assert base.tag == "base" and "retrieval/ndcg@10" in base.metrics and "drift/base/cka" in last.metrics
     assert last.arrays["embeddings"].shape == base.arrays["embeddings"].shape == (300 + 283, 32)
-    assert np.isfinite(last.metrics["geometry/anisotropy"])
+    for snap in (base, last):  # anisotropy: the mean cosine over the n(n - 1) ordered pairs i != j, by brute force
+        unit = snap.arrays["embeddings"].astype(np.float64)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        cos, n = unit @ unit.T, len(unit)
+        assert snap.metrics["geometry/anisotropy"] == pytest.approx((cos.sum() - np.trace(cos)) / (n * (n - 1)), abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"]["retrieval/ndcg@10"] == base.metrics["retrieval/ndcg@10"]
     assert (out / "report.html").stat().st_size > 10_000

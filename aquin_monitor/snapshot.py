@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .runlock import held_elsewhere
-from .signals.drift import drift_summary, procrustes_align
+from .signals.drift import drift_summary, first_rank_change
 from .sinks.jsonl import to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -291,12 +291,24 @@ class Diff:
 def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: int = 20000, seed: int = 0) -> Diff:
     """Rotation-invariant drift from ``before`` to ``after`` under ``drift/<name>/...``.
 
-    Linear CKA, k-NN overlap, similarity-distribution shift, anisotropy delta, per-label centroid
-    shift after orthogonal Procrustes alignment, and the composite drift score
-    (:func:`aquin_monitor.signals.drift.drift_score`); rank changes of the first relevant document
-    when both snapshots carry retrieval ranks. Arrays for the figures: centroids of both spaces
-    projected on the first two principal axes of ``before`` (after aligning ``after`` onto it), the
-    pair cosines of both spaces on the same sampled pairs, and ranks before/after.
+    Every number and array comes from one :func:`aquin_monitor.signals.drift.drift_summary` call
+    (linear CKA, k-NN overlap, similarity-distribution shift, anisotropy delta, per-label centroid
+    shift after orthogonal Procrustes alignment, the composite drift score) and, when both snapshots
+    carry retrieval ranks, :func:`aquin_monitor.signals.drift.first_rank_change`; nothing is
+    recomputed here. Arrays for the figures: the centroids of both spaces on the first two principal
+    axes of ``before`` (``centroid_base_2d`` / ``centroid_now_2d``), the cosines of the pairs the
+    similarity shift sampled, in both spaces (``sim_base_values`` / ``sim_now_values``), and the first
+    relevant ranks before/after.
+
+    Args:
+        before: the reference snapshot (base model or previous checkpoint).
+        after: the snapshot of the same probe inputs, row for row.
+        name: the reference's name in the metric keys.
+        max_pairs: pairs sampled for the similarity distribution.
+        seed: seed of the pair sampler.
+
+    Returns:
+        A :class:`Diff` of metrics, figure arrays and per-label details.
     """
     x, y = before.arrays.get("embeddings"), after.arrays.get("embeddings")
     if x is None or y is None:
@@ -308,36 +320,22 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
     summary = drift_summary(x, y, labels, max_pairs=max_pairs, seed=seed)
     prefix = f"drift/{name}"
     metrics = summary.as_metrics(prefix)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {
+        "sim_base_values": summary.similarity.before_cosines.astype(np.float32),
+        "sim_now_values": summary.similarity.after_cosines.astype(np.float32),
+    }
     details: dict[str, Any] = {}
-    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
-    yu = y / np.linalg.norm(y, axis=1, keepdims=True)
-    if xu.shape[1] == yu.shape[1]:
-        aligned = procrustes_align(xu, yu).aligned_y
-        centred = xu - xu.mean(0)
-        axes = np.linalg.svd(centred, full_matrices=False)[2][:2]
-        if labels is not None and summary.centroids is not None:
-            names = [str(v) for v in summary.centroids.labels]
-            lab = np.asarray(labels)
-            arrays["centroid_base_2d"] = np.stack([xu[lab == c].mean(0) @ axes.T for c in names]).astype(np.float32)
-            arrays["centroid_now_2d"] = np.stack([aligned[lab == c].mean(0) @ axes.T for c in names]).astype(np.float32)
-            arrays["centroid_labels"] = np.asarray(names)
-            details["centroid_shift"] = {c: float(v) for c, v in zip(names, summary.centroids.cosine_distance)}
-    rng = np.random.default_rng(seed)
-    n = xu.shape[0]
-    m = min(max_pairs, n * (n - 1) // 2)
-    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
-    keep = i != j
-    arrays["sim_base_values"] = np.einsum("ij,ij->i", xu[i[keep]], xu[j[keep]]).astype(np.float32)
-    arrays["sim_now_values"] = np.einsum("ij,ij->i", yu[i[keep]], yu[j[keep]]).astype(np.float32)
+    centroids = summary.centroids
+    if centroids is not None:
+        names = [str(v) for v in centroids.labels]
+        arrays["centroid_base_2d"] = centroids.before_2d.astype(np.float32)
+        arrays["centroid_now_2d"] = centroids.after_2d.astype(np.float32)
+        arrays["centroid_labels"] = np.asarray(names)
+        details["centroid_shift"] = {c: float(v) for c, v in zip(names, centroids.cosine_distance)}
     rb, ra = before.arrays.get("first_rank"), after.arrays.get("first_rank")
     if rb is not None and ra is not None and rb.shape == ra.shape:
         arrays["rank_before"], arrays["rank_after"] = rb, ra
-        ok = np.isfinite(rb) & np.isfinite(ra)
-        change = ra[ok] - rb[ok]
-        metrics[f"{prefix}/rank_improved_fraction"] = float(np.mean(change < 0)) if change.size else math.nan
-        metrics[f"{prefix}/rank_worsened_fraction"] = float(np.mean(change > 0)) if change.size else math.nan
-        metrics[f"{prefix}/rank_change_median"] = float(np.median(change)) if change.size else math.nan
+        metrics.update(first_rank_change(rb, ra).as_metrics(prefix))
     for key in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy"):
         if key in before.metrics and key in after.metrics:
             metrics[f"{prefix}/delta/{key.split('/', 1)[1]}"] = after.metrics[key] - before.metrics[key]

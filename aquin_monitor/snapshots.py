@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .failsoft import report_failure
-from .signals.geometry import _row_blocks
+from .signals.geometry import robust_ood_threshold
+from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .snapshot import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
@@ -398,18 +399,6 @@ def attention_sample(n: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
 
 
-def robust_ood_threshold(scores: np.ndarray) -> float:
-    """median + 3 × 1.4826 × MAD of the probe's own centroid distances.
-
-    A fixed cosine-distance cut does not transfer between models: anisotropic spaces (MiniLM's
-    mean distance to the centroid is ~0.66) would flag nearly everything at 0.5. This flags the
-    inputs that are outliers for *this* model's own spread.
-    """
-    med = float(np.median(scores))
-    mad = float(np.median(np.abs(scores - med)))
-    return med + 3 * 1.4826 * mad
-
-
 def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     """2-D UMAP coordinates ``[n, 2]`` of the cosine geometry of ``embeddings`` (seeded, hence single-threaded).
 
@@ -435,32 +424,3 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
             precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
         )
         return reducer.fit_transform(unit).astype(np.float32)
-
-
-EXACT_KNN_MAX_POINTS = 20000
-
-
-def exact_knn(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest rows of each row of ``unit`` (itself included, as umap counts it) by euclidean
-    distance between unit vectors, ``sqrt(2 − 2 cos)``; ``(indices, distances)`` ``[n, k]``, nearest first.
-    Row blocks of ~32 MB of distances at a time (``signals.geometry._row_blocks``).
-
-    >>> idx, dist = exact_knn(np.eye(3), 2)
-    >>> idx[:, 0].tolist(), np.round(dist[:, 1], 4).tolist()
-    ([0, 1, 2], [1.4142, 1.4142, 1.4142])
-    """
-    n = unit.shape[0]
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    indices = np.empty((n, k), dtype=np.int64)
-    distances = np.empty((n, k), dtype=unit.dtype)
-    for start, stop, rows in _row_blocks(unit):
-        block = np.sqrt(np.clip(2.0 - 2.0 * (rows @ unit.T), 0.0, None))
-        own = np.arange(stop - start)
-        block[own, start + own] = 0.0  # a row is its own nearest neighbour, whatever rounding says
-        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (stop - start, 1))
-        d = np.take_along_axis(block, part, axis=1)
-        order = np.argsort(d, axis=1, kind="stable")
-        indices[start:stop] = np.take_along_axis(part, order, axis=1)
-        distances[start:stop] = np.take_along_axis(d, order, axis=1)
-    return indices, distances

@@ -9,12 +9,13 @@ from scipy.spatial.distance import cosine as cosine_distance
 from scipy.stats import ortho_group
 from sklearn.neighbors import NearestNeighbors
 
-from aquin_monitor.signals import drift
+from aquin_monitor.signals import arrays, drift
 from aquin_monitor.signals.drift import (
     anisotropy_delta,
     centroid_shift,
     drift_score,
     drift_summary,
+    first_rank_change,
     knn_overlap,
     linear_cka,
     procrustes_align,
@@ -22,6 +23,7 @@ from aquin_monitor.signals.drift import (
     similarity_shift,
 )
 from aquin_monitor.signals.geometry import anisotropy
+from aquin_monitor.signals.retrieval import rank_relevant
 
 
 def hsic_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -92,7 +94,7 @@ def test_knn_overlap_of_rotated_and_scaled_copy_is_one():
 
 
 def test_knn_overlap_equals_scikit_learn_neighbours(monkeypatch):
-    monkeypatch.setattr(drift, "_BLOCK_ELEMENTS", 200)  # several row blocks over 90 rows
+    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 200)  # several row blocks over 90 rows
     rng = np.random.default_rng(5)
     x = rng.standard_normal((90, 6))
     y = x + 0.6 * rng.standard_normal((90, 6))
@@ -159,6 +161,31 @@ def test_centroid_shift_is_zero_for_rotated_copy_and_isolates_a_moved_label():
         centroid_shift(x, moved, labels[:-1])
 
 
+def test_centroid_shift_keeps_centroids_and_their_projection_on_x_principal_plane():
+    rng = np.random.default_rng(19)
+    labels = np.repeat(["p", "q", "r"], 20)
+    x = rng.standard_normal((60, 7)) + np.repeat(rng.standard_normal((3, 7)) * 2, 20, axis=0)
+    y = x @ ortho_group.rvs(7, random_state=20) + 0.3 * rng.standard_normal((60, 7))
+    result = centroid_shift(x, y, labels)
+    # reference: numpy normalisation, Procrustes by SVD, principal axes from scikit-learn's PCA
+    from sklearn.decomposition import PCA
+
+    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yu = y / np.linalg.norm(y, axis=1, keepdims=True)
+    u, _, vt = np.linalg.svd(yu.T @ xu)
+    aligned = yu @ (u @ vt)
+    before = np.stack([xu[labels == c].mean(0) for c in ["p", "q", "r"]])
+    after = np.stack([aligned[labels == c].mean(0) for c in ["p", "q", "r"]])
+    np.testing.assert_allclose(result.centroids_before, before, atol=1e-12)
+    np.testing.assert_allclose(result.centroids_after, after, atol=1e-10)
+    axes = PCA(n_components=2, svd_solver="full").fit(xu).components_  # each axis up to its sign
+    reference_before, reference_after = before @ axes.T, after @ axes.T
+    signs = np.sign(np.sum(result.before_2d * reference_before, axis=0))
+    assert np.all(np.abs(signs) == 1)
+    np.testing.assert_allclose(result.before_2d, reference_before * signs, atol=1e-10)
+    np.testing.assert_allclose(result.after_2d, reference_after * signs, atol=1e-10)
+
+
 # --------------------------------------------------------------------------- similarity shift
 
 
@@ -189,9 +216,52 @@ def test_similarity_shift_samples_the_same_pairs_deterministically():
     rng = np.random.default_rng(13)
     x, y = rng.standard_normal((300, 5)), rng.standard_normal((300, 5))
     a = similarity_shift(x, y, max_pairs=500, seed=1)
-    assert a == similarity_shift(x, y, max_pairs=500, seed=1)
-    assert a.n_pairs == 500
+    again = similarity_shift(x, y, max_pairs=500, seed=1)
+    assert a == again and np.array_equal(a.before_cosines, again.before_cosines)
+    assert np.array_equal(a.after_cosines, again.after_cosines)
+    assert a.n_pairs == 500 == a.before_cosines.size
     assert similarity_shift(x, x, max_pairs=500, seed=1).wasserstein == 0.0
+
+
+def all_pairs_mean_cosine(x: np.ndarray) -> float:
+    """Reference: the n x n cosine matrix, mean of its off-diagonal entries."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    n = len(x)
+    return float((cosines.sum() - np.trace(cosines)) / (n * (n - 1)))
+
+
+def reference_pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documented sampler: i uniform in [0, n), j uniform over the n - 1 others."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=max_pairs)
+    j = rng.integers(0, n - 1, size=max_pairs)
+    return i, j + (j >= i)
+
+
+def test_similarity_mean_shift_is_exact_while_the_distribution_is_sampled():
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((400, 12)) + 0.4
+    y = x + rng.standard_normal((400, 12)) + 0.8
+    result = similarity_shift(x, y, max_pairs=300, seed=5)  # 300 of 79,800 pairs
+    assert result.n_pairs == 300
+    assert result.mean_before == pytest.approx(all_pairs_mean_cosine(x), abs=1e-12)
+    assert result.mean_after == pytest.approx(all_pairs_mean_cosine(y), abs=1e-12)
+    assert result.mean_shift == pytest.approx(all_pairs_mean_cosine(y) - all_pairs_mean_cosine(x), abs=1e-12)
+    # the sampled part: the cosines of the documented sampler's pairs, in both spaces
+    i, j = reference_pairs(400, 300, seed=5)
+    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yu = y / np.linalg.norm(y, axis=1, keepdims=True)
+    np.testing.assert_allclose(result.before_cosines, np.sum(xu[i] * xu[j], axis=1), atol=1e-12)
+    np.testing.assert_allclose(result.after_cosines, np.sum(yu[i] * yu[j], axis=1), atol=1e-12)
+    from scipy.stats import wasserstein_distance
+
+    expected_w1 = wasserstein_distance(np.sum(xu[i] * xu[j], axis=1), np.sum(yu[i] * yu[j], axis=1))
+    assert result.wasserstein == pytest.approx(expected_w1, abs=1e-12)
+    paired = np.abs(np.sum(yu[i] * yu[j], axis=1) - np.sum(xu[i] * xu[j], axis=1)).mean()
+    assert result.mean_absolute_pair_change == pytest.approx(paired, abs=1e-12)
+    summary = drift_summary(x, y, max_pairs=300, seed=5)
+    assert summary.as_metrics()["drift/similarity_mean_shift"] == summary.anisotropy_delta
 
 
 # --------------------------------------------------------------------------- rank changes
@@ -205,8 +275,7 @@ def reference_rank(queries, docs, q, r):
     return int(np.flatnonzero(order == r)[0]) + 1
 
 
-def test_rank_changes_match_sorted_reference_with_ties(monkeypatch):
-    monkeypatch.setattr(drift, "_BLOCK_ELEMENTS", 50)
+def test_rank_changes_match_sorted_reference_with_ties():
     rng = np.random.default_rng(14)
     docs_x = rng.standard_normal((40, 6))
     docs_x[20:30] = docs_x[0:10]  # exact duplicates: ties resolved by corpus order
@@ -227,6 +296,43 @@ def test_rank_changes_match_sorted_reference_with_ties(monkeypatch):
     change = result.rank_after - result.rank_before
     assert metrics["drift/rank_change_mean"] == pytest.approx(change.mean())
     assert metrics["drift/rank_improved_fraction"] == pytest.approx(np.mean(change < 0))
+
+
+def test_rank_changes_tie_semantics_hand_checked_and_equal_to_rank_relevant():
+    # query along e1; docs 1, 2 and 4 point the same way (cosine 1, a three-way tie), doc 3 at
+    # 45 degrees, doc 0 orthogonal. Ties go to the earlier corpus index: doc 1 -> 1, doc 2 -> 2,
+    # doc 4 -> 3, doc 3 -> 4, doc 0 -> 5 (trec_eval orders ties by docno descending, which is
+    # this order when docnos sort the other way round).
+    q = np.array([[1.0, 0.0]])
+    d = np.array([[0.0, 1.0], [1.0, 0.0], [3.0, 0.0], [1.0, 1.0], [0.5, 0.0]])
+    # space y: doc 4 turns orthogonal, doc 0 joins the tie in front of everyone
+    d_y = np.array([[2.0, 0.0], [1.0, 0.0], [3.0, 0.0], [1.0, 1.0], [0.0, 0.5]])
+    result = rank_changes(q, d, q, d_y, {0: [4, 2, 0]})
+    assert result.document_index.tolist() == [4, 2, 0]  # the order given
+    assert result.rank_before.tolist() == [3, 2, 5]
+    assert result.rank_after.tolist() == [5, 3, 1]
+    direct = rank_relevant(q, d, [{0: 1, 2: 1, 4: 1}])
+    assert direct.ranks_of(0) == {0: 5, 2: 2, 4: 3}
+    metrics = result.as_metrics()
+    assert metrics["drift/rank_change_mean"] == pytest.approx((2 + 1 - 4) / 3)
+    assert metrics["drift/rank_change_median"] == 1.0
+    assert metrics["drift/rank_improved_fraction"] == pytest.approx(1 / 3)
+    assert metrics["drift/rank_worsened_fraction"] == pytest.approx(2 / 3)
+
+
+def test_first_rank_change_hand_checked_with_missing_ranks():
+    # query 2 has no relevant document (NaN), query 3 lost its document from a candidate list (inf)
+    change = first_rank_change([1.0, 4.0, np.nan, 2.0, 7.0], [3.0, 1.0, np.nan, np.inf, 7.0])
+    assert change.compared.tolist() == [True, True, False, False, True]
+    assert change.as_metrics("drift/base") == {
+        "drift/base/rank_improved_fraction": pytest.approx(1 / 3),
+        "drift/base/rank_worsened_fraction": pytest.approx(1 / 3),
+        "drift/base/rank_change_median": 0.0,  # changes +2, -3, 0
+    }
+    nothing = first_rank_change([np.nan], [1.0]).as_metrics()
+    assert all(np.isnan(v) for v in nothing.values())
+    with pytest.raises(ValueError, match="same length"):
+        first_rank_change([1.0, 2.0], [1.0])
 
 
 def test_rank_changes_reject_bad_input():

@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import gamma, logsumexp
 from sklearn.decomposition import PCA
 
-from aquin_monitor.signals import geometry
+from aquin_monitor.signals import arrays, geometry
 from aquin_monitor.signals.geometry import (
     alignment,
     anisotropy,
@@ -21,6 +21,7 @@ from aquin_monitor.signals.geometry import (
     label_alignment,
     ood_scores,
     pair_cosine_histogram,
+    robust_ood_threshold,
     rogue_dimensions,
     uniform_sphere_cosine_bin_probabilities,
     uniformity,
@@ -68,7 +69,7 @@ def test_anisotropy_adversarial_cases():
 
 
 def test_anisotropy_streams_across_blocks(monkeypatch):
-    monkeypatch.setattr(geometry, "_STREAM_BLOCK_ELEMENTS", 7 * 3)  # 3-row blocks of d=7
+    monkeypatch.setattr(arrays, "STREAM_BLOCK_ELEMENTS", 7 * 3)  # 3-row blocks of d=7
     x = np.random.default_rng(2).standard_normal((50, 7)) + 0.2
     assert anisotropy(x) == pytest.approx(brute_force_mean_cosine(x), abs=1e-12)
 
@@ -251,7 +252,7 @@ def test_alignment_equals_brute_force():
 
 @pytest.mark.parametrize("t", [0.5, 2.0, 50.0])
 def test_uniformity_equals_brute_force(monkeypatch, t):
-    monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 40 * 7)  # 7-row blocks over 40 rows
+    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 40 * 7)  # 7-row blocks over 40 rows
     x = np.random.default_rng(8).standard_normal((40, 5)) + 0.4
     squared = pdist(unit(x), "sqeuclidean")
     # logsumexp keeps t = 50 exact, where exp(-t d^2) underflows in a naive mean
@@ -262,7 +263,7 @@ def test_uniformity_equals_brute_force(monkeypatch, t):
 
 
 def test_label_alignment_equals_brute_force(monkeypatch):
-    monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 9)
+    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 9)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((30, 4))
     labels = rng.integers(0, 4, size=30)
@@ -294,6 +295,15 @@ def test_ood_scores_against_brute_force_and_threshold():
     own = ood_scores(x)  # the centroid of x itself
     own_centroid = unit(x).mean(axis=0)
     np.testing.assert_allclose(own.scores, 1 - unit(x) @ (own_centroid / np.linalg.norm(own_centroid)))
+
+
+def test_robust_ood_threshold_is_median_plus_three_scaled_mads():
+    rng = np.random.default_rng(31)
+    scores = np.concatenate([rng.normal(0.6, 0.05, 500), [1.4, 1.6]])  # two outliers
+    expected = np.median(scores) + 3 * 1.4826 * stats.median_abs_deviation(scores)
+    assert robust_ood_threshold(scores) == pytest.approx(expected, rel=1e-12)
+    # hand-checked: median 0.3, |s - 0.3| = .2 .1 0 .1 4.7 -> MAD 0.1
+    assert robust_ood_threshold([0.1, 0.2, 0.3, 0.4, 5.0]) == pytest.approx(0.3 + 3 * 1.4826 * 0.1)
 
 
 def test_ood_rejects_bad_input():

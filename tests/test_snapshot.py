@@ -83,6 +83,61 @@ def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     assert direct.metrics["drift/base/cka"] == pytest.approx(moved.metrics["drift/base/cka"])
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_diff_figures_show_the_pairs_and_centroids_the_metrics_measured():
+    from scipy.stats import wasserstein_distance
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(["a", "b", "c"], 100)
+    x = (rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(3, 8)) * 2, 100, axis=0)).astype(np.float32)
+    y = (x + 0.5 * rng.normal(size=x.shape) + 0.3).astype(np.float32)
+    first_before, first_after = np.array([1.0, 4.0, np.nan, 2.0]), np.array([2.0, 1.0, np.nan, 2.0])
+    before = Snapshot(0, "base", "m", {}, {}, {"embeddings": x, "labels": labels, "first_rank": first_before})
+    after = Snapshot(5, "checkpoint", "m", {}, {}, {"embeddings": y, "labels": labels, "first_rank": first_after})
+    result = diff(before, after, max_pairs=700, seed=4)
+
+    # pairs: the documented sampler (i uniform, j uniform among the others), 700 of 44,850
+    sampler = np.random.default_rng(4)
+    i = sampler.integers(0, 300, size=700)
+    j = sampler.integers(0, 299, size=700)
+    j = j + (j >= i)
+    xu, yu = _unit(x), _unit(y)
+    cos_x, cos_y = np.sum(xu[i] * xu[j], axis=1), np.sum(yu[i] * yu[j], axis=1)
+    np.testing.assert_allclose(result.arrays["sim_base_values"], cos_x, atol=1e-6)
+    np.testing.assert_allclose(result.arrays["sim_now_values"], cos_y, atol=1e-6)
+    assert result.metrics["drift/base/similarity_wasserstein"] == pytest.approx(wasserstein_distance(cos_x, cos_y), abs=1e-9)
+    # the mean shift is exact over all pairs, not the sample's
+    def mean_cosine(u):
+        return (np.sum(u @ u.T) - len(u)) / (len(u) * (len(u) - 1))
+
+    assert result.metrics["drift/base/similarity_mean_shift"] == pytest.approx(mean_cosine(yu) - mean_cosine(xu), abs=1e-9)
+
+    # centroids: Procrustes by SVD, then both sets of centroids on x's first two principal axes
+    u, _, vt = np.linalg.svd(yu.T @ xu)
+    aligned = yu @ (u @ vt)
+    cb = np.stack([xu[labels == c].mean(0) for c in "abc"])
+    ca = np.stack([aligned[labels == c].mean(0) for c in "abc"])
+    axes = PCA(n_components=2, svd_solver="full").fit(xu).components_
+    ref_b, ref_a = cb @ axes.T, ca @ axes.T
+    signs = np.sign(np.sum(result.arrays["centroid_base_2d"] * ref_b, axis=0))  # an axis is defined up to its sign
+    np.testing.assert_allclose(result.arrays["centroid_base_2d"], ref_b * signs, atol=1e-5)
+    np.testing.assert_allclose(result.arrays["centroid_now_2d"], ref_a * signs, atol=1e-5)
+    assert result.arrays["centroid_labels"].tolist() == ["a", "b", "c"]
+    cosine_shift = 1 - np.sum(cb * ca, axis=1) / (np.linalg.norm(cb, axis=1) * np.linalg.norm(ca, axis=1))
+    assert [result.details["centroid_shift"][c] for c in "abc"] == pytest.approx(cosine_shift, abs=1e-9)
+
+    # first ranks, hand-checked: changes +1, -3, 0 over the three queries with a rank on both sides
+    assert result.metrics["drift/base/rank_improved_fraction"] == pytest.approx(1 / 3)
+    assert result.metrics["drift/base/rank_worsened_fraction"] == pytest.approx(1 / 3)
+    assert result.metrics["drift/base/rank_change_median"] == 0.0
+    assert result.arrays["rank_before"] is first_before
+
+
 def test_lora_snapshot_uses_merged_copy_and_leaves_training_model_alone(tiny_lora, tmp_path):
     base, adapter = tiny_lora
     model = load_model(base, adapter=adapter)
@@ -111,12 +166,12 @@ def test_failed_snapshot_warns_and_keeps_going(tiny_mean_model, tmp_path):
 def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
     from sklearn.neighbors import NearestNeighbors
 
-    from aquin_monitor.snapshots import exact_knn
-    from aquin_monitor.signals import geometry
+    from aquin_monitor.signals import arrays
+    from aquin_monitor.signals.neighbours import exact_knn
 
     x = np.random.default_rng(0).normal(size=(300, 24))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 64 * 300)  # blocks of 64 rows: several, the last one partial
+    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 64 * 300)  # blocks of 64 rows: several, the last one partial
     indices, distances = exact_knn(unit, 15)
     ref_dist, ref_idx = NearestNeighbors(n_neighbors=15, algorithm="brute").fit(unit).kneighbors(unit)
     assert np.array_equal(indices, ref_idx)
@@ -126,7 +181,7 @@ def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
 
 def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     umap = pytest.importorskip("umap")
-    from aquin_monitor.snapshots import umap_2d as _umap_2d
+    from aquin_monitor.snapshots import umap_2d
 
     rng = np.random.default_rng(1)
     emb = (rng.normal(size=(150, 16)) + 3 * rng.integers(0, 3, size=(150, 1))).astype(np.float32)
@@ -136,4 +191,4 @@ def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap: random_state forces one thread
         ref = umap.UMAP(n_components=2, n_neighbors=15, n_epochs=100, metric="precomputed", random_state=0, init="spectral").fit_transform(distances)
-    np.testing.assert_array_equal(_umap_2d(emb, 0), ref.astype(np.float32))
+    np.testing.assert_array_equal(umap_2d(emb, 0), ref.astype(np.float32))

@@ -64,7 +64,18 @@ class ContrastiveSums:
 def check_scores(scores: torch.Tensor, block_size: int | None = None) -> int:
     """Validate a score matrix's shape for :func:`similarity_sums` (shapes only: no device work).
 
-    Returns the candidate block width. Raises ``ValueError`` naming what is wrong.
+    An ``[R, C]`` matrix is valid when C = m·W for a whole number m of candidate blocks of width
+    W (``block_size``, default R): block 0 holds the in-batch candidates, blocks 1 … m−1 the
+    labelled hard negatives.
+
+    Returns the candidate block width W. Raises ``ValueError`` naming what is wrong.
+
+    >>> check_scores(torch.zeros(4, 8))  # in-batch block + one hard-negative block
+    4
+    >>> check_scores(torch.zeros(4, 6))
+    Traceback (most recent call last):
+    ...
+    ValueError: 6 candidate columns are not a whole number of blocks of width 4
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be a 2-D anchors x candidates matrix, got shape {tuple(scores.shape)}")
@@ -76,7 +87,13 @@ def check_scores(scores: torch.Tensor, block_size: int | None = None) -> int:
 
 
 def check_triplet(positive_distance: torch.Tensor, negative_distance: torch.Tensor) -> None:
-    """Validate the distances of a triplet loss (as many anchor–negative as anchor–positive distances)."""
+    """Validate the distances of a triplet loss (as many anchor–negative as anchor–positive distances).
+
+    >>> check_triplet(torch.ones(3), torch.ones(2))
+    Traceback (most recent call last):
+    ...
+    ValueError: positive and negative distances differ in shape: (3,) vs (2,)
+    """
     if positive_distance.numel() != negative_distance.numel():
         raise ValueError(
             f"positive and negative distances differ in shape: {tuple(positive_distance.shape)} vs {tuple(negative_distance.shape)}"
@@ -192,7 +209,16 @@ def finalize(sums: ContrastiveSums | torch.Tensor) -> dict[str, float]:
     """Means from accumulated sums (host side, once per logged step).
 
     Returns ``pos_sim``, ``neg_sim``, ``hardest_neg_sim``, ``gap``, ``in_batch_acc`` and, when labelled
-    hard negatives were seen, ``hard_neg_sim``. Empty sums give an empty dict.
+    hard negatives were seen, ``hard_neg_sim``. Empty sums give an empty dict. With R rows (anchors)
+    accumulated::
+
+        pos_sim = Σ pos / R                  hardest_neg_sim = Σ max-negative / R
+        neg_sim = Σ neg / #negatives         hard_neg_sim    = Σ hard-neg / #hard negatives
+        gap = pos_sim − neg_sim              in_batch_acc    = #(pos > every negative) / R
+
+    >>> m = finalize(similarity_sums(torch.tensor([[0.9, 0.2], [0.4, 0.6]])))
+    >>> {k: round(v, 4) for k, v in sorted(m.items())}
+    {'gap': 0.45, 'hardest_neg_sim': 0.3, 'in_batch_acc': 1.0, 'neg_sim': 0.3, 'pos_sim': 0.75}
     """
     v = sums.values if isinstance(sums, ContrastiveSums) else sums
     v = v.detach().double().cpu().tolist()
@@ -244,6 +270,10 @@ def similarity_samples(
 
 
 def drop_nan(values):
-    """``values`` (a host numpy array or tensor) without its NaN entries."""
+    """``values`` (a host numpy array or tensor) without its NaN entries.
+
+    >>> drop_nan([0.5, float("nan"), -1.0]).tolist()
+    [0.5, -1.0]
+    """
     values = np.asarray(values)
     return values[~np.isnan(values)]

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import wasserstein_distance
 
-from .geometry import (
-    _BLOCK_ELEMENTS,
-    _as_matrix,
-    _check_labels,
-    _metric_name,
-    _paired_cosines,
-    _row_blocks,
-    _sample_distinct_pairs,
-    _unit_rows,
-    anisotropy,
+from .arrays import (
+    as_matrix,
+    check_labels,
+    metric_name,
+    paired_cosines,
+    row_blocks,
+    sample_distinct_pairs,
+    to_numpy,
+    unit_rows,
 )
+from .geometry import anisotropy
+from .retrieval import rank_relevant
 
 
 def _same_inputs(x: np.ndarray, y: np.ndarray, names: tuple[str, str] = ("x", "y")) -> None:
@@ -57,8 +58,8 @@ def linear_cka(x: object, y: object) -> float:
     >>> round(linear_cka([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 2.0], [2.0, 0.0], [2.0, 2.0]]), 12)
     1.0
     """
-    x_matrix = _as_matrix(x, "x", min_rows=2)
-    y_matrix = _as_matrix(y, "y", min_rows=2)
+    x_matrix = as_matrix(x, "x", min_rows=2)
+    y_matrix = as_matrix(y, "y", min_rows=2)
     _same_inputs(x_matrix, y_matrix)
     x_centred = x_matrix - x_matrix.mean(axis=0)
     y_centred = y_matrix - y_matrix.mean(axis=0)
@@ -90,8 +91,8 @@ class KnnOverlap:
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         return {
-            _metric_name(prefix, f"knn_overlap@{self.k}"): self.overlap,
-            _metric_name(prefix, f"knn_jaccard@{self.k}"): self.jaccard,
+            metric_name(prefix, f"knn_overlap@{self.k}"): self.overlap,
+            metric_name(prefix, f"knn_jaccard@{self.k}"): self.jaccard,
         }
 
 
@@ -99,7 +100,7 @@ def _cosine_neighbours(unit: np.ndarray, k: int) -> np.ndarray:
     """Indices ``[n, k]`` of each row's k most cosine-similar other rows (self excluded)."""
     n = unit.shape[0]
     neighbours = np.empty((n, k), dtype=np.int64)
-    for start, stop, rows in _row_blocks(unit):
+    for start, stop, rows in row_blocks(unit):
         similarities = rows @ unit.T
         similarities[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         neighbours[start:stop] = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
@@ -122,8 +123,8 @@ def knn_overlap(x: object, y: object, k: int = 10) -> KnnOverlap:
     >>> knn_overlap(x, [[-a, b] for a, b in x], k=1).overlap  # a reflection keeps neighbours
     1.0
     """
-    x_unit = _unit_rows(x, "x", min_rows=2)
-    y_unit = _unit_rows(y, "y", min_rows=2)
+    x_unit = unit_rows(x, "x", min_rows=2)
+    y_unit = unit_rows(y, "y", min_rows=2)
     _same_inputs(x_unit, y_unit)
     n = x_unit.shape[0]
     if not 1 <= k <= n - 1:
@@ -153,7 +154,7 @@ class ProcrustesAlignment:
     relative_residual: float
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
-        return {_metric_name(prefix, "procrustes_residual"): self.relative_residual}
+        return {metric_name(prefix, "procrustes_residual"): self.relative_residual}
 
 
 def procrustes_align(x: object, y: object) -> ProcrustesAlignment:
@@ -170,8 +171,8 @@ def procrustes_align(x: object, y: object) -> ProcrustesAlignment:
     >>> bool(np.allclose(procrustes_align(x, x @ rotation).rotation, rotation.T))
     True
     """
-    x_matrix = _as_matrix(x, "x")
-    y_matrix = _as_matrix(y, "y")
+    x_matrix = as_matrix(x, "x")
+    y_matrix = as_matrix(y, "y")
     if x_matrix.shape != y_matrix.shape:
         raise ValueError(
             f"procrustes_align needs x and y of the same shape (same inputs, same dimension), "
@@ -188,17 +189,26 @@ def procrustes_align(x: object, y: object) -> ProcrustesAlignment:
 
 @dataclass(frozen=True)
 class CentroidShift:
-    """Per-label distance between class centroids before (x) and after (y aligned onto x)."""
+    """Per-label distance between class centroids before (x) and after (y aligned onto x).
+
+    ``centroids_before`` / ``centroids_after`` are the centroids themselves (``[labels, d]``,
+    of the unit rows of x and of y rotated onto x); ``before_2d`` / ``after_2d`` are the same
+    centroids projected on the first two principal axes of x's unit rows, for a figure.
+    """
 
     labels: np.ndarray
     cosine_distance: np.ndarray
     euclidean_distance: np.ndarray
+    centroids_before: np.ndarray = field(default=None, compare=False, repr=False)
+    centroids_after: np.ndarray = field(default=None, compare=False, repr=False)
+    before_2d: np.ndarray = field(default=None, compare=False, repr=False)
+    after_2d: np.ndarray = field(default=None, compare=False, repr=False)
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         return {
-            _metric_name(prefix, "centroid_shift_cosine_mean"): float(self.cosine_distance.mean()),
-            _metric_name(prefix, "centroid_shift_cosine_max"): float(self.cosine_distance.max()),
-            _metric_name(prefix, "centroid_shift_euclidean_mean"): float(
+            metric_name(prefix, "centroid_shift_cosine_mean"): float(self.cosine_distance.mean()),
+            metric_name(prefix, "centroid_shift_cosine_max"): float(self.cosine_distance.max()),
+            metric_name(prefix, "centroid_shift_euclidean_mean"): float(
                 self.euclidean_distance.mean()
             ),
         }
@@ -214,26 +224,53 @@ def centroid_shift(x: object, y: object, labels: Sequence[object]) -> CentroidSh
         cosine_distance[c]    = 1 − cos(μₓ(c), μ_y(c))
         euclidean_distance[c] = ‖μₓ(c) − μ_y(c)‖
 
+    For a figure, both sets of centroids are also projected on the plane of the first two
+    principal axes of x's unit rows (right singular vectors of the column-centred matrix):
+    ``before_2d[c] = μₓ(c) Vᵀ``, ``after_2d[c] = μ_y(c) Vᵀ``.
+
     ``labels`` (one per row) are reported sorted (``np.unique`` order). A centroid that is the
     zero vector has no direction and raises ``ValueError``.
+
+    Args:
+        x: ``[n, d]`` embeddings before. y: ``[n, d]`` embeddings of the same inputs after.
+        labels: one label per row.
+
+    Returns:
+        A :class:`CentroidShift`.
+
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    >>> shift = centroid_shift(x, x @ np.array([[0.0, -1.0], [1.0, 0.0]]), ["a", "a", "b", "b"])
+    >>> shift.labels.tolist(), bool(np.allclose(shift.cosine_distance, 0.0))  # a rotation: no shift
+    (['a', 'b'], True)
     """
-    x_unit = _unit_rows(x, "x")
-    y_unit = _unit_rows(y, "y")
+    x_unit = unit_rows(x, "x")
+    y_unit = unit_rows(y, "y")
     _same_inputs(x_unit, y_unit)
-    label_array = _check_labels(labels, x_unit.shape[0])
+    label_array = check_labels(labels, x_unit.shape[0])
     aligned = procrustes_align(x_unit, y_unit).aligned_y
     unique = np.unique(label_array)
     cosine = np.empty(unique.size)
     euclidean = np.empty(unique.size)
+    before = np.empty((unique.size, x_unit.shape[1]))
+    after = np.empty((unique.size, x_unit.shape[1]))
     for index, label in enumerate(unique):
         members = label_array == label
-        before, after = x_unit[members].mean(axis=0), aligned[members].mean(axis=0)
-        norms = np.linalg.norm(before) * np.linalg.norm(after)
+        before[index], after[index] = x_unit[members].mean(axis=0), aligned[members].mean(axis=0)
+        norms = np.linalg.norm(before[index]) * np.linalg.norm(after[index])
         if norms < 1e-24:
             raise ValueError(f"label {label!r}: its centroid is the zero vector (no direction)")
-        cosine[index] = 1.0 - np.clip(before @ after / norms, -1.0, 1.0)
-        euclidean[index] = np.linalg.norm(before - after)
-    return CentroidShift(labels=unique, cosine_distance=cosine, euclidean_distance=euclidean)
+        cosine[index] = 1.0 - np.clip(before[index] @ after[index] / norms, -1.0, 1.0)
+        euclidean[index] = np.linalg.norm(before[index] - after[index])
+    axes = np.linalg.svd(x_unit - x_unit.mean(axis=0), full_matrices=False)[2][:2]
+    return CentroidShift(
+        labels=unique,
+        cosine_distance=cosine,
+        euclidean_distance=euclidean,
+        centroids_before=before,
+        centroids_after=after,
+        before_2d=before @ axes.T,
+        after_2d=after @ axes.T,
+    )
 
 
 # --------------------------------------------------------------------------- similarity shift
@@ -241,18 +278,32 @@ def centroid_shift(x: object, y: object, labels: Sequence[object]) -> CentroidSh
 
 @dataclass(frozen=True)
 class SimilarityShift:
-    """Change of the pairwise-cosine distribution, measured on the same pairs in both spaces."""
+    """Change of the pairwise-cosine distribution from x to y.
+
+    ``mean_before`` / ``mean_after`` are exact means over all distinct pairs (the anisotropy
+    of each space); the Wasserstein distance and the paired change come from the sampled
+    pairs, whose cosines are kept in ``before_cosines`` / ``after_cosines`` (the same pairs in
+    both spaces) so a figure shows exactly the pairs that were measured.
+    """
 
     wasserstein: float
-    mean_shift: float
+    mean_before: float
+    mean_after: float
     mean_absolute_pair_change: float
     n_pairs: int
+    before_cosines: np.ndarray = field(default=None, compare=False, repr=False)
+    after_cosines: np.ndarray = field(default=None, compare=False, repr=False)
+
+    @property
+    def mean_shift(self) -> float:
+        """Exact change of the mean pairwise cosine, ``mean_after − mean_before``."""
+        return self.mean_after - self.mean_before
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         return {
-            _metric_name(prefix, "similarity_wasserstein"): self.wasserstein,
-            _metric_name(prefix, "similarity_mean_shift"): self.mean_shift,
-            _metric_name(prefix, "similarity_pair_change"): self.mean_absolute_pair_change,
+            metric_name(prefix, "similarity_wasserstein"): self.wasserstein,
+            metric_name(prefix, "similarity_mean_shift"): self.mean_shift,
+            metric_name(prefix, "similarity_pair_change"): self.mean_absolute_pair_change,
         }
 
 
@@ -261,26 +312,49 @@ def similarity_shift(
 ) -> SimilarityShift:
     """Shift of the distribution of pairwise cosines from x to y.
 
-    Pairs (i, j), i ≠ j: all of them if n(n−1)/2 ≤ ``max_pairs``, else ``max_pairs`` drawn
-    uniformly with ``seed``; the same pairs in both spaces. With cₓ, c_y their cosines::
+    The mean has a closed form, so it is exact over all n(n−1)/2 distinct pairs, in O(n·d)
+    (:func:`aquin_monitor.signals.geometry.anisotropy`, S = Σᵢ x̂ᵢ)::
+
+        mean_before = (‖Σᵢ x̂ᵢ‖² − n) / (n(n − 1)),  mean_after likewise for y
+        mean_shift  = mean_after − mean_before
+
+    The distribution distances have none and are **sampled**: pairs (i, j), i ≠ j, all of them
+    if n(n−1)/2 ≤ ``max_pairs``, else ``max_pairs`` drawn uniformly with ``seed``
+    (:func:`aquin_monitor.signals.arrays.sample_distinct_pairs`); the same pairs in both
+    spaces. With cₓ, c_y their cosines::
 
         wasserstein = W₁(law of cₓ, law of c_y)     (scipy.stats.wasserstein_distance)
-        mean_shift  = mean(c_y) − mean(cₓ)
         mean_absolute_pair_change = mean |c_y − cₓ|   (paired, so ≥ wasserstein)
 
     W₁ is in [0, 2] since cosines lie in [−1, 1].
+
+    Args:
+        x: ``[n, d₁]`` embeddings before. y: ``[n, d₂]`` embeddings of the same inputs after.
+        max_pairs: most pairs sampled for the distribution distances.
+        seed: seed of the pair sampler.
+
+    Returns:
+        A :class:`SimilarityShift` holding the sampled cosines too.
+
+    >>> x = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    >>> shift = similarity_shift(x, [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    >>> round(shift.mean_before, 4), shift.mean_after, shift.n_pairs
+    (0.4714, 1.0, 3)
     """
-    x_unit = _unit_rows(x, "x", min_rows=2)
-    y_unit = _unit_rows(y, "y", min_rows=2)
+    x_unit = unit_rows(x, "x", min_rows=2)
+    y_unit = unit_rows(y, "y", min_rows=2)
     _same_inputs(x_unit, y_unit)
-    i, j = _sample_distinct_pairs(x_unit.shape[0], max_pairs, seed)
-    x_cosines = _paired_cosines(x_unit, i, j)
-    y_cosines = _paired_cosines(y_unit, i, j)
+    i, j = sample_distinct_pairs(x_unit.shape[0], max_pairs, seed)
+    x_cosines = paired_cosines(x_unit, i, j)
+    y_cosines = paired_cosines(y_unit, i, j)
     return SimilarityShift(
         wasserstein=float(wasserstein_distance(x_cosines, y_cosines)),
-        mean_shift=float(y_cosines.mean() - x_cosines.mean()),
+        mean_before=anisotropy(x),
+        mean_after=anisotropy(y),
         mean_absolute_pair_change=float(np.abs(y_cosines - x_cosines).mean()),
         n_pairs=int(i.size),
+        before_cosines=x_cosines,
+        after_cosines=y_cosines,
     )
 
 
@@ -296,6 +370,17 @@ def anisotropy_delta(x: object, y: object) -> float:
 # --------------------------------------------------------------------------- rank changes
 
 
+def _change_statistics(change: np.ndarray) -> dict[str, float]:
+    """Median and improved/worsened fractions of rank changes (NaN when there are none)."""
+    if change.size == 0:
+        return dict.fromkeys(("median", "improved", "worsened"), math.nan)
+    return {
+        "median": float(np.median(change)),
+        "improved": float(np.mean(change < 0)),
+        "worsened": float(np.mean(change > 0)),
+    }
+
+
 @dataclass(frozen=True)
 class RankChanges:
     """Rank of each (query, relevant document) pair before (x space) and after (y space)."""
@@ -307,11 +392,12 @@ class RankChanges:
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         change = self.rank_after - self.rank_before
+        statistics = _change_statistics(change)
         return {
-            _metric_name(prefix, "rank_change_mean"): float(change.mean()),
-            _metric_name(prefix, "rank_change_median"): float(np.median(change)),
-            _metric_name(prefix, "rank_improved_fraction"): float(np.mean(change < 0)),
-            _metric_name(prefix, "rank_worsened_fraction"): float(np.mean(change > 0)),
+            metric_name(prefix, "rank_change_mean"): float(change.mean()),
+            metric_name(prefix, "rank_change_median"): statistics["median"],
+            metric_name(prefix, "rank_improved_fraction"): statistics["improved"],
+            metric_name(prefix, "rank_worsened_fraction"): statistics["worsened"],
         }
 
 
@@ -334,19 +420,21 @@ def _relevant_pairs(
     return query_array, doc_array
 
 
-def _ranks(
-    queries: np.ndarray, docs: np.ndarray, query_index: np.ndarray, doc_index: np.ndarray
-) -> np.ndarray:
-    ranks = np.empty(query_index.size, dtype=np.int64)
-    doc_positions = np.arange(docs.shape[0])
-    rows = max(1, _BLOCK_ELEMENTS // docs.shape[0])
-    for start in range(0, query_index.size, rows):
-        stop = min(query_index.size, start + rows)
-        scores = queries[query_index[start:stop]] @ docs.T  # [pairs, documents]
-        target = scores[np.arange(stop - start), doc_index[start:stop]][:, None]
-        earlier_tie = (scores == target) & (doc_positions[None, :] < doc_index[start:stop, None])
-        ranks[start:stop] = 1 + (scores > target).sum(axis=1) + earlier_tie.sum(axis=1)
-    return ranks
+def _checked_spaces(named: dict[str, object]) -> dict[str, np.ndarray]:
+    """The four matrices of :func:`rank_changes`, with their shapes checked against each other."""
+    arrays = {name: to_numpy(value, name) for name, value in named.items()}
+    for name, array in arrays.items():
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D matrix [n, d], got shape {tuple(array.shape)}")
+    for a, b in (("q_x", "q_y"), ("d_x", "d_y")):
+        _same_inputs(arrays[a], arrays[b], (a, b))
+    for queries, docs in (("q_x", "d_x"), ("q_y", "d_y")):
+        if arrays[queries].shape[1] != arrays[docs].shape[1]:
+            raise ValueError(
+                f"{queries}/{docs}: queries and documents must share a dimension, got "
+                f"{arrays[queries].shape[1]} and {arrays[docs].shape[1]}"
+            )
+    return arrays
 
 
 def rank_changes(
@@ -358,43 +446,106 @@ def rank_changes(
 ) -> RankChanges:
     """Rank of every ground-truth document for its query, in space x and in space y.
 
-    Scores are cosine similarities. For query q and relevant document r::
+    Ranks are those of :func:`aquin_monitor.signals.retrieval.rank_relevant` (cosine scores,
+    its tie policy and its score grid, so the ranks agree with the retrieval metrics). For
+    query q and relevant document r::
 
         rank(q, r) = 1 + #{d : s(q, d) > s(q, r)} + #{d < r : s(q, d) = s(q, r)}
 
-    (ties go to the document earlier in corpus order). ``relevant`` maps a query index to
-    its relevant document indices (a dict, or a list indexed by query). The x and y spaces
-    may have different dimensions; query and document counts must match. Memory stays at
-    ~32 MB of scores per block whatever the corpus size.
+    (ties go to the document earlier in corpus order, as in ``InformationRetrievalEvaluator``).
+    ``relevant`` maps a query index to its relevant document indices (a dict, or a list
+    indexed by query); pairs are reported in the order given. The x and y spaces may have
+    different dimensions; query and document counts must match. Memory stays bounded
+    whatever the corpus size (``rank_relevant`` works block by block).
+
+    Args:
+        q_x, d_x: query and document embeddings in space x. q_y, d_y: the same in space y.
+        relevant: relevant document indices per query index.
+
+    Returns:
+        A :class:`RankChanges`.
 
     >>> q = [[1.0, 0.0]]; d = [[1.0, 0.0], [0.0, 1.0]]
     >>> r = rank_changes(q, d, q, [[0.0, 1.0], [1.0, 0.0]], {0: [0]})
     >>> r.rank_before.tolist(), r.rank_after.tolist()
     ([1], [2])
     """
-    queries_x, docs_x = _unit_rows(q_x, "q_x"), _unit_rows(d_x, "d_x")
-    queries_y, docs_y = _unit_rows(q_y, "q_y"), _unit_rows(d_y, "d_y")
-    for (a, b), names in (
-        ((queries_x, queries_y), ("q_x", "q_y")),
-        ((docs_x, docs_y), ("d_x", "d_y")),
-    ):
-        _same_inputs(a, b, names)
-    for (queries, docs), names in (
-        ((queries_x, docs_x), "q_x/d_x"),
-        ((queries_y, docs_y), "q_y/d_y"),
-    ):
-        if queries.shape[1] != docs.shape[1]:
-            raise ValueError(
-                f"{names}: queries and documents must share a dimension, got "
-                f"{queries.shape[1]} and {docs.shape[1]}"
-            )
-    query_index, doc_index = _relevant_pairs(relevant, queries_x.shape[0], docs_x.shape[0])
+    spaces = _checked_spaces({"q_x": q_x, "d_x": d_x, "q_y": q_y, "d_y": d_y})
+    n_queries, n_docs = spaces["q_x"].shape[0], spaces["d_x"].shape[0]
+    query_index, doc_index = _relevant_pairs(relevant, n_queries, n_docs)
+    per_query: list[set[int]] = [set() for _ in range(n_queries)]
+    for query, doc in zip(query_index.tolist(), doc_index.tolist()):
+        per_query[query].add(doc)
+    wanted = query_index * n_docs + doc_index
+
+    def ranks(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        result = rank_relevant(queries, docs, per_query)  # pairs sorted by (query, document)
+        return result.rank[np.searchsorted(result.query_index * n_docs + result.doc_index, wanted)]
+
     return RankChanges(
         query_index=query_index,
         document_index=doc_index,
-        rank_before=_ranks(queries_x, docs_x, query_index, doc_index),
-        rank_after=_ranks(queries_y, docs_y, query_index, doc_index),
+        rank_before=ranks(spaces["q_x"], spaces["d_x"]),
+        rank_after=ranks(spaces["q_y"], spaces["d_y"]),
     )
+
+
+@dataclass(frozen=True)
+class FirstRankChange:
+    """Rank of the first relevant document of each query in two retrieval reports.
+
+    ``rank_before`` / ``rank_after`` are per-query arrays as ``RetrievalReport.first_rank``
+    (NaN: the query has no relevant document; +inf: none was ranked).
+    """
+
+    rank_before: np.ndarray
+    rank_after: np.ndarray
+
+    @property
+    def compared(self) -> np.ndarray:
+        """Queries with a finite first rank on both sides (the ones the metrics use)."""
+        return np.isfinite(self.rank_before) & np.isfinite(self.rank_after)
+
+    def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
+        change = self.rank_after[self.compared] - self.rank_before[self.compared]
+        statistics = _change_statistics(change)
+        return {
+            metric_name(prefix, "rank_improved_fraction"): statistics["improved"],
+            metric_name(prefix, "rank_worsened_fraction"): statistics["worsened"],
+            metric_name(prefix, "rank_change_median"): statistics["median"],
+        }
+
+
+def first_rank_change(rank_before: object, rank_after: object) -> FirstRankChange:
+    """Change of the first relevant rank of each query between two retrieval reports.
+
+    Over the queries whose first rank is finite in both (see :class:`FirstRankChange`), with
+    Δ_q = rank_after[q] − rank_before[q]::
+
+        rank_improved_fraction = mean(Δ < 0)
+        rank_worsened_fraction = mean(Δ > 0)
+        rank_change_median     = median(Δ)
+
+    all NaN when no query is comparable.
+
+    Args:
+        rank_before, rank_after: per-query first ranks of the same queries.
+
+    Returns:
+        A :class:`FirstRankChange`.
+
+    >>> change = first_rank_change([1, 5, 3, float("nan")], [2, 1, 3, 4])
+    >>> change.as_metrics()
+    {'drift/rank_improved_fraction': 0.3333333333333333, 'drift/rank_worsened_fraction': 0.3333333333333333, 'drift/rank_change_median': 0.0}
+    """
+    before = np.asarray(rank_before, dtype=np.float64)
+    after = np.asarray(rank_after, dtype=np.float64)
+    if before.ndim != 1 or before.shape != after.shape:
+        raise ValueError(
+            f"rank_before and rank_after must be 1-D of the same length, got shapes "
+            f"{before.shape} and {after.shape}"
+        )
+    return FirstRankChange(rank_before=before, rank_after=after)
 
 
 # --------------------------------------------------------------------------- composite
@@ -444,9 +595,9 @@ class DriftSummary:
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         metrics = {
-            _metric_name(prefix, "cka"): self.cka,
-            _metric_name(prefix, "anisotropy_delta"): self.anisotropy_delta,
-            _metric_name(prefix, "score"): self.score,
+            metric_name(prefix, "cka"): self.cka,
+            metric_name(prefix, "anisotropy_delta"): self.anisotropy_delta,
+            metric_name(prefix, "score"): self.score,
         }
         metrics.update(self.knn.as_metrics(prefix))
         metrics.update(self.similarity.as_metrics(prefix))
@@ -468,10 +619,27 @@ def drift_summary(
 
     ``k`` is capped at n − 1. With ``labels`` and equal dimensions, adds the per-label
     :func:`centroid_shift` (Procrustes needs equal dimensions; with different ones
-    ``centroids`` stays None).
+    ``centroids`` stays None). The anisotropy before/after is the exact mean pairwise cosine
+    of :func:`similarity_shift` (one computation for both metrics)::
+
+        drift_score = ((1 − CKA) + (1 − kNN overlap@k) + min(1, W₁)) / 3
+
+    Args:
+        x: ``[n, d₁]`` embeddings before. y: ``[n, d₂]`` embeddings of the same inputs after.
+        labels: optional label per row, for the centroid shift.
+        k: neighbours for the k-NN overlap.
+        max_pairs: pairs sampled for the Wasserstein distance. seed: seed of the sampler.
+
+    Returns:
+        A :class:`DriftSummary`; ``as_metrics(prefix)`` names its numbers.
+
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> same = drift_summary(x, x @ np.linalg.qr(np.arange(16.0).reshape(4, 4) ** 2)[0])
+    >>> round(same.cka, 9), same.knn.overlap, round(same.score, 9)  # a rotation: no drift
+    (1.0, 1.0, 0.0)
     """
-    x_matrix = _as_matrix(x, "x", min_rows=2)
-    y_matrix = _as_matrix(y, "y", min_rows=2)
+    x_matrix = as_matrix(x, "x", min_rows=2)
+    y_matrix = as_matrix(y, "y", min_rows=2)
     _same_inputs(x_matrix, y_matrix)
     cka = linear_cka(x_matrix, y_matrix)
     knn = knn_overlap(x_matrix, y_matrix, k=min(k, x_matrix.shape[0] - 1))
@@ -483,8 +651,8 @@ def drift_summary(
         cka=cka,
         knn=knn,
         similarity=similarity,
-        anisotropy_before=anisotropy(x_matrix),
-        anisotropy_after=anisotropy(y_matrix),
+        anisotropy_before=similarity.mean_before,
+        anisotropy_after=similarity.mean_after,
         score=drift_score(cka, knn.overlap, similarity.wasserstein),
         centroids=centroids,
     )

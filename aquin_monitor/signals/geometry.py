@@ -12,140 +12,27 @@ Bad input (wrong rank, empty, NaN/Inf, zero vectors where a direction is needed)
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import beta as beta_distribution
 
-# Numbers per float64 block when streaming over the rows of a matrix: small enough to stay
-# in cache, big enough for BLAS (the README's costs table has the comparison with 32 MB blocks).
-_STREAM_BLOCK_ELEMENTS = 1 << 17
-# Numbers per block of a pairwise (rows x n) product: bounds it to ~32 MB whatever n is.
-_BLOCK_ELEMENTS = 1 << 22
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _to_numpy(x: object, name: str) -> np.ndarray:
-    """Array view of ``x`` (numpy or torch) without forcing a float64 copy of a big matrix."""
-    torch = sys.modules.get("torch")  # a torch tensor can only exist if torch is imported
-    if torch is not None and isinstance(x, torch.Tensor):
-        tensor = x.detach()
-        if tensor.is_complex():
-            raise ValueError(f"{name} must be real, got a complex tensor")
-        if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.float()  # numpy has no bfloat16
-        return tensor.cpu().numpy()
-    array = np.asarray(x)
-    if array.dtype == object or np.iscomplexobj(array):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
-    return array
-
-
-def _check_shape(array: np.ndarray, name: str, min_rows: int) -> None:
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix [n, d], got shape {tuple(array.shape)}")
-    n, d = array.shape
-    if d == 0:
-        raise ValueError(f"{name} has no columns (shape {tuple(array.shape)})")
-    if n < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} row(s), got {n}")
-
-
-def _first_rows(mask: np.ndarray, offset: int = 0, limit: int = 5) -> str:
-    rows = np.flatnonzero(mask)[:limit] + offset
-    more = " ..." if mask.sum() > limit else ""
-    return ", ".join(str(int(r)) for r in rows) + more
-
-
-def _as_matrix(x: object, name: str = "x", min_rows: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 ``[n, d]`` matrix, or ``ValueError`` saying what is wrong."""
-    array = _to_numpy(x, name)
-    _check_shape(array, name, min_rows)
-    array = np.asarray(array, dtype=np.float64)
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise ValueError(f"{name} contains NaN or Inf in row(s) {_first_rows(~finite)}")
-    return array
-
-
-def _normalising_blocks(
-    x: object, name: str = "x", min_rows: int = 1
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield consecutive row blocks of ``x`` in float64 with their inverse norms 1/‖xᵢ‖.
-
-    Streams so that a float32 matrix of millions of rows is never copied whole to float64.
-    Raises ``ValueError`` for NaN/Inf or zero rows, naming them.
-    """
-    array = _to_numpy(x, name)
-    _check_shape(array, name, min_rows)
-    n, d = array.shape
-    rows_per_block = max(1, _STREAM_BLOCK_ELEMENTS // d)
-    for start in range(0, n, rows_per_block):
-        block = np.asarray(array[start : start + rows_per_block], dtype=np.float64)
-        squared_norms = np.einsum("ij,ij->i", block, block)
-        suspicious = ~np.isfinite(squared_norms) | (squared_norms == 0.0)
-        if suspicious.any():
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                raise ValueError(
-                    f"{name} contains NaN or Inf in row(s) {_first_rows(~finite, start)}"
-                )
-            zero = ~block.any(axis=1)
-            if zero.any():
-                raise ValueError(
-                    f"{name} has zero vector(s), which have no direction, in row(s) "
-                    f"{_first_rows(zero, start)}"
-                )
-            # finite entries whose squares overflow: rescale by the largest entry first
-            block = block / np.abs(block).max(axis=1, keepdims=True)
-            squared_norms = np.einsum("ij,ij->i", block, block)
-        yield block, 1.0 / np.sqrt(squared_norms)
-
-
-def _unit_rows(x: object, name: str = "x", min_rows: int = 1) -> np.ndarray:
-    """All rows of ``x`` L2-normalised, float64 (materialised)."""
-    blocks = [block * inverse[:, None] for block, inverse in _normalising_blocks(x, name, min_rows)]
-    return np.concatenate(blocks, axis=0)
-
-
-def _metric_name(prefix: str, name: str) -> str:
-    return f"{prefix}/{name}" if prefix else name
-
+from .arrays import (
+    as_matrix,
+    check_labels,
+    metric_name,
+    normalising_blocks,
+    paired_cosines,
+    row_blocks,
+    sample_distinct_pairs,
+    unit_rows,
+)
 
 def _threshold_name(threshold: float) -> str:
     """0.95 -> '95', 0.999 -> '99.9' (for ``id_pca95`` style names)."""
     return f"{round(threshold * 100, 6):g}"
-
-
-def _sample_distinct_pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j), i ≠ j: all n(n−1)/2 of them if that is ≤ max_pairs, else max_pairs
-    pairs drawn uniformly (with replacement) from the distinct pairs with ``seed``."""
-    if max_pairs < 1:
-        raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
-    total = n * (n - 1) // 2
-    if total <= max_pairs:
-        i, j = np.triu_indices(n, k=1)
-        return i, j
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, n, size=max_pairs)
-    j = rng.integers(0, n - 1, size=max_pairs)
-    j = j + (j >= i)  # uniform over j ≠ i
-    return i, j
-
-
-def _paired_cosines(unit: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    # gathered in chunks that stay in cache: gathering all pairs' rows at once (2 x 60 MB for 20,000
-    # pairs of 384-d rows) spends its time in page faults rather than arithmetic
-    out = np.empty(len(i), dtype=unit.dtype)
-    for start in range(0, len(i), chunk):
-        a, b = i[start : start + chunk], j[start : start + chunk]
-        out[start : start + chunk] = np.einsum("ij,ij->i", unit[a], unit[b])
-    return np.clip(out, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- anisotropy
@@ -168,7 +55,7 @@ def anisotropy(x: object) -> float:
     """
     n = 0
     total = None
-    for block, inverse_norms in _normalising_blocks(x, "x", min_rows=2):
+    for block, inverse_norms in normalising_blocks(x, "x", min_rows=2):
         n += block.shape[0]
         partial = inverse_norms @ block  # Σ x̂ᵢ without materialising x̂
         total = partial if total is None else total + partial
@@ -199,9 +86,9 @@ class PairCosineHistogram:
 
     def as_metrics(self, prefix: str = "geometry") -> dict[str, float]:
         return {
-            _metric_name(prefix, "pair_cosine_mean"): self.mean,
-            _metric_name(prefix, "pair_cosine_std"): self.std,
-            _metric_name(prefix, "pair_cosine_baseline_std"): self.baseline_std,
+            metric_name(prefix, "pair_cosine_mean"): self.mean,
+            metric_name(prefix, "pair_cosine_std"): self.std,
+            metric_name(prefix, "pair_cosine_baseline_std"): self.baseline_std,
         }
 
 
@@ -239,14 +126,28 @@ def pair_cosine_histogram(
     Uses all n(n−1)/2 pairs when there are at most ``max_pairs``, otherwise ``max_pairs``
     pairs (i, j), i ≠ j, drawn uniformly with ``seed``. The baseline is
     :func:`uniform_sphere_cosine_bin_probabilities` for d = number of columns: mean 0,
-    standard deviation 1/√d.
+    standard deviation 1/√d. With c the cosines of the pairs used::
+
+        counts[k] = #{pairs : edges[k] ≤ c < edges[k+1]}   (last bin closed)
+        mean = mean(c),  std = sqrt(mean((c − mean)²))
+
+    Args:
+        x: ``[n, d]`` embeddings. bins: bins over [−1, 1].
+        max_pairs: most pairs used. seed: seed of the pair sampler.
+
+    Returns:
+        A :class:`PairCosineHistogram`.
+
+    >>> h = pair_cosine_histogram([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], bins=4)
+    >>> h.counts.tolist(), h.n_pairs, h.exhaustive  # cosines 0, 0.707, 0.707
+    ([0, 0, 1, 2], 3, True)
     """
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    unit = _unit_rows(x, "x", min_rows=2)
+    unit = unit_rows(x, "x", min_rows=2)
     n, d = unit.shape
-    i, j = _sample_distinct_pairs(n, max_pairs, seed)
-    cosines = _paired_cosines(unit, i, j)
+    i, j = sample_distinct_pairs(n, max_pairs, seed)
+    cosines = paired_cosines(unit, i, j)
     edges = np.linspace(-1.0, 1.0, bins + 1)
     counts, _ = np.histogram(cosines, bins=edges)
     return PairCosineHistogram(
@@ -281,8 +182,8 @@ class RogueDimensions:
 
     def as_metrics(self, prefix: str = "geometry") -> dict[str, float]:
         return {
-            _metric_name(prefix, "rogue_top1_share"): self.top1_share,
-            _metric_name(prefix, f"rogue_top{len(self.top_dimensions)}_share"): self.top_share,
+            metric_name(prefix, "rogue_top1_share"): self.top1_share,
+            metric_name(prefix, f"rogue_top{len(self.top_dimensions)}_share"): self.top_share,
         }
 
 
@@ -303,7 +204,7 @@ def rogue_dimensions(x: object, top: int = 5) -> RogueDimensions:
     """
     n = 0
     sums = squares = None
-    for block, inverse_norms in _normalising_blocks(x, "x", min_rows=2):
+    for block, inverse_norms in normalising_blocks(x, "x", min_rows=2):
         n += block.shape[0]
         block_sums = inverse_norms @ block
         block_squares = np.square(inverse_norms) @ np.square(block)
@@ -347,10 +248,10 @@ class IntrinsicDimension:
 
     def as_metrics(self, prefix: str = "geometry") -> dict[str, float]:
         metrics = {
-            _metric_name(prefix, f"id_pca{_threshold_name(t)}"): float(c)
+            metric_name(prefix, f"id_pca{_threshold_name(t)}"): float(c)
             for t, c in zip(self.thresholds, self.components)
         }
-        metrics[_metric_name(prefix, "effective_rank")] = self.effective_rank
+        metrics[metric_name(prefix, "effective_rank")] = self.effective_rank
         return metrics
 
 
@@ -374,7 +275,7 @@ def intrinsic_dimension(
     threshold_tuple = tuple(float(t) for t in thresholds)
     if not threshold_tuple or any(not 0.0 < t < 1.0 for t in threshold_tuple):
         raise ValueError(f"thresholds must be in (0, 1), got {threshold_tuple}")
-    matrix = _as_matrix(x, "x", min_rows=2)
+    matrix = as_matrix(x, "x", min_rows=2)
     centred = matrix - matrix.mean(axis=0)
     singular_values = np.linalg.svd(centred, compute_uv=False)
     variances = np.square(singular_values)
@@ -415,8 +316,8 @@ def alignment(x_pos_a: object, x_pos_b: object, alpha: float = 2.0) -> float:
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    a = _unit_rows(x_pos_a, "x_pos_a")
-    b = _unit_rows(x_pos_b, "x_pos_b")
+    a = unit_rows(x_pos_a, "x_pos_a")
+    b = unit_rows(x_pos_b, "x_pos_b")
     if a.shape != b.shape:
         raise ValueError(
             f"x_pos_a and x_pos_b must have the same shape (row i = one positive pair), "
@@ -438,13 +339,13 @@ def label_alignment(x: object, labels: Sequence[object], alpha: float = 2.0) -> 
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    unit = _unit_rows(x, "x")
-    label_array = _check_labels(labels, unit.shape[0])
+    unit = unit_rows(x, "x")
+    label_array = check_labels(labels, unit.shape[0])
     total, pairs = 0.0, 0
     for label in np.unique(label_array):
         members = unit[label_array == label]
         m = members.shape[0]
-        for start, stop, block in _row_blocks(members):
+        for start, stop, block in row_blocks(members):
             squared = np.clip(2.0 - 2.0 * (block @ members[start:].T), 0.0, None)
             upper = np.arange(start, stop)[:, None] < np.arange(start, m)[None, :]
             total += float(np.sum(squared[upper] ** (alpha / 2.0)))
@@ -452,33 +353,6 @@ def label_alignment(x: object, labels: Sequence[object], alpha: float = 2.0) -> 
     if pairs == 0:
         raise ValueError("label_alignment needs at least one label with two or more rows")
     return total / pairs
-
-
-def _check_labels(labels: Sequence[object], n: int) -> np.ndarray:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    label_array = np.asarray(labels)
-    if label_array.ndim != 1 or label_array.shape[0] != n:
-        raise ValueError(
-            f"labels must be 1-D with one label per row ({n}), got shape {label_array.shape}"
-        )
-    try:
-        np.unique(label_array)
-    except TypeError as exc:
-        raise ValueError(f"labels must be mutually comparable (e.g. all str or all int): {exc}")
-    return label_array
-
-
-def _row_blocks(
-    matrix: np.ndarray, columns: int | None = None
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(start, stop, rows) blocks sized so a block × ``columns`` product stays ~32 MB."""
-    n = matrix.shape[0]
-    rows = max(1, _BLOCK_ELEMENTS // max(1, columns if columns is not None else n))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        yield start, stop, matrix[start:stop]
 
 
 def uniformity(x: object, t: float = 2.0) -> float:
@@ -496,10 +370,10 @@ def uniformity(x: object, t: float = 2.0) -> float:
     """
     if t <= 0:
         raise ValueError(f"t must be > 0, got {t}")
-    unit = _unit_rows(x, "x", min_rows=2)
+    unit = unit_rows(x, "x", min_rows=2)
     n = unit.shape[0]
     partial_logsumexps = []
-    for start, stop, block in _row_blocks(unit):
+    for start, stop, block in row_blocks(unit):
         cosines = block @ unit[start:].T  # columns j >= start
         upper = np.arange(start, stop)[:, None] < np.arange(start, n)[None, :]
         if upper.any():
@@ -522,8 +396,8 @@ class OODScores:
 
     def as_metrics(self, prefix: str = "geometry") -> dict[str, float]:
         return {
-            _metric_name(prefix, "ood_fraction"): self.fraction_flagged,
-            _metric_name(prefix, "ood_distance_mean"): float(self.scores.mean()),
+            metric_name(prefix, "ood_fraction"): self.fraction_flagged,
+            metric_name(prefix, "ood_distance_mean"): float(self.scores.mean()),
         }
 
 
@@ -539,8 +413,8 @@ def ood_scores(x: object, reference: object | None = None, threshold: float = 0.
     >>> r.scores.tolist(), r.flagged.tolist()
     ([0.0, 1.0], [1])
     """
-    unit = _unit_rows(x, "x")
-    reference_unit = unit if reference is None else _unit_rows(reference, "reference")
+    unit = unit_rows(x, "x")
+    reference_unit = unit if reference is None else unit_rows(reference, "reference")
     if reference_unit.shape[1] != unit.shape[1]:
         raise ValueError(
             f"x and reference must have the same dimension, got {unit.shape[1]} and "
@@ -562,6 +436,35 @@ def ood_scores(x: object, reference: object | None = None, threshold: float = 0.
     )
 
 
+def robust_ood_threshold(scores: object) -> float:
+    """An OOD threshold robust to the model's anisotropy: median + 3 × 1.4826 × MAD of the
+    probe's own centroid distances.
+
+    With s the scores of :func:`ood_scores` (cosine distances to the centroid)::
+
+        threshold = median(s) + 3 · 1.4826 · median(|s − median(s)|)
+
+    1.4826 · MAD estimates the standard deviation of normal data, so this is a "3 sigma" cut
+    that outliers do not inflate. A fixed cut does not transfer between models: in an
+    anisotropic space every input is far from uniform on the sphere, and a cut made for an
+    isotropic one would flag nearly everything. This flags the inputs that are outliers for
+    *this* model's own spread.
+
+    Args:
+        scores: 1-D distances (e.g. ``ood_scores(x, threshold=2.0).scores``).
+
+    Returns:
+        The threshold, a float.
+
+    >>> round(robust_ood_threshold([0.1, 0.2, 0.3, 0.4, 5.0]), 6)  # median 0.3, MAD 0.1
+    0.74478
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med)))
+    return med + 3 * 1.4826 * mad
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -580,11 +483,11 @@ class GeometrySummary:
 
     def as_metrics(self, prefix: str = "geometry") -> dict[str, float]:
         metrics = {
-            _metric_name(prefix, "anisotropy"): self.anisotropy,
-            _metric_name(prefix, "uniformity"): self.uniformity,
+            metric_name(prefix, "anisotropy"): self.anisotropy,
+            metric_name(prefix, "uniformity"): self.uniformity,
         }
         if self.alignment is not None:
-            metrics[_metric_name(prefix, "alignment")] = self.alignment
+            metrics[metric_name(prefix, "alignment")] = self.alignment
         for part in (self.intrinsic, self.histogram, self.rogue, self.ood):
             metrics.update(part.as_metrics(prefix))
         return metrics
@@ -608,9 +511,28 @@ def geometry_summary(
     Anisotropy, rogue dimensions, intrinsic dimension and OOD scores use every row. Uniformity
     is O(n²·d), so above ``uniformity_max_rows`` rows it is computed exactly on that many rows
     drawn without replacement with ``seed`` (``uniformity_rows`` records how many). With
-    ``labels``, alignment is :func:`label_alignment` (same-label pairs as positives).
+    ``labels``, alignment is :func:`label_alignment` (same-label pairs as positives). Each part
+    documents its formula: :func:`anisotropy`, :func:`pair_cosine_histogram`,
+    :func:`rogue_dimensions`, :func:`intrinsic_dimension`, :func:`uniformity`,
+    :func:`ood_scores`.
+
+    Args:
+        x: ``[n, d]`` embeddings (n ≥ 2). labels: optional label per row.
+        reference: rows whose centroid the OOD scores measure from (default: x).
+        ood_threshold: cosine-distance cut for OOD flags.
+        thresholds: explained-variance thresholds of the intrinsic dimension.
+        bins, max_pairs: of the pair-cosine histogram.
+        uniformity_max_rows: most rows uniformity is computed on.
+        rogue_top: rogue dimensions reported. seed: seed of every sampler.
+
+    Returns:
+        A :class:`GeometrySummary`; ``as_metrics(prefix)`` names its numbers.
+
+    >>> s = geometry_summary([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], labels=["a", "b", "a"])
+    >>> round(s.anisotropy, 4), s.intrinsic.explained_variance_ratio.round(2).tolist(), round(s.alignment, 4)
+    (0.4714, [0.75, 0.25], 0.5858)
     """
-    matrix = _as_matrix(x, "x", min_rows=2)
+    matrix = as_matrix(x, "x", min_rows=2)
     n = matrix.shape[0]
     if uniformity_max_rows < 2:
         raise ValueError(f"uniformity_max_rows must be >= 2, got {uniformity_max_rows}")

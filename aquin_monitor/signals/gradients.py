@@ -82,7 +82,13 @@ class ParameterGroups:
 
 
 def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> ParameterGroups:
-    """Group the trainable (``requires_grad``) parameters; frozen ones are skipped."""
+    """Group the trainable (``requires_grad``) parameters by :func:`group_name`; frozen ones are
+    skipped and tied weights counted once. Groups are sorted: embeddings, layer.00 …, the rest.
+
+    >>> model = torch.nn.ModuleDict({"embeddings": torch.nn.Linear(2, 2), "pooler": torch.nn.Linear(2, 1)})
+    >>> group_parameters(model.named_parameters()).names
+    ('embeddings', 'pooler')
+    """
     params, pnames, groups = [], [], []
     seen: set[int] = set()
     for name, p in named_parameters:
@@ -103,13 +109,20 @@ def gradient_presence(groups: ParameterGroups) -> tuple[int, ...] | None:
     """Indices of the parameters that have a ``.grad`` now, or None when all of them have one.
 
     Host-side only (``p.grad is None`` reads no device memory).
+
+    >>> layer = torch.nn.Linear(2, 1)
+    >>> groups = group_parameters([("layer.0.w", layer.weight), ("layer.1.b", layer.bias)])
+    >>> layer.weight.grad = torch.ones(1, 2)
+    >>> gradient_presence(groups), groups_with_gradient(groups, gradient_presence(groups)).tolist()
+    ((0,), [True, False])
     """
     present = tuple(i for i, p in enumerate(groups.parameters) if p.grad is not None)
     return None if len(present) == len(groups.parameters) else present
 
 
 def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | None) -> np.ndarray:
-    """``[G]`` bool: which groups have at least one parameter with a gradient (``present`` as above)."""
+    """``[G]`` bool: which groups have at least one parameter with a gradient (``present`` as
+    :func:`gradient_presence` returns it; see its example)."""
     mask = np.zeros(len(groups.names), dtype=bool)
     if present is None:
         mask[:] = True
@@ -124,9 +137,19 @@ _ASK = object()  # grouped_grad_norms: look up which parameters have a gradient
 def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
     """``[G + 1]`` float32 device tensor: the L2 norm of each group's gradients, then the total.
 
-    A parameter whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero.
-    A NaN/Inf anywhere in a group makes that group's norm and the total non-finite. ``present``: what
+    With g_p the gradient of parameter p::
+
+        norm[group] = sqrt(Σ_{p ∈ group} ‖g_p‖²)        total = sqrt(Σ_p ‖g_p‖²)
+
+    (``total`` equals ``torch.nn.utils.get_total_norm`` of all gradients, bit for bit). A parameter
+    whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero. A NaN/Inf
+    anywhere in a group makes that group's norm and the total non-finite. ``present``: what
     :func:`gradient_presence` returned for this step, if the caller already asked it.
+
+    >>> a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    >>> a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([12.0])
+    >>> grouped_grad_norms(group_parameters([("layer.0.a", a), ("layer.1.b", b)])).tolist()
+    [5.0, 12.0, 13.0]
     """
     n_groups = len(groups.names)
     if present is _ASK:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr
 
-from .geometry import _metric_name, _to_numpy, anisotropy
+from .arrays import metric_name, to_numpy
+from .geometry import anisotropy
 
 # Defaults for flagging heads (see summarize_attention_entropy for the reasoning).
 COLLAPSED_BELOW_NATS = 0.1
@@ -37,7 +38,7 @@ class LayerwiseSimilarity:
 
     def as_metrics(self, prefix: str = "layers") -> dict[str, float]:
         return {
-            _metric_name(prefix, f"similarity.{layer:02d}"): float(value)
+            metric_name(prefix, f"similarity.{layer:02d}"): float(value)
             for layer, value in enumerate(self.similarity)
         }
 
@@ -59,7 +60,7 @@ def layerwise_similarity(layer_embeddings: object) -> LayerwiseSimilarity:
         if not layers:
             raise ValueError("layer_embeddings is empty: expected L+1 layers of [n, h] states")
     else:
-        array = _to_numpy(layer_embeddings, "layer_embeddings")
+        array = to_numpy(layer_embeddings, "layer_embeddings")
         if array.ndim != 3:
             raise ValueError(
                 f"layer_embeddings must be [L+1, n, h], got shape {tuple(array.shape)}"
@@ -69,7 +70,7 @@ def layerwise_similarity(layer_embeddings: object) -> LayerwiseSimilarity:
         layers = list(array)
     row_counts = {
         int(array.shape[0])
-        for array in (_to_numpy(layer, "layer_embeddings") for layer in layers)
+        for array in (to_numpy(layer, "layer_embeddings") for layer in layers)
         if array.ndim > 0
     }
     if len(row_counts) > 1:
@@ -126,7 +127,7 @@ def attention_entropy(
     layers = list(attentions)
     if not layers:
         raise ValueError("attentions is empty: expected one [B, H, T, T] array per layer")
-    first = _to_numpy(layers[0], "attentions[0]")
+    first = to_numpy(layers[0], "attentions[0]")
     if first.ndim != 4 or first.shape[2] != first.shape[3]:
         raise ValueError(f"attentions[0] must be [B, H, T, T], got shape {tuple(first.shape)}")
     batch, heads, tokens, _ = first.shape
@@ -135,7 +136,7 @@ def attention_entropy(
     if attention_mask is None:
         mask = np.ones((batch, tokens), dtype=bool)
     else:
-        mask_array = _to_numpy(attention_mask, "attention_mask")
+        mask_array = to_numpy(attention_mask, "attention_mask")
         if mask_array.shape != (batch, tokens):
             raise ValueError(
                 f"attention_mask must be [B, T] = {(batch, tokens)}, got {tuple(mask_array.shape)}"
@@ -150,7 +151,7 @@ def attention_entropy(
 
     entropy = np.empty((batch, len(layers), heads))
     for layer_index, layer in enumerate(layers):
-        weights = first if layer_index == 0 else _to_numpy(layer, f"attentions[{layer_index}]")
+        weights = first if layer_index == 0 else to_numpy(layer, f"attentions[{layer_index}]")
         if weights.shape != (batch, heads, tokens, tokens):
             raise ValueError(
                 f"attentions[{layer_index}] has shape {tuple(weights.shape)}, expected "
@@ -246,15 +247,15 @@ class AttentionEntropySummary:
     def as_metrics(self, prefix: str = "attention") -> dict[str, float]:
         known = self.normalized[~np.isnan(self.normalized)]
         metrics = {
-            _metric_name(prefix, "entropy_mean"): float(self.entropy.mean()),
-            _metric_name(prefix, "normalized_entropy_mean"): (
+            metric_name(prefix, "entropy_mean"): float(self.entropy.mean()),
+            metric_name(prefix, "normalized_entropy_mean"): (
                 float(known.mean()) if known.size else math.nan
             ),
-            _metric_name(prefix, "collapsed_heads"): float(len(self.collapsed_heads)),
-            _metric_name(prefix, "dead_heads"): float(len(self.dead_heads)),
+            metric_name(prefix, "collapsed_heads"): float(len(self.collapsed_heads)),
+            metric_name(prefix, "dead_heads"): float(len(self.dead_heads)),
         }
         for layer, value in enumerate(self.entropy.mean(axis=1)):
-            metrics[_metric_name(prefix, f"entropy.{layer:02d}")] = float(value)
+            metrics[metric_name(prefix, f"entropy.{layer:02d}")] = float(value)
         return metrics
 
 
@@ -279,10 +280,15 @@ def summarize_attention_entropy(
       averages its input instead of selecting from it.
 
     The arguments are those of :class:`AttentionEntropy`, possibly concatenated over batches.
+
+    >>> entropy = np.array([[[0.0, 2.0]], [[0.1, 2.0]]])  # 2 inputs of 8 tokens, 1 layer, 2 heads
+    >>> s = summarize_attention_entropy(entropy, entropy / np.log(8.0))  # 2 / log 8 = 0.96
+    >>> s.entropy.tolist(), s.collapsed_heads, s.dead_heads
+    ([[0.05, 2.0]], ((0, 0),), ((0, 1),))
     """
-    entropy = np.asarray(_to_numpy(per_input_entropy, "per_input_entropy"), dtype=np.float64)
+    entropy = np.asarray(to_numpy(per_input_entropy, "per_input_entropy"), dtype=np.float64)
     normalized = np.asarray(
-        _to_numpy(per_input_normalized, "per_input_normalized"), dtype=np.float64
+        to_numpy(per_input_normalized, "per_input_normalized"), dtype=np.float64
     )
     if entropy.ndim != 3 or entropy.shape[0] == 0:
         raise ValueError(f"per_input_entropy must be a non-empty [B, L, H], got {entropy.shape}")

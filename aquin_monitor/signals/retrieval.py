@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arrays import as_matrix
+
 __all__ = [
     "RankResult",
     "RankingMetrics",
@@ -458,7 +460,19 @@ def rerank(
     returns one score per pair (``CrossEncoder.predict`` fits). The new order is score
     descending, ties kept in candidate order. A relevant document outside the list counts as
     not retrieved (rank +inf) both before and after, so the "before" metrics equal the
-    retriever's at cutoffs <= k.
+    retriever's at cutoffs <= k. Ranks are positions in the list::
+
+        rank_before(q, r) = 1 + position of r in candidates[q]      (+inf if absent)
+        rank_after(q, r)  = 1 + position of r in reranked[q]
+
+    and the metrics are those of :func:`retrieval_metrics` (module docstring) on these ranks.
+
+    >>> report = rerank(["q"], ["a", "b", "c"], [[0, 1]], lambda pairs: [len(d) for _, d in pairs], [{1: 1}])
+    >>> report.rank_before.tolist(), report.rank_after.tolist()  # equal scores keep list order
+    ([2.0], [2.0])
+    >>> report = rerank(["q"], ["a", "bb", "c"], [[0, 1]], lambda pairs: [len(d) for _, d in pairs], [{1: 1}])
+    >>> report.rank_after.tolist(), report.as_metrics()["rerank/after/mrr@10"]
+    ([1.0], 1.0)
     """
     n_queries, n_docs = len(query_texts), len(corpus_texts)
     if n_queries == 0 or n_docs == 0:
@@ -693,37 +707,17 @@ class _Pairs:
     slot: np.ndarray  # position of the pair within its query
 
 
-def _as_matrix(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype not in (torch.float32, torch.float64):
-            if x.is_complex():
-                raise RetrievalInputError(f"{name} must be real, got {x.dtype}")
-            x = x.float()
-        x = x.cpu().numpy()
-    else:
-        x = np.asarray(x)
-        if x.dtype not in (np.float32, np.float64):
-            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
-                    or x.dtype == bool):
-                raise RetrievalInputError(f"{name} must be a real numeric array, got dtype {x.dtype}")
-            x = x.astype(np.float32)
-    if x.ndim != 2:
-        raise RetrievalInputError(f"{name} must be 2-D [n, dim], got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise RetrievalInputError(f"{name} is empty (shape {tuple(x.shape)})")
-    # a float64 sum is finite iff every entry is (barring float64 overflow, re-checked below)
-    if not np.isfinite(x.sum(dtype=np.float64)):
-        for start in range(0, len(x), 65536):
-            bad = np.flatnonzero(~np.isfinite(x[start:start + 65536]).all(axis=1))
-            if len(bad):
-                raise RetrievalInputError(f"{name} contains NaN or Inf (first in row {start + int(bad[0])})")
-    return x
+def _retrieval_matrix(x, name: str) -> np.ndarray:
+    """:func:`arrays.as_matrix` keeping float32/float64 as given, errors as RetrievalInputError."""
+    try:
+        return as_matrix(x, name, dtype=None)
+    except ValueError as exc:
+        raise RetrievalInputError(str(exc)) from None
 
 
 def _check_embeddings(query_emb, corpus_emb) -> tuple[np.ndarray, np.ndarray]:
-    queries = _as_matrix(query_emb, "query_emb")
-    corpus = _as_matrix(corpus_emb, "corpus_emb")
+    queries = _retrieval_matrix(query_emb, "query_emb")
+    corpus = _retrieval_matrix(corpus_emb, "corpus_emb")
     if queries.shape[1] != corpus.shape[1]:
         raise RetrievalInputError(
             f"query_emb has dimension {queries.shape[1]} but corpus_emb has {corpus.shape[1]}")

@@ -127,3 +127,9 @@ def test_the_runs_cover_every_family(logged):
                    "contrastive/pos_sim_hist", "optim/lr", "geometry/alignment", "layers/similarity.", "attention/entropy.",
                    "retrieval/ndcg@10", "drift/base/centroid_shift", "drift/previous/cka", "drift/base/delta/ndcg@10"):
         assert any(name.startswith(prefix) for name in logged), prefix
+
+
+def test_readme_links_the_definitions_it_ships():
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "(docs/metrics.md)" in readme
+    assert "../shared" not in readme and "DESIGN.md" not in readme  # not in the repository users clone

@@ -28,7 +28,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from .signals.gradients import (
     group_parameters,
     grouped_grad_norms,
     groups_with_gradient,
+    parameter_grad_norms,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +52,79 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepMonitor", "ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning"]
+__all__ = ["StepMonitor", "StepLayout", "ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning", "default_histogram_every", "learning_rate_metrics", "host_learning_rates"]
+
+#: histogram steps per run aimed at when the trainer knows its length (:func:`default_histogram_every`)
+HISTOGRAMS_PER_RUN = 20
+
+
+def default_histogram_every(total_steps: int | float | None, fallback: int = 50) -> int:
+    """Histogram interval giving about :data:`HISTOGRAMS_PER_RUN` histograms over ``total_steps`` optimizer steps.
+
+    ``ceil(total_steps / 20)``, at least 1; ``fallback`` when the length is unknown (None, 0, negative
+    or infinite, as Lightning's ``estimated_stepping_batches`` is for an endless loader).
+
+    >>> default_histogram_every(28), default_histogram_every(1000), default_histogram_every(5)
+    (2, 50, 1)
+    >>> default_histogram_every(None), default_histogram_every(float("inf"))
+    (50, 50)
+    """
+    if total_steps is None or not np.isfinite(total_steps) or total_steps <= 0:
+        return fallback
+    return max(1, int(np.ceil(total_steps / HISTOGRAMS_PER_RUN)))
+
+
+def learning_rate_metrics(learning_rates: Sequence[float]) -> dict[str, float]:
+    """``optim/lr`` for one parameter group, ``optim/lr/group.N`` for each of several.
+
+    >>> learning_rate_metrics([2e-5])
+    {'optim/lr': 2e-05}
+    >>> learning_rate_metrics([1e-3, 1e-4])
+    {'optim/lr/group.0': 0.001, 'optim/lr/group.1': 0.0001}
+    """
+    if len(learning_rates) == 1:
+        return {"optim/lr": float(learning_rates[0])}
+    return {f"optim/lr/group.{i}": float(lr) for i, lr in enumerate(learning_rates)}
+
+
+def host_learning_rates(param_groups: Sequence[dict]) -> list[float] | None:
+    """The ``lr`` of each optimizer parameter group as host floats; one value when the groups share
+    their base learning rate; None when one is a device tensor (reading it would synchronise with the
+    device, so such learning rates are not logged).
+
+    The base learning rate is a group's ``initial_lr`` (set by torch's schedulers, constant for the
+    run), else its ``lr``: the Hugging Face Trainer's two groups (with and without weight decay) give
+    one ``optim/lr``, groups configured with different rates one ``optim/lr/group.N`` each, and the
+    choice does not change during the run.
+
+    >>> host_learning_rates([{"lr": 0.1}, {"lr": torch.tensor(0.01)}])
+    [0.1, 0.009999999776482582]
+    >>> host_learning_rates([{"lr": 0.05, "initial_lr": 0.1}, {"lr": 0.05, "initial_lr": 0.1}])
+    [0.05]
+    """
+    rates, bases = [], set()
+    for group in param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor):
+            if lr.device.type != "cpu":
+                return None
+            lr = lr.item()
+        if lr is None:
+            return None
+        rates.append(float(lr))
+        base = group.get("initial_lr", lr)
+        bases.add(id(base) if isinstance(base, torch.Tensor) and base.device.type != "cpu" else float(base))
+    return rates[:1] if len(bases) == 1 else rates
+
+
+class StepLayout(NamedTuple):
+    """What a step's packed vector holds after the norms and reduced sums, and host-side extras."""
+
+    positives: int  # histogram samples of positive similarities
+    negatives: int  # ... of negative similarities
+    silent: tuple[int, ...]  # group indices not logged (no gradient yet)
+    tensor_names: tuple[str, ...] = ()  # parameters whose gradient norms follow the samples
+    learning_rates: tuple[float, ...] = ()  # host floats, per optimizer parameter group
 
 
 class StepMonitor:
@@ -60,7 +133,12 @@ class StepMonitor:
     Args:
         sinks: where metrics go (:mod:`aquin_monitor.sinks`); empty on non-zero ranks.
         log_every: compute and log every N optimizer steps.
-        histogram_every: log positive/negative similarity histograms every N steps (0: never).
+        histogram_every: log positive/negative similarity histograms every N steps (0: never). The
+            callbacks default to :func:`default_histogram_every` of the trainer's length when it is known.
+        tensor_norms_every: every N steps, also log ``grad_norm_tensor/<parameter name>``, each
+            trainable parameter's gradient norm (0: never; the view ``wandb.watch`` users know). The
+            norms are the per-parameter output of the fused norm the groups are summed from: no
+            extra device work, only a longer host copy on those steps.
         alarms: thresholds (:class:`AlarmConfig`).
         stop_on: alarm kinds that set :attr:`should_stop` (the callback stops the trainer).
         strict: re-raise failures instead of warning once and switching the failing part off.
@@ -97,6 +175,7 @@ class StepMonitor:
         *,
         log_every: int = 1,
         histogram_every: int = 50,
+        tensor_norms_every: int = 0,
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
@@ -115,6 +194,7 @@ class StepMonitor:
         self.sinks = list(sinks)
         self.log_every = log_every
         self.histogram_every = histogram_every
+        self.tensor_norms_every = tensor_norms_every
         self.alarm_config = alarms or AlarmConfig()
         self.stop_on = tuple(stop_on)
         self.strict = strict
@@ -154,8 +234,13 @@ class StepMonitor:
             self._load_detector(self._pending_state)
 
     # -- per step -----------------------------------------------------------------------------
-    def on_optimizer_step(self, step: int, model: torch.nn.Module | None = None) -> torch.Tensor | None:
+    def on_optimizer_step(
+        self, step: int, model: torch.nn.Module | None = None, learning_rates: Sequence[float] | None = None
+    ) -> torch.Tensor | None:
         """Measure the gradients now in ``.grad`` (before the optimizer step) as step ``step``.
+
+        ``learning_rates``: host floats, the ``lr`` of each optimizer parameter group this step applies
+        (:func:`host_learning_rates`), logged as ``optim/lr`` (``optim/lr/group.N`` when several).
 
         Returns the total gradient norm as a device tensor (bit-identical to
         ``torch.nn.utils.get_total_norm``), so a caller can reuse it for clipping; None if skipped.
@@ -165,7 +250,7 @@ class StepMonitor:
             self._answer_peers(step, model)
             return None
         try:
-            total = self._step(step, model)
+            total = self._step(step, model, tuple(learning_rates or ()))
         except Exception as exc:  # noqa: BLE001 - monitoring must never kill training
             self._fail("per-step monitoring", exc)
             self._answer_peers(step, model)
@@ -189,7 +274,7 @@ class StepMonitor:
             total = torch.nn.utils.get_total_norm([p.grad for p in params])
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
-    def _step(self, step: int, model: torch.nn.Module | None) -> torch.Tensor | None:
+    def _step(self, step: int, model: torch.nn.Module | None, learning_rates: tuple[float, ...] = ()) -> torch.Tensor | None:
         if step <= self.last_step and self._pending is None and self.last_step:
             # resumed run replaying steps already logged: drop them, never log a step twice
             self.tap.discard()
@@ -205,7 +290,8 @@ class StepMonitor:
             return None
         reading = self.tap.drain()
         present = gradient_presence(self.groups)
-        norms = grouped_grad_norms(self.groups, present)
+        per_param = parameter_grad_norms(self.groups, present)
+        norms = grouped_grad_norms(self.groups, present, per_param)
         if not self._had_gradient.all():
             self._had_gradient |= groups_with_gradient(self.groups, present)
         silent = tuple(np.flatnonzero(~self._had_gradient).tolist())
@@ -223,8 +309,9 @@ class StepMonitor:
         # histogram samples (every histogram_every steps) ride in the same copy; their sizes are shapes
         pos = [p.detach().float().reshape(-1).to(device) for p in reading.positive_samples]
         neg = [x.detach().float().reshape(-1).to(device) for x in reading.negative_samples]
-        layout = (sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent)
-        packed = torch.cat([norms, reduced, *pos, *neg])
+        tensors = self._tensor_view(step, present, per_param)
+        layout = StepLayout(sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent, tensors, learning_rates)
+        packed = torch.cat([norms, reduced, *pos, *neg, per_param.to(device)] if tensors else [norms, reduced, *pos, *neg])
         self._drain_pending()
         if self._asynchronous(packed):
             host, event = self._copy_to_host(packed)
@@ -237,6 +324,13 @@ class StepMonitor:
         else:
             self._process(step, packed.numpy(), layout)
         return norms[-1]
+
+    def _tensor_view(self, step: int, present, per_param: torch.Tensor) -> tuple[str, ...]:
+        """Parameter names of ``per_param``'s entries on a ``tensor_norms_every`` step, else ()."""
+        if not self.tensor_norms_every or step % self.tensor_norms_every or not per_param.numel():
+            return ()
+        names = self.groups.parameter_names
+        return tuple(names) if present is None else tuple(names[i] for i in present)
 
     @staticmethod
     def _asynchronous(packed: torch.Tensor) -> bool:
@@ -299,8 +393,9 @@ class StepMonitor:
             event.synchronize()
             self._process(step, host.numpy(), layout)
 
-    def _process(self, step: int, vector: np.ndarray, layout: tuple[int, int, tuple[int, ...]]) -> None:
-        """Host side of step ``step``: ``layout`` = (positive samples, negative samples, group indices not logged)."""
+    def _process(self, step: int, vector: np.ndarray, layout: StepLayout) -> None:
+        """Host side of step ``step``: ``layout`` says what ``vector`` holds beyond the norms and sums."""
+        layout = StepLayout(*layout)
         groups = self.groups
         n = len(groups.names) + 1
         norms = vector[:n].astype(np.float64)
@@ -315,6 +410,12 @@ class StepMonitor:
         loss = loss_sum / loss_count if loss_count else None
         if loss is not None:
             metrics["contrastive/loss"] = loss
+        end = n + len(STAT_FIELDS) + 3
+        samples_end = end + layout.positives + layout.negatives
+        tensor_norms = vector[samples_end : samples_end + len(layout.tensor_names)].astype(np.float64).tolist()
+        metrics.update({f"grad_norm_tensor/{name}": value for name, value in zip(layout.tensor_names, tensor_norms)})
+        if layout.learning_rates:
+            metrics.update(learning_rate_metrics(layout.learning_rates))
 
         alarms = self._alarms(step, norms, loss, contrastive, layout[2])
         for alarm in alarms:
@@ -322,9 +423,8 @@ class StepMonitor:
         self.last_step = step
         for sink in self.sinks:
             sink.log_scalars(metrics, step)
-        end = n + len(STAT_FIELDS) + 3
-        hist_pos = vector[end : end + layout[0]]
-        hist_neg = drop_nan(vector[end + layout[0] : end + layout[0] + layout[1]])
+        hist_pos = vector[end : end + layout.positives]
+        hist_neg = drop_nan(vector[end + layout.positives : samples_end])
         for tag, values in (("contrastive/pos_sim_hist", hist_pos), ("contrastive/neg_sim_hist", hist_neg)):
             if values.size:
                 for sink in self.sinks:
@@ -365,6 +465,8 @@ class StepMonitor:
             )
         if self.groups is None:
             self.attach(model)
+        # the first step's scores are kept when it is a histogram step (later steps arm the next one)
+        self.tap.keep_samples = bool(self.histogram_every) and (step + 1) % self.histogram_every == 0
         if self.snapshots is not None:
             tag = self.snapshots.at_start(self.run_dir, step)
             if tag is not None:

@@ -166,6 +166,15 @@ class SnapshotRunner:
             report_failure(f"snapshot at step {step}", exc, strict=strict, outcome="training goes on")
             return None
 
+    def as_evaluator(self, run_dir: str | os.PathLike | None = None, **options):
+        """This runner as a sentence-transformers evaluator (:class:`~aquin_monitor.evaluator.SnapshotEvaluator`):
+        pass it as ``SentenceTransformerTrainer(evaluator=...)`` and every ``eval_strategy`` point takes a
+        snapshot whose metrics the trainer logs as ``eval_<metric>``. ``options``: those of the evaluator
+        (``sinks``, ``primary_metric``, ``greater_is_better``, ``strict``)."""
+        from .evaluator import SnapshotEvaluator
+
+        return SnapshotEvaluator(self, run_dir, **options)
+
     def restore(self, run_dir: str | os.PathLike, step: int) -> bool:
         """On resume: reload the base and the latest snapshot at or before ``step`` so diffs continue."""
         folders = [f for f in list_snapshots(run_dir) if int(f.name) <= step]

@@ -21,12 +21,20 @@ class MonitorSettings:
 
     output_dir: str | None = None
     log_every: int = 1
-    histogram_every: int = 50
+    histogram_every: int | None = None  # None: ~20 histograms per run when the length is known, else every 50
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     stop_on: Sequence[str] = ()
     strict: bool = False
     snapshots: SnapshotRunner | None = None
     snapshot_every: int = 1  # every Nth checkpoint save
+    tensor_norms_every: int = 0
+
+    def histogram_steps(self, total_steps: int | float | None) -> int:
+        """The histogram interval for a run of ``total_steps`` optimizer steps (None: unknown length):
+        the user's ``histogram_every`` if set, else :func:`~aquin_monitor.monitor.default_histogram_every`."""
+        from ..monitor import default_histogram_every
+
+        return self.histogram_every if self.histogram_every is not None else default_histogram_every(total_steps)
 
     def build(self, sinks: Sequence[Sink], *, rank_zero: bool, run_dir: str, grad_prefix: str = "grad_norm/") -> StepMonitor:
         """The monitor of one run: writes (and snapshots) on rank zero only, computes on every rank."""
@@ -38,7 +46,8 @@ class MonitorSettings:
         return StepMonitor(
             writers,
             log_every=self.log_every,
-            histogram_every=self.histogram_every,
+            histogram_every=self.histogram_steps(None),
+            tensor_norms_every=self.tensor_norms_every,
             alarms=self.alarms,
             stop_on=self.stop_on,
             strict=self.strict,

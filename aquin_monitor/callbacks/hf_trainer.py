@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..alarms import AlarmConfig
+from ..monitor import host_learning_rates
 from ._settings import MonitorSettings, open_sinks
 
 if TYPE_CHECKING:
@@ -23,8 +24,9 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     """Monitor an embedding fine-tune in the sentence-transformers or Hugging Face ``Trainer``.
 
     Every optimizer step (respecting ``gradient_accumulation_steps``) it logs ``grad_norm/<group>``,
-    the contrastive decomposition of a loss wrapped with :func:`aquin_monitor.capture.monitored`, and
-    alarms, to the integrations named in ``args.report_to`` (``tensorboard``, ``wandb``) and always to
+    the contrastive decomposition of a loss wrapped with :func:`aquin_monitor.capture.monitored`, the
+    learning rate the step applies (``optim/lr``, ``optim/lr/group.N`` per parameter group when there
+    are several), and alarms, to the integrations named in ``args.report_to`` (``tensorboard``, ``wandb``) and always to
     ``metrics.jsonl`` / ``events.jsonl`` in ``output_dir`` (default: ``args.output_dir``).
 
     Pre-clip gradients, as in Lightning: the Trainer clips *before* its ``on_pre_optimizer_step`` hook,
@@ -34,6 +36,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     computed (bit-identical to ``get_total_norm``), so the optimizer receives exactly the gradients it
     would have received. Under DeepSpeed or FSDP (which clip themselves) or with
     ``take_over_clipping=False`` it leaves clipping alone and logs under ``grad_norm_post_clip/``.
+
+    Histograms of the positive and negative similarities: every ``histogram_every`` steps; by default
+    about 20 per run (``ceil(max_steps / 20)``). ``tensor_norms_every=N`` adds each parameter's gradient
+    norm, ``grad_norm_tensor/<parameter>``, every N steps.
 
     Snapshots: with ``snapshots=SnapshotRunner(probe, retrieval)``, the base model is snapshotted at
     train start, then every ``snapshot_every``-th checkpoint save and at the end, on rank zero, under
@@ -61,7 +67,8 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         output_dir: str | None = None,
         *,
         log_every: int = 1,
-        histogram_every: int = 50,
+        histogram_every: int | None = None,
+        tensor_norms_every: int = 0,
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
@@ -73,11 +80,14 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "output_dir": output_dir,
             "log_every": log_every,
             "histogram_every": histogram_every,
+            "tensor_norms_every": tensor_norms_every,
             "stop_on": list(stop_on),
             "strict": strict,
             "take_over_clipping": take_over_clipping,
         }
-        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
+        self.settings = MonitorSettings(
+            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every
+        )
         self.take_over_clipping = take_over_clipping
         self.monitor = None
         self._restored_state: dict | None = None
@@ -101,10 +111,13 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         restored = self._restored_state or self._read_checkpoint_state(args, state)
         if restored:
             self.monitor.load_state_dict(restored)
+        self.monitor.histogram_every = self.settings.histogram_steps(state.max_steps)
         self.monitor.start(model, state.global_step)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        total = self.monitor.on_optimizer_step(state.global_step + 1, model)
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        # the learning rates this optimizer step applies (the scheduler steps after it)
+        rates = host_learning_rates(optimizer.param_groups) if optimizer is not None else None
+        total = self.monitor.on_optimizer_step(state.global_step + 1, model, learning_rates=rates)
         if self._clip_norm is not None:
             self.monitor.clip_gradients(model, self._clip_norm, total)
         if self.monitor.should_stop:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .._optional import require
 from ..alarms import AlarmConfig
+from ..monitor import host_learning_rates
 from ._settings import MonitorSettings, find_sentence_transformer, open_sinks
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ class LightningEmbeddingMonitor(_pl.Callback):
 
     Every optimizer step (respecting ``accumulate_grad_batches``) it logs ``grad_norm/<group>``
     per encoder block, the contrastive decomposition ``contrastive/{pos_sim,neg_sim,hard_neg_sim,
-    gap,in_batch_acc,loss}`` reported by your loss, and ``alarm/<kind>`` events, to every logger of the
+    gap,in_batch_acc,loss}`` reported by your loss, the learning rate of the optimizer step
+    (``optim/lr``; ``optim/lr/group.N`` per parameter group when there are several) and ``alarm/<kind>`` events, to every logger of the
     trainer (TensorBoard, W&B, CSV, ...) and to ``metrics.jsonl`` / ``events.jsonl`` in ``output_dir``
     (default: the trainer's ``log_dir``).
 
@@ -28,6 +30,10 @@ class LightningEmbeddingMonitor(_pl.Callback):
     clipping (Lightning clips after this hook). The sentence-transformers twin,
     :class:`~aquin_monitor.callbacks.TrainerEmbeddingMonitor`, measures at the same point, so
     ``grad_norm/*`` means the same in both.
+
+    Histograms of the positive and negative similarities: every ``histogram_every`` steps; by default
+    about 20 per run (``ceil(n / 20)`` with n = ``trainer.max_steps``, else ``trainer.estimated_stepping_batches``).
+    ``tensor_norms_every=N`` adds each parameter's gradient norm, ``grad_norm_tensor/<parameter>``, every N steps.
 
     Snapshots: with ``snapshots=SnapshotRunner(probe, retrieval)``, the SentenceTransformer inside
     your module is snapshotted at train start (base), at every ``snapshot_every``-th checkpoint save
@@ -55,7 +61,8 @@ class LightningEmbeddingMonitor(_pl.Callback):
         output_dir: str | None = None,
         *,
         log_every: int = 1,
-        histogram_every: int = 50,
+        histogram_every: int | None = None,
+        tensor_norms_every: int = 0,
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
@@ -63,7 +70,9 @@ class LightningEmbeddingMonitor(_pl.Callback):
         snapshot_every: int = 1,
     ):
         super().__init__()
-        self.settings = MonitorSettings(output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every)
+        self.settings = MonitorSettings(
+            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every
+        )
         self.monitor = None
         self._restored: dict | None = None
 
@@ -94,6 +103,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
         return find_sentence_transformer(pl_module) if self.monitor.snapshots is not None else pl_module
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.monitor.histogram_every = self.settings.histogram_steps(_run_length(trainer))
         self.monitor.start(pl_module, trainer.global_step, snapshot_model=self._inspected(pl_module))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
@@ -101,7 +111,8 @@ class LightningEmbeddingMonitor(_pl.Callback):
             self.monitor.on_checkpoint(self._inspected(pl_module), trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module)
+        # the learning rates this optimizer step applies (Lightning steps schedulers after it)
+        self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module, learning_rates=host_learning_rates(optimizer.param_groups))
         if self.monitor.should_stop:
             trainer.should_stop = True
 
@@ -122,3 +133,13 @@ class LightningEmbeddingMonitor(_pl.Callback):
             self.monitor.load_state_dict(state_dict)
         else:
             self._restored = state_dict
+
+
+def _run_length(trainer) -> float | None:
+    """The run's optimizer steps as the trainer knows them (``max_steps``, else its estimate), or None."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return trainer.max_steps
+    try:
+        return float(trainer.estimated_stepping_batches)
+    except Exception:  # noqa: BLE001 - no length known (an iterable loader without len): the fallback interval
+        return None

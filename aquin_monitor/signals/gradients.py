@@ -134,7 +134,31 @@ def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | Non
 _ASK = object()  # grouped_grad_norms: look up which parameters have a gradient
 
 
-def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
+def parameter_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
+    """``[len(present)]`` float32 device tensor: the L2 norm of each present parameter's gradient.
+
+    One fused ``torch._foreach_norm`` (per device). ``present``: what :func:`gradient_presence`
+    returned for this step (None: every parameter, in ``groups.parameters`` order).
+
+    >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+    >>> parameter_grad_norms(group_parameters([("encoder.layer.0.w", p)])).tolist()
+    [5.0]
+    """
+    if present is _ASK:
+        present = gradient_presence(groups)
+    if present is None:
+        present = range(len(groups.parameters))
+    grads = [groups.parameters[i].grad for i in present]
+    if not grads:
+        return torch.zeros(0, dtype=torch.float32)
+    device = grads[0].device
+    if all(g.device == device for g in grads):
+        return torch.stack(torch._foreach_norm(grads)).float()
+    # model split over devices: one norm per parameter, gathered on the first device
+    return torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
+
+
+def grouped_grad_norms(groups: ParameterGroups, present=_ASK, per_param: torch.Tensor | None = None) -> torch.Tensor:
     """``[G + 1]`` float32 device tensor: the L2 norm of each group's gradients, then the total.
 
     With g_p the gradient of parameter p::
@@ -144,7 +168,8 @@ def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
     (``total`` equals ``torch.nn.utils.get_total_norm`` of all gradients, bit for bit). A parameter
     whose ``.grad`` is None (unused this step, or frozen after grouping) counts as zero. A NaN/Inf
     anywhere in a group makes that group's norm and the total non-finite. ``present``: what
-    :func:`gradient_presence` returned for this step, if the caller already asked it.
+    :func:`gradient_presence` returned for this step, if the caller already asked it; ``per_param``:
+    :func:`parameter_grad_norms` of the same step, if the caller already computed it (reused as is).
 
     >>> a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
     >>> a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([12.0])
@@ -158,14 +183,11 @@ def grouped_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
         present = range(len(groups.parameters))
     if not present:
         return torch.zeros(n_groups + 1, dtype=torch.float32)
-    grads = [groups.parameters[i].grad for i in present]
-    device = grads[0].device
-    if all(g.device == device for g in grads):
-        per_param = torch.stack(torch._foreach_norm(grads)).float()
-    else:  # model split over devices: one fused call per device
-        per_param = torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
+    if per_param is None:
+        per_param = parameter_grad_norms(groups, present)
+    device = per_param.device
     index = groups.index
-    if len(grads) != len(groups.parameters):
+    if len(present) != len(groups.parameters):
         key = tuple(present)
         if key not in groups._present_index:
             groups._present_index[key] = groups.index[list(key)].to(device)

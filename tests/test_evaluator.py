@@ -1,0 +1,87 @@
+"""SnapshotRunner as a sentence-transformers evaluator (issue 15 point 11), in a real
+SentenceTransformerTrainer run with eval_strategy="steps"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.losses import MultipleNegativesRankingLoss
+from transformers import TrainerCallback
+
+from aquin_monitor import SnapshotRunner
+from aquin_monitor.data import ProbeSet
+from aquin_monitor.evaluator import SnapshotEvaluator
+from aquin_monitor.snapshot import Snapshot
+
+ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(32)]
+POSITIVES = [f"answer {i} on topic {i % 5}" for i in range(32)]
+PROBE = [f"a probe sentence about subject {i} and colour {c}" for i, c in enumerate(["red", "blue", "green"] * 4)]
+
+
+def _mean_pairwise_cosine(embeddings: np.ndarray) -> float:
+    """Brute force over all ordered pairs i != j (the test's own reference for geometry/anisotropy)."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    cos = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    n = len(unit)
+    return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
+
+
+class _Reference(TrainerCallback):
+    """At each evaluation: the trainer's logged metrics and the brute-force anisotropy of the model then."""
+
+    def __init__(self):
+        self.seen: dict[int, tuple[dict, float]] = {}
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        was_training = model.training
+        embeddings = model.encode(PROBE, convert_to_numpy=True, batch_size=64)
+        model.train(was_training)
+        self.seen[state.global_step] = (dict(metrics), _mean_pairwise_cosine(embeddings))
+
+
+def test_snapshot_metrics_appear_under_eval_strategy(tiny_mean_model, tmp_path):
+    torch.manual_seed(0)
+    model = SentenceTransformer(tiny_mean_model, device="cpu")
+    runner = SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False)
+    evaluator = runner.as_evaluator(run_dir=tmp_path / "run", strict=True)
+    assert isinstance(evaluator, SnapshotEvaluator)
+    assert (evaluator.primary_metric, evaluator.greater_is_better) == ("geometry/anisotropy", False)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
+        eval_strategy="steps", eval_steps=2, report_to=[], save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
+    )
+    reference = _Reference()
+    data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), evaluator=evaluator, callbacks=[reference]
+    )
+    trainer.train()
+    assert sorted(reference.seen) == [2, 4]
+    for step, (metrics, anisotropy) in reference.seen.items():
+        assert metrics["eval_geometry/anisotropy"] == pytest.approx(anisotropy, rel=1e-4, abs=1e-6)
+        saved = Snapshot.load(tmp_path / "run" / "snapshots" / str(step))
+        assert (saved.step, saved.tag) == (step, "eval")
+        assert saved.metrics["geometry/anisotropy"] == pytest.approx(metrics["eval_geometry/anisotropy"], rel=1e-12)
+    # the second evaluation is diffed against the first: the same quantity from the two anisotropies
+    metrics_4, anisotropy_4 = reference.seen[4]
+    assert metrics_4["eval_drift/base/anisotropy_delta"] == pytest.approx(anisotropy_4 - reference.seen[2][1], abs=1e-5)
+    logged = [row for row in trainer.state.log_history if "eval_geometry/anisotropy" in row]
+    assert [row["step"] for row in logged] == [2, 4]
+
+
+def test_direct_call_keeps_training_mode_and_failure_returns_nothing(tiny_mean_model):
+    model = SentenceTransformer(tiny_mean_model, device="cpu").train()
+    assert SnapshotRunner(PROBE, umap=False).as_evaluator()(model)["geometry/anisotropy"] == pytest.approx(
+        _mean_pairwise_cosine(model.encode(PROBE, convert_to_numpy=True)), rel=1e-4
+    )
+    model.train()
+    SnapshotRunner(PROBE, umap=False).as_evaluator()(model)
+    assert model.training
+    evaluator = SnapshotRunner(PROBE, umap=False).as_evaluator(primary_metric="retrieval/ndcg@10")
+    assert evaluator.greater_is_better
+    evaluator.runner.forward = lambda m: (_ for _ in ()).throw(RuntimeError("broken probe pass"))
+    with pytest.warns(Warning, match="broken probe pass"):
+        assert evaluator(model, steps=3) == {}

@@ -12,10 +12,10 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 from torch.utils.data import DataLoader
+from test_resume_lightning import PairModule
 from transformers import TrainerCallback, get_linear_schedule_with_warmup
 
 from aquin_monitor import LightningEmbeddingMonitor, TrainerEmbeddingMonitor, monitored
-from aquin_monitor.losses import info_nce
 from aquin_monitor.sinks import read_jsonl
 
 ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(48)]
@@ -86,17 +86,8 @@ def _check_tensor_norms(rows, reference, every):
         assert math.sqrt(sum(v * v for v in tensors.values())) == pytest.approx(r["grad_norm/total"], rel=1e-5)
 
 
-class _TwoGroups(L.LightningModule):
-    def __init__(self, path):
-        super().__init__()
-        self.encoder = SentenceTransformer(path, device="cpu")
-        self.encoder.train()
-
-    def encode(self, texts):
-        return self.encoder(self.encoder.preprocess(list(texts)))["sentence_embedding"]
-
-    def training_step(self, batch, batch_idx):
-        return info_nce(self.encode(batch[0]), self.encode(batch[1]))
+class _TwoGroups(PairModule):
+    """The resume test's module with two parameter groups at different learning rates."""
 
     def configure_optimizers(self):
         embeddings = [p for n, p in self.named_parameters() if "embeddings" in n]

@@ -393,6 +393,53 @@ def test_eval_pairs_with_prompts_categories_and_hard_negatives(capsys, tmp_path,
     assert "retrieval/ndcg@10" in out and "animal" in out and "first relevant rank" in out
 
 
+def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tmp_path, tiny_mean_model):
+    """SICK-style: pairs labelled one by one, a premise paired with sentences of several labels, lines repeated.
+    Overall: each query once against all its relevant documents; per category: each (query, category) row
+    against that category's documents; both against a brute-force ranking of embeddings encoded here."""
+    lines = [
+        ("a man plays a guitar", "a person plays an instrument", "ENTAILMENT"),
+        ("a man plays a guitar", "a man is playing music", "NEUTRAL"),
+        ("a man plays a guitar", "a person plays an instrument", "ENTAILMENT"),  # repeated: line 3 = line 1
+        ("a dog runs in a field", "an animal is running", "ENTAILMENT"),
+        ("a dog runs in a field", "a dog sleeps at home", "CONTRADICTION"),
+        ("a woman cuts an onion", "someone is cooking", "NEUTRAL"),
+        ("a dog runs in a field", "a dog sleeps at home", "CONTRADICTION"),  # repeated: line 7 = line 5
+    ]
+    path = write_jsonl(tmp_path / "sick.jsonl", [{"query": q, "document": d, "category": c} for q, d, c in lines])
+    code, out, err = run(capsys, "eval", tiny_mean_model, "--pairs", path, "--json", "-", "--no-progress")
+    assert code == 0, err
+    assert "line 3 (same as line 1)" in err and "line 7 (same as line 5)" in err and "warning" in err
+    result = json.loads(out)
+
+    queries = list(dict.fromkeys(q for q, _, _ in lines))
+    documents = list(dict.fromkeys(d for _, d, _ in lines))
+    unique = list(dict.fromkeys(lines))
+    q, d = st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents)
+    relevant = [{documents.index(doc): 1 for qq, doc, _ in unique if qq == query} for query in queries]
+    rows, _ = brute_force_retrieval(q, d, relevant)
+    assert result["metrics"]["retrieval/n_queries"] == len(queries) == 3
+    assert result["metrics"]["retrieval/ndcg@10"] == pytest.approx(mean_of(rows, "ndcg@10"), abs=1e-6)
+
+    split = sorted({(query, c) for query, _, c in unique}, key=lambda qc: (queries.index(qc[0]), qc[1]))
+    split_relevant = [{documents.index(doc): 1 for qq, doc, c in unique if qq == query and c == cat} for query, cat in split]
+    split_rows, _ = brute_force_retrieval(q[[queries.index(query) for query, _ in split]], d, split_relevant)
+    assert set(result["by_category"]) == {"ENTAILMENT", "NEUTRAL", "CONTRADICTION"}
+    for category, values in result["by_category"].items():
+        mine = [row for row, (_, c) in zip(split_rows, split) if c == category]
+        assert values["retrieval/n_queries"] == len(mine)
+        assert values["retrieval/ndcg@10"] == pytest.approx(mean_of(mine, "ndcg@10"), abs=1e-6)
+        assert values["retrieval/mrr@10"] == pytest.approx(mean_of(mine, "mrr@10"), abs=1e-6)
+
+
+def test_eval_pairs_conflicting_relevance_exits_2_naming_line_and_field(capsys, tmp_path, tiny_mean_model):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"query": "q", "document": "a", "relevance": 3}, {"query": "q", "document": "a", "relevance": 1}])
+    code, out, err = run(capsys, "eval", tiny_mean_model, "--pairs", path, "--no-progress")
+    assert code == 2 and out == ""
+    assert err.strip() == f"aquin-monitor eval: error: {path}:2: field 'relevance': conflicting relevance for the same query and document: 1 here, 3 on line 1"
+
+
 def test_eval_model_without_prompts_encodes_plain_text(capsys, tiny_mean_model, pairs_file):
     code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", "-", "--no-progress")
     assert code == 0

@@ -20,6 +20,7 @@ import torch
 
 from .failsoft import report_failure
 from .signals.geometry import _row_blocks
+from .sinks.base import send_embeddings
 from .snapshot import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ class SnapshotRunner:
             figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
                 sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
-                sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
+                send_embeddings(sink, "probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step, texts=self.probe.texts)
                 for name, figure in figures.items():
                     sink.log_figure(f"snapshot/{name}", figure, step)
             return snap

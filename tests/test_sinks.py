@@ -512,6 +512,27 @@ def test_wandb_sink_opens_and_finishes_its_own_offline_run(wandb_offline, tmp_pa
     assert [(r["aquin/step"], r["contrastive/pos_sim"]) for r in rows] == [(4, 0.75)]
 
 
+def test_wandb_sink_config_and_probe_table_with_texts(wandb_offline, tmp_path):
+    sink = WandbSink(dir=tmp_path / "own", config={"monitor/log_every": 1, "monitor/device": np.float32(0.5)})
+    sink.update_config({"trainer/learning_rate": 2e-5, "trainer/optimizer": object.__name__})  # before the run exists
+    sink.log_embeddings("probe", np.eye(2, 3), ["<script>", "$$"], step=2, texts=["a cat", "a dog"])
+    sink.update_config({"trainer/learning_rate": 1e-4})  # after: sent at once, replacing the earlier value
+    run_dir = Path(sink.run.dir).parent
+    sink.close()
+    wandb_offline.teardown()
+    records = wandb_records(run_dir)
+    config = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    assert {k: config[k] for k in ("monitor/log_every", "monitor/device", "trainer/learning_rate", "trainer/optimizer")} == {
+        "monitor/log_every": 1, "monitor/device": 0.5, "trainer/learning_rate": 1e-4, "trainer/optimizer": "object"}
+    (row,) = [r for r in history_rows(records) if "probe/_type" in r]
+    table = json.loads((run_dir / "files" / row["probe/path"]).read_text())
+    assert table["columns"] == ["text", "label", "embedding"]
+    assert table["data"] == [["a cat", "<script>", [1.0, 0.0, 0.0]], ["a dog", "$$", [0.0, 1.0, 0.0]]]
+
+
 # ------------------------------------------------------------------------ trainer integrations
 
 

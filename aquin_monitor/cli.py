@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError
+from .progress import quiet_progress
 from .runlock import RunFolderLocked
 
 __all__ = ["build_parser", "main"]
@@ -93,8 +94,10 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     query_prompt, document_prompt = retrieval_prompt_names(model)
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
-    query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress)
-    doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress)
+    query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress,
+                       desc="Encoding queries")
+    doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress,
+                     desc="Encoding documents")
 
     relevant, negatives, categories = _indexed_judgements(data)
     report = retrieval_metrics(
@@ -531,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         _check_output_paths(args)
-        args.handler(args)
+        with quiet_progress(not getattr(args, "progress", True)):  # --no-progress: model loading bars too
+            args.handler(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit
     except BrokenPipeError:  # `aquin-monitor eval ... | head`: not an error of ours, nothing to say
         _drop_stdout()

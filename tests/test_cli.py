@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -721,3 +722,49 @@ def test_inspect_default_minilm_with_umap(capsys, tmp_path, minilm_path):
     embeddings = st_encode(minilm_path, [r["text"] for r in records])
     assert result["metrics"]["geometry/anisotropy"] == pytest.approx(brute_force_anisotropy(embeddings), abs=1e-5)
     assert result["metrics"]["layers/similarity.06"] == pytest.approx(result["metrics"]["geometry/anisotropy"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# progress bars
+
+
+BAR = re.compile(r"\d+%\|")  # tqdm's "NN%|####|" bar
+
+
+def bar_labels(stderr: str) -> set[str]:
+    """The labels (``desc``) of the tqdm bars drawn on stderr (each redraw starts after a carriage return)."""
+    return {match.group(1).strip() for match in re.finditer(r"(?:^|\r|\n)([^\r\n|%]*?):\s+\d+%\|", stderr)}
+
+
+def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_path, tiny_mean_model, pairs_file, probe_file):
+    code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json")
+    assert code == 0
+    assert {"Encoding queries", "Encoding documents"} <= bar_labels(err), err
+    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "b.json",
+                       "--attention-texts", "4")
+    assert code == 0
+    labels = bar_labels(err)
+    assert "Loading weights" in labels  # transformers' own bar: --no-progress must silence it too
+    assert {"Snapshot: probe forward passes with attentions", "Snapshot: probe forward passes"} <= labels, err
+    assert "Snapshot: UMAP 2-D layout of 12 probe texts" in labels, err
+    assert "Batches" not in labels  # no unlabelled bar left
+
+    for argv in (["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json"],
+                 ["inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "d.json"]):
+        code, _, err = run(capsys, *argv, "--no-progress")
+        assert code == 0 and not BAR.search(err), err
+    # the same numbers either way (labelled encoding goes chunk by chunk)
+    assert json.loads((tmp_path / "a.json").read_text())["metrics"] == pytest.approx(
+        json.loads((tmp_path / "c.json").read_text())["metrics"], abs=1e-6)
+
+
+def test_quiet_progress_turns_off_library_bars_and_restores_them():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    from aquin_monitor.progress import quiet_progress
+
+    before = (transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled())
+    with quiet_progress():
+        assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    assert (transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled()) == before

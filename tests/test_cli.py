@@ -627,7 +627,7 @@ def test_console_script_runs_eval(tmp_path, tiny_mean_model, pairs_file, capsys)
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Batches" in completed.stderr  # progress bars on stderr
+    assert "Encoding queries" in completed.stderr and "Encoding documents" in completed.stderr  # labelled progress bars on stderr
     from_script = json.loads(out_json.read_text())
     code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", "-", "--no-progress")
     assert code == 0

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError
+from .progress import quiet_progress
 from .runlock import RunFolderLocked
 
 __all__ = ["build_parser", "main"]
@@ -79,11 +80,11 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import read_beir, read_pairs
+    from .data import read_beir
     from .encoders import check_model, encode, load_cross_encoder, retrieval_prompt_names
     from .signals.retrieval import rerank, retrieval_metrics, topk
 
-    data = read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
+    data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
     if args.cross_encoder:
         check_model(args.cross_encoder, cross_encoder=True)
@@ -93,15 +94,24 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     query_prompt, document_prompt = retrieval_prompt_names(model)
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
-    query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress)
-    doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress)
+    query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress,
+                       desc="Encoding queries")
+    doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress,
+                     desc="Encoding documents")
 
     relevant, negatives, categories = _indexed_judgements(data)
     report = retrieval_metrics(
         query_emb, doc_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None
     )
     metrics = report.as_metrics()
-    by_category = {str(k): v for k, v in report.by_category().items()} if categories else {}
+    split = _split_by_pair_category(data, negatives)  # categories given per pair: one row per (query, category)
+    if split is not None:
+        rows, row_relevant, row_negatives, row_categories = split
+        by_category = {str(k): v for k, v in retrieval_metrics(
+            query_emb[rows], doc_emb, row_relevant, categories=row_categories,
+            hard_negatives=row_negatives if any(row_negatives) else None).by_category().items()}
+    else:
+        by_category = {str(k): v for k, v in report.by_category().items()} if categories else {}
     counts, edges = report.rank_histogram()
     result: dict[str, Any] = {
         "command": "eval",
@@ -115,14 +125,21 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     }
     if cross_encoder is not None:
         _, candidates = topk(query_emb, doc_emb, args.rerank_k)
+        scores: dict[tuple[str, str], float] = {}  # a pair scored once, even when a query is ranked per category too
 
         def score_pairs(pairs: list[tuple[str, str]]):
-            return cross_encoder.predict(pairs, batch_size=args.batch_size, show_progress_bar=args.progress)
+            todo = list(dict.fromkeys(p for p in pairs if p not in scores))
+            if todo:
+                scores.update(zip(todo, cross_encoder.predict(todo, batch_size=args.batch_size, show_progress_bar=args.progress)))
+            return [scores[p] for p in pairs]
 
         reranked = rerank(query_texts, doc_texts, candidates, score_pairs, relevant, categories=categories)
         metrics.update(reranked.as_metrics())
         result["rerank"] = {"cross_encoder": args.cross_encoder, "k": args.rerank_k}
-        if categories:
+        if split is not None:
+            reranked = rerank([query_texts[r] for r in rows], doc_texts, candidates[rows], score_pairs, row_relevant,
+                              categories=row_categories)
+        if categories or split is not None:
             for category, values in reranked.by_category().items():
                 by_category[str(category)].update(values)
 
@@ -135,13 +152,13 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import read_pairs, read_probe
+    from .data import read_probe
     from .encoders import check_model
     from .snapshots import SnapshotRunner
     from .snapshot import diff
 
     probe = _usable_probe(read_probe(args.probe))
-    retrieval = read_pairs(args.pairs) if args.pairs else None
+    retrieval = _read_pairs(args.pairs) if args.pairs else None
     check_model(args.base)
     check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
     _note(probe.summary())
@@ -193,6 +210,20 @@ def _indexed_judgements(data) -> tuple[list[dict[int, int]], list[list[int]], li
     negatives = [[position[d] for d in data.hard_negatives[q]] for q in query_ids]
     categories = [data.categories[q] for q in query_ids] if data.categories else None
     return relevant, negatives, categories
+
+
+def _split_by_pair_category(data, negatives: list[list[int]]):
+    """For categories given per pair (:meth:`RetrievalSet.category_rows`): the query position of each
+    (query, category) row, its relevant documents and hard negatives by position, and its category;
+    None when categories are per query or absent (the overall ranking then serves both)."""
+    if data.pair_categories is None:
+        return None
+    position = {doc_id: i for i, doc_id in enumerate(data.doc_ids())}
+    query_position = {qid: i for i, qid in enumerate(data.query_ids())}
+    table = data.category_rows()
+    rows = [query_position[qid] for qid, _, _ in table]
+    relevant = [{position[d]: grade for d, grade in docs.items()} for _, _, docs in table]
+    return rows, relevant, [negatives[r] for r in rows], [category for _, category, _ in table]
 
 
 def _gap_summary(report) -> dict[str, Any]:
@@ -343,6 +374,20 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def _read_pairs(path: str):
+    """:func:`~aquin_monitor.data.read_pairs`, its warnings (repeated lines) as one stderr line each."""
+    import warnings
+
+    from .data import read_pairs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = read_pairs(path)
+    for warning in caught:
+        _note(f"{PROG}: warning: {warning.message}")
+    return data
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e15:
@@ -489,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         _check_output_paths(args)
-        args.handler(args)
+        with quiet_progress(not getattr(args, "progress", True)):  # --no-progress: model loading bars too
+            args.handler(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit
     except BrokenPipeError:  # `aquin-monitor eval ... | head`: not an error of ours, nothing to say
         _drop_stdout()

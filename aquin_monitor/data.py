@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "RetrievalSet",
     "read_probe",
     "read_pairs",
+    "DuplicateLinesWarning",
     "read_beir",
     "read_triplets",
     "bundled_dataset",
@@ -160,6 +162,7 @@ class RetrievalSet:
     hard_negatives: dict[str, list[str]]
     source: str
     not_kept: dict[str, int] = field(default_factory=dict)
+    pair_categories: dict[str, dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         # Sets built by hand (tests, recipes) get the same guarantees as sets read from files.
@@ -182,6 +185,34 @@ class RetrievalSet:
             self.hard_negatives.setdefault(qid, [])
         if self.categories is not None and set(self.categories) != set(self.queries):
             raise ValueError("RetrievalSet: categories must give one category per query")
+        if self.pair_categories is not None:
+            if self.categories is not None:
+                raise ValueError("RetrievalSet: give categories (one per query) or pair_categories (one per pair), not both")
+            for qid, docs in self.qrels.items():
+                if set(self.pair_categories.get(qid, {})) != set(docs):
+                    raise ValueError(f"RetrievalSet: pair_categories must give one category per relevant pair of {qid!r}")
+
+    def category_rows(self) -> list[tuple[str, str, dict[str, int]]]:
+        """``(query id, category, relevant documents)`` rows a per-category evaluation ranks, in query order.
+
+        With one category per query (:attr:`categories`) each query is one row with all its relevant
+        documents. With categories per pair (:attr:`pair_categories`) a query is one row per category
+        of its pairs (sorted), holding only that category's relevant documents. Empty when the set
+        has no categories.
+
+        >>> rs = RetrievalSet({"q": "x"}, {"a": "A", "b": "B"}, {"q": {"a": 2, "b": 1}}, None, {}, "-",
+        ...                   pair_categories={"q": {"a": "yes", "b": "no"}})
+        >>> rs.category_rows()
+        [('q', 'no', {'b': 1}), ('q', 'yes', {'a': 2})]
+        """
+        if self.categories is not None:
+            return [(qid, self.categories[qid], dict(self.qrels[qid])) for qid in self.queries]
+        rows: list[tuple[str, str, dict[str, int]]] = []
+        for qid in self.queries if self.pair_categories is not None else ():
+            labels = self.pair_categories.get(qid, {})
+            for category in sorted(set(labels.values())):
+                rows.append((qid, category, {d: g for d, g in self.qrels[qid].items() if labels[d] == category}))
+        return rows
 
     def query_ids(self) -> list[str]:
         """Query ids in stable (file) order."""
@@ -243,6 +274,10 @@ class RetrievalSet:
         ]
         if self.categories is not None:
             parts.append(_count(len(set(self.categories.values())), "category", "categories"))
+        elif self.pair_categories is not None:
+            mixed = sum(1 for labels in self.pair_categories.values() if len(set(labels.values())) > 1)
+            names = {c for labels in self.pair_categories.values() for c in labels.values()}
+            parts.append(_count(len(names), "category", "categories") + f" given per pair ({_count(mixed, 'query', 'queries')} in several)")
         unjudged = sum(1 for docs in self.qrels.values() if not docs)
         if unjudged:
             parts.append(_count(unjudged, "query", "queries") + " without a relevant document")
@@ -343,63 +378,133 @@ def read_pairs(path: str | Path) -> RetrievalSet:
     """Read a retrieval set from JSONL query/document pairs.
 
     Each line is ``{"query": str, "document": str}`` with optional ``"relevance"`` (integer grade
-    >= 1, default 1), ``"category"`` (one per query), ``"negative"`` (a hard-negative document
-    text, or a list of them), ``"query_id"`` and ``"document_id"``. Identical query texts are one
-    query and identical document texts are one document (hard negatives included). Ids not given
-    in the file are derived in order of first appearance: ``q0, q1, ...`` and ``d0, d1, ...``
-    (skipping any id the file uses itself).
+    >= 1, default 1), ``"category"``, ``"negative"`` (a hard-negative document text, or a list of
+    them), ``"query_id"`` and ``"document_id"``. Identical query texts are one query and identical
+    document texts are one document (hard negatives included). Ids not given in the file are
+    derived in order of first appearance: ``q0, q1, ...`` and ``d0, d1, ...`` (skipping any id the
+    file uses itself).
+
+    Rules for files labelled per pair (SICK-style):
+
+    - a line identical to an earlier one (the same JSON object, whatever its spacing or key
+      order) is counted once; a :class:`DuplicateLinesWarning` names the line numbers and
+      :meth:`RetrievalSet.summary` counts them;
+    - the same query and document on two lines that differ (another grade, another category,
+      ...) is an error naming the line and the field that disagrees;
+    - ``category`` belongs to the pair. When every query's pairs carry one category it is the
+      query's category (:attr:`RetrievalSet.categories`). When a query's pairs carry several,
+      :attr:`RetrievalSet.categories` is None and :attr:`RetrievalSet.pair_categories` holds each
+      pair's: the query is then evaluated once in the overall figures (against all its relevant
+      documents) and once in each of its categories, against that category's relevant documents
+      only (:meth:`RetrievalSet.category_rows`).
+
+    >>> import json, tempfile, pathlib, warnings
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "sick.jsonl"
+    >>> rows = [{"query": "a man plays", "document": "a man plays a guitar", "category": "ENTAILMENT"},
+    ...         {"query": "a man plays", "document": "nobody plays", "category": "CONTRADICTION"},
+    ...         {"query": "a man plays", "document": "a man plays a guitar", "category": "ENTAILMENT"}]
+    >>> _ = path.write_text("\\n".join(json.dumps(r) for r in rows))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     rs = read_pairs(path)
+    >>> "line 3 (same as line 1)" in str(caught[0].message), rs.categories
+    (True, None)
+    >>> rs.category_rows()
+    [('q0', 'CONTRADICTION', {'d1': 1}), ('q0', 'ENTAILMENT', {'d0': 1})]
     """
-    queries = _TextIds(path, "query_id")
-    documents = _TextIds(path, "document_id")
-    pair_lines: dict[tuple[str, str], int] = {}
-    grades: dict[str, dict[str, int]] = {}
-    negatives: dict[str, dict[str, int]] = {}  # query text -> {negative text: line}
-    categories: dict[str, tuple[str, int]] = {}
-    query_lines: dict[str, int] = {}  # query text -> first line, for missing categories
-    seen_any = False
+    reader = _PairsReader(path)
     for lineno, record in _records(path):
-        seen_any = True
+        reader.add(lineno, record)
+    return reader.result()
+
+
+class DuplicateLinesWarning(UserWarning):
+    """A pairs file repeats identical lines; each is counted once."""
+
+
+class _PairsReader:
+    """The state of :func:`read_pairs` while it reads one file, line by line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.queries = _TextIds(path, "query_id")
+        self.documents = _TextIds(path, "document_id")
+        self.pair_lines: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.grades: dict[str, dict[str, int]] = {}
+        self.negatives: dict[str, dict[str, int]] = {}  # query text -> {negative text: line}
+        self.categories: dict[tuple[str, str], tuple[str, int]] = {}  # (query, document) -> (category, line)
+        self.query_lines: dict[str, int] = {}  # query text -> first line, for missing categories
+        self.repeated: list[tuple[int, int]] = []  # (line, the earlier identical line)
+
+    def add(self, lineno: int, record: dict[str, Any]) -> None:
+        path = self.path
         query = _text(record, "query", path, lineno)
         document = _text(record, "document", path, lineno)
-        query_lines.setdefault(query, lineno)
-        queries.add(query, _optional_identifier(record, "query_id", path, lineno), lineno)
-        documents.add(document, _optional_identifier(record, "document_id", path, lineno), lineno)
-
-        if (query, document) in pair_lines:
-            raise DataError(path, lineno, "document", f"duplicate pair: same query and document as line {pair_lines[(query, document)]}")
-        if document in negatives.get(query, {}):
-            raise DataError(path, lineno, "document", f"also a hard negative of this query on line {negatives[query][document]}")
-        pair_lines[(query, document)] = lineno
-        grades.setdefault(query, {})[document] = _grade(record, path, lineno)
-
+        earlier = self.pair_lines.get((query, document))
+        if earlier is not None:
+            if record == earlier[1]:
+                self.repeated.append((lineno, earlier[0]))
+                return
+            raise _conflicting_pair(path, lineno, record, earlier)
+        self.query_lines.setdefault(query, lineno)
+        self.queries.add(query, _optional_identifier(record, "query_id", path, lineno), lineno)
+        self.documents.add(document, _optional_identifier(record, "document_id", path, lineno), lineno)
+        if document in self.negatives.get(query, {}):
+            raise DataError(path, lineno, "document", f"also a hard negative of this query on line {self.negatives[query][document]}")
+        self.pair_lines[(query, document)] = (lineno, record)
+        self.grades.setdefault(query, {})[document] = _grade(record, path, lineno)
         if "category" in record:
-            category = _text(record, "category", path, lineno)
-            old = categories.setdefault(query, (category, lineno))
-            if old[0] != category:
-                raise DataError(path, lineno, "category", f"'{category}' conflicts with '{old[0]}' given for this query on line {old[1]}")
-
+            self.categories[(query, document)] = (_text(record, "category", path, lineno), lineno)
         for i, negative in enumerate(_negatives(record, path, lineno)):
-            if (query, negative) in pair_lines:
+            if (query, negative) in self.pair_lines:
                 raise DataError(path, lineno, f"negative[{i}]" if isinstance(record["negative"], list) else "negative",
-                                f"also a relevant document of this query on line {pair_lines[(query, negative)]}")
-            negatives.setdefault(query, {}).setdefault(negative, lineno)
-            documents.add(negative, None, lineno)
-    if not seen_any:
-        raise _empty(path)
-    if categories and len(categories) != len(query_lines):
-        missing = min((line, q) for q, line in query_lines.items() if q not in categories)
-        raise DataError(path, missing[0], "category", "missing for this query while other queries have one; give every query a category or none")
+                                f"also a relevant document of this query on line {self.pair_lines[(query, negative)][0]}")
+            self.negatives.setdefault(query, {}).setdefault(negative, lineno)
+            self.documents.add(negative, None, lineno)
 
-    qid = queries.assign("q")
-    did = documents.assign("d")
-    return RetrievalSet(
-        queries={qid[q]: q for q in query_lines},
-        corpus={did[d]: d for d in documents.order},
-        qrels={qid[q]: {did[d]: g for d, g in docs.items()} for q, docs in grades.items()},
-        categories={qid[q]: categories[q][0] for q in query_lines} if categories else None,
-        hard_negatives={qid[q]: [did[d] for d in negatives.get(q, {})] for q in query_lines},
-        source=str(path),
-    )
+    def result(self) -> RetrievalSet:
+        path = self.path
+        if not self.pair_lines:
+            raise _empty(path)
+        if self.categories and len(self.categories) != len(self.pair_lines):
+            line = min(line for pair, (line, _) in self.pair_lines.items() if pair not in self.categories)
+            raise DataError(path, line, "category", "missing here while other lines have one; give every line a category or none")
+        if self.repeated:
+            shown = ", ".join(f"line {line} (same as line {first})" for line, first in self.repeated[:10])
+            more = f" and {len(self.repeated) - 10} more" if len(self.repeated) > 10 else ""
+            warnings.warn(f"{path}: {_count(len(self.repeated), 'repeated line')} counted once: {shown}{more}",
+                          DuplicateLinesWarning, stacklevel=3)
+        qid = self.queries.assign("q")
+        did = self.documents.assign("d")
+        per_query: dict[str, set[str]] = {}
+        for (query, _), (category, _) in self.categories.items():
+            per_query.setdefault(query, set()).add(category)
+        single = all(len(values) == 1 for values in per_query.values())
+        return RetrievalSet(
+            queries={qid[q]: q for q in self.query_lines},
+            corpus={did[d]: d for d in self.documents.order},
+            qrels={qid[q]: {did[d]: g for d, g in docs.items()} for q, docs in self.grades.items()},
+            categories={qid[q]: next(iter(per_query[q])) for q in self.query_lines} if per_query and single else None,
+            hard_negatives={qid[q]: [did[d] for d in self.negatives.get(q, {})] for q in self.query_lines},
+            source=str(path),
+            not_kept={"repeated lines": len(self.repeated)} if self.repeated else {},
+            pair_categories=({qid[q]: {did[d]: c for (q2, d), (c, _) in self.categories.items() if q2 == q} for q in self.query_lines}
+                             if per_query and not single else None),
+        )
+
+
+def _conflicting_pair(path: str | Path, lineno: int, record: dict[str, Any], earlier: tuple[int, dict[str, Any]]) -> DataError:
+    """The error for a query/document pair given again with different fields (the first that differs)."""
+    first_line, first = earlier
+    names = ["relevance", "category"] + sorted((set(record) | set(first)) - {"relevance", "category"})
+    for name in names:
+        if record.get(name) != first.get(name):
+            if name == "relevance":
+                problem = f"conflicting relevance for the same query and document: {record.get(name, 1)!r} here, {first.get(name, 1)!r} on line {first_line}"
+            else:
+                problem = f"the same query and document as line {first_line} with a different {name!r}: {record.get(name)!r} here, {first.get(name)!r} there"
+            return DataError(path, lineno, name, problem)
+    return DataError(path, lineno, "document", f"duplicate pair: same query and document as line {first_line}")
 
 
 def read_triplets(path: str | Path) -> list[tuple[str, str, str]]:

@@ -576,6 +576,7 @@ def iter_forward(
     hidden_states: bool = True,
     attentions: bool = True,
     show_progress: bool = False,
+    desc: str = "Forward passes",
 ) -> Iterator[ForwardBatch]:
     """Run the model over ``texts`` in input order, one forward pass per batch of ``batch_size``.
 
@@ -596,6 +597,7 @@ def iter_forward(
         hidden_states: Also pool every hidden state with the model's Pooling module.
         attentions: Also return every head's attention weights.
         show_progress: Show a progress bar over the batches.
+        desc: The bar's label: what the batches are of.
 
     Returns:
         An iterator of :class:`ForwardBatch`, one per batch, in input order.
@@ -628,7 +630,7 @@ def iter_forward(
     if show_progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="Batches", unit="batch")
+        starts = tqdm(starts, desc=desc, unit="batch")
 
     for start in starts:
         yield _forward_batch(
@@ -717,6 +719,7 @@ def encode(
     prompt: str | None = None,
     batch_size: int = 32,
     show_progress: bool = False,
+    desc: str | None = None,
 ) -> np.ndarray:
     """``model.encode(texts)`` as a float32 ``[n, d]`` array, leaving train/eval modes as they were.
 
@@ -730,6 +733,10 @@ def encode(
         prompt: A literal prefix instead of a named prompt, as in ``model.encode``.
         batch_size: Texts per forward pass.
         show_progress: Show a progress bar.
+        desc: Label the bar with this (e.g. ``"Encoding queries"``), counting texts: the texts are then
+            encoded in chunks of ``16 * batch_size``, each one ``model.encode`` call (numbers equal up
+            to float rounding: ``encode`` groups texts by length within a call). None: ``encode``'s own
+            unlabelled bar over one call.
 
     Returns:
         A float32 numpy array ``[len(texts), d]``, the embeddings ``model.encode`` computes.
@@ -747,15 +754,29 @@ def encode(
             True
     """
     texts = _as_text_list(texts)
+    labelled = show_progress and desc is not None and len(texts) > 0
+    chunk = 16 * batch_size if labelled else max(len(texts), 1)
+    bar = None
+    if labelled:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc=desc, unit="text")
+    parts = []
     with _preserved_training_modes(model):
-        embeddings = model.encode(
-            texts,
-            prompt_name=prompt_name,
-            prompt=prompt,
-            batch_size=batch_size,
-            show_progress_bar=show_progress,
-            convert_to_numpy=True,
-        )
+        for start in range(0, max(len(texts), 1), chunk):
+            parts.append(model.encode(
+                texts[start : start + chunk],
+                prompt_name=prompt_name,
+                prompt=prompt,
+                batch_size=batch_size,
+                show_progress_bar=show_progress and not labelled,
+                convert_to_numpy=True,
+            ))
+            if bar is not None:
+                bar.update(len(texts[start : start + chunk]))
+    if bar is not None:
+        bar.close()
+    embeddings = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if not texts:
         # renamed get_embedding_dimension in sentence-transformers 6
         dimension_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -43,6 +43,7 @@ __all__ = [
     "NoDataError",
     "loss_curve",
     "contrastive_curve",
+    "scalar_curves",
     "grad_norm_heatmap",
     "umap_by_label",
     "umap_by_ood",
@@ -206,23 +207,26 @@ def loss_curve(
     axes.set_ylabel("loss")
     axes.set_title(f"Training loss{_dropped_note(int(bad.sum()))}")
     axes.grid(alpha=0.3)
-    _legend(axes, loc="upper right", fontsize=8)
+    _legend(axes, loc="upper right", fontsize=9)
     return figure
 
 
 def contrastive_curve(
     metrics_rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]] | None = None
 ) -> Figure:
-    """Mean positive, in-batch negative and hard-negative cosine and the gap (pos − neg) per step.
+    """Mean positive, in-batch negative and hard-negative cosine, the hardest in-batch negative, the gap
+    (pos − neg) and the in-batch accuracy per step.
 
     Series absent from every row (e.g. ``contrastive/hard_neg_sim`` without hard negatives) are
-    not drawn; alarms are vertical dashed lines.
+    not drawn; alarms are vertical dashed lines. The accuracy (a fraction, 0 to 1) shares the axis.
     """
     styles = {
         "contrastive/pos_sim": ("positive pairs", "#1a9641", "-"),
         "contrastive/neg_sim": ("in-batch negatives", "#d7191c", "-"),
         "contrastive/hard_neg_sim": ("hard negatives", "#fdae61", "-"),
+        "contrastive/hardest_neg_sim": ("hardest in-batch negative", "#7b3294", "--"),
         "contrastive/gap": ("gap (pos − neg)", "#333333", "-."),
+        "contrastive/in_batch_acc": ("in-batch accuracy (fraction)", "#2b83ba", ":"),
     }
     figure, axes = _figure()
     drawn = 0
@@ -232,14 +236,62 @@ def contrastive_curve(
             axes.plot(steps, values, style, color=colour, linewidth=1.4, label=label)
             drawn += 1
     if not drawn:
-        raise NoDataError("no row of metrics.jsonl has contrastive/pos_sim, neg_sim, hard_neg_sim or gap")
+        raise NoDataError("no row of metrics.jsonl has contrastive/pos_sim, neg_sim, hard_neg_sim, hardest_neg_sim, gap or in_batch_acc")
     axes.axhline(0.0, color="#999999", linewidth=0.8)
     _mark_alarms(axes, events)
     axes.set_xlabel("step")
-    axes.set_ylabel("cosine similarity")
+    axes.set_ylabel("cosine similarity / accuracy")
     axes.set_title("Contrastive decomposition: positives vs negatives")
     axes.grid(alpha=0.3)
-    _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    return figure
+
+
+def scalar_curves(
+    metrics_rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    *,
+    title: str,
+    ylabel: str,
+    log_scale: bool = False,
+    events: Sequence[Mapping[str, Any]] | None = None,
+) -> Figure:
+    """One line per metric of ``keys`` present in some row (e.g. ``optim/lr/group.0``, ``optim/lr/group.1``).
+
+    Args:
+        metrics_rows: rows of metrics.jsonl (``{"step": int, metric: value}``).
+        keys: the metrics to draw, in legend order; absent ones are skipped.
+        title: the axes title.
+        ylabel: the y-axis label.
+        log_scale: a logarithmic y axis (when every drawn value is positive).
+        events: alarms, drawn as vertical dashed lines.
+
+    Returns:
+        The figure; :class:`NoDataError` when no key has a finite value.
+
+    >>> figure = scalar_curves([{"step": 1, "optim/lr": 1e-4}, {"step": 2, "optim/lr": 5e-5}], ["optim/lr"],
+    ...                        title="Learning rate", ylabel="learning rate")
+    >>> [line.get_label() for line in figure.axes[0].get_lines()]
+    ['optim/lr']
+    """
+    figure, axes = _figure()
+    drawn, positive = 0, True
+    for key in keys:
+        steps, values = _series(metrics_rows, key)
+        if steps.size and np.isfinite(values).any():
+            axes.plot(steps, values, linewidth=1.4, marker="." if steps.size < 60 else None, label=key)
+            drawn += 1
+            positive = positive and bool(np.all(values[np.isfinite(values)] > 0))
+    if not drawn:
+        raise NoDataError(f"no row of metrics.jsonl has a finite {', '.join(keys) or 'value'}")
+    if log_scale and positive:
+        axes.set_yscale("log")
+    _mark_alarms(axes, events)
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
     return figure
 
 
@@ -308,7 +360,7 @@ def grad_norm_heatmap(
     axes.set_title("Gradient norm per layer (log scale)")
     handles, _ = axes.get_legend_handles_labels()
     if handles:
-        _legend(figure, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+        _legend(figure, loc="outside lower center", ncols=4, fontsize=9, frameon=False)
     return figure
 
 
@@ -411,7 +463,7 @@ def umap_by_label(umap: Any, labels: Sequence[Any] | None = None) -> Figure:
             mask = names == label
             axes.scatter(points[mask, 0], points[mask, 1], s=8, color=palette(index % palette.N), alpha=0.85,
                          label=_short(label, 28))
-        _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.5, frameon=False)
+        _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=1.5, frameon=False)
         title = f"UMAP of the probe set by label ({unique.size} labels)"
     axes.set_title(title)
     axes.set_xticks([])
@@ -439,7 +491,7 @@ def umap_by_ood(umap: Any, ood_score: Any, flagged: Sequence[int] | None = None)
         index = np.asarray([i for i in flagged if 0 <= int(i) < points.shape[0]], dtype=np.int64)
         axes.scatter(points[index, 0], points[index, 1], s=60, facecolors="none", edgecolors="#d7191c",
                      linewidths=1.2, label=f"flagged OOD ({index.size})")
-        _legend(axes, loc="lower right", fontsize=8)
+        _legend(axes, loc="lower right", fontsize=9)
     axes.set_title("UMAP of the probe set by OOD score")
     axes.set_xticks([])
     axes.set_yticks([])
@@ -478,7 +530,7 @@ def anisotropy_histogram(
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("fraction of pairs")
     axes.set_xlim(edges[0], edges[-1])
-    _legend(axes, loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=9)
     axes.grid(alpha=0.3)
     return figure
 
@@ -501,7 +553,7 @@ def pca_variance_curve(cumulative: Any, thresholds: Sequence[float] = (0.90, 0.9
     axes.set_xlabel("number of principal components")
     axes.set_ylabel("cumulative explained variance")
     axes.set_title(f"PCA explained variance ({cumulative.size} components)")
-    _legend(axes, loc="lower right", fontsize=8)
+    _legend(axes, loc="lower right", fontsize=9)
     axes.grid(alpha=0.3)
     return figure
 
@@ -600,7 +652,7 @@ def hard_negative_gap_distribution(gaps: Any, bins: int = 40) -> Figure:
     axes.set_title(f"Hard-negative gap per query ({below:.0%} below 0){_dropped_note(dropped)}")
     axes.set_xlabel("sim(closest positive) − sim(closest negative)")
     axes.set_ylabel("queries")
-    _legend(axes, loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=9)
     axes.grid(alpha=0.3)
     return figure
 
@@ -658,7 +710,7 @@ def similarity_shift(base_values: Any, now_values: Any, bins: int = 50) -> Figur
     axes.set_title(f"Similarity distribution shift{_dropped_note(dropped_base + dropped_now)}")
     axes.set_xlabel("cosine similarity of sampled pairs")
     axes.set_ylabel("density")
-    _legend(axes, loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=9)
     axes.grid(alpha=0.3)
     return figure
 
@@ -696,7 +748,7 @@ def rank_changes(rank_before: Any, rank_after: Any) -> Figure:
     axes.set_ylabel("rank now")
     left_out = int((~keep).sum())
     axes.set_title(f"Rank of the first relevant document, base vs now{_dropped_note(left_out)}", fontsize=10)
-    _legend(axes, loc="upper left", fontsize=8)
+    _legend(axes, loc="upper left", fontsize=9)
     axes.grid(alpha=0.3, which="both")
     return figure
 

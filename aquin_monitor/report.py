@@ -7,10 +7,14 @@ What it reads (every piece optional; a missing or broken piece becomes a note in
     RUN_DIR/snapshots/<step>/snapshot.json    {"step", "tag": "base"|"checkpoint", "model", "metrics", "details"}
     RUN_DIR/snapshots/<step>/arrays.npz       arrays for the figures (see :mod:`aquin_monitor.plots`)
 
-What it writes: a header (model, steps, alarm counts), the training timeline (loss; positive /
-negative similarity and gap; gradient-norm heatmap; alarms table), then one section per snapshot
-in step order: its metrics with the change against the base snapshot, its figures, the diff
-figures against the base, the inputs flagged out-of-distribution and the flagged attention heads.
+What it writes: a header (model, steps, alarm counts), a before/after table of the retrieval and
+geometry metrics across every snapshot (change against the base, and a one-line meaning of each
+metric), the training timeline (loss; positive / negative similarity, hardest negative, gap and
+in-batch accuracy; learning rate; total gradient norm; gradient-norm heatmap; alarms table), then
+one section per snapshot in step order: its metrics with the change against the base snapshot, its
+figures (UMAP layouts aligned to the previous snapshot's, so a point's movement means something),
+the diff figures against the base, the inputs flagged out-of-distribution (long texts folded) and
+the flagged attention heads. Each figure's caption says what to look for.
 
 Figures are PNG embedded as base64 ``data:`` URIs and the CSS is inline, so the page has no
 external reference at all; every piece of text from the run (model names, labels, probe texts,
@@ -34,6 +38,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +51,8 @@ from aquin_monitor import plots
 from aquin_monitor.sinks.jsonl import iter_jsonl
 from aquin_monitor.snapshot import SnapshotView
 
-__all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView"]
+__all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
+           "metric_meaning", "align_layouts"]
 
 REPORT_NAME = "report.html"
 #: Resolution of the embedded PNGs: sharp enough on screen, a few tens of KB per figure.
@@ -57,9 +63,88 @@ MAX_TABLE_ROWS = 200
 #: Lists longer than this (flagged inputs) start folded.
 _OPEN_LIST_ROWS = 10
 
+#: OOD texts longer than this are cut in the table; the whole text unfolds from a ``<details>``.
+OOD_TEXT_CHARS = 200
+
 _METRIC_GROUPS = ("geometry", "layers", "attention", "retrieval", "drift")
 # metrics.jsonl also carries each snapshot's metrics at its step; these prefixes mark a training step.
-_TRAINING_PREFIXES = ("grad_norm/", "contrastive/", "alarm/")
+_TRAINING_PREFIXES = ("grad_norm/", "contrastive/", "alarm/", "optim/")
+
+#: The metrics the before/after table lists first (then every other retrieval/ and geometry/ metric).
+HEADLINE_METRICS = (
+    "retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@1", "retrieval/recall@10", "retrieval/hard_negative_gap",
+    "geometry/anisotropy", "geometry/id_pca95", "geometry/effective_rank", "geometry/alignment", "geometry/uniformity",
+    "geometry/ood_fraction",
+)
+
+#: One line per metric saying what it measures (first matching pattern wins), shown beside it.
+METRIC_MEANINGS: tuple[tuple[str, str], ...] = (
+    (r"^(retrieval|rerank/\w+)/ndcg@\d+$", "graded ranking quality of the relevant documents in the top k (1 = ideal order)"),
+    (r"^(retrieval|rerank/\w+)/mrr@\d+$", "1 / rank of the first relevant document, averaged over queries (0 beyond k)"),
+    (r"^(retrieval|rerank/\w+)/recall@\d+$", "fraction of each query's relevant documents found in the top k"),
+    (r"^retrieval/mean_first_rank$", "average rank of the first relevant document (lower is better)"),
+    (r"^retrieval/median_first_rank$", "median rank of the first relevant document (lower is better)"),
+    (r"^retrieval/hard_negative_gap$", "sim(closest relevant) − sim(closest negative), averaged; below 0 a negative wins"),
+    (r"^retrieval/positive_sim$", "cosine of each query to its closest relevant document"),
+    (r"^retrieval/negative_sim$", "cosine of each query to its closest non-relevant document"),
+    (r"^retrieval/n_queries$", "queries evaluated (those with a relevant document)"),
+    (r"^geometry/(anisotropy|pair_cosine_mean)$", "mean cosine over all probe pairs: 0 = spread like random directions, 1 = one direction"),
+    (r"^geometry/pair_cosine_std$", "spread of the pairwise cosines"),
+    (r"^geometry/pair_cosine_baseline_std$", "1/√d: the spread of cosines between random directions"),
+    (r"^geometry/id_pca(\d+)$", "PCA components needed to explain that % of the variance (intrinsic dimension)"),
+    (r"^geometry/effective_rank$", "exp(entropy of the normalised singular values): how many directions carry the variance"),
+    (r"^geometry/alignment$", "mean squared distance between positive pairs (lower: positives closer)"),
+    (r"^geometry/uniformity$", "log E exp(−2‖x−y‖²) over all pairs (lower: more evenly spread on the sphere)"),
+    (r"^geometry/ood_fraction$", "fraction of probe texts flagged out-of-distribution (far from the centroid)"),
+    (r"^geometry/ood_distance_mean$", "mean cosine distance of the probe texts to their centroid"),
+    (r"^geometry/ood_threshold$", "cosine distance to the centroid above which a text is flagged"),
+    (r"^geometry/rogue_top\d+_share$", "share of the anisotropy carried by the top dimension(s): rogue dimensions"),
+    (r"^layers/similarity\.\d+$", "mean pairwise cosine of this layer's pooled states; the last layer is the one the "
+                                   "contrastive objective shaped (e.g. all-MiniLM-L6-v2: ~0.7 in earlier layers, ~0.1 at the last)"),
+    (r"^attention/collapsed_heads$", "heads whose attention sits on one token (entropy near 0)"),
+    (r"^attention/dead_heads$", "heads attending uniformly to every token (entropy near log(length))"),
+    (r"^attention/(normalized_)?entropy", "mean attention entropy of the heads (normalised: ÷ log(length), 0 to 1)"),
+    (r"^drift/[^/]+/cka$", "linear CKA with the reference snapshot: 1 = the same geometry up to rotation and scale"),
+    (r"^drift/[^/]+/knn_(overlap|jaccard)@\d+$", "share of each text's nearest neighbours that are still its neighbours"),
+    (r"^drift/[^/]+/score$", "overall drift from the reference (0 = none)"),
+    (r"^drift/[^/]+/procrustes_residual$", "what remains after the best rotation onto the reference (0 = a pure rotation)"),
+    (r"^drift/[^/]+/(similarity_mean_shift|anisotropy_delta)$", "change of the mean pairwise cosine against the reference"),
+    (r"^drift/[^/]+/similarity_wasserstein$", "distance between the pairwise-cosine distributions (sampled pairs)"),
+    (r"^drift/[^/]+/similarity_pair_change$", "mean change of a pair's cosine against the reference"),
+    (r"^drift/[^/]+/centroid_shift", "movement of each label's centroid after Procrustes alignment"),
+    (r"^drift/[^/]+/rank_(change|improved|worsened)", "change of the relevant documents' ranks against the reference"),
+)
+
+#: What to look for in each snapshot figure (by :data:`aquin_monitor.plots.SNAPSHOT_FIGURES` name).
+FIGURE_HINTS = {
+    "umap_by_label": "labels should form separate clusters; layouts are aligned to the previous snapshot, so a cluster that moves moved",
+    "umap_by_ood": "flagged points should sit at the edges; a flagged cluster is a topic the probe under-represents",
+    "anisotropy_histogram": "a peak far right of the uniform-sphere curve means every text looks alike (anisotropy)",
+    "pca_variance": "a curve that saturates after few components means the space uses few directions",
+    "layer_similarity": "the last layer should drop well below the earlier ones: that is what contrastive training shapes",
+    "attention_entropy": "cells near 0 are heads stuck on one token; near 1 heads that attend to everything",
+    "rank_histogram": "mass in the first bins is good retrieval; a long tail is queries whose document is buried",
+    "hard_negative_gap": "queries left of 0 rank a labelled negative above their relevant document",
+    "centroid_drift": "long arrows are labels whose region moved since the base model",
+    "similarity_shift": "a shift to the right means the space got more anisotropic; to the left, more spread",
+    "rank_changes": "points below the diagonal improved; above it got worse",
+}
+
+#: The training-timeline figures: (caption, what to look for, function of (rows, events)).
+_TIMELINE = (
+    ("Training loss", "should fall and flatten; a jump lines up with a spike alarm", plots.loss_curve),
+    ("Positive / negative similarity, hardest negative, gap and in-batch accuracy",
+     "the gap (pos − neg) should widen; a hardest negative above the positives is a batch the loss cannot yet separate",
+     plots.contrastive_curve),
+    ("Learning rate", "the schedule the optimizer followed (warm-up, decay); spikes in other curves often start where it peaks",
+     lambda rows, events: plots.scalar_curves(rows, _lr_keys(rows), title="Learning rate", ylabel="learning rate",
+                                              log_scale=True, events=events)),
+    ("Total gradient norm", "steady is healthy; sudden jumps are spikes, a slide to 0 a dying run",
+     lambda rows, events: plots.scalar_curves(rows, ["grad_norm/total"], title="Total gradient norm",
+                                              ylabel="L2 norm", log_scale=True, events=events)),
+    ("Gradient norm per layer and step", "dark columns are steps with small updates; an all-dark row is a dead layer",
+     plots.grad_norm_heatmap),
+)
 
 
 class RunDirectoryError(ValueError):
@@ -113,6 +198,59 @@ class Run:
             if snapshot.model:
                 return snapshot.model
         return None
+
+
+def metric_meaning(name: str) -> str:
+    """One line saying what metric ``name`` measures ("" when the report has none for it).
+
+    >>> metric_meaning("retrieval/ndcg@10")
+    'graded ranking quality of the relevant documents in the top k (1 = ideal order)'
+    >>> metric_meaning("custom/thing")
+    ''
+    """
+    return next((text for pattern, text in METRIC_MEANINGS if re.search(pattern, name)), "")
+
+
+def align_layouts(layouts: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+    """2-D layouts (UMAP) of the same points at successive snapshots, each aligned to the one before.
+
+    UMAP places each snapshot's layout in arbitrary position, rotation and scale; without alignment a
+    point's move from one snapshot to the next means nothing. Each layout is mapped by the similarity
+    transform (rotation or reflection, uniform scale, translation) that best fits it, in least squares,
+    onto the previous aligned layout (orthogonal Procrustes, :func:`scipy.linalg.orthogonal_procrustes`).
+    A layout whose shape differs from the previous one (another probe) starts a new chain, as is; None
+    (no layout) is kept and skipped.
+
+    >>> base = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> turned = 3.0 * base @ np.array([[0.0, -1.0], [1.0, 0.0]]) + 5.0  # rotated, scaled, shifted
+    >>> aligned = align_layouts([base, None, turned])
+    >>> bool(np.allclose(aligned[2], base)), aligned[1] is None
+    (True, True)
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    aligned: list[np.ndarray | None] = []
+    previous: np.ndarray | None = None
+    for layout in layouts:
+        if layout is None:
+            aligned.append(None)
+            continue
+        points = np.asarray(layout, dtype=np.float64)
+        if previous is not None and points.shape == previous.shape and points.ndim == 2 and np.all(np.isfinite(points)):
+            moving, target = points - points.mean(0), previous - previous.mean(0)
+            rotation, singular_sum = orthogonal_procrustes(moving, target)
+            norm = float(np.sum(moving * moving))
+            scale = singular_sum / norm if norm > 0 else 1.0
+            points = scale * moving @ rotation + previous.mean(0)
+        aligned.append(points)
+        previous = points
+    return aligned
+
+
+def _lr_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``optim/lr`` and ``optim/lr/group.N`` present in ``rows``, groups in numeric order."""
+    found = {key for row in rows for key in row if key == "optim/lr" or re.match(r"^optim/lr/group\.\d+$", key)}
+    return sorted(found, key=lambda key: (key != "optim/lr", int(key.rsplit(".", 1)[-1]) if "group." in key else 0))
 
 
 def _is_int(value: Any) -> bool:
@@ -202,13 +340,14 @@ def _note(text: str, css: str = "note") -> str:
     return f'<p class="{css}">{_escape(text)}</p>'
 
 
-def _figure_html(figure: Any, caption: str) -> str:
+def _figure_html(figure: Any, caption: str, hint: str | None = None) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    look_for = f'<span class="hint">Look for: {_escape(hint)}.</span>' if hint else ""
     return (
         f'<figure><img alt="{_escape(caption)}" src="data:image/png;base64,{encoded}">'
-        f"<figcaption>{_escape(caption)}</figcaption></figure>"
+        f"<figcaption><b>{_escape(caption)}</b> {look_for}</figcaption></figure>"
     )
 
 
@@ -222,7 +361,8 @@ def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, An
             absent.append(f"{spec.caption} (needs {', '.join(missing)})")
             continue
         try:
-            drawn.append(_figure_html(spec.draw(arrays), spec.caption))
+            hint = FIGURE_HINTS.get(spec.name)
+            drawn.append(_figure_html(spec.draw(arrays), spec.caption, hint))
         except Exception as exc:  # noqa: BLE001 - one bad array must not cost the whole report
             notes.append(f"{spec.caption}: not drawn ({type(exc).__name__}: {exc})")
     if absent:
@@ -230,9 +370,9 @@ def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, An
     return drawn, notes
 
 
-def _timeline_figure(caption: str, function: Callable[..., Any], *args: Any) -> tuple[str, str]:
+def _timeline_figure(caption: str, function: Callable[..., Any], *args: Any, hint: str | None = None) -> tuple[str, str]:
     try:
-        return _figure_html(function(*args), caption), ""
+        return _figure_html(function(*args), caption, hint), ""
     except plots.NoDataError as exc:
         return "", f"{caption}: nothing to draw ({exc})."
     except Exception as exc:  # noqa: BLE001 - see _draw_figures
@@ -319,13 +459,14 @@ def _timeline_section(run: Run) -> str:
     elif not run.training_rows:
         parts.append(_note("metrics.jsonl holds no training step (grad_norm/, contrastive/ or alarm/ keys): no training timeline."))
     else:
-        for caption, function in (
-            ("Training loss", plots.loss_curve),
-            ("Positive / negative similarity and gap", plots.contrastive_curve),
-            ("Gradient norm per layer and step", plots.grad_norm_heatmap),
-        ):
-            figure, note = _timeline_figure(caption, function, run.training_rows, events)
-            parts.append(figure or _note(note))
+        drawn = []
+        for caption, hint, function in _TIMELINE:
+            figure, note = _timeline_figure(caption, function, run.training_rows, events, hint=hint)
+            if figure:
+                drawn.append(figure)
+            else:
+                parts.append(_note(note))
+        parts.append(f'<div class="figures">{"".join(drawn)}</div>')
     parts.append('<h3 id="alarms">Alarms</h3>')
     if run.events is None:
         if run.metrics:
@@ -357,7 +498,7 @@ def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
         rows = []
         for name in names:
             value = snapshot.metrics[name]
-            row = [f"<code>{_escape(name)}</code>", _format_number(value)]
+            row = [_metric_cell(name), _format_number(value)]
             if compare and group != "drift":
                 delta, css = _format_delta(value, base.metrics.get(name))
                 row.append(f'<span class="delta {css}">{delta or "—"}</span>')
@@ -366,13 +507,64 @@ def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
     return f'<div class="metric-groups">{"".join(tables)}</div>'
 
 
+def _metric_cell(name: str) -> str:
+    """A metric's name and, under it, its one-line meaning."""
+    meaning = metric_meaning(name)
+    return f"<code>{_escape(name)}</code> " + (f'<div class="meaning">{_escape(meaning)}</div>' if meaning else "")
+
+
+def _ood_text(text: Any) -> str:
+    """An OOD input's text, cut to :data:`OOD_TEXT_CHARS` characters; the whole text unfolds below."""
+    text = str(text)
+    if len(text) <= OOD_TEXT_CHARS:
+        return f'<span class="probe">{_escape(text)}</span>'
+    return (f'<details class="long-text"><summary><span class="probe">{_escape(text[:OOD_TEXT_CHARS].rstrip())}…</span> '
+            f'<span class="more">({len(text):,} characters: show all)</span></summary>'
+            f'<span class="probe">{_escape(text)}</span></details>')
+
+
+def _overview_section(run: Run) -> str:
+    """The before/after table: headline retrieval and geometry metrics of every snapshot, Δ against the base."""
+    parts = ['<section id="overview"><h2>Before / after: every snapshot</h2>']
+    if not run.snapshots:
+        return "".join(parts) + _note("No snapshots in this run directory: nothing to compare.") + "</section>"
+    present = {name for snapshot in run.snapshots for name in snapshot.metrics
+               if name.startswith(("retrieval/", "geometry/")) and _is_number(snapshot.metrics[name])}
+    names = [n for n in HEADLINE_METRICS if n in present] + sorted(present - set(HEADLINE_METRICS))
+    if not names:
+        return "".join(parts) + _note("The snapshots record no retrieval or geometry metric.") + "</section>"
+    base = run.base
+    headers = ["metric", "meaning"] + [f"step {s.step if s.step is not None else '?'} ({s.tag})" for s in run.snapshots]
+    rows = []
+    for name in names:
+        row = [f"<code>{_escape(name)}</code>", f'<span class="meaning">{_escape(metric_meaning(name))}</span>']
+        for snapshot in run.snapshots:
+            value = snapshot.metrics.get(name)
+            cell = _format_number(value)
+            if base is not None and snapshot is not base:
+                delta, css = _format_delta(value, base.metrics.get(name))
+                cell += f' <span class="delta {css}">({delta or "—"})</span>'
+            row.append(cell)
+        rows.append(row)
+    caption = ("Values at each snapshot; in brackets the change against the base snapshot"
+               if base is not None else "Values at each snapshot (no snapshot is tagged 'base': no change shown)")
+    parts.append(f"<p>{_escape(caption)}. Look for retrieval going up while anisotropy goes down; "
+                 "a retrieval gain with anisotropy rising towards 1 is a space collapsing onto one direction.</p>")
+    parts.append(f'<div class="wide">{_table(headers, rows, "metrics overview")}</div></section>')
+    return "".join(parts)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _details_html(snapshot: SnapshotView) -> str:
     parts = []
     flagged = [item for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
     parts.append("<h4>Out-of-distribution inputs</h4>")
     if flagged:
         ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
-        rows = [(_escape(item.get("index", "?")), _format_number(item.get("score")), f'<span class="probe">{_escape(item.get("text", ""))}</span>')
+        rows = [(_escape(item.get("index", "?")), _format_number(item.get("score")), _ood_text(item.get("text", "")))
                 for item in ordered[:MAX_TABLE_ROWS]]
         # a long list folds away (plain HTML <details>, no script); a short one stays open
         opened = " open" if len(ordered) <= _OPEN_LIST_ROWS else ""
@@ -408,7 +600,7 @@ def _details_html(snapshot: SnapshotView) -> str:
     return "".join(parts)
 
 
-def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal: int) -> str:
+def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal: int, umap: np.ndarray | None = None) -> str:
     anchor = f"snapshot-{snapshot.step if snapshot.step is not None else f'x{ordinal}'}"
     title = f"Snapshot at step {snapshot.step if snapshot.step is not None else '?'} ({snapshot.tag})"
     parts = [f'<section class="snapshot" id="{_escape(anchor)}"><h2>{_escape(title)}</h2>']
@@ -420,6 +612,8 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
     parts.append(_metrics_tables(snapshot, base))
 
     inputs = plots.snapshot_figure_inputs(snapshot.arrays, snapshot.metrics, snapshot.details)
+    if umap is not None:  # aligned to the previous snapshot's layout (align_layouts)
+        inputs["umap"] = umap
     specs = [spec for spec in plots.SNAPSHOT_FIGURES if not spec.diff]
     diff_specs = [spec for spec in plots.SNAPSHOT_FIGURES if spec.diff]
     parts.append("<h3>Figures</h3>")
@@ -449,11 +643,25 @@ def _snapshots_section(run: Run) -> str:
             "No snapshots in this run directory (snapshots/<step>/snapshot.json): no geometry, retrieval or diff figures."
         ) + "</section>"
     base = run.base
-    return "".join(_snapshot_section(snapshot, base, i) for i, snapshot in enumerate(run.snapshots))
+    layouts = align_layouts([_layout(snapshot) for snapshot in run.snapshots])
+    return "".join(_snapshot_section(snapshot, base, i, layouts[i]) for i, snapshot in enumerate(run.snapshots))
+
+
+def _layout(snapshot: SnapshotView) -> np.ndarray | None:
+    """The snapshot's UMAP coordinates when they are a finite ``[n, 2]`` array, else None (drawn as stored)."""
+    umap = snapshot.arrays.get("umap")
+    if umap is None:
+        return None
+    try:
+        points = np.asarray(umap, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return points if points.ndim == 2 and points.shape[1] == 2 and np.all(np.isfinite(points)) else None
 
 
 def _contents(run: Run) -> str:
-    links = ['<a href="#summary">Summary</a>', '<a href="#timeline">Training timeline</a>', '<a href="#alarms">Alarms</a>']
+    links = ['<a href="#summary">Summary</a>', '<a href="#overview">Before / after</a>', '<a href="#timeline">Training timeline</a>',
+             '<a href="#alarms">Alarms</a>']
     if run.problems or any(s.problems for s in run.snapshots):
         links.insert(1, '<a href="#problems">Problems</a>')
     for index, snapshot in enumerate(run.snapshots):
@@ -479,10 +687,17 @@ thead th { background: #f4f6f8; }
 table.facts th { background: #f4f6f8; width: 130px; }
 table.metrics td:nth-child(n+2) { text-align: right; font-variant-numeric: tabular-nums; }
 .metric-groups { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
-.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
-figure { margin: 8px 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 12px; color: #555; }
+.figures { display: flex; flex-wrap: wrap; gap: 12px 24px; align-items: flex-start; }
+figure { margin: 8px 0; max-width: 100%; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 13px; color: #333; max-width: 810px; }
+figcaption .hint { color: #555; }
+.meaning { font-size: 11px; color: #666; max-width: 420px; }
+.wide { overflow-x: auto; }
+table.overview td:nth-child(2) { min-width: 260px; text-align: left; }
+table.overview td:nth-child(n+3) { white-space: nowrap; }
+details.long-text .more { color: #2b83ba; font-size: 12px; }
+details.long-text[open] > summary .probe { display: none; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; font-size: 14px; }
 .note.ok { background: #eef8ee; border-left-color: #1a9641; }
 .problems { background: #fdecea; border: 1px solid #d7191c; padding: 4px 14px; }
@@ -507,6 +722,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         _contents(run),
         _header(run),
         _problems_section(run),
+        _overview_section(run),
         _timeline_section(run),
         _snapshots_section(run),
     ]

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from .failsoft import report_failure
+from .progress import phase
 from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
+from .sinks.base import send_embeddings
 from .snapshot import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
@@ -158,7 +160,7 @@ class SnapshotRunner:
             figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
                 sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
-                sink.log_embeddings("probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step)
+                send_embeddings(sink, "probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step, texts=self.probe.texts)
                 for name, figure in figures.items():
                     sink.log_figure(f"snapshot/{name}", figure, step)
             return snap
@@ -208,7 +210,8 @@ class SnapshotRunner:
         self._add_layers(snap, probe_pass)
         if self.umap and len(emb) >= 10:
             try:
-                snap.arrays["umap"] = umap_2d(emb, self.seed)
+                with phase(f"Snapshot: UMAP 2-D layout of {len(emb)} probe texts", self.show_progress):
+                    snap.arrays["umap"] = umap_2d(emb, self.seed)
             except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
                 warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
         if self.retrieval is not None:
@@ -231,7 +234,7 @@ class SnapshotRunner:
             chunk = sorted(indices, key=lambda i: -len(texts[i]))
             order.extend(chunk)
             size = max(1, min(self.batch_size, 8)) if with_attention else self.batch_size
-            batches = iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress) if chunk else ()
+            batches = iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress, desc=f"Snapshot: probe forward passes{' with attentions' if with_attention else ''}") if chunk else ()
             for batch in batches:
                 embeddings.append(batch.embeddings.numpy())
                 layers.append(batch.layer_embeddings.numpy())
@@ -294,7 +297,7 @@ class SnapshotRunner:
         def embed(batch_texts: list[str], prompt_name: str | None) -> np.ndarray:
             if prompt_name is None and all(t in index for t in batch_texts):
                 return emb[[index[t] for t in batch_texts]]
-            return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress)
+            return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress, desc="Snapshot: encoding retrieval texts")
 
         q_emb, d_emb = embed(self.retrieval.query_texts(), q_prompt), embed(self.retrieval.doc_texts(), d_prompt)
         report = _retrieval_report(self.retrieval, q_emb, d_emb)

@@ -301,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project=args.wandb_project, save_dir=str(out), name=out.name))
+        # W&B's own WANDB_DIR wins over the run folder when set (WandbLogger's save_dir would override it)
+        wandb_logger = WandbLogger(project=args.wandb_project, save_dir=os.environ.get("WANDB_DIR") or str(out), name=out.name)
+        wandb_logger.log_hyperparams(vars(args))  # the run's config: this run's hyperparameters
+        loggers.append(wandb_logger)
     runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed)
     monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on)
     trainer = build_trainer(args, out, loggers, monitor)
@@ -313,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summarize(out, monitor)
     report = None if args.no_report else write_html_report(out)
     print_locations(args, out, f"{trainer.global_step} steps in {time.time() - started:.0f} s", report)
+    if args.wandb:  # finish the run here, not in wandb's exit hook (which abandons its pending handles)
+        loggers[-1].experiment.finish()
     return 0
 
 
@@ -322,7 +327,8 @@ def print_locations(args: argparse.Namespace, out: Path, done: str, report: Path
     print(f"  TensorBoard:  tensorboard --logdir {out}")
     if args.wandb:
         mode = os.environ.get("WANDB_MODE", "online")
-        print(f"  W&B:          {'wandb sync ' + str(out / 'wandb') + '/offline-run-*' if mode == 'offline' else 'see the run URL above'}")
+        folder = Path(os.environ.get("WANDB_DIR") or out) / "wandb"
+        print(f"  W&B:          {'wandb sync ' + str(folder) + '/offline-run-*' if mode == 'offline' else 'see the run URL above'}")
     print(f"  metrics:      {out / 'metrics.jsonl'}, alarms: {out / 'events.jsonl'}, snapshots: {out / 'snapshots'}")
     if report is not None:
         print(f"  report:       {report}")

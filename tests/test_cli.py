@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -393,6 +394,53 @@ def test_eval_pairs_with_prompts_categories_and_hard_negatives(capsys, tmp_path,
     assert "retrieval/ndcg@10" in out and "animal" in out and "first relevant rank" in out
 
 
+def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tmp_path, tiny_mean_model):
+    """SICK-style: pairs labelled one by one, a premise paired with sentences of several labels, lines repeated.
+    Overall: each query once against all its relevant documents; per category: each (query, category) row
+    against that category's documents; both against a brute-force ranking of embeddings encoded here."""
+    lines = [
+        ("a man plays a guitar", "a person plays an instrument", "ENTAILMENT"),
+        ("a man plays a guitar", "a man is playing music", "NEUTRAL"),
+        ("a man plays a guitar", "a person plays an instrument", "ENTAILMENT"),  # repeated: line 3 = line 1
+        ("a dog runs in a field", "an animal is running", "ENTAILMENT"),
+        ("a dog runs in a field", "a dog sleeps at home", "CONTRADICTION"),
+        ("a woman cuts an onion", "someone is cooking", "NEUTRAL"),
+        ("a dog runs in a field", "a dog sleeps at home", "CONTRADICTION"),  # repeated: line 7 = line 5
+    ]
+    path = write_jsonl(tmp_path / "sick.jsonl", [{"query": q, "document": d, "category": c} for q, d, c in lines])
+    code, out, err = run(capsys, "eval", tiny_mean_model, "--pairs", path, "--json", "-", "--no-progress")
+    assert code == 0, err
+    assert "line 3 (same as line 1)" in err and "line 7 (same as line 5)" in err and "warning" in err
+    result = json.loads(out)
+
+    queries = list(dict.fromkeys(q for q, _, _ in lines))
+    documents = list(dict.fromkeys(d for _, d, _ in lines))
+    unique = list(dict.fromkeys(lines))
+    q, d = st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents)
+    relevant = [{documents.index(doc): 1 for qq, doc, _ in unique if qq == query} for query in queries]
+    rows, _ = brute_force_retrieval(q, d, relevant)
+    assert result["metrics"]["retrieval/n_queries"] == len(queries) == 3
+    assert result["metrics"]["retrieval/ndcg@10"] == pytest.approx(mean_of(rows, "ndcg@10"), abs=1e-6)
+
+    split = sorted({(query, c) for query, _, c in unique}, key=lambda qc: (queries.index(qc[0]), qc[1]))
+    split_relevant = [{documents.index(doc): 1 for qq, doc, c in unique if qq == query and c == cat} for query, cat in split]
+    split_rows, _ = brute_force_retrieval(q[[queries.index(query) for query, _ in split]], d, split_relevant)
+    assert set(result["by_category"]) == {"ENTAILMENT", "NEUTRAL", "CONTRADICTION"}
+    for category, values in result["by_category"].items():
+        mine = [row for row, (_, c) in zip(split_rows, split) if c == category]
+        assert values["retrieval/n_queries"] == len(mine)
+        assert values["retrieval/ndcg@10"] == pytest.approx(mean_of(mine, "ndcg@10"), abs=1e-6)
+        assert values["retrieval/mrr@10"] == pytest.approx(mean_of(mine, "mrr@10"), abs=1e-6)
+
+
+def test_eval_pairs_conflicting_relevance_exits_2_naming_line_and_field(capsys, tmp_path, tiny_mean_model):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"query": "q", "document": "a", "relevance": 3}, {"query": "q", "document": "a", "relevance": 1}])
+    code, out, err = run(capsys, "eval", tiny_mean_model, "--pairs", path, "--no-progress")
+    assert code == 2 and out == ""
+    assert err.strip() == f"aquin-monitor eval: error: {path}:2: field 'relevance': conflicting relevance for the same query and document: 1 here, 3 on line 1"
+
+
 def test_eval_model_without_prompts_encodes_plain_text(capsys, tiny_mean_model, pairs_file):
     code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", "-", "--no-progress")
     assert code == 0
@@ -579,7 +627,7 @@ def test_console_script_runs_eval(tmp_path, tiny_mean_model, pairs_file, capsys)
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Batches" in completed.stderr  # progress bars on stderr
+    assert "Encoding queries" in completed.stderr and "Encoding documents" in completed.stderr  # labelled progress bars on stderr
     from_script = json.loads(out_json.read_text())
     code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", "-", "--no-progress")
     assert code == 0
@@ -674,3 +722,49 @@ def test_inspect_default_minilm_with_umap(capsys, tmp_path, minilm_path):
     embeddings = st_encode(minilm_path, [r["text"] for r in records])
     assert result["metrics"]["geometry/anisotropy"] == pytest.approx(brute_force_anisotropy(embeddings), abs=1e-5)
     assert result["metrics"]["layers/similarity.06"] == pytest.approx(result["metrics"]["geometry/anisotropy"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# progress bars
+
+
+BAR = re.compile(r"\d+%\|")  # tqdm's "NN%|####|" bar
+
+
+def bar_labels(stderr: str) -> set[str]:
+    """The labels (``desc``) of the tqdm bars drawn on stderr (each redraw starts after a carriage return)."""
+    return {match.group(1).strip() for match in re.finditer(r"(?:^|\r|\n)([^\r\n|%]*?):\s+\d+%\|", stderr)}
+
+
+def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_path, tiny_mean_model, pairs_file, probe_file):
+    code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json")
+    assert code == 0
+    assert {"Encoding queries", "Encoding documents"} <= bar_labels(err), err
+    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "b.json",
+                       "--attention-texts", "4")
+    assert code == 0
+    labels = bar_labels(err)
+    assert "Loading weights" in labels  # transformers' own bar: --no-progress must silence it too
+    assert {"Snapshot: probe forward passes with attentions", "Snapshot: probe forward passes"} <= labels, err
+    assert "Snapshot: UMAP 2-D layout of 12 probe texts" in labels, err
+    assert "Batches" not in labels  # no unlabelled bar left
+
+    for argv in (["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json"],
+                 ["inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "d.json"]):
+        code, _, err = run(capsys, *argv, "--no-progress")
+        assert code == 0 and not BAR.search(err), err
+    # the same numbers either way (labelled encoding goes chunk by chunk)
+    assert json.loads((tmp_path / "a.json").read_text())["metrics"] == pytest.approx(
+        json.loads((tmp_path / "c.json").read_text())["metrics"], abs=1e-6)
+
+
+def test_quiet_progress_turns_off_library_bars_and_restores_them():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    from aquin_monitor.progress import quiet_progress
+
+    before = (transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled())
+    with quiet_progress():
+        assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    assert (transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled()) == before

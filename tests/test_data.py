@@ -268,12 +268,88 @@ def test_pairs_error_empty_query(tmp_path):
     expect_error(lambda: read_pairs(path), path, 2, "query", "whitespace-only")
 
 
-def test_pairs_error_conflicting_category(tmp_path):
+def test_pairs_categories_per_pair_split_a_query_by_category(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [
+        {"query": "q", "document": "a", "category": "x", "relevance": 2},
+        {"query": "q", "document": "b", "category": "y"},
+        {"query": "r", "document": "b", "category": "y"},
+    ])
+    rs = read_pairs(path)
+    assert rs.categories is None
+    assert rs.pair_categories == {"q0": {"d0": "x", "d1": "y"}, "q1": {"d1": "y"}}
+    assert rs.qrels == {"q0": {"d0": 2, "d1": 1}, "q1": {"d1": 1}}  # overall: every relevant document
+    assert rs.category_rows() == [("q0", "x", {"d0": 2}), ("q0", "y", {"d1": 1}), ("q1", "y", {"d1": 1})]
+    assert "2 categories given per pair (1 query in several)" in rs.summary()
+
+
+def test_pairs_one_category_per_query_keeps_query_categories(tmp_path):
     path = write_lines(tmp_path / "p.jsonl", [
         {"query": "q", "document": "a", "category": "x"},
-        {"query": "q", "document": "b", "category": "y"},
+        {"query": "q", "document": "b", "category": "x"},
+        {"query": "r", "document": "b", "category": "y"},
     ])
-    expect_error(lambda: read_pairs(path), path, 2, "category", "'y' conflicts with 'x'", "line 1")
+    rs = read_pairs(path)
+    assert rs.categories == {"q0": "x", "q1": "y"} and rs.pair_categories is None
+    assert rs.category_rows() == [("q0", "x", {"d0": 1, "d1": 1}), ("q1", "y", {"d1": 1})]
+
+
+def test_pairs_split_by_category_hand_checked_ndcg():
+    """Query q has relevant a (category x, grade 2) and c (category y); doc b is not relevant.
+    Scores order the documents a, b, c for q. By hand (trec_eval gains g / log2(1 + rank)):
+    overall NDCG@10 = (2/1 + 1/2) / (2/1 + 1/log2(3)) ; in x: a at rank 1 -> 1 ; in y: c at rank 3 -> 1/log2(4) = 0.5."""
+    import math
+
+    from aquin_monitor.data import RetrievalSet
+    from aquin_monitor.signals.retrieval import retrieval_metrics
+
+    rs = RetrievalSet({"q": "Q"}, {"a": "A", "b": "B", "c": "C"}, {"q": {"a": 2, "c": 1}}, None, {}, "-",
+                      pair_categories={"q": {"a": "x", "c": "y"}})
+    query = np.array([[1.0, 0.0]])
+    docs = np.array([[1.0, 0.1], [1.0, 0.5], [1.0, 0.9]])  # cosine to q falls a > b > c
+    overall = retrieval_metrics(query, docs, [{0: 2, 2: 1}]).as_metrics()
+    assert overall["retrieval/ndcg@10"] == pytest.approx((2 + 1 / 2) / (2 + 1 / math.log2(3)))
+    assert overall["retrieval/n_queries"] == 1  # the query counts once overall
+    table = rs.category_rows()
+    position = {"a": 0, "b": 1, "c": 2}
+    split = retrieval_metrics(query[[0 for _ in table]], docs, [{position[d]: g for d, g in docs_.items()} for _, _, docs_ in table],
+                              categories=[c for _, c, _ in table]).by_category()
+    assert split["x"]["retrieval/ndcg@10"] == pytest.approx(1.0)
+    assert split["y"]["retrieval/ndcg@10"] == pytest.approx(0.5)
+    assert split["y"]["retrieval/mrr@10"] == pytest.approx(1 / 3)
+
+
+def test_pairs_identical_lines_are_counted_once_with_a_warning(tmp_path):
+    from aquin_monitor.data import DuplicateLinesWarning
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"query": "q", "document": "a", "relevance": 2}\n'
+        '{"query": "q", "document": "b"}\n'
+        '{"relevance": 2,   "document": "a", "query": "q"}\n'  # the same object: other spacing and key order
+        '{"query": "q", "document": "b"}\n',
+        encoding="utf-8",
+    )
+    with pytest.warns(DuplicateLinesWarning) as caught:
+        rs = read_pairs(path)
+    message = str(caught[0].message)
+    assert "2 repeated lines counted once" in message
+    assert "line 3 (same as line 1)" in message and "line 4 (same as line 2)" in message
+    assert rs.qrels == {"q0": {"d0": 2, "d1": 1}}
+    assert rs.summary().endswith("read but not kept: 2 repeated lines")
+
+
+def test_pairs_error_conflicting_relevance_or_category_for_one_pair(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [
+        {"query": "q", "document": "a", "relevance": 2},
+        {"query": "q", "document": "b"},
+        {"query": "q", "document": "a"},
+    ])
+    expect_error(lambda: read_pairs(path), path, 3, "relevance", "conflicting relevance", "1 here, 2 on line 1")
+    path = write_lines(tmp_path / "c.jsonl", [
+        {"query": "q", "document": "a", "category": "x"},
+        {"query": "q", "document": "a", "category": "y"},
+    ])
+    expect_error(lambda: read_pairs(path), path, 2, "category", "line 1", "'y' here, 'x' there")
 
 
 def test_pairs_error_category_missing_for_one_query(tmp_path):
@@ -304,9 +380,9 @@ def test_pairs_error_negative_that_is_also_relevant(tmp_path):
     expect_error(lambda: read_pairs(path), path, 2, "document", "hard negative", "line 1")
 
 
-def test_pairs_error_duplicate_pair(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "a"}])
-    expect_error(lambda: read_pairs(path), path, 2, "document", "duplicate pair", "line 1")
+def test_pairs_error_same_pair_with_other_negatives(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "a", "negative": "b"}])
+    expect_error(lambda: read_pairs(path), path, 2, "negative", "line 1", "different 'negative'")
 
 
 def test_pairs_error_one_id_for_two_texts_or_two_ids_for_one_text(tmp_path):

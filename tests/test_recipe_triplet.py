@@ -181,3 +181,66 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
     # the snapshots show the collapse: every probe sentence points the same way
     assert snapshots["24"]["metrics"]["geometry/anisotropy"] > 0.99
     assert snapshots["24"]["metrics"]["geometry/anisotropy"] > snapshots["0"]["metrics"]["geometry/anisotropy"]
+
+
+def test_wandb_offline_one_axis_config_probe_table_and_clean_exit(tiny_mean_model, tmp_path):
+    """``python recipes/triplet.py --wandb`` as a user runs it (its own process, so wandb's exit path runs too),
+    offline with WANDB_DIR set; the run's own files are read back (.wandb records, debug logs)."""
+    import os
+    import subprocess
+    import sys
+
+    import wandb
+
+    from test_sinks import history_rows, wandb_records
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
+           "WANDB_DISABLE_CODE": "true", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(RECIPE.parents[1])}
+    env.pop("WANDB_API_KEY", None)
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        (tmp_path / name.lower()).mkdir()
+        env[name] = str(tmp_path / name.lower())
+    out = tmp_path / "run"
+    argv = ["--model", tiny_mean_model, "--output-dir", str(out), "--max-steps", "3", "--snapshot-every", "2",
+            "--batch-size", "4", "--max-train", "40", "--probe-triplets", "4", "--lr", "1e-3",
+            "--no-umap", "--no-progress", "--no-report", "--device", "cpu", "--wandb"]
+    done = subprocess.run([sys.executable, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (run_dir,) = (tmp_path / "wandb_dir" / "wandb").glob("offline-run-*")  # under WANDB_DIR, not the run folder
+    assert not (out / "wandb").exists()
+    assert str(tmp_path / "wandb_dir" / "wandb") in done.stdout  # where the recipe says the run is
+    logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("logs/debug*.log"))
+    assert logs and "HandleAbandonedError" not in logs
+    records = wandb_records(run_dir)
+    rows = history_rows(records)
+    lightning = [r for r in rows if "train/loss" in r]
+    assert [r["trainer/global_step"] for r in lightning] == [0, 1, 2]
+    assert all(r["aquin/step"] == r["trainer/global_step"] + 1 for r in lightning)  # every row on one axis
+    monitor_loss = {r["aquin/step"]: r["contrastive/loss"] for r in rows if "contrastive/loss" in r}
+    for row in lightning:  # one batch's loss: the same value at the same step in both
+        assert monitor_loss[row["aquin/step"]] == pytest.approx(row["train/loss"], rel=1e-5)
+    globs = [m.metric for m in records if m.WhichOneof("record_type") == "metric" and m.metric.glob_name == "*"]
+    assert globs[-1].step_metric == "aquin/step"  # the last "*" definition wins over the logger's
+
+    snapshot_steps = {r["aquin/step"] for r in rows if "geometry/anisotropy" in r}
+    assert snapshot_steps == {0, 2, 3}
+    images = [r for r in rows if any(k.endswith("/_type") and v == "image-file" for k, v in r.items())]
+    assert images and {r["aquin/step"] for r in images} <= snapshot_steps
+    for row in images:  # captioned with their own step
+        captions = [v for k, v in row.items() if k.endswith("/caption")]
+        assert captions and captions == [f"step {row['aquin/step']}"] * len(captions)
+
+    config = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    assert config["lr"] == 1e-3 and config["batch_size"] == 4 and config["max_steps"] == 3
+
+    probe_row = next(r for r in rows if r.get("probe/_type") == "table-file" and r["aquin/step"] == 3)
+    table = json.loads((run_dir / "files" / probe_row["probe/path"]).read_text())
+    assert table["columns"] == ["text", "label", "embedding"]
+    saved = np.load(out / "snapshots" / "3" / "arrays.npz")
+    assert [row[1] for row in table["data"]] == saved["labels"].tolist()
+    assert len(table["data"]) == 3 * 4 and all(isinstance(row[0], str) and row[0] for row in table["data"])
+    np.testing.assert_allclose(np.array([row[2] for row in table["data"]]), saved["embeddings"], rtol=1e-6)

@@ -30,8 +30,8 @@ GAP_STEP = 25
 EVIL_TEXT = '<script>alert("pwned")</script> & more'
 BASE_ANISOTROPY = 0.125
 CHECKPOINT_ANISOTROPY = 0.375
-# Figures with every array present: 3 timeline + 8 per snapshot + 3 diff figures for the checkpoint.
-TIMELINE_FIGURES, SNAPSHOT_FIGURES, DIFF_FIGURES = 3, 8, 3
+# Figures with every array present: 5 timeline + 8 per snapshot + 3 diff figures for the checkpoint.
+TIMELINE_FIGURES, SNAPSHOT_FIGURES, DIFF_FIGURES = 5, 8, 3
 EXPECTED_IMAGES = TIMELINE_FIGURES + SNAPSHOT_FIGURES + (SNAPSHOT_FIGURES + DIFF_FIGURES)
 
 
@@ -56,7 +56,8 @@ def _metrics_rows(n_steps: int = N_STEPS) -> list[dict]:
         pos, neg = 0.6 + 0.01 * step, 0.2 + 0.012 * step
         row = {"step": step, "time": 1.7e9 + step, **norms, "contrastive/pos_sim": pos, "contrastive/neg_sim": neg,
                "contrastive/hard_neg_sim": neg + 0.1, "contrastive/gap": pos - neg, "contrastive/in_batch_acc": 0.8,
-               "contrastive/loss": 2.0 / np.sqrt(step)}
+               "contrastive/loss": 2.0 / np.sqrt(step), "contrastive/hardest_neg_sim": neg + 0.2,
+               "optim/lr/group.0": 1e-4 * min(1.0, step / 5), "optim/lr/group.1": 1e-5 * min(1.0, step / 5)}
         if step == DEAD_STEP:
             row["alarm/dead_layer"] = 1.0
         if step == GAP_STEP:
@@ -215,7 +216,7 @@ def test_report_is_one_self_contained_file(full_report):
 def test_report_embeds_every_expected_figure_as_png(full_report):
     _, text = full_report
     images = _parse(text).named("img")
-    assert len(images) == EXPECTED_IMAGES == 22
+    assert len(images) == EXPECTED_IMAGES == 24
     for image in images:
         payload = base64.b64decode(image["src"].split(",", 1)[1], validate=True)
         assert payload[:8] == b"\x89PNG\r\n\x1a\n"
@@ -298,15 +299,15 @@ def test_user_text_is_escaped(full_report):
 def test_metrics_table_shows_change_against_base(full_report):
     _, text = full_report
     checkpoint = _section(text, "snapshot-30")
-    rows = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>geometry</h4>"):])}
+    rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>geometry</h4>"):])}
     assert rows["geometry/anisotropy"] == ["0.375", f"{CHECKPOINT_ANISOTROPY - BASE_ANISOTROPY:+.4g}"]
     assert rows["geometry/id_pca95"] == ["9", "0"]
-    retrieval = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>retrieval</h4>"):])}
+    retrieval = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>retrieval</h4>"):])}
     assert retrieval["retrieval/ndcg@10"] == ["0.625", "+0.125"]
-    drift = {r[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>drift</h4>"):])}
+    drift = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>drift</h4>"):])}
     assert drift["drift/base/cka"] == ["0.9"]  # drift is already a comparison: no delta column
     base = _section(text, "snapshot-0")
-    base_rows = {r[0]: r[1:] for r in _table_rows(base[base.index("<h4>geometry</h4>"):])}
+    base_rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(base[base.index("<h4>geometry</h4>"):])}
     assert base_rows["geometry/anisotropy"] == ["0.125"]
 
 
@@ -422,9 +423,12 @@ def test_contrastive_curve_skips_absent_series_and_keeps_gaps():
         row.pop("contrastive/hard_neg_sim", None)
     figure = plots.contrastive_curve(rows)
     labels = [l.get_label() for l in figure.axes[0].lines if not l.get_label().startswith("_")]
-    assert labels == ["positive pairs", "in-batch negatives", "gap (pos − neg)"]
-    gap = figure.axes[0].lines[2]
-    np.testing.assert_allclose(gap.get_ydata(), [r["contrastive/gap"] for r in rows])
+    assert labels == ["positive pairs", "in-batch negatives", "hardest in-batch negative", "gap (pos − neg)",
+                      "in-batch accuracy (fraction)"]
+    lines = {l.get_label(): l for l in figure.axes[0].lines}
+    np.testing.assert_allclose(lines["gap (pos − neg)"].get_ydata(), [r["contrastive/gap"] for r in rows])
+    np.testing.assert_allclose(lines["hardest in-batch negative"].get_ydata(), [r["contrastive/hardest_neg_sim"] for r in rows])
+    np.testing.assert_allclose(lines["in-batch accuracy (fraction)"].get_ydata(), [r["contrastive/in_batch_acc"] for r in rows])
 
 
 def test_grad_norm_heatmap_orders_layers_and_marks_dead_and_null_cells():
@@ -614,3 +618,164 @@ def test_report_opens_in_headless_chromium(full_report, tmp_path):
     assert len(loaded.named("img")) == EXPECTED_IMAGES
     assert {"summary", "timeline", "snapshot-0", "snapshot-30"} <= loaded.ids()
     assert not loaded.named("script")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 15: the story at the top, the timeline, aligned layouts, long texts
+
+
+def test_before_after_table_is_first_and_compares_every_snapshot_with_the_base(full_report):
+    from aquin_monitor.report import metric_meaning
+
+    _, text = full_report
+    assert text.index('id="overview"') < text.index('id="timeline"') < text.index('id="snapshot-0"')
+    overview = _section(text, "overview")
+    rows = {r[0]: r[1:] for r in _table_rows(overview)}
+    # headline metrics first, in the documented order, then the other retrieval/ and geometry/ ones
+    assert list(rows)[:3] == ["retrieval/ndcg@10", "retrieval/mrr@10", "geometry/anisotropy"]
+    assert all(name.startswith(("retrieval/", "geometry/")) for name in rows)
+    meaning, base, checkpoint = rows["geometry/anisotropy"]
+    assert meaning == metric_meaning("geometry/anisotropy") and "mean cosine" in meaning
+    assert base == "0.125" and checkpoint == f"0.375 ({CHECKPOINT_ANISOTROPY - BASE_ANISOTROPY:+.4g})"
+    assert rows["retrieval/ndcg@10"][1:] == ["0.5", "0.625 (+0.125)"]
+    assert rows["geometry/id_pca95"][1:] == ["9", "9 (0)"]
+    assert "step 0 (base)" in overview and "step 30 (checkpoint)" in overview
+
+
+def test_every_metric_in_the_tables_has_a_meaning(full_report):
+    from aquin_monitor.report import metric_meaning
+
+    _, text = full_report
+    for anchor in ("snapshot-0", "snapshot-30"):
+        section = _section(text, anchor)
+        groups = [g for g in ("geometry", "retrieval", "drift", "attention") if f"<h4>{g}</h4>" in section]
+        assert len(groups) == (3 if anchor == "snapshot-0" else 4)
+        for group in groups:
+            for row in _table_rows(section[section.index(f"<h4>{group}</h4>"):]):
+                name, _, meaning = row[0].partition(" ")
+                assert meaning.strip() and meaning.strip() == metric_meaning(name), name
+    assert "the last layer is the one the contrastive objective shaped" in metric_meaning("layers/similarity.05")
+
+
+def test_timeline_has_learning_rate_and_total_gradient_norm_with_captions(full_report):
+    _, text = full_report
+    timeline = _section(text, "timeline")
+    captions = [c for c in _parse(timeline).text if c.strip()]
+    for caption in ("Learning rate", "Total gradient norm", "Positive / negative similarity, hardest negative, gap and in-batch accuracy"):
+        assert caption in captions, caption
+    assert timeline.count("Look for:") == TIMELINE_FIGURES
+    rows = _metrics_rows()
+    figure = plots.scalar_curves(rows, ["optim/lr/group.0", "optim/lr/group.1", "optim/lr/absent"], title="lr", ylabel="lr",
+                                 log_scale=True)
+    lines = {l.get_label(): l for l in figure.axes[0].get_lines()}
+    assert set(lines) == {"optim/lr/group.0", "optim/lr/group.1"} and figure.axes[0].get_yscale() == "log"
+    np.testing.assert_allclose(lines["optim/lr/group.1"].get_ydata(), [r["optim/lr/group.1"] for r in rows])
+    with pytest.raises(plots.NoDataError):
+        plots.scalar_curves(rows, ["optim/lr"], title="lr", ylabel="lr")
+
+
+def test_snapshot_captions_say_what_to_look_for(full_report):
+    from aquin_monitor.report import FIGURE_HINTS
+
+    _, text = full_report
+    checkpoint = _section(text, "snapshot-30")
+    for spec in plots.SNAPSHOT_FIGURES:
+        assert f"<b>{html_escape(spec.caption)}</b>" in checkpoint, spec.name
+        assert html_escape(FIGURE_HINTS[spec.name]) in checkpoint, spec.name
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_align_layouts_undoes_rotation_scale_and_shift_and_chains():
+    from aquin_monitor.report import align_layouts
+
+    rng = np.random.default_rng(3)
+    first = rng.normal(size=(40, 2))
+    angle = 1.1
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    second = 0.25 * (first @ turn) + np.array([7.0, -3.0])
+    mirrored = (first * np.array([-1.0, 1.0])) * 4.0 - 1.0  # a reflection is allowed too
+    other_probe = rng.normal(size=(10, 2))
+    aligned = align_layouts([first, second, mirrored, other_probe])
+    np.testing.assert_allclose(aligned[0], first)
+    np.testing.assert_allclose(aligned[1], first, atol=1e-9)
+    np.testing.assert_allclose(aligned[2], first, atol=1e-9)
+    np.testing.assert_allclose(aligned[3], other_probe)  # another shape starts a new chain, as is
+    # a noisy layout: the least-squares fit, checked against the closed form computed here
+    noisy = second + rng.normal(scale=0.05, size=second.shape)
+    got = align_layouts([first, noisy])[1]
+    a, b = first - first.mean(0), noisy - noisy.mean(0)
+    u, sigma, vt = np.linalg.svd(b.T @ a)
+    expected = (sigma.sum() / np.sum(b * b)) * b @ (u @ vt) + first.mean(0)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_report_draws_each_umap_aligned_to_the_previous_snapshot(tmp_path, monkeypatch):
+    run_dir = build_run(tmp_path / "run")
+    base_umap = np.load(run_dir / "snapshots" / "0" / "arrays.npz")["umap"].astype(np.float64)
+    folder = run_dir / "snapshots" / "30"
+    arrays = dict(np.load(folder / "arrays.npz"))
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+    arrays["umap"] = (2.0 * base_umap @ turn + 10.0).astype(np.float32)
+    np.savez(folder / "arrays.npz", **arrays)
+    drawn = []
+    original = plots.umap_by_label
+    monkeypatch.setattr(plots, "umap_by_label", lambda umap, labels=None: drawn.append(np.asarray(umap)) or original(umap, labels))
+    write_report(run_dir)
+    assert len(drawn) == 2
+    np.testing.assert_allclose(drawn[1], base_umap, atol=1e-4)  # float32 storage
+
+
+def test_long_ood_texts_are_cut_and_unfold(tmp_path):
+    from aquin_monitor.report import OOD_TEXT_CHARS
+
+    run_dir = build_run(tmp_path / "run", metrics=False, events=False)
+    record_path = run_dir / "snapshots" / "30" / "snapshot.json"
+    record = json.loads(record_path.read_text())
+    long_text = "<b>abstract</b> " + "word " * 200
+    record["details"]["ood_flagged"].append({"index": 9, "text": long_text, "score": 0.5})
+    record_path.write_text(json.dumps(record))
+    text = write_report(run_dir).read_text()
+    section = _section(text, "snapshot-30")
+    cut = html_escape(long_text[:OOD_TEXT_CHARS].rstrip()) + "…"
+    assert f'<details class="long-text"><summary><span class="probe">{cut}</span>' in section
+    assert html_escape(long_text) in section  # the whole text, once, inside the fold
+    assert section.count(html_escape(long_text)) == 1
+    assert f'<span class="probe">{html_escape("plain text")}</span>' in section  # short texts stay whole
+
+
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.querySelectorAll("figure img")].map(i => [i.naturalWidth, i.getBoundingClientRect().width]);
+  const folded = [...document.querySelectorAll("details.long-text")].map(d => [d.open, d.lastElementChild.checkVisibility()]);
+  const overview = document.getElementById("overview").getBoundingClientRect().top;
+  const timeline = document.getElementById("timeline").getBoundingClientRect().top;
+  document.body.setAttribute("data-measure", JSON.stringify({images, folded, overview, timeline, width: window.innerWidth}));
+});
+</script>"""
+
+
+@pytest.mark.chromium
+def test_report_at_1400px_shows_figures_at_full_size_and_folds_long_texts(tmp_path):
+    """Measured in the browser: a legend drawn at 8-9 pt stays readable only if the figure is not shrunk."""
+    run_dir = build_run(tmp_path / "run")
+    record_path = run_dir / "snapshots" / "30" / "snapshot.json"
+    record = json.loads(record_path.read_text())
+    record["details"]["ood_flagged"].append({"index": 9, "text": "long abstract " * 40, "score": 0.5})
+    record_path.write_text(json.dumps(record))
+    page = tmp_path / "measured.html"
+    page.write_text(write_report(run_dir).read_text().replace("</body>", MEASURE + "</body>"))
+    result = _run_chromium(page, tmp_path / "profile", "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (body,) = [attrs for tag, attrs in _parse(result.stdout).tags if tag == "body"]
+    measure = json.loads(body["data-measure"])
+    assert measure["width"] == 1400
+    assert len(measure["images"]) == EXPECTED_IMAGES
+    for natural, shown in measure["images"]:
+        assert natural > 0 and shown / natural >= 0.99, (natural, shown)  # no figure scaled down at 1,400 px
+    assert measure["folded"] == [[False, False]]  # the long text is folded: its full version is not visible
+    assert measure["overview"] < measure["timeline"]

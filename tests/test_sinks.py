@@ -41,7 +41,7 @@ from aquin_monitor.sinks import (  # noqa: E402
     sinks_for_lightning,
 )
 from aquin_monitor.sinks.jsonl import embeddings_path, figure_path  # noqa: E402
-from aquin_monitor.sinks.tensorboard import CUSTOM_SCALARS_LAYOUT  # noqa: E402
+from aquin_monitor.sinks.tensorboard import CHART_FAMILIES  # noqa: E402
 
 ALARM = {"step": 2, "kind": "spike", "layer": "layer.03", "message": "robust z = 9.1", "value": 9.1}
 
@@ -275,28 +275,83 @@ def test_tensorboard_sink_written_files_read_back_with_tensorboard(tmp_path, fig
     assert 'tensor_name: "probe:00002"' in config
     (metadata,) = log_dir.glob("00002/probe*/metadata.tsv")
     assert metadata.read_text().splitlines() == ["q one", "q two", "q3"]
+    # with texts: two columns under a header, as the projector reads them
+    sink = TensorBoardSink(log_dir=tmp_path / "tb2")
+    sink.log_embeddings("probe", np.eye(2, 3), ["<b>$$</b>", "dog"], step=4, texts=["a cat\tsat", "a dog\nbarks"])
+    sink.close()
+    (two_columns,) = (tmp_path / "tb2").glob("00004/probe*/metadata.tsv")
+    assert two_columns.read_text().splitlines() == ["text\tlabel", "a cat sat\t<b>$$</b>", "a dog barks\tdog"]
     tensors = np.loadtxt(metadata.parent / "tensors.tsv", delimiter="\t")
     np.testing.assert_array_equal(tensors, np.eye(3, 4))
 
 
-def test_tensorboard_custom_scalars_layout(tmp_path):
+def latest_layout(log_dir) -> dict[str, list[str]]:
+    """The chart title -> tag patterns of the last custom-scalars layout written (the one TensorBoard shows)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    TensorBoardSink(log_dir=tmp_path).close()
-    (event,) = read_tensorboard(tmp_path).Tensors("custom_scalars__config__")
-    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert set(charts) == {"contrastive", "grad_norm", "alarms"}
+    events = read_tensorboard(log_dir).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(events[-1].tensor_proto.string_val[0])
+    return {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
 
-    def matched(chart, tags):
-        return [tag for tag in tags if any(re.search(pattern, tag) for pattern in charts[chart])]
 
-    contrastive = ["contrastive/pos_sim", "contrastive/neg_sim", "contrastive/hard_neg_sim", "contrastive/gap"]
-    assert matched("contrastive", contrastive + ["contrastive/in_batch_acc", "contrastive/gap_x"]) == contrastive
-    layers = [f"grad_norm/layer.{i:02d}" for i in range(12)]
-    assert matched("grad_norm", layers + ["grad_norm/total", "grad_norm/embeddings", "grad_norm/layerx00"]) == layers
-    assert matched("alarms", ["alarm/spike", "alarm/dead_layer", "grad_norm/total"]) == ["alarm/spike", "alarm/dead_layer"]
-    assert charts == {name: spec[1] for name, spec in CUSTOM_SCALARS_LAYOUT["aquin-monitor"].items()}
+def test_tensorboard_custom_scalars_one_chart_per_family_from_the_tags_logged(tmp_path):
+    layers = [f"grad_norm/layer.{i:02d}" for i in range(3)]
+    lora_a = [f"{layer}/lora_A" for layer in layers]
+    lora_b = [f"{layer}/lora_B" for layer in layers]
+    contrastive = ["contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap"]
+    sink = TensorBoardSink(log_dir=tmp_path)
+    step_one = {**dict.fromkeys(layers + lora_a + lora_b, 1.0), "grad_norm/total": 2.0, "grad_norm/embeddings": 0.5,
+                **dict.fromkeys(contrastive, 0.3), "contrastive/hardest_neg_sim": 0.8, "contrastive/in_batch_acc": 0.9,
+                "contrastive/loss": 1.2, "optim/lr/group.0": 1e-4, "optim/lr/group.1": 1e-5, "geometry/anisotropy": 0.4}
+    sink.log_scalars(step_one, step=1)
+    sink.log_event({"step": 3, "kind": "spike", "layer": "layer.01", "message": "", "value": 9.0})
+    sink.close()
+
+    charts = latest_layout(tmp_path)
+    # every chart lists exactly the tags of its family that were logged, and each listed tag exists
+    logged = set(read_tensorboard(tmp_path).Tags()["scalars"])
+    members = {title: sorted(tag for tag in logged if any(re.search(p, tag) for p in patterns)) for title, patterns in charts.items()}
+    assert members == {
+        "gradient norm per layer": sorted(layers + ["grad_norm/embeddings"]),
+        "gradient norm lora_A": sorted(lora_a),
+        "gradient norm lora_B": sorted(lora_b),
+        "gradient norm total": ["grad_norm/total"],
+        "contrastive similarity: positive, negative, gap": sorted(contrastive),
+        "hardest negative similarity": ["contrastive/hardest_neg_sim"],
+        "in-batch accuracy": ["contrastive/in_batch_acc"],
+        "contrastive loss": ["contrastive/loss"],
+        "learning rate": ["optim/lr/group.0", "optim/lr/group.1"],
+        "alarms": ["alarm/spike"],
+    }
+    for title, patterns in charts.items():  # no pattern names a tag that was never logged
+        assert all(any(re.search(p, tag) for tag in logged) for p in patterns), title
+    assert [title for title, _ in CHART_FAMILIES] == list(charts)
+
+
+def test_tensorboard_layout_lists_the_lora_tags_a_real_monitor_logs(tmp_path, tiny_mean_model):
+    """The LoRA demo's tags come from the monitor on a peft model, not from a list written here."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from aquin_monitor.monitor import StepMonitor
+
+    bert = get_peft_model(AutoModel.from_pretrained(tiny_mean_model), LoraConfig(r=2, target_modules=["query", "value"]))
+    monitor = StepMonitor([TensorBoardSink(log_dir=tmp_path)], histogram_every=0, strict=True, warn=False)
+    ids = torch.randint(5, 90, (4, 7))
+    for step in (1, 2):
+        bert(input_ids=ids).last_hidden_state.pow(2).mean().backward()
+        monitor.on_optimizer_step(step, bert)
+        bert.zero_grad(set_to_none=True)
+    monitor.close()
+    logged = set(read_tensorboard(tmp_path).Tags()["scalars"])
+    lora_a = {t for t in logged if t.startswith("grad_norm/") and t.endswith("/lora_A")}
+    assert lora_a  # the monitor does log them
+    charts = latest_layout(tmp_path)
+    shown = {tag for tag in logged if any(re.search(p, tag) for p in charts["gradient norm lora_A"])}
+    assert shown == lora_a
+    shown_b = {tag for tag in logged if any(re.search(p, tag) for p in charts["gradient norm lora_B"])}
+    assert shown_b == {t for t in logged if t.startswith("grad_norm/") and t.endswith("/lora_B")} and shown_b
 
 
 def test_tensorboard_sink_borrowed_writer_is_not_closed(tmp_path):
@@ -455,6 +510,27 @@ def test_wandb_sink_opens_and_finishes_its_own_offline_run(wandb_offline, tmp_pa
     assert run_dir.parent == tmp_path / "own" / "wandb" and run_dir.name.startswith("offline-run-")
     rows = history_rows(wandb_records(run_dir))
     assert [(r["aquin/step"], r["contrastive/pos_sim"]) for r in rows] == [(4, 0.75)]
+
+
+def test_wandb_sink_config_and_probe_table_with_texts(wandb_offline, tmp_path):
+    sink = WandbSink(dir=tmp_path / "own", config={"monitor/log_every": 1, "monitor/device": np.float32(0.5)})
+    sink.update_config({"trainer/learning_rate": 2e-5, "trainer/optimizer": object.__name__})  # before the run exists
+    sink.log_embeddings("probe", np.eye(2, 3), ["<script>", "$$"], step=2, texts=["a cat", "a dog"])
+    sink.update_config({"trainer/learning_rate": 1e-4})  # after: sent at once, replacing the earlier value
+    run_dir = Path(sink.run.dir).parent
+    sink.close()
+    wandb_offline.teardown()
+    records = wandb_records(run_dir)
+    config = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    assert {k: config[k] for k in ("monitor/log_every", "monitor/device", "trainer/learning_rate", "trainer/optimizer")} == {
+        "monitor/log_every": 1, "monitor/device": 0.5, "trainer/learning_rate": 1e-4, "trainer/optimizer": "object"}
+    (row,) = [r for r in history_rows(records) if "probe/_type" in r]
+    table = json.loads((run_dir / "files" / row["probe/path"]).read_text())
+    assert table["columns"] == ["text", "label", "embedding"]
+    assert table["data"] == [["a cat", "<script>", [1.0, 0.0, 0.0]], ["a dog", "$$", [0.0, 1.0, 0.0]]]
 
 
 # ------------------------------------------------------------------------ trainer integrations

@@ -51,7 +51,11 @@ class Sink(Protocol):
     def log_embeddings(
         self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
     ) -> None:
-        """Write an (n, d) embedding matrix with optional per-row labels (TB projector, W&B table)."""
+        """Write an (n, d) embedding matrix with optional per-row labels (TB projector, W&B table).
+
+        A sink may also take ``texts=`` (one text per row; the bundled TensorBoard and W&B sinks
+        do): :func:`send_embeddings` passes it only to the sinks whose method has that parameter.
+        """
         ...
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -228,9 +232,19 @@ class MultiSink:
         self._call("log_figure", tag, figure, step, part=f"log_figure {tag}")
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
-        self._call("log_embeddings", tag, embeddings, labels, step)
+        """Forward to every sink; ``texts`` only to those whose ``log_embeddings`` takes it."""
+        for sink in self.sinks:
+            if (id(sink), "log_embeddings") in self._disabled:
+                continue
+            try:
+                send_embeddings(sink, tag, embeddings, labels, step, texts=texts)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self._switch_off(sink, "log_embeddings", exc)
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self._call("log_summary", metrics, step)
@@ -248,6 +262,42 @@ class MultiSink:
 
     def close(self) -> None:
         self._call("close")
+
+
+def send_embeddings(
+    sink: Any, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+    texts: Sequence[str] | None = None,
+) -> None:
+    """Call ``sink.log_embeddings``, with ``texts=`` only when given and when the sink's method takes it.
+
+    Sinks written for the four-argument protocol keep working.
+
+    >>> class Old:
+    ...     def log_embeddings(self, tag, embeddings, labels, step):
+    ...         print("old", labels)
+    >>> class New:
+    ...     def log_embeddings(self, tag, embeddings, labels, step, texts=None):
+    ...         print("new", labels, texts)
+    >>> for sink in (Old(), New()):
+    ...     send_embeddings(sink, "probe", np.zeros((1, 2)), ["a"], 3, texts=["some text"])
+    old ['a']
+    new ['a'] ['some text']
+    """
+    method = sink.log_embeddings
+    if texts is not None and _takes_texts(method):
+        method(tag, embeddings, labels, step, texts=texts)
+    else:
+        method(tag, embeddings, labels, step)
+
+
+def _takes_texts(method: Any) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "texts" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -75,7 +75,9 @@ def sinks_for_lightning(trainer_loggers: Iterable[Any], run_dir: str | os.PathLi
         elif isinstance(logger, loggers.WandbLogger):
             from aquin_monitor.sinks.wandb import WandbSink
 
-            sinks.append(WandbSink(run=logger.experiment))
+            sink = WandbSink(run=logger.experiment)
+            sink.follow_lightning_logger(logger)  # one x-axis: the logger's rows get aquin/step too
+            sinks.append(sink)
         else:
             sinks.append(LightningLoggerSink(logger))
     return sinks

@@ -16,6 +16,13 @@ are plotted against ``aquin/step`` all the same.)
 ``commit=False`` was rejected: it merges values into the trainer's next row, so with
 ``logging_steps=50`` only one step in fifty would survive.
 
+Lightning: its ``WandbLogger`` logs a batch's metrics at ``trainer/global_step`` = the number of
+optimizer steps *before* that batch's step (0 for the first batch), while the monitor counts the
+step the batch made (1 for the first). :meth:`WandbSink.follow_lightning_logger` (called by
+:func:`~aquin_monitor.sinks.lightning.sinks_for_lightning`) adds ``aquin/step`` = ``trainer/global_step + 1``
+to every row that logger writes and declares ``aquin/step`` the x-axis of ``"*"``: one axis for
+everything, on which a batch's Lightning loss and its ``contrastive/loss`` sit at the same step.
+
 Caveat: if your own code calls ``wandb.log(..., step=n)`` explicitly, our rows advance ``_step``
 and W&B will drop yours; log your step as a metric instead (as HF and Lightning do).
 """
@@ -51,9 +58,20 @@ class WandbSink:
 
     Scalars go to history against ``aquin/step`` (see the module docstring), histograms as
     ``wandb.Histogram`` of the finite values, alarms as ``alarm/<kind>`` = 1 plus a
-    ``wandb.Table`` under ``events`` holding every alarm so far, figures as ``wandb.Image``,
-    embeddings as a ``wandb.Table`` (columns ``label``, ``embedding``) for W&B's 2-D projection
-    panel, snapshot summaries as their numeric leaves.
+    ``wandb.Table`` under ``events`` holding every alarm so far, figures as ``wandb.Image``
+    (captioned with their step, in a row at that step), embeddings as a ``wandb.Table`` (columns
+    ``text`` when texts are given, ``label``, ``embedding``) for W&B's 2-D projection panel,
+    snapshot summaries as their numeric leaves.
+
+    ``config`` (and later :meth:`update_config`) goes to the run's config once the run is known:
+    the monitor's settings and the trainer's hyperparameters, so runs can be compared by them.
+
+    Example::
+
+        sink = WandbSink(project="my-project", mode="offline", config={"monitor/log_every": 1})
+        sink.update_config({"trainer/learning_rate": 2e-5, "trainer/batch_size": 32})
+        sink.log_scalars({"contrastive/gap": 0.4}, step=1)
+        sink.close()
     """
 
     def __init__(
@@ -62,6 +80,7 @@ class WandbSink:
         project: str | None = None,
         mode: str | None = None,
         dir: str | os.PathLike | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self._run = run
         self._owns_run = False
@@ -70,7 +89,47 @@ class WandbSink:
         self.dir = dir
         self._defined: set[str] = set()
         self._event_rows: list[list[Any]] = []
+        self._config: dict[str, Any] = dict(config or {})
+        self._config_sent = False
         self._wandb = require("wandb", "Weights & Biases logging")
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        """Add ``values`` (monitor settings, trainer hyperparameters) to the run's config.
+
+        Sent at once when the run is already known, else with the first write. Values that are
+        not JSON-able are written as their ``str``. A later value for a key replaces the earlier one.
+        """
+        self._config.update({str(key): _config_value(value) for key, value in values.items()})
+        self._config_sent = False
+        if self._run is not None:
+            self._send_config()
+
+    def _send_config(self) -> None:
+        if self._config and not self._config_sent:
+            self._run.config.update(self._config, allow_val_change=True)
+            self._config_sent = True
+
+    def follow_lightning_logger(self, logger: Any) -> None:
+        """Put a Lightning ``WandbLogger``'s rows on this sink's axis (see the module docstring).
+
+        Wraps that logger object's ``log_metrics`` (this instance only) so each row it writes at
+        ``step`` also carries ``aquin/step = step + 1``, and declares ``aquin/step`` the x-axis of
+        every metric (``define_metric("*", ...)``, which replaces the logger's own ``"*"``).
+        """
+        original = logger.log_metrics
+        if getattr(original, "_aquin_follows", False):
+            return
+
+        def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+            if step is not None:
+                metrics = {**metrics, STEP_KEY: int(step) + 1}
+            original(metrics, step)
+
+        log_metrics._aquin_follows = True  # type: ignore[attr-defined]
+        logger.log_metrics = log_metrics
+        self._run = logger.experiment
+        self._define_axis()
+        self._run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
 
     @property
     def run(self) -> Any:
@@ -87,13 +146,18 @@ class WandbSink:
                     kwargs["dir"] = os.fspath(self.dir)
                 self._run = self._wandb.init(**kwargs)
                 self._owns_run = True
+            self._send_config()
         return self._run
+
+    def _define_axis(self) -> None:
+        if STEP_KEY not in self._defined:
+            self.run.define_metric(STEP_KEY, hidden=True)
+            self._defined.add(STEP_KEY)
 
     def _log(self, row: Mapping[str, Any], step: int) -> None:
         run = self.run
-        if not self._defined:
-            run.define_metric(STEP_KEY, hidden=True)
-            self._defined.add(STEP_KEY)
+        self._send_config()
+        self._define_axis()
         for key in row:
             if key not in self._defined:
                 run.define_metric(key, step_metric=STEP_KEY)
@@ -128,20 +192,27 @@ class WandbSink:
         self._log({f"alarm/{event['kind']}": 1.0, EVENTS_KEY: table}, int(event["step"]))
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        self._log({tag: self._wandb.Image(figure)}, check_step(step))
+        step = check_step(step)
+        self._log({tag: self._wandb.Image(figure, caption=f"step {step}")}, step)
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
         matrix = np.asarray(embeddings, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {matrix.shape}")
         if labels is None:
             labels = [str(i) for i in range(matrix.shape[0])]
-        elif len(labels) != matrix.shape[0]:
-            raise ValueError(f"got {len(labels)} labels for {matrix.shape[0]} embeddings")
+        for name, column in (("labels", labels), ("texts", texts)):
+            if column is not None and len(column) != matrix.shape[0]:
+                raise ValueError(f"got {len(column)} {name} for {matrix.shape[0]} embeddings")
         rows = [[str(label), vector.tolist()] for label, vector in zip(labels, matrix)]
-        table = self._wandb.Table(columns=["label", "embedding"], data=rows)
+        columns = ["label", "embedding"]
+        if texts is not None:
+            rows = [[str(text), *row] for text, row in zip(texts, rows)]
+            columns = ["text", *columns]
+        table = self._wandb.Table(columns=columns, data=rows)
         self._log({tag: table}, check_step(step))
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -157,3 +228,16 @@ class WandbSink:
             self._run.finish()
             self._run = None
             self._owns_run = False
+
+
+def _config_value(value: Any) -> Any:
+    """``value`` if W&B's config can hold it as it is (JSON-able scalars, lists, dicts), else ``str(value)``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _config_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_config_value(v) for v in value]
+    return str(value)

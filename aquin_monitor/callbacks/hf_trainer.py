@@ -107,7 +107,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             self._clip_norm = float(args.max_grad_norm)
             args.max_grad_norm = 0.0
         prefix = "grad_norm_post_clip/" if clipping and self._clip_norm is None else "grad_norm/"
-        self.monitor = self.settings.build(sinks, rank_zero=rank_zero, run_dir=self.run_dir, grad_prefix=prefix)
+        self.monitor = self.settings.build(sinks, rank_zero=rank_zero, run_dir=self.run_dir, grad_prefix=prefix, trainer_config=args.to_dict())
         restored = self._restored_state or self._read_checkpoint_state(args, state)
         if restored:
             self.monitor.load_state_dict(restored)

@@ -94,7 +94,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
         if trainer.is_global_zero:
             makers = [("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)), ("the JSONL files", lambda: [JsonlSink(run_dir)])]
             sinks = open_sinks(makers, strict=self.settings.strict)
-        self.monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir)
+        self.monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir, trainer_config=dict(getattr(pl_module, "hparams", {}) or {}))
         if self._restored is not None:
             self.monitor.load_state_dict(self._restored)
 

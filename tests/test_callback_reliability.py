@@ -107,3 +107,23 @@ def test_resume_after_a_crash_in_a_snapshot_fills_the_gap_and_warns(tiny_mean_mo
     assert [int(f.name) for f in list_snapshots(tmp_path)] == [0, 2, 4, 6]
     record = json.loads((tmp_path / "snapshots" / "4" / "snapshot.json").read_text())
     assert record["tag"] == "checkpoint" and math.isfinite(record["metrics"]["drift/base/cka"])
+
+
+def test_settings_reach_sinks_that_keep_a_run_config_and_a_failing_one_is_skipped():
+    from aquin_monitor.callbacks._settings import MonitorSettings
+
+    class Keeps:
+        def __init__(self, fail=False):
+            self.config, self.fail = {}, fail
+
+        def update_config(self, values):
+            if self.fail:
+                raise OSError("offline")
+            self.config.update(values)
+
+    kept, broken = Keeps(), Keeps(fail=True)
+    with pytest.warns(RuntimeWarning, match="sending the run config failed"):
+        MonitorSettings(log_every=3, stop_on=("nan",)).build([broken, kept], rank_zero=True, run_dir="unused", trainer_config={"learning_rate": 5e-4})
+    assert kept.config["learning_rate"] == 5e-4
+    assert kept.config["aquin_monitor/log_every"] == 3 and kept.config["aquin_monitor/stop_on"] == ["nan"]
+    assert kept.config["aquin_monitor/alarms"]["gap_window"] == 40

@@ -77,12 +77,12 @@ def test_auxk_loss_matches_plain_torch():
 
 
 def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed():
-    from aquin_monitor.sae.train import SaeTrainConfig, _Loop
+    from aquin_monitor.sae.train import SaeTrainConfig, TrainingLoop
 
     torch.manual_seed(3)
     sae = _sae()
     x = torch.randn(256, 16)
-    loop = _Loop(sae, x, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64))
+    loop = TrainingLoop(sae, x, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64))
     original_step = loop.optimizer.step
     seen = []
 
@@ -179,3 +179,30 @@ def test_nan_weights_are_refused(tmp_path):
     sae.save(tmp_path / "s")
     with pytest.raises(SaeFormatError, match="W_dec: not finite"):
         load_sae(tmp_path / "s")
+
+
+def test_sparse_backward_equals_dense_autograd():
+    """The encoder's index_add backward gives autograd's gradients (with and without AuxK)."""
+    torch.manual_seed(4)
+    sae = _sae(d=16, m=64, k=4)
+    x = torch.randn(40, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    for dead_mask in (None, dead):
+        sae.zero_grad()
+        out = sae(x, dead_mask=dead_mask)
+        (out.fvu + out.auxk_loss).backward()
+        ours = {name: p.grad.clone() for name, p in sae.named_parameters()}
+        params = {name: p.detach().clone().requires_grad_() for name, p in sae.named_parameters()}
+        W_enc, b_enc, W_dec, b_dec = params["encoder.weight"], params["encoder.bias"], params["W_dec"], params["b_dec"]
+        z, x_hat, pre = _reference_forward(x, W_enc, b_enc, W_dec, b_dec, sae.k)
+        variance = ((x - x.mean(0)) ** 2).sum()
+        loss = ((x - x_hat) ** 2).sum() / variance
+        if dead_mask is not None:
+            masked = pre.masked_fill(~dead_mask, float("-inf"))
+            kth = masked.sort(dim=1, descending=True).values[:, 7:8]  # k_aux = d/2 = 8
+            z_aux = torch.where((masked >= kth) & dead_mask, pre, torch.zeros_like(pre))
+            loss = loss + min(dead_mask.sum().item() / 8, 1.0) * ((z_aux @ W_dec - (x - x_hat).detach()) ** 2).sum() / variance
+        loss.backward()
+        for name, p in params.items():
+            assert torch.allclose(ours[name], p.grad, atol=1e-5), name

@@ -74,6 +74,44 @@ class ForwardOutput(NamedTuple):
     auxk_loss: Tensor
 
 
+class _SparseTopKEncoder(torch.autograd.Function):
+    """ReLU(x Wᵀ + b) then TopK, with a backward pass that touches only the k selected latents.
+
+    Autograd would multiply a dense [n, n_latents] gradient back through the encoder twice (for
+    the weights and for the input, which ``b_dec`` needs); here the input gradient is an
+    embedding bag over the k selected rows (as in EleutherAI sparsify's fused encoder), and the
+    AuxK gradient on the pre-activations joins the TopK gradient in one weight product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, k: int):
+        ctx.set_materialize_grads(False)
+        pre_acts = F.relu(F.linear(x, weight, bias))
+        acts, indices = torch.topk(pre_acts, k, dim=-1, sorted=False)
+        ctx.save_for_backward(x, weight, indices, acts, pre_acts)
+        ctx.mark_non_differentiable(indices)
+        return acts, indices, pre_acts
+
+    @staticmethod
+    def backward(ctx, grad_acts, _grad_indices, grad_pre_acts):
+        x, weight, indices, acts, pre_acts = ctx.saved_tensors
+        dense = grad_pre_acts * (pre_acts > 0) if grad_pre_acts is not None else torch.zeros_like(pre_acts)
+        if grad_acts is not None:
+            grad_acts = grad_acts * (acts > 0)  # ReLU: no gradient where the activation is clipped
+            dense.scatter_add_(1, indices, grad_acts)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            if grad_pre_acts is None and grad_acts is not None:  # k rows per input instead of a matrix product
+                grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad_acts, mode="sum")
+            else:
+                grad_x = dense @ weight
+        if ctx.needs_input_grad[1]:
+            grad_weight = dense.T @ x
+        if ctx.needs_input_grad[2]:
+            grad_bias = dense.sum(0)
+        return grad_x, grad_weight, grad_bias, None
+
+
 class SparseAutoencoder(nn.Module):
     """TopK SAE on embeddings, parameter names and shapes as EleutherAI sparsify's ``SparseCoder``.
 
@@ -106,8 +144,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
         """The k active features of each row of ``x`` [n, d_in] (values and indices)."""
-        pre_acts = F.relu(self.encoder(x - self.b_dec))
-        acts, indices = torch.topk(pre_acts, self.k, dim=-1, sorted=False)
+        acts, indices, pre_acts = _SparseTopKEncoder.apply(x - self.b_dec, self.encoder.weight, self.encoder.bias, self.k)
         return TopKOutput(acts, indices, pre_acts)
 
     def decode_topk(self, acts: Tensor, indices: Tensor) -> Tensor:

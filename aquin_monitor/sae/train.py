@@ -30,7 +30,7 @@ import torch
 from .evaluate import feature_statistics
 from .model import SparseAutoencoder
 
-__all__ = ["SaeTrainConfig", "TrainResult", "choose_sizes", "train_sae"]
+__all__ = ["SaeTrainConfig", "TrainResult", "TrainingLoop", "choose_sizes", "train_sae"]
 
 
 @dataclass
@@ -143,7 +143,7 @@ def train_sae(
     sae = SparseAutoencoder(d, config.num_latents, config.k, seed=config.seed, metadata=metadata).to(config.device)
     with torch.no_grad():
         sae.b_dec.copy_(x[train_idx].mean(0))
-    loop = _Loop(sae, x[train_idx], x[val_idx], config)
+    loop = TrainingLoop(sae, x[train_idx], x[val_idx], config)
     sink = MultiSink(sinks)
     history: list[dict[str, float]] = []
     best = (math.inf, copy.deepcopy(sae.state_dict()), 0)
@@ -174,8 +174,18 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-class _Loop:
-    """One epoch of training and its held-out evaluation; state: optimizer, last-fired counters."""
+class TrainingLoop:
+    """The training loop of :func:`train_sae`, one epoch per :meth:`epoch` call (public for benchmarks).
+
+    Args:
+        sae: the model (trained in place).
+        train: training inputs [n, d] on the SAE's device.
+        val: held-out inputs, evaluated after each epoch.
+        config: settings; ``lr`` and ``dead_after`` must be set.
+
+    State: the Adam optimizer, the shuffling generator and, per latent, the sample count at which
+    it last fired (for the dead mask).
+    """
 
     def __init__(self, sae: SparseAutoencoder, train: torch.Tensor, val: torch.Tensor, config: SaeTrainConfig) -> None:
         self.sae, self.train, self.val, self.config = sae, train, val, config

@@ -1,4 +1,4 @@
-"""Command line: ``aquin-monitor inspect | eval | diff | report``.
+"""Command line: ``aquin-monitor inspect | eval | diff | report | sae``.
 
 Look inside any checkpoint without training. Each command reads and validates its data and
 checks that its models exist before it prints or loads anything (so bad input costs one line on
@@ -81,23 +81,23 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
-    from .encoders import check_model, encode, load_cross_encoder, retrieval_prompt_names
+    from .embedding_cache import model_fingerprint, retrieval_embeddings
+    from .encoders import check_model, load_cross_encoder, resolve_model
     from .signals.retrieval import rerank, retrieval_metrics, topk
 
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
     if args.cross_encoder:
         check_model(args.cross_encoder, cross_encoder=True)
+    location = resolve_model(args.model)
     cross_encoder = load_cross_encoder(args.cross_encoder, device=args.device) if args.cross_encoder else None
     _note(data.summary())
-    model = _load_model(args.model, args, args.adapter)
 
-    query_prompt, document_prompt = retrieval_prompt_names(model)
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
-    query_emb = encode(model, query_texts, prompt_name=query_prompt, batch_size=args.batch_size, show_progress=args.progress,
-                       desc="Encoding queries")
-    doc_emb = encode(model, doc_texts, prompt_name=document_prompt, batch_size=args.batch_size, show_progress=args.progress,
-                     desc="Encoding documents")
+    # embeddings come from the on-disk cache when this model's files have embedded these texts before
+    query_emb, doc_emb, (query_prompt, document_prompt) = retrieval_embeddings(
+        lambda: _load_model(args.model, args, args.adapter), model_fingerprint(location, args.adapter),
+        query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress, enabled=args.cache)
 
     relevant, negatives, categories = _indexed_judgements(data)
     report = retrieval_metrics(
@@ -498,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-corpus", type=_positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
     evaluate.add_argument("--rerank-k", type=_positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
+    evaluate.add_argument("--no-cache", dest="cache", action="store_false",
+                          help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser(
@@ -518,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by the monitor")
     report.set_defaults(handler=_report)
+
+    from .sae.cli import add_sae_commands  # argparse only; torch is imported by the handlers
+
+    add_sae_commands(commands, common)
     return parser
 
 

@@ -623,7 +623,8 @@ def test_console_script_runs_eval(tmp_path, tiny_mean_model, pairs_file, capsys)
     out_json = tmp_path / "script.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
-        [str(script), "eval", tiny_mean_model, "--pairs", str(pairs_file), "--json", str(out_json)],
+        # --no-cache: an earlier test may have cached these embeddings, and this one checks the progress bars
+        [str(script), "eval", tiny_mean_model, "--pairs", str(pairs_file), "--json", str(out_json), "--no-cache"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr

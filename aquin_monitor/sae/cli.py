@@ -1,0 +1,193 @@
+"""``aquin-monitor sae train | eval``: the SAE sub-commands (argparse and handlers).
+
+Every input is validated before a model is loaded: the corpus (``file:line: field: problem``),
+the SAE folder (corrupt or missing ``cfg.json``, tensors that disagree with it), and the SAE's input
+dimension against the model's embedding size as its checkpoint files declare it. Bad input raises a
+``ValueError`` subclass, which the main CLI turns into one line on stderr and exit status 2.
+
+Examples::
+
+    aquin-monitor sae train default --corpus texts.jsonl --out sae/minilm
+    aquin-monitor sae eval sae/minilm --corpus heldout.jsonl --beir aquin_monitor/datasets/scifact --json q.json
+    aquin-monitor sae eval default --corpus heldout.jsonl --pairs pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_sae_commands", "declared_dimension", "relevance_by_position"]
+
+
+class SaeInputError(ValueError):
+    """Bad SAE command input (one line: file, line, field, problem)."""
+
+
+def relevance_by_position(data: Any) -> list[dict[int, int]]:
+    """Per query (in ``data.query_ids()`` order), ``{document position: grade}`` as retrieval metrics take it."""
+    position = {doc_id: i for i, doc_id in enumerate(data.doc_ids())}
+    return [{position[d]: grade for d, grade in data.qrels[q].items()} for q in data.query_ids()]
+
+
+def declared_dimension(location: str) -> int | None:
+    """Embedding size a local sentence-transformers checkpoint declares (last Dense or Pooling), or None."""
+    root = Path(location)
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    dimension = None
+    for module in modules if isinstance(modules, list) else []:
+        kind, path = str(module.get("type", "")), root / str(module.get("path", ""))
+        try:
+            if kind.endswith("Pooling"):
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                # sentence-transformers 6 writes embedding_dimension, earlier versions word_embedding_dimension
+                dimension = int(config.get("embedding_dimension", config.get("word_embedding_dimension")))
+            elif kind.endswith("Dense"):
+                dimension = int(json.loads((path / "config.json").read_text(encoding="utf-8"))["out_features"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return dimension
+
+
+def _check_dimension(sae_d_in: int, model: str, where: str) -> str:
+    from ..encoders import resolve_model
+
+    location = resolve_model(model)
+    dimension = declared_dimension(location) if os.path.isdir(location) else None
+    if dimension is not None and dimension != sae_d_in:
+        raise SaeInputError(f"{where}:1: d_in: the SAE takes {sae_d_in}-dimensional inputs but model {model!r} outputs {dimension}")
+    return location
+
+
+def _read_corpus(path: str, field: str) -> list[str]:
+    from ..data import read_probe
+
+    corpus = read_probe(path, text_field=field, label_field=None, id_field=None)
+    if len(corpus.texts) < 2:
+        raise SaeInputError(f"{path}:1: {field}: need at least 2 texts, got {len(corpus.texts)}")
+    return list(corpus.texts)
+
+
+def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any):
+    from .embeddings import embed_corpus
+
+    return embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
+                        show_progress=args.progress, **kwargs)
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from ..encoders import resolve_model
+    from ..sinks import JsonlSink
+    from .build import build_sae_folder
+    from .train import SaeTrainConfig
+
+    texts = _read_corpus(args.corpus, args.text_field)
+    resolve_model(args.model)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SaeInputError(f"{out}:0: --out: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise SaeInputError(f"{out}:0: --out: folder is not writable")
+    print(f"{len(texts)} texts from {args.corpus}", file=sys.stderr)
+    embeddings = _embed(args.model, texts, args)
+    config = SaeTrainConfig(num_latents=args.num_latents, k=args.k, lr=args.lr, batch_size=args.train_batch_size,
+                            max_epochs=args.epochs, seed=args.seed, device=args.device or "cpu")
+    sink = JsonlSink(out)
+    try:
+        result, metrics = build_sae_folder(embeddings, texts, out, model=args.model, config=config, sinks=[sink],
+                                           show_progress=args.progress)
+    finally:
+        sink.close()
+    return _emit({"command": "sae train", "out": str(out), "rule": result.rule, "metrics": metrics}, args)
+
+
+def _eval(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import read_beir, read_pairs
+    from .evaluate import quality_metrics, retrieval_kept
+    from .model import load_sae
+
+    sae = load_sae(args.sae)
+    texts = _read_corpus(args.corpus, args.text_field)
+    retrieval = read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus) if args.beir else None
+    model = args.model or sae.metadata.get("model")
+    if not model:
+        raise SaeInputError(f"{args.sae}/cfg.json:1: model: not recorded; pass --model")
+    from .model import CFG_NAME, default_sae_path
+
+    cfg_path = str((default_sae_path() if args.sae == "default" else Path(args.sae)) / CFG_NAME)
+    _check_dimension(sae.d_in, model, cfg_path)
+    embeddings = _embed(model, texts, args)
+    if embeddings.shape[1] != sae.d_in:
+        raise SaeInputError(f"{cfg_path}:1: d_in: the SAE takes {sae.d_in}-dimensional inputs but model {model!r} outputs {embeddings.shape[1]}")
+    metrics, _ = quality_metrics(sae, embeddings)
+    if retrieval is not None:
+        queries = _embed(model, retrieval.query_texts(), args)
+        documents = _embed(model, retrieval.doc_texts(), args, chunk_size=256)
+        metrics.update(retrieval_kept(sae, queries, documents, relevance_by_position(retrieval)))
+    return _emit({"command": "sae eval", "sae": args.sae, "model": model, "n_texts": len(texts), "metrics": metrics}, args)
+
+
+def _emit(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from ..sinks.jsonl import to_jsonable
+    from .build import format_report
+
+    text = json.dumps(to_jsonable(result), indent=1)
+    if args.json == "-":
+        print(text)
+        return result
+    print(format_report(result["metrics"]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``sae train`` and ``sae eval`` to the ``aquin-monitor`` sub-command group ``commands``."""
+    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval",
+                              description="Train and evaluate TopK sparse autoencoders on a model's embeddings.")
+    sub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
+    shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
+    shared.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the embedding cache")
+
+    train = sub.add_parser("train", parents=[common, shared], help="train a TopK SAE on MODEL's embeddings of a corpus",
+                           description="Embed the corpus (cached), train a TopK SAE with a held-out split and early "
+                           "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report).")
+    train.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' = the bundled all-MiniLM-L6-v2")
+    train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
+    train.add_argument("--num-latents", type=_positive_int, default=None, help="dictionary size (default: 4·d, 8·d from 100k texts)")
+    train.add_argument("--k", type=_positive_int, default=None, help="active features per text (default 32; fewer for small corpora)")
+    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(num_latents/2^14))")
+    train.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (default 30)")
+    train.add_argument("--train-batch-size", type=_positive_int, default=1024, help="SAE batch size (default 1024)")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("eval", parents=[common, shared], help="quality report of a SAE on held-out texts",
+                              description="FVU, explained variance, L0, dead/dense fractions, cos(x, x̂), norm ratio, "
+                              "decoder redundancy, and retrieval kept (NDCG@10, Recall@10 with x̂ vs x).")
+    evaluate.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
+    evaluate.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--beir", metavar="DIR", help="BEIR folder for retrieval kept")
+    source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for retrieval kept")
+    evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
+    evaluate.add_argument("--max-corpus", type=_positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
+    evaluate.set_defaults(handler=_eval)

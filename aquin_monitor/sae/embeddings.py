@@ -1,0 +1,80 @@
+"""Embed a text corpus for SAE training or evaluation, in cached chunks.
+
+Texts are encoded in chunks through :func:`aquin_monitor.embedding_cache.encode_cached`, so a
+long run that is killed loses at most one chunk, and a second run over the same texts (or a prefix
+of their chunks) loads instead of encoding. The model is loaded only when a chunk is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..embedding_cache import EmbeddingCache, encode_cached, model_fingerprint
+
+__all__ = ["embed_corpus"]
+
+
+def embed_corpus(
+    model: str | os.PathLike,
+    texts: Sequence[str],
+    *,
+    chunk_size: int = 2048,
+    batch_size: int = 64,
+    device: str | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    loaded: Any = None,
+    prompt_name: str | None = None,
+) -> np.ndarray:
+    """Final embeddings (float32 ``[n, d]``) of ``texts`` by ``model``, chunk by chunk, cached on disk.
+
+    Args:
+        model: ``"default"``, a checkpoint directory or a Hub id (resolved by
+            :func:`aquin_monitor.encoders.resolve_model`).
+        texts: the texts, in order.
+        chunk_size: texts per cache entry.
+        batch_size: encoding batch size (not part of the cache key).
+        device: torch device for the model.
+        cache: ``False`` neither reads nor writes the cache (``--no-cache``).
+        cache_dir: cache folder (default ``$AQUIN_MONITOR_CACHE/embeddings``).
+        show_progress: a tqdm bar over chunks on stderr.
+        loaded: an already loaded SentenceTransformer for ``model`` (skips loading).
+        prompt_name: the model's prompt to prepend (e.g. ``"query"``); part of the cache key.
+
+    Returns:
+        The embeddings, one row per text, as the model's ``encode`` gives them.
+    """
+    from tqdm.auto import tqdm
+
+    from ..encoders import encode, load_model, resolve_model
+
+    location = resolve_model(model)
+    fingerprint = model_fingerprint(location)
+    store = EmbeddingCache(cache_dir)
+    state = {"model": loaded}
+
+    def load() -> Any:
+        if state["model"] is None:
+            state["model"] = load_model(model, device=device)
+        return state["model"]
+
+    def run(m: Any, chunk: list[str]) -> np.ndarray:
+        return encode(m, chunk, batch_size=batch_size, prompt_name=prompt_name)
+
+    # prompt_name joins the key only when set, so prompt-less entries keep their key
+    options: dict[str, Any] = {"kind": "final"} if prompt_name is None else {"kind": "final", "prompt_name": prompt_name}
+    texts = list(texts)
+    parts = []
+    starts = range(0, len(texts), chunk_size)
+    for start in tqdm(starts, desc="embedding", unit="chunk", disable=not show_progress or len(starts) < 2):
+        chunk = texts[start : start + chunk_size]
+        part, _ = encode_cached(load, fingerprint, chunk, options=options, encode=run, cache=store, enabled=cache)
+        parts.append(part)
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(parts, axis=0)

@@ -1,0 +1,138 @@
+"""Build the SAE shipped for the bundled all-MiniLM-L6-v2 (``load_sae("default")``).
+
+Corpus, all from the data shipped in ``aquin_monitor/datasets/`` (several domains): SciFact
+abstracts split into sentences (plus titles), Banking77 train + test, AG News test, and the unique
+SNLI sentences of the dev and test triplets. SciFact *queries* are left out: they are the
+retrieval-kept evaluation's queries. Duplicates are dropped; texts are ordered shortest first
+within each domain, domains interleaved, so that a run cut short has embedded the short texts of
+every domain (the embedding cache keeps every finished chunk).
+
+Steps: embed (cached, chunked; the slow part), train with :func:`aquin_monitor.sae.train_sae`,
+write the folder (``cfg.json``, ``sae.safetensors``, ``features.json``, ``training.jsonl``) into
+``aquin_monitor/sae/default/`` and the quality report (``sae eval``) beside it as ``quality.json``
+/ ``quality.txt``.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
+    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aquin_monitor.data import bundled_dataset  # noqa: E402
+
+# A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Simple regex sentence splitter (good enough for abstracts; abbreviations may split)."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def default_corpus(min_chars: int = 25, max_chars: int = 600) -> list[str]:
+    """The shipped-data corpus, deduplicated, shortest first within each domain.
+
+    Each domain is sorted by length and the domains are interleaved by rank fraction, so any prefix
+    of the list holds the shortest texts of every domain in proportion (a run cut short keeps all
+    domains, and encodes the cheap texts first).
+    """
+    domains: dict[str, list[str]] = {"scifact": [], "banking77": [], "agnews": [], "snli": []}
+    with gzip.open(bundled_dataset("scifact") / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            domains["scifact"].append(doc["title"])
+            domains["scifact"].extend(split_sentences(doc["text"]))
+    for split in ("train", "test"):
+        domains["banking77"].extend(r["text"] for r in _jsonl(bundled_dataset("banking77") / f"{split}.jsonl"))
+    domains["agnews"].extend(r["text"] for r in _jsonl(bundled_dataset("agnews") / "test.jsonl"))
+    for split in ("dev", "test"):
+        for r in _jsonl(bundled_dataset("snli_triplets") / f"{split}.jsonl"):
+            domains["snli"].extend((r["anchor"], r["positive"], r["negative"]))
+    seen: set[str] = set()
+    ranked: list[tuple[float, int, str]] = []
+    for texts in domains.values():
+        unique = []
+        for text in (" ".join(t.split()) for t in texts):
+            if min_chars <= len(text) <= max_chars and text not in seen:
+                seen.add(text)
+                unique.append(text)
+        unique.sort(key=lambda t: (len(t), t))
+        ranked.extend(((i + 0.5) / len(unique), len(t), t) for i, t in enumerate(unique))
+    return [t for _, _, t in sorted(ranked)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
+    parser.add_argument("--max-texts", type=int, default=None, help="use the N shortest texts")
+    parser.add_argument("--out", default=str(ROOT / "aquin_monitor" / "sae" / "default"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on held-out FVU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    parser.add_argument("--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept (judged + others)")
+    parser.add_argument("--log-dir", default=None, help="also stream sae/* per epoch to DIR/metrics.jsonl")
+    args = parser.parse_args(argv)
+
+    from aquin_monitor.sae.embeddings import embed_corpus
+
+    texts = default_corpus()
+    if args.max_texts:
+        texts = texts[: args.max_texts]
+    print(f"{len(texts)} texts", file=sys.stderr)
+    embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
+    if args.embed_only:
+        return 0
+    return _train_and_write(texts, embeddings, args)
+
+
+def scifact_retrieval(max_corpus: int) -> dict:
+    """SciFact test queries and (judged + other, up to ``max_corpus``) documents, embedded (cached)."""
+    from aquin_monitor.data import read_beir
+    from aquin_monitor.sae.cli import relevance_by_position
+    from aquin_monitor.sae.embeddings import embed_corpus
+
+    data = read_beir(bundled_dataset("scifact"), "test", max_corpus=max_corpus)
+    return {
+        "queries": embed_corpus("default", data.query_texts(), chunk_size=2048, batch_size=32),
+        "documents": embed_corpus("default", data.doc_texts(), chunk_size=256, batch_size=16),
+        "relevant": relevance_by_position(data),
+    }
+
+
+def _train_and_write(texts, embeddings, args) -> int:
+    import torch
+
+    from aquin_monitor.sae.build import build_sae_folder
+    from aquin_monitor.sae.train import SaeTrainConfig
+    from aquin_monitor.sinks import JsonlSink
+
+    torch.set_num_threads(args.threads)
+    config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
+    retrieval = scifact_retrieval(args.max_corpus)
+    sink = JsonlSink(args.log_dir) if args.log_dir else None
+    build_sae_folder(embeddings, texts, args.out, model="sentence-transformers/all-MiniLM-L6-v2", config=config,
+                     sinks=[sink] if sink else [], retrieval=retrieval)
+    if sink:
+        sink.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -785,7 +785,15 @@ def snapshot_figure_inputs(arrays: Mapping[str, Any], metrics: Mapping[str, Any]
     ood = [item.get("index") for item in details.get("ood_flagged") or [] if isinstance(item, dict)]
     inputs["_flagged"] = [i for i in ood if isinstance(i, int) and not isinstance(i, bool)]
     inputs["_anisotropy"] = metrics.get("geometry/anisotropy")
+    if details.get("sae/gained") or details.get("sae/lost"):
+        inputs["_sae_movers"] = {"gained": details.get("sae/gained") or [], "lost": details.get("sae/lost") or []}
     return inputs
+
+
+def _sae_movers(movers: Mapping[str, Any]) -> Figure:
+    from .sae.plots import feature_movers_figure
+
+    return feature_movers_figure(movers)
 
 
 SNAPSHOT_FIGURES: tuple[SnapshotFigure, ...] = (
@@ -812,4 +820,5 @@ SNAPSHOT_FIGURES: tuple[SnapshotFigure, ...] = (
         lambda a: similarity_shift(a["sim_base_values"], a["sim_now_values"]), diff=True,
     ),
     SnapshotFigure("rank_changes", "Rank changes base → now", ("rank_before", "rank_after"), lambda a: rank_changes(a["rank_before"], a["rank_after"]), diff=True),
+    SnapshotFigure("sae_movers", "SAE features gained and lost against the base model", ("_sae_movers",), lambda a: _sae_movers(a["_sae_movers"]), diff=True),
 )

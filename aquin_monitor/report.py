@@ -597,6 +597,27 @@ def _details_html(snapshot: SnapshotView) -> str:
     if rogue:
         rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
         parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
+    parts.append(_sae_movers_html(snapshot.details))
+    return "".join(parts)
+
+
+def _sae_movers_html(details: Mapping[str, Any]) -> str:
+    """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
+    parts = []
+    for key, title in (("sae/gained", "SAE features gained against the base model"), ("sae/lost", "SAE features lost against the base model")):
+        movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
+        if not movers:
+            continue
+        rows = [
+            (
+                _escape(item.get("feature", "?")),
+                f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}",
+                f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
+                "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+            )
+            for item in movers
+        ]
+        parts.append(f"<h4>{_escape(title)}</h4>" + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics"))
     return "".join(parts)
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .data import ProbeSet, RetrievalSet
+    from .sae.model import SparseAutoencoder
     from .sinks.base import Sink
 
 
@@ -69,6 +70,11 @@ class SnapshotRunner:
         seed: seeds UMAP and the sampled pairs of the histograms and diffs.
         show_progress: progress bars while encoding.
         model_name: how snapshots (and the report) name the model.
+        sae: the *base* model's sparse autoencoder (:func:`aquin_monitor.sae.load_sae`; ``"default"``:
+            the one shipped for the bundled all-MiniLM-L6-v2). Each snapshot then logs ``sae/fvu`` (how
+            far the space has moved out of the base dictionary), ``sae/dead_fraction``, ``sae/l0``,
+            ``sae/l0_effective`` and each feature's firing frequency, and its diff against the base lists
+            the features gained and lost (``sae/gained``, ``sae/lost`` in ``snapshot.json``).
 
     Example::
 
@@ -93,6 +99,7 @@ class SnapshotRunner:
         seed: int = 0,
         show_progress: bool = False,
         model_name: str = "",
+        sae: SparseAutoencoder | str | None = None,
     ):
         from .data import ProbeSet
 
@@ -113,6 +120,11 @@ class SnapshotRunner:
         self.seed = seed
         self.show_progress = show_progress
         self.model_name = model_name
+        if isinstance(sae, str):
+            from .sae import load_sae
+
+            sae = load_sae(sae)
+        self.sae = sae
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
 
@@ -193,6 +205,8 @@ class SnapshotRunner:
             snap.metrics.update(d.metrics)
             snap.arrays.update(d.arrays)
             snap.details["diff_base"] = d.details
+            if self.sae is not None and "sae/frequency" in self.base.arrays and "sae/frequency" in snap.arrays:
+                snap.details.update(self._sae_movers(self.base, snap))
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
         if self.base is None:
@@ -216,7 +230,30 @@ class SnapshotRunner:
                 warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
         if self.retrieval is not None:
             self._add_retrieval(snap, model, emb)
+        if self.sae is not None:
+            self._add_sae(snap, emb)
         return snap
+
+    def _add_sae(self, snap: Snapshot, emb: np.ndarray) -> None:
+        from .sae.monitoring import snapshot_signals
+
+        if emb.shape[1] != self.sae.d_in:  # an SAE of another model: the snapshot is still worth keeping
+            warnings.warn(f"aquin-monitor: the SAE reads {self.sae.d_in}-dimensional embeddings, this model gives {emb.shape[1]}: no sae/ signals", RuntimeWarning, stacklevel=3)
+            return
+        signals = snapshot_signals(self.sae, emb, self.probe.texts)
+        snap.metrics.update(signals.metrics)
+        snap.arrays.update(signals.arrays())
+
+    def _sae_movers(self, base: Snapshot, now: Snapshot) -> dict[str, list]:
+        """Features gained and lost from ``base`` to ``now`` (both snapshots carry the SAE arrays)."""
+        from .sae.monitoring import SaeSnapshot, feature_movers
+
+        def view(snap: Snapshot) -> SaeSnapshot:
+            a = snap.arrays
+            return SaeSnapshot({}, a["sae/frequency"], a["sae/mean_activation"], a["sae/top_rows"], a["sae/top_values"])
+
+        movers = feature_movers(view(base), view(now), self.probe.texts)
+        return {"sae/gained": movers["gained"], "sae/lost": movers["lost"]}
 
     def forward(self, model: torch.nn.Module) -> ProbePass:
         """One pass of the probe: the attention sample in small batches, the rest in ``batch_size`` ones."""

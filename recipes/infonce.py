@@ -56,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=20.0, help="MNRL scale (1/temperature)")
     p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
     p.add_argument("--wandb", action="store_true", help="also report to Weights & Biases (offline works: WANDB_MODE=offline)")
+    p.add_argument("--sae", default="auto", help="sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise")
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots")
     return p.parse_args(argv)
 
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from aquin_monitor.callbacks import TrainerEmbeddingMonitor
     from aquin_monitor.capture import monitored
+    from aquin_monitor.sae import sae_choice
     from aquin_monitor.snapshots import SnapshotRunner
 
     torch.manual_seed(args.seed)
@@ -170,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, columns = build_model(args, train)
 
     name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
-    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed,
+    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model),
                             model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
     monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1)
     training_args = training_arguments(args, out, lr)

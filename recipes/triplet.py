@@ -73,6 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
     p.add_argument("--provoke-at", type=int, default=20, help="--provoke collapse: optimizer steps at the normal learning rate before the jump")
     p.add_argument("--collapse-lr", type=float, default=COLLAPSE_LR, help="--provoke collapse: the learning rate after the jump")
+    p.add_argument("--sae", default="auto", help="sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline works: WANDB_MODE=offline)")
     p.add_argument("--wandb-project", default="aquin-monitor")
     p.add_argument("--stop-on", nargs="*", default=[], choices=["dead_layer", "spike", "nan", "gap_narrowing"], help="alarms that stop training")
@@ -273,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from aquin_monitor.callbacks import LightningEmbeddingMonitor
     from aquin_monitor.encoders import add_lora, load_model
+    from aquin_monitor.sae import sae_choice
     from aquin_monitor.snapshots import SnapshotRunner
 
     out = Path(args.output_dir)
@@ -305,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wandb_logger = WandbLogger(project=args.wandb_project, save_dir=os.environ.get("WANDB_DIR") or str(out), name=out.name)
         wandb_logger.log_hyperparams(vars(args))  # the run's config: this run's hyperparameters
         loggers.append(wandb_logger)
-    runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed)
+    runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model))
     monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on)
     trainer = build_trainer(args, out, loggers, monitor)
     with warnings.catch_warnings():

@@ -170,8 +170,11 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
     assert healthy == []
 
     # the jump to lr 1.0 is applied by optimizer step 13; its gradients (measured at step 14) blow up
+    sae = _tiny_model_sae(tiny_mean_model, tmp_path / "sae")
     with pytest.warns(Warning, match="aquin-monitor alarm"):
-        events, snapshots = _alarm_run(recipe, tiny_mean_model, tmp_path / "collapse", "--provoke", "collapse", "--provoke-at", "12", "--collapse-lr", "1.0")
+        events, snapshots = _alarm_run(
+            recipe, tiny_mean_model, tmp_path / "collapse", "--provoke", "collapse", "--provoke-at", "12", "--collapse-lr", "1.0", "--sae", str(sae)
+        )
     kinds = {e["kind"] for e in events}
     assert {"spike", "dead_layer"} <= kinds
     assert min(e["step"] for e in events) > 12  # nothing before the jump
@@ -181,6 +184,29 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
     # the snapshots show the collapse: every probe sentence points the same way
     assert snapshots["24"]["metrics"]["geometry/anisotropy"] > 0.99
     assert snapshots["24"]["metrics"]["geometry/anisotropy"] > snapshots["0"]["metrics"]["geometry/anisotropy"]
+    # and in the base model's SAE: the collapsed space leaves its dictionary, its features die
+    before, after = snapshots["0"]["metrics"], snapshots["24"]["metrics"]
+    assert after["sae/fvu"] > 2 * before["sae/fvu"]
+    assert after["sae/dead_fraction"] > before["sae/dead_fraction"]
+    lost = snapshots["24"]["details"]["sae/lost"]
+    assert lost and all(f["frequency_after"] < f["frequency_before"] for f in lost)
+    from aquin_monitor.report import write_report
+
+    page = write_report(tmp_path / "collapse").read_text(encoding="utf-8")
+    assert "SAE features lost against the base model" in page and "SAE features gained and lost" in page  # table and figure
+
+
+def _tiny_model_sae(model_path, folder):
+    """A small SAE of the tiny model's space, trained on its embeddings of held-out SNLI sentences."""
+    from aquin_monitor.data import bundled_dataset
+    from aquin_monitor.sae import SaeTrainConfig, train_sae
+
+    rows = [json.loads(line) for line in (bundled_dataset("snli_triplets") / "test.jsonl").read_text().splitlines()[:400]]
+    texts = [row[key] for row in rows for key in ("anchor", "positive", "negative")]
+    embeddings = SentenceTransformer(model_path, device="cpu").encode(texts, batch_size=64)
+    result = train_sae(embeddings, SaeTrainConfig(num_latents=64, k=8, max_epochs=20, batch_size=256), show_progress=False)
+    result.sae.save(folder)
+    return folder
 
 
 def test_wandb_offline_one_axis_config_probe_table_and_clean_exit(tiny_mean_model, tmp_path):

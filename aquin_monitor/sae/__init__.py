@@ -26,7 +26,7 @@ _EXPORTS = {
     "FeatureStatistics": "evaluate", "feature_statistics": "evaluate", "quality_metrics": "evaluate",
     "reconstruct": "evaluate", "retrieval_kept": "evaluate",
     "SaeFormatError": "model", "SparseAutoencoder": "model", "default_sae_path": "model", "load_sae": "model",
-    "SaeSnapshot": "monitoring", "feature_movers": "monitoring", "snapshot_signals": "monitoring",
+    "SaeSnapshot": "monitoring", "feature_movers": "monitoring", "snapshot_signals": "monitoring", "sae_choice": "monitoring",
     "SaeTrainConfig": "train", "TrainResult": "train", "choose_sizes": "train", "train_sae": "train",
 }
 
@@ -53,6 +53,7 @@ __all__ = [
     "quality_metrics",
     "reconstruct",
     "retrieval_kept",
+    "sae_choice",
     "snapshot_signals",
     "train_sae",
 ]

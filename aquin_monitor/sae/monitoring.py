@@ -25,7 +25,7 @@ import torch
 
 from .evaluate import top_activations
 
-__all__ = ["SaeSnapshot", "feature_movers", "snapshot_signals"]
+__all__ = ["SaeSnapshot", "feature_movers", "sae_choice", "snapshot_signals"]
 
 
 @dataclass
@@ -164,3 +164,16 @@ def feature_movers(base: SaeSnapshot, now: SaeSnapshot, texts: Sequence[str], to
     gained = [i for i in order[::-1] if moved[i] and (d_freq[i], d_mean[i]) > (0, 0)][:top]
     lost = [i for i in order if moved[i] and (d_freq[i], d_mean[i]) < (0, 0)][:top]
     return {"gained": [entry(i, now) for i in gained], "lost": [entry(i, base) for i in lost]}
+
+
+def sae_choice(choice: str, model: str) -> str | None:
+    """What a recipe's ``--sae`` means for ``model``: ``"auto"`` is the shipped SAE (``"default"``) for the
+    bundled model and none for any other (its embedding space is not the shipped SAE's); ``"none"`` is none;
+    anything else (``"default"``, a folder) is passed on to :func:`~aquin_monitor.sae.load_sae`.
+
+    >>> sae_choice("auto", "default"), sae_choice("auto", "my/model"), sae_choice("none", "default"), sae_choice("sae/x", "m")
+    ('default', None, None, 'sae/x')
+    """
+    if choice == "none" or (choice == "auto" and model != "default"):
+        return None
+    return "default" if choice == "auto" else choice

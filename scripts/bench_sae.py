@@ -49,21 +49,22 @@ def main() -> int:
     print(f"load average before: {os.getloadavg()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
 
     x = embeddings(args.batch * args.steps, args.d).to(args.device)
-    sae = SparseAutoencoder(args.d, args.latents, args.k).to(args.device)
-    config = SaeTrainConfig(batch_size=args.batch, lr=1e-3, dead_after=args.batch * 10, device=args.device)
-    loop = TrainingLoop(sae, x[: args.batch * 5], x[:2048], config)
-    loop.epoch(0)  # warm-up (allocator, first-call costs)
-    loop.train = x
-    loop.val = x[:16]
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    loop.epoch(1)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    print(f"training: {len(x) / elapsed:,.0f} samples/s ({len(x)} samples in {elapsed:.2f} s, "
-          f"d={args.d}, latents={args.latents}, k={args.k}, batch={args.batch}, device={args.device})")
+    # without dead latents (the usual case once trained: no AuxK pass), then with AuxK on every step
+    for label, dead_after in (("no dead latents", 10**12), ("AuxK active", args.batch)):
+        sae = SparseAutoencoder(args.d, args.latents, args.k).to(args.device)
+        config = SaeTrainConfig(batch_size=args.batch, lr=1e-3, dead_after=dead_after, device=args.device)
+        loop = TrainingLoop(sae, x[: args.batch * 5], x[:16], config)
+        loop.epoch(0)  # warm-up (allocator, first-call costs)
+        loop.train = x
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loop.epoch(1)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        print(f"training, {label}: {len(x) / elapsed:,.0f} samples/s ({len(x)} samples in {elapsed:.2f} s, "
+              f"d={args.d}, latents={args.latents}, k={args.k}, batch={args.batch}, device={args.device})")
 
     held_out = embeddings(10_000, args.d, seed=1).numpy()
     sae = sae.cpu()

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-texts", type=int, default=None, help="use the N shortest texts")
     parser.add_argument("--out", default=str(ROOT / "aquin_monitor" / "sae" / "default"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on held-out FVU)")
+    parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept (judged + others)")
     parser.add_argument("--log-dir", default=None, help="also stream sae/* per epoch to DIR/metrics.jsonl")

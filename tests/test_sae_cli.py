@@ -41,7 +41,7 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
 
     out = tmp_path / "sae"
     code = cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--num-latents", "64",
-                     "--k", "4", "--epochs", "3", "--no-progress"])
+                     "--k", "4", "--epochs", "3", "--no-progress", "--tensorboard"])
     assert code == 0, capsys.readouterr().err
     assert {"cfg.json", "sae.safetensors", "features.json", "training.jsonl", "quality.json", "quality.txt",
             "metrics.jsonl", "density.png", "training.png"} <= {p.name for p in out.iterdir()}
@@ -53,6 +53,13 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
     assert alive and all(f["top"] and f["top"][0]["activation"] == pytest.approx(f["max_activation"], rel=1e-4) for f in alive)
     history = [json.loads(line) for line in (out / "training.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    streamed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["sae/fvu"] for row in streamed] == pytest.approx([row["sae/fvu"] for row in history])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("sae/dead_fraction")] == pytest.approx([row["sae/dead_fraction"] for row in history])
     capsys.readouterr()
 
     pairs = tmp_path / "pairs.jsonl"

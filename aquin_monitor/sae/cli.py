@@ -100,12 +100,17 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     embeddings = _embed(args.model, texts, args)
     config = SaeTrainConfig(num_latents=args.num_latents, k=args.k, lr=args.lr, batch_size=args.train_batch_size,
                             max_epochs=args.epochs, seed=args.seed, device=args.device or "cpu")
-    sink = JsonlSink(out)
+    sinks = [JsonlSink(out)]
+    if args.tensorboard:
+        from ..sinks import TensorBoardSink
+
+        sinks.append(TensorBoardSink(out / "tensorboard"))
     try:
-        result, metrics = build_sae_folder(embeddings, texts, out, model=args.model, config=config, sinks=[sink],
+        result, metrics = build_sae_folder(embeddings, texts, out, model=args.model, config=config, sinks=sinks,
                                            show_progress=args.progress)
     finally:
-        sink.close()
+        for sink in sinks:
+            sink.close()
     return _emit({"command": "sae train", "out": str(out), "rule": result.rule, "metrics": metrics}, args)
 
 
@@ -178,6 +183,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (default 30)")
     train.add_argument("--train-batch-size", type=_positive_int, default=1024, help="SAE batch size (default 1024)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--tensorboard", action="store_true", help="also stream sae/* per epoch to OUT/tensorboard")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("eval", parents=[common, shared], help="quality report of a SAE on held-out texts",

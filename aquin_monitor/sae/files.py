@@ -19,6 +19,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and safetensors) make 0600 files; a SAE folder is meant to be shared
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

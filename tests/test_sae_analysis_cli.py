@@ -170,3 +170,30 @@ def test_sae_dimension_differs_from_the_model(setup, tmp_path, capsys, no_model_
     wrong = SparseAutoencoder(16, 32, 4, metadata={"model": tiny_mean_model}).save(tmp_path / "wrong")
     assert cli.main(["sae", "decompose", str(wrong), "text"]) == 2
     one_line_error(capsys, "d_in", "16", "32")
+
+
+def test_output_paths_checked_before_loading(setup, tmp_path, capsys, no_model_loading):
+    import os
+
+    assert cli.main(["sae", "decompose", setup["folder"], "text", "--json", str(tmp_path)]) == 2
+    one_line_error(capsys, "--json", "is a folder")
+    assert cli.main(["sae", "trace", setup["folder"], "text", "--feature", "1", "--figure", str(tmp_path)]) == 2
+    one_line_error(capsys, "--figure", "is a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running with permissions that ignore a read-only folder")
+        assert cli.main(["sae", "decompose", setup["folder"], "text", "--json", str(locked / "out.json")]) == 2
+        one_line_error(capsys, "--json", "not a writable folder")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_json_file_written_whole(setup, tmp_path, capsys):
+    out = tmp_path / "deep" / "out.json"
+    assert cli.main(["sae", "decompose", setup["folder"], "the cat", "--json", str(out), "--no-progress"]) == 0
+    assert "bias share" in capsys.readouterr().out
+    assert json.loads(out.read_text())["text"] == "the cat"
+    assert [p.name for p in out.parent.iterdir()] == ["out.json"]

@@ -68,6 +68,16 @@ def check_dimension(sae_d_in: int, model: str, where: str) -> None:
         raise AnalysisInputError(f"{where}:1: d_in: the SAE takes {sae_d_in}-dimensional inputs but model {model!r} outputs {dimension}")
 
 
+def _validated(handler: Any) -> Any:
+    """Run ``handler`` after checking the ``--json`` output path (before anything is loaded)."""
+    def run(args: argparse.Namespace) -> Any:
+        _check_output(args.json, "--json")
+        return handler(args)
+
+    run.__name__ = handler.__name__
+    return run
+
+
 def _sae_and_model(name: str, model: str | None) -> tuple[Any, str, list[str | None] | None]:
     from .model import CFG_NAME, load_sae
 
@@ -83,6 +93,20 @@ def _sae_and_model(name: str, model: str | None) -> tuple[Any, str, list[str | N
 def _check_feature(sae: Any, feature: int, name: str) -> None:
     if not 0 <= feature < sae.num_latents:
         raise AnalysisInputError(f"{_sae_folder(name)}/cfg.json:1: --feature: {feature} is outside 0..{sae.num_latents - 1}")
+
+
+def _check_output(path: str | None, option: str) -> None:
+    """An output path must not be a folder, and its (existing) folder must be writable."""
+    import os
+
+    if not path or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise AnalysisInputError(f"{target}:0: {option}: is a folder")
+    parent = next((p for p in [target.parent, *target.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise AnalysisInputError(f"{target}:0: {option}: {parent} is not a writable folder")
 
 
 def _check_text(text: str, what: str) -> str:
@@ -101,6 +125,8 @@ def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any
 def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
     from ..sinks.jsonl import to_jsonable
 
+    from .files import atomic_write_text
+
     text = json.dumps(to_jsonable(result.to_json()), indent=1, ensure_ascii=False)
     if args.json == "-":
         print(text)
@@ -108,7 +134,7 @@ def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
     print(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(args.json, text + "\n")
     return result
 
 
@@ -149,8 +175,7 @@ def _trace(args: argparse.Namespace) -> Any:
     text = _check_text(args.text, "TEXT")
     sae, model, labels = _sae_and_model(args.sae, args.model)
     _check_feature(sae, args.feature, args.sae)
-    if args.figure and Path(args.figure).is_dir():
-        raise AnalysisInputError(f"{args.figure}:0: --figure: is a folder")
+    _check_output(args.figure, "--figure")
     layers, _ = layer_inputs(load_model(model, device=args.device), [text])
     result = trace_feature(sae, layers[0], args.feature, top=args.top, labels=labels, text=text)
     if args.figure:
@@ -270,7 +295,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--top", type=_positive_int, default=20, help="features listed (default 20)")
     _model_option(p)
-    p.set_defaults(handler=_decompose)
+    p.set_defaults(handler=_validated(_decompose))
 
     p = sub.add_parser("contrast", parents=parents, help="split cos(a, b) into per-feature terms",
                        description="Features that differ between two texts, and cos(a, b) = Σφ_i + bias + error exactly.")
@@ -279,7 +304,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("text_b", metavar="TEXT_B")
     p.add_argument("--top", type=_positive_int, default=20, help="differing features listed (default 20)")
     _model_option(p)
-    p.set_defaults(handler=_contrast)
+    p.set_defaults(handler=_validated(_contrast))
 
     p = sub.add_parser("trace", parents=parents, help="a feature's activation at each encoder layer",
                        description="Apply the SAE to each layer's pooled hidden state (through the model's own pooling "
@@ -290,7 +315,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=_positive_int, default=5, help="co-active features per layer (default 5)")
     p.add_argument("--figure", metavar="PNG", help="write the one-column-per-layer figure here")
     _model_option(p)
-    p.set_defaults(handler=_trace)
+    p.set_defaults(handler=_validated(_trace))
 
     p = sub.add_parser("steer", parents=parents, help="steer a query along a feature and re-rank a corpus",
                        description="q' = normalise(q + (z'_F − z_F)·d_F) with z'_F = max(z_F + delta, 0); the corpus "
@@ -304,7 +329,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--id-field", default="id", metavar="NAME", help="--corpus: id field if present (default id)")
     _retrieval_options(p, corpus=True)
     _model_option(p)
-    p.set_defaults(handler=_steer)
+    p.set_defaults(handler=_validated(_steer))
 
     p = sub.add_parser("faithfulness", parents=parents, help="NDCG@10 drop when each top feature is zeroed in the queries",
                        description="Zero each of the top-N features in every query embedding (x' = x − z_i·d_i), "
@@ -315,7 +340,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     _retrieval_options(p, corpus=False)
     _model_option(p)
-    p.set_defaults(handler=_faithfulness)
+    p.set_defaults(handler=_validated(_faithfulness))
 
     p = sub.add_parser("match", parents=parents, help="match two SAEs' features by activation correlation",
                        description="Correlate the two SAEs' activations on a shared corpus, match one-to-one "
@@ -327,4 +352,4 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--model-a", default=None, help="model of SAE_A (default: recorded in its cfg.json)")
     p.add_argument("--model-b", default=None, help="model of SAE_B (default: recorded in its cfg.json)")
     p.add_argument("--threshold", type=float, default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
-    p.set_defaults(handler=_match)
+    p.set_defaults(handler=_validated(_match))

@@ -125,14 +125,13 @@ def match_features(sae_a: Any, x_a: Any, sae_b: Any, x_b: Any, *, threshold: flo
     sub = c[np.ix_(rows_alive, cols_alive)]
     r, k = linear_sum_assignment(sub, maximize=True)
     same_space = sae_a.d_in == sae_b.d_in if same_space is None else same_space
-    cosines = None
     if same_space:
         wa = torch.nn.functional.normalize(sae_a.W_dec.detach().double(), dim=1)
         wb = torch.nn.functional.normalize(sae_b.W_dec.detach().double(), dim=1)
     pairs = []
     for i, j in zip(rows_alive[r], cols_alive[k]):
-        cosines = float(wa[i] @ wb[j]) if same_space else None
-        pairs.append(MatchedPair(int(i), int(j), float(c[i, j]), cosines,
+        cosine = float(wa[i] @ wb[j]) if same_space else None
+        pairs.append(MatchedPair(int(i), int(j), float(c[i, j]), cosine,
                                  None if labels_a is None else labels_a[i], None if labels_b is None else labels_b[j]))
     pairs.sort(key=lambda p: (-p.correlation, p.feature_a))
     masked = np.where(alive_b[None, :], c, -np.inf)

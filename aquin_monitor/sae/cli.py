@@ -197,3 +197,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
     evaluate.add_argument("--max-corpus", type=_positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
     evaluate.set_defaults(handler=_eval)
+
+    from .analysis_cli import add_analysis_commands  # decompose, contrast, trace, steer, faithfulness, match
+
+    add_analysis_commands(sub, common)

@@ -1,0 +1,117 @@
+"""Co-activation network and absorption/polysemy diagnostics on planted structures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from aquin_monitor.sae.activations import sparse_activations
+from aquin_monitor.sae.diagnose import absorption_pairs, diagnose
+from aquin_monitor.sae.model import SparseAutoencoder
+from aquin_monitor.sae.network import coactivation_network
+
+LATENTS, D_IN, K = 32, 48, 3
+
+
+def planted_sae() -> SparseAutoencoder:
+    """Orthonormal features (encoder = decoder, no biases): on sums of 3 features, z reads them exactly."""
+    sae = SparseAutoencoder(D_IN, LATENTS, K, seed=0)
+    q, _ = torch.linalg.qr(torch.randn(D_IN, D_IN, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        sae.W_dec.copy_(q[:LATENTS])
+        sae.encoder.weight.copy_(q[:LATENTS])
+    return sae.eval()
+
+
+def planted_corpus(n: int = 3200, seed: int = 0):
+    """Text i is about topic t = i % 32: x = 2·d_t + two weak random features (weights 0.2–0.6, never
+    feature 4). Topic 4's texts also carry feature 5 (x += d_5), so 4 never fires without 5 while 5
+    fires alone on topic 5: an absorbed pair. Topic 9's texts carry one of two concepts outside the
+    dictionary (1.5 · basis vector 40 or 41, alternating): feature 9 is a merged two-concept feature."""
+    sae = planted_sae()
+    q, _ = torch.linalg.qr(torch.randn(D_IN, D_IN, generator=torch.Generator().manual_seed(1)))
+    basis = q.numpy()
+    rng = np.random.default_rng(seed)
+    rows, texts = [], []
+    for i in range(n):
+        topic = i % LATENTS
+        noise = rng.choice([f for f in range(LATENTS) if f not in (4, 5, topic)], size=2, replace=False)
+        x = 2.0 * basis[topic] + rng.uniform(0.2, 0.6, size=2) @ basis[noise]
+        side = (i // LATENTS) % 2
+        if topic == 4:
+            x = x + basis[5]
+        if topic == 9:
+            x = x + 1.5 * basis[40 + side]
+        rows.append(x)
+        texts.append(f"text {i} topic {topic} side {side}")
+    return sae, np.array(rows, dtype=np.float32), texts
+
+
+def test_planted_activations_are_exact():
+    sae, x, texts = planted_corpus(320)
+    z = sparse_activations(sae, x).toarray()
+    assert ((z > 0).sum(1) == 3).all()
+    assert (z.argmax(1) == np.arange(320) % LATENTS).all()
+    assert (z[4::LATENTS, 5] == pytest.approx(1.0, abs=1e-5))
+
+
+def test_coactivation_edge_for_an_always_together_pair_vanishes_when_columns_are_shuffled():
+    sae, x, _ = planted_corpus()
+    z = sparse_activations(sae, x)
+    net = coactivation_network(z, threshold=0.3, min_support=5)
+    dense = (z.toarray() > 0)
+    edge = {(e.source, e.target): e for e in net.edges}[(4, 5)]
+    both = int((dense[:, 4] & dense[:, 5]).sum())
+    assert edge.count == both == int(dense[:, 4].sum())
+    assert edge.p_target_given_source == 1.0
+    assert edge.p_source_given_target == pytest.approx(both / dense[:, 5].sum())
+    p4, p5, p45 = dense[:, 4].mean(), dense[:, 5].mean(), both / len(dense)
+    assert edge.npmi == pytest.approx(np.log(p45 / (p4 * p5)) / -np.log(p45))
+    # no other planted dependence: random triples give NPMI well under the threshold
+    assert [(e.source, e.target) for e in net.edges] == [(4, 5)]
+    assert [n.index for n in net.nodes] == [4, 5] and net.nodes[0].community == net.nodes[1].community
+    assert net.neighbours(5)[0][0] == 4
+
+    rng = np.random.default_rng(5)
+    shuffled = dense.copy()
+    for j in range(LATENTS):
+        shuffled[:, j] = rng.permutation(shuffled[:, j])
+    null = coactivation_network(scipy.sparse.csr_matrix(shuffled.astype(np.float32)), threshold=0.3, min_support=5)
+    assert null.edges == [] and null.nodes == []
+
+
+def test_absorption_finds_the_planted_pair_with_its_support():
+    sae, x, texts = planted_corpus()
+    z = sparse_activations(sae, x)
+    pairs = absorption_pairs(z, texts, threshold=0.9, min_support=10)
+    dense = z.toarray() > 0
+    assert [(p.source, p.target) for p in pairs] == [(4, 5)]
+    pair = pairs[0]
+    assert pair.support == int(dense[:, 4].sum()) and pair.both == pair.support and pair.probability == 1.0
+    assert pair.examples and all(" topic 4 " in t for t in pair.examples)
+    # brute force over all ordered pairs
+    counts = dense.sum(0)
+    conditional = (dense.T.astype(int) @ dense.astype(int)) / np.maximum(counts[:, None], 1)
+    np.fill_diagonal(conditional, 0)
+    assert {tuple(ij) for ij in np.argwhere((conditional >= 0.9) & (counts[:, None] >= 10))} == {(4, 5)}
+
+
+def test_polysemy_flags_the_planted_two_concept_feature():
+    sae, x, texts = planted_corpus()
+    z = sparse_activations(sae, x)
+    result = diagnose(z, x, texts, top=20)
+    assert result.polysemy[0].feature == 9
+    assert [p.feature for p in result.polysemy if p.merged] == [9]
+    nine = result.polysemy[0]
+    assert nine.spread > 2 * max(p.spread for p in result.polysemy[1:])
+    assert min(nine.split_sizes) >= 5
+    # the split follows the planted concept
+    sides = [{t.split()[-1] for t in side} for side in nine.examples]
+    assert sorted(map(tuple, sides)) == [("0",), ("1",)]
+    # the spread is the mean pairwise cosine distance of the top texts, recomputed here
+    rows = np.argsort(-z.toarray()[:, 9], kind="stable")[:20]
+    unit = x[rows] / np.linalg.norm(x[rows], axis=1, keepdims=True)
+    cos = unit @ unit.T
+    assert nine.spread == pytest.approx((1 - cos)[~np.eye(20, dtype=bool)].mean(), abs=1e-5)

@@ -191,3 +191,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
     evaluate.add_argument("--max-corpus", type=_positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
     evaluate.set_defaults(handler=_eval)
+
+    from .page_cli import add_page_commands
+
+    add_page_commands(sub, common)

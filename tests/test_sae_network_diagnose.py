@@ -115,3 +115,20 @@ def test_polysemy_flags_the_planted_two_concept_feature():
     unit = x[rows] / np.linalg.norm(x[rows], axis=1, keepdims=True)
     cos = unit @ unit.T
     assert nine.spread == pytest.approx((1 - cos)[~np.eye(20, dtype=bool)].mean(), abs=1e-5)
+
+
+def test_silhouette_equals_scikit_learns():
+    from sklearn.metrics import silhouette_score
+    from sklearn.metrics.pairwise import cosine_distances
+
+    from aquin_monitor.sae.diagnose import silhouette
+
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        x = rng.normal(size=(15, 8)) + (trial * 0.5) * np.r_[np.ones((7, 8)), -np.ones((8, 8))]
+        split = rng.permutation(np.r_[np.zeros(6, int), np.ones(9, int)]) if trial % 2 else np.r_[np.zeros(7, int), np.ones(8, int)]
+        distances = cosine_distances(x)
+        np.fill_diagonal(distances, 0)
+        assert silhouette(distances, split) == pytest.approx(silhouette_score(x, split, metric="cosine"), abs=1e-9)
+    singleton = np.r_[0, np.ones(14, int)]
+    assert silhouette(cosine_distances(x), singleton) == pytest.approx(silhouette_score(x, singleton, metric="cosine"), abs=1e-9)

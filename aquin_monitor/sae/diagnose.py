@@ -8,9 +8,11 @@
 - **Polysemy** of a feature: ``spread`` = mean pairwise cosine distance of the embeddings of its
   top-activating texts, minus ``baseline`` = the same for random corpus texts (``spread_excess``;
   above 0: its texts are more varied than the corpus itself, a sign of several concepts). Plus a
-  2-means split test: scikit-learn's ``KMeans(2)`` on the top texts' unit embeddings and the
-  silhouette (cosine) of that split; the feature is flagged ``merged`` when the silhouette is at
-  least ``silhouette_threshold`` and each side holds at least 2 texts, with example texts of each side.
+  2-means split test: scipy's ``kmeans2`` (k-means++ start, seeded) on the top texts' unit embeddings
+  and the mean silhouette of that split under cosine distance (Rousseeuw 1987, as scikit-learn's
+  ``silhouette_score(metric="cosine")``, computed from the distance matrix the spread already
+  needs). The feature is flagged ``merged`` when the silhouette is at least ``silhouette_threshold``
+  (default 0.5) and each side holds at least 2 texts; example texts of each side are kept.
 
 Example:
 
@@ -25,16 +27,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import warnings
+
 import numpy as np
 import scipy.sparse
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
+from scipy.cluster.vq import kmeans2
 from sklearn.metrics.pairwise import cosine_distances
 
 from .browser import feature_table
 from .network import coactivation_counts
 
-__all__ = ["AbsorptionPair", "Diagnostics", "Polysemy", "absorption_pairs", "diagnose", "polysemy"]
+__all__ = ["AbsorptionPair", "Diagnostics", "Polysemy", "absorption_pairs", "diagnose", "polysemy", "silhouette"]
 
 
 @dataclass
@@ -106,10 +109,28 @@ def absorption_pairs(
     return pairs
 
 
-def _mean_pairwise_distance(x: np.ndarray) -> float:
-    distances = cosine_distances(x)
-    m = len(x)
+def _mean_pairwise_distance(distances: np.ndarray) -> float:
+    m = len(distances)
     return float(distances.sum() / (m * (m - 1))) if m > 1 else 0.0
+
+
+def silhouette(distances: np.ndarray, split: np.ndarray) -> float:
+    """Mean silhouette of a two-way ``split`` from a distance matrix (0 when a side is empty).
+
+    ``s(i) = (b(i) − a(i)) / max(a(i), b(i))`` with ``a`` the mean distance to the other members of
+    its side and ``b`` to the other side's; ``s = 0`` for a point alone on its side (as scikit-learn).
+    """
+    sides = [split == 0, split == 1]
+    if not all(side.any() for side in sides):
+        return 0.0
+    scores = np.zeros(len(split))
+    for own, other in (sides, sides[::-1]):
+        if own.sum() < 2:
+            continue
+        a = distances[np.ix_(own, own)].sum(axis=1) / (own.sum() - 1)
+        b = distances[np.ix_(own, other)].mean(axis=1)
+        scores[own] = np.where(np.maximum(a, b) > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
+    return float(scores.mean())
 
 
 def polysemy(
@@ -133,7 +154,7 @@ def polysemy(
         min_examples: least number of firing texts for a feature to be assessed.
         silhouette_threshold: least silhouette of the 2-means split to flag ``merged``.
         baseline_samples: random corpus texts for the baseline spread.
-        seed: seeds the baseline sample and KMeans.
+        seed: seeds the baseline sample and the 2-means starts.
 
     Returns:
         ``(results, baseline)``: per feature, largest ``spread_excess`` first, and the baseline.
@@ -141,7 +162,7 @@ def polysemy(
     rng = np.random.default_rng(seed)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     sample = rng.choice(len(embeddings), size=min(baseline_samples, len(embeddings)), replace=False)
-    baseline = _mean_pairwise_distance(embeddings[sample])
+    baseline = _mean_pairwise_distance(cosine_distances(embeddings[sample]))
     table = feature_table(activations, examples=top)
     results = []
     for j, rows in enumerate(table["top_rows"]):
@@ -149,13 +170,17 @@ def polysemy(
             continue
         x = embeddings[rows]
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        spread = _mean_pairwise_distance(x)
-        split = KMeans(n_clusters=2, n_init=4, random_state=seed).fit_predict(unit)
+        distances = np.clip(cosine_distances(unit), 0.0, 2.0)
+        np.fill_diagonal(distances, 0.0)
+        spread = _mean_pairwise_distance(distances)
+        with warnings.catch_warnings():  # identical texts leave one side empty: then no split
+            warnings.simplefilter("ignore")
+            _, split = kmeans2(unit, 2, minit="++", seed=seed + j)
         sizes = (int((split == 0).sum()), int((split == 1).sum()))
-        silhouette = float(silhouette_score(unit, split, metric="cosine")) if min(sizes) >= 1 else 0.0
+        score = silhouette(distances, split)
         sides = ([str(texts[r]) for r in rows[split == 0][:3]], [str(texts[r]) for r in rows[split == 1][:3]])
-        results.append(Polysemy(j, spread, baseline, spread - baseline, silhouette,
-                                bool(silhouette >= silhouette_threshold and min(sizes) >= 2), sizes, sides))
+        results.append(Polysemy(j, spread, baseline, spread - baseline, score,
+                                bool(score >= silhouette_threshold and min(sizes) >= 2), sizes, sides))
     results.sort(key=lambda p: (-p.spread_excess, p.feature))
     return results, baseline
 
@@ -181,7 +206,7 @@ def diagnose(
         min_support: least number of texts where A fires.
         top: top-activating texts per feature for polysemy.
         silhouette_threshold: least silhouette of the 2-means split to flag a feature as merged.
-        seed: seeds the baseline sample and KMeans.
+        seed: seeds the baseline sample and the 2-means starts.
 
     Returns:
         A :class:`Diagnostics`.

@@ -5,7 +5,7 @@ For feature ``i`` over ``n`` texts with activations ``z[:, i]`` (as :func:`spars
 - ``total_activation`` = Σ_t z[t, i] (the ranking key); ``frequency`` = share of texts with z > 0;
 - ``mean_activation`` = mean of z over the texts where it fires; ``max_activation`` = max z;
 - ``examples``: the texts with the largest z, descending (ties: earlier text first);
-- ``label``: the top c-TF-IDF terms of its first ``label_texts`` examples against the corpus
+- ``label``: the top c-TF-IDF terms of its first ``label_texts`` (10) examples against the corpus
   (:func:`aquin_monitor.sae.labels.ctfidf_labels`).
 
 Example:
@@ -100,7 +100,7 @@ def browse_features(
     texts: Sequence[str],
     *,
     examples: int = 20,
-    label_texts: int = 5,
+    label_texts: int = 10,
     label_terms: int = 3,
     activations: scipy.sparse.spmatrix | None = None,
 ) -> FeatureBrowser:

@@ -15,18 +15,9 @@ from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.browser import browse_features
 from aquin_monitor.sae.labels import class_tfidf, ctfidf_labels
 from aquin_monitor.sae.model import SparseAutoencoder
+from sae_planted import planted_sae
 
 FILLER = ["river", "table", "window", "garden", "pencil", "yellow", "music", "doctor", "winter", "letter", "bottle", "forest"]
-
-
-def planted_sae(d_in: int = 48, latents: int = 32, k: int = 3) -> SparseAutoencoder:
-    """A SAE whose features are orthonormal directions (encoder = decoder, no biases): z reads them exactly."""
-    sae = SparseAutoencoder(d_in, latents, k, seed=0)
-    q, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=torch.Generator().manual_seed(1)))
-    with torch.no_grad():
-        sae.W_dec.copy_(q[:latents])
-        sae.encoder.weight.copy_(q[:latents])
-    return sae.eval()
 
 
 def test_sparse_activations_equal_dense_encode():

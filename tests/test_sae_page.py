@@ -16,7 +16,7 @@ from aquin_monitor.sae.diagnose import diagnose
 from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.network import coactivation_network
 from aquin_monitor.sae.page import page_data, write_page
-from test_sae_network_diagnose import planted_corpus
+from sae_planted import planted_corpus
 
 HOSTILE = "<script>window.pwned=1</script> $$ &amp; <img src=x onerror=window.pwned=2>"
 

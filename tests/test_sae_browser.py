@@ -29,6 +29,16 @@ def test_sparse_activations_equal_dense_encode():
     np.testing.assert_array_equal(z.toarray(), dense)
 
 
+def test_non_finite_embeddings_are_refused_by_row():
+    sae = SparseAutoencoder(4, 8, 2)
+    x = np.ones((5, 4), dtype=np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="row 3: not finite"):
+        sparse_activations(sae, x)
+    with pytest.raises(ValueError, match=r"\[n, 4\]"):
+        sparse_activations(sae, np.ones((5, 3)))
+
+
 def test_browser_numbers_against_brute_force_numpy():
     sae = SparseAutoencoder(16, 64, 5, seed=3)
     rng = np.random.default_rng(0)

@@ -36,11 +36,17 @@ def sparse_activations(sae: Any, x: np.ndarray | torch.Tensor, *, batch_size: in
 
     Returns:
         The sparse activation matrix; row ``i`` holds text ``i``'s active features.
+
+    Raises:
+        ValueError: ``x`` is not ``[n, d_in]`` or has a NaN/inf (named by its row).
     """
     device = sae.W_dec.device
     x = torch.as_tensor(x, dtype=torch.float32).to(device)
     if x.ndim != 2 or x.shape[1] != sae.d_in:
         raise ValueError(f"embeddings must be [n, {sae.d_in}], got {tuple(x.shape)}")
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"embeddings row {int((~finite).nonzero()[0])}: not finite (NaN or inf)")
     rows, cols, vals = [], [], []
     for start in range(0, len(x), batch_size):
         acts, indices, _ = sae.encode_topk(x[start : start + batch_size])

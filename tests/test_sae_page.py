@@ -82,6 +82,7 @@ def test_page_in_headless_chromium_with_real_clicks(planted_page, tmp_path):
         assert page.evaluate("document.querySelectorAll('img').length") == 0
         texts = page.evaluate("[...document.querySelectorAll('#absorption li')].map(li => li.textContent)")
         assert any(t.startswith(HOSTILE) for t in texts), texts
+        assert page.evaluate("[...document.querySelectorAll('#merged tr[data-feature]')].map(r => +r.dataset.feature)") == [9]
         assert page.console_errors() == []
         if os.environ.get("AQUIN_SAE_PAGE_SCREENSHOT"):  # for a person to look at
             page.screenshot(tmp_path / "shot.png", full_page=True)
@@ -145,7 +146,7 @@ def test_diagnose_cli_json_on_stdout(tiny_sae, corpus, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     data = json.loads(captured.out)
-    assert set(data) == {"absorption", "polysemy", "threshold", "baseline"}
+    assert set(data) == {"absorption", "polysemy", "threshold", "baseline", "silhouette_threshold"}
 
 
 def one_line(capsys, *parts):
@@ -194,3 +195,10 @@ def test_bad_input_exits_2_before_any_model_loads(tiny_sae, corpus, tmp_path, ca
     (broken / "cfg.json").write_text("{not json")
     assert cli.main(["sae", "diagnose", str(broken), "--corpus", str(corpus)]) == 2
     one_line(capsys, "cfg.json")
+
+
+def test_page_lists_merged_features_apart(planted_page):
+    _, browser, network, found = planted_page
+    data = page_data(browser, network, found, polysemy_rows=1)
+    assert len(data["diagnostics"]["polysemy"]) == 1
+    assert [p["feature"] for p in data["diagnostics"]["merged"]] == [p.feature for p in found.polysemy if p.merged] == [9]

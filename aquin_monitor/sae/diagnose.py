@@ -78,6 +78,7 @@ class Diagnostics:
     polysemy: list[Polysemy]
     threshold: float
     baseline: float
+    silhouette_threshold: float = 0.5
 
 
 def absorption_pairs(
@@ -215,4 +216,5 @@ def diagnose(
         raise ValueError(f"{activations.shape[0]} activation rows, {len(embeddings)} embeddings, {len(texts)} texts")
     pairs = absorption_pairs(activations, texts, threshold=threshold, min_support=min_support)
     found, baseline = polysemy(activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed)
-    return Diagnostics(absorption=pairs, polysemy=found, threshold=threshold, baseline=baseline)
+    return Diagnostics(absorption=pairs, polysemy=found, threshold=threshold, baseline=baseline,
+                       silhouette_threshold=silhouette_threshold)

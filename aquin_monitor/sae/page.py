@@ -51,8 +51,13 @@ def page_data(
     *,
     title: str = "SAE features",
     polysemy_rows: int = 25,
+    merged_rows: int = 50,
 ) -> dict[str, Any]:
-    """The page's data (JSON-serialisable): the browser, the network and the diagnostics, as they are."""
+    """The page's data (JSON-serialisable): the browser, the network and the diagnostics, as they are.
+
+    The diagnostics keep the ``polysemy_rows`` features of widest spread and, as ``merged``, the
+    ``merged_rows`` flagged features of highest silhouette.
+    """
     labels = {f.index: f.label for f in browser.features}
     data: dict[str, Any] = {
         "title": title,
@@ -68,6 +73,8 @@ def page_data(
         data["network"] = dataclasses.asdict(network)
     if diagnostics is not None:
         found = dataclasses.asdict(diagnostics)
+        merged = [p for p in found["polysemy"] if p["merged"]]
+        found["merged"] = sorted(merged, key=lambda p: (-p["silhouette"], p["feature"]))[:merged_rows]
         found["polysemy"] = found["polysemy"][:polysemy_rows]
         data["diagnostics"] = found
     return data
@@ -127,6 +134,8 @@ PAGE = """<!DOCTYPE html>
 <table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
 <h3>Polysemy</h3><p id="polysemy-note"></p>
 <table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
+<h3>Merged features (two concepts)</h3><p id="merged-note"></p>
+<table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
 </section>
 <script type="application/json" id="sae-data">%DATA%</script>
 <script>%SCRIPT%</script>
@@ -238,10 +247,13 @@ else {
     [p.source, label(p.source), p.target, label(p.target), pct(p.probability), p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
     const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r);});
   document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first. Merged: a 2-means split of its top texts with a high silhouette.';
-  const pb = document.querySelector('#polysemy tbody');
-  G.polysemy.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
-    [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.silhouette), p.merged? 'yes' : 'no'].forEach(x=>r.appendChild(el('td',x)));
-    p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); pb.appendChild(r);});
+  function polysemyRows(selector, rows){const tb = document.querySelector(selector);
+    rows.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
+      [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.silhouette), p.merged? 'yes' : 'no'].forEach(x=>r.appendChild(el('td',x)));
+      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r);});}
+  polysemyRows('#polysemy tbody', G.polysemy);
+  document.getElementById('merged-note').textContent = G.merged.length+' features (highest silhouette first) whose top texts split into two groups with a silhouette of at least '+G.silhouette_threshold+'; examples of each side.';
+  polysemyRows('#merged tbody', G.merged);
 }
 })();
 """

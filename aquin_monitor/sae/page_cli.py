@@ -111,11 +111,16 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
         for rank, f in enumerate(browser.features[: args.show], 1):
             top = f.examples[0].text if f.examples else ""
             print(f"{rank:>4} feature {f.index:>5}  {', '.join(f.label) or '-':<36} freq {f.frequency:7.2%}  "
-                  f"max {f.max_activation:6.3f}  {top[:70]!r}")
+                  f"max {f.max_activation:6.3f}  {_clip([top], 70)}")
         print(f"{len(browser.features)} of {browser.num_latents} features fired on {browser.n_texts} texts; "
               f"network: {len(network.nodes)} nodes, {len(network.edges)} edges"
               + (f"; page: {args.html}" if args.html else ""))
     return data
+
+
+def _clip(texts: list[str], width: int = 60) -> str:
+    text = texts[0] if texts else ""
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def _diagnose(args: argparse.Namespace) -> Any:
@@ -131,11 +136,14 @@ def _diagnose(args: argparse.Namespace) -> Any:
     if args.json != "-":
         print(f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}")
         for p in result.absorption[: args.show]:
-            print(f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {p.examples[:1]!r}")
-        print(f"polysemy (spread of top texts minus random texts' {result.baseline:.3f}; merged = 2-means silhouette split):")
+            print(f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {_clip(p.examples)}")
+        print(f"polysemy, widest spread of top texts (minus random texts' {result.baseline:.3f}):")
         for p in result.polysemy[: args.show]:
-            print(f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  merged {'yes' if p.merged else 'no '}"
-                  f"  {p.examples[0][:1]!r} | {p.examples[1][:1]!r}")
+            print(f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
+        merged = sorted((p for p in result.polysemy if p.merged), key=lambda p: (-p.silhouette, p.feature))
+        print(f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}): {len(merged)}")
+        for p in merged[: args.show]:
+            print(f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
     return result
 
 

@@ -201,3 +201,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     from .analysis_cli import add_analysis_commands  # decompose, contrast, trace, steer, faithfulness, match
 
     add_analysis_commands(sub, common)
+
+    from .page_cli import add_page_commands
+
+    add_page_commands(sub, common)

@@ -1,0 +1,259 @@
+"""One self-contained interactive HTML page of a SAE over a corpus: browser, network, diagnostics.
+
+The page holds its data as one JSON block and draws everything with inline JavaScript: no network
+access (a Content-Security-Policy forbids any fetch), no server, no CDN. User text (corpus texts,
+labels) reaches the page only through ``textContent``, never as markup, and the JSON block escapes
+``<``, ``>`` and ``&``, so a text such as ``</script><script>alert(1)</script>`` shows as itself.
+
+Sections:
+
+- **Features**: ranked by total activation, with label, frequency, mean and max activation and
+  the top 3 texts; clicking a feature's row expands all its kept examples with activations; a box
+  filters the features by label.
+- **Co-activation network**: an inline SVG, node size = mean activation, colour = frequency
+  (log scale), edges = NPMI above the threshold; clicking a node lists its neighbours with their
+  co-activation counts and conditional frequencies.
+- **Diagnostics**: absorption pairs and the most polysemous features, with example texts.
+
+Example:
+
+    >>> import numpy as np
+    >>> from aquin_monitor.sae.model import SparseAutoencoder
+    >>> from aquin_monitor.sae.browser import browse_features
+    >>> sae = SparseAutoencoder(4, 8, 2, seed=0)
+    >>> browser = browse_features(sae, np.random.default_rng(0).normal(size=(3, 4)), ["a <b>", "c", "d"])
+    >>> html = render_page(browser)
+    >>> "<b>" in html, html.startswith("<!DOCTYPE html>")
+    (False, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .browser import FeatureBrowser
+from .diagnose import Diagnostics
+from .files import atomic_write_text
+from .network import CoactivationNetwork
+
+__all__ = ["page_data", "render_page", "write_page"]
+
+
+def page_data(
+    browser: FeatureBrowser,
+    network: CoactivationNetwork | None = None,
+    diagnostics: Diagnostics | None = None,
+    *,
+    title: str = "SAE features",
+    polysemy_rows: int = 25,
+    merged_rows: int = 50,
+) -> dict[str, Any]:
+    """The page's data (JSON-serialisable): the browser, the network and the diagnostics, as they are.
+
+    The diagnostics keep the ``polysemy_rows`` features of widest spread and, as ``merged``, the
+    ``merged_rows`` flagged features of highest silhouette.
+    """
+    labels = {f.index: f.label for f in browser.features}
+    data: dict[str, Any] = {
+        "title": title,
+        "n_texts": browser.n_texts,
+        "num_latents": browser.num_latents,
+        "dead": browser.dead,
+        "features": [dataclasses.asdict(f) for f in browser.features],
+        "labels": {str(k): v for k, v in labels.items()},
+        "network": None,
+        "diagnostics": None,
+    }
+    if network is not None:
+        data["network"] = dataclasses.asdict(network)
+    if diagnostics is not None:
+        found = dataclasses.asdict(diagnostics)
+        merged = [p for p in found["polysemy"] if p["merged"]]
+        found["merged"] = sorted(merged, key=lambda p: (-p["silhouette"], p["feature"]))[:merged_rows]
+        found["polysemy"] = found["polysemy"][:polysemy_rows]
+        data["diagnostics"] = found
+    return data
+
+
+def _script_json(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_page(
+    browser: FeatureBrowser,
+    network: CoactivationNetwork | None = None,
+    diagnostics: Diagnostics | None = None,
+    *,
+    title: str = "SAE features",
+) -> str:
+    """The page as one HTML string.
+
+    Args:
+        browser: :func:`~aquin_monitor.sae.browser.browse_features`' result.
+        network: :func:`~aquin_monitor.sae.network.coactivation_network`' result (section left out if None).
+        diagnostics: :func:`~aquin_monitor.sae.diagnose.diagnose`' result (section left out if None).
+        title: the page title (escaped).
+
+    Returns:
+        A complete, self-contained HTML document.
+    """
+    data = _script_json(page_data(browser, network, diagnostics, title=title))
+    return (PAGE.replace("%TITLE%", html.escape(title)).replace("%STYLE%", STYLE)
+            .replace("%DATA%", data).replace("%SCRIPT%", SCRIPT))
+
+
+def write_page(path: str | os.PathLike, browser: FeatureBrowser, network: CoactivationNetwork | None = None,
+               diagnostics: Diagnostics | None = None, *, title: str = "SAE features") -> Path:
+    """Write :func:`render_page`'s page to ``path`` atomically (never half-written); returns the path."""
+    atomic_write_text(path, render_page(browser, network, diagnostics, title=title))
+    return Path(path)
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<title>%TITLE%</title><style>%STYLE%</style></head>
+<body>
+<h1 id="title"></h1><p id="summary"></p>
+<nav><a href="#browser">Features</a> · <a href="#network">Co-activation network</a> · <a href="#diagnostics">Diagnostics</a></nav>
+<section id="browser"><h2>Features</h2>
+<p>Ranked by total activation over the corpus. Labels: top c-TF-IDF terms of each feature's top texts against the corpus. Click a row for more examples.</p>
+<label>Filter by label <input id="label-filter" type="search" placeholder="e.g. card"></label> <span id="shown"></span>
+<table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
+</section>
+<section id="network"><h2>Co-activation network</h2><p id="network-note"></p>
+<div class="net"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg>
+<div id="neighbours"><p>Click a node to list its neighbours.</p></div></div></section>
+<section id="diagnostics"><h2>Diagnostics</h2><h3>Absorption pairs</h3><p id="absorption-note"></p>
+<table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
+<h3>Polysemy</h3><p id="polysemy-note"></p>
+<table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
+<h3>Merged features (two concepts)</h3><p id="merged-note"></p>
+<table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
+</section>
+<script type="application/json" id="sae-data">%DATA%</script>
+<script>%SCRIPT%</script>
+</body></html>
+"""
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1300px}
+table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}tr.feature{cursor:pointer}tr.feature:hover{background:#f6f9ff}tr.feature.open{background:#eef4ff}
+td.num{text-align:right;font-variant-numeric:tabular-nums}ul.texts{margin:0;padding-left:1.1em}
+tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
+.net{display:flex;gap:1em;align-items:flex-start}#graph{border:1px solid #ddd;background:#fff}
+circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
+line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
+section{margin-top:1.5em}nav a{color:#1a4f8b}
+"""
+
+SCRIPT = r"""
+(function(){
+'use strict';
+const D = JSON.parse(document.getElementById('sae-data').textContent);
+function el(tag, text, cls){const e=document.createElement(tag); if(text!==undefined&&text!==null) e.textContent=String(text); if(cls) e.className=cls; return e;}
+function fmt(x, d){return Number(x).toFixed(d===undefined?3:d);}
+function pct(x){return (100*x).toFixed(2)+'%';}
+function label(f){const l=D.labels[String(f)]; return l&&l.length? l.join(', ') : '—';}
+function textList(items){const ul=el('ul',undefined,'texts'); items.forEach(t=>ul.appendChild(el('li',t))); return ul;}
+document.getElementById('title').textContent = D.title;
+document.getElementById('summary').textContent = D.n_texts+' texts, '+D.num_latents+' features, '+D.features.length+' fired, '+D.dead+' never fired.';
+
+// ---------------------------------------------------------------- browser
+const body = document.querySelector('#features tbody');
+D.features.forEach(function(f, rank){
+  const tr = el('tr', undefined, 'feature'); tr.dataset.feature = f.index; tr.dataset.label = f.label.join(' ').toLowerCase();
+  [rank+1, f.index].forEach(v=>tr.appendChild(el('td', v, 'num')));
+  tr.appendChild(el('td', f.label.length? f.label.join(', ') : '—', 'label'));
+  tr.appendChild(el('td', fmt(f.total_activation,1), 'num')); tr.appendChild(el('td', pct(f.frequency), 'num'));
+  tr.appendChild(el('td', fmt(f.mean_activation), 'num')); tr.appendChild(el('td', fmt(f.max_activation), 'num'));
+  const top = el('td'); top.appendChild(textList(f.examples.slice(0,3).map(e=>e.text))); tr.appendChild(top);
+  const more = el('tr', undefined, 'examples'); more.hidden = true; more.dataset.feature = f.index;
+  const cell = el('td'); cell.colSpan = 8; more.appendChild(cell);
+  tr.addEventListener('click', function(){
+    if(!cell.firstChild){
+      cell.appendChild(el('p', f.examples.length+' top texts of feature '+f.index+' (activation: text)'));
+      const ol = el('ol'); f.examples.forEach(e=>ol.appendChild(el('li', fmt(e.activation)+': '+e.text))); cell.appendChild(ol);
+    }
+    more.hidden = !more.hidden; tr.classList.toggle('open', !more.hidden);
+  });
+  body.appendChild(tr); body.appendChild(more);
+});
+const filter = document.getElementById('label-filter');
+function applyFilter(){
+  const q = filter.value.trim().toLowerCase(); let shown = 0;
+  body.querySelectorAll('tr.feature').forEach(function(tr){
+    const keep = !q || tr.dataset.label.indexOf(q) >= 0; tr.hidden = !keep; if(keep) shown++;
+    const more = tr.nextElementSibling; if(!keep) {more.hidden = true; tr.classList.remove('open');}
+  });
+  document.getElementById('shown').textContent = shown+' of '+D.features.length+' features shown';
+}
+filter.addEventListener('input', applyFilter); applyFilter();
+
+// ---------------------------------------------------------------- network
+const N = D.network, svg = document.getElementById('graph'), NS = 'http://www.w3.org/2000/svg';
+const panel = document.getElementById('neighbours');
+if(!N){ document.getElementById('network').hidden = true; }
+else {
+  document.getElementById('network-note').textContent = N.nodes.length+' features, '+N.edges.length+' edges ('+N.normalisation+'; edge when NPMI ≥ '+N.threshold+' on at least '+N.min_support+' shared texts), '+N.communities.length+' communities (Louvain). Size: mean activation; colour: frequency (log scale).';
+  const pos = {}; const W=640, H=480, pad=24;
+  N.nodes.forEach(n=>{pos[n.index]=[pad+n.x*(W-2*pad), pad+n.y*(H-2*pad)];});
+  const adj = {}; N.nodes.forEach(n=>{adj[n.index]=[];});
+  N.edges.forEach(function(e){
+    adj[e.source].push({other:e.target, count:e.count, p:e.p_target_given_source, q:e.p_source_given_target, npmi:e.npmi});
+    adj[e.target].push({other:e.source, count:e.count, p:e.p_source_given_target, q:e.p_target_given_source, npmi:e.npmi});
+    const l = document.createElementNS(NS,'line'); l.setAttribute('class','edge');
+    l.setAttribute('x1',pos[e.source][0]); l.setAttribute('y1',pos[e.source][1]); l.setAttribute('x2',pos[e.target][0]); l.setAttribute('y2',pos[e.target][1]);
+    l.setAttribute('stroke-width', String(0.5+2*e.npmi)); svg.appendChild(l);
+  });
+  const freqs = N.nodes.map(n=>Math.log10(n.frequency)); const lo=Math.min.apply(null,freqs), hi=Math.max.apply(null,freqs);
+  const means = N.nodes.map(n=>n.mean_activation); const mmax = Math.max.apply(null, means.concat([1e-9]));
+  function colour(f){const t = hi>lo? (Math.log10(f)-lo)/(hi-lo) : 0.5; return 'hsl('+(260-220*t)+',70%,'+(35+25*t)+'%)';}
+  function show(n, circle){
+    svg.querySelectorAll('circle.selected').forEach(c=>c.classList.remove('selected')); circle.classList.add('selected');
+    panel.textContent = '';
+    panel.appendChild(el('h3', 'Feature '+n.index+': '+label(n.index)));
+    panel.appendChild(el('p', 'fires on '+pct(n.frequency)+' of texts, mean activation '+fmt(n.mean_activation)+', community '+n.community));
+    const list = adj[n.index].slice().sort((a,b)=>b.npmi-a.npmi);
+    const t = el('table'); t.id = 'neighbour-list'; const h = el('tr');
+    ['neighbour','label','texts with both','P(it | this)','P(this | it)','NPMI'].forEach(x=>h.appendChild(el('th',x))); t.appendChild(h);
+    list.forEach(function(a){const r = el('tr'); r.dataset.feature = a.other;
+      [a.other, label(a.other), a.count, pct(a.p), pct(a.q), fmt(a.npmi)].forEach(x=>r.appendChild(el('td',x))); t.appendChild(r);});
+    panel.appendChild(t);
+  }
+  N.nodes.forEach(function(n){
+    const c = document.createElementNS(NS,'circle'); c.setAttribute('class','node'); c.dataset.feature = n.index;
+    c.setAttribute('cx',pos[n.index][0]); c.setAttribute('cy',pos[n.index][1]);
+    c.setAttribute('r', String(3+9*Math.sqrt(n.mean_activation/mmax))); c.setAttribute('fill', colour(n.frequency));
+    const tip = document.createElementNS(NS,'title'); tip.textContent = 'feature '+n.index+': '+label(n.index); c.appendChild(tip);
+    c.addEventListener('click', ()=>show(n, c)); svg.appendChild(c);
+  });
+}
+
+// ---------------------------------------------------------------- diagnostics
+const G = D.diagnostics;
+if(!G){ document.getElementById('diagnostics').hidden = true; }
+else {
+  document.getElementById('absorption-note').textContent = G.absorption.length+' ordered pairs (A, B) where B fires on at least '+pct(G.threshold)+' of the texts A fires on.';
+  const ab = document.querySelector('#absorption tbody');
+  G.absorption.forEach(function(p){const r = el('tr');
+    [p.source, label(p.source), p.target, label(p.target), pct(p.probability), p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
+    const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r);});
+  document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first. Merged: a 2-means split of its top texts with a high silhouette.';
+  function polysemyRows(selector, rows){const tb = document.querySelector(selector);
+    rows.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
+      [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.silhouette), p.merged? 'yes' : 'no'].forEach(x=>r.appendChild(el('td',x)));
+      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r);});}
+  polysemyRows('#polysemy tbody', G.polysemy);
+  document.getElementById('merged-note').textContent = G.merged.length+' features (highest silhouette first) whose top texts split into two groups with a silhouette of at least '+G.silhouette_threshold+'; examples of each side.';
+  polysemyRows('#merged tbody', G.merged);
+}
+})();
+"""

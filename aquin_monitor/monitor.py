@@ -152,6 +152,8 @@ class StepMonitor:
         snapshots: when to take checkpoint snapshots (:class:`~aquin_monitor.snapshots.SnapshotSchedule`),
             on the rank that writes; None: no snapshots.
         run_dir: where snapshots are saved.
+        report: write ``report.html`` into ``run_dir`` at :meth:`end` (the SAE page ``sae.html`` is
+            written whenever the snapshots used an SAE).
 
     A ``stop_on`` alarm of kind ``nan`` also discards the update of the step on which it is decided
     (every gradient is set to None before the optimizer runs, so the weights stay finite): on CPU
@@ -185,6 +187,7 @@ class StepMonitor:
         grad_prefix: str = "grad_norm/",
         snapshots: SnapshotSchedule | None = None,
         run_dir: str | os.PathLike | None = None,
+        report: bool = False,
     ):
         unknown = set(stop_on) - set(ALARM_KINDS)
         if unknown:
@@ -205,6 +208,7 @@ class StepMonitor:
         self.grad_prefix = grad_prefix
         self.snapshots = snapshots
         self.run_dir = run_dir
+        self.report = report
         self._discard_update = False
         self.should_stop = False
         self.alarms: list[Alarm] = []
@@ -482,6 +486,24 @@ class StepMonitor:
         if self.snapshots is not None and model is not None and self.snapshots.at_end(step):
             self.snapshot(model, step)
         self.close()
+        if self.sinks and self.run_dir is not None:  # rank zero, once the files are complete
+            self._write_pages()
+
+    def _write_pages(self) -> None:
+        """The run's SAE page (when its snapshots used an SAE) and, if asked, its HTML report."""
+        from .report import write_report
+
+        for what, write in (("the SAE page", self._sae_page), ("the HTML report", write_report if self.report else None)):
+            if write is None:
+                continue
+            try:
+                write(self.run_dir)
+            except Exception as exc:  # noqa: BLE001 - the run's files are already complete
+                report_failure(f"writing {what}", exc, strict=self.strict, outcome="is skipped")
+
+    def _sae_page(self, run_dir) -> None:
+        if self.snapshots is not None:
+            self.snapshots.runner.write_sae_page(run_dir)
 
     def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
         """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""

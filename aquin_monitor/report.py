@@ -147,6 +147,10 @@ _TIMELINE = (
 )
 
 
+#: The SAE page of a run (:meth:`aquin_monitor.snapshots.SnapshotRunner.write_sae_page`), linked from the report.
+SAE_PAGE = "sae.html"
+
+
 class RunDirectoryError(ValueError):
     """The run directory given to the report does not exist or is not a directory."""
 
@@ -405,6 +409,8 @@ def _header(run: Run) -> str:
         ("Snapshots", _escape(f"{len(run.snapshots)}" + (f" (steps {', '.join(str(s.step) for s in run.snapshots)})" if run.snapshots else ""))),
         ("Alarms", f"{len(events)} {badges}"),
     ]
+    if (run.directory / SAE_PAGE).is_file():  # written at train end when the run's snapshots used an SAE
+        facts.append(("SAE features", f'<a href="{SAE_PAGE}">{SAE_PAGE}</a>: the base SAE\'s features on the probe at the last snapshot (browser, co-activation network, diagnostics)'))
     rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
     return f'<header id="summary"><h1>aquin-monitor report</h1><table class="facts">{rows}</table></header>'
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -254,6 +255,18 @@ class SnapshotRunner:
 
         movers = feature_movers(view(base), view(now), self.probe.texts)
         return {"sae/gained": movers["gained"], "sae/lost": movers["lost"]}
+
+    def write_sae_page(self, run_dir: str | os.PathLike) -> Path | None:
+        """The SAE page (browser, co-activation network, diagnostics) of the latest snapshot's probe
+        embeddings under the base SAE, as ``<run_dir>/sae.html`` (linked from the report); None without SAE."""
+        from .report import SAE_PAGE
+        from .sae.page import analyse_corpus, write_page
+
+        if self.sae is None or self.previous is None or self.sae.d_in != self.previous.arrays["embeddings"].shape[1]:
+            return None
+        browser, network, diagnostics = analyse_corpus(self.sae, self.previous.arrays["embeddings"], self.probe.texts, min_support=3)
+        title = f"SAE features of the probe at step {self.previous.step} ({self.previous.model or 'model'})"
+        return write_page(Path(run_dir) / SAE_PAGE, browser, network, diagnostics, title=title)
 
     def forward(self, model: torch.nn.Module) -> ProbePass:
         """One pass of the probe: the attention sample in small batches, the rest in ``batch_size`` ones."""

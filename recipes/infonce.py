@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
     runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model),
                             model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
-    monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1)
+    monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, report=False)  # written below, with the summary
     training_args = training_arguments(args, out, lr)
     loss = monitored(MultipleNegativesRankingLoss(model, scale=args.scale))
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns), loss=loss, callbacks=[monitor])

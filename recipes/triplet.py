@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wandb_logger.log_hyperparams(vars(args))  # the run's config: this run's hyperparameters
         loggers.append(wandb_logger)
     runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model))
-    monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on)
+    monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on, report=False)  # written below
     trainer = build_trainer(args, out, loggers, monitor)
     with warnings.catch_warnings():
         # a list of strings needs no worker processes; Lightning's advice to add some is noise here

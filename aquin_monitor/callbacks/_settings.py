@@ -28,6 +28,7 @@ class MonitorSettings:
     snapshots: SnapshotRunner | None = None
     snapshot_every: int = 1  # every Nth checkpoint save
     tensor_norms_every: int = 0
+    report: bool = True  # report.html in the run folder at train end
 
     def histogram_steps(self, total_steps: int | float | None) -> int:
         """The histogram interval for a run of ``total_steps`` optimizer steps (None: unknown length):
@@ -67,6 +68,7 @@ class MonitorSettings:
             log_every=self.log_every,
             histogram_every=self.histogram_steps(None),
             tensor_norms_every=self.tensor_norms_every,
+            report=self.report,
             alarms=self.alarms,
             stop_on=self.stop_on,
             strict=self.strict,

@@ -45,6 +45,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     train start, then every ``snapshot_every``-th checkpoint save and at the end, on rank zero, under
     ``<output_dir>/snapshots/<step>/`` and diffed against the base and the previous snapshot.
 
+    At train end (``report=True``, the default) it writes ``report.html`` into the run folder, as the
+    recipes do; when the snapshots used an SAE (``SnapshotRunner(sae=...)``), also ``sae.html``, the
+    feature browser of the last snapshot's probe, which the report links.
+
     Resume: the monitor's state is written into each ``checkpoint-N`` folder (and exported through
     ``ExportableState``), and a resumed run continues from it without duplicated steps.
 
@@ -69,6 +73,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
         log_every: int = 1,
         histogram_every: int | None = None,
         tensor_norms_every: int = 0,
+        report: bool = True,
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
@@ -81,12 +86,13 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "log_every": log_every,
             "histogram_every": histogram_every,
             "tensor_norms_every": tensor_norms_every,
+            "report": report,
             "stop_on": list(stop_on),
             "strict": strict,
             "take_over_clipping": take_over_clipping,
         }
         self.settings = MonitorSettings(
-            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every
+            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every, report
         )
         self.take_over_clipping = take_over_clipping
         self.monitor = None

@@ -39,6 +39,10 @@ class LightningEmbeddingMonitor(_pl.Callback):
     your module is snapshotted at train start (base), at every ``snapshot_every``-th checkpoint save
     and at the end, on rank zero, under ``<output_dir>/snapshots/<step>/``.
 
+    At train end (``report=True``, the default) it writes ``report.html`` into the run folder, as the
+    recipes do; when the snapshots used an SAE (``SnapshotRunner(sae=...)``), also ``sae.html``, the
+    feature browser of the last snapshot's probe, which the report links.
+
     Rank-zero discipline: every rank computes (the contrastive sums are all-reduced, so alarm and
     stop decisions agree and no rank waits on another), only global rank zero writes.
 
@@ -63,6 +67,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
         log_every: int = 1,
         histogram_every: int | None = None,
         tensor_norms_every: int = 0,
+        report: bool = True,
         alarms: AlarmConfig | None = None,
         stop_on: Sequence[str] = (),
         strict: bool = False,
@@ -71,7 +76,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
     ):
         super().__init__()
         self.settings = MonitorSettings(
-            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every
+            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every, report
         )
         self.monitor = None
         self._restored: dict | None = None

@@ -33,8 +33,11 @@ import dataclasses
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .browser import FeatureBrowser
 from .diagnose import Diagnostics
@@ -106,6 +109,23 @@ def render_page(
     data = _script_json(page_data(browser, network, diagnostics, title=title))
     return (PAGE.replace("%TITLE%", html.escape(title)).replace("%STYLE%", STYLE)
             .replace("%DATA%", data).replace("%SCRIPT%", SCRIPT))
+
+
+def analyse_corpus(
+    sae: Any, embeddings: np.ndarray, texts: Sequence[str], *, examples: int = 20, npmi: float = 0.3, threshold: float = 0.9, min_support: int = 10
+) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
+    """Everything the page shows for ``texts`` (their ``embeddings`` under ``sae``): the feature browser,
+    the co-activation network (edges of NPMI ≥ ``npmi``) and the diagnostics (absorption at P(B | A) ≥
+    ``threshold``), all from one sparse activation matrix; ``min_support`` texts at least per pair/edge."""
+    from .activations import sparse_activations
+    from .browser import browse_features
+    from .diagnose import diagnose
+    from .network import coactivation_network
+
+    z = sparse_activations(sae, embeddings)
+    browser = browse_features(sae, embeddings, texts, examples=examples, activations=z)
+    network = coactivation_network(z, threshold=npmi, min_support=min_support)
+    return browser, network, diagnose(z, embeddings, texts, threshold=threshold, min_support=min_support)
 
 
 def write_page(path: str | os.PathLike, browser: FeatureBrowser, network: CoactivationNetwork | None = None,

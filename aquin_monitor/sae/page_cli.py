@@ -89,18 +89,13 @@ def _write_json(result: Any, path: str | None) -> None:
 
 
 def _browse(args: argparse.Namespace) -> dict[str, Any]:
-    from .activations import sparse_activations
-    from .browser import browse_features
-    from .diagnose import diagnose
-    from .network import coactivation_network
-    from .page import page_data, write_page
+    from .page import analyse_corpus, page_data, write_page
 
     sae, texts, model = _inputs(args)
     x = _embeddings(args, sae, texts, model)
-    z = sparse_activations(sae, x)
-    browser = browse_features(sae, x, texts, examples=args.examples, activations=z)
-    network = coactivation_network(z, threshold=args.npmi, min_support=args.min_support)
-    diagnostics = diagnose(z, x, texts, threshold=args.threshold, min_support=args.min_support)
+    browser, network, diagnostics = analyse_corpus(
+        sae, x, texts, examples=args.examples, npmi=args.npmi, threshold=args.threshold, min_support=args.min_support
+    )
     title = f"SAE {args.sae} on {Path(args.corpus).name} ({model})"
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.monitoring import SaeSnapshot, feature_movers, snapshot_signals
 from aquin_monitor.sae.plots import feature_density_figure, feature_movers_figure, training_curves_figure
 from aquin_monitor.sae.train import SaeTrainConfig, train_sae

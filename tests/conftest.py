@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the embedding cache of eval / sae commands: one fresh folder per test session, never the user's ~/.cache
+os.environ.setdefault("AQUIN_MONITOR_CACHE", tempfile.mkdtemp(prefix="aquin-monitor-cache-"))
 
 TINY_HIDDEN = 32
 TINY_LAYERS = 2

@@ -26,12 +26,17 @@ __all__ = ["build_sae_folder", "format_report", "write_features", "write_figures
 
 
 def write_features(sae: Any, embeddings: np.ndarray, texts: Sequence[str], folder: Path, *, top: int = 5) -> None:
-    """``features.json``: per feature frequency, mean/max activation and top texts over ``texts``."""
+    """``features.json``: per feature frequency, mean/max activation, top texts over ``texts`` and a label
+    (the top c-TF-IDF terms of its top texts against ``texts``, :func:`~aquin_monitor.sae.browser.browse_features`)."""
+    from .browser import browse_features
+
     stats = feature_statistics(sae, embeddings)
     values, rows = top_activations(sae, embeddings, top=top)
+    labels = {feature.index: ", ".join(feature.label) for feature in browse_features(sae, embeddings, texts, examples=top).features}
     features = [
         {
             "id": i,
+            "label": labels.get(i, ""),
             "frequency": round(float(stats.frequency[i]), 6),
             "mean_activation": round(float(stats.mean_activation[i]), 5),
             "max_activation": round(float(stats.max_activation[i]), 5),

@@ -103,3 +103,23 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside(tiny_mean_model, tmp_path
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
     (archived,) = (run / "previous").iterdir()
     assert read_jsonl(archived / "metrics.jsonl") == first
+
+
+def test_two_monitors_in_one_trainer_keep_their_states_apart(tmp_path):
+    a = LightningEmbeddingMonitor(output_dir=str(tmp_path / "a"))
+    b = LightningEmbeddingMonitor(output_dir=str(tmp_path / "b"))
+    assert a.state_key != b.state_key
+    # stable across processes: a resumed run finds its state under the same key
+    assert a.state_key == LightningEmbeddingMonitor(output_dir=str(tmp_path / "a")).state_key
+    assert a._legacy_state_key == "LightningEmbeddingMonitor"  # checkpoints of earlier versions are still found
+
+
+def test_a_checkpoint_of_an_earlier_version_restores_the_monitor(tiny_mean_model, tmp_path):
+    """Earlier versions saved the monitor's state under the class name; a resume still finds it."""
+    from lightning.pytorch.trainer import call
+
+    cb = LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"))
+    trainer = L.Trainer(callbacks=[cb], default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+    state = {"last_step": 7, "detector": None, "gap_history": [], "gap_cooldown_until": -1, "alarms": []}
+    call._call_callbacks_load_state_dict(trainer, {"callbacks": {"LightningEmbeddingMonitor": state}})
+    assert cb._restored == state

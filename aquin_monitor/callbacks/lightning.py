@@ -84,9 +84,13 @@ class LightningEmbeddingMonitor(_pl.Callback):
     @property
     def state_key(self) -> str:
         # one key per configuration, as Lightning's own callbacks do: two monitors in one trainer (other
-        # output folders or settings) keep their states apart; checkpoints keyed by the class name alone
-        # (earlier versions) are still found through Lightning's legacy-key fallback.
+        # output folders or settings) keep their states apart
         return self._generate_state_key(output_dir=self.settings.output_dir, log_every=self.settings.log_every, stop_on=list(self.settings.stop_on))
+
+    @property
+    def _legacy_state_key(self) -> str:
+        # the key earlier versions saved under; Lightning looks it up when state_key is absent
+        return "LightningEmbeddingMonitor"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:

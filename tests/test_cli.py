@@ -738,7 +738,8 @@ def bar_labels(stderr: str) -> set[str]:
 
 
 def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_path, tiny_mean_model, pairs_file, probe_file):
-    code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json")
+    # --no-cache: an earlier test may have left these embeddings in the session's cache (no encoding, no bar)
+    code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json", "--no-cache")
     assert code == 0
     assert {"Encoding queries", "Encoding documents"} <= bar_labels(err), err
     code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "b.json",
@@ -750,7 +751,7 @@ def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_pa
     assert "Snapshot: UMAP 2-D layout of 12 probe texts" in labels, err
     assert "Batches" not in labels  # no unlabelled bar left
 
-    for argv in (["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json"],
+    for argv in (["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json", "--no-cache"],
                  ["inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "d.json"]):
         code, _, err = run(capsys, *argv, "--no-progress")
         assert code == 0 and not BAR.search(err), err

@@ -128,6 +128,7 @@ FIGURE_HINTS = {
     "centroid_drift": "long arrows are labels whose region moved since the base model",
     "similarity_shift": "a shift to the right means the space got more anisotropic; to the left, more spread",
     "rank_changes": "points below the diagonal improved; above it got worse",
+    "sae_movers": "features the fine-tune made fire more (gained) or less (lost) often on the probe; many lost features is a space leaving the base dictionary",
 }
 
 #: The training-timeline figures: (caption, what to look for, function of (rows, events)).
@@ -362,7 +363,8 @@ def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, An
     for spec in specs:
         missing = [key for key in spec.needs if key not in arrays]
         if missing:
-            absent.append(f"{spec.caption} (needs {', '.join(missing)})")
+            if not any(key.startswith("_") for key in missing):  # "_" inputs come from details a run may not have (no SAE)
+                absent.append(f"{spec.caption} (needs {', '.join(missing)})")
             continue
         try:
             hint = FIGURE_HINTS.get(spec.name)

@@ -680,6 +680,9 @@ def test_snapshot_captions_say_what_to_look_for(full_report):
     _, text = full_report
     checkpoint = _section(text, "snapshot-30")
     for spec in plots.SNAPSHOT_FIGURES:
+        if any(key.startswith("_") for key in spec.needs):  # drawn from details this run has not (the SAE movers)
+            assert html_escape(spec.caption) not in checkpoint, spec.name
+            continue
         assert f"<b>{html_escape(spec.caption)}</b>" in checkpoint, spec.name
         assert html_escape(FIGURE_HINTS[spec.name]) in checkpoint, spec.name
 

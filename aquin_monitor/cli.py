@@ -440,7 +440,8 @@ def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) ->
 # Parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer (also used by the ``sae`` sub-commands)."""
     try:
         value = int(text)
     except ValueError:
@@ -454,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
-    common.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
+    common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
     common.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     adapter = argparse.ArgumentParser(add_help=False)
@@ -478,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", metavar="MODEL", help=model_help)
     inspect.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
-    inspect.add_argument("--attention-texts", type=_positive_int, default=32, metavar="N",
+    inspect.add_argument("--attention-texts", type=positive_int, default=32, metavar="N",
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
     inspect.add_argument("--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)")
     inspect.set_defaults(handler=_inspect)
@@ -495,9 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--pairs", metavar="FILE", help="JSONL of query/document pairs (optional relevance, category, negative)")
     source.add_argument("--beir", metavar="DIR", help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv")
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    evaluate.add_argument("--max-corpus", type=_positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
+    evaluate.add_argument("--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
-    evaluate.add_argument("--rerank-k", type=_positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
+    evaluate.add_argument("--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
     evaluate.add_argument("--no-cache", dest="cache", action="store_false",
                           help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
     evaluate.set_defaults(handler=_eval)

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import positive_int
+
 __all__ = ["add_analysis_commands", "check_dimension", "feature_labels"]
 
 
@@ -259,13 +261,6 @@ def _match(args: argparse.Namespace) -> Any:
     return _emit(result, args, "\n".join(lines))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="embedding model (default: the one recorded in the SAE's cfg.json)")
 
@@ -278,7 +273,7 @@ def _retrieval_options(parser: argparse.ArgumentParser, *, corpus: bool) -> None
         source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL")
     source.add_argument("--beir", metavar="DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     parser.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    parser.add_argument("--max-corpus", type=_positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
+    parser.add_argument("--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
 
 
 def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -293,7 +288,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "reconstruction), the bias share and the reconstruction error.")
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text", metavar="TEXT")
-    p.add_argument("--top", type=_positive_int, default=20, help="features listed (default 20)")
+    p.add_argument("--top", type=positive_int, default=20, help="features listed (default 20)")
     _model_option(p)
     p.set_defaults(handler=_validated(_decompose))
 
@@ -302,7 +297,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text_a", metavar="TEXT_A")
     p.add_argument("text_b", metavar="TEXT_B")
-    p.add_argument("--top", type=_positive_int, default=20, help="differing features listed (default 20)")
+    p.add_argument("--top", type=positive_int, default=20, help="differing features listed (default 20)")
     _model_option(p)
     p.set_defaults(handler=_validated(_contrast))
 
@@ -312,7 +307,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--feature", type=int, required=True, metavar="F")
-    p.add_argument("--top", type=_positive_int, default=5, help="co-active features per layer (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="co-active features per layer (default 5)")
     p.add_argument("--figure", metavar="PNG", help="write the one-column-per-layer figure here")
     _model_option(p)
     p.set_defaults(handler=_validated(_trace))
@@ -324,7 +319,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--feature", type=int, required=True, metavar="F")
     p.add_argument("--delta", type=float, required=True, help="added to the query's activation of F")
-    p.add_argument("--top", type=_positive_int, default=10, help="results listed before and after (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, help="results listed before and after (default 10)")
     p.add_argument("--text-field", default="text", metavar="NAME", help="--corpus: text field (default text)")
     p.add_argument("--id-field", default="id", metavar="NAME", help="--corpus: id field if present (default id)")
     _retrieval_options(p, corpus=True)
@@ -335,7 +330,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Zero each of the top-N features in every query embedding (x' = x − z_i·d_i), "
                        "recompute NDCG@10, and compare with ablating random features of the same activation mass.")
     p.add_argument("sae", metavar="SAE", help=sae_help)
-    p.add_argument("--features", type=_positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
+    p.add_argument("--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
     p.add_argument("--random", type=int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
     p.add_argument("--seed", type=int, default=0)
     _retrieval_options(p, corpus=False)

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import positive_int
+
 __all__ = ["add_sae_commands", "declared_dimension", "relevance_by_position"]
 
 
@@ -155,17 +157,10 @@ def _emit(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``sae train`` and ``sae eval`` to the ``aquin-monitor`` sub-command group ``commands``."""
-    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval",
-                              description="Train and evaluate TopK sparse autoencoders on a model's embeddings.")
+    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval, decompose, contrast, trace, steer, faithfulness, match, browse, diagnose",
+                              description="Train, evaluate and analyse TopK sparse autoencoders on a model's embeddings.")
     sub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
@@ -177,11 +172,11 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                            "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report).")
     train.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' = the bundled all-MiniLM-L6-v2")
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
-    train.add_argument("--num-latents", type=_positive_int, default=None, help="dictionary size (default: 4·d, 8·d from 100k texts)")
-    train.add_argument("--k", type=_positive_int, default=None, help="active features per text (default 32; fewer for small corpora)")
+    train.add_argument("--num-latents", type=positive_int, default=None, help="dictionary size (default: 4·d, 8·d from 100k texts)")
+    train.add_argument("--k", type=positive_int, default=None, help="active features per text (default 32; fewer for small corpora)")
     train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(num_latents/2^14))")
-    train.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (default 30)")
-    train.add_argument("--train-batch-size", type=_positive_int, default=1024, help="SAE batch size (default 1024)")
+    train.add_argument("--epochs", type=positive_int, default=30, help="maximum epochs (default 30)")
+    train.add_argument("--train-batch-size", type=positive_int, default=1024, help="SAE batch size (default 1024)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--tensorboard", action="store_true", help="also stream sae/* per epoch to OUT/tensorboard")
     train.set_defaults(handler=_train)
@@ -195,7 +190,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     source.add_argument("--beir", metavar="DIR", help="BEIR folder for retrieval kept")
     source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for retrieval kept")
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    evaluate.add_argument("--max-corpus", type=_positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
+    evaluate.add_argument("--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
     evaluate.set_defaults(handler=_eval)
 
     from .analysis_cli import add_analysis_commands  # decompose, contrast, trace, steer, faithfulness, match

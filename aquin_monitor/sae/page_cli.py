@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import positive_int
+
 __all__ = ["add_page_commands"]
 
 
@@ -142,13 +144,6 @@ def _diagnose(args: argparse.Namespace) -> Any:
     return result
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``browse`` and ``diagnose`` to the ``aquin-monitor sae`` sub-command group ``commands``."""
     shared = argparse.ArgumentParser(add_help=False)
@@ -158,15 +153,15 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     shared.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the embedding cache")
     shared.add_argument("--threshold", type=float, default=0.9, help="absorption: least P(B | A) (default 0.9)")
-    shared.add_argument("--min-support", type=_positive_int, default=10, metavar="N",
+    shared.add_argument("--min-support", type=positive_int, default=10, metavar="N",
                         help="least texts for an absorption pair or a network edge (default 10)")
-    shared.add_argument("--show", type=_positive_int, default=20, metavar="N", help="rows printed (default 20)")
+    shared.add_argument("--show", type=positive_int, default=20, metavar="N", help="rows printed (default 20)")
 
     browse = commands.add_parser("browse", parents=[common, shared], help="feature browser, co-activation network, diagnostics",
                                  description="Rank the SAE's features over a corpus (labels by c-TF-IDF), build the co-activation "
                                  "network and the absorption/polysemy diagnostics; --html writes one self-contained page.")
     browse.add_argument("--html", metavar="OUT", default=None, help="write the interactive page to OUT")
-    browse.add_argument("--examples", type=_positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)")
+    browse.add_argument("--examples", type=positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)")
     browse.add_argument("--npmi", type=float, default=0.3, help="least NPMI of a network edge (default 0.3)")
     browse.set_defaults(handler=_browse)
 

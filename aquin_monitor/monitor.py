@@ -493,17 +493,14 @@ class StepMonitor:
         """The run's SAE page (when its snapshots used an SAE) and, if asked, its HTML report."""
         from .report import write_report
 
-        for what, write in (("the SAE page", self._sae_page), ("the HTML report", write_report if self.report else None)):
-            if write is None:
-                continue
+        writers = [("the SAE page", self.snapshots.runner.write_sae_page)] if self.snapshots is not None else []
+        if self.report:
+            writers.append(("the HTML report", write_report))
+        for what, write in writers:
             try:
                 write(self.run_dir)
             except Exception as exc:  # noqa: BLE001 - the run's files are already complete
                 report_failure(f"writing {what}", exc, strict=self.strict, outcome="is skipped")
-
-    def _sae_page(self, run_dir) -> None:
-        if self.snapshots is not None:
-            self.snapshots.runner.write_sae_page(run_dir)
 
     def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
         """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""

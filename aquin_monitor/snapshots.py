@@ -249,11 +249,7 @@ class SnapshotRunner:
         """Features gained and lost from ``base`` to ``now`` (both snapshots carry the SAE arrays)."""
         from .sae.monitoring import SaeSnapshot, feature_movers
 
-        def view(snap: Snapshot) -> SaeSnapshot:
-            a = snap.arrays
-            return SaeSnapshot({}, a["sae/frequency"], a["sae/mean_activation"], a["sae/top_rows"], a["sae/top_values"])
-
-        movers = feature_movers(view(base), view(now), self.probe.texts)
+        movers = feature_movers(SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts)
         return {"sae/gained": movers["gained"], "sae/lost": movers["lost"]}
 
     def write_sae_page(self, run_dir: str | os.PathLike) -> Path | None:

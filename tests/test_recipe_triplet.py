@@ -194,6 +194,7 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
 
     page = write_report(tmp_path / "collapse").read_text(encoding="utf-8")
     assert "SAE features lost against the base model" in page and "SAE features gained and lost" in page  # table and figure
+    assert (tmp_path / "collapse" / "sae.html").is_file() and 'href="sae.html"' in page  # the run's SAE page, linked
 
 
 def _tiny_model_sae(model_path, folder):

@@ -51,6 +51,11 @@ class SaeSnapshot:
         return {"sae/frequency": self.frequency, "sae/mean_activation": self.mean_activation,
                 "sae/top_rows": self.top_rows, "sae/top_values": self.top_values}
 
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SaeSnapshot:
+        """The per-feature view back from a saved snapshot's :meth:`arrays` (its metrics are not kept there)."""
+        return cls({}, arrays["sae/frequency"], arrays["sae/mean_activation"], arrays["sae/top_rows"], arrays["sae/top_values"])
+
 
 @torch.no_grad()
 def snapshot_signals(

@@ -60,10 +60,9 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
     _note(probe.summary())
-    model = _load_model(args.model, args, args.adapter)
     runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
                             max_attention_texts=args.attention_texts)
-    snap = runner.take(model, 0, tag="inspect", model_name=args.model, diff_against_history=False)
+    snap = runner.take(_cached_model(args.model, args, args.adapter), 0, tag="inspect", model_name=args.model, diff_against_history=False)
     if args.run_dir:
         _save_inspect_snapshot(snap, args.run_dir)
     result: dict[str, Any] = {
@@ -165,9 +164,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     if retrieval is not None:
         _note(retrieval.summary())
     runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
-    # One model in memory at a time.
-    before = runner.take(_load_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False)
-    after = runner.take(_load_model(args.other, args, args.adapter), 1, tag="checkpoint", model_name=args.other, diff_against_history=False)
+    # One model in memory at a time (and none when the cache holds both passes).
+    before = runner.take(_cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False)
+    after = runner.take(_cached_model(args.other, args, args.adapter), 1, tag="checkpoint", model_name=args.other, diff_against_history=False)
     change = diff(before, after, name="base")
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
@@ -200,6 +199,14 @@ def _load_model(name: str, args: argparse.Namespace, adapter: str | None):
     from .encoders import load_model
 
     return load_model(name, device=args.device, adapter=adapter)
+
+
+def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
+    """The model as the embedding cache knows it (its files' fingerprint), loaded only on a cache miss."""
+    from .embedding_cache import CachedModel, model_fingerprint
+    from .encoders import resolve_model
+
+    return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(resolve_model(name), adapter), enabled=args.cache)
 
 
 def _indexed_judgements(data) -> tuple[list[dict[int, int]], list[list[int]], list[str] | None]:
@@ -458,8 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
     common.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    adapter = argparse.ArgumentParser(add_help=False)
-    adapter.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
+    model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
+    model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
+    model_options.add_argument("--no-cache", dest="cache", action="store_false",
+                               help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
     parser = argparse.ArgumentParser(
@@ -472,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     inspect = commands.add_parser(
-        "inspect", parents=[common, adapter], help="geometry, layers, attention, OOD and UMAP of a probe set",
+        "inspect", parents=[common, model_options], help="geometry, layers, attention, OOD and UMAP of a probe set",
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
@@ -485,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     evaluate = commands.add_parser(
-        "eval", parents=[common, adapter], help="retrieval metrics, per category, rank histogram, reranking",
+        "eval", parents=[common, model_options], help="retrieval metrics, per category, rank histogram, reranking",
         description="Retrieval metrics (recall@1/5/10, MRR@10, NDCG@10, first relevant rank, hard-negative gap) "
         "of MODEL on query/document pairs or a BEIR folder; queries and documents are encoded with the "
         "model's query/document prompts when it has them. With --cross-encoder, metrics before and after "
@@ -499,12 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
     evaluate.add_argument("--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
-    evaluate.add_argument("--no-cache", dest="cache", action="store_false",
-                          help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser(
-        "diff", parents=[common, adapter], help="embedding drift from BASE to OTHER on a probe set",
+        "diff", parents=[common, model_options], help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
         "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER.",

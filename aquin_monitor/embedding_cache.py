@@ -34,13 +34,14 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EmbeddingCache", "default_cache_dir", "encode_cached", "model_fingerprint", "retrieval_embeddings"]
+__all__ = ["CachedModel", "EmbeddingCache", "default_cache_dir", "encode_cached", "model_fingerprint", "retrieval_embeddings"]
 
 CACHE_ENV = "AQUIN_MONITOR_CACHE"
 
@@ -114,6 +115,18 @@ class EmbeddingCache:
             return None
         return meta if isinstance(meta, dict) else None
 
+    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        """The named arrays stored by :meth:`put_arrays`, or ``None`` (absent or unreadable)."""
+        try:
+            with np.load(self.directory / f"{key}.npz", allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            return None
+
+    def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store several named arrays as one entry (``.npz``), atomically, like :meth:`put`."""
+        self._write(f"{key}.npz", lambda out: np.savez(out, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+
     def put(self, key: str, embeddings: np.ndarray, meta: dict[str, Any] | None = None) -> None:
         """Store ``embeddings`` (and ``meta``, before them) atomically; an unwritable folder is ignored."""
         if meta is not None:
@@ -133,6 +146,67 @@ class EmbeddingCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+class CachedModel:
+    """A model known by its files' fingerprint and loaded only when an uncached result needs it.
+
+    What the CLI hands to :meth:`aquin_monitor.snapshots.SnapshotRunner.take` so that ``inspect`` and
+    ``diff`` reuse the embedding cache: a probe pass or retrieval set this model's files have embedded
+    before is read back and the model is never loaded.
+
+    Args:
+        load: returns the model (called at most once, on the first cache miss).
+        fingerprint: :func:`model_fingerprint` of the model's files (and adapter).
+        cache: the cache folder (default :func:`default_cache_dir`).
+        enabled: ``False`` (``--no-cache``): every result is computed, nothing is read or written.
+
+    Example::
+
+        >>> import tempfile
+        >>> loads = []
+        >>> handle = CachedModel(lambda: loads.append(1) or "the model", "fp", cache=EmbeddingCache(tempfile.mkdtemp()))
+        >>> handle.loaded, loads
+        (False, [])
+        >>> handle.model, handle.model, loads
+        ('the model', 'the model', [1])
+    """
+
+    def __init__(self, load: Callable[[], Any], fingerprint: str, *, cache: EmbeddingCache | None = None, enabled: bool = True) -> None:
+        self._load = load
+        self._model: Any = None
+        self.loaded = False
+        self.fingerprint = fingerprint
+        self.cache = cache or EmbeddingCache()
+        self.enabled = enabled
+
+    @property
+    def model(self) -> Any:
+        """The model, loaded on first access."""
+        if not self.loaded:
+            self._model = self._load()
+            self.loaded = True
+        return self._model
+
+    def map(self, transform: Callable[[Any], Any]) -> "CachedModel":
+        """The same cached model with ``transform`` applied to it once it is loaded (e.g. merging LoRA)."""
+        return CachedModel(lambda: transform(self.model), self.fingerprint, cache=self.cache, enabled=self.enabled)
+
+    def arrays(self, texts: Sequence[str], options: dict[str, Any], compute: Callable[[Any], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Named arrays of ``texts`` (``options`` say which and how) from the cache, or ``compute(model)``, stored."""
+        key = self.cache.key(self.fingerprint, list(texts), options)
+        if self.enabled:
+            hit = self.cache.get_arrays(key)
+            if hit is not None:
+                return hit
+        arrays = compute(self.model)
+        if self.enabled:
+            self.cache.put_arrays(key, arrays)
+        return arrays
+
+    def retrieval_embeddings(self, query_texts: Sequence[str], doc_texts: Sequence[str], **options: Any):
+        """:func:`retrieval_embeddings` with this model (the same entries ``aquin-monitor eval`` writes)."""
+        return retrieval_embeddings(lambda: self.model, self.fingerprint, query_texts, doc_texts, cache=self.cache, enabled=self.enabled, **options)
 
 
 def encode_cached(

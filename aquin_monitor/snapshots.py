@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .data import ProbeSet, RetrievalSet
+    from .embedding_cache import CachedModel
     from .sae.model import SparseAutoencoder
     from .sinks.base import Sink
 
@@ -45,6 +46,14 @@ class ProbePass:
     layers: np.ndarray
     entropy: np.ndarray | None
     normalized_entropy: np.ndarray | None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays by field name (those present), as the embedding cache stores them."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProbePass:
+        return cls(arrays["embeddings"], arrays["layers"], arrays.get("entropy"), arrays.get("normalized_entropy"))
 
 
 class SnapshotRunner:
@@ -131,7 +140,7 @@ class SnapshotRunner:
 
     def take(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | CachedModel,
         step: int,
         *,
         tag: str = "checkpoint",
@@ -139,10 +148,19 @@ class SnapshotRunner:
         run_dir: str | os.PathLike | None = None,
         diff_against_history: bool = True,
     ) -> Snapshot:
-        """Compute a snapshot of ``model``; diff it against the base and previous snapshots; save it."""
+        """Compute a snapshot of ``model``; diff it against the base and previous snapshots; save it.
+
+        ``model`` may be a :class:`~aquin_monitor.embedding_cache.CachedModel` (what ``inspect`` and
+        ``diff`` pass): the probe pass and the retrieval embeddings then come from the embedding cache
+        when this model's files have computed them before, and the model is loaded only on a miss.
+        """
+        from .embedding_cache import CachedModel
         from .encoders import has_lora, merged_copy
 
-        inspected = merged_copy(model) if has_lora(model) else model
+        def inspectable(module: torch.nn.Module) -> torch.nn.Module:
+            return merged_copy(module) if has_lora(module) else module
+
+        inspected = model.map(inspectable) if isinstance(model, CachedModel) else inspectable(model)
         snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
         if diff_against_history:
             self.attach_diffs(snap)
@@ -214,9 +232,9 @@ class SnapshotRunner:
             self.base = snap
         self.previous = snap
 
-    def compute(self, model: torch.nn.Module, step: int, *, tag: str = "checkpoint", model_name: str = "") -> Snapshot:
+    def compute(self, model: torch.nn.Module | CachedModel, step: int, *, tag: str = "checkpoint", model_name: str = "") -> Snapshot:
         """The snapshot of ``model`` at ``step``, without diffs (see :meth:`take`)."""
-        probe_pass = self.forward(model)
+        probe_pass = self.probe_pass(model)
         emb = probe_pass.embeddings
         snap = Snapshot(int(step), tag, model_name, {}, {}, {"embeddings": emb})
         if self.probe.labels is not None:
@@ -263,6 +281,16 @@ class SnapshotRunner:
         browser, network, diagnostics = analyse_corpus(self.sae, self.previous.arrays["embeddings"], self.probe.texts, min_support=3)
         title = f"SAE features of the probe at step {self.previous.step} ({self.previous.model or 'model'})"
         return write_page(Path(run_dir) / SAE_PAGE, browser, network, diagnostics, title=title)
+
+    def probe_pass(self, model: torch.nn.Module | CachedModel) -> ProbePass:
+        """:meth:`forward`, read from the embedding cache for a :class:`~aquin_monitor.embedding_cache.CachedModel`
+        (keyed by its files, the probe texts, the attention sample and the batch size)."""
+        from .embedding_cache import CachedModel
+
+        if not isinstance(model, CachedModel):
+            return self.forward(model)
+        options = {"kind": "probe_pass", "attention_texts": self.max_attention_texts, "batch_size": self.batch_size}
+        return ProbePass.from_arrays(model.arrays(self.probe.texts, options, lambda module: self.forward(module).arrays()))
 
     def forward(self, model: torch.nn.Module) -> ProbePass:
         """One pass of the probe: the attention sample in small batches, the rest in ``batch_size`` ones."""
@@ -334,9 +362,16 @@ class SnapshotRunner:
             {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
         ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
 
-    def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module, emb: np.ndarray) -> None:
+    def _retrieval_embeddings(self, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Query and document embeddings: from the cache for a CachedModel (the entries ``eval`` shares),
+        else the probe's rows where the texts are in the probe and the model has no prompts, else encoded."""
+        from .embedding_cache import CachedModel
         from .encoders import encode, retrieval_prompt_names
 
+        queries, documents = self.retrieval.query_texts(), self.retrieval.doc_texts()
+        if isinstance(model, CachedModel):
+            q_emb, d_emb, _ = model.retrieval_embeddings(queries, documents, batch_size=self.batch_size, show_progress=self.show_progress)
+            return q_emb, d_emb
         q_prompt, d_prompt = retrieval_prompt_names(model)
         index = {t: i for i, t in enumerate(self.probe.texts)}
 
@@ -345,7 +380,10 @@ class SnapshotRunner:
                 return emb[[index[t] for t in batch_texts]]
             return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress, desc="Snapshot: encoding retrieval texts")
 
-        q_emb, d_emb = embed(self.retrieval.query_texts(), q_prompt), embed(self.retrieval.doc_texts(), d_prompt)
+        return embed(queries, q_prompt), embed(documents, d_prompt)
+
+    def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
+        q_emb, d_emb = self._retrieval_embeddings(model, emb)
         report = _retrieval_report(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
         snap.arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)

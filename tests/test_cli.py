@@ -613,6 +613,58 @@ def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
     assert result["metrics"]["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
 
 
+def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatch, tiny_mean_model, tiny_cls_model, probe_file, pairs_file):
+    """A second inspect or diff of the same files and texts loads no model and gives the same numbers;
+    diff's retrieval side shares eval's entries; touching a model file or --no-cache computes again."""
+    import shutil
+
+    from aquin_monitor import cli
+
+    monkeypatch.setenv("AQUIN_MONITOR_CACHE", str(tmp_path / "cache"))
+    model = shutil.copytree(tiny_mean_model, tmp_path / "model")  # its files get touched below
+    loads = []
+    load = cli._load_model
+    monkeypatch.setattr(cli, "_load_model", lambda name, args, adapter: loads.append(Path(name).name) or load(name, args, adapter))
+
+    def inspect(*extra):
+        code, out, err = run(capsys, "inspect", model, "--probe", probe_file, "--json", "-", "--no-umap", "--no-progress", *extra)
+        assert code == 0, err
+        return json.loads(out)
+
+    first = inspect()
+    assert loads == ["model"]
+    again = inspect()
+    assert loads == ["model"]  # nothing loaded, nothing encoded
+    assert again["metrics"] == first["metrics"] and again["details"] == first["details"]
+    uncached = inspect("--no-cache")
+    assert loads == ["model"] * 2
+    assert uncached["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+    assert inspect("--attention-texts", "4")["metrics"].keys() == first["metrics"].keys()
+    assert loads == ["model"] * 3  # another attention sample is another entry
+
+    def diff():
+        code, out, err = run(capsys, "diff", model, tiny_cls_model, "--probe", probe_file, "--pairs", pairs_file,
+                             "--json", "-", "--no-progress")
+        assert code == 0, err
+        return json.loads(out)
+
+    loads.clear()
+    changed = diff()
+    assert loads == ["model", Path(tiny_cls_model).name]  # BASE for its retrieval pairs only (its probe pass is cached)
+    assert diff()["metrics"] == changed["metrics"] and loads == ["model", Path(tiny_cls_model).name]
+    # the numbers are those of a run without cache
+    code, out, _ = run(capsys, "diff", model, tiny_cls_model, "--probe", probe_file, "--pairs", pairs_file, "--json", "-", "--no-progress", "--no-cache")
+    assert json.loads(out)["metrics"] == pytest.approx(changed["metrics"], abs=1e-6)
+    loads.clear()
+    code, _, _ = run(capsys, "eval", tiny_cls_model, "--pairs", pairs_file, "--json", tmp_path / "e.json", "--no-progress")
+    assert code == 0 and loads == []  # diff's retrieval entries are eval's
+
+    weights = next(p for p in Path(model).rglob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert inspect()["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+    assert loads == ["model"]  # a touched checkpoint is embedded again
+
+
 # ------------------------------------------------------------------------------------------
 # the installed console script
 
@@ -743,7 +795,7 @@ def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_pa
     assert code == 0
     assert {"Encoding queries", "Encoding documents"} <= bar_labels(err), err
     code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "b.json",
-                       "--attention-texts", "4")
+                       "--attention-texts", "4", "--no-cache")
     assert code == 0
     labels = bar_labels(err)
     assert "Loading weights" in labels  # transformers' own bar: --no-progress must silence it too

@@ -120,3 +120,31 @@ def test_second_eval_reads_the_cache_without_loading_the_model(tiny_mean_model, 
     assert second["metrics"] == first["metrics"] and second["prompts"] == first["prompts"]
     with pytest.raises(AssertionError, match="was loaded"):
         cli.main(["eval", tiny_mean_model, "--pairs", str(pairs), "--no-cache", "--no-progress"])
+
+
+def test_cached_model_arrays_survive_a_cut_entry_and_load_once(tmp_path):
+    """Several arrays per entry (a snapshot's probe pass): a truncated .npz is a miss, recomputed and
+    rewritten; the model is loaded once, on the first miss, and never on a hit."""
+    from aquin_monitor.embedding_cache import CachedModel
+
+    load = Loader()
+    calls = []
+
+    def compute(model):
+        calls.append(model)
+        return {"embeddings": fake_encode(None, ["x", "yy"]), "layers": np.arange(12, dtype=np.float32).reshape(2, 2, 3)}
+
+    handle = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path))
+    first = handle.arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
+    again = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
+    assert load.calls == 1 and len(calls) == 1
+    assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
+    (entry,) = tmp_path.glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])  # a write cut short
+    repaired = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
+    assert load.calls == 2 and all(np.array_equal(first[k], repaired[k]) for k in first)
+    assert CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(["x", "yy"], {"kind": "probe_pass"}, compute).keys() == first.keys()
+    assert load.calls == 2 and not list(tmp_path.glob("*.tmp"))
+    # a mapped handle (LoRA merged on load) loads through the original, once
+    mapped = CachedModel(load, "fp2", cache=EmbeddingCache(tmp_path)).map(lambda m: ("merged", m))
+    assert mapped.model[0] == "merged" and mapped.model is mapped.model and load.calls == 3

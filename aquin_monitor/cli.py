@@ -82,7 +82,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
     from .embedding_cache import model_fingerprint, retrieval_embeddings
     from .encoders import check_model, load_cross_encoder, resolve_model
-    from .signals.retrieval import rerank, retrieval_metrics, topk
+    from .signals.retrieval import rerank, topk
+    from .snapshots import evaluate_retrieval_set
 
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
@@ -98,19 +99,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         lambda: _load_model(args.model, args, args.adapter), model_fingerprint(location, args.adapter),
         query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress, enabled=args.cache)
 
-    relevant, negatives, categories = _indexed_judgements(data)
-    report = retrieval_metrics(
-        query_emb, doc_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None
-    )
+    report, by_category = evaluate_retrieval_set(data, query_emb, doc_emb)
     metrics = report.as_metrics()
-    split = _split_by_pair_category(data, negatives)  # categories given per pair: one row per (query, category)
-    if split is not None:
-        rows, row_relevant, row_negatives, row_categories = split
-        by_category = {str(k): v for k, v in retrieval_metrics(
-            query_emb[rows], doc_emb, row_relevant, categories=row_categories,
-            hard_negatives=row_negatives if any(row_negatives) else None).by_category().items()}
-    else:
-        by_category = {str(k): v for k, v in report.by_category().items()} if categories else {}
     counts, edges = report.rank_histogram()
     result: dict[str, Any] = {
         "command": "eval",
@@ -132,10 +122,13 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
                 scores.update(zip(todo, cross_encoder.predict(todo, batch_size=args.batch_size, show_progress_bar=args.progress)))
             return [scores[p] for p in pairs]
 
+        relevant, _, categories = data.positional()
         reranked = rerank(query_texts, doc_texts, candidates, score_pairs, relevant, categories=categories)
         metrics.update(reranked.as_metrics())
         result["rerank"] = {"cross_encoder": args.cross_encoder, "k": args.rerank_k}
+        split = data.positional_category_rows()  # categories given per pair: one row per (query, category)
         if split is not None:
+            rows, row_relevant, _, row_categories = split
             reranked = rerank([query_texts[r] for r in rows], doc_texts, candidates[rows], score_pairs, row_relevant,
                               categories=row_categories)
         if categories or split is not None:
@@ -207,30 +200,6 @@ def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
     from .encoders import resolve_model
 
     return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(resolve_model(name), adapter), enabled=args.cache)
-
-
-def _indexed_judgements(data) -> tuple[list[dict[int, int]], list[list[int]], list[str] | None]:
-    """Relevance, hard negatives and categories by position, as ``retrieval_metrics`` takes them."""
-    position = {doc_id: i for i, doc_id in enumerate(data.doc_ids())}
-    query_ids = data.query_ids()
-    relevant = [{position[d]: grade for d, grade in data.qrels[q].items()} for q in query_ids]
-    negatives = [[position[d] for d in data.hard_negatives[q]] for q in query_ids]
-    categories = [data.categories[q] for q in query_ids] if data.categories else None
-    return relevant, negatives, categories
-
-
-def _split_by_pair_category(data, negatives: list[list[int]]):
-    """For categories given per pair (:meth:`RetrievalSet.category_rows`): the query position of each
-    (query, category) row, its relevant documents and hard negatives by position, and its category;
-    None when categories are per query or absent (the overall ranking then serves both)."""
-    if data.pair_categories is None:
-        return None
-    position = {doc_id: i for i, doc_id in enumerate(data.doc_ids())}
-    query_position = {qid: i for i, qid in enumerate(data.query_ids())}
-    table = data.category_rows()
-    rows = [query_position[qid] for qid, _, _ in table]
-    relevant = [{position[d]: grade for d, grade in docs.items()} for _, _, docs in table]
-    return rows, relevant, [negatives[r] for r in rows], [category for _, category, _ in table]
 
 
 def _gap_summary(report) -> dict[str, Any]:

@@ -214,6 +214,35 @@ class RetrievalSet:
                 rows.append((qid, category, {d: g for d, g in self.qrels[qid].items() if labels[d] == category}))
         return rows
 
+    def positional(self) -> tuple[list[dict[int, int]], list[list[int]], list[str] | None]:
+        """Relevance, hard negatives and categories by position (queries in :meth:`query_ids` order,
+        documents in :meth:`doc_ids` order), as :func:`aquin_monitor.signals.retrieval.retrieval_metrics` takes them.
+
+        >>> rs = RetrievalSet({"q": "x"}, {"a": "A", "b": "B"}, {"q": {"b": 2}}, None, {"q": ["a"]}, "-")
+        >>> rs.positional()
+        ([{1: 2}], [[0]], None)
+        """
+        position = {doc_id: i for i, doc_id in enumerate(self.doc_ids())}
+        qids = self.query_ids()
+        relevant = [{position[d]: grade for d, grade in self.qrels[q].items()} for q in qids]
+        negatives = [[position[d] for d in self.hard_negatives[q]] for q in qids]
+        categories = [self.categories[q] for q in qids] if self.categories else None
+        return relevant, negatives, categories
+
+    def positional_category_rows(self) -> tuple[list[int], list[dict[int, int]], list[list[int]], list[str]] | None:
+        """For categories given per pair: the rows of :meth:`category_rows` by position: each row's
+        query position, relevant documents, hard negatives and category. None when categories are per
+        query or absent (the overall ranking then serves the per-category figures too)."""
+        if self.pair_categories is None:
+            return None
+        position = {doc_id: i for i, doc_id in enumerate(self.doc_ids())}
+        query_position = {qid: i for i, qid in enumerate(self.query_ids())}
+        table = self.category_rows()
+        rows = [query_position[qid] for qid, _, _ in table]
+        relevant = [{position[d]: grade for d, grade in docs.items()} for _, _, docs in table]
+        negatives = [[position[d] for d in self.hard_negatives[qid]] for qid, _, _ in table]
+        return rows, relevant, negatives, [category for _, category, _ in table]
+
     def query_ids(self) -> list[str]:
         """Query ids in stable (file) order."""
         return list(self.queries)

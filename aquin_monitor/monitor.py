@@ -502,6 +502,20 @@ class StepMonitor:
             except Exception as exc:  # noqa: BLE001 - the run's files are already complete
                 report_failure(f"writing {what}", exc, strict=self.strict, outcome="is skipped")
 
+    def log_evaluation(self, metrics: dict, step: int) -> None:
+        """The trainer's own evaluation metrics at ``step`` (HF's ``eval_*``, Lightning's validation
+        metrics) into the run's files, for the report; the trainer logs them to its dashboards itself.
+        Non-numeric values are left out; a failure warns and training goes on."""
+        values = {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+        if not values or not self.sinks:
+            return
+        try:
+            for sink in self.sinks:
+                if hasattr(sink, "log_evaluation"):
+                    sink.log_evaluation(values, step)
+        except Exception as exc:  # noqa: BLE001 - an evaluation record is not worth the run
+            report_failure(f"recording the trainer's evaluation at step {step}", exc, strict=self.strict, outcome="training goes on")
+
     def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
         """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""
         self.flush()  # this step's metrics before the snapshot's, and the host worker idle

@@ -49,7 +49,7 @@ import numpy as np
 
 from aquin_monitor import plots
 from aquin_monitor.sinks.jsonl import iter_jsonl
-from aquin_monitor.snapshot import SnapshotView
+from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]
@@ -66,7 +66,7 @@ _OPEN_LIST_ROWS = 10
 #: OOD texts longer than this are cut in the table; the whole text unfolds from a ``<details>``.
 OOD_TEXT_CHARS = 200
 
-_METRIC_GROUPS = ("geometry", "layers", "attention", "retrieval", "drift")
+_METRIC_GROUPS = SNAPSHOT_FAMILIES
 # metrics.jsonl also carries each snapshot's metrics at its step; these prefixes mark a training step.
 _TRAINING_PREFIXES = ("grad_norm/", "contrastive/", "alarm/", "optim/")
 
@@ -113,6 +113,11 @@ METRIC_MEANINGS: tuple[tuple[str, str], ...] = (
     (r"^drift/[^/]+/similarity_pair_change$", "mean change of a pair's cosine against the reference"),
     (r"^drift/[^/]+/centroid_shift", "movement of each label's centroid after Procrustes alignment"),
     (r"^drift/[^/]+/rank_(change|improved|worsened)", "change of the relevant documents' ranks against the reference"),
+    (r"^sae/fvu$", "variance the base model's SAE fails to reconstruct: rising = the space left the base dictionary "
+                   "(huge when the space collapses: its variance is the denominator)"),
+    (r"^sae/cosine$", "mean cos(embedding, SAE reconstruction): how well the base dictionary still fits (1 = perfectly)"),
+    (r"^sae/dead_fraction$", "base SAE features that no probe text fires any more"),
+    (r"^sae/l0(_effective)?$", "features active per text (effective: above 0.01)"),
 )
 
 #: What to look for in each snapshot figure (by :data:`aquin_monitor.plots.SNAPSHOT_FIGURES` name).
@@ -187,6 +192,7 @@ class Run:
     events: list[dict[str, Any]] | None  # None: no events.jsonl
     snapshots: list[SnapshotView]
     problems: list[str]
+    evaluations: list[dict[str, Any]] | None = None  # None: no evaluations.jsonl (the trainer never evaluated)
 
     @property
     def training_rows(self) -> list[dict[str, Any]]:
@@ -290,6 +296,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     problems: list[str] = []
     metrics = _read_jsonl_file(directory, "metrics.jsonl", problems)
     events = _read_jsonl_file(directory, "events.jsonl", problems)
+    evaluations = _read_jsonl_file(directory, "evaluations.jsonl", problems)
     snapshots: list[SnapshotView] = []
     snapshot_root = directory / "snapshots"
     if snapshot_root.is_dir():
@@ -297,7 +304,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             if child.is_dir() and not child.name.startswith("."):  # dot-dirs: snapshots being written
                 snapshots.append(SnapshotView.read(child, child.relative_to(directory).as_posix()))
     snapshots.sort(key=lambda s: (s.step is None, s.step if s.step is not None else 0, s.directory.name))
-    return Run(directory, metrics, events, snapshots, problems)
+    return Run(directory, metrics, events, snapshots, problems, evaluations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,6 +573,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _evaluations_section(run: Run) -> str:
+    """The trainer's own evaluation metrics (HF's ``eval_*``, Lightning's validation metrics), one row per evaluation."""
+    if not run.evaluations:
+        return ""
+    names = sorted({key for row in run.evaluations for key in row if key not in ("step", "time") and _is_number(row[key])})
+    if not names:
+        return ""
+    rows = [[_escape(row["step"])] + [_format_number(row.get(name)) for name in names] for row in run.evaluations[-MAX_TABLE_ROWS:]]
+    left_out = len(run.evaluations) - len(rows)
+    parts = ['<section id="evaluations"><h2>The trainer\'s own evaluation</h2>',
+             "<p>What the trainer's evaluator (sentence-transformers evaluators, <code>eval_loss</code>; Lightning's validation "
+             "metrics) reported at each evaluation, as the trainer logged it. Read it beside the snapshots above: an evaluator "
+             "score that keeps rising while retrieval on your own probe falls, or anisotropy climbs, is the evaluator's data "
+             "being fitted, not the space improving.</p>",
+             f'<div class="wide">{_table(["step", *names], rows, "metrics")}</div>']
+    if left_out:
+        parts.append(_note(f"The first {left_out} evaluations are left out (the last {MAX_TABLE_ROWS} are shown); evaluations.jsonl has them all."))
+    return "".join(parts) + "</section>"
+
+
 def _details_html(snapshot: SnapshotView) -> str:
     parts = []
     flagged = [item for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
@@ -691,6 +718,8 @@ def _layout(snapshot: SnapshotView) -> np.ndarray | None:
 def _contents(run: Run) -> str:
     links = ['<a href="#summary">Summary</a>', '<a href="#overview">Before / after</a>', '<a href="#timeline">Training timeline</a>',
              '<a href="#alarms">Alarms</a>']
+    if run.evaluations:
+        links.insert(2, '<a href="#evaluations">Trainer evaluation</a>')
     if run.problems or any(s.problems for s in run.snapshots):
         links.insert(1, '<a href="#problems">Problems</a>')
     for index, snapshot in enumerate(run.snapshots):
@@ -752,6 +781,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         _header(run),
         _problems_section(run),
         _overview_section(run),
+        _evaluations_section(run),
         _timeline_section(run),
         _snapshots_section(run),
     ]

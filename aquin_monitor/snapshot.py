@@ -34,6 +34,9 @@ from .sinks.jsonl import to_jsonable
 
 logger = logging.getLogger(__name__)
 
+#: The metric families of a snapshot (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``, ...).
+SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "sae")
+
 # A snapshot being written (this version), one written by mkdtemp (earlier versions), a replaced one.
 _TEMP = re.compile(r"^\.(?P<step>\d+)-tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+$")
 _LEGACY_TEMP = re.compile(r"^\.(?P<step>\d+)-[a-z0-9_]{8}$")

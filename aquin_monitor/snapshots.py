@@ -384,12 +384,12 @@ class SnapshotRunner:
 
     def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
-        report = _retrieval_report(self.retrieval, q_emb, d_emb)
+        report, by_category = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
         snap.arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)
         snap.arrays["hard_negative_gap"] = np.asarray(report.hard_negative_gap, dtype=np.float32)
-        if self.retrieval.categories:
-            snap.details["retrieval_by_category"] = {str(k): v for k, v in report.by_category().items()}
+        if by_category:
+            snap.details["retrieval_by_category"] = by_category
 
 
 class SnapshotSchedule:
@@ -462,15 +462,30 @@ def snapshot_figures(snap: Snapshot) -> dict[str, Figure]:
     return figures
 
 
-def _retrieval_report(retrieval, q_emb, d_emb):
+def evaluate_retrieval_set(retrieval: RetrievalSet, q_emb: np.ndarray, d_emb: np.ndarray):
+    """The retrieval metrics of a :class:`~aquin_monitor.data.RetrievalSet` embedded as ``q_emb`` / ``d_emb``
+    (rows in its query and document order) and its per-category figures.
+
+    Categories per query: each query counts in its category. Categories per pair (SICK-style files):
+    a query counts once overall, against all its relevant documents, and once in each category of its
+    pairs, against that category's relevant documents only (:meth:`RetrievalSet.category_rows`).
+
+    Returns:
+        ``(report, by_category)``: the :class:`~aquin_monitor.signals.retrieval.RetrievalReport` and
+        ``{category: {metric: value}}`` (empty without categories).
+    """
     from .signals.retrieval import retrieval_metrics
 
-    doc_pos = {d: i for i, d in enumerate(retrieval.doc_ids())}
-    qids = retrieval.query_ids()
-    relevant = [{doc_pos[d]: g for d, g in retrieval.qrels.get(q, {}).items()} for q in qids]
-    negatives = [[doc_pos[d] for d in retrieval.hard_negatives.get(q, [])] for q in qids]
-    categories = [retrieval.categories.get(q) for q in qids] if retrieval.categories else None
-    return retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
+    relevant, negatives, categories = retrieval.positional()
+    report = retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
+    split = retrieval.positional_category_rows()
+    if split is not None:
+        rows, row_relevant, row_negatives, row_categories = split
+        by_category = retrieval_metrics(q_emb[rows], d_emb, row_relevant, categories=row_categories,
+                                        hard_negatives=row_negatives if any(row_negatives) else None).by_category()
+    else:
+        by_category = report.by_category() if categories else {}
+    return report, {str(k): v for k, v in by_category.items()}
 
 
 def _rogue_details(rogue) -> list[dict]:

@@ -74,6 +74,47 @@ def test_lightning_logs_same_names_pre_clip(tiny_mean_model, tmp_path):
     assert cb.state_dict()["last_step"] == 4
 
 
+class ValidatedModule(PairModule):
+    """Logs its own validation metric: the mean cosine of each pair, recomputed by the test."""
+
+    def validation_step(self, batch, batch_idx):
+        with torch.no_grad():
+            cosine = torch.nn.functional.cosine_similarity(self.encode(batch[0]), self.encode(batch[1])).mean()
+        self.log("val/pair_cosine", cosine, on_epoch=True, batch_size=len(batch[0]))
+
+
+class _SeenAtValidation(L.Callback):
+    """The validation metric computed by hand at each validation end (not the sanity check)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            with torch.no_grad():
+                queries, answers = zip(*PAIRS[:8])
+                self.seen[trainer.global_step] = torch.nn.functional.cosine_similarity(module.encode(queries), module.encode(answers)).mean().item()
+
+
+def test_validation_metrics_reach_evaluations_jsonl_and_the_report(tiny_mean_model, tmp_path):
+    from aquin_monitor.report import render_report
+
+    torch.manual_seed(0)
+    loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
+    validation = DataLoader(PAIRS[:8], batch_size=8, collate_fn=lambda b: tuple(zip(*b)))
+    reference = _SeenAtValidation()
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"), strict=True), reference])
+    trainer.fit(ValidatedModule(tiny_mean_model), loader, validation)
+    rows = read_jsonl(tmp_path / "run" / "evaluations.jsonl")
+    assert [row["step"] for row in rows] == sorted(reference.seen) == [2, 4]  # the sanity check is not an evaluation
+    for row in rows:
+        assert row["val/pair_cosine"] == pytest.approx(reference.seen[row["step"]], abs=1e-5)
+    section = render_report(tmp_path / "run").split('<section id="evaluations">', 1)[1].split("</section>", 1)[0]
+    assert "<th>val/pair_cosine</th>" in section
+
+
 def test_frozen_layer_raises_dead_layer_alarm(tiny_mean_model, tmp_path):
     cb = LightningEmbeddingMonitor(output_dir=str(tmp_path), strict=True)
     with pytest.warns(Warning, match="dead_layer"):

@@ -432,6 +432,20 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
         assert values["retrieval/ndcg@10"] == pytest.approx(mean_of(mine, "ndcg@10"), abs=1e-6)
         assert values["retrieval/mrr@10"] == pytest.approx(mean_of(mine, "mrr@10"), abs=1e-6)
 
+    # a training snapshot on the same file gives the same per-category figures, and the report shows them
+    from aquin_monitor.data import read_pairs
+    from aquin_monitor.encoders import load_model
+    from aquin_monitor.report import render_report
+    from aquin_monitor.snapshots import SnapshotRunner
+
+    snap = SnapshotRunner(retrieval=read_pairs(path), umap=False).take(load_model(tiny_mean_model, device="cpu"), 0, tag="base", run_dir=tmp_path / "run")
+    assert snap.details["retrieval_by_category"].keys() == result["by_category"].keys()
+    for category, values in result["by_category"].items():
+        assert snap.details["retrieval_by_category"][category] == pytest.approx(values, abs=1e-6)
+    page = render_report(tmp_path / "run")
+    table = page.split("<h4>Retrieval by category</h4>", 1)[1].split("</table>", 1)[0]
+    assert all(f"<td>{category}</td>" in table for category in ("CONTRADICTION", "ENTAILMENT", "NEUTRAL"))
+
 
 def test_eval_pairs_conflicting_relevance_exits_2_naming_line_and_field(capsys, tmp_path, tiny_mean_model):
     path = write_jsonl(tmp_path / "p.jsonl", [

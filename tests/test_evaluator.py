@@ -85,3 +85,46 @@ def test_direct_call_keeps_training_mode_and_failure_returns_nothing(tiny_mean_m
     evaluator.runner.forward = lambda m: (_ for _ in ()).throw(RuntimeError("broken probe pass"))
     with pytest.warns(Warning, match="broken probe pass"):
         assert evaluator(model, steps=3) == {}
+
+
+def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_path):
+    """With the monitor callback, each evaluation's results as the trainer logged them (eval_loss, a
+    sentence-transformers evaluator's metrics) are kept in evaluations.jsonl at their step, without timing
+    and without our own snapshot metrics, and the report shows them in a table."""
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator, SequentialEvaluator
+
+    from aquin_monitor.callbacks import TrainerEmbeddingMonitor
+    from aquin_monitor.report import render_report
+    from aquin_monitor.sinks import read_jsonl
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(tiny_mean_model, device="cpu")
+    similarity = EmbeddingSimilarityEvaluator(ANCHORS[:8], POSITIVES[:8], [i / 8 for i in range(8)], name="$$<script>")
+    evaluator = SequentialEvaluator([similarity, SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False).as_evaluator()])
+    run_dir = tmp_path / "run"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
+        eval_strategy="steps", eval_steps=2, report_to=[], save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
+    )
+    data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
+    reference = _Reference()
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data.select(range(16)), loss=MultipleNegativesRankingLoss(model),
+        evaluator=evaluator, callbacks=[reference, TrainerEmbeddingMonitor(output_dir=str(run_dir), strict=True)],
+    )
+    trainer.train()
+
+    rows = read_jsonl(run_dir / "evaluations.jsonl")
+    assert [row["step"] for row in rows] == sorted(reference.seen) == [2, 4]
+    for row in rows:
+        logged, _ = reference.seen[row["step"]]
+        expected = {k: v for k, v in logged.items()
+                    if k not in ("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second") and not k.startswith("eval_geometry/")
+                    and not k.startswith(("eval_layers/", "eval_attention/", "eval_drift/"))}
+        assert "eval_loss" in expected and "eval_$$<script>_spearman_cosine" in expected
+        assert {k: v for k, v in row.items() if k not in ("step", "time")} == pytest.approx(expected)
+    page = render_report(run_dir)
+    section = page.split('<section id="evaluations">', 1)[1].split("</section>", 1)[0]
+    assert "<th>eval_$$&lt;script&gt;_spearman_cosine</th>" in section and "<script>" not in section
+    assert "eval_geometry" not in section and "eval_runtime" not in section
+    assert f"<td>{rows[-1]['step']}</td>" in section

@@ -51,6 +51,8 @@ def test_snapshot_signals_match_plain_torch(trained):
     assert snap.metrics["sae/dead_fraction"] == pytest.approx((~fired.any(0)).mean())
     p = probe.astype(np.float64)
     assert snap.metrics["sae/fvu"] == pytest.approx(((p - recon) ** 2).sum() / ((p - p.mean(0)) ** 2).sum(), rel=1e-4)
+    cosines = (p * recon).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(recon, axis=1))
+    assert snap.metrics["sae/cosine"] == pytest.approx(cosines.mean(), rel=1e-5)
     for feature in np.flatnonzero(fired.any(0))[:10]:
         best = np.argsort(-z[:, feature], kind="stable")[:1]
         assert z[snap.top_rows[feature, 0], feature] == pytest.approx(z[best[0], feature], rel=1e-5)

@@ -496,6 +496,43 @@ def test_wandb_sink_joins_the_trainer_run_on_its_own_x_axis(wandb_offline, figur
     assert (summary["aquin/step"], summary["geometry/anisotropy"]) == (3, 0.375) and "model" not in summary
 
 
+def test_wandb_sink_of_an_hf_run_shares_the_trainer_axis(wandb_offline, figure, tmp_path):
+    """sinks_for_hf's W&B sink logs on HF's train/global_step: the trainer's loss and eval rows and
+    ours (scalars, images) at one step each, an image at its snapshot's step, not the trainer's last."""
+    from aquin_monitor.sinks.hf import HF_STEP_KEY, sinks_for_hf
+
+    wandb = wandb_offline
+    run = wandb.init(project="hf-project")  # what HF's WandbCallback does in on_train_begin / on_log
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    (sink,) = sinks_for_hf(type("Args", (), {"report_to": ["wandb"]})(), tmp_path)
+    assert sink.step_key == HF_STEP_KEY == "train/global_step"
+    for step in (1, 2):
+        sink.log_scalars({"contrastive/gap": 0.5 / step}, step=step)
+        run.log({"train/loss": 2.0 / step, "train/global_step": step})
+    run.log({"eval/loss": 0.7, "train/global_step": 2})
+    sink.log_figure("snapshot/umap", figure, step=2)
+    run.log({"train/loss": 0.4, "train/global_step": 5})  # the trainer moves on ...
+    sink.log_figure("snapshot/spectrum", figure, step=4)  # ... a figure of an earlier step keeps its step
+    with pytest.raises(ValueError, match="reserved"):
+        sink.log_scalars({"train/global_step": 3.0}, step=3)
+    run_dir = Path(run.dir).parent
+    run.finish()
+    wandb.teardown()
+
+    records = wandb_records(run_dir)
+    axes = {m.metric.name: m.metric.step_metric for m in records if m.WhichOneof("record_type") == "metric" and m.metric.name}
+    assert axes["contrastive/gap"] == axes["snapshot/umap"] == "train/global_step"
+    rows = history_rows(records)
+    assert "aquin/step" not in {key for row in rows for key in row}
+    at = {}
+    for row in rows:
+        for key in ("contrastive/gap", "train/loss", "eval/loss", "snapshot/umap/_type", "snapshot/spectrum/_type"):
+            if key in row:
+                at.setdefault(key, []).append(row["train/global_step"])
+    assert at == {"contrastive/gap": [1, 2], "train/loss": [1, 2, 5], "eval/loss": [2], "snapshot/umap/_type": [2], "snapshot/spectrum/_type": [4]}
+
+
 def test_wandb_sink_opens_and_finishes_its_own_offline_run(wandb_offline, tmp_path):
     wandb = wandb_offline
     assert wandb.run is None
@@ -633,3 +670,22 @@ def test_jsonl_archive_previous_run_moves_every_artifact_and_loses_nothing(tmp_p
     # a folder with only empty files holds no earlier run
     empty = tmp_path / "fresh"
     assert JsonlSink(empty).archive_previous_run() is None and not (empty / "previous").exists()
+
+
+def test_jsonl_evaluations_are_rewound_on_resume_and_moved_aside_by_a_fresh_run(tmp_path):
+    """evaluations.jsonl (the trainer's own evaluation results) follows the other files: a resumed run drops
+    the evaluations after its checkpoint (it replays them), a fresh run moves the file aside with the rest."""
+    first = JsonlSink(tmp_path)
+    for step in (2, 4, 6):
+        first.log_evaluation({"eval_loss": 1.0 / step, "eval_$$<script>": 0.5}, step)
+    first.close()
+    resumed = JsonlSink(tmp_path)
+    resumed.rewind(4)
+    resumed.log_evaluation({"eval_loss": 0.1}, 6)
+    resumed.close()
+    assert [(r["step"], r["eval_loss"]) for r in read_jsonl(tmp_path / "evaluations.jsonl")] == [(2, 0.5), (4, 0.25), (6, 0.1)]
+    fresh = JsonlSink(tmp_path)
+    with pytest.warns(RuntimeWarning, match="earlier run"):
+        target = fresh.archive_previous_run()
+    fresh.close()
+    assert (target / "evaluations.jsonl").is_file() and not (tmp_path / "evaluations.jsonl").exists()

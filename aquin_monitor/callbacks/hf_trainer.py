@@ -37,6 +37,11 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     would have received. Under DeepSpeed or FSDP (which clip themselves) or with
     ``take_over_clipping=False`` it leaves clipping alone and logs under ``grad_norm_post_clip/``.
 
+    Evaluation: the trainer's own evaluation results (``eval_loss``, a sentence-transformers evaluator's
+    ``eval_<name>_...``) go to ``evaluations.jsonl`` at each ``on_evaluate`` during training (timing, epoch
+    and our own :class:`~aquin_monitor.evaluator.SnapshotEvaluator` metrics left out), and the report
+    shows them beside the snapshots.
+
     Histograms of the positive and negative similarities: every ``histogram_every`` steps; by default
     about 20 per run (``ceil(max_steps / 20)``). ``tensor_norms_every=N`` adds each parameter's gradient
     norm, ``grad_norm_tensor/<parameter>``, every N steps.
@@ -142,6 +147,11 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
                 json.dump(self.monitor.state_dict(), fh)
             os.replace(tmp, os.path.join(folder, STATE_FILE))
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # the trainer's own evaluator results (eval_loss, eval_<evaluator>_...), for the report
+        if self.monitor is not None and metrics:
+            self.monitor.log_evaluation(trainer_evaluation(metrics), state.global_step)
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._clip_norm is not None:
             args.max_grad_norm = self._clip_norm
@@ -164,3 +174,23 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "args": dict(self._init_args),
             "attributes": {"_restored_state": self.monitor.state_dict() if self.monitor else None},
         }
+
+
+#: What HF adds to every evaluation's metrics that measures the run, not the model.
+_EVALUATION_BOOKKEEPING = ("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+
+def trainer_evaluation(metrics: dict) -> dict:
+    """The model metrics of an HF evaluation: without timing and epoch, and without the metrics of our own
+    :class:`~aquin_monitor.evaluator.SnapshotEvaluator` (``eval_geometry/...``: the snapshots hold them).
+
+    >>> trainer_evaluation({"eval_loss": 0.5, "eval_runtime": 2.0, "epoch": 1.0, "eval_geometry/anisotropy": 0.1,
+    ...                     "eval_sts-dev_spearman_cosine": 0.8})
+    {'eval_loss': 0.5, 'eval_sts-dev_spearman_cosine': 0.8}
+    """
+    from ..snapshot import SNAPSHOT_FAMILIES
+
+    def ours(key: str) -> bool:
+        return key.removeprefix("eval_").split("/", 1)[0] in SNAPSHOT_FAMILIES and "/" in key
+
+    return {key: value for key, value in metrics.items() if key not in _EVALUATION_BOOKKEEPING and not ours(key)}

@@ -39,6 +39,11 @@ class LightningEmbeddingMonitor(_pl.Callback):
     your module is snapshotted at train start (base), at every ``snapshot_every``-th checkpoint save
     and at the end, on rank zero, under ``<output_dir>/snapshots/<step>/``.
 
+    Validation: after each validation run (not the sanity check) the metrics Lightning's own callbacks see
+    (``trainer.callback_metrics``: what your module logged with ``self.log``, validation metrics and the
+    latest training ones, as ``ModelCheckpoint(monitor=...)`` reads them) go to ``evaluations.jsonl``, and
+    the report shows them beside the snapshots.
+
     At train end (``report=True``, the default) it writes ``report.html`` into the run folder, as the
     recipes do; when the snapshots used an SAE (``SnapshotRunner(sae=...)``), also ``sae.html``, the
     feature browser of the last snapshot's probe, which the report links.
@@ -125,6 +130,10 @@ class LightningEmbeddingMonitor(_pl.Callback):
         if self.monitor.should_stop:
             trainer.should_stop = True
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.monitor is not None and not trainer.sanity_checking:
+            self.monitor.log_evaluation({name: _scalar(value) for name, value in trainer.callback_metrics.items()}, trainer.global_step)
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.monitor.end(self._inspected(pl_module), trainer.global_step)
 
@@ -142,6 +151,14 @@ class LightningEmbeddingMonitor(_pl.Callback):
             self.monitor.load_state_dict(state_dict)
         else:
             self._restored = state_dict
+
+
+def _scalar(value) -> float | None:
+    """A logged value (a 0-d tensor, a number) as a float; None for anything else."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _run_length(trainer) -> float | None:

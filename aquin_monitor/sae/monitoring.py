@@ -90,7 +90,7 @@ def snapshot_signals(
         >>> x = np.random.default_rng(0).normal(size=(50, 8)).astype("float32")
         >>> snap = snapshot_signals(sae, x, [str(i) for i in range(50)])
         >>> sorted(snap.metrics)
-        ['sae/dead_fraction', 'sae/fvu', 'sae/l0', 'sae/l0_effective']
+        ['sae/cosine', 'sae/dead_fraction', 'sae/fvu', 'sae/l0', 'sae/l0_effective']
     """
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(sae.W_dec.device)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != sae.d_in:
@@ -101,12 +101,15 @@ def snapshot_signals(
     sums = torch.zeros_like(counts)
     above = torch.zeros((), dtype=torch.float64, device=x.device)
     err = torch.zeros((), dtype=torch.float64, device=x.device)
+    cos_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     mean = x.mean(0)
     var = (x - mean).double().pow(2).sum()
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
         acts, indices, _ = sae.encode_topk(batch)
-        err += (batch - sae.decode_topk(acts, indices)).double().pow(2).sum()
+        recon = sae.decode_topk(acts, indices)
+        err += (batch - recon).double().pow(2).sum()
+        cos_sum += torch.nn.functional.cosine_similarity(batch, recon, dim=1).double().sum()
         fired = acts > 0
         counts.index_add_(0, indices[fired], torch.ones_like(acts[fired], dtype=torch.float64))
         sums.index_add_(0, indices[fired], acts[fired].double())
@@ -116,6 +119,7 @@ def snapshot_signals(
     frequency = (counts / n).float().cpu().numpy()
     metrics = {
         "sae/fvu": float(err / var) if var > 0 else float("inf"),
+        "sae/cosine": float(cos_sum / n),
         "sae/dead_fraction": float(np.mean(frequency == 0)),
         "sae/l0": float(counts.sum() / n),
         "sae/l0_effective": float(above / n),

@@ -249,6 +249,10 @@ class MultiSink:
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self._call("log_summary", metrics, step)
 
+    def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Forward the trainer's own evaluation metrics to the sinks that keep them (the plain files)."""
+        self._call("log_evaluation", metrics, step, optional=True)
+
     def rewind(self, step: int) -> None:
         """Forward to the sinks that can drop what was logged after ``step`` (resume)."""
         self._call("rewind", step, optional=True)

@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 #: Integrations this package has a sink for; other ``report_to`` entries are left to HF alone.
 SUPPORTED_REPORTS = ("tensorboard", "wandb")
 
+#: The x-axis HF's WandbCallback declares for every metric; after an optimizer step it equals the monitor's step.
+HF_STEP_KEY = "train/global_step"
+
 
 def report_targets(report_to: Any) -> list[str]:
     """Normalise ``report_to`` as HF does: ``None``/``"none"``/``[]`` -> ``[]``, a string -> ``[it]``,
@@ -50,7 +53,7 @@ def tensorboard_dir(args: Any, run_dir: str | os.PathLike) -> str:
 def sinks_for_hf(args: Any, run_dir: str | os.PathLike) -> list[Sink]:
     """Sinks that follow ``args.report_to``: ``"tensorboard"`` -> :class:`TensorBoardSink` at
     :func:`tensorboard_dir`, ``"wandb"`` -> :class:`WandbSink` (it joins the run HF's
-    ``WandbCallback`` opens, resolved at the first write), ``"none"``/``[]`` -> none.
+    ``WandbCallback`` opens, resolved at the first write, and logs on its ``train/global_step`` axis), ``"none"``/``[]`` -> none.
 
     The JSONL sink is not included: the caller always adds ``JsonlSink(run_dir)``. Call on the
     main process only (``state.is_world_process_zero``).
@@ -64,7 +67,7 @@ def sinks_for_hf(args: Any, run_dir: str | os.PathLike) -> list[Sink]:
         elif target == "wandb":
             from aquin_monitor.sinks.wandb import WandbSink
 
-            sinks.append(WandbSink())
+            sinks.append(WandbSink(step_key=HF_STEP_KEY))  # HF's own axis: one step axis for the trainer's rows and ours
         else:
             logger.info("aquin-monitor has no sink for report_to=%r; its metrics go to JSONL only", target)
     return sinks

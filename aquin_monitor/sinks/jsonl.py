@@ -5,6 +5,8 @@ Layout of ``run_dir``::
     metrics.jsonl      one object per log_scalars call: {"step": s, "time": unix, **metrics}
     events.jsonl       one object per alarm: {"step", "kind", "layer", "message", "value", "time"}
     snapshots.jsonl    one object per log_summary call: {"step": s, "time": unix, **record}
+    evaluations.jsonl  one object per log_evaluation call: the trainer's own evaluation metrics
+                       ({"step": s, "time": unix, "eval_loss": ..., ...}), for the report
     histograms.jsonl   one object per histogram: {"step", "time", "tag", "count", "nonfinite",
                        "min", "max", "mean", "std", "quantiles": {"p01": ..., "p99": ...}}
     figures/<tag-slug>/<step>.png
@@ -248,6 +250,10 @@ class JsonlSink:
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self._append("snapshots.jsonl", _stamped(metrics, step))
 
+    def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The trainer's own evaluation metrics at ``step`` (the files only: the trainer puts them on its dashboards)."""
+        self._append("evaluations.jsonl", _stamped(metrics, step))
+
     def log_event(self, event: Mapping[str, Any]) -> None:
         validate_event(event)
         record = {"layer": None, "message": "", "value": None, **event}
@@ -313,7 +319,7 @@ class JsonlSink:
         old file or the new one. Lines that are not valid JSON are kept as they are.
         """
         step = check_step(step)
-        for name in ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl"):
+        for name in ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl", "evaluations.jsonl"):
             path = self.run_dir / name
             if not path.exists():
                 continue
@@ -369,7 +375,7 @@ class JsonlSink:
 
 
 #: What a run leaves in its run directory (moved aside by :meth:`JsonlSink.archive_previous_run`).
-RUN_ARTIFACTS = ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl", "figures", "embeddings", "snapshots", "report.html")
+RUN_ARTIFACTS = ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl", "evaluations.jsonl", "figures", "embeddings", "snapshots", "report.html")
 
 
 def _holds_something(path: Path) -> bool:

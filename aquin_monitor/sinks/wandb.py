@@ -23,6 +23,12 @@ step the batch made (1 for the first). :meth:`WandbSink.follow_lightning_logger`
 to every row that logger writes and declares ``aquin/step`` the x-axis of ``"*"``: one axis for
 everything, on which a batch's Lightning loss and its ``contrastive/loss`` sit at the same step.
 
+Hugging Face: its ``train/global_step`` after an optimizer step is the step the monitor counts for it,
+so :func:`~aquin_monitor.sinks.hf.sinks_for_hf` makes a sink whose ``step_key`` *is*
+``train/global_step``: every row of ours carries it, our keys are declared against it, and the
+trainer's loss, its evaluator's ``eval/*`` and our metrics and images share one axis (an image row
+carries its snapshot's step, not the last one the trainer logged).
+
 Caveat: if your own code calls ``wandb.log(..., step=n)`` explicitly, our rows advance ``_step``
 and W&B will drop yours; log your step as a metric instead (as HF and Lightning do).
 """
@@ -56,7 +62,8 @@ class WandbSink:
     choice to W&B, which honours ``WANDB_MODE`` (``"offline"`` needs no network or login). Only
     a run this sink opened is finished by :meth:`close`.
 
-    Scalars go to history against ``aquin/step`` (see the module docstring), histograms as
+    Scalars go to history against ``step_key`` (default ``aquin/step``; ``train/global_step`` in a
+    Hugging Face run: see the module docstring), histograms as
     ``wandb.Histogram`` of the finite values, alarms as ``alarm/<kind>`` = 1 plus a
     ``wandb.Table`` under ``events`` holding every alarm so far, figures as ``wandb.Image``
     (captioned with their step, in a row at that step), embeddings as a ``wandb.Table`` (columns
@@ -81,8 +88,10 @@ class WandbSink:
         mode: str | None = None,
         dir: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
+        step_key: str = STEP_KEY,
     ) -> None:
         self._run = run
+        self.step_key = step_key
         self._owns_run = False
         self.project = project
         self.mode = mode
@@ -122,14 +131,14 @@ class WandbSink:
 
         def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
             if step is not None:
-                metrics = {**metrics, STEP_KEY: int(step) + 1}
+                metrics = {**metrics, self.step_key: int(step) + 1}
             original(metrics, step)
 
         log_metrics._aquin_follows = True  # type: ignore[attr-defined]
         logger.log_metrics = log_metrics
         self._run = logger.experiment
         self._define_axis()
-        self._run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        self._run.define_metric("*", step_metric=self.step_key, step_sync=True)
 
     @property
     def run(self) -> Any:
@@ -150,9 +159,13 @@ class WandbSink:
         return self._run
 
     def _define_axis(self) -> None:
-        if STEP_KEY not in self._defined:
-            self.run.define_metric(STEP_KEY, hidden=True)
-            self._defined.add(STEP_KEY)
+        if self.step_key not in self._defined:
+            # our own axis is hidden from the charts; a trainer's (train/global_step) stays as it declared it
+            if self.step_key == STEP_KEY:
+                self.run.define_metric(self.step_key, hidden=True)
+            else:
+                self.run.define_metric(self.step_key)
+            self._defined.add(self.step_key)
 
     def _log(self, row: Mapping[str, Any], step: int) -> None:
         run = self.run
@@ -160,13 +173,13 @@ class WandbSink:
         self._define_axis()
         for key in row:
             if key not in self._defined:
-                run.define_metric(key, step_metric=STEP_KEY)
+                run.define_metric(key, step_metric=self.step_key)
                 self._defined.add(key)
-        run.log({**row, STEP_KEY: step})
+        run.log({**row, self.step_key: step})
 
     def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
-        if STEP_KEY in metrics:
-            raise ValueError(f"metric name {STEP_KEY!r} is reserved for the sink's x-axis")
+        if self.step_key in metrics:
+            raise ValueError(f"metric name {self.step_key!r} is reserved for the sink's x-axis")
         self._log({key: float(value) for key, value in metrics.items()}, check_step(step))
 
     def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:

@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wandb", action="store_true", help="also report to Weights & Biases (offline works: WANDB_MODE=offline)")
     p.add_argument("--sae", default="auto", help="sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise")
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (training, encoding, model loading)")
     return p.parse_args(argv)
 
 
@@ -68,7 +69,7 @@ def training_pairs(retrieval: RetrievalSet, limit: int | None = None) -> list[tu
 
 
 def mine_negatives(
-    model: SentenceTransformer, pairs: list[tuple[str, str]], corpus_texts: list[str], batch_size: int
+    model: SentenceTransformer, pairs: list[tuple[str, str]], corpus_texts: list[str], batch_size: int, show_progress: bool = True
 ) -> list[str]:
     """For each pair, the highest-scoring corpus document that is not its positive (base model)."""
     from aquin_monitor.encoders import encode
@@ -76,7 +77,7 @@ def mine_negatives(
 
     doc_index = {t: i for i, t in enumerate(corpus_texts)}
     q_emb = encode(model, [q for q, _ in pairs], batch_size=batch_size)
-    d_emb = encode(model, corpus_texts, batch_size=batch_size, show_progress=True)
+    d_emb = encode(model, corpus_texts, batch_size=batch_size, show_progress=show_progress)
     exclude = [{doc_index[d]} for _, d in pairs]
     _, idx = topk(q_emb, d_emb, 1, exclude=exclude)
     return [corpus_texts[int(i)] for i in idx[:, 0]]
@@ -111,7 +112,7 @@ def build_model(args: argparse.Namespace, train: RetrievalSet) -> tuple[Sentence
     pairs = training_pairs(train, args.max_train)
     columns = {"anchor": [q for q, _ in pairs], "positive": [d for _, d in pairs]}
     if args.hard_negatives:
-        columns["negative"] = mine_negatives(model, pairs, train.doc_texts(), args.batch_size)
+        columns["negative"] = mine_negatives(model, pairs, train.doc_texts(), args.batch_size, show_progress=not args.no_progress)
     if not args.full:
         add_lora(model, rank=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["query", "key", "value"])
     return model, columns
@@ -140,11 +141,19 @@ def training_arguments(args: argparse.Namespace, out: Path, lr: float) -> Senten
         batch_sampler="no_duplicates",
         use_cpu=not torch.cuda.is_available(),
         dataloader_drop_last=True,
+        disable_tqdm=args.no_progress,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from aquin_monitor.progress import quiet_progress
+
     args = parse_args(argv)
+    with quiet_progress(args.no_progress):  # --no-progress: model loading bars too
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.provoke == "collapse":
         args.full = True
         args.lr = args.lr or 2e-3

@@ -143,9 +143,11 @@ class EmbeddingCache:
             with os.fdopen(handle, "wb") as out:
                 write(out)
             os.replace(tmp, self.directory / name)
-        except OSError:
+        except BaseException as exc:  # a full disk is ignored; Ctrl-C goes on, without leaving the temporary file
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if not isinstance(exc, OSError):
+                raise
 
 
 class CachedModel:

@@ -240,7 +240,8 @@ def test_ctrl_c_is_one_line_exit_130_and_no_partial_files(capsys, tmp_path, tiny
 
     monkeypatch.setattr(encoders, "load_model", interrupted)
     out_json = tmp_path / "out" / "inspect.json"
-    code, out, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", out_json, "--run-dir", tmp_path / "run", "--no-progress")
+    # --no-cache: the session's cache may hold this probe pass, and then no model is loaded to interrupt
+    code, out, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", out_json, "--run-dir", tmp_path / "run", "--no-progress", "--no-cache")
     assert code == 130 and out == ""
     assert err.strip().splitlines()[-1] == "aquin-monitor inspect: interrupted"
     assert "Traceback" not in err
@@ -268,7 +269,7 @@ def test_sigint_during_a_real_run_exits_130_with_one_line(tmp_path, tiny_mean_mo
     out_json = tmp_path / "inspect.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "aquin_monitor.cli", "inspect", tiny_mean_model, "--probe", str(probe), "--json", str(out_json),
-         "--run-dir", str(tmp_path / "run"), "--no-progress"],
+         "--run-dir", str(tmp_path / "run"), "--no-progress", "--no-cache"],  # a cache hit could finish before the signal
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )

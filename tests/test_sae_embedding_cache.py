@@ -148,3 +148,17 @@ def test_cached_model_arrays_survive_a_cut_entry_and_load_once(tmp_path):
     # a mapped handle (LoRA merged on load) loads through the original, once
     mapped = CachedModel(load, "fp2", cache=EmbeddingCache(tmp_path)).map(lambda m: ("merged", m))
     assert mapped.model[0] == "merged" and mapped.model is mapped.model and load.calls == 3
+
+
+def test_an_interrupted_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C while an entry is written: the interruption goes on, no entry and no temporary file stay."""
+    cache = EmbeddingCache(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put_arrays("k", {"embeddings": np.ones((2, 3), dtype=np.float32)})
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == [] and cache.get_arrays("k") is None

@@ -272,6 +272,8 @@ def test_sigint_during_a_real_run_exits_130_with_one_line(tmp_path, tiny_mean_mo
          "--run-dir", str(tmp_path / "run"), "--no-progress", "--no-cache"],  # a cache hit could finish before the signal
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        # a suite started in the background of a script inherits SIGINT ignored, and Python then keeps it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr.readline().startswith("read 12 probe texts")  # inputs checked; the model loads next
     process.send_signal(signal.SIGINT)

@@ -80,8 +80,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
-    from .embedding_cache import model_fingerprint, retrieval_embeddings
-    from .encoders import check_model, load_cross_encoder, resolve_model
+    from .encoders import check_model, load_cross_encoder
     from .signals.retrieval import rerank, topk
     from .snapshots import evaluate_retrieval_set
 
@@ -89,15 +88,13 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     check_model(args.model, adapter=args.adapter)
     if args.cross_encoder:
         check_model(args.cross_encoder, cross_encoder=True)
-    location = resolve_model(args.model)
     cross_encoder = load_cross_encoder(args.cross_encoder, device=args.device) if args.cross_encoder else None
     _note(data.summary())
 
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
     # embeddings come from the on-disk cache when this model's files have embedded these texts before
-    query_emb, doc_emb, (query_prompt, document_prompt) = retrieval_embeddings(
-        lambda: _load_model(args.model, args, args.adapter), model_fingerprint(location, args.adapter),
-        query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress, enabled=args.cache)
+    query_emb, doc_emb, (query_prompt, document_prompt) = _cached_model(args.model, args, args.adapter).retrieval_embeddings(
+        query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress)
 
     report, by_category = evaluate_retrieval_set(data, query_emb, doc_emb)
     metrics = report.as_metrics()

@@ -206,6 +206,11 @@ class CachedModel:
             self.cache.put_arrays(key, arrays)
         return arrays
 
+    def encode(self, texts: Sequence[str], options: dict[str, Any], encode: Callable[[Any, list[str]], np.ndarray]) -> np.ndarray:
+        """:func:`encode_cached` with this model: the embeddings of ``texts``, the model loaded only on a miss."""
+        embeddings, _ = encode_cached(lambda: self.model, self.fingerprint, texts, options=options, encode=encode, cache=self.cache, enabled=self.enabled)
+        return embeddings
+
     def retrieval_embeddings(self, query_texts: Sequence[str], doc_texts: Sequence[str], **options: Any):
         """:func:`retrieval_embeddings` with this model (the same entries ``aquin-monitor eval`` writes)."""
         return retrieval_embeddings(lambda: self.model, self.fingerprint, query_texts, doc_texts, cache=self.cache, enabled=self.enabled, **options)

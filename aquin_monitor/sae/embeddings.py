@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding_cache import EmbeddingCache, encode_cached, model_fingerprint
+from ..embedding_cache import CachedModel, EmbeddingCache, model_fingerprint
 
 __all__ = ["embed_corpus"]
 
@@ -53,15 +53,8 @@ def embed_corpus(
 
     from ..encoders import encode, load_model, resolve_model
 
-    location = resolve_model(model)
-    fingerprint = model_fingerprint(location)
-    store = EmbeddingCache(cache_dir)
-    state = {"model": loaded}
-
-    def load() -> Any:
-        if state["model"] is None:
-            state["model"] = load_model(model, device=device)
-        return state["model"]
+    handle = CachedModel(lambda: loaded if loaded is not None else load_model(model, device=device),
+                         model_fingerprint(resolve_model(model)), cache=EmbeddingCache(cache_dir), enabled=cache)
 
     def run(m: Any, chunk: list[str]) -> np.ndarray:
         return encode(m, chunk, batch_size=batch_size, prompt_name=prompt_name)
@@ -73,8 +66,7 @@ def embed_corpus(
     starts = range(0, len(texts), chunk_size)
     for start in tqdm(starts, desc="embedding", unit="chunk", disable=not show_progress or len(starts) < 2):
         chunk = texts[start : start + chunk_size]
-        part, _ = encode_cached(load, fingerprint, chunk, options=options, encode=run, cache=store, enabled=cache)
-        parts.append(part)
+        parts.append(handle.encode(chunk, options, run))
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(parts, axis=0)

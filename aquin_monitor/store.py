@@ -180,9 +180,11 @@ def read_manifest(directory: str | os.PathLike) -> StoreManifest | None:
 class EmbeddingStore:
     """A finished store opened for reading: a :class:`~aquin_monitor.rows.RowSource` over its shards.
 
-    Every shard is memory-mapped (``numpy.load(mmap_mode="r")``) and checked against the manifest
-    (rows, dimension, dtype) when the store opens, so a shard replaced or cut after writing is
-    refused with a :class:`StoreError` naming it, never read as wrong numbers.
+    Every shard is checked against the manifest (rows, dimension, dtype: its ``.npy`` header) when
+    the store opens, so a shard replaced or cut after writing is refused with a :class:`StoreError`
+    naming it, never read as wrong numbers. Reads go through memory maps
+    (``numpy.load(mmap_mode="r")``), at most :attr:`MAPPED_SHARDS` kept open: a pass over the whole
+    store keeps a bounded number of mapped pages resident, whatever its size.
 
     Args:
         directory: the store's folder.
@@ -203,7 +205,9 @@ class EmbeddingStore:
                 "rerun `aquin-monitor embed` with the same arguments to finish it"
             )
         self.manifest = manifest
-        self._shards = [self._open_shard(shard) for shard in manifest.shards]
+        self._mapped: dict[int, np.ndarray] = {}  # shard index -> its memory map, the most recent last
+        for shard in manifest.shards:
+            self._open_shard(shard)
         self._starts = [0]
         for shard in manifest.shards:
             self._starts.append(self._starts[-1] + shard.rows)
@@ -223,6 +227,18 @@ class EmbeddingStore:
                 f"{path}: holds {array.dtype} {array.shape}, the manifest says {self.manifest.dtype} {expected}"
             )
         return array
+
+    MAPPED_SHARDS = 2
+
+    def _shard(self, index: int) -> np.ndarray:
+        """The memory map of shard ``index``; the least recently used map beyond :attr:`MAPPED_SHARDS` is closed."""
+        mapped = self._mapped.pop(index, None)
+        if mapped is None:
+            mapped = self._open_shard(self.manifest.shards[index])
+        self._mapped[index] = mapped
+        while len(self._mapped) > self.MAPPED_SHARDS:
+            del self._mapped[next(iter(self._mapped))]
+        return mapped
 
     @property
     def dimension(self) -> int:
@@ -253,7 +269,7 @@ class EmbeddingStore:
         while row < stop:
             first = self._starts[shard]
             end = min(stop, self._starts[shard + 1])
-            out[row - start : end - start] = self._shards[shard][row - first : end - first]
+            out[row - start : end - start] = self._shard(shard)[row - first : end - first]
             row, shard = end, shard + 1
         return out
 

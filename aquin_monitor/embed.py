@@ -19,7 +19,6 @@ the prompt is fixed by the model's files, which the store's fingerprint covers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -29,30 +28,23 @@ from typing import Any
 import numpy as np
 
 from .data import corpus_file, iter_corpus
-from .embedding_cache import model_fingerprint
+from .embedding_cache import file_sha256, model_fingerprint
 from .store import StoreWriter
 
 __all__ = ["corpus_hash", "fill_store", "open_store_for", "shard_encoder"]
 
 
-def corpus_hash(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of a corpus file's bytes (streamed in ``chunk_bytes`` pieces).
-
-    >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.jsonl"
-    >>> _ = path.write_bytes(b"abc")
-    >>> corpus_hash(path)[:12]
-    'ba7816bf8f01'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def corpus_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a corpus file's bytes (what a store's manifest records as ``corpus_hash``)."""
+    return file_sha256(path)
 
 
 def open_store_for(
-    out: str | os.PathLike, *, model_location: str, corpus: str | os.PathLike, dtype: str = "float32",
+    out: str | os.PathLike,
+    *,
+    model_location: str,
+    corpus: str | os.PathLike,
+    dtype: str = "float32",
     shard_rows: int = 100_000,
 ) -> StoreWriter:
     """The store in ``out`` for ``corpus`` embedded by the checkpoint at ``model_location``, opened to write.
@@ -62,13 +54,22 @@ def open_store_for(
     """
     source = corpus_file(corpus)
     ids = [ident for ident, _ in iter_corpus(source)]
-    return StoreWriter(out, model_fingerprint=model_fingerprint(model_location), corpus_hash=corpus_hash(source),
-                       count=len(ids), ids=ids, dtype=dtype, shard_rows=shard_rows,
-                       meta={"corpus_file": source.name, "model": Path(model_location).name})
+    return StoreWriter(
+        out,
+        model_fingerprint=model_fingerprint(model_location),
+        corpus_hash=corpus_hash(source),
+        count=len(ids),
+        ids=ids,
+        dtype=dtype,
+        shard_rows=shard_rows,
+        meta={"corpus_file": source.name, "model": Path(model_location).name},
+    )
 
 
 @contextlib.contextmanager
-def shard_encoder(model: Any, devices: Sequence[str] | None, *, batch_size: int = 32) -> Iterator[Callable[[list[str]], np.ndarray]]:
+def shard_encoder(
+    model: Any, devices: Sequence[str] | None, *, batch_size: int = 32
+) -> Iterator[Callable[[list[str]], np.ndarray]]:
     """A function that embeds a list of texts with ``model`` (a loaded SentenceTransformer).
 
     With two or more ``devices`` the texts go through sentence-transformers' multi-process pool
@@ -81,8 +82,9 @@ def shard_encoder(model: Any, devices: Sequence[str] | None, *, batch_size: int 
     pool = model.start_multi_process_pool(list(devices)) if devices is not None and len(devices) > 1 else None
 
     def encode(texts: list[str]) -> np.ndarray:
-        rows = model.encode(texts, prompt_name=prompt, batch_size=batch_size, convert_to_numpy=True,
-                            show_progress_bar=False, pool=pool)
+        rows = model.encode(
+            texts, prompt_name=prompt, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, pool=pool
+        )
         return np.asarray(rows, dtype=np.float32)
 
     try:
@@ -93,7 +95,10 @@ def shard_encoder(model: Any, devices: Sequence[str] | None, *, batch_size: int 
 
 
 def fill_store(
-    writer: StoreWriter, corpus: str | os.PathLike, encode: Callable[[list[str]], np.ndarray], *,
+    writer: StoreWriter,
+    corpus: str | os.PathLike,
+    encode: Callable[[list[str]], np.ndarray],
+    *,
     show_progress: bool = True,
 ) -> int:
     """Encode the texts of ``corpus`` past the rows already in ``writer``, one shard at a time.
@@ -110,7 +115,9 @@ def fill_store(
         while not writer.complete:
             batch = list(itertools.islice(texts, shard_rows))
             if not batch:
-                raise ValueError(f"{corpus}: the corpus ended after {writer.rows_written:,} of {total:,} texts while it was read")
+                raise ValueError(
+                    f"{corpus}: the corpus ended after {writer.rows_written:,} of {total:,} texts while it was read"
+                )
             writer.append(encode(batch))
             encoded += len(batch)
             bar.update(len(batch))

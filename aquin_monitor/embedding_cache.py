@@ -65,6 +65,7 @@ __all__ = [
     "default_cache_dir",
     "encode_cached",
     "file_content_hash",
+    "file_sha256",
     "model_fingerprint",
     "retrieval_embeddings",
 ]
@@ -83,6 +84,22 @@ def default_cache_dir() -> Path:
 
 
 _CONTENT_HASHES: dict[str, str] = {}  # this process's memo of file_content_hash, by file identity
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in ``chunk_bytes`` pieces (Python 3.10 has no ``hashlib.file_digest``).
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.jsonl"
+    >>> _ = path.write_bytes(b"abc")
+    >>> file_sha256(path)[:12]
+    'ba7816bf8f01'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_content_hash(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
@@ -111,8 +128,7 @@ def file_content_hash(path: str | os.PathLike, memo_dir: str | os.PathLike | Non
         if len(remembered) == 64:
             _CONTENT_HASHES[memo_key] = remembered
             return remembered
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = file_sha256(path)
     _CONTENT_HASHES[memo_key] = digest
     with contextlib.suppress(OSError):
         memo_path.parent.mkdir(parents=True, exist_ok=True)

@@ -138,18 +138,24 @@ class StoreManifest:
         try:
             shards = tuple(ShardRecord(str(s["file"]), _count(s["rows"], "shards[].rows")) for s in record["shards"])
             manifest = cls(
-                model_fingerprint=str(record["model_fingerprint"]), corpus_hash=str(record["corpus_hash"]),
+                model_fingerprint=str(record["model_fingerprint"]),
+                corpus_hash=str(record["corpus_hash"]),
                 count=_count(record["count"], "count"),
                 dimension=None if record["dimension"] is None else _count(record["dimension"], "dimension"),
-                dtype=str(record["dtype"]), shard_rows=_count(record["shard_rows"], "shard_rows"), shards=shards,
-                has_ids=bool(record.get("has_ids", True)), meta=dict(record.get("meta") or {}),
+                dtype=str(record["dtype"]),
+                shard_rows=_count(record["shard_rows"], "shard_rows"),
+                shards=shards,
+                has_ids=bool(record.get("has_ids", True)),
+                meta=dict(record.get("meta") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from None
         if manifest.dtype not in DTYPES:
             raise StoreError(f"{source}: dtype {manifest.dtype!r} is not one of {', '.join(DTYPES)}")
         if manifest.rows_written > manifest.count:
-            raise StoreError(f"{source}: shards hold {manifest.rows_written} rows, more than the {manifest.count} of the corpus")
+            raise StoreError(
+                f"{source}: shards hold {manifest.rows_written} rows, more than the {manifest.count} of the corpus"
+            )
         return manifest
 
 
@@ -250,7 +256,7 @@ class EmbeddingStore:
     @property
     def shard_bounds(self) -> list[tuple[int, int]]:
         """``(start, stop)`` rows of each shard, in order."""
-        return list(zip(self._starts[:-1], self._starts[1:]))
+        return list(zip(self._starts[:-1], self._starts[1:], strict=True))
 
     @property
     def ids(self) -> list[str]:
@@ -394,8 +400,16 @@ class StoreWriter:
             raise ValueError(f"{len(ids)} ids for {count} rows")
         self.directory = Path(directory)
         self.durable = durable
-        wanted = StoreManifest(model_fingerprint, corpus_hash, count, None, dtype, shard_rows,
-                               has_ids=ids is not None, meta=dict(meta or {}))
+        wanted = StoreManifest(
+            model_fingerprint,
+            corpus_hash,
+            count,
+            None,
+            dtype,
+            shard_rows,
+            has_ids=ids is not None,
+            meta=dict(meta or {}),
+        )
         existing = read_manifest(self.directory) if self.directory.is_dir() else None
         if existing is not None:
             check_same_store(existing, wanted, self.directory)
@@ -421,18 +435,28 @@ class StoreWriter:
         rows = np.asarray(rows)
         dimension = self.manifest.dimension
         if rows.ndim != 2 or (dimension is not None and rows.shape[1] != dimension):
-            raise StoreError(f"{self.directory}: rows of shape {rows.shape} do not fit a store of dimension {dimension}")
+            raise StoreError(
+                f"{self.directory}: rows of shape {rows.shape} do not fit a store of dimension {dimension}"
+            )
         if rows.shape[0] == 0 or self.rows_written + rows.shape[0] > self.manifest.count:
-            raise StoreError(f"{self.directory}: {rows.shape[0]} rows after {self.rows_written} overflow the {self.manifest.count} expected")
+            raise StoreError(
+                f"{self.directory}: {rows.shape[0]} rows after {self.rows_written} overflow the {self.manifest.count} expected"
+            )
         if not np.isfinite(rows).all():
             bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
-            raise StoreError(f"{self.directory}: row {self.rows_written + bad} is not finite (NaN or inf); nothing written")
+            raise StoreError(
+                f"{self.directory}: row {self.rows_written + bad} is not finite (NaN or inf); nothing written"
+            )
         shard = ShardRecord(f"shard-{len(self.manifest.shards):05d}.npy", int(rows.shape[0]))
         stored = np.ascontiguousarray(rows, dtype=self.manifest.dtype)
-        write_atomically(self.directory / shard.file,
-                         lambda out: np.lib.format.write_array(out, stored, allow_pickle=False), durable=self.durable)
-        self.manifest = dataclasses.replace(self.manifest, dimension=int(rows.shape[1]),
-                                            shards=self.manifest.shards + (shard,))
+        write_atomically(
+            self.directory / shard.file,
+            lambda out: np.lib.format.write_array(out, stored, allow_pickle=False),
+            durable=self.durable,
+        )
+        self.manifest = dataclasses.replace(
+            self.manifest, dimension=int(rows.shape[1]), shards=self.manifest.shards + (shard,)
+        )
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -447,12 +471,19 @@ def _write_ids(out: BinaryIO, ids: Iterable[str]) -> None:
 def check_same_store(existing: StoreManifest, wanted: StoreManifest, directory: Path) -> None:
     """Raise :class:`StoreMismatchError` naming every field in which ``existing`` differs from ``wanted``."""
     differences = []
-    for field, label in (("model_fingerprint", "the model files differ"), ("corpus_hash", "the corpus file differs"),
-                         ("count", "the number of texts differs"), ("dtype", "the dtype differs")):
+    for field, label in (
+        ("model_fingerprint", "the model files differ"),
+        ("corpus_hash", "the corpus file differs"),
+        ("count", "the number of texts differs"),
+        ("dtype", "the dtype differs"),
+    ):
         before, now = getattr(existing, field), getattr(wanted, field)
         if before != now:
-            shown = (f"{before!r} in the store, {now!r} now" if field in ("count", "dtype")
-                     else f"{str(before)[:12]}… in the store, {str(now)[:12]}… now")
+            shown = (
+                f"{before!r} in the store, {now!r} now"
+                if field in ("count", "dtype")
+                else f"{str(before)[:12]}… in the store, {str(now)[:12]}… now"
+            )
             differences.append(f"{label} ({shown})")
     if existing.has_ids != wanted.has_ids:
         differences.append("the ids differ (named vs positional)")
@@ -485,8 +516,17 @@ def write_store(
         if ids is None:
             raise ValueError("write_store: give ids or count")
         count = len(ids)
-    writer = StoreWriter(directory, model_fingerprint=model_fingerprint, corpus_hash=corpus_hash, count=count,
-                         ids=ids, dtype=dtype, shard_rows=shard_rows, meta=meta, durable=durable)
+    writer = StoreWriter(
+        directory,
+        model_fingerprint=model_fingerprint,
+        corpus_hash=corpus_hash,
+        count=count,
+        ids=ids,
+        dtype=dtype,
+        shard_rows=shard_rows,
+        meta=meta,
+        durable=durable,
+    )
     for shard in rebatch(_skip_rows(blocks, writer.rows_written), shard_rows):
         writer.append(shard)
     if not writer.complete:

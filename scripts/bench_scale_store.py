@@ -41,7 +41,6 @@ from aquin_monitor.embed import fill_store, open_store_for, shard_encoder
 from aquin_monitor.rows import iter_blocks
 from aquin_monitor.store import EmbeddingStore, write_store
 
-
 NOISE_ROWS = 65_537  # prime: with any base of fewer rows, no two of the first 1M rows are equal
 
 
@@ -96,9 +95,17 @@ print(len(store) / (time.perf_counter() - start), int(hwm.split()[1]) / 1e3)
 
 def streamed_read(folder: Path, block_rows: int) -> tuple[float, float]:
     """(rows/s, peak RSS in MB) of reading a whole store by blocks in a fresh process (numpy only, no torch)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", STREAMED_READ, str(folder), str(block_rows)], env=env, check=True,
-                          capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", STREAMED_READ, str(folder), str(block_rows)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rate, rss = map(float, done.stdout.split())
     return rate, rss
 
@@ -121,13 +128,25 @@ def bench(args: argparse.Namespace) -> dict[str, float]:
         shutil.rmtree(folder, ignore_errors=True)
         mb = rows * full.shape[1] * np.dtype(dtype).itemsize / 1e6
         blocks = (full[i : i + args.block_rows] for i in range(0, rows, args.block_rows))
-        seconds, peak, _ = measured(lambda: write_store(folder, blocks, None, count=rows, model_fingerprint="bench",
-                                                        corpus_hash="bench", dtype=dtype, shard_rows=args.shard_rows))
+        seconds, peak, _ = measured(
+            lambda blocks=blocks, folder=folder, dtype=dtype: write_store(
+                folder,
+                blocks,
+                None,
+                count=rows,
+                model_fingerprint="bench",
+                corpus_hash="bench",
+                dtype=dtype,
+                shard_rows=args.shard_rows,
+            )
+        )
         figures[f"store_{dtype}_write_rows_per_s"] = rows / seconds
         figures[f"store_{dtype}_write_mb_per_s"] = mb / seconds
         figures[f"store_{dtype}_write_alloc_peak_mb"] = peak / 1e6
         store = EmbeddingStore(folder)
-        seconds, peak, _ = measured(lambda: sum(float(block[:, 0].sum()) for _, block in iter_blocks(store, args.block_rows)))
+        seconds, peak, _ = measured(
+            lambda store=store: sum(float(b[:, 0].sum()) for _, b in iter_blocks(store, args.block_rows))
+        )
         figures[f"store_{dtype}_read_rows_per_s"] = rows / seconds
         figures[f"store_{dtype}_read_mb_per_s"] = mb / seconds
         figures[f"store_{dtype}_read_alloc_peak_mb"] = peak / 1e6
@@ -135,7 +154,7 @@ def bench(args: argparse.Namespace) -> dict[str, float]:
         figures[f"store_{dtype}_read_fresh_process_rows_per_s"] = rate
         figures[f"store_{dtype}_read_fresh_process_peak_rss_mb"] = rss
     mb = full.nbytes / 1e6
-    seconds, _, _ = measured(lambda: np.save(out / "baseline.npy", full))
+    seconds, _, _ = measured(lambda full=full: np.save(out / "baseline.npy", full))
     figures["npsave_rows_per_s"], figures["npsave_mb_per_s"] = rows / seconds, mb / seconds
     del full
     seconds, peak, loaded = measured(lambda: np.load(out / "baseline.npy"))
@@ -144,9 +163,15 @@ def bench(args: argparse.Namespace) -> dict[str, float]:
     del loaded
     figures["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     for dtype in ("float32", "float16"):
-        figures[f"ratio_store_{dtype}_write_vs_npsave"] = figures[f"store_{dtype}_write_rows_per_s"] / figures["npsave_rows_per_s"]
-        figures[f"ratio_store_{dtype}_read_vs_npload"] = figures[f"store_{dtype}_read_rows_per_s"] / figures["npload_rows_per_s"]
-        figures[f"ratio_store_{dtype}_read_alloc_vs_npload"] = figures[f"store_{dtype}_read_alloc_peak_mb"] / figures["npload_alloc_peak_mb"]
+        figures[f"ratio_store_{dtype}_write_vs_npsave"] = (
+            figures[f"store_{dtype}_write_rows_per_s"] / figures["npsave_rows_per_s"]
+        )
+        figures[f"ratio_store_{dtype}_read_vs_npload"] = (
+            figures[f"store_{dtype}_read_rows_per_s"] / figures["npload_rows_per_s"]
+        )
+        figures[f"ratio_store_{dtype}_read_alloc_vs_npload"] = (
+            figures[f"store_{dtype}_read_alloc_peak_mb"] / figures["npload_alloc_peak_mb"]
+        )
     if not args.keep:
         for name in ("store-float32", "store-float16", "baseline.npy"):
             path = out / name

@@ -47,10 +47,13 @@ class Loader:
 # 11. entries checked against the model's dimension, dtype and rows
 
 
-@pytest.mark.parametrize(("planted", "problem"), [
-    (np.ones((3, 10), dtype=np.float32), "holds 3 x 10 float32, expected 3 x 3 float32"),
-    (np.ones((2, 3), dtype=np.float32), "holds 2 x 3 float32, expected 3 x 3 float32"),
-])
+@pytest.mark.parametrize(
+    ("planted", "problem"),
+    [
+        (np.ones((3, 10), dtype=np.float32), "holds 3 x 10 float32, expected 3 x 3 float32"),
+        (np.ones((2, 3), dtype=np.float32), "holds 2 x 3 float32, expected 3 x 3 float32"),
+    ],
+)
 def test_an_entry_of_the_wrong_shape_is_recomputed_with_one_warning(tmp_path, planted, problem):
     cache = EmbeddingCache(tmp_path)
     texts = ["a cat", "a dog", "x"]
@@ -76,7 +79,9 @@ def test_an_entry_stored_as_float16_is_recomputed(tmp_path):
 
     cache = EmbeddingCache(tmp_path)
     key = cache.key("fp", ["a", "b"], {})
-    write_store(cache.path(key), [np.ones((2, 3))], None, count=2, model_fingerprint="fp", corpus_hash=key, dtype="float16")
+    write_store(
+        cache.path(key), [np.ones((2, 3))], None, count=2, model_fingerprint="fp", corpus_hash=key, dtype="float16"
+    )
     with pytest.warns(EmbeddingCacheWarning, match="holds 2 x 3 float16, expected 2 x 3 float32"):
         result, _ = encode_cached(Loader(), "fp", ["a", "b"], encode=fake_encode, cache=cache, dimension=3)
     np.testing.assert_array_equal(result, fake_encode(None, ["a", "b"]))
@@ -87,7 +92,9 @@ def test_eval_recomputes_a_planted_entry_of_the_wrong_width(tmp_path, monkeypatc
     from aquin_monitor import cli
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"q {i} cat", "document": f"d {i} the cat {'x' * i}"}) + "\n" for i in range(8)))
+    pairs.write_text(
+        "".join(json.dumps({"query": f"q {i} cat", "document": f"d {i} the cat {'x' * i}"}) + "\n" for i in range(8))
+    )
     monkeypatch.setenv("AQUIN_MONITOR_CACHE", str(tmp_path / "cache"))
     argv = ["eval", tiny_mean_model, "--pairs", str(pairs), "--json", "-", "--no-progress"]
     assert cli.main(argv) == 0
@@ -131,8 +138,8 @@ def test_the_content_hash_is_read_once_per_file_version(tmp_path, monkeypatch):
     path = tmp_path / "weights.bin"
     path.write_bytes(os.urandom(1 << 16))
     reads = []
-    real = hashlib.file_digest
-    monkeypatch.setattr(hashlib, "file_digest", lambda handle, name: reads.append(1) or real(handle, name))
+    real = embedding_cache.file_sha256
+    monkeypatch.setattr(embedding_cache, "file_sha256", lambda p: reads.append(p) or real(p))
     digest = file_content_hash(path, tmp_path / "memo")
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest() and len(reads) == 1
     assert file_content_hash(path, tmp_path / "memo") == digest and len(reads) == 1
@@ -152,8 +159,12 @@ def test_inspect_recomputes_a_checkpoint_rewritten_in_place(capsys, tmp_path, mo
 
     monkeypatch.setenv("AQUIN_MONITOR_CACHE", str(tmp_path / "cache"))
     probe_file = tmp_path / "probe.jsonl"
-    probe_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a cat sat", "dogs bark", "stock prices fell",
-                                                                            "the mat", "cats and dogs", "prices rose"]))
+    probe_file.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in ["a cat sat", "dogs bark", "stock prices fell", "the mat", "cats and dogs", "prices rose"]
+        )
+    )
     model = Path(shutil.copytree(tiny_mean_model, tmp_path / "model"))
     argv = ["inspect", str(model), "--probe", str(probe_file), "--json", "-", "--no-umap", "--no-progress"]
     assert cli.main(argv) == 0
@@ -194,8 +205,15 @@ KILLED_WRITER = textwrap.dedent("""
 
 
 def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(embedding_cache.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(embedding_cache.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (orphan,) = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert orphan.name.startswith(f".{'k' * 64}.tmp-")

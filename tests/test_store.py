@@ -67,7 +67,9 @@ def test_a_shard_the_manifest_does_not_list_is_never_read_and_resume_replaces_it
     folder = tmp_path / "s"
     writer = StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=10)
     writer.append(array[:10])
-    np.save(folder / "shard-00001.npy", np.full((10, 5), 99, dtype=np.float32))  # a kill after the rename, before the manifest
+    np.save(
+        folder / "shard-00001.npy", np.full((10, 5), 99, dtype=np.float32)
+    )  # a kill after the rename, before the manifest
     with pytest.raises(StoreError, match="unfinished store"):
         EmbeddingStore(folder)
     partial = EmbeddingStore(folder, allow_incomplete=True)
@@ -89,29 +91,46 @@ def test_resume_encodes_only_what_is_missing(tmp_path):
     writer = StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6)
     writer.append(array[:6])
     writer.append(array[6:12])
-    assert StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6).rows_written == 12
+    assert (
+        StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6).rows_written
+        == 12
+    )
     write_store(folder, blocks(), IDS, model_fingerprint="m", corpus_hash="c", shard_rows=6)
     np.testing.assert_array_equal(EmbeddingStore(folder).read(0, len(IDS)), array)
 
 
-@pytest.mark.parametrize(("field", "value", "named"), [
-    ("model_fingerprint", "model-b", "the model files differ (model-a… in the store, model-b… now)"),
-    ("corpus_hash", "corpus-b", "the corpus file differs (corpus-a… in the store, corpus-b… now)"),
-    ("dtype", "float16", "the dtype differs ('float32' in the store, 'float16' now)"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("model_fingerprint", "model-b", "the model files differ (model-a… in the store, model-b… now)"),
+        ("corpus_hash", "corpus-b", "the corpus file differs (corpus-a… in the store, corpus-b… now)"),
+        ("dtype", "float16", "the dtype differs ('float32' in the store, 'float16' now)"),
+    ],
+)
 def test_a_store_for_other_inputs_is_refused_naming_what_differs(tmp_path, field, value, named):
     write(tmp_path / "s", rows())
     before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
     with pytest.raises(StoreMismatchError, match=re.escape(named)):
-        StoreWriter(tmp_path / "s", **{"model_fingerprint": "model-a", "corpus_hash": "corpus-a", "count": len(IDS), "ids": IDS,
-                                        "dtype": "float32", field: value})
+        StoreWriter(
+            tmp_path / "s",
+            **{
+                "model_fingerprint": "model-a",
+                "corpus_hash": "corpus-a",
+                "count": len(IDS),
+                "ids": IDS,
+                "dtype": "float32",
+                field: value,
+            },
+        )
     assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before  # nothing written
 
 
 def test_a_shard_replaced_after_writing_is_refused_not_read(tmp_path):
     write(tmp_path / "s", rows())
     np.save(tmp_path / "s" / "shard-00001.npy", rows(7, 10))  # right rows, wrong width
-    with pytest.raises(StoreError, match=r"shard-00001.npy: holds float32 \(7, 10\), the manifest says float32 \(7, 5\)"):
+    with pytest.raises(
+        StoreError, match=r"shard-00001.npy: holds float32 \(7, 10\), the manifest says float32 \(7, 5\)"
+    ):
         EmbeddingStore(tmp_path / "s")
     (tmp_path / "s" / "shard-00002.npy").write_bytes(b"\x93NUMPY cut")
     np.save(tmp_path / "s" / "shard-00001.npy", rows(7, 5))
@@ -169,7 +188,9 @@ def test_only_dead_processes_temporaries_are_removed(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = socket.gethostname()
     names = {
         "dead": f".shard-00001.npy.tmp-{host}-{dead}-ab12",

@@ -325,7 +325,7 @@ def remove_dead_temporaries(directory: str | os.PathLike) -> list[Path]:
     """
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     try:
         children = list(Path(directory).iterdir())
     except OSError:

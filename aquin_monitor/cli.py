@@ -301,7 +301,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 def _check_store_folder(out: Path) -> None:
     """``embed --out`` writes a store: into a new or empty folder, or one holding a store (to resume)."""
-    if out.is_dir() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise OutputPathError(f"--out {out}: the folder holds other files and no embedding store; give a new or empty folder")
 
 

@@ -368,6 +368,9 @@ class StoreWriter:
     rows and dtype, else :class:`StoreMismatchError` says what differs (nothing is written then):
     all of this is known before a model is loaded. Writing resumes at :attr:`rows_written`.
 
+    One writer at a time: a second process opening the same folder gets a :class:`StoreError`
+    (an exclusive ``flock`` on ``.writer.lock``, released when the writer is closed or its process dies).
+
     Args:
         directory: the store's folder (created if missing).
         model_fingerprint, corpus_hash: what the embeddings are of (see :class:`StoreManifest`).
@@ -411,16 +414,24 @@ class StoreWriter:
             meta=dict(meta or {}),
         )
         existing = read_manifest(self.directory) if self.directory.is_dir() else None
+        if existing is not None:  # refused before anything is created or locked
+            check_same_store(existing, wanted, self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = exclusive_writer_lock(self.directory)
+        existing = read_manifest(self.directory)  # again, now that no other writer can change it
         if existing is not None:
             check_same_store(existing, wanted, self.directory)
             self.manifest = dataclasses.replace(existing, shard_rows=shard_rows)
         else:
-            self.directory.mkdir(parents=True, exist_ok=True)
             if ids is not None:
                 write_atomically(self.directory / IDS_NAME, lambda out: _write_ids(out, ids), durable=durable)
             self.manifest = wanted
             self._write_manifest()
         remove_dead_temporaries(self.directory)
+
+    def close(self) -> None:
+        """Release the writer's lock (also done when the writer is garbage-collected or its process exits)."""
+        self._lock.close()
 
     @property
     def rows_written(self) -> int:
@@ -462,6 +473,23 @@ class StoreWriter:
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest.to_json(), indent=1).encode()
         write_atomically(self.directory / MANIFEST_NAME, lambda out: out.write(text), durable=self.durable)
+
+
+LOCK_NAME = ".writer.lock"
+
+
+def exclusive_writer_lock(directory: Path) -> BinaryIO:
+    """An open ``.writer.lock`` holding an exclusive ``flock`` (released when the file is closed or the
+    process dies); :class:`StoreError` when another process writes this store now."""
+    import fcntl
+
+    handle = open(directory / LOCK_NAME, "ab")  # noqa: SIM115 - kept open: it is the lock
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(f"{directory}: another process is writing this store now; wait for it or use another folder") from None
+    return handle
 
 
 def _write_ids(out: BinaryIO, ids: Iterable[str]) -> None:

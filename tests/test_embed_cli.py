@@ -160,7 +160,7 @@ def test_a_full_disk_is_one_clear_line_and_the_rerun_resumes(capsys, tmp_path, c
         capsys, tiny_mean_model, "--corpus", corpus, "--out", tmp_path / "s", "--shard-rows", "4", "--no-progress"
     )
     assert code == 2 and "shard-00001.npy: no space left on device; nothing partial was kept" in err
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["ids.jsonl", "manifest.json", "shard-00000.npy"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".writer.lock", "ids.jsonl", "manifest.json", "shard-00000.npy"]
     monkeypatch.setattr(np.lib.format, "write_array", real_write)
     code, out, err = embed(
         capsys, tiny_mean_model, "--corpus", corpus, "--out", tmp_path / "s", "--no-progress", "--json", "-"
@@ -218,7 +218,7 @@ def test_kill_9_mid_shard_then_rerun_resumes_and_encodes_nothing_twice(
     code, _, err = embed(capsys, *argv[1:])
     assert code == 0, err
     assert encoded == expected_texts()[6:]  # the two complete shards were not encoded again
-    assert sorted(p.name for p in out.iterdir()) == ["ids.jsonl", "manifest.json"] + [
+    assert sorted(p.name for p in out.iterdir()) == [".writer.lock", "ids.jsonl", "manifest.json"] + [
         f"shard-0000{i}.npy" for i in range(4)
     ]
     monkeypatch.undo()

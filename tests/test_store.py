@@ -58,7 +58,7 @@ def test_round_trip_by_blocks_across_shard_boundaries(tmp_path, dtype):
     with pytest.raises(IndexError):
         store.read(20, 27)
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == ["ids.jsonl", "manifest.json"] + [f"shard-0000{i}.npy" for i in range(4)]  # no temporaries left
+    assert files == [".writer.lock", "ids.jsonl", "manifest.json"] + [f"shard-0000{i}.npy" for i in range(4)]  # no temporaries
     assert isinstance(np.load(tmp_path / "s" / "shard-00000.npy", mmap_mode="r"), np.memmap)
 
 
@@ -67,6 +67,7 @@ def test_a_shard_the_manifest_does_not_list_is_never_read_and_resume_replaces_it
     folder = tmp_path / "s"
     writer = StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=10)
     writer.append(array[:10])
+    writer.close()  # as when its process ends
     np.save(
         folder / "shard-00001.npy", np.full((10, 5), 99, dtype=np.float32)
     )  # a kill after the rename, before the manifest
@@ -78,25 +79,24 @@ def test_a_shard_the_manifest_does_not_list_is_never_read_and_resume_replaces_it
     np.testing.assert_array_equal(EmbeddingStore(folder).read(0, len(IDS)), array)
 
 
-def test_resume_encodes_only_what_is_missing(tmp_path):
+def test_resume_writes_only_what_is_missing(tmp_path):
+    """write_store on an unfinished store skips the rows of its complete shards: those files stay as they were."""
     array = rows()
-    produced = []
-
-    def blocks():
-        for start in range(0, len(array), 3):
-            produced.append(start)
-            yield array[start : start + 3]
-
     folder = tmp_path / "s"
     writer = StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6)
     writer.append(array[:6])
     writer.append(array[6:12])
-    assert (
-        StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6).rows_written
-        == 12
-    )
-    write_store(folder, blocks(), IDS, model_fingerprint="m", corpus_hash="c", shard_rows=6)
-    np.testing.assert_array_equal(EmbeddingStore(folder).read(0, len(IDS)), array)
+    writer.close()  # as when its process ends
+    before = {name: (folder / name).stat().st_ino for name in ("shard-00000.npy", "shard-00001.npy")}
+    reopened = StoreWriter(folder, model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=6)
+    assert reopened.rows_written == 12
+    reopened.close()
+    blocks = (array[start : start + 5] for start in range(0, len(array), 5))  # boundaries unlike the shards'
+    write_store(folder, blocks, IDS, model_fingerprint="m", corpus_hash="c", shard_rows=6)
+    assert {name: (folder / name).stat().st_ino for name in before} == before  # not rewritten
+    store = EmbeddingStore(folder)
+    assert store.shard_bounds == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 26)]
+    np.testing.assert_array_equal(store.read(0, len(IDS)), array)
 
 
 @pytest.mark.parametrize(
@@ -152,8 +152,9 @@ def test_a_full_disk_leaves_no_partial_shard_and_a_rerun_resumes(tmp_path, monke
     monkeypatch.setattr(np.lib.format, "write_array", disk_full)
     with pytest.raises(StoreSpaceError, match=r"shard-00001.npy: no space left on device; nothing partial was kept"):
         writer.append(array[10:20])
+    writer.close()
     monkeypatch.setattr(np.lib.format, "write_array", real_write)
-    assert sorted(p.name for p in folder.iterdir()) == ["ids.jsonl", "manifest.json", "shard-00000.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == [".writer.lock", "ids.jsonl", "manifest.json", "shard-00000.npy"]
     assert len(EmbeddingStore(folder, allow_incomplete=True)) == 10
     write_store(folder, [array], IDS, model_fingerprint="m", corpus_hash="c", shard_rows=10)
     np.testing.assert_array_equal(EmbeddingStore(folder).read(0, len(IDS)), array)
@@ -204,3 +205,13 @@ def test_only_dead_processes_temporaries_are_removed(tmp_path):
     removed = remove_dead_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead-folder"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["mine"], names["elsewhere"], names["user"]])
+
+
+def test_a_second_writer_of_the_same_store_is_refused_until_the_first_closes(tmp_path):
+    first = StoreWriter(tmp_path / "s", model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=10)
+    with pytest.raises(StoreError, match="another process is writing this store now"):
+        StoreWriter(tmp_path / "s", model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=10)
+    first.append(rows()[:10])
+    first.close()
+    second = StoreWriter(tmp_path / "s", model_fingerprint="m", corpus_hash="c", count=len(IDS), ids=IDS, shard_rows=10)
+    assert second.rows_written == 10

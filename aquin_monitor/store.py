@@ -451,7 +451,8 @@ class StoreWriter:
             )
         if rows.shape[0] == 0 or self.rows_written + rows.shape[0] > self.manifest.count:
             raise StoreError(
-                f"{self.directory}: {rows.shape[0]} rows after {self.rows_written} overflow the {self.manifest.count} expected"
+                f"{self.directory}: {rows.shape[0]} rows after {self.rows_written} "
+                f"overflow the {self.manifest.count} expected"
             )
         if not np.isfinite(rows).all():
             bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
@@ -488,7 +489,9 @@ def exclusive_writer_lock(directory: Path) -> BinaryIO:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise StoreError(f"{directory}: another process is writing this store now; wait for it or use another folder") from None
+        raise StoreError(
+            f"{directory}: another process is writing this store now; wait for it or use another folder"
+        ) from None
     return handle
 
 

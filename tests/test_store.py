@@ -58,7 +58,9 @@ def test_round_trip_by_blocks_across_shard_boundaries(tmp_path, dtype):
     with pytest.raises(IndexError):
         store.read(20, 27)
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == [".writer.lock", "ids.jsonl", "manifest.json"] + [f"shard-0000{i}.npy" for i in range(4)]  # no temporaries
+    assert files == [".writer.lock", "ids.jsonl", "manifest.json"] + [
+        f"shard-0000{i}.npy" for i in range(4)
+    ]  # no temporaries
     assert isinstance(np.load(tmp_path / "s" / "shard-00000.npy", mmap_mode="r"), np.memmap)
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError
-from .cli_tools import CommandParser, InputError, check_declared_outputs, check_output_file, declare_outputs, emit, note, positive_int
+from .cli_tools import CommandParser, InputError, cache_option, check_declared_outputs, check_output_file, declare_outputs, emit, note, positive_int
 from .progress import quiet_progress
 from .runlock import RunFolderLocked
 
@@ -358,8 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
-    model_options.add_argument("--no-cache", dest="cache", action="store_false",
-                               help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
+    cache_option(model_options)
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
     parser = CommandParser(

@@ -74,7 +74,8 @@ def _check_text(text: str, what: str) -> str:
     return text
 
 
-def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
+def _emit_analysis(result: Any, args: argparse.Namespace, summary: str) -> Any:
+    """:func:`~aquin_monitor.cli_tools.emit` of an analysis result (its ``to_json()``); returns the result."""
     emit(result.to_json(), args.json, summary)
     return result
 
@@ -92,7 +93,7 @@ def _decompose(args: argparse.Namespace) -> Any:
     result = decompose(sae, x, top=args.top, labels=labels, text=text)
     lines = [f"{_named(f.feature, f.label):<32} activation {f.activation:8.4f}  share {f.share:+.4f}" for f in result.features]
     lines.append(f"bias share {result.bias_share:+.4f}   relative error {result.relative_error:.4f}   cos(x, x̂) {result.cosine_reconstruction:.4f}")
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _contrast(args: argparse.Namespace) -> Any:
@@ -106,7 +107,7 @@ def _contrast(args: argparse.Namespace) -> Any:
              f" + error {result.error_term:+.5f} (error share {result.error_share:.3f})"]
     lines += [f"{_named(t.feature, t.label):<32} a {t.activation_a:7.4f}  b {t.activation_b:7.4f}  diff {t.difference:+.4f}  φ {t.phi:+.5f}"
               for t in result.differing]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _trace(args: argparse.Namespace) -> Any:
@@ -129,7 +130,7 @@ def _trace(args: argparse.Namespace) -> Any:
     lines = [f"feature {_named(result.feature, result.label)}: {result.classification}"]
     lines += [f"layer {i:2d}  {a:8.4f}  co-active " + ", ".join(f"#{c['feature']}" for c in co)
               for i, (a, co) in enumerate(zip(result.activations, result.co_active))]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _retrieval_set(args: argparse.Namespace) -> Any:
@@ -162,7 +163,7 @@ def _steer(args: argparse.Namespace) -> Any:
     for name, hits in (("before", result.before), ("after", result.after)):
         lines.append(f"{name}:")
         lines += [f"  {h.rank:2d}. {h.score:.4f}  {h.doc_id}  {h.text[:80]!r}" for h in hits]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _faithfulness(args: argparse.Namespace) -> Any:
@@ -178,7 +179,7 @@ def _faithfulness(args: argparse.Namespace) -> Any:
     lines = [f"NDCG@{result.ndcg_k} {result.ndcg:.4f} over {result.n_queries} queries"]
     lines += [f"{_named(f.feature, f.label):<32} drop {f.drop:+.4f}  random {f.random_drop_mean:+.4f}  excess {f.excess_drop:+.4f}"
               f"  ({f.n_queries_active} queries)" for f in result.features[:20]]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _match(args: argparse.Namespace) -> Any:
@@ -194,7 +195,7 @@ def _match(args: argparse.Namespace) -> Any:
     lines = [f"{len(result.pairs)} one-to-one pairs, mean correlation {q['mean']:.3f}, {q['share_above_threshold']:.1%} ≥ {result.threshold}",
              f"unmatched: {len(result.unmatched_a)} in A, {len(result.unmatched_b)} in B"]
     lines += [f"{_named(p.feature_a, p.label_a):<28} ~ {_named(p.feature_b, p.label_b):<28} r {p.correlation:.3f}" for p in result.pairs[:20]]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:

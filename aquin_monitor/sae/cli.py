@@ -118,7 +118,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for sink in sinks:
             sink.close()
-    return _emit({"command": "sae train", "out": str(out), "rule": result.rule, "metrics": metrics}, args)
+    return _emit_quality_report({"command": "sae train", "out": str(out), "rule": result.rule, "metrics": metrics}, args)
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,10 +136,11 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         documents = embed_texts(loaded.model, retrieval.doc_texts(), args, chunk_size=256)
         relevant, _, _ = retrieval.positional()
         metrics.update(retrieval_kept(loaded.sae, queries, documents, relevant))
-    return _emit({"command": "sae eval", "sae": args.sae, "model": loaded.model, "n_texts": len(texts), "metrics": metrics}, args)
+    return _emit_quality_report({"command": "sae eval", "sae": args.sae, "model": loaded.model, "n_texts": len(texts), "metrics": metrics}, args)
 
 
-def _emit(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _emit_quality_report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`~aquin_monitor.cli_tools.emit` with the quality report as the table; returns ``result``."""
     from .build import format_report
 
     emit(result, args.json, format_report(result["metrics"]))

@@ -1,4 +1,5 @@
-"""The one protocol every sink speaks, and :class:`MultiSink`, which fans a call out to many.
+"""The one protocol every sink speaks, :class:`BaseSink` (its optional methods as no-ops), and
+:class:`MultiSink`, which fans a call out to many.
 
 Sinks never compute a signal: they write what they are given. The only shaping they do is
 formatting (a float to JSON, a nested record to ``a/b`` scalar tags).

@@ -86,6 +86,36 @@ class BaseSink:
         """The name a warning shows for this sink (its class)."""
         return type(self).__name__
 
+    # The required protocol (see :class:`Sink`): a subclass writes each of these.
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_scalars")
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_histogram")
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_event")
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_figure")
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_embeddings")
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_summary")
+
+    def flush(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.flush")
+
+    def close(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.close")
+
+    # Optional capabilities: no-ops unless a subclass has something to do.
+
     def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
         """The trainer's own evaluation metrics (``eval_loss``, ...) at ``step``; only the run's files keep them."""
 

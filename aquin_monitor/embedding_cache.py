@@ -53,7 +53,7 @@ from .store import (
     EmbeddingStore,
     StoreError,
     remove_dead_temporaries,
-    temporary_name,
+    temporary_path,
     write_atomically,
     write_store,
 )
@@ -234,7 +234,7 @@ class EmbeddingCache:
         if not self._prepare():
             return
         final = self.path(key)
-        tmp = temporary_name(final)
+        tmp = temporary_path(final)
         try:
             write_store(tmp, [embeddings], None, count=len(embeddings), model_fingerprint=fingerprint, corpus_hash=key,
                         shard_rows=max(len(embeddings), 1), meta=meta, durable=False)
@@ -281,7 +281,7 @@ class CachedModel:
         cache: the cache folder (default :func:`default_cache_dir`).
         enabled: ``False`` (``--no-cache``): every result is computed, nothing is read or written.
         dimension: the width the model declares for its embeddings
-            (:func:`aquin_monitor.encoders.declared_dimension`), None when unknown; a cached entry of
+            (:func:`aquin_monitor.cli_tools.declared_dimension`), None when unknown; a cached entry of
             another width is recomputed.
 
     Example::

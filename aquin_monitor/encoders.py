@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,7 +52,6 @@ __all__ = [
     "apply_prompt",
     "bundled_model_path",
     "check_model",
-    "declared_dimension",
     "detect_pooling",
     "encode",
     "has_lora",
@@ -164,42 +161,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     if name_or_path == DEFAULT_MODEL or (name_or_path in _BUNDLED_ALIASES and not os.path.exists(name_or_path)):
         return bundled_model_path()
     return _resolve_location(name_or_path)
-
-
-_POOLING_MODES = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
-                  "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
-
-
-def declared_dimension(location: str | os.PathLike) -> int | None:
-    """The embedding width a sentence-transformers checkpoint declares in its files, without loading it.
-
-    Reads ``modules.json`` in order: a Pooling module gives ``word_embedding_dimension`` times its
-    number of pooling modes, a Dense module its ``out_features`` (the last one wins). None when the
-    location is not a local checkpoint or its files say nothing readable.
-
-    >>> declared_dimension(bundled_model_path())
-    384
-    """
-    root = Path(location)
-    try:
-        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    dimension = None
-    for module in modules if isinstance(modules, list) else []:
-        if not isinstance(module, dict):
-            continue
-        try:
-            config = json.loads((root / str(module.get("path", "")) / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        kind = str(module.get("type", ""))
-        if kind.endswith("Pooling") and isinstance(config.get("word_embedding_dimension"), int):
-            modes = sum(bool(config.get(mode)) for mode in _POOLING_MODES)
-            dimension = config["word_embedding_dimension"] * max(modes, 1)
-        elif kind.endswith("Dense") and isinstance(config.get("out_features"), int):
-            dimension = config["out_features"]
-    return dimension
 
 
 def check_model(

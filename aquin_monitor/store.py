@@ -10,7 +10,7 @@ hold, and hours of encoding that a crash must not throw away. The store keeps th
   finished store holds, the dimension, the dtype, and the list of shards written so far.
 
 Writes are atomic shard by shard: a shard is written under a temporary name
-(``.shard-00003.npy.tmp-<host>-<pid>-<hex>``), flushed to disk and renamed into place, and only then
+(``.shard-00003.npy-tmp-<host>-<pid>-<hex>``, :mod:`aquin_monitor.atomic`'s names), flushed to disk and renamed into place, and only then
 is the manifest rewritten (itself through a temporary name and a rename) to list it. A shard that
 the manifest does not list is never read, so a kill at any point leaves a store that reopens with
 every listed shard whole; :class:`StoreWriter` resumes after the last listed shard. Temporary
@@ -41,14 +41,14 @@ import dataclasses
 import errno
 import json
 import os
-import re
-import secrets
-import socket
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from .atomic import abandoned_temporary, atomic_path, temporary_name
 
 __all__ = [
     "EmbeddingStore",
@@ -59,7 +59,7 @@ __all__ = [
     "StoreSpaceError",
     "StoreWriter",
     "remove_dead_temporaries",
-    "temporary_name",
+    "temporary_path",
     "write_store",
 ]
 
@@ -67,7 +67,6 @@ STORE_FORMAT = "aquin-monitor-embedding-store/1"
 MANIFEST_NAME = "manifest.json"
 IDS_NAME = "ids.jsonl"
 DTYPES = ("float16", "float32")
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 class StoreError(ValueError):
@@ -299,40 +298,25 @@ def read_ids(directory: str | os.PathLike, manifest: StoreManifest) -> list[str]
 # Writing
 
 
-def temporary_name(final: Path) -> Path:
-    """``.<name>.tmp-<host>-<pid>-<hex>`` beside ``final``: :func:`remove_dead_temporaries` knows whose it is."""
-    return final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a process of another user counts as running)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def temporary_path(final: Path) -> Path:
+    """The house temporary beside ``final`` (:func:`aquin_monitor.atomic.temporary_name`: host and pid in it)."""
+    return final.with_name(temporary_name(final.name))
 
 
 def remove_dead_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries (files or folders named by :func:`temporary_name`) of dead processes.
+    """Remove the temporaries (files or folders) that processes now dead left in ``directory``.
 
-    A temporary of another machine (shared file system) or of a live process is left alone.
-    Returns what was removed; nothing is raised (a folder that cannot be listed or cleaned is left).
+    Told by :func:`aquin_monitor.atomic.abandoned_temporary`: a temporary of another machine (shared
+    file system) or of a live process is left alone. Returns what was removed; nothing is raised (a
+    folder that cannot be listed or cleaned is left).
     """
-    import shutil
-
     removed: list[Path] = []
     try:
         children = list(Path(directory).iterdir())
     except OSError:
         return removed
     for child in children:
-        match = _TEMPORARY.match(child.name)
-        if not match or match["host"] != socket.gethostname() or process_alive(int(match["pid"])):
+        if abandoned_temporary(child.name) is None:
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -341,22 +325,13 @@ def remove_dead_temporaries(directory: str | os.PathLike) -> list[Path]:
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], Any], *, durable: bool = True) -> None:
-    """Write ``path`` through a temporary name and a rename; on any failure no file (and no temporary) is left.
-
-    A full disk raises :class:`StoreSpaceError` naming ``path``.
-    """
-    tmp = temporary_name(path)
+    """:func:`aquin_monitor.atomic.atomic_path` with an open binary file: on any failure no file (and no
+    temporary) is left; a full disk raises :class:`StoreSpaceError` naming ``path``."""
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_path(path, fsync=durable) as tmp, open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
             raise StoreSpaceError(errno.ENOSPC, f"{path}: no space left on device; nothing partial was kept") from exc
         raise
 

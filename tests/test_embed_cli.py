@@ -120,7 +120,7 @@ def test_a_store_of_another_model_or_corpus_exits_2_before_any_model_loads(
         ("bad-line", [], "corpus.jsonl:2: malformed JSON"),
         ("duplicate", [], "duplicate id 'd0' (first on line 1)"),
         ("folder-with-files", [], "the folder holds other files and no embedding store"),
-        ("", ["--devices", "cpu,nonsense"], "--devices 'nonsense': not a torch device"),
+        ("", ["--devices", "cpu,nonsense"], "--devices: 'nonsense' is not a torch device"),
         ("", ["--devices", "cpu,cpu", "--device", "cpu"], "--device and --devices: give one of them"),
     ],
 )
@@ -202,7 +202,7 @@ def test_kill_9_mid_shard_then_rerun_resumes_and_encodes_nothing_twice(
         [sys.executable, "-c", KILLER, "3", *argv], env=env, capture_output=True, text=True, timeout=600
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".shard-00002.npy.tmp-")]
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".shard-00002.npy-tmp-")]
     assert len(leftovers) == 1  # the cut shard, under its temporary name
     assert len(EmbeddingStore(out, allow_incomplete=True)) == 6
     encoded = []

@@ -215,10 +215,10 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
         [sys.executable, "-c", KILLED_WRITER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    (orphan,) = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    assert orphan.name.startswith(f".{'k' * 64}.tmp-")
+    (orphan,) = [p for p in tmp_path.iterdir() if "-tmp-" in p.name]
+    assert orphan.name.startswith(f".{'k' * 64}-tmp-")
     cache = EmbeddingCache(tmp_path)
     assert cache.get("k" * 64) is None
     encode_cached(Loader(), "fp", ["x"], encode=fake_encode, cache=cache)
     assert not orphan.exists()
-    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert [p.name for p in tmp_path.iterdir() if "-tmp-" in p.name] == []

@@ -70,7 +70,7 @@ def test_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path):
         result, _ = encode_cached(load, "fp", ["x", "y"], encode=fake_encode, cache=cache)
     np.testing.assert_array_equal(result, fake_encode(None, ["x", "y"]))
     assert load.calls == 2
-    assert not list(tmp_path.glob(".*.tmp-*"))
+    assert not list(tmp_path.glob(".*-tmp-*"))
 
 
 def test_unwritable_cache_folder_still_gives_the_result(tmp_path):

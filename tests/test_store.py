@@ -196,10 +196,10 @@ def test_only_dead_processes_temporaries_are_removed(tmp_path):
     ).stdout.strip()
     host = socket.gethostname()
     names = {
-        "dead": f".shard-00001.npy.tmp-{host}-{dead}-ab12",
-        "mine": f".shard-00002.npy.tmp-{host}-{os.getpid()}-cd34",
-        "elsewhere": f".shard-00003.npy.tmp-other-host-{dead}-ef56",
-        "dead-folder": f".key.tmp-{host}-{dead}-0a0b",
+        "dead": f".shard-00001.npy-tmp-{host}-{dead}-ab12",
+        "mine": f".shard-00002.npy-tmp-{host}-{os.getpid()}-cd34",
+        "elsewhere": f".shard-00003.npy-tmp-other-host-{dead}-ef56",
+        "dead-folder": f".key-tmp-{host}-{dead}-0a0b",
         "user": "notes.tmp",
     }
     for label, name in names.items():

@@ -51,7 +51,8 @@ def embed_corpus(
     """
     from tqdm.auto import tqdm
 
-    from ..encoders import declared_dimension, encode, load_model, resolve_model
+    from ..cli_tools import declared_dimension
+    from ..encoders import encode, load_model, resolve_model
 
     location = resolve_model(model)
     handle = CachedModel(lambda: loaded if loaded is not None else load_model(model, device=device),

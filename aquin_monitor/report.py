@@ -49,7 +49,7 @@ import numpy as np
 
 from aquin_monitor import plots
 from aquin_monitor.sinks.jsonl import iter_jsonl
-from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView
+from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]
@@ -153,7 +153,7 @@ _TIMELINE = (
 )
 
 
-#: The SAE page of a run (:meth:`aquin_monitor.snapshots.SnapshotRunner.write_sae_page`), linked from the report.
+#: The SAE page of a run (:func:`aquin_monitor.callbacks.run_pages.write_sae_page`), linked from the report.
 SAE_PAGE = "sae.html"
 
 

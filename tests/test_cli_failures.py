@@ -20,7 +20,7 @@ import pytest
 from aquin_monitor import encoders
 from aquin_monitor.cli import main
 from aquin_monitor.sinks import JsonlFormatError, read_jsonl
-from aquin_monitor.snapshot import Snapshot
+from aquin_monitor.snapshot_record import Snapshot
 
 ROOT = Path(__file__).parents[1]
 TEXTS = [f"sentence number {i} about topic {i % 3}" for i in range(12)]

@@ -32,7 +32,7 @@ DOCUMENTED = {
     "aquin_monitor.signals.retrieval": 6,
     "aquin_monitor.sinks.base": 6,
     "aquin_monitor.sinks.jsonl": 6,
-    "aquin_monitor.snapshots": 4,
+    "aquin_monitor.snapshot_runner": 4,
     "aquin_monitor.signals.neighbours": 2,
     "aquin_monitor.signals.arrays": 15,
 }

@@ -11,8 +11,8 @@ from sentence_transformers import SentenceTransformer
 
 from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import load_model
-from aquin_monitor.snapshots import SnapshotRunner
-from aquin_monitor.snapshot import Snapshot, diff, list_snapshots
+from aquin_monitor.snapshot_runner import SnapshotRunner
+from aquin_monitor.snapshot_record import Snapshot, diff, list_snapshots
 
 QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
 DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}
@@ -181,7 +181,7 @@ def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
 
 def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     umap = pytest.importorskip("umap")
-    from aquin_monitor.snapshots import umap_2d
+    from aquin_monitor.snapshot_runner import umap_2d
 
     rng = np.random.default_rng(1)
     emb = (rng.normal(size=(150, 16)) + 3 * rng.integers(0, 3, size=(150, 1))).astype(np.float32)

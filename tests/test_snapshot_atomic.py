@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aquin_monitor import snapshot as snapshot_module
-from aquin_monitor.snapshot import Snapshot, list_snapshots, recover_snapshots
+from aquin_monitor import snapshot_record as snapshot_module
+from aquin_monitor.snapshot_record import Snapshot, list_snapshots, recover_snapshots
 
 ROOT = Path(__file__).parents[1]
 
@@ -35,7 +35,7 @@ def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
 KILLED_BETWEEN_RENAMES = """
     import os, sys
     import numpy as np
-    from aquin_monitor import snapshot as m
+    from aquin_monitor import snapshot_record as m
     calls = []
     real = os.replace
     def dying_replace(src, dst):

@@ -1,4 +1,4 @@
-"""A :class:`~aquin_monitor.snapshots.SnapshotRunner` serving as a sentence-transformers evaluator.
+"""A :class:`~aquin_monitor.snapshot_runner.SnapshotRunner` serving as a sentence-transformers evaluator.
 
 sentence-transformers users read evaluator results: the ``SentenceTransformerTrainer`` calls its
 ``evaluator`` at every ``eval_strategy`` point and logs what it returns (prefixed ``eval_``) to
@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover - sentence-transformers < 6
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .sinks.base import Sink
-    from .snapshots import SnapshotRunner
+    from ..sinks.base import Sink
+    from ..snapshot_runner import SnapshotRunner
 
 __all__ = ["SnapshotEvaluator"]
 
@@ -30,7 +30,7 @@ __all__ = ["SnapshotEvaluator"]
 class SnapshotEvaluator(_Evaluator):
     """Take a snapshot at each evaluation and return its metrics (a sentence-transformers evaluator).
 
-    Made by :meth:`SnapshotRunner.as_evaluator`. Each call snapshots the model at the trainer's
+    Built around a :class:`~aquin_monitor.snapshot_runner.SnapshotRunner`. Each call snapshots the model at the trainer's
     ``global_step`` (``steps``; 0 outside training), diffs it against the runner's first and previous
     snapshots, saves it under ``<run_dir>/snapshots/<step>/`` when ``run_dir`` is given (so the report
     and ``aquin-monitor diff`` read it like a monitor's snapshot) and logs it to ``sinks``. It returns
@@ -51,9 +51,9 @@ class SnapshotEvaluator(_Evaluator):
     Example::
 
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-        from aquin_monitor import SnapshotRunner, read_probe
+        from aquin_monitor import SnapshotEvaluator, SnapshotRunner, read_probe
 
-        evaluator = SnapshotRunner(read_probe("probe.jsonl"), umap=False).as_evaluator(run_dir="runs/x")
+        evaluator = SnapshotEvaluator(SnapshotRunner(read_probe("probe.jsonl"), umap=False), run_dir="runs/x")
         args = SentenceTransformerTrainingArguments("runs/x", eval_strategy="steps", eval_steps=50)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss, evaluator=evaluator)
         trainer.train()   # trainer.state.log_history holds eval_geometry/anisotropy, ...

@@ -3,7 +3,7 @@
 
 A snapshot is one pass of the probe set through the model: embeddings, every layer's pooled hidden
 states and a sample of attentions, turned by :mod:`aquin_monitor.signals` into the geometry, layer,
-attention, OOD and retrieval metrics of a :class:`~aquin_monitor.snapshot.Snapshot`, diffed against the
+attention, OOD and retrieval metrics of a :class:`~aquin_monitor.snapshot_record.Snapshot`, diffed against the
 base and previous snapshots, saved under ``<run>/snapshots/<step>/`` and logged to the sinks.
 """
 
@@ -24,7 +24,7 @@ from .progress import phase
 from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
-from .snapshot import Snapshot, diff, list_snapshots
+from .snapshot_record import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,7 +90,7 @@ class SnapshotRunner:
 
         from aquin_monitor.data import read_probe
         from aquin_monitor.encoders import load_model
-        from aquin_monitor.snapshots import SnapshotRunner
+        from aquin_monitor.snapshot_runner import SnapshotRunner
 
         runner = SnapshotRunner(read_probe("probe.jsonl"), umap=False)
         snap = runner.take(load_model("default"), step=0, tag="base", run_dir="runs/x")
@@ -199,15 +199,6 @@ class SnapshotRunner:
             report_failure(f"snapshot at step {step}", exc, strict=strict, outcome="training goes on")
             return None
 
-    def as_evaluator(self, run_dir: str | os.PathLike | None = None, **options):
-        """This runner as a sentence-transformers evaluator (:class:`~aquin_monitor.evaluator.SnapshotEvaluator`):
-        pass it as ``SentenceTransformerTrainer(evaluator=...)`` and every ``eval_strategy`` point takes a
-        snapshot whose metrics the trainer logs as ``eval_<metric>``. ``options``: those of the evaluator
-        (``sinks``, ``primary_metric``, ``greater_is_better``, ``strict``)."""
-        from .evaluator import SnapshotEvaluator
-
-        return SnapshotEvaluator(self, run_dir, **options)
-
     def restore(self, run_dir: str | os.PathLike, step: int) -> bool:
         """On resume: reload the base and the latest snapshot at or before ``step`` so diffs continue."""
         folders = [f for f in list_snapshots(run_dir) if int(f.name) <= step]
@@ -269,18 +260,6 @@ class SnapshotRunner:
 
         movers = feature_movers(SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts)
         return {"sae/gained": movers["gained"], "sae/lost": movers["lost"]}
-
-    def write_sae_page(self, run_dir: str | os.PathLike) -> Path | None:
-        """The SAE page (browser, co-activation network, diagnostics) of the latest snapshot's probe
-        embeddings under the base SAE, as ``<run_dir>/sae.html`` (linked from the report); None without SAE."""
-        from .report import SAE_PAGE
-        from .sae.page import analyse_corpus, write_page
-
-        if self.sae is None or self.previous is None or self.sae.d_in != self.previous.arrays["embeddings"].shape[1]:
-            return None
-        browser, network, diagnostics = analyse_corpus(self.sae, self.previous.arrays["embeddings"], self.probe.texts, min_support=3)
-        title = f"SAE features of the probe at step {self.previous.step} ({self.previous.model or 'model'})"
-        return write_page(Path(run_dir) / SAE_PAGE, browser, network, diagnostics, title=title)
 
     def probe_pass(self, model: torch.nn.Module | CachedModel) -> ProbePass:
         """:meth:`forward`, read from the embedding cache for a :class:`~aquin_monitor.embedding_cache.CachedModel`

@@ -143,8 +143,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import check_model
-    from .snapshot_runner import SnapshotRunner
     from .snapshot_record import diff
+    from .snapshot_runner import SnapshotRunner
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
@@ -396,7 +396,7 @@ def _histogram_line(counts, edges) -> str:
 
 
 def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) -> None:
-    from .sinks.jsonl import to_jsonable
+    from .jsonio import to_jsonable
 
     text = json.dumps(to_jsonable(result), indent=1, allow_nan=False)
     if args.json == "-":

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor import plots
-from aquin_monitor.sinks.jsonl import iter_jsonl
+from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",

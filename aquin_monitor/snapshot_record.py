@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from .jsonio import to_jsonable
 from .runlock import held_elsewhere
 from .signals.drift import drift_summary, first_rank_change
-from .sinks.jsonl import to_jsonable
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING

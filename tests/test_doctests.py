@@ -21,6 +21,7 @@ DOCUMENTED = {
     "aquin_monitor.encoders": 10,
     "aquin_monitor.losses": 15,
     "aquin_monitor.failsoft": 3,
+    "aquin_monitor.jsonio": 2,
     "aquin_monitor.distributed": 1,
     "aquin_monitor.plots": 2,
     "aquin_monitor.report": 5,

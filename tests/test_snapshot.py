@@ -11,8 +11,8 @@ from sentence_transformers import SentenceTransformer
 
 from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import load_model
-from aquin_monitor.snapshot_runner import SnapshotRunner
 from aquin_monitor.snapshot_record import Snapshot, diff, list_snapshots
+from aquin_monitor.snapshot_runner import SnapshotRunner
 
 QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
 DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}

@@ -129,3 +129,15 @@ def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_pat
     assert "<th>eval_$$&lt;script&gt;_spearman_cosine</th>" in section and "<script>" not in section
     assert "eval_geometry" not in section and "eval_runtime" not in section
     assert f"<td>{rows[-1]['step']}</td>" in section
+
+
+def test_direction_of_the_primary_metric_comes_from_the_metric_registry():
+    from aquin_monitor.metric_registry import find_metric
+
+    runner = SnapshotRunner(PROBE, umap=False)
+    for name, expected in (("geometry/anisotropy", False), ("retrieval/mean_first_rank", False), ("retrieval/ndcg@10", True),
+                           ("geometry/id_pca95", True), ("drift/base/score", True), ("custom/metric", True)):
+        spec = find_metric(name)
+        assert expected == (spec is None or spec.higher_is_better is not False), name  # the registry says so too
+        assert SnapshotEvaluator(runner, primary_metric=name).greater_is_better is expected, name
+    assert SnapshotEvaluator(runner, primary_metric="geometry/anisotropy", greater_is_better=True).greater_is_better

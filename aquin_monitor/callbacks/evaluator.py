@@ -18,6 +18,8 @@ try:  # sentence-transformers >= 6 (the old name is a deprecated alias there)
 except ImportError:  # pragma: no cover - sentence-transformers < 6
     from sentence_transformers.evaluation import SentenceEvaluator as _Evaluator
 
+from ..metric_registry import higher_is_better
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -37,15 +39,17 @@ class SnapshotEvaluator(_Evaluator):
     every finite or NaN number of the snapshot under its metric name.
 
     ``primary_metric`` (what ``metric_for_best_model="eval_<primary_metric>"`` selects on) defaults to
-    ``retrieval/ndcg@10`` when the runner has a retrieval set (greater is better), else
-    ``geometry/anisotropy`` (lower is better: a less anisotropic space spreads its texts further apart).
+    ``retrieval/ndcg@10`` when the runner has a retrieval set, else ``geometry/anisotropy``; whether greater
+    is better comes from :func:`aquin_monitor.metric_registry.higher_is_better` (ndcg: greater; anisotropy:
+    lower, a less anisotropic space spreads its texts further apart).
 
     Args:
         runner: the snapshot runner (probe set, optional retrieval set).
         run_dir: where snapshots are saved; None: not saved.
         sinks: where each snapshot is also logged (e.g. a :class:`~aquin_monitor.sinks.JsonlSink`).
         primary_metric: the metric name returned as primary; None: as above.
-        greater_is_better: for ``primary_metric``; None: as above (True for any name not known above).
+        greater_is_better: for ``primary_metric``; None: from the metric registry (True where it declares
+            no direction).
         strict: re-raise a failing snapshot instead of warning and returning no metrics.
 
     Example::
@@ -77,7 +81,7 @@ class SnapshotEvaluator(_Evaluator):
         if primary_metric is None:
             primary_metric = "retrieval/ndcg@10" if runner.retrieval is not None else "geometry/anisotropy"
         if greater_is_better is None:
-            greater_is_better = primary_metric != "geometry/anisotropy"
+            greater_is_better = higher_is_better(primary_metric) is not False
         self.primary_metric = primary_metric
         self.greater_is_better = greater_is_better
 

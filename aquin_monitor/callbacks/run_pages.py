@@ -30,7 +30,9 @@ def write_sae_page(runner: SnapshotRunner, run_dir: str | os.PathLike) -> Path |
     latest = runner.previous
     if runner.sae is None or latest is None or runner.sae.d_in != latest.arrays["embeddings"].shape[1]:
         return None
-    browser, network, diagnostics = analyse_corpus(runner.sae, latest.arrays["embeddings"], runner.probe.texts, min_support=3)
+    browser, network, diagnostics = analyse_corpus(
+        runner.sae, latest.arrays["embeddings"], runner.probe.texts, min_support=3
+    )
     title = f"SAE features of the probe at step {latest.step} ({latest.model or 'model'})"
     return write_page(Path(run_dir) / SAE_PAGE, browser, network, diagnostics, title=title)
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor import plots
+from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
 from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView
@@ -542,7 +543,7 @@ def _evaluations_section(run: Run) -> str:
 
 def _details_html(snapshot: SnapshotView) -> str:
     parts = []
-    flagged = [item for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
+    flagged = [item for item in snapshot.details.get(keys.OOD_FLAGGED) or [] if isinstance(item, dict)]
     parts.append("<h4>Out-of-distribution inputs</h4>")
     if flagged:
         ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
@@ -559,7 +560,7 @@ def _details_html(snapshot: SnapshotView) -> str:
     else:
         parts.append(_note("No input flagged out-of-distribution." if "ood_flagged" in snapshot.details else "No OOD details recorded."))
 
-    heads = [item for item in snapshot.details.get("flagged_heads") or [] if isinstance(item, dict)]
+    heads = [item for item in snapshot.details.get(keys.FLAGGED_HEADS) or [] if isinstance(item, dict)]
     parts.append("<h4>Flagged attention heads</h4>")
     if heads:
         rows = [(_escape(h.get("layer", "?")), _escape(h.get("head", "?")), _escape(h.get("kind", "?")), _format_number(h.get("entropy")))
@@ -568,14 +569,14 @@ def _details_html(snapshot: SnapshotView) -> str:
     else:
         parts.append(_note("No attention head flagged." if "flagged_heads" in snapshot.details else "No attention details recorded."))
 
-    categories = snapshot.details.get("retrieval_by_category")
+    categories = snapshot.details.get(keys.RETRIEVAL_BY_CATEGORY)
     if isinstance(categories, dict) and categories:
         metric_names = sorted({m for values in categories.values() if isinstance(values, dict) for m in values})
         rows = [[_escape(category)] + [_format_number(values.get(m)) for m in metric_names]
                 for category, values in sorted(categories.items()) if isinstance(values, dict)]
         parts.append("<h4>Retrieval by category</h4>" + _table(["category", *metric_names], rows, "metrics"))
 
-    rogue = [item for item in snapshot.details.get("rogue_dimensions") or [] if isinstance(item, dict)]
+    rogue = [item for item in snapshot.details.get(keys.ROGUE_DIMENSIONS) or [] if isinstance(item, dict)]
     if rogue:
         rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
         parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
@@ -586,7 +587,7 @@ def _details_html(snapshot: SnapshotView) -> str:
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
     """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
     parts = []
-    for key, title in (("sae/gained", "SAE features gained against the base model"), ("sae/lost", "SAE features lost against the base model")):
+    for key, title in ((keys.SAE_GAINED, "SAE features gained against the base model"), (keys.SAE_LOST, "SAE features lost against the base model")):
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
@@ -616,7 +617,7 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
 
     inputs = plots.snapshot_figure_inputs(snapshot.arrays, snapshot.metrics, snapshot.details)
     if umap is not None:  # aligned to the previous snapshot's layout (align_layouts)
-        inputs["umap"] = umap
+        inputs[keys.UMAP] = umap
     specs = [spec for spec in plots.SNAPSHOT_FIGURES if not spec.diff]
     diff_specs = [spec for spec in plots.SNAPSHOT_FIGURES if spec.diff]
     parts.append("<h3>Figures</h3>")
@@ -652,7 +653,7 @@ def _snapshots_section(run: Run) -> str:
 
 def _layout(snapshot: SnapshotView) -> np.ndarray | None:
     """The snapshot's UMAP coordinates when they are a finite ``[n, 2]`` array, else None (drawn as stored)."""
-    umap = snapshot.arrays.get("umap")
+    umap = snapshot.arrays.get(keys.UMAP)
     if umap is None:
         return None
     try:

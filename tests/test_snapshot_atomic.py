@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def make(step: int, value: float, tag: str = "checkpoint") -> Snapshot:
-    return Snapshot(step, tag, "tiny", {"geometry/anisotropy": value}, {}, {"embeddings": np.full((3, 2), value, np.float32)})
+    return Snapshot(step=step, tag=tag, model="tiny", metrics={"geometry/anisotropy": value}, arrays={"embeddings": np.full((3, 2), value, np.float32)})
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -44,7 +44,7 @@ KILLED_BETWEEN_RENAMES = """
             os._exit(137)
         return real(src, dst)
     m.os.replace = dying_replace
-    m.Snapshot(4, "checkpoint", "tiny", {"geometry/anisotropy": 0.9}, {}, {"embeddings": np.zeros((3, 2), np.float32)}).save(sys.argv[1])
+    m.Snapshot(step=4, tag="checkpoint", model="tiny", metrics={"geometry/anisotropy": 0.9}, arrays={"embeddings": np.zeros((3, 2), np.float32)}).save(sys.argv[1])
 """
 
 

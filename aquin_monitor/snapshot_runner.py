@@ -495,7 +495,7 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     Cosine neighbours are the euclidean neighbours of the unit vectors. Up to ``EXACT_KNN_MAX_POINTS``
     they come from matrix products (:func:`exact_knn`) and are handed to umap as precomputed: below
     4,096 points umap's own exact path would compute every pair with a Python call per pair, and the
-    graph and coordinates are those of that path, bit for bit (``tests/test_snapshot.py``); above
+    graph and coordinates are those of that path, bit for bit (``tests/test_snapshot_runner.py``); above
     4,096 points umap would otherwise use its approximate nearest-neighbour descent. 100 epochs
     instead of umap's 500 (the README's costs table gives the trustworthiness measured for that choice).
     """

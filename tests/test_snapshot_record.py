@@ -131,3 +131,10 @@ def test_snapshot_folders_follow_the_umask(tmp_path, umask):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     for name in ("snapshot.json", "arrays.npz"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_snapshot_is_built_by_keyword_only():
+    with pytest.raises(TypeError):
+        Snapshot(0, "base", "m")  # which {} would be the metrics? keywords say
+    snap = Snapshot(step=0, tag="base", model="m", arrays={"embeddings": np.zeros((3, 2))})
+    assert snap.metrics == {} and snap.details == {} and snap.arrays["embeddings"].shape == (3, 2)

@@ -89,13 +89,6 @@ def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     assert {snapshot_keys.FIRST_RANK, snapshot_keys.RANK_BEFORE, snapshot_keys.PAIR_HIST_COUNTS} <= set(moved.arrays)
 
 
-def test_snapshot_is_built_by_keyword_only():
-    with pytest.raises(TypeError):
-        Snapshot(0, "base", "m")  # which {} would be the metrics? keywords say
-    snap = Snapshot(step=0, tag="base", model="m", arrays={snapshot_keys.EMBEDDINGS: np.zeros((3, 2))})
-    assert snap.metrics == {} and snap.details == {} and snap.arrays[snapshot_keys.EMBEDDINGS].shape == (3, 2)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -198,7 +198,7 @@ def emit(result: Any, json_out: str | None, table: str | Sequence[str]) -> None:
     Non-finite numbers become ``null`` (:func:`~aquin_monitor.sinks.jsonl.to_jsonable`); text is written as UTF-8.
     """
     from .atomic import atomic_write_text
-    from .sinks.jsonl import to_jsonable
+    from .jsonio import to_jsonable
 
     text = json.dumps(to_jsonable(result), indent=1, ensure_ascii=False, allow_nan=False)
     if json_out == "-":

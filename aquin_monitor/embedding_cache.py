@@ -271,7 +271,7 @@ def _mismatch(folder: Path, problem: str) -> None:
 class CachedModel:
     """A model known by its files' fingerprint and loaded only when an uncached result needs it.
 
-    What the CLI hands to :meth:`aquin_monitor.snapshots.SnapshotRunner.take` so that ``inspect`` and
+    What the CLI hands to :meth:`aquin_monitor.snapshot_runner.SnapshotRunner.take` so that ``inspect`` and
     ``diff`` reuse the embedding cache: a probe pass or retrieval set this model's files have embedded
     before is read back and the model is never loaded.
 

@@ -44,7 +44,6 @@ from .cli_tools import (
     check_declared_outputs,
     check_output_file,
     declare_outputs,
-    declared_dimension,
     emit,
     note,
     positive_int,
@@ -250,7 +249,7 @@ def _load_model(name: str, args: argparse.Namespace, adapter: str | None):
 def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
     """The model as the embedding cache knows it (its files' fingerprint), loaded only on a cache miss."""
     from .embedding_cache import CachedModel, model_fingerprint
-    from .encoders import resolve_model
+    from .encoders import declared_dimension, resolve_model
 
     location = resolve_model(name)
     return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(location, adapter), enabled=args.cache,

@@ -281,7 +281,7 @@ class CachedModel:
         cache: the cache folder (default :func:`default_cache_dir`).
         enabled: ``False`` (``--no-cache``): every result is computed, nothing is read or written.
         dimension: the width the model declares for its embeddings
-            (:func:`aquin_monitor.cli_tools.declared_dimension`), None when unknown; a cached entry of
+            (:func:`aquin_monitor.encoders.declared_dimension`), None when unknown; a cached entry of
             another width is recomputed.
 
     Example::

@@ -39,13 +39,20 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.capture",
             "aquin_monitor.snapshot_record",
             "aquin_monitor.embedding_cache",
+            "aquin_monitor.embed",
             "aquin_monitor.sae",
             "aquin_monitor.sae.",
         ),
     ),
     (
         "inputs and outputs",
-        ("aquin_monitor.encoders", "aquin_monitor.data", "aquin_monitor.sinks", "aquin_monitor.sinks."),
+        (
+            "aquin_monitor.encoders",
+            "aquin_monitor.data",
+            "aquin_monitor.store",
+            "aquin_monitor.sinks",
+            "aquin_monitor.sinks.",
+        ),
     ),
     ("signals", ("aquin_monitor.signals", "aquin_monitor.signals.")),
     (

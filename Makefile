@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench
+.PHONY: setup demo lint test bench
 PY := .venv/bin/python
 
 setup:
@@ -8,8 +8,14 @@ setup:
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) recipes/infonce.py
 
-# The whole test suite (CI runs this).
+# The rules held by tools: ruff (imports, unused names, bugbear, line length) and mypy on the package.
+lint:
+	.venv/bin/ruff check aquin_monitor tests scripts recipes
+	.venv/bin/mypy
+
+# The whole test suite (CI runs this): lint first, for a fast failure.
 test: setup
+	$(MAKE) lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup

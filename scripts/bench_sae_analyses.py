@@ -59,8 +59,10 @@ def permuted(sae: SparseAutoencoder) -> SparseAutoencoder:
     order = torch.randperm(sae.num_latents, generator=torch.Generator().manual_seed(0))
     copy = SparseAutoencoder(sae.d_in, sae.num_latents, sae.k)
     with torch.no_grad():
-        copy.encoder.weight.copy_(sae.encoder.weight[order]); copy.encoder.bias.copy_(sae.encoder.bias[order])
-        copy.W_dec.copy_(sae.W_dec[order]); copy.b_dec.copy_(sae.b_dec)
+        copy.encoder.weight.copy_(sae.encoder.weight[order])
+        copy.encoder.bias.copy_(sae.encoder.bias[order])
+        copy.W_dec.copy_(sae.W_dec[order])
+        copy.b_dec.copy_(sae.b_dec)
     return copy.eval()
 
 

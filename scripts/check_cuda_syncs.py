@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import traceback
 import warnings
 
 import torch

@@ -7,7 +7,6 @@ import json
 import math
 import warnings
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file

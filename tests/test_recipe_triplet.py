@@ -217,7 +217,7 @@ def test_wandb_offline_one_axis_config_probe_table_and_clean_exit(tiny_mean_mode
     import subprocess
     import sys
 
-    import wandb
+    import wandb  # noqa: F401  (the recipe's --wandb needs it: fail here with ImportError, not in the subprocess)
 
     from test_sinks import history_rows, wandb_records
 

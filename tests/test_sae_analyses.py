@@ -130,7 +130,8 @@ def test_trace_last_layer_equals_final_embedding_activation(tiny_model_factory, 
 def test_trace_classification_on_constructed_layers():
     sae = SparseAutoencoder(8, 8, 1, seed=0)
     with torch.no_grad():  # identity dictionary: feature i fires on e_i
-        sae.W_dec.copy_(torch.eye(8)); sae.encoder.weight.copy_(torch.eye(8))
+        sae.W_dec.copy_(torch.eye(8))
+        sae.encoder.weight.copy_(torch.eye(8))
     e = torch.eye(8)
     late = torch.stack([e[1], e[1], e[1], e[0], e[0]])         # feature 0 from layer 3 of 0..4
     progressive = torch.stack([e[1], 0.5 * e[0], e[0], e[0], e[0]])

@@ -113,7 +113,8 @@ def test_match_a_permuted_copy(setup, tmp_path, capsys):
     with torch.no_grad():
         for name in ("W_dec",):
             getattr(copy, name).copy_(getattr(sae, name)[permutation])
-        copy.encoder.weight.copy_(sae.encoder.weight[permutation]); copy.encoder.bias.copy_(sae.encoder.bias[permutation])
+        copy.encoder.weight.copy_(sae.encoder.weight[permutation])
+        copy.encoder.bias.copy_(sae.encoder.bias[permutation])
         copy.b_dec.copy_(sae.b_dec)
     other = copy.save(tmp_path / "copy")
     out = run_json(capsys, ["sae", "match", setup["folder"], str(other), "--corpus", setup["corpus"]])

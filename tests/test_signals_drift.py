@@ -9,7 +9,7 @@ from scipy.spatial.distance import cosine as cosine_distance
 from scipy.stats import ortho_group
 from sklearn.neighbors import NearestNeighbors
 
-from aquin_monitor.signals import arrays, drift
+from aquin_monitor.signals import arrays
 from aquin_monitor.signals.drift import (
     anisotropy_delta,
     centroid_shift,

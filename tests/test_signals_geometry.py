@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import gamma, logsumexp
 from sklearn.decomposition import PCA
 
-from aquin_monitor.signals import arrays, geometry
+from aquin_monitor.signals import arrays
 from aquin_monitor.signals.geometry import (
     alignment,
     anisotropy,

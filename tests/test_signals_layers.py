@@ -9,7 +9,6 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from aquin_monitor.signals import layers
 from aquin_monitor.signals.geometry import anisotropy
 from aquin_monitor.signals.layers import (
     attention_entropy,

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from aquin_monitor.signals import retrieval
 from aquin_monitor.signals.retrieval import (
     RetrievalInputError,
     rank_relevant,
@@ -62,7 +61,7 @@ def tied_case(seed, n_queries=30, n_docs=80, dim=4):
     corpus = rng.integers(-1, 2, size=(n_docs, dim)).astype(np.float32)
     corpus[rng.integers(0, n_docs, 10)] = 2 * corpus[rng.integers(0, n_docs, 10)]  # scaled copies
     relevant = []
-    for q in range(n_queries):
+    for _ in range(n_queries):
         docs = rng.choice(n_docs, size=rng.integers(0, 6), replace=False)
         relevant.append({int(d): int(rng.integers(0, 4)) for d in docs})
     relevant[0] = {}

@@ -321,5 +321,5 @@ def check_labels(labels: Sequence[object], n: int) -> np.ndarray:
     try:
         np.unique(label_array)
     except TypeError as exc:
-        raise ValueError(f"labels must be mutually comparable (e.g. all str or all int): {exc}")
+        raise ValueError(f"labels must be mutually comparable (e.g. all str or all int): {exc}") from exc
     return label_array

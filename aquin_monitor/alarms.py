@@ -82,10 +82,10 @@ class GradientAnomalyDetector:
         self._history = np.full((len(self.names), w), np.nan)
         self._steps_seen = 0
         self._below = np.zeros(len(self.names), dtype=np.int64)
-        self._ever_alive = np.zeros(len(self.names), dtype=bool)
+        self._ever_alive: np.ndarray = np.zeros(len(self.names), dtype=bool)
         self._cooldown: dict[tuple[str, str], int] = {}
 
-    def update(self, norms: Sequence[float], step: int, no_gradient: Sequence[int] = ()) -> list[Anomaly]:
+    def update(self, norms: Sequence[float] | np.ndarray, step: int, no_gradient: Sequence[int] = ()) -> list[Anomaly]:
         """Flag this step's anomalies; ``no_gradient``: indices of groups that never had a gradient tensor."""
         cfg = self.config
         g = np.asarray(norms, dtype=np.float64)
@@ -94,7 +94,7 @@ class GradientAnomalyDetector:
         self._steps_seen += 1
         with np.errstate(invalid="ignore"):
             self._ever_alive |= g > cfg.dead_floor  # NaN is not alive (the nan alarm covers it)
-        found: list[Anomaly] = []
+        found: list[Anomaly | None] = []  # None: an alarm held back by its cooldown, dropped on return
         if self._steps_seen == cfg.warmup + cfg.dead_patience:
             found.extend(self._dead_from_start(g, step, set(no_gradient)))
         counts = np.isfinite(self._history).sum(axis=1)
@@ -140,8 +140,8 @@ class GradientAnomalyDetector:
             self._history[i, (self._steps_seen - 1) % cfg.window] = value
         return [a for a in found if a is not None]
 
-    def _dead_from_start(self, g: np.ndarray, step: int, no_gradient: set[int]) -> list[Anomaly]:
-        found = []
+    def _dead_from_start(self, g: np.ndarray, step: int, no_gradient: set[int]) -> list[Anomaly | None]:
+        found: list[Anomaly | None] = []
         for i, name in enumerate(self.names):
             if self._ever_alive[i] or name == "total" or not math.isfinite(g[i]):
                 continue
@@ -187,7 +187,7 @@ class GradientAnomalyDetector:
             self._ever_alive = np.asarray(state["ever_alive"], dtype=bool)
         else:  # a checkpoint from before this field: alive where its history says so
             with np.errstate(invalid="ignore"):
-                self._ever_alive = (self._history > self.config.dead_floor).any(axis=1)
+                self._ever_alive = np.asarray((self._history > self.config.dead_floor).any(axis=1))
         self._cooldown = {(k, g): int(v) for k, g, v in state["cooldown"]}
 
 

@@ -211,7 +211,7 @@ class RetrievalSet:
             return [(qid, self.categories[qid], dict(self.qrels[qid])) for qid in self.queries]
         rows: list[tuple[str, str, dict[str, int]]] = []
         for qid in self.queries if self.pair_categories is not None else ():
-            labels = self.pair_categories.get(qid, {})
+            labels = (self.pair_categories or {}).get(qid, {})
             for category in sorted(set(labels.values())):
                 rows.append((qid, category, {d: g for d, g in self.qrels[qid].items() if labels[d] == category}))
         return rows
@@ -390,9 +390,9 @@ def read_probe(
         if first is None:
             first = (lineno, has_label, has_id)
         _check_as_on_first_line(path, lineno, first[0], ((label_field, has_label, first[1]), (id_field, has_id, first[2])))
-        if has_label:
+        if has_label and label_field is not None:  # has_label implies it: the check tells mypy
             labels.append(_identifier(record, label_field, path, lineno))
-        if has_id:
+        if has_id and id_field is not None:
             ids.append(_claim_id(_identifier(record, id_field, path, lineno), id_lines, path, lineno, id_field))
     if first is None:
         raise _empty(path)

@@ -197,15 +197,18 @@ class EmbeddingCache:
         try:
             store = EmbeddingStore(folder)
         except (StoreError, OSError) as exc:
-            return _mismatch(folder, str(exc))
+            _mismatch(folder, str(exc))
+            return None
         found = f"{len(store)} x {store.dimension} {store.manifest.dtype}"
         if (rows is not None and len(store) != rows) or (dimension is not None and store.dimension != dimension) \
                 or store.manifest.dtype != dtype:
-            return _mismatch(folder, f"holds {found}, expected {rows if rows is not None else 'n'} x {dimension or 'd'} {dtype}")
+            _mismatch(folder, f"holds {found}, expected {rows if rows is not None else 'n'} x {dimension or 'd'} {dtype}")
+            return None
         try:
             return store.read(0, len(store))
         except (OSError, ValueError) as exc:
-            return _mismatch(folder, str(exc))
+            _mismatch(folder, str(exc))
+            return None
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         """The JSON metadata stored with an entry, or ``None``."""
@@ -225,7 +228,7 @@ class EmbeddingCache:
 
     def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         """Store several named arrays as one entry (``.npz``), atomically, like :meth:`put`."""
-        self._write(f"{key}.npz", lambda out: np.savez(out, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+        self._write(f"{key}.npz", lambda out: np.savez(out, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}))  # type: ignore[arg-type]  # numpy stubs read **arrays as allow_pickle
 
     def put(self, key: str, embeddings: np.ndarray, meta: dict[str, Any] | None = None, *, fingerprint: str = "") -> None:
         """Store ``embeddings`` (with ``meta`` in its manifest) as a one-shard store, built under a

@@ -78,7 +78,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any, str | N
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                problem = f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+                problem: str | None = f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
                 yield number, raw.decode("utf-8", errors="replace"), None, problem
                 continue
             if not line.strip():

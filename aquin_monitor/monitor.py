@@ -272,7 +272,7 @@ class StepMonitor:
         step's total norm, from :meth:`on_optimizer_step`) when it covers the same gradients."""
         params = [p for p in model.parameters() if p.grad is not None]
         if total is None or self.groups is None or len(params) != sum(p.grad is not None for p in self.groups.parameters):
-            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
     def _step(self, step: int, model: torch.nn.Module | None, learning_rates: tuple[float, ...] = ()) -> torch.Tensor | None:
@@ -284,6 +284,7 @@ class StepMonitor:
             if model is None:
                 raise ValueError("StepMonitor.on_optimizer_step needs the model on its first call")
             self.attach(model)
+        assert self.groups is not None  # attach() set it
         next_step = step + 1
         self.tap.keep_samples = bool(self.histogram_every) and next_step % self.histogram_every == 0
         if step % self.log_every:
@@ -330,6 +331,7 @@ class StepMonitor:
         """Parameter names of ``per_param``'s entries on a ``tensor_norms_every`` step, else ()."""
         if not self.tensor_norms_every or step % self.tensor_norms_every or not per_param.numel():
             return ()
+        assert self.groups is not None  # a step is measured only once attached
         names = self.groups.parameter_names
         return tuple(names) if present is None else tuple(names[i] for i in present)
 
@@ -398,6 +400,7 @@ class StepMonitor:
         """Host side of step ``step``: ``layout`` says what ``vector`` holds beyond the norms and sums."""
         layout = StepLayout(*layout)
         groups = self.groups
+        assert groups is not None  # a step is measured only once attached
         n = len(groups.names) + 1
         norms = vector[:n].astype(np.float64)
         sums = vector[n : n + len(STAT_FIELDS)]
@@ -435,6 +438,7 @@ class StepMonitor:
                 sink.log_event(alarm.as_event())
 
     def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
+        assert self.detector is not None  # attach() made it, before any step is measured
         found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step, no_gradient)]
         found.extend(a for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss)) if a is not None)
         self.alarms.extend(found)
@@ -500,6 +504,7 @@ class StepMonitor:
     def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
         """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""
         self.flush()  # this step's metrics before the snapshot's, and the host worker idle
+        assert self.snapshots is not None, "StepMonitor.snapshot needs a SnapshotSchedule"
         snap = self.snapshots.runner.record(model, step, tag=tag, run_dir=self.run_dir, sinks=self.sinks, strict=self.strict)
         self.snapshots.taken(step)
         return snap
@@ -556,6 +561,7 @@ class StepMonitor:
             sink.rewind(self.last_step)
 
     def _load_detector(self, detector_state: dict) -> None:
+        assert self.detector is not None  # restored only once attached
         try:
             self.detector.load_state_dict(detector_state)
         except ValueError as exc:  # trainability changed between runs: start the history afresh
@@ -581,7 +587,7 @@ class HostWorker:
       between monitor calls outside a backward pass (no concurrent writes to a trainer's logger).
     """
 
-    def __init__(self, process):
+    def __init__(self, process) -> None:
         self._process = process
         self._cond = threading.Condition()
         self._started = 0  # the highest step allowed to start
@@ -626,6 +632,7 @@ class HostWorker:
                     return
                 step, host, event, layout = self._item
                 self._item = None
+            error: BaseException | None
             try:
                 event.synchronize()
                 self._process(step, host.numpy(), layout)

@@ -40,7 +40,7 @@ from typing import Any
 try:
     import fcntl
 except ImportError:  # Windows: no flock
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before every use
 
 __all__ = ["LOCK_NAME", "RunFolderLocked", "RunLock", "RunLockWarning", "held_elsewhere", "lock_holder"]
 
@@ -210,6 +210,7 @@ class RunLock:
             "command": " ".join(sys.argv)[:500],
         }
         data = json.dumps(record).encode("utf-8")
+        assert self._fd is not None  # called right after the lock was taken
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 
@@ -218,6 +219,7 @@ class RunLock:
         if not self.held:
             return
         fd, self._fd, self._pid = self._fd, None, None
+        assert fd is not None  # held
         _HELD.pop(os.path.realpath(self.path), None)
         try:
             os.ftruncate(fd, 0)  # an empty file: nobody to name as a stale holder

@@ -82,7 +82,7 @@ class Snapshot:
         with atomic_directory(final) as tmp:
             record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": to_jsonable(self.metrics), "details": to_jsonable(self.details)}
             (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
-            np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})
+            np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})  # type: ignore[arg-type]  # numpy stubs read **arrays as allow_pickle
         return final
 
     @classmethod

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .snapshot_record import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from sentence_transformers import SentenceTransformer
 
     from .data import ProbeSet, RetrievalSet
     from .embedding_cache import CachedModel
@@ -116,12 +117,13 @@ class SnapshotRunner:
         if probe is None and retrieval is None:
             raise ValueError("SnapshotRunner needs a probe set, a retrieval set, or both")
         if probe is None:
-            probe = ProbeSet.from_retrieval(retrieval)
+            probe = ProbeSet.from_retrieval(cast("RetrievalSet", retrieval))  # not None: checked just above
         elif not hasattr(probe, "texts"):
-            probe = ProbeSet.from_texts(probe)
-        if len(probe.texts) < 3:
-            raise ValueError(f"a probe needs at least 3 texts, got {len(probe.texts)}")
-        self.probe = probe
+            probe = ProbeSet.from_texts(cast("Sequence[str]", probe))
+        probe_set = cast("ProbeSet", probe)  # anything with .texts is taken as a probe set (duck-typed)
+        if len(probe_set.texts) < 3:
+            raise ValueError(f"a probe needs at least 3 texts, got {len(probe_set.texts)}")
+        self.probe = probe_set
         self.retrieval = retrieval
         self.batch_size = batch_size
         self.max_attention_texts = max_attention_texts
@@ -134,7 +136,7 @@ class SnapshotRunner:
             from .sae import load_sae
 
             sae = load_sae(sae)
-        self.sae = sae
+        self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
 
@@ -158,7 +160,7 @@ class SnapshotRunner:
         from .encoders import has_lora, merged_copy
 
         def inspectable(module: torch.nn.Module) -> torch.nn.Module:
-            return merged_copy(module) if has_lora(module) else module
+            return merged_copy(cast("SentenceTransformer", module)) if has_lora(module) else module
 
         inspected = model.map(inspectable) if isinstance(model, CachedModel) else inspectable(model)
         snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
@@ -247,6 +249,7 @@ class SnapshotRunner:
     def _add_sae(self, snap: Snapshot, emb: np.ndarray) -> None:
         from .sae.monitoring import snapshot_signals
 
+        assert self.sae is not None, "_add_sae runs only when the runner holds an SAE"
         if emb.shape[1] != self.sae.d_in:  # an SAE of another model: the snapshot is still worth keeping
             warnings.warn(f"aquin-monitor: the SAE reads {self.sae.d_in}-dimensional embeddings, this model gives {emb.shape[1]}: no sae/ signals", RuntimeWarning, stacklevel=3)
             return
@@ -287,8 +290,9 @@ class SnapshotRunner:
             chunk = sorted(indices, key=lambda i: -len(texts[i]))
             order.extend(chunk)
             size = max(1, min(self.batch_size, 8)) if with_attention else self.batch_size
-            batches = iter_forward(model, [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress, desc=f"Snapshot: probe forward passes{' with attentions' if with_attention else ''}") if chunk else ()
+            batches = iter_forward(cast("SentenceTransformer", model), [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress, desc=f"Snapshot: probe forward passes{' with attentions' if with_attention else ''}") if chunk else ()
             for batch in batches:
+                assert batch.layer_embeddings is not None  # asked for with hidden_states=True
                 embeddings.append(batch.embeddings.numpy())
                 layers.append(batch.layer_embeddings.numpy())
                 if batch.attentions is not None:
@@ -318,7 +322,7 @@ class SnapshotRunner:
         snap.arrays[keys.PCA_CUMULATIVE] = geo.intrinsic.cumulative_explained_variance
         snap.arrays[keys.OOD_SCORE] = geo.ood.scores.astype(np.float32)
         flagged = geo.ood.flagged
-        order = np.argsort(-geo.ood.scores[flagged]) if len(flagged) else []
+        order: np.ndarray | list[int] = np.argsort(-geo.ood.scores[flagged]) if len(flagged) else []
         snap.details[keys.OOD_FLAGGED] = [
             {"index": int(flagged[k]), "text": self.probe.texts[int(flagged[k])], "score": float(geo.ood.scores[flagged[k]])}
             for k in list(order)[:50]
@@ -347,22 +351,24 @@ class SnapshotRunner:
         from .embedding_cache import CachedModel
         from .encoders import encode, retrieval_prompt_names
 
+        assert self.retrieval is not None, "retrieval signals are taken only when the runner holds a retrieval set"
         queries, documents = self.retrieval.query_texts(), self.retrieval.doc_texts()
         if isinstance(model, CachedModel):
             q_emb, d_emb, _ = model.retrieval_embeddings(queries, documents, batch_size=self.batch_size, show_progress=self.show_progress)
             return q_emb, d_emb
-        q_prompt, d_prompt = retrieval_prompt_names(model)
+        q_prompt, d_prompt = retrieval_prompt_names(cast("SentenceTransformer", model))
         index = {t: i for i, t in enumerate(self.probe.texts)}
 
         def embed(batch_texts: list[str], prompt_name: str | None) -> np.ndarray:
             if prompt_name is None and all(t in index for t in batch_texts):
                 return emb[[index[t] for t in batch_texts]]
-            return encode(model, batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress, desc="Snapshot: encoding retrieval texts")
+            return encode(cast("SentenceTransformer", model), batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress, desc="Snapshot: encoding retrieval texts")
 
         return embed(queries, q_prompt), embed(documents, d_prompt)
 
     def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
+        assert self.retrieval is not None  # _retrieval_embeddings checked it
         report, by_category = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
         snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
@@ -402,7 +408,7 @@ class SnapshotSchedule:
         """
         if step == 0:
             return "base"
-        if run_dir is not None and self.runner.restore(run_dir, step) and self.runner.previous.step == step:
+        if run_dir is not None and self.runner.restore(run_dir, step) and self.runner.previous is not None and self.runner.previous.step == step:
             return None
         return "checkpoint"
 

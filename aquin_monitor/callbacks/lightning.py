@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._optional import require
@@ -12,12 +12,14 @@ from ._settings import MonitorSettings, find_sentence_transformer, open_sinks
 from .run_pages import write_run_pages
 
 if TYPE_CHECKING:
+    from ..monitor import StepMonitor
+    from ..sinks.base import Sink
     from ..snapshot_runner import SnapshotRunner
 
 _pl = require("lightning.pytorch", "LightningEmbeddingMonitor")
 
 
-class LightningEmbeddingMonitor(_pl.Callback):
+class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # lightning is optional: found at run time
     """Monitor an embedding fine-tune in Lightning with one callback.
 
     Every optimizer step (respecting ``accumulate_grad_batches``) it logs ``grad_norm/<group>``
@@ -86,7 +88,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
             stop_on=tuple(stop_on), strict=strict, snapshots=snapshots, snapshot_every=snapshot_every,
             tensor_norms_every=tensor_norms_every, report=report,
         )
-        self.monitor = None
+        self.monitor: StepMonitor | None = None
         self._restored: dict | None = None
 
     @property
@@ -109,17 +111,20 @@ class LightningEmbeddingMonitor(_pl.Callback):
         self.run_dir = run_dir
         sinks = []
         if trainer.is_global_zero:
-            makers = [("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)), ("the JSONL files", lambda: [JsonlSink(run_dir)])]
+            makers: list[tuple[str, Callable[[], list[Sink]]]] = [("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)), ("the JSONL files", lambda: [JsonlSink(run_dir)])]
             sinks = open_sinks(makers, strict=self.settings.strict)
-        self.monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir, trainer_config=dict(getattr(pl_module, "hparams", {}) or {}))
+        monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir, trainer_config=dict(getattr(pl_module, "hparams", {}) or {}))
+        self.monitor = monitor
         if self._restored is not None:
-            self.monitor.load_state_dict(self._restored)
+            monitor.load_state_dict(self._restored)
 
     def _inspected(self, pl_module):
         """What snapshots embed: the SentenceTransformer inside the module (only looked up when snapshotting)."""
+        assert self.monitor is not None  # setup("fit") made it
         return find_sentence_transformer(pl_module) if self.monitor.snapshots is not None else pl_module
 
     def on_train_start(self, trainer, pl_module) -> None:
+        assert self.monitor is not None  # setup("fit") made it
         self.monitor.histogram_every = self.settings.histogram_steps(_run_length(trainer))
         self.monitor.start(pl_module, trainer.global_step, snapshot_model=self._inspected(pl_module))
 
@@ -129,6 +134,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # the learning rates this optimizer step applies (Lightning steps schedulers after it)
+        assert self.monitor is not None  # setup("fit") made it
         self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module, learning_rates=host_learning_rates(optimizer.param_groups))
         if self.monitor.should_stop:
             trainer.should_stop = True
@@ -138,6 +144,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
             self.monitor.log_evaluation({name: _scalar(value) for name, value in trainer.callback_metrics.items()}, trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        assert self.monitor is not None  # setup("fit") made it
         self.monitor.end(self._inspected(pl_module), trainer.global_step)
         write_run_pages(self.monitor, report=self.settings.report, strict=self.settings.strict)
 

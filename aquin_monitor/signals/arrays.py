@@ -101,7 +101,7 @@ def _check_finite(array: np.ndarray, name: str) -> None:
     for start in range(0, array.shape[0], _SCAN_ROWS):
         finite = np.isfinite(array[start : start + _SCAN_ROWS]).all(axis=1)
         if not finite.all():
-            raise ValueError(f"{name} contains NaN or Inf in row(s) {_first_rows(~finite, start)}")
+            raise ValueError(f"{name} contains NaN or Inf in row(s) {_first_rows(np.asarray(~finite), start)}")
 
 
 def as_matrix(
@@ -171,13 +171,13 @@ def normalising_blocks(
             finite = np.isfinite(block).all(axis=1)
             if not finite.all():
                 raise ValueError(
-                    f"{name} contains NaN or Inf in row(s) {_first_rows(~finite, start)}"
+                    f"{name} contains NaN or Inf in row(s) {_first_rows(np.asarray(~finite), start)}"
                 )
             zero = ~block.any(axis=1)
             if zero.any():
                 raise ValueError(
                     f"{name} has zero vector(s), which have no direction, in row(s) "
-                    f"{_first_rows(zero, start)}"
+                    f"{_first_rows(np.asarray(zero), start)}"
                 )
             # finite entries whose squares overflow: rescale by the largest entry first
             block = block / np.abs(block).max(axis=1, keepdims=True)

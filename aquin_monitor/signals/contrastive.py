@@ -221,8 +221,7 @@ def finalize(sums: ContrastiveSums | torch.Tensor) -> dict[str, float]:
     {'gap': 0.45, 'hardest_neg_sim': 0.3, 'in_batch_acc': 1.0, 'neg_sim': 0.3, 'pos_sim': 0.75}
     """
     v = sums.values if isinstance(sums, ContrastiveSums) else sums
-    v = v.detach().double().cpu().tolist()
-    d = dict(zip(STAT_FIELDS, v))
+    d = dict(zip(STAT_FIELDS, v.detach().double().cpu().tolist()))
     if d["rows"] <= 0:
         return {}
     out = {"pos_sim": d["pos_sum"] / d["rows"], "hardest_neg_sim": d["hardest_sum"] / d["rows"], "in_batch_acc": d["correct"] / d["rows"]}

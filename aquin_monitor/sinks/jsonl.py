@@ -79,6 +79,7 @@ class _AppendOnlyLines:
         self._cut_partial_last_line()
 
     def _cut_partial_last_line(self) -> None:
+        assert self._fd is not None  # opened by __init__ just before
         size = os.fstat(self._fd).st_size
         if size == 0:
             return
@@ -222,7 +223,7 @@ class JsonlSink(BaseSink):
         path = embeddings_path(self.run_dir, tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as partial, open(partial, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs read **arrays as allow_pickle
 
     def rewind(self, step: int) -> None:
         """Drop the lines logged after ``step`` (a resumed run replays them), like TensorBoard's ``purge_step``.

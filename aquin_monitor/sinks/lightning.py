@@ -83,5 +83,5 @@ def sinks_for_lightning(trainer_loggers: Iterable[Any], run_dir: str | os.PathLi
     return sinks
 
 
-def _fabric_tensorboard_logger() -> type:
+def _fabric_tensorboard_logger() -> Any:
     return require("lightning.fabric.loggers", "Lightning logger support").TensorBoardLogger

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ class ContrastiveTap:
         self.enabled = True
         self.keep_samples = False  # set by the monitor on steps that log histograms
         self._lock = threading.Lock()
-        self._armed = None  # called when the backward pass of the next reported tensor begins
+        self._armed: Callable[[], None] | None = None  # called when the backward pass of the next reported tensor begins
         self._reset()
 
     def _reset(self) -> None:
@@ -337,7 +337,7 @@ class _Recording:
 
 
 def _innermost_loss(loss: nn.Module) -> nn.Module:
-    inner = loss
+    inner: Any = loss  # losses are nn.Modules with attributes torch cannot type (.loss, .similarity_fct)
     while isinstance(getattr(inner, "loss", None), nn.Module) and not _owns(inner, "similarity_fct") and not _owns(inner, "distance_metric"):
         inner = inner.loss
     return inner
@@ -462,11 +462,11 @@ class MonitoredLoss(nn.Module):
     @property
     def model(self) -> nn.Module:
         """The wrapped loss's model (the sentence-transformers Trainer reads it)."""
-        return self.loss.model
+        return cast(nn.Module, self.loss.model)
 
     def get_config_dict(self) -> dict[str, Any]:
         """The wrapped loss's configuration (written to the model card)."""
-        return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
+        return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}  # type: ignore[operator]  # a loss method torch types as a submodule
 
     @property
     def citation(self) -> str | None:
@@ -474,7 +474,7 @@ class MonitoredLoss(nn.Module):
         return getattr(self.loss, "citation", None)
 
     def _install(self) -> None:
-        inner = _innermost_loss(self.loss)
+        inner: Any = _innermost_loss(self.loss)  # a sentence-transformers loss: attributes torch cannot type
         self._n_directions = len(getattr(inner, "directions", ("query_to_doc",)))
         self._gather = bool(getattr(inner, "gather_across_devices", False))
         if _owns(inner, "distance_metric"):
@@ -499,7 +499,7 @@ class MonitoredLoss(nn.Module):
             inner.distance_metric = recording_distance
         elif _owns(inner, "similarity_fct"):
             original = inner.similarity_fct
-            record = self._record_scores
+            record: Callable[..., None] = self._record_scores
             if _owns(inner, "guide"):  # GISTEmbedLoss, CachedGISTEmbedLoss
                 self._gist = _GuidedRecording(self)
                 record = self._gist.record

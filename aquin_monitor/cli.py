@@ -416,12 +416,12 @@ def _histogram_line(counts, edges) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)  # a parent lends its arguments only; typeshed wants the subparsers' class
     common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
     common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
     common.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
+    model_options = CommandParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
     cache_option(model_options)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import warnings
 import zlib
@@ -615,7 +616,7 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
     )
 
 
-def corpus_file(path: str | Path) -> Path:
+def corpus_file(path: str | os.PathLike) -> Path:
     """The file a corpus is read from: ``path`` itself, or a BEIR folder's ``corpus.jsonl[.gz]``.
 
     Raises FileNotFoundError (or :class:`DataError` for a folder with both files) naming what is missing.
@@ -628,7 +629,7 @@ def corpus_file(path: str | Path) -> Path:
     return path
 
 
-def iter_corpus(path: str | Path, *, check_ids: bool = True) -> Iterator[tuple[str, str]]:
+def iter_corpus(path: str | os.PathLike, *, check_ids: bool = True) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a corpus file, one line at a time, validating every line.
 
     Two formats, told apart by the first record: a BEIR corpus (``{"_id", "text", "title"?}``: the

@@ -338,7 +338,7 @@ def _st_module_classes() -> tuple[type, type]:
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     except ImportError:  # pragma: no cover - older layout
-        from sentence_transformers.models import Pooling, Transformer
+        from sentence_transformers.models import Pooling, Transformer  # type: ignore[no-redef]
     return Pooling, Transformer
 
 
@@ -823,11 +823,11 @@ def _merge_injected_adapters(root: torch.nn.Module) -> None:
         # Disabled adapters do not take part in the forward pass, so they must not be merged either.
         merge = not getattr(layer, "disable_adapters", False)
         if hasattr(layer, "unload_and_optionally_merge_module"):
-            replacement = layer.unload_and_optionally_merge_module(merge=merge, safe_merge=False, adapter_names=None)
+            replacement = layer.unload_and_optionally_merge_module(merge=merge, safe_merge=False, adapter_names=None)  # type: ignore[operator]  # a peft method torch types as a submodule
         else:
             if merge:
-                layer.merge()
-            replacement = layer.get_base_layer()
+                layer.merge()  # type: ignore[operator]  # a peft method torch types as a submodule
+            replacement = layer.get_base_layer()  # type: ignore[operator]  # a peft method torch types as a submodule
         setattr(parent, child_name, replacement)
 
     from transformers import PreTrainedModel

@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from matplotlib.colors import LogNorm
@@ -144,7 +144,7 @@ def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
     return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
 
 
-def _event_steps(events: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+def _event_steps(events: Iterable[Mapping[str, Any]] | None) -> dict[str, list[int]]:
     by_kind: dict[str, list[int]] = {}
     for event in events or ():
         step = event.get("step")
@@ -392,7 +392,8 @@ def _grad_norm_grid(
     grid = np.full((len(groups), steps.size), np.nan)
     logged_null = np.zeros(grid.shape, dtype=bool)  # logged as null/non-finite, not merely absent
     for row in metrics_rows:
-        where = column.get(row.get("step")) if _is_step(row.get("step")) else None
+        step = row.get("step")
+        where = column.get(step) if _is_step(step) else None
         if where is None:
             continue
         for key, value in row.items():
@@ -403,7 +404,7 @@ def _grad_norm_grid(
     return groups, steps, grid, logged_null
 
 
-def _is_step(step: Any) -> bool:
+def _is_step(step: Any) -> TypeGuard[int]:
     return isinstance(step, int) and not isinstance(step, bool)
 
 
@@ -417,7 +418,7 @@ def _alarm_cells(events, row_of: Mapping[str, int]) -> dict[str, list[tuple[int,
     cells: dict[str, list[tuple[int, int]]] = {}
     for event in events or ():
         layer = _alarm_layer(event.get("layer"))
-        if layer in row_of and _is_step(event.get("step")):
+        if layer is not None and layer in row_of and _is_step(event.get("step")):
             cells.setdefault(str(event.get("kind", "alarm")), []).append((event["step"], row_of[layer]))
     return cells
 

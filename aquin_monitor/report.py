@@ -463,6 +463,7 @@ def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
             value = snapshot.metrics[name]
             row = [_metric_cell(name), _format_number(value)]
             if compare and group != "drift":
+                assert base is not None  # compare implies it
                 delta, css = _format_delta(value, base.metrics.get(name))
                 row.append(f'<span class="delta {css}">{delta or "—"}</span>')
             rows.append(row)
@@ -546,8 +547,8 @@ def _details_html(snapshot: SnapshotView) -> str:
     flagged = [item for item in snapshot.details.get(keys.OOD_FLAGGED) or [] if isinstance(item, dict)]
     parts.append("<h4>Out-of-distribution inputs</h4>")
     if flagged:
-        ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
-        rows = [(_escape(item.get("index", "?")), _format_number(item.get("score")), _ood_text(item.get("text", "")))
+        ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))  # type: ignore[operator]  # isinstance just checked the score is a number
+        rows: list[Sequence[str]] = [(_escape(item.get("index", "?")), _format_number(item.get("score")), _ood_text(item.get("text", "")))
                 for item in ordered[:MAX_TABLE_ROWS]]
         # a long list folds away (plain HTML <details>, no script); a short one stays open
         opened = " open" if len(ordered) <= _OPEN_LIST_ROWS else ""

@@ -308,19 +308,22 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
         raise ValueError("both snapshots need their 'embeddings' array to be diffed")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"snapshots were taken on different probes: {x.shape[0]} vs {y.shape[0]} rows")
-    labels = before.arrays.get(keys.LABELS)
-    labels = None if labels is None or len(labels) != x.shape[0] else [str(v) for v in labels]
+    label_array = before.arrays.get(keys.LABELS)
+    labels = None if label_array is None or len(label_array) != x.shape[0] else [str(v) for v in label_array]
     summary = drift_summary(x, y, labels, max_pairs=max_pairs, seed=seed)
     prefix = f"drift/{name}"
     metrics = summary.as_metrics(prefix)
+    similarity = summary.similarity
+    assert similarity.before_cosines is not None and similarity.after_cosines is not None  # drift_summary fills them
     arrays: dict[str, np.ndarray] = {
-        "sim_base_values": summary.similarity.before_cosines.astype(np.float32),
-        "sim_now_values": summary.similarity.after_cosines.astype(np.float32),
+        "sim_base_values": similarity.before_cosines.astype(np.float32),
+        "sim_now_values": similarity.after_cosines.astype(np.float32),
     }
     details: dict[str, Any] = {}
     centroids = summary.centroids
     if centroids is not None:
         names = [str(v) for v in centroids.labels]
+        assert centroids.before_2d is not None and centroids.after_2d is not None  # drift_summary fills them
         arrays[keys.CENTROID_BASE_2D] = centroids.before_2d.astype(np.float32)
         arrays[keys.CENTROID_NOW_2D] = centroids.after_2d.astype(np.float32)
         arrays[keys.CENTROID_LABELS] = np.asarray(names)

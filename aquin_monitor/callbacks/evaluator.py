@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 try:  # sentence-transformers >= 6 (the old name is a deprecated alias there)
     from sentence_transformers.base.evaluation.evaluator import BaseEvaluator as _Evaluator
 except ImportError:  # pragma: no cover - sentence-transformers < 6
-    from sentence_transformers.evaluation import SentenceEvaluator as _Evaluator
+    from sentence_transformers.evaluation import SentenceEvaluator as _Evaluator  # type: ignore[no-redef]
 
 from ..metric_registry import higher_is_better
 

@@ -162,7 +162,7 @@ def _steer(args: argparse.Namespace) -> Any:
              f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"]
     for name, hits in (("before", result.before), ("after", result.after)):
         lines.append(f"{name}:")
-        lines += [f"  {h.rank:2d}. {h.score:.4f}  {h.doc_id}  {h.text[:80]!r}" for h in hits]
+        lines += [f"  {h.rank:2d}. {h.score:.4f}  {h.doc_id}  {h.text[:80]!r}" for h in hits]  # type: ignore[index]  # texts=doc_texts: every hit has its text
     return _emit_analysis(result, args, "\n".join(lines))
 
 

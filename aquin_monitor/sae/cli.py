@@ -98,7 +98,7 @@ def config_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, str]:
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from ..encoders import resolve_model
-    from ..sinks import JsonlSink
+    from ..sinks import JsonlSink, Sink
     from .build import build_sae_folder
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
     texts = read_corpus(args.corpus, args.text_field)
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(texts)} texts from {args.corpus}", file=sys.stderr)
     embeddings = embed_texts(args.model, texts, args)
-    sinks = [JsonlSink(out)]
+    sinks: list[Sink] = [JsonlSink(out)]
     if args.tensorboard:
         from ..sinks import TensorBoardSink
 

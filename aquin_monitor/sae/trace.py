@@ -123,6 +123,7 @@ def layer_inputs(model: Any, texts: Sequence[str], *, batch_size: int = 32) -> t
     layers, finals = [], []
     for batch in iter_forward(model, list(texts), batch_size=batch_size, attentions=False):
         pooled = batch.layer_embeddings  # [L+1, B, h]
+        assert pooled is not None  # iter_forward returns hidden states by default
         with torch.inference_mode():
             features = {"sentence_embedding": pooled.reshape(-1, pooled.shape[-1]).to(model.device)}
             for module in after:

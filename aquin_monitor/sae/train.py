@@ -160,6 +160,7 @@ class TrainingLoop:
 
     def __init__(self, sae: SparseAutoencoder, train: torch.Tensor, val: torch.Tensor, config: SaeTrainConfig) -> None:
         self.sae, self.train, self.val, self.config = sae, train, val, config
+        assert config.lr is not None and config.dead_after is not None, "lr and dead_after must be resolved first"
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.seen = 0
@@ -167,6 +168,8 @@ class TrainingLoop:
 
     def epoch(self, epoch: int) -> dict[str, float]:
         sae, config = self.sae, self.config
+        dead_after = config.dead_after
+        assert dead_after is not None  # checked in __init__
         sae.train()
         order = torch.randperm(len(self.train), generator=self.generator).to(self.train.device)
         fvu_sum = torch.zeros((), device=self.train.device)
@@ -176,7 +179,7 @@ class TrainingLoop:
             batch = self.train[order[start : start + config.batch_size]]
             if len(batch) < 2:
                 continue
-            dead = (self.seen - self.last_fired) >= config.dead_after
+            dead = (self.seen - self.last_fired) >= dead_after
             out = sae(batch, dead_mask=dead, auxk_coefficient=config.auxk_coefficient)
             self.optimizer.zero_grad(set_to_none=True)
             (out.fvu + out.auxk_loss).backward()
@@ -188,7 +191,7 @@ class TrainingLoop:
             fvu_sum += out.fvu.detach()
             auxk_sum += out.auxk_loss.detach()
             steps += 1
-        dead = (self.seen - self.last_fired) >= config.dead_after
+        dead = (self.seen - self.last_fired) >= dead_after
         stats = feature_statistics(sae, self.val)
         return {
             "sae/fvu": stats.fvu,

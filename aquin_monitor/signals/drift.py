@@ -199,10 +199,10 @@ class CentroidShift:
     labels: np.ndarray
     cosine_distance: np.ndarray
     euclidean_distance: np.ndarray
-    centroids_before: np.ndarray = field(default=None, compare=False, repr=False)
-    centroids_after: np.ndarray = field(default=None, compare=False, repr=False)
-    before_2d: np.ndarray = field(default=None, compare=False, repr=False)
-    after_2d: np.ndarray = field(default=None, compare=False, repr=False)
+    centroids_before: np.ndarray | None = field(default=None, compare=False, repr=False)
+    centroids_after: np.ndarray | None = field(default=None, compare=False, repr=False)
+    before_2d: np.ndarray | None = field(default=None, compare=False, repr=False)
+    after_2d: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def as_metrics(self, prefix: str = "drift") -> dict[str, float]:
         return {
@@ -291,8 +291,8 @@ class SimilarityShift:
     mean_after: float
     mean_absolute_pair_change: float
     n_pairs: int
-    before_cosines: np.ndarray = field(default=None, compare=False, repr=False)
-    after_cosines: np.ndarray = field(default=None, compare=False, repr=False)
+    before_cosines: np.ndarray | None = field(default=None, compare=False, repr=False)
+    after_cosines: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def mean_shift(self) -> float:

@@ -92,7 +92,7 @@ class PairCosineHistogram:
         }
 
 
-def uniform_sphere_cosine_bin_probabilities(edges: Sequence[float], d: int) -> np.ndarray:
+def uniform_sphere_cosine_bin_probabilities(edges: Sequence[float] | np.ndarray, d: int) -> np.ndarray:
     """Exact probability of each bin for the cosine t of two independent uniform points on S^{d−1}.
 
     The density is f(t) = Γ(d/2) / (√π Γ((d−1)/2)) · (1 − t²)^{(d−3)/2} on [−1, 1]; with

@@ -71,7 +71,7 @@ class ParameterGroups:
     parameters: tuple[torch.nn.Parameter, ...] = field(repr=False)
     parameter_names: tuple[str, ...] = field(repr=False)
     index: torch.Tensor = field(repr=False)  # [P] long: group of each parameter
-    group_of: np.ndarray = field(default=None, repr=False, compare=False)  # the same on the host
+    group_of: np.ndarray | None = field(default=None, repr=False, compare=False)  # the same on the host
     # device index tensors per pattern of present gradients, built once: creating one per step from
     # a Python list would be a host-to-device copy, i.e. a device synchronisation every step
     _present_index: dict = field(default_factory=dict, repr=False, compare=False)
@@ -127,6 +127,7 @@ def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | Non
     if present is None:
         mask[:] = True
     elif present:
+        assert groups.group_of is not None  # group_parameters fills it
         mask[groups.group_of[list(present)]] = True
     return mask
 

@@ -629,8 +629,8 @@ def _block_topk(block: np.ndarray, k: int) -> np.ndarray:
     m, n = block.shape
     if k >= n:
         return np.broadcast_to(np.arange(n), (m, n)).copy()
-    values, cols = torch.topk(torch.from_numpy(block), k, dim=1, sorted=False)
-    cols = cols.numpy()
+    values, top = torch.topk(torch.from_numpy(block), k, dim=1, sorted=False)
+    cols = top.numpy()
     threshold = values.numpy().min(axis=1, keepdims=True)
     # torch.topk picks arbitrarily among cells tied with the k-th score: redo those rows
     boundary = np.flatnonzero(np.count_nonzero(block >= threshold, axis=1) > k)
@@ -791,7 +791,9 @@ def _relevance_pairs(relevant, n_queries: int, n_docs: int) -> _Pairs:
             if not (math.isfinite(grade) and grade >= 0):
                 raise RetrievalInputError(f"relevant[{q}][{doc}]: grade must be finite and >= 0, got {grade}")
             if grade > 0:
-                queries.append(q), docs.append(doc), grades.append(grade)
+                queries.append(q)
+                docs.append(doc)
+                grades.append(grade)
     query, doc, grade = (np.array(queries, dtype=np.int64), np.array(docs, dtype=np.int64),
                          np.array(grades, dtype=np.float64))
     order = np.lexsort((doc, query))
@@ -805,7 +807,7 @@ def _index_sets(entries, n_queries: int, n_docs: int, name: str) -> tuple[np.nda
     if entries is None:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     entries = _per_query_entries(entries, n_queries, name)
-    pairs = set()
+    pairs: set[tuple[int, int]] = set()
     for q, entry in enumerate(entries):
         if entry is None:
             continue

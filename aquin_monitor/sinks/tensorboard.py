@@ -84,6 +84,7 @@ class TensorBoardSink(BaseSink):
             raise ValueError("TensorBoardSink needs exactly one of log_dir= or writer=")
         if writer is None:
             tensorboard = require("torch.utils.tensorboard", "TensorBoard logging")
+            assert log_dir is not None  # exactly one of log_dir and writer: checked above
             writer = tensorboard.SummaryWriter(log_dir=os.fspath(log_dir))
             self._owns_writer = True
         else:
@@ -154,12 +155,13 @@ class TensorBoardSink(BaseSink):
         for name, column in (("labels", labels), ("texts", texts)):
             if column is not None and len(column) != matrix.shape[0]:
                 raise ValueError(f"got {len(column)} {name} for {matrix.shape[0]} embeddings")
-        header, metadata = None, None
+        header: list[str] | None = None
+        metadata: list[list[str]] | list[str] | None = None
         if texts is not None and labels is not None:  # two columns need a header row (the projector's rule)
             header = ["text", "label"]
             metadata = [[_cell(text), _cell(label)] for text, label in zip(texts, labels)]
         elif texts is not None or labels is not None:  # one column: no header
-            metadata = [_cell(value) for value in (texts if texts is not None else labels)]
+            metadata = [_cell(value) for value in (texts if texts is not None else labels or ())]
         self.writer.add_embedding(matrix, metadata=metadata, metadata_header=header, tag=tag, global_step=check_step(step))
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:

@@ -21,6 +21,7 @@ wrapper is among the modules handed in.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -123,6 +124,16 @@ def gradient_shares(parameters: Sequence[torch.nn.Parameter], modules: Iterable[
         return None
     dtensor = _dtensor_type()
     fsdp1 = _fsdp1_shares(modules, world_size)
+    outside = sum(id(p) not in fsdp1 and not (dtensor is not None and isinstance(p, dtensor)) for p in parameters)
+    if fsdp1 and outside:
+        warnings.warn(
+            f"aquin-monitor: {outside} trainable parameters are outside every FullyShardedDataParallel wrapper the monitor "
+            "can see and are taken as replicated; if they sit under an FSDP1 root wrapper it was not handed in (the Hugging "
+            "Face Trainer gives callbacks the unwrapped model), so their norms are this rank's shard only: use FSDP2 "
+            "(accelerate's fsdp_version: 2)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     shares = np.full(len(parameters), 1.0 / world_size)
     distributed_tensors = False
     for i, parameter in enumerate(parameters):

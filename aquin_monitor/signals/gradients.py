@@ -55,6 +55,21 @@ def group_name(parameter_name: str) -> str:
     return "head"
 
 
+#: module names that wrappers (FSDP1, activation checkpointing) insert into parameter names
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def unwrapped_name(parameter_name: str) -> str:
+    """The parameter's name without the module names wrappers insert (the same name as in an unwrapped run).
+
+    >>> unwrapped_name("0.auto_model.encoder.layer.1._fsdp_wrapped_module.output.dense.weight")
+    '0.auto_model.encoder.layer.1.output.dense.weight'
+    """
+    for prefix in WRAPPER_PREFIXES:
+        parameter_name = parameter_name.replace(prefix, "")
+    return parameter_name
+
+
 def _group_order(name: str) -> tuple:
     if name == "embeddings":
         return (0, 0, name)
@@ -96,6 +111,7 @@ def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]])
             continue
         seen.add(id(p))
         params.append(p)
+        name = unwrapped_name(name)
         pnames.append(name)
         groups.append(group_name(name))
     names = tuple(sorted(set(groups), key=_group_order))

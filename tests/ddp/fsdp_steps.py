@@ -6,7 +6,11 @@ Usage: ``torchrun --nproc_per_node=2 fsdp_steps.py MODEL_PATH OUT_DIR MODE [ADAP
   into one element of its local shard of the first trainable gradient of block 1 (rank 0's shard of it
   stays finite);
 - ``off``: rank 0's monitor fails at step 2 and switches itself off (it keeps adding its shards);
-- ``partial``: from step 3 rank 0 cannot measure its shards at all (the peers' norms are incomplete).
+- ``partial``: from step 3 rank 0 cannot measure its shards at all (the peers' norms are incomplete);
+- ``fsdp1``: as ``full``, with FSDP1 (``FullyShardedDataParallel(use_orig_params=True)`` around the model,
+  each BERT layer wrapped too, ``device_id`` CPU) instead of ``fully_shard``; the monitor is handed the
+  inner model and the root wrapper, as Lightning's ``FSDPStrategy`` hands the callback ``pl_module`` and
+  ``trainer.model``.
 
 Each rank shards a copy of the tiny sentence-transformers model (each BERT layer, then the root) and
 keeps an unsharded copy of the same weights as the reference: per step, the reference takes the
@@ -34,6 +38,7 @@ from reference_stats import reference_group_norms
 from sentence_transformers import SentenceTransformer
 from torch.distributed.fsdp import fully_shard
 
+from aquin_monitor.distributed import local_tensor
 from aquin_monitor.losses import info_nce
 from aquin_monitor.monitor import StepMonitor
 from aquin_monitor.sinks import JsonlSink
@@ -53,8 +58,39 @@ def load(model_path: str, adapter: str | None) -> SentenceTransformer:
     return model.eval()  # no dropout: the sharded and the reference copies compute the same function
 
 
-def embed(model: SentenceTransformer, texts) -> torch.Tensor:
-    return model(model.preprocess(list(texts)))["sentence_embedding"]
+class Embedder(torch.nn.Module):
+    """The model behind a forward that returns the embedding tensor (FSDP1 hooks the tensors a forward returns)."""
+
+    def __init__(self, model: SentenceTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: dict) -> dict:
+        return {"sentence_embedding": self.model(features)["sentence_embedding"]}
+
+
+def embed(model: SentenceTransformer, pairs, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and document embeddings in one forward pass (FSDP1 allows one forward of the root per backward)."""
+    texts = [q for q, _ in pairs] + [d for _, d in pairs]
+    embeddings = (forward or model)(model.preprocess(texts))["sentence_embedding"]
+    return embeddings[: len(pairs)], embeddings[len(pairs) :]
+
+
+def shard(model: SentenceTransformer, mode: str) -> torch.nn.Module | None:
+    """FSDP2 in place (returns None), or FSDP1: returns the root wrapper."""
+    layer_type = type(next(m for m in model.modules() if type(m).__name__ == "BertLayer"))
+    if mode == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        return FullyShardedDataParallel(
+            Embedder(model), use_orig_params=True, device_id=torch.device("cpu"), auto_wrap_policy=ModuleWrapPolicy({layer_type})
+        )
+    for module in model.modules():
+        if isinstance(module, layer_type):
+            fully_shard(module)
+    fully_shard(model)
+    return None
 
 
 def batch(step: int, rank: int) -> list[tuple[str, str]]:
@@ -64,7 +100,7 @@ def batch(step: int, rank: int) -> list[tuple[str, str]]:
 
 def reference_step(model: SentenceTransformer, optimizer, step: int, world_size: int) -> dict:
     """Unsharded: the mean of the ranks' losses, its gradient norms, then the optimizer step."""
-    losses = [info_nce(embed(model, [q for q, _ in batch(step, r)]), embed(model, [d for _, d in batch(step, r)]), report=False) for r in range(world_size)]
+    losses = [info_nce(*embed(model, batch(step, r)), report=False) for r in range(world_size)]
     (sum(losses) / world_size).backward()
     named = list(model.named_parameters())
     found = {
@@ -79,7 +115,7 @@ def reference_step(model: SentenceTransformer, optimizer, step: int, world_size:
 
 def break_monitor(monitor: StepMonitor, mode: str, rank: int) -> None:
     """Rank zero's injected failures (``off``, ``partial``)."""
-    if rank != 0 or mode == "full":
+    if rank != 0 or mode in ("full", "fsdp1"):
         return
     if mode == "off":
         original = monitor._alarms
@@ -112,28 +148,25 @@ def main(model_path: str, out_dir: str, mode: str, adapter: str | None = None) -
     torch.manual_seed(0)
     model = load(model_path, adapter)
     reference = copy.deepcopy(model)
-    for module in model.modules():
-        if type(module).__name__ == "BertLayer":
-            fully_shard(module)
-    fully_shard(model)
+    wrapper = shard(model, mode)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=5e-3)
     reference_optimizer = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=5e-3)
 
-    monitor = StepMonitor([JsonlSink(out / f"rank{rank}")], strict=mode == "full", warn=False, tensor_norms_every=2, stop_on=["nan"], histogram_every=0)
-    monitor.start(model, 0)
+    monitor = StepMonitor([JsonlSink(out / f"rank{rank}")], strict=mode in ("full", "fsdp1"), warn=False, tensor_norms_every=2, stop_on=["nan"], histogram_every=0)
+    monitor.start(model, 0, wrapper=wrapper)
     break_monitor(monitor, mode, rank)
     steps, stopped = [], []
     for step in range(1, STEPS + 1):
         local = batch(step, rank)
-        loss = info_nce(embed(model, [q for q, _ in local]), embed(model, [d for _, d in local]))
+        loss = info_nce(*embed(model, local, wrapper))
         loss.backward()
-        if mode == "full" and step == NAN_STEP and rank == 1:
-            weight = next(p for n, p in model.named_parameters() if p.requires_grad and ".layer.1." in n)  # group layer.01
-            weight.grad.to_local().view(-1)[0] = float("nan")
+        if mode in ("full", "fsdp1") and step == NAN_STEP and rank == 1:  # group layer.01, in rank 1's shard only
+            weight = next(p for n, p in model.named_parameters() if p.grad is not None and p.grad.numel() and ".layer.1." in n)
+            local_tensor(weight.grad).view(-1)[0] = float("nan")
         monitor.on_optimizer_step(step, model)
         stopped.append(monitor.should_stop)
-        if mode == "full" and step == NAN_STEP:
+        if mode in ("full", "fsdp1") and step == NAN_STEP:
             break  # the update of a NaN step is discarded (stop_on nan); the reference has none to compare
         optimizer.step()
         optimizer.zero_grad()

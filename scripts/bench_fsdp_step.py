@@ -18,13 +18,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.distributed.fsdp import fully_shard  # noqa: E402
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 
-from aquin_monitor.encoders import load_model  # noqa: E402
-from aquin_monitor.losses import info_nce  # noqa: E402
-from aquin_monitor.monitor import StepMonitor  # noqa: E402
+from aquin_monitor.encoders import load_model
+from aquin_monitor.losses import info_nce
+from aquin_monitor.monitor import StepMonitor
 
 
 def main(steps: int = 12, per_rank: int = 16) -> None:

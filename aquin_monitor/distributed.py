@@ -162,6 +162,8 @@ class ShardedGradientNorms:
     def __init__(self, groups: ParameterGroups, shares: np.ndarray):
         self.groups = groups
         self.shares = torch.as_tensor(shares, dtype=torch.float32)
+        # where the vector lives (the collective's device), even on a step when this rank holds no gradient
+        self.device = local_tensor(groups.parameters[0]).device if groups.parameters else torch.device("cpu")
         # per presence pattern: (weights of the present parameters, which groups hold one, their positions),
         # on the device, built once (a host-to-device copy per step would synchronise)
         self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -182,11 +184,11 @@ class ShardedGradientNorms:
     def local_vector(self, present: tuple[int, ...] | None, tensor_step: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(per_param, vector)``: this rank's local-shard norm of each present gradient, and its part of the sum."""
         groups = self.groups
-        per_param = parameter_grad_norms(groups, present, local_gradients(groups.parameters, present))
-        device = per_param.device
+        per_param = parameter_grad_norms(groups, present, local_gradients(groups.parameters, present)).to(self.device)
+        device = self.device
         weights, holds, positions = self._pattern(present, device)
         group_sq = grouped_squared_norms(groups, present, per_param, weights)
-        parts = [group_sq, holds.to(device), torch.ones(1, device=device)]
+        parts = [group_sq.to(device), holds, torch.ones(1, device=device)]
         if tensor_step:
             tensor_sq = torch.zeros(2, len(groups.parameters), dtype=torch.float32, device=device)
             if per_param.numel():

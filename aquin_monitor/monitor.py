@@ -19,7 +19,7 @@ Cost discipline (the product promise is ~1% of a training step):
 - DDP: one ``all_reduce`` of the contrastive sums (gradients are already identical across ranks),
   so every rank takes the same alarm and stop decisions, and only rank zero writes;
 - FSDP (sharded gradients, :mod:`aquin_monitor.distributed`): the same ``all_reduce`` also sums each
-  group's squared norm over the ranks' local shards (``2·G + 1`` more numbers, ``P`` more on
+  group's squared norm over the ranks' local shards (``2·G + 1`` more numbers, ``2·P`` more on
   ``tensor_norms_every`` steps), so the norms are those of the whole gradients.
 """
 
@@ -36,15 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from .alarms import (
-    ALARM_KINDS,
-    Alarm,
-    AlarmConfig,
-    AlarmWarning,
-    GapNarrowingCheck,
-    GradientAnomalyDetector,
-    loss_alarm,
-)
+from .alarms import ALARM_KINDS, Alarm, AlarmConfig, AlarmWarning, GapNarrowingCheck, GradientAnomalyDetector, loss_alarm
 from .capture import ContrastiveTap, default_tap
 from .distributed import ShardedGradientNorms, gradient_shares, rank_and_world_size
 from .failsoft import report_failure
@@ -63,13 +55,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning", "StepLayout", "StepMonitor", "default_histogram_every", "host_learning_rates", "learning_rate_metrics"]
+__all__ = ["StepMonitor", "StepLayout", "ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning", "default_histogram_every", "learning_rate_metrics", "host_learning_rates"]
 
 #: histogram steps per run aimed at when the trainer knows its length (:func:`default_histogram_every`)
 HISTOGRAMS_PER_RUN = 20
 
 
-def default_histogram_every(total_steps: float | None, fallback: int = 50) -> int:
+def default_histogram_every(total_steps: int | float | None, fallback: int = 50) -> int:
     """Histogram interval giving about :data:`HISTOGRAMS_PER_RUN` histograms over ``total_steps`` optimizer steps.
 
     ``ceil(total_steps / 20)``, at least 1; ``fallback`` when the length is unknown (None, 0, negative

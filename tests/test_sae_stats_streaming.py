@@ -15,10 +15,11 @@ import sae_dense_reference as dense
 import scipy.sparse
 from sae_planted import planted_corpus
 
-from aquin_monitor.rows import ArrayRows
+from aquin_monitor.rows import ArrayRows, gather_rows
 from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.browser import browser_from_stats
-from aquin_monitor.sae.diagnose import absorption_pairs, diagnose, gather_rows, polysemy
+from aquin_monitor.sae.corpus_texts import CorpusTexts
+from aquin_monitor.sae.diagnose import absorption_pairs, diagnose, polysemy
 from aquin_monitor.sae.labels import ctfidf_labels
 from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.network import coactivation_network
@@ -133,14 +134,14 @@ def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
     expected = page_data(dense.browse_features(sae, x, texts, examples=8),
                          dense.coactivation_network(sparse_activations(sae, x), min_support=10),
                          dense.diagnose(sparse_activations(sae, x), x, texts))
-    looked_up: list[int] = []
+    asked: set[int] = set()
 
-    def texts_of(stats):
-        rows = set(stats.top_rows[stats.top_rows >= 0].tolist()) | set(range(200))
-        looked_up.append(len(rows))
-        return {r: texts[r] for r in rows}
+    class LazyTexts(dict):
+        def __getitem__(self, row):
+            asked.add(row)
+            return texts[row]
 
-    browser, network, found = analyse_rows(sae, ArrayRows(x), texts_of, corpus=[texts[:700], texts[700:]],
+    browser, network, found = analyse_rows(sae, ArrayRows(x), LazyTexts(), corpus=[texts[:700], texts[700:]],
                                            examples=8, block_rows=200)
     got = page_data(browser, network, found)
     for part in ("features", "network"):  # totals and means: float64 sums now, float32 sums before
@@ -152,7 +153,7 @@ def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
                 for feature in mine + theirs:
                     feature[key] = 0.0
     assert got == expected
-    assert looked_up and looked_up[0] < len(texts)
+    assert 0 < len(asked) < len(texts)  # only top texts and examples were read
 
 
 def test_accumulator_refuses_blocks_out_of_order_or_of_the_wrong_width():
@@ -197,3 +198,24 @@ def test_gather_rows_reads_a_row_source_in_runs_and_keeps_the_asked_order():
     rows = np.array([7, 3, 4, 5, 19, 3])
     np.testing.assert_array_equal(gather_rows(Counting(x), rows), x[rows].astype(np.float64))
     assert reads == [(3, 6), (7, 8), (19, 20)]
+
+
+def test_corpus_texts_read_only_the_rows_shown_in_few_passes():
+    sae, x, texts = planted_corpus(1600)
+    passes: list[int] = []
+
+    def iterate():
+        passes.append(1)
+        return iter(texts)
+
+    corpus = CorpusTexts(iterate, chunk_texts=500)
+    expected = analyse_rows(sae, x, texts, examples=8)
+    got = analyse_rows(sae, ArrayRows(x), corpus, examples=8, block_rows=300)
+    assert [f.label for f in got[0].features] == [f.label for f in expected[0].features]
+    assert [f.examples for f in got[0].features] == [f.examples for f in expected[0].features]
+    assert got[2].absorption == expected[2].absorption and got[2].polysemy == expected[2].polysemy
+    assert len(corpus.held) < len(texts) and len(passes) <= 4  # background, top texts, absorption examples
+    with pytest.raises(KeyError, match="row 5000 asked for, but the corpus has 1600 texts"):
+        corpus.fetch([5000])
+    with pytest.raises(KeyError, match="row 1599 was not fetched"):
+        CorpusTexts(iterate)[1599]

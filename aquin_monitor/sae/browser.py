@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse
 
 from .activations import sparse_activations
+from .corpus_texts import CorpusTexts, texts_for
 from .labels import ctfidf_labels
 from .stats import FeatureStats, feature_stats_from_activations
 
@@ -129,8 +130,9 @@ def browser_from_stats(
         stats: the features' statistics over the corpus.
         texts: the corpus texts, by row: a list, or a mapping holding at least every kept top row
             (:func:`~aquin_monitor.sae.stats` keeps their ids, so a store's corpus need not be in memory).
-        corpus: the whole corpus for the labels' background class, as chunks of texts (default: ``[texts]``,
-            so ``texts`` must then be the whole corpus).
+        corpus: the whole corpus for the labels' background class, as chunks of texts (default: the
+            chunks of a :class:`~aquin_monitor.sae.corpus_texts.CorpusTexts`, else ``[texts]``, so ``texts``
+            must then be the whole corpus).
         examples: top texts listed per feature (default: all that ``stats`` kept).
         label_texts: top texts a label is computed from.
         label_terms: terms per label.
@@ -139,6 +141,10 @@ def browser_from_stats(
     order = alive[np.lexsort((alive, -stats.total[alive]))]
     listed = stats.top_rows.shape[1] if examples is None else examples
     classes = [stats.top(j)[0][: min(label_texts, listed)].tolist() for j in order]  # labels read listed texts only
+    listed_rows = stats.top_rows[order, :listed]
+    texts = texts_for(texts, listed_rows[listed_rows >= 0].tolist())
+    if corpus is None and isinstance(texts, CorpusTexts):
+        corpus = texts.chunks()
     labels = ctfidf_labels(texts, classes, top_terms=label_terms, corpus=corpus)
     frequency, mean = stats.frequency, stats.mean
     features = []

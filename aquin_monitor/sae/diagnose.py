@@ -33,8 +33,9 @@ import scipy.sparse
 from scipy.cluster.vq import kmeans2
 from sklearn.metrics.pairwise import cosine_distances
 
-from ..rows import RowSource
+from ..rows import RowSource, gather_rows
 from .browser import feature_table
+from .corpus_texts import texts_for
 from .network import coactivation_counts
 from .stats import (
     ActivationBlocks,
@@ -44,7 +45,7 @@ from .stats import (
     matrix_blocks,
 )
 
-__all__ = ["AbsorptionPair", "Diagnostics", "Polysemy", "absorption_pairs", "diagnose", "gather_rows", "polysemy", "silhouette"]
+__all__ = ["AbsorptionPair", "Diagnostics", "Polysemy", "absorption_pairs", "diagnose", "polysemy", "silhouette"]
 
 
 @dataclass
@@ -129,6 +130,7 @@ def absorption_pairs(
     order = np.lexsort((b, a, -n_i[a], -probability))
     n = stats.n_texts
     shared = first_shared_rows(blocks, [(int(a[t]), int(b[t])) for t in order], limit=examples) if len(order) else []
+    texts = texts_for(texts, [r for rows in shared for r in rows])
     return [AbsorptionPair(int(a[t]), int(b[t]), float(probability[t]), int(n_i[a[t]]), int(c[t]),
                            float(n_i[b[t]] / n), [str(texts[r]) for r in rows]) for t, rows in zip(order, shared)]
 
@@ -195,6 +197,7 @@ def polysemy(
     wanted = [rows for rows in table["top_rows"] if len(rows) >= min_examples]
     needed = np.unique(np.concatenate(wanted)) if wanted else np.zeros(0, dtype=np.int64)
     vectors = gather_rows(embeddings, needed)
+    texts = texts_for(texts, needed.tolist())
     results = []
     for j, rows in enumerate(table["top_rows"]):
         if len(rows) < min_examples:
@@ -214,26 +217,6 @@ def polysemy(
                                 bool(score >= silhouette_threshold and min(sizes) >= 2), sizes, sides))
     results.sort(key=lambda p: (-p.spread_excess, p.feature))
     return results, baseline
-
-
-def gather_rows(embeddings: np.ndarray | RowSource, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` of ``embeddings`` as float64 ``[len(rows), d]`` (a row source is read in runs of consecutive rows).
-
-    >>> gather_rows(np.arange(6.0).reshape(3, 2), np.array([2, 0])).tolist()
-    [[4.0, 5.0], [0.0, 1.0]]
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if isinstance(embeddings, np.ndarray) or not isinstance(embeddings, RowSource):
-        return np.asarray(embeddings, dtype=np.float64)[rows]
-    out = np.zeros((len(rows), embeddings.dimension), dtype=np.float64)
-    order = np.argsort(rows, kind="stable")
-    ordered = rows[order]
-    breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
-    for run in np.split(np.arange(len(ordered)), breaks):
-        if len(run):
-            first, last = int(ordered[run[0]]), int(ordered[run[-1]])
-            out[order[run]] = embeddings.read(first, last + 1)[ordered[run] - first]
-    return out
 
 
 def diagnose(

@@ -79,6 +79,8 @@ def ctfidf_labels(
         Per class, up to ``top_terms`` terms, highest weight first (ties: alphabetical); terms of
         weight 0 are left out.
     """
+    if background and corpus is None and isinstance(texts, Mapping):
+        raise ValueError("ctfidf_labels: texts given as a mapping of rows need corpus= (the whole corpus) for the background")
     documents = [" ".join(texts[i] for i in members) for members in classes]
     vectorizer = CountVectorizer(stop_words="english")
     try:

@@ -33,7 +33,7 @@ import dataclasses
 import html
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from .browser import FeatureBrowser
 from .diagnose import Diagnostics
 from .files import atomic_write_text
 from .network import CoactivationNetwork
-from .stats import FeatureStats
 
 __all__ = ["analyse_corpus", "analyse_rows", "page_data", "render_page", "write_page"]
 
@@ -126,7 +125,7 @@ def analyse_corpus(
 def analyse_rows(
     sae: Any,
     embeddings: np.ndarray | RowSource,
-    texts: Sequence[str] | Mapping[int, str] | Callable[[FeatureStats], Mapping[int, str]],
+    texts: Sequence[str] | Mapping[int, str],
     *,
     corpus: Iterable[Sequence[str]] | None = None,
     examples: int = 20,
@@ -141,8 +140,8 @@ def analyse_rows(
     Args:
         sae: the SAE.
         embeddings: the corpus embeddings: an array, or a :class:`~aquin_monitor.rows.RowSource` (a store).
-        texts: the corpus texts by row; for a corpus not held in memory, a function given the streamed
-            statistics that returns the texts of the rows they name (top texts, absorption examples).
+        texts: the corpus texts by row; for a corpus not held in memory, a mapping that reads a row's text
+            when asked (only the top texts and absorption examples are asked for).
         corpus: the whole corpus as chunks of texts for the labels' background (default: ``[texts]``).
         examples, npmi, threshold, min_support: as :func:`analyse_corpus`.
         block_rows: rows encoded at a time.
@@ -155,8 +154,6 @@ def analyse_rows(
 
     source = ArrayRows(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
     stats = stream_feature_stats(sae, source, examples=max(examples, polysemy_top), block_rows=block_rows)
-    if callable(texts):
-        texts = texts(stats)
     browser = browser_from_stats(stats, texts, corpus=corpus, examples=examples)
     network = coactivation_network(stats, threshold=npmi, min_support=min_support)
     found = diagnose(stats, embeddings, texts, threshold=threshold, min_support=min_support, top=polysemy_top,

@@ -10,6 +10,7 @@ Examples::
     aquin-monitor sae browse default --corpus texts.jsonl --html sae_page.html
     aquin-monitor sae browse sae/minilm --corpus texts.jsonl --json -
     aquin-monitor sae diagnose default --corpus texts.jsonl --threshold 0.9
+    aquin-monitor sae browse default --corpus big.jsonl --store big_store/ --html page.html
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ def _check_output(path: str | None, flag: str) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], str]:
-    """Validated (sae, texts, model) — nothing here loads a model."""
+    """Validated (sae, texts, model) — nothing here loads a model (with --store: texts are read later, by row)."""
     from ..data import read_probe
     from ..encoders import resolve_model
     from .cli import declared_dimension
     from .model import CFG_NAME, default_sae_path, load_sae
 
-    corpus = read_probe(args.corpus, text_field=args.text_field, label_field=None, id_field=None)
-    if len(corpus.texts) < 2:
-        raise PageInputError(f"{args.corpus}:1: {args.text_field}: need at least 2 texts, got {len(corpus.texts)}")
+    if args.store is None:
+        corpus = read_probe(args.corpus, text_field=args.text_field, label_field=None, id_field=None)
+        if len(corpus.texts) < 2:
+            raise PageInputError(f"{args.corpus}:1: {args.text_field}: need at least 2 texts, got {len(corpus.texts)}")
     _check_output(getattr(args, "html", None), "--html")
     _check_output(args.json, "--json")
     sae = load_sae(args.sae)
@@ -65,6 +67,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], str]:
     dimension = declared_dimension(location) if os.path.isdir(location) else None
     if dimension is not None and dimension != sae.d_in:
         raise PageInputError(f"{cfg}:1: d_in: the SAE takes {sae.d_in}-dimensional inputs but model {model!r} outputs {dimension}")
+    if args.store is not None:
+        return sae, [], str(model)
     return sae, list(corpus.texts), str(model)
 
 
@@ -91,13 +95,20 @@ def _write_json(result: Any, path: str | None) -> None:
 
 
 def _browse(args: argparse.Namespace) -> dict[str, Any]:
-    from .page import analyse_corpus, page_data, write_page
+    from .page import analyse_corpus, analyse_rows, page_data, write_page
 
     sae, texts, model = _inputs(args)
-    x = _embeddings(args, sae, texts, model)
-    browser, network, diagnostics = analyse_corpus(
-        sae, x, texts, examples=args.examples, npmi=args.npmi, threshold=args.threshold, min_support=args.min_support
-    )
+    if args.store is not None:
+        from .store_inputs import open_store_inputs
+
+        store, corpus_texts = open_store_inputs(args.store, args.corpus, sae, args.model or sae.metadata.get("model"))
+        browser, network, diagnostics = analyse_rows(sae, store, corpus_texts, examples=args.examples, npmi=args.npmi,
+                                                     threshold=args.threshold, min_support=args.min_support)
+    else:
+        x = _embeddings(args, sae, texts, model)
+        browser, network, diagnostics = analyse_corpus(
+            sae, x, texts, examples=args.examples, npmi=args.npmi, threshold=args.threshold, min_support=args.min_support
+        )
     title = f"SAE {args.sae} on {Path(args.corpus).name} ({model})"
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
@@ -123,12 +134,22 @@ def _clip(texts: list[str], width: int = 60) -> str:
 def _diagnose(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from .activations import sparse_activations
+    from ..rows import ArrayRows
     from .diagnose import diagnose
+    from .stats import activation_blocks, stream_feature_stats
 
     sae, texts, model = _inputs(args)
-    x = _embeddings(args, sae, texts, model)
-    result = diagnose(sparse_activations(sae, x), x, texts, threshold=args.threshold, min_support=args.min_support)
+    if args.store is not None:
+        from .store_inputs import open_store_inputs
+
+        source, corpus_texts = open_store_inputs(args.store, args.corpus, sae, args.model or sae.metadata.get("model"))
+        embeddings: Any = source
+    else:
+        embeddings = _embeddings(args, sae, texts, model)
+        source, corpus_texts = ArrayRows(embeddings), texts
+    stats = stream_feature_stats(sae, source)
+    result = diagnose(stats, embeddings, corpus_texts, threshold=args.threshold, min_support=args.min_support,
+                      blocks=activation_blocks(sae, source))
     _write_json(dataclasses.asdict(result), args.json)
     if args.json != "-":
         print(f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}")
@@ -149,6 +170,9 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
     shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
+    shared.add_argument("--store", metavar="DIR", default=None,
+                        help="read the corpus's embeddings from this store (`aquin-monitor embed`) instead of encoding: "
+                        "memory independent of the corpus size; --corpus names the file it was written from")
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     shared.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the embedding cache")

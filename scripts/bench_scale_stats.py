@@ -3,7 +3,7 @@
 Rows: all-MiniLM-L6-v2 embeddings of 5,000 shipped texts (2,500 Banking77 train questions, 2,500 AG News
 test headlines; from the embedding cache, computed once, not timed), tiled to ``--rows`` rows with
 Gaussian noise (σ = ``--noise`` per coordinate) and written once to a raw float32 file (reused when
-present). The rows are read back by a :class:`~aquin_monitor.rows.RowSource` that reads the file with
+present), by a child process, so the model's memory never counts here. Row r's text is text r % 5000. The rows are read back by a :class:`~aquin_monitor.rows.RowSource` that reads the file with
 positioned reads (no memory map, so the peak RSS below counts the process's own memory, not the page
 cache). The SAE is the shipped one (``load_sae("default")``).
 
@@ -11,9 +11,9 @@ Printed, all in this one process (a shared machine: the ratios are the figures t
 
 1. streamed statistics (:func:`~aquin_monitor.sae.stats.stream_feature_stats`) over all rows: rows/s,
    peak RSS;
-2. the whole ``sae browse`` analysis over all rows (:func:`~aquin_monitor.sae.page.analyse_rows`:
-   statistics, labels with the whole corpus as background, network, absorption with its examples pass,
-   polysemy): seconds, peak RSS;
+2. the rest of the ``sae browse`` analysis from those statistics (labels with the whole corpus as
+   background, network, absorption with its examples pass, polysemy; as
+   :func:`~aquin_monitor.sae.page.analyse_rows` does it): seconds, peak RSS;
 3. the dense path of before (one sparse activation matrix, feature table, ``BᵀB``) on the first
    ``--dense-rows`` rows, and the streamed statistics on the same rows: rows/s of each and their ratio.
 
@@ -38,10 +38,11 @@ import scipy.sparse
 import torch
 
 from aquin_monitor.sae.activations import sparse_activations
-from aquin_monitor.sae.embeddings import embed_corpus
+from aquin_monitor.sae.browser import browser_from_stats
+from aquin_monitor.sae.diagnose import diagnose
 from aquin_monitor.sae.model import load_sae
-from aquin_monitor.sae.page import analyse_rows
-from aquin_monitor.sae.stats import stream_feature_stats
+from aquin_monitor.sae.network import coactivation_network
+from aquin_monitor.sae.stats import activation_blocks, stream_feature_stats
 
 DATA = Path(__file__).resolve().parents[1] / "aquin_monitor" / "datasets"
 
@@ -90,7 +91,35 @@ def write_rows(path: Path, base: np.ndarray, rows: int, noise: float, seed: int 
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory since the last :func:`reset_peak` (Linux VmHWM; else the process's peak)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Restart the peak-RSS count at the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def prepare(rows: int, noise: float, path: Path) -> None:
+    """Embed the shipped texts (cache) and write the tiled rows file, in a child process: the model's
+    memory never counts in the measuring process."""
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, {root!r}); import numpy as np; from pathlib import Path; "
+            "from aquin_monitor.sae.embeddings import embed_corpus; import bench_scale_stats as b; "
+            "base = embed_corpus('default', b.corpus(2500), batch_size=64).astype(np.float32); "
+            "b.write_rows(Path({path!r}), base, {rows}, {noise})")
+    here = Path(__file__).resolve()
+    subprocess.run([sys.executable, "-c", code.format(root=str(here.parents[1]), path=str(path), rows=rows, noise=noise)],
+                   check=True, cwd=here.parent, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[1])])})
 
 
 def dense_statistics(sae, x: np.ndarray) -> None:
@@ -117,16 +146,18 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     texts = corpus(2500)
-    base = embed_corpus("default", texts, batch_size=64).astype(np.float32)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"rows_{args.rows}x{base.shape[1]}.f32"
-    write_rows(path, base, args.rows, args.noise)
-    source = FileRows(path, base.shape[1])
+    path = workdir / f"rows_{args.rows}x384.f32"
+    if not (path.exists() and path.stat().st_size == args.rows * 384 * 4):
+        prepare(args.rows, args.noise, path)
+    source = FileRows(path, 384)
     sae = load_sae("default").eval()
     print(f"{len(source):,} rows × {source.dimension} ({path.stat().st_size / 2**30:.2f} GiB on disk), SAE {sae.num_latents} latents, "
-          f"k={sae.k}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; RSS before: {peak_rss_mb():.0f} MB")
+          f"k={sae.k}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; RSS now {peak_rss_mb():.0f} MB "
+          "(python, torch, the SAE)")
 
+    reset_peak()
     start = time.perf_counter()
     stats = stream_feature_stats(sae, source, examples=20)
     streamed_seconds = time.perf_counter() - start
@@ -137,23 +168,30 @@ def main() -> int:
     if not args.skip_analysis:
         chunk = 100_000
         background = ([texts[r % len(texts)] for r in range(s, min(s + chunk, len(source)))] for s in range(0, len(source), chunk))
+        tiled = TiledTexts(texts)
         start = time.perf_counter()
-        browser, network, found = analyse_rows(sae, source, TiledTexts(texts), corpus=background)
-        print(f"whole browse analysis, {len(source):,} rows: {time.perf_counter() - start:.1f} s "
-              f"({len(browser.features)} features, {len(network.edges)} edges, {len(found.absorption)} absorption pairs, "
-              f"{sum(p.merged for p in found.polysemy)} merged); peak RSS {peak_rss_mb():.0f} MB")
+        browser = browser_from_stats(stats, tiled, corpus=background)
+        labelled = time.perf_counter() - start
+        network = coactivation_network(stats, min_support=10)
+        found = diagnose(stats, source, tiled, blocks=activation_blocks(sae, source))
+        print(f"rest of the browse analysis from those statistics: {time.perf_counter() - start:.1f} s (labels with "
+              f"the {len(source):,}-text background {labelled:.1f} s; {len(browser.features)} features, {len(network.edges)} "
+              f"edges, {len(found.absorption)} absorption pairs, {sum(p.merged for p in found.polysemy)} merged); "
+              f"peak RSS since the statistics began {peak_rss_mb():.0f} MB")
 
     subset = source.read(0, min(args.dense_rows, len(source)))
-    before = peak_rss_mb()
+    reset_peak()
     start = time.perf_counter()
     dense_statistics(sae, subset)
     dense_seconds = time.perf_counter() - start
+    dense_peak = peak_rss_mb()
     start = time.perf_counter()
-    stream_feature_stats(sae, FileRows(path, base.shape[1]) if len(subset) == len(source) else _Head(source, len(subset)), examples=20)
+    stream_feature_stats(sae, _Head(source, len(subset)), examples=20)
     subset_streamed = time.perf_counter() - start
-    print(f"{len(subset):,}-row subset: dense {len(subset) / dense_seconds:,.0f} rows/s, streamed {len(subset) / subset_streamed:,.0f} rows/s "
-          f"(streamed / dense = {dense_seconds / subset_streamed:.2f}); streamed 1M rows/s / dense 50k rows/s = "
-          f"{(len(source) / streamed_seconds) / (len(subset) / dense_seconds):.2f}; peak RSS after dense {peak_rss_mb():.0f} MB (before {before:.0f} MB)")
+    print(f"{len(subset):,}-row subset: dense {len(subset) / dense_seconds:,.0f} rows/s (peak RSS {dense_peak:.0f} MB, "
+          f"its {len(subset):,} rows in memory included), streamed {len(subset) / subset_streamed:,.0f} rows/s; "
+          f"streamed / dense speed = {dense_seconds / subset_streamed:.2f} on the same rows; streamed over all "
+          f"{len(source):,} rows / dense on {len(subset):,} = {(len(source) / streamed_seconds) / (len(subset) / dense_seconds):.2f}")
     return 0
 
 

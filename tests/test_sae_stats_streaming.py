@@ -184,6 +184,8 @@ def test_statistics_of_an_empty_source_and_pairs_never_met():
     z = scipy.sparse.csr_matrix(np.array([[1.0, 0], [0, 1]], dtype=np.float32))
     assert first_shared_rows([(0, z)], [(0, 1)]) == [[]]
     assert dataclasses.asdict(feature_stats_from_activations(z))["counts"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="kept 2 top texts per feature, 20 asked for"):
+        polysemy(feature_stats_from_activations(z, examples=2), np.eye(2), ["a", "b"])
 
 
 def test_gather_rows_reads_a_row_source_in_runs_and_keeps_the_asked_order():

@@ -78,6 +78,8 @@ def feature_table(activations: scipy.sparse.spmatrix | FeatureStats, *, examples
         and ``top_values`` (lists, per feature, of row indices and their activations, descending,
         at most ``examples``).
     """
+    if isinstance(activations, FeatureStats) and examples > activations.top_rows.shape[1]:
+        raise ValueError(f"the statistics kept {activations.top_rows.shape[1]} top texts per feature, {examples} asked for")
     stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=examples)
     tops = [stats.top(j) for j in range(stats.num_latents)]
     return {"total": stats.total, "frequency": stats.frequency, "mean": stats.mean, "max": stats.maximum,

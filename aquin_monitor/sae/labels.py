@@ -105,14 +105,20 @@ def ctfidf_labels(
 
 
 def _background_counts(vectorizer: CountVectorizer, corpus: Iterable[Sequence[str] | Mapping[int, str]]) -> tuple[scipy.sparse.csr_matrix, int]:
-    """Counts of ``vectorizer``'s terms over the whole corpus (one row) and the corpus's word count."""
-    counter = CountVectorizer(stop_words="english", vocabulary=vectorizer.vocabulary_)
+    """Counts of ``vectorizer``'s terms over the whole corpus (one row) and the corpus's word count.
+
+    One pass of the vectorizer's own analyser per text (the tokens ``CountVectorizer`` would count), both
+    numbers from the same tokens.
+    """
+    vocabulary = vectorizer.vocabulary_
     analyse = vectorizer.build_analyzer()
-    total = scipy.sparse.csr_matrix((1, len(vectorizer.vocabulary_)), dtype=np.int64)
+    total = np.zeros(len(vocabulary), dtype=np.int64)
     words = 0
     for chunk in corpus:
-        chunk_texts = list(chunk.values()) if isinstance(chunk, Mapping) else list(chunk)
-        if chunk_texts:
-            total = total + scipy.sparse.csr_matrix(counter.transform(chunk_texts).sum(axis=0))
-            words += sum(len(analyse(text)) for text in chunk_texts)
-    return total, words
+        hits: list[int] = []
+        for text in (chunk.values() if isinstance(chunk, Mapping) else chunk):
+            tokens = analyse(text)
+            words += len(tokens)
+            hits.extend(vocabulary[token] for token in tokens if token in vocabulary)
+        total += np.bincount(np.asarray(hits, dtype=np.int64), minlength=len(vocabulary))
+    return scipy.sparse.csr_matrix(total[None, :]), words

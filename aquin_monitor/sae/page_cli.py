@@ -139,6 +139,7 @@ def _diagnose(args: argparse.Namespace) -> Any:
     from .stats import activation_blocks, stream_feature_stats
 
     sae, texts, model = _inputs(args)
+    corpus_texts: Any
     if args.store is not None:
         from .store_inputs import open_store_inputs
 

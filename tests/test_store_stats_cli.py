@@ -99,6 +99,6 @@ def test_inspect_over_a_store_reports_exact_and_sampled_geometry(stored, capsys)
     assert found["metrics"] == pytest.approx(want.as_metrics(), rel=1e-12)
     assert found["details"]["geometry_sampling"]["sample_rows"] == 300 and found["store"]["n_rows"] == len(x)
     code, _, err = run(["inspect", "default", "--store", str(paths["store"]), "--probe", str(paths["corpus"])], capsys)
-    assert code == 2 and "exactly one of --probe FILE and --store DIR" in err
+    assert code == 2 and "give exactly one of --probe FILE and --store DIR" in err
     code, _, err = run(["inspect", str(paths["model"]) + "x", "--store", str(paths["store"])], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1

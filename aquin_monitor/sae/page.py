@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..rows import ArrayRows, RowSource
 from .browser import FeatureBrowser
 from .diagnose import Diagnostics
-from .files import atomic_write_text
 from .network import CoactivationNetwork
 
 __all__ = ["analyse_corpus", "analyse_rows", "page_data", "render_page", "write_page"]

@@ -14,20 +14,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..cli_tools import InputError
 from .corpus_texts import CorpusTexts
 
-__all__ = ["StoreInputError", "open_store_inputs"]
-
-
-class StoreInputError(ValueError):
-    """The store does not fit the SAE, the corpus or the model (one line naming what differs)."""
+__all__ = ["open_store_inputs"]
 
 
 def open_store_inputs(store_dir: str, corpus: str, sae: Any, model: str | None) -> tuple[Any, CorpusTexts]:
     """``(store, texts)`` for ``sae`` over the store in ``store_dir`` of the corpus file ``corpus``.
 
     Raises:
-        StoreInputError: the store is unfinished or does not match the SAE's input size, the corpus file
+        InputError: the store is unfinished or does not match the SAE's input size, the corpus file
             (hash, number of texts) or the model's files (fingerprint); ``StoreError`` for a broken store.
     """
     from ..data import corpus_file, iter_corpus
@@ -39,16 +36,16 @@ def open_store_inputs(store_dir: str, corpus: str, sae: Any, model: str | None) 
     store = EmbeddingStore(store_dir)
     manifest = Path(store_dir) / "manifest.json"
     if store.dimension != sae.d_in:
-        raise StoreInputError(f"{manifest}:1: dimension: the store holds {store.dimension}-dimensional rows, "
-                              f"the SAE takes {sae.d_in}")
+        raise InputError(manifest, f"the store holds {store.dimension}-dimensional rows, the SAE takes {sae.d_in}",
+                         line=1, field="dimension")
     source = corpus_file(corpus)
     if corpus_hash(source) != store.manifest.corpus_hash:
-        raise StoreInputError(f"{manifest}:1: corpus_hash: the store was written for another corpus file than {source} "
-                              "(its bytes differ)")
+        raise InputError(manifest, f"the store was written for another corpus file than {source} (its bytes differ)",
+                         line=1, field="corpus_hash")
     if model:
         location = resolve_model(model)
         if os.path.isdir(location) and model_fingerprint(location) != store.manifest.model_fingerprint:
-            raise StoreInputError(f"{manifest}:1: model_fingerprint: the store was written by another model than {model!r} "
-                                  "(its files differ); pass --model")
+            raise InputError(manifest, f"the store was written by another model than {model!r} (its files differ); "
+                             "pass --model", line=1, field="model_fingerprint")
     # same bytes as the file `embed` read and validated line by line: its texts are the store's rows, in order
     return store, CorpusTexts(lambda: (text for _, text in iter_corpus(source, check_ids=False)))

@@ -3,7 +3,7 @@
 Look inside any checkpoint without training. Each command reads and validates its data and
 checks that its models exist before it prints or loads anything (so bad input costs one line on
 stderr and no wait), then composes :mod:`aquin_monitor.encoders`, :mod:`aquin_monitor.monitor`,
-:mod:`aquin_monitor.snapshot` and :mod:`aquin_monitor.signals.retrieval`; nothing is computed
+:mod:`aquin_monitor.snapshot_record` and :mod:`aquin_monitor.signals.retrieval`; nothing is computed
 here. Results print as a table of metric names (the vocabulary of DESIGN.md) and values on
 stdout and, with ``--json OUT``, as JSON (``--json -``: JSON on stdout instead of the table).
 Progress bars and data summaries go to stderr.
@@ -44,7 +44,6 @@ from .cli_tools import (
     check_declared_outputs,
     check_output_file,
     declare_outputs,
-    declared_dimension,
     emit,
     note,
     positive_int,
@@ -67,7 +66,7 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE: wh
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import check_model
-    from .snapshots import SnapshotRunner
+    from .snapshot_runner import SnapshotRunner
 
     if (args.probe is None) == (args.store is None):
         raise InputError("<command line>", "give exactly one of --probe FILE and --store DIR", field="--probe/--store")
@@ -126,7 +125,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
     from .encoders import check_model, load_cross_encoder
     from .signals.retrieval import rerank, topk
-    from .snapshots import evaluate_retrieval_set
+    from .snapshot_runner import evaluate_retrieval_set
 
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
@@ -187,8 +186,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import check_model
-    from .snapshots import SnapshotRunner
-    from .snapshot import diff
+    from .snapshot_record import diff
+    from .snapshot_runner import SnapshotRunner
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
@@ -282,7 +281,7 @@ def _load_model(name: str, args: argparse.Namespace, adapter: str | None):
 def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
     """The model as the embedding cache knows it (its files' fingerprint), loaded only on a cache miss."""
     from .embedding_cache import CachedModel, model_fingerprint
-    from .encoders import resolve_model
+    from .encoders import declared_dimension, resolve_model
 
     location = resolve_model(name)
     return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(location, adapter), enabled=args.cache,
@@ -344,7 +343,7 @@ def _check_inspect_run_dir(run_dir: Path) -> None:
     """``inspect --run-dir`` writes ``snapshots/0`` of tag 'inspect': never into a folder a live run
     holds, never over another kind of snapshot (a training run's base)."""
     from .runlock import held_elsewhere, lock_holder
-    from .snapshot import snapshot_tag
+    from .snapshot_record import snapshot_tag
 
     if held_elsewhere(run_dir):
         raise RunFolderLocked(run_dir, lock_holder(run_dir))

@@ -271,7 +271,7 @@ def _mismatch(folder: Path, problem: str) -> None:
 class CachedModel:
     """A model known by its files' fingerprint and loaded only when an uncached result needs it.
 
-    What the CLI hands to :meth:`aquin_monitor.snapshots.SnapshotRunner.take` so that ``inspect`` and
+    What the CLI hands to :meth:`aquin_monitor.snapshot_runner.SnapshotRunner.take` so that ``inspect`` and
     ``diff`` reuse the embedding cache: a probe pass or retrieval set this model's files have embedded
     before is read back and the model is never loaded.
 
@@ -281,7 +281,7 @@ class CachedModel:
         cache: the cache folder (default :func:`default_cache_dir`).
         enabled: ``False`` (``--no-cache``): every result is computed, nothing is read or written.
         dimension: the width the model declares for its embeddings
-            (:func:`aquin_monitor.cli_tools.declared_dimension`), None when unknown; a cached entry of
+            (:func:`aquin_monitor.encoders.declared_dimension`), None when unknown; a cached entry of
             another width is recomputed.
 
     Example::

@@ -333,7 +333,7 @@ def test_inspect_metrics_match_independent_computation(capsys, tmp_path, tiny_me
 
 
 def test_inspect_run_dir_feeds_report(capsys, tmp_path, tiny_mean_model, probe_file):
-    from aquin_monitor.snapshot import Snapshot
+    from aquin_monitor.snapshot_record import Snapshot
 
     run_dir = tmp_path / "run"
     code, _, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--run-dir", run_dir, "--no-umap", "--no-progress")
@@ -436,7 +436,7 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
     from aquin_monitor.data import read_pairs
     from aquin_monitor.encoders import load_model
     from aquin_monitor.report import render_report
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     snap = SnapshotRunner(retrieval=read_pairs(path), umap=False).take(load_model(tiny_mean_model, device="cpu"), 0, tag="base", run_dir=tmp_path / "run")
     assert snap.details["retrieval_by_category"].keys() == result["by_category"].keys()

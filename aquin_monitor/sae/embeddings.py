@@ -51,7 +51,7 @@ def embed_corpus(
     """
     from tqdm.auto import tqdm
 
-    from ..cli_tools import declared_dimension
+    from ..encoders import declared_dimension
     from ..encoders import encode, load_model, resolve_model
 
     location = resolve_model(model)

@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.snapshot_record",
             "aquin_monitor.embedding_cache",
             "aquin_monitor.embed",
+            "aquin_monitor.corpus_geometry",
             "aquin_monitor.sae",
             "aquin_monitor.sae.",
         ),

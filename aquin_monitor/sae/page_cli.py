@@ -13,17 +13,28 @@ Examples::
     aquin-monitor sae browse default --corpus big.jsonl --store big_store/ --html page.html
 
 With ``--store DIR`` the embeddings are an embedding store's rows (``aquin-monitor embed``), checked against
-the SAE, the corpus file and the model before a row is read (:mod:`aquin_monitor.sae.store_inputs`), and
+the SAE, the corpus file and the model before a row is read (:func:`_open_store`), and
 the analysis streams them: memory independent of the corpus size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from ..cli_tools import cache_option, declare_outputs, embed_texts, emit, finite_float, load_sae_for, positive_int, read_corpus
+from ..cli_tools import (
+    InputError,
+    cache_option,
+    declare_outputs,
+    embed_texts,
+    emit,
+    finite_float,
+    load_sae_for,
+    positive_int,
+    read_corpus,
+)
 
 __all__ = ["add_page_commands"]
 
@@ -34,16 +45,51 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     With ``--store``: (sae, the corpus's texts read by row, the store), and no model loads at all.
     """
     if args.store is not None:
-        from .store_inputs import open_store_inputs
-
         loaded = load_sae_for(args.sae, args.model)
-        store, corpus_texts = open_store_inputs(args.store, args.corpus, loaded.sae, loaded.model)
+        store, corpus_texts = _open_store(args.store, args.corpus, loaded.sae, loaded.model)
         return loaded, corpus_texts, store
     texts = read_corpus(args.corpus, args.text_field)
     loaded = load_sae_for(args.sae, args.model)
     x = embed_texts(loaded.model, texts, args)
     loaded.check_width(x.shape[1])
     return loaded, texts, x
+
+
+def _open_store(store_dir: str, corpus: str, sae: Any, model: str | None) -> tuple[Any, Any]:
+    """``(store, texts)`` for ``sae`` over the store in ``store_dir`` of the corpus file ``corpus``.
+
+    Before the SAE reads a row, the store must be complete, of the SAE's input size, written for this
+    corpus file (same bytes: its hash is in the manifest) and, when the model's files are local, by this
+    model (their fingerprint is in the manifest). The texts are then read by row
+    (:class:`~aquin_monitor.sae.corpus_texts.CorpusTexts`), a pass over the file for the few texts shown.
+
+    Raises:
+        InputError: the store does not match the SAE's input size, the corpus file
+            (hash) or the model's files (fingerprint); ``StoreError`` for a broken store.
+    """
+    from ..data import corpus_file, iter_corpus
+    from ..embed import corpus_hash
+    from ..embedding_cache import model_fingerprint
+    from ..encoders import resolve_model
+    from ..store import EmbeddingStore
+    from .corpus_texts import CorpusTexts
+
+    store = EmbeddingStore(store_dir)
+    manifest = Path(store_dir) / "manifest.json"
+    if store.dimension != sae.d_in:
+        raise InputError(manifest, f"the store holds {store.dimension}-dimensional rows, the SAE takes {sae.d_in}",
+                         line=1, field="dimension")
+    source = corpus_file(corpus)
+    if corpus_hash(source) != store.manifest.corpus_hash:
+        raise InputError(manifest, f"the store was written for another corpus file than {source} (its bytes differ)",
+                         line=1, field="corpus_hash")
+    if model:
+        location = resolve_model(model)
+        if os.path.isdir(location) and model_fingerprint(location) != store.manifest.model_fingerprint:
+            raise InputError(manifest, f"the store was written by another model than {model!r} (its files differ); "
+                             "pass --model", line=1, field="model_fingerprint")
+    # same bytes as the file `embed` read and validated line by line: its texts are the store's rows, in order
+    return store, CorpusTexts(lambda: (text for _, text in iter_corpus(source, check_ids=False)))
 
 
 def _browse(args: argparse.Namespace) -> dict[str, Any]:

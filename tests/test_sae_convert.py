@@ -258,3 +258,38 @@ def test_cli_convert_bad_paths_exit_2(tmp_path, capsys):
     one_line_error(capsys, "nowhere", "SRC: not a folder")
     assert not (tmp_path / "o").exists()
     assert blocker.read_text() == "x"
+
+
+def test_csr_saved_as_pytorch_bin_with_both_tied_names(tmp_path):
+    """safe_serialization=False writes torch's state dict: encoder.weight and decoder.linear.weight both."""
+    csr = _csr()
+    (tmp_path / "csr").mkdir()
+    csr.save(str(tmp_path / "csr"), safe_serialization=False)
+    assert (tmp_path / "csr" / "pytorch_model.bin").is_file()
+    x = torch.randn(100, D)
+    codes, reconstruction, _ = _csr_outputs(csr, x)
+    ours_codes, ours_reconstruction = _ours(convert_sae(tmp_path / "csr", "csr"), x)
+    assert torch.allclose(ours_codes, codes, atol=1e-5) and torch.allclose(ours_reconstruction, reconstruction, atol=1e-5)
+
+
+def test_converted_sparse_encoder_drives_sae_decompose(tiny_mean_model, tmp_path, capsys):
+    """Convert a whole SparseEncoder folder, then an analysis verb runs on it with the dense model's embeddings."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+
+    dense = SentenceTransformer(tiny_mean_model, device="cpu")
+    width = dense.get_embedding_dimension()
+    SparseEncoder(modules=[*dense, SparseAutoEncoder(input_dim=width, hidden_dim=2 * width, k=3)], device="cpu").save(
+        str(tmp_path / "sparse"))
+    out = tmp_path / "converted"
+    assert cli.main(["sae", "convert", str(tmp_path / "sparse"), "--from", "csr", "--out", str(out),
+                     "--model", tiny_mean_model]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(["sae", "decompose", str(out), "a cat on the mat", "--json", "-", "--no-cache", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    sparse = SparseEncoder(str(tmp_path / "sparse"), device="cpu")
+    codes = sparse.encode(["a cat on the mat"], convert_to_tensor=True, convert_to_sparse_tensor=False)[0]
+    expected = {int(i): float(codes[i]) for i in torch.nonzero(codes).flatten()}
+    assert len(expected) == 3  # k features fire: the comparison below is not between two empty sets
+    assert {f["feature"]: f["activation"] for f in result["features"]} == pytest.approx(expected, abs=1e-5)

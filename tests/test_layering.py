@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.sae.cli",
             "aquin_monitor.sae.analysis_cli",
             "aquin_monitor.sae.page_cli",
+            "aquin_monitor.sae.convert_cli",
         ),
     ),
     ("pages", ("aquin_monitor.report",)),

@@ -38,8 +38,9 @@ import torch
 
 from .alarms import ALARM_KINDS, Alarm, AlarmConfig, AlarmWarning, GapNarrowingCheck, GradientAnomalyDetector, loss_alarm
 from .capture import ContrastiveTap, default_tap
-from .distributed import ShardedGradientNorms, gradient_shares, rank_and_world_size
+from .distributed import gradient_shares, rank_and_world_size
 from .failsoft import report_failure
+from .sharded_gradients import ShardedGradientNorms
 from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
 from .signals.gradients import (
     ParameterGroups,

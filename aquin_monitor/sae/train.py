@@ -48,7 +48,7 @@ from .evaluate import feature_statistics
 from .model import SparseAutoencoder
 from .stream import RowPlan, buffer_batches, scan_source
 
-__all__ = ["DEAD_AFTER_CAP", "SaeTrainConfig", "SaeTrainingError", "StreamingTrainer", "TrainResult", "choose_sizes",
+__all__ = ["DEAD_AFTER_CAP", "SaeCheckpointError", "SaeTrainConfig", "SaeTrainingError", "StreamingTrainer", "TrainResult", "choose_sizes",
            "resolve_device", "train_rows", "train_sae"]
 
 DEAD_AFTER_CAP = 1_000_000
@@ -61,7 +61,11 @@ _TRAJECTORY_FIELDS = ("num_latents", "k", "lr", "batch_size", "val_fraction", "a
 
 
 class SaeTrainingError(RuntimeError):
-    """Training stopped for a reason outside this process (a lost rank, an unusable checkpoint): one line."""
+    """Training stopped for a reason outside this process (a lost rank): one line."""
+
+
+class SaeCheckpointError(SaeTrainingError, ValueError):
+    """The checkpoint file cannot resume this run (other settings or rows, a cut or foreign file): one line."""
 
 
 @dataclass
@@ -116,6 +120,8 @@ class TrainResult:
     plan: RowPlan
     config: dict[str, Any] = field(default_factory=dict)
     rule: str = ""
+    held_out: np.ndarray | None = None
+    """The held-out rows [n_val, d] (at most about ``max_val_rows``), as evaluated each epoch."""
 
     @property
     def val_indices(self) -> np.ndarray:
@@ -238,7 +244,7 @@ def train_rows(
                                on_step=on_step)
     if config.checkpoint and Path(config.checkpoint).exists():
         trainer.load_checkpoint(config.checkpoint)
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     bar = tqdm(total=config.max_epochs, initial=len(trainer.history), desc="sae", unit="epoch",
                disable=not show_progress or rank != 0, file=sys.stderr)
@@ -250,7 +256,7 @@ def train_rows(
         sink.flush()
     sae.load_state_dict(trainer.best_state)
     sae.metadata.update({"best_epoch": trainer.best_epoch, "n_train_texts": n_train, "n_val_texts": len(held_out)})
-    return TrainResult(sae.eval(), trainer.history, plan, asdict(config), rule)
+    return TrainResult(sae.eval(), trainer.history, plan, asdict(config), rule, held_out.numpy())
 
 
 class StreamingTrainer:
@@ -276,11 +282,14 @@ class StreamingTrainer:
         self.sae, self.source, self.plan, self.held_out, self.config = sae, source, plan, held_out, config
         self.rank, self.world_size, self.on_step = rank, world_size, on_step
         self.device = held_out.device
+        if config.lr is None or config.dead_after is None:
+            raise ValueError("config.lr and config.dead_after must be set")
+        self.lr, self.dead_after = float(config.lr), int(config.dead_after)
         self.model: torch.nn.Module = sae
         if world_size > 1:
             with self._collective("wrapping the SAE in DistributedDataParallel"):
                 self.model = torch.nn.parallel.DistributedDataParallel(sae)
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr)
         self.order_generator = torch.Generator().manual_seed(config.seed + 2)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
         self.epoch_start_states = (self.order_generator.get_state(), self.shuffle_generator.get_state())
@@ -346,7 +355,7 @@ class StreamingTrainer:
     def train_step(self, rows: torch.Tensor, global_size: int) -> None:
         """One optimizer step on this rank's ``rows`` of a global batch of ``global_size`` rows."""
         sae, config = self.sae, self.config
-        dead = (self.seen - self.last_fired) >= config.dead_after
+        dead = (self.seen - self.last_fired) >= self.dead_after
         variance = self.global_variance(rows, global_size) if self.world_size > 1 else None
         out = self.model(rows, dead_mask=dead, auxk_coefficient=config.auxk_coefficient, total_variance=variance)
         self.optimizer.zero_grad(set_to_none=True)
@@ -382,7 +391,7 @@ class StreamingTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """The epoch's metrics: held-out FVU and L0, running train FVU and AuxK loss, dead fraction."""
-        dead = (self.seen - self.last_fired) >= self.config.dead_after
+        dead = (self.seen - self.last_fired) >= self.dead_after
         stats = feature_statistics(self.sae, self.held_out)
         steps = max(float(self.sums[2]), 1.0)
         return {
@@ -458,17 +467,17 @@ class StreamingTrainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # a foreign or cut file
-            raise SaeTrainingError(f"{path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]}); "
+            raise SaeCheckpointError(f"{path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]}); "
                                    "remove it to start afresh") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise SaeTrainingError(f"{path}: not an aquin-monitor SAE training checkpoint; remove it to start afresh")
+            raise SaeCheckpointError(f"{path}: not an aquin-monitor SAE training checkpoint; remove it to start afresh")
         if list(state["rows"]) != [self.plan.n_rows, self.source.dimension]:
-            raise SaeTrainingError(f"{path}: rows: the checkpoint was trained on {state['rows'][0]} rows of dimension "
+            raise SaeCheckpointError(f"{path}: rows: the checkpoint was trained on {state['rows'][0]} rows of dimension "
                                    f"{state['rows'][1]}, these are {self.plan.n_rows} of {self.source.dimension}")
         now = {name: getattr(self.config, name) for name in _TRAJECTORY_FIELDS}
         for name, value in now.items():
             if state["settings"].get(name) != value:
-                raise SaeTrainingError(f"{path}: {name}: {state['settings'].get(name)!r} in the checkpoint, {value!r} now; "
+                raise SaeCheckpointError(f"{path}: {name}: {state['settings'].get(name)!r} in the checkpoint, {value!r} now; "
                                        "resume with the same settings or remove the checkpoint")
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])

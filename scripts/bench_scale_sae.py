@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 class NpyFileRows:
@@ -132,7 +132,7 @@ def main() -> int:
           f"peak RSS {peak_rss_mb():,.0f} MB")
 
     subset = np.concatenate([source.read(s, min(s + 65_536, args.subset)) for s in range(0, args.subset, 65_536)])
-    in_memory, wall_memory, steps_memory = timed_training(ArrayRows(subset), config, args.warmup)
+    in_memory, _wall_memory, steps_memory = timed_training(ArrayRows(subset), config, args.warmup)
     print(f"in memory ({len(subset):,} rows, one buffer): {in_memory:,.0f} samples/s over {steps_memory} steps")
     print(f"ratio streaming / in-memory: {rate / in_memory:.2f}")
     print(f"load average after: {os.getloadavg()}")

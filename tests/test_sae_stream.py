@@ -167,7 +167,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
+def run_to_end(command: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(command, cwd=cwd, env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -180,7 +180,7 @@ def _run(command: list[str], cwd: Path, **extra: str) -> subprocess.CompletedPro
 
 
 def _job(tmp_path: Path, out: str, *args: str) -> subprocess.CompletedProcess:
-    return _run([sys.executable, str(JOB), str(tmp_path / "rows.npy"), str(tmp_path / out), *args], tmp_path)
+    return run_to_end([sys.executable, str(JOB), str(tmp_path / "rows.npy"), str(tmp_path / out), *args], tmp_path)
 
 
 def _load(path: Path) -> dict:
@@ -196,7 +196,7 @@ def job_rows(tmp_path):
 def test_two_gloo_ranks_train_the_same_sae_as_one_process(job_rows):
     one = _job(job_rows, "one.pt")
     assert one.returncode == 0, one.stdout[-3000:]
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(JOB),
+    two = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(JOB),
                 str(job_rows / "rows.npy"), str(job_rows / "two.pt")], job_rows)
     assert two.returncode == 0, two.stdout[-3000:]
     a, b = _load(job_rows / "one.pt"), _load(job_rows / "two.pt")

@@ -8,14 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_sae_cli import one_line_error
+from test_sae_stream import rows, run_to_end
 
 from aquin_monitor import cli
 from aquin_monitor.rows import ArrayRows
 from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.train import SaeTrainConfig, train_rows
-
-from test_sae_cli import one_line_error
-from test_sae_stream import _run, rows
 
 FLAGS = ["--num-latents", "32", "--k", "4", "--epochs", "2", "--train-batch-size", "64", "--seed", "2", "--no-progress"]
 
@@ -90,7 +89,7 @@ def test_torchrun_two_ranks_write_one_folder_of_the_one_process_sae(tiny_mean_mo
     out = tmp_path / "sae"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aquin_monitor",
                "sae", "train", tiny_mean_model, "--embeddings", str(embeddings), "--out", str(out), *FLAGS]
-    done = _run(command, tmp_path, HF_HUB_OFFLINE="1")
+    done = run_to_end(command, tmp_path, HF_HUB_OFFLINE="1")
     assert done.returncode == 0, done.stdout[-3000:]
     assert done.stdout.count("sae/fvu") == 1  # rank zero reports, once
     saved = SparseAutoencoder.load(out)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from aquin_monitor.sae.evaluate import quality_metrics  # noqa: E402
-from aquin_monitor.sae.monitoring import snapshot_signals  # noqa: E402
-from aquin_monitor.rows import ArrayRows  # noqa: E402
-from aquin_monitor.sae.stream import RowPlan  # noqa: E402
-from aquin_monitor.sae.train import SaeTrainConfig, StreamingTrainer  # noqa: E402
-from aquin_monitor.sae.model import SparseAutoencoder  # noqa: E402
+from aquin_monitor.rows import ArrayRows
+from aquin_monitor.sae.evaluate import quality_metrics
+from aquin_monitor.sae.model import SparseAutoencoder
+from aquin_monitor.sae.monitoring import snapshot_signals
+from aquin_monitor.sae.stream import RowPlan
+from aquin_monitor.sae.train import SaeTrainConfig, StreamingTrainer
 
 
 def embeddings(n: int, d: int, seed: int = 0) -> torch.Tensor:

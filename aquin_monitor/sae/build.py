@@ -119,6 +119,8 @@ def write_trained_folder(result: TrainResult, folder: Path, *, model: str, extra
     sae.save(folder)
     lines = "".join(json.dumps(row) + "\n" for row in result.history)
     atomic_write_text(folder / "training.jsonl", lines)
+    if result.held_out is None:
+        raise ValueError("write_trained_folder: the training result carries no held-out rows")
     metrics, stats = quality_metrics(sae, result.held_out)
     metrics.update(extra_metrics or {})
     write_figures(folder, stats.frequency, result.history)

@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         if written is None:
             return {}
         metrics, rule = written
-    Path(config.checkpoint).unlink(missing_ok=True)  # the SAE folder is complete: nothing left to resume
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # the SAE folder is complete: nothing left to resume
     return _emit({"command": "sae train", "out": str(out), "rule": rule, "metrics": metrics}, args)
 
 

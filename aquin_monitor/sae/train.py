@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..rows import ArrayRows, RowSource
+from .config import SaeTrainConfig
 from .evaluate import feature_statistics
 from .model import SparseAutoencoder
 from .stream import RowPlan, buffer_batches, scan_source
@@ -66,49 +67,6 @@ class SaeTrainingError(RuntimeError):
 
 class SaeCheckpointError(SaeTrainingError, ValueError):
     """The checkpoint file cannot resume this run (other settings or rows, a cut or foreign file): one line."""
-
-
-@dataclass
-class SaeTrainConfig:
-    """Training settings; ``None`` means "chosen from the data" (see :func:`choose_sizes`).
-
-    Args:
-        num_latents: dictionary size (default 4·d, 8·d from 100k texts).
-        k: active features per input (default 32; 16 under 20k texts, 8 under 5k).
-        lr: Adam learning rate (default ``2e-4 / sqrt(num_latents / 2**14)``).
-        batch_size: samples per (global) step.
-        max_epochs: upper bound on epochs.
-        patience: epochs without held-out improvement before stopping.
-        val_fraction: share of the samples held out (at least one sample; at most ``max_val_rows`` in all).
-        auxk_coefficient: weight of the AuxK loss.
-        dead_after: samples without firing after which a latent counts as dead (default: one
-            epoch, capped at :data:`DEAD_AFTER_CAP`: on a 10M-row corpus a one-epoch window would
-            let a latent idle for 10M samples before AuxK revives it).
-        seed: initialisation, split and shuffling seed.
-        device: torch device, or ``"auto"`` (CUDA when present, else CPU).
-        block_rows: rows per block, the unit of the held-out split and of the shuffle.
-        buffer_blocks: blocks shuffled together (memory: ``buffer_blocks · block_rows`` rows).
-        max_val_rows: bound on the held-out rows (kept in memory for the per-epoch evaluation).
-        checkpoint: file of the resumable training state (``None``: none written).
-        checkpoint_every: steps between checkpoints (one is also written after every epoch).
-    """
-
-    num_latents: int | None = None
-    k: int | None = None
-    lr: float | None = None
-    batch_size: int = 1024
-    max_epochs: int = 30
-    patience: int = 3
-    val_fraction: float = 0.05
-    auxk_coefficient: float = 1 / 32
-    dead_after: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    block_rows: int = 131_072
-    buffer_blocks: int = 2
-    max_val_rows: int = 65_536
-    checkpoint: str | None = None
-    checkpoint_every: int = 500
 
 
 @dataclass
@@ -154,8 +112,9 @@ def choose_sizes(n_texts: int, d_in: int) -> tuple[int, int, str]:
     return expansion * d_in, k, rule
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when CUDA is present, else ``"cpu"``; under ``torchrun`` on CUDA, this rank's GPU."""
+def resolve_device(device: str | None) -> str:
+    """``None`` → ``"cpu"``; ``"auto"`` → ``"cuda"`` when CUDA is present, else ``"cpu"``; under ``torchrun`` on CUDA, this rank's GPU."""
+    device = device or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:
@@ -454,7 +413,7 @@ class StreamingTrainer:
         if not self.config.checkpoint:
             return
         if self.rank == 0:
-            from .files import atomic_path
+            from ..atomic import atomic_path
 
             target = Path(self.config.checkpoint)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_tools import (
+    InputError,
     cache_option,
     declare_outputs,
     embed_texts,

@@ -102,8 +102,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from .train_dist import launched_by_torchrun
 
     if args.corpus and launched_by_torchrun():
-        raise InputError(f"{args.corpus}:0: --corpus: under torchrun every rank would embed the corpus; "
-                         "embed it once and pass --embeddings FILE.npy")
+        raise InputError(args.corpus, "under torchrun every rank would embed the corpus; embed it once and pass "
+                         "--embeddings FILE.npy", line=0, field="--corpus")
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
     source = _open_embeddings(args.embeddings) if args.embeddings else None
     texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
@@ -135,12 +135,13 @@ def _open_embeddings(path: str) -> Any:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
-        raise InputError(f"{path}:0: --embeddings: no such file") from None
+        raise InputError(path, "no such file", line=0, field="--embeddings") from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}:0: --embeddings: not a readable .npy array ({' '.join(str(exc).split())[:120]})") from None
+        raise InputError(path, f"not a readable .npy array ({' '.join(str(exc).split())[:120]})", line=0,
+                         field="--embeddings") from None
     if not isinstance(array, np.ndarray) or array.ndim != 2 or array.shape[0] < 2 or array.dtype.kind != "f":
-        raise InputError(f"{path}:0: --embeddings: expected a float array [n >= 2, d], got "
-                         f"{getattr(array, 'dtype', '?')} of shape {getattr(array, 'shape', '?')}")
+        raise InputError(path, f"expected a float array [n >= 2, d], got {getattr(array, 'dtype', '?')} of shape "
+                         f"{getattr(array, 'shape', '?')}", line=0, field="--embeddings")
     return ArrayRows(array)
 
 

@@ -98,3 +98,18 @@ def test_torchrun_two_ranks_write_one_folder_of_the_one_process_sae(tiny_mean_mo
     for name, tensor in reference.sae.state_dict().items():
         torch.testing.assert_close(saved.state_dict()[name], tensor, rtol=0, atol=1e-5)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # one line per epoch, from rank zero only
+
+
+def test_a_store_trains_the_same_sae_as_its_rows_and_a_missing_store_exits_2(tiny_mean_model, embeddings, tmp_path, capsys):
+    from aquin_monitor.store import write_store
+
+    x = np.load(embeddings)
+    write_store(tmp_path / "store", [x[:250], x[250:]], [f"doc-{i}" for i in range(len(x))], model_fingerprint="m",
+                corpus_hash="c", shard_rows=200)
+    assert cli.main(["sae", "train", tiny_mean_model, "--store", str(tmp_path / "store"), "--out", str(tmp_path / "a"), *FLAGS]) == 0
+    assert cli.main(["sae", "train", tiny_mean_model, "--embeddings", str(embeddings), "--out", str(tmp_path / "b"), *FLAGS]) == 0
+    a, b = SparseAutoencoder.load(tmp_path / "a"), SparseAutoencoder.load(tmp_path / "b")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    capsys.readouterr()
+    assert cli.main(["sae", "train", tiny_mean_model, "--store", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), *FLAGS]) == 2
+    one_line_error(capsys, "no embedding store here")

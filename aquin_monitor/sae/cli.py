@@ -105,7 +105,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(args.corpus, "under torchrun every rank would embed the corpus; embed it once and pass "
                          "--embeddings FILE.npy", line=0, field="--corpus")
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
-    source = _open_embeddings(args.embeddings) if args.embeddings else None
+    source = _open_embeddings(args.embeddings) if args.embeddings else _open_store(args.store) if args.store else None
     texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
     resolve_model(args.model)
     out = Path(args.out)
@@ -145,6 +145,13 @@ def _open_embeddings(path: str) -> Any:
     return ArrayRows(array)
 
 
+def _open_store(path: str) -> Any:
+    """An embedding store (:class:`~aquin_monitor.store.EmbeddingStore`, a row source); a bad one raises its one-line ``StoreError``."""
+    from ..store import EmbeddingStore
+
+    return EmbeddingStore(path)
+
+
 def _sinks(args: argparse.Namespace, out: Path) -> list[Any]:
     from ..sinks import JsonlSink
 
@@ -178,7 +185,7 @@ def _train_on_rows(args: argparse.Namespace, source: Any, out: Path, config: Any
 
     with process_group(config.device or "cpu", timeout_s=args.collective_timeout) as (rank, world_size):
         if rank == 0 and args.progress:
-            print(f"{len(source)} embeddings from {args.embeddings}" + (f", {world_size} ranks" if world_size > 1 else ""),
+            print(f"{len(source)} embeddings from {args.embeddings or args.store}" + (f", {world_size} ranks" if world_size > 1 else ""),
                   file=sys.stderr)
             if Path(config.checkpoint).exists():
                 print(f"resuming from {config.checkpoint}", file=sys.stderr)
@@ -239,11 +246,12 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", parents=[common], help="train a TopK SAE on MODEL's embeddings of a corpus",
                            description="Embed the corpus (cached), train a TopK SAE with a held-out split and early "
                            "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report). "
-                           "With --embeddings, stream precomputed embeddings instead (bounded memory; under torchrun, "
+                           "With --store or --embeddings, stream precomputed embeddings instead (bounded memory; under torchrun, "
                            "data-parallel; no features.json). A killed run started again resumes from OUT/training_state.pt.")
     rows = train.add_mutually_exclusive_group(required=True)
     rows.add_argument("--corpus", metavar="FILE", help="JSONL with one text per line")
     rows.add_argument("--embeddings", metavar="FILE.npy", help="precomputed embeddings [n, d] (.npy, memory-mapped, streamed)")
+    rows.add_argument("--store", metavar="DIR", help="an embedding store written by 'aquin-monitor embed' (streamed)")
     train.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     cache_option(train)
     train.add_argument("--collective-timeout", type=positive_int, default=600, metavar="S",

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "entry points",
         (
             "aquin_monitor",
+            "aquin_monitor.__main__",
             "aquin_monitor.callbacks",
             "aquin_monitor.callbacks.",
             "aquin_monitor.cli",

@@ -56,8 +56,8 @@ def base_embeddings() -> np.ndarray:
 
     path = Path(aquin_monitor.__file__).parent / "datasets" / "banking77" / "test.jsonl"
     texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    emb, _ = encode_cached(lambda: load_model("default", device="cpu"), model_fingerprint(resolve_model("default"), None),
-                           texts)
+    fingerprint = model_fingerprint(resolve_model("default"), None)
+    emb, _ = encode_cached(lambda: load_model("default", device="cpu"), fingerprint, texts)
     return np.asarray(emb, dtype=np.float32)
 
 
@@ -110,12 +110,13 @@ def main() -> int:
         e = exact.report
         exact_qps = e.n_queries / e.search_seconds
         print(e.line() + f" (widened lists: {e.widened_queries})")
-        recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.indices[: args.exact_queries], exact.indices)])
+        pairs = zip(found.indices[: args.exact_queries], exact.indices, strict=True)
+        recall = np.mean([len(set(f) & set(t)) / 10 for f, t in pairs])
         print(f"exact: build {e.build_seconds:.1f} s, {exact_qps:.1f} queries/s; peak RSS {peak_rss_gib():.2f} GiB")
         print(f"recall@10 of {args.index} vs exact on the {len(subset)} queries searched both ways: {recall:.4f}")
+        with_build = (args.queries / exact_qps) / (a.build_seconds + a.search_seconds)
         print(f"speed-up of {args.index} over exact (queries/s): {approx_qps / exact_qps:.1f}x; "
-              f"with its build: {(a.build_seconds + a.search_seconds) and (args.queries / exact_qps) / (a.build_seconds + a.search_seconds):.1f}x "
-              f"for {args.queries} queries")
+              f"counting its build: {with_build:.1f}x for {args.queries} queries")
     print(f"load average after: {os.getloadavg()}")
     return 0
 

@@ -216,3 +216,44 @@ def test_nan_row_in_a_row_source_is_named():
     docs[123, 4] = np.nan
     with pytest.raises(RetrievalInputError, match="NaN"):
         SearchIndex(CountingRows(docs), index="exact").search(queries, 3)
+
+
+def write_pairs(path) -> str:
+    import json
+
+    rng = np.random.default_rng(11)
+    words = ["cell", "gene", "virus", "protein", "tumour", "brain", "heart", "blood", "immune", "drug"]
+    lines = []
+    for q in range(12):
+        query = " ".join(rng.choice(words, 3))
+        document = query + " " + " ".join(rng.choice(words, 4))
+        lines.append({"query": query + f" {q}", "document": document + f" {q}"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_eval_index_exact_and_ivf_give_the_default_metrics_and_ivf_prints_its_recall(capsys, tmp_path, tiny_mean_model):
+    import json
+
+    from aquin_monitor.cli import main
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    results = {}
+    for kind in ("auto", "exact", "ivf"):
+        code = main(["eval", tiny_mean_model, "--pairs", pairs, "--index", kind, "--json", "-", "--no-progress"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        results[kind] = json.loads(captured.out)
+        assert ("recall@" in captured.err) == (kind == "ivf")
+    assert results["auto"]["search"]["engine"] == "full scan"
+    assert results["ivf"]["search"]["recall_at_k"] == 1.0  # one list: IVF scans everything
+    for kind in ("exact", "ivf"):
+        for key in ("retrieval/recall@1", "retrieval/recall@10", "retrieval/mrr@10", "retrieval/ndcg@10"):
+            assert results[kind]["metrics"][key] == results["auto"]["metrics"][key], (kind, key)
+
+
+def test_eval_bad_index_is_an_argument_error(capsys, tmp_path):
+    from aquin_monitor.cli import main
+
+    code = main(["eval", "default", "--pairs", str(tmp_path / "none.jsonl"), "--index", "annoy"])
+    assert code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err

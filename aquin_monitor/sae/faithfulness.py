@@ -2,8 +2,10 @@
 
 Ablating feature ``i`` in every query embedding removes its decoded part, ``x' = x − z_i(x) d_i``
 (the rest of the embedding, reconstruction error included, is kept); the documents are left
-as they are. NDCG@10 is recomputed through :func:`aquin_monitor.signals.retrieval.retrieval_metrics`
-and the feature's *drop* is ``NDCG(x) − NDCG(x')``.
+as they are. NDCG@10 is recomputed through one :class:`aquin_monitor.search.SearchIndex` over the
+documents (up to 100,000 documents: the exact scan of :func:`aquin_monitor.signals.retrieval.retrieval_metrics`;
+beyond, faiss, with its measured recall in ``Faithfulness.search``) and the feature's *drop* is
+``NDCG(x) − NDCG(x')``.
 
 Only queries where the feature fires change, so each ablation re-ranks just those queries and
 swaps their per-query NDCG into the baseline's per-query array; the mean is over the same

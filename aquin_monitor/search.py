@@ -166,8 +166,12 @@ class SearchIndex:
             raise RetrievalInputError(f"index must be one of {INDEX_KINDS}, got {index!r}")
         if similarity not in ("cosine", "dot"):
             raise RetrievalInputError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
-        self._array = _checked_array(documents, "documents") if not isinstance(documents, RowSource) else None
-        self.source: RowSource = ArrayRows(self._array) if self._array is not None else documents
+        self._array: np.ndarray | None = None
+        if isinstance(documents, RowSource):
+            self.source: RowSource = documents
+        else:
+            self._array = _checked_array(documents, "documents")
+            self.source = ArrayRows(self._array)
         self.n_docs, self.dimension = len(self.source), self.source.dimension
         if self.n_docs == 0:
             raise RetrievalInputError("documents: no rows to search")
@@ -238,7 +242,8 @@ class SearchIndex:
         through :func:`~aquin_monitor.signals.retrieval.ranked_list_report`: ranks up to ``depth``
         are exact for the exact index; a relevant document beyond it counts as not retrieved.
         """
-        metric_args = dict(ks=ks, ndcg_k=ndcg_k, mrr_k=mrr_k, categories=categories, hard_negatives=hard_negatives)
+        metric_args: dict[str, Any] = dict(ks=ks, ndcg_k=ndcg_k, mrr_k=mrr_k, categories=categories,
+                                           hard_negatives=hard_negatives)
         if depth is None and self.kind == "exact" and self._array is not None and self.n_docs <= EXACT_MAX_DOCS:
             started = time.perf_counter()
             report = retrieval_metrics(queries, self._array, relevant, similarity=self.similarity, **metric_args)
@@ -310,10 +315,10 @@ class SearchIndex:
         """Top k of each candidate row under the tie policy, by canonical scores; -1 / -inf padding."""
         q_index = np.repeat(rows, candidates.shape[1])
         flat = candidates.reshape(-1)
-        exact = np.full(flat.shape, -np.inf, dtype=np.float32)
+        flat_scores = np.full(flat.shape, -np.inf, dtype=np.float32)
         valid = flat >= 0
-        exact[valid] = self.pair_scorer(queries)(q_index[valid], flat[valid])
-        exact = exact.reshape(candidates.shape)
+        flat_scores[valid] = self.pair_scorer(queries)(q_index[valid], flat[valid])
+        exact = flat_scores.reshape(candidates.shape)
         for i, q in enumerate(rows.tolist()):
             if excluded[q]:
                 exact[i, np.isin(candidates[i], list(excluded[q]))] = -np.inf

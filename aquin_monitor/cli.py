@@ -28,7 +28,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError, require
+from .cli_tools import CommandParser, InputError, cache_option, check_declared_outputs, check_output_file, declare_outputs, emit, note, positive_int
 from .progress import quiet_progress
 from .runlock import RunFolderLocked
 
@@ -59,7 +59,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
-    _note(probe.summary())
+    note(probe.summary())
     runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
                             max_attention_texts=args.attention_texts)
     snap = runner.take(_cached_model(args.model, args, args.adapter), 0, tag="inspect", model_name=args.model, diff_against_history=False)
@@ -74,7 +74,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     }
     if "umap" in snap.arrays:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
-    _emit(result, args, _metrics_table(snap.metrics))
+    emit(result, args.json, _metrics_table(snap.metrics))
     return result
 
 
@@ -92,7 +92,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.cross_encoder:
         check_model(args.cross_encoder, cross_encoder=True)
     cross_encoder = load_cross_encoder(args.cross_encoder, device=args.device) if args.cross_encoder else None
-    _note(data.summary())
+    note(data.summary())
 
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
     # embeddings come from the on-disk cache when this model's files have embedded these texts before
@@ -101,7 +101,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     report, by_category, search = evaluate_retrieval_set(data, query_emb, doc_emb, index=args.index)
     if search.index != "exact":
-        _note(search.line())
+        note(search.line())
     metrics = report.as_metrics()
     counts, edges = report.rank_histogram()
     result: dict[str, Any] = {
@@ -143,7 +143,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     if by_category:
         lines += [""] + _category_table(by_category)
     lines += ["", "first relevant rank: " + _histogram_line(counts, edges)]
-    _emit(result, args, lines)
+    emit(result, args.json, lines)
     return result
 
 
@@ -157,9 +157,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     retrieval = _read_pairs(args.pairs) if args.pairs else None
     check_model(args.base)
     check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
-    _note(probe.summary())
+    note(probe.summary())
     if retrieval is not None:
-        _note(retrieval.summary())
+        note(retrieval.summary())
     runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(_cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False)
@@ -175,7 +175,7 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    _emit(result, args, _metrics_table(metrics))
+    emit(result, args.json, _metrics_table(metrics))
     return result
 
 
@@ -228,57 +228,25 @@ def _gap_summary(report) -> dict[str, Any]:
 # Checks before any model loads, and writes that leave nothing half-done
 
 
-class OutputPathError(ValueError):
-    """An output path that cannot be written (under a file, a folder given for a file, not writable)."""
-
-
 #: Smallest probe a snapshot takes (pairwise and PCA signals need three points).
 MIN_PROBE_TEXTS = 3
 
 
 def _usable_probe(probe):
-    """``probe`` if a snapshot can be taken of it; else a :class:`~aquin_monitor.data.DataError`-like
-    ``ValueError`` naming the file (found now, not after the model has loaded)."""
+    """``probe`` if a snapshot can be taken of it; else an :class:`~aquin_monitor.cli_tools.InputError`
+    naming the file (found now, not after the model has loaded)."""
     if len(probe.texts) < MIN_PROBE_TEXTS:
-        raise ValueError(f"{probe.source}: a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}")
+        raise InputError(probe.source, f"a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}", field="--probe")
     if len(set(probe.texts)) == 1:
-        raise ValueError(f"{probe.source}: all {len(probe.texts)} texts are identical; a probe needs different texts")
+        raise InputError(probe.source, f"all {len(probe.texts)} texts are identical; a probe needs different texts", field="--probe")
     return probe
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Every path a command will write, checked before it reads a model (nothing is created here)."""
-    json_out = getattr(args, "json", None)
-    if json_out and json_out != "-":
-        _check_output_file(Path(json_out), "--json")
+    check_declared_outputs(args)
     if args.command == "inspect" and args.run_dir:
-        _check_output_dir(Path(args.run_dir), "--run-dir")
         _check_inspect_run_dir(Path(args.run_dir))
-
-
-def _check_output_file(path: Path, option: str) -> None:
-    if path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a folder; give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputPathError(f"{option} {path}: the file is not writable")
-    _check_creatable(path.parent, option, path)
-
-
-def _check_output_dir(path: Path, option: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a file, not a folder")
-    _check_creatable(path, option, path)
-
-
-def _check_creatable(folder: Path, option: str, shown: Path) -> None:
-    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is one."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputPathError(f"{option} {shown}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option} {shown}: the folder {existing} is not writable")
 
 
 def _check_inspect_run_dir(run_dir: Path) -> None:
@@ -291,9 +259,9 @@ def _check_inspect_run_dir(run_dir: Path) -> None:
         raise RunFolderLocked(run_dir, lock_holder(run_dir))
     tag = snapshot_tag(run_dir, 0)
     if tag not in (None, "inspect"):
-        raise OutputPathError(
-            f"--run-dir {run_dir}: {run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
-            "inspect never replaces another kind of snapshot: choose another --run-dir"
+        raise InputError(
+            run_dir, f"{run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
+            "inspect never replaces another kind of snapshot: choose another --run-dir", field="--run-dir"
         )
 
 
@@ -313,28 +281,14 @@ def _check_run_folder(run_dir: str) -> None:
     """``report`` reads a run folder: refuse anything else before writing report.html into it."""
     folder = Path(run_dir)
     if not folder.is_dir():
-        raise OutputPathError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: is a file, not a run folder")
+        raise InputError(folder, "no such folder" if not folder.exists() else "is a file, not a run folder", field="RUN_DIR")
     snapshots = folder / "snapshots"
     has_snapshot = snapshots.is_dir() and any(p.is_dir() and p.name.isdigit() for p in snapshots.iterdir())
     if not has_snapshot and not any((folder / name).is_file() for name in RUN_MARKERS):
-        raise OutputPathError(
-            f"{folder}: not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written"
+        raise InputError(
+            folder, f"not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written", field="RUN_DIR"
         )
-    _check_output_file(folder / "report.html", "report")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path`` (umask permissions), then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    check_output_file(folder / "report.html", "RUN_DIR")
 
 
 def _drop_stdout() -> None:
@@ -350,10 +304,6 @@ def _drop_stdout() -> None:
 # Output
 
 
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
 def _read_pairs(path: str):
     """:func:`~aquin_monitor.data.read_pairs`, its warnings (repeated lines) as one stderr line each."""
     import warnings
@@ -364,7 +314,7 @@ def _read_pairs(path: str):
         warnings.simplefilter("always")
         data = read_pairs(path)
     for warning in caught:
-        _note(f"{PROG}: warning: {warning.message}")
+        note(f"{PROG}: warning: {warning.message}")
     return data
 
 
@@ -402,33 +352,8 @@ def _histogram_line(counts, edges) -> str:
     return ", ".join(parts) or "no evaluated query"
 
 
-def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) -> None:
-    from .sinks.jsonl import to_jsonable
-
-    text = json.dumps(to_jsonable(result), indent=1, allow_nan=False)
-    if args.json == "-":
-        print(text)
-        return
-    print("\n".join(table))
-    if args.json:
-        out = Path(args.json)
-        _write_atomically(out, text + "\n")
-        _note(f"wrote {out}")
-
-
 # --------------------------------------------------------------------------------------------
 # Parser
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer (also used by the ``sae`` sub-commands)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -440,11 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
-    model_options.add_argument("--no-cache", dest="cache", action="store_false",
-                               help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
+    cache_option(model_options)
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
         description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
         epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "
@@ -465,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
     inspect.add_argument("--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)")
     inspect.set_defaults(handler=_inspect)
+    declare_outputs(inspect, folders=["--run-dir"])
 
     evaluate = commands.add_parser(
         "eval", parents=[common, model_options], help="retrieval metrics, per category, rank histogram, reranking",

@@ -257,3 +257,16 @@ def test_eval_bad_index_is_an_argument_error(capsys, tmp_path):
 
     code = main(["eval", "default", "--pairs", str(tmp_path / "none.jsonl"), "--index", "annoy"])
     assert code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
+
+
+def test_embedding_store_searches_like_its_rows(tmp_path):
+    from aquin_monitor.store import EmbeddingStore, write_store
+
+    docs, queries = corpus_with_ties(12, n=1500)
+    write_store(tmp_path / "store", [docs[:700], docs[700:]], [f"d{i}" for i in range(len(docs))],
+                model_fingerprint="m", corpus_hash="c", shard_rows=400, durable=False)
+    store = EmbeddingStore(tmp_path / "store")
+    result = SearchIndex(store, index="exact", block_rows=256).search(queries, 10)
+    ref_scores, ref_index = topk(queries, docs, 10)
+    np.testing.assert_array_equal(result.indices, ref_index)
+    np.testing.assert_array_equal(result.scores, ref_scores)

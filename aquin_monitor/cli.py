@@ -68,6 +68,12 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .encoders import check_model
     from .snapshot_runner import SnapshotRunner
 
+    if (args.probe is None) == (args.store is None):
+        raise InputError("<command line>", "give exactly one of --probe FILE and --store DIR", field="--probe/--store")
+    if args.store is not None:
+        return _inspect_store(args)
+    if args.model is None:
+        raise InputError("<command line>", "MODEL is needed with --probe", field="MODEL")
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
     note(probe.summary())
@@ -86,6 +92,32 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     if "umap" in snap.arrays:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
     emit(result, args.json, _metrics_table(snap.metrics))
+    return result
+
+
+def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
+    """inspect --store: the geometry of every stored row (exact where streamed, else on a seeded sample); no model loads."""
+    from .corpus_geometry import corpus_geometry
+    from .embedding_cache import model_fingerprint
+    from .encoders import resolve_model
+    from .store import EmbeddingStore
+
+    store = EmbeddingStore(args.store)
+    if args.model is not None:
+        location = resolve_model(args.model)
+        if os.path.isdir(location) and model_fingerprint(location, args.adapter) != store.manifest.model_fingerprint:
+            raise InputError(Path(args.store) / "manifest.json", f"the store was written by another model than "
+                             f"{args.model!r} (its files differ)", line=1, field="model_fingerprint")
+    found = corpus_geometry(store, sample_rows=args.sample_rows)
+    note(found.details()["sample_note"])
+    result: dict[str, Any] = {
+        "command": "inspect",
+        "model": args.model,
+        "store": {"path": str(args.store), "n_rows": len(store), "dimension": store.dimension},
+        "metrics": found.as_metrics(),
+        "details": {"geometry_sampling": found.details()},
+    }
+    emit(result, args.json, _metrics_table(result["metrics"]))
     return result
 
 
@@ -447,8 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
-    inspect.add_argument("model", metavar="MODEL", help=model_help)
-    inspect.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)")
+    inspect.add_argument("--probe", metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("--store", metavar="DIR", help="instead of a probe: the geometry of every row of an embedding store "
+                         "(`aquin-monitor embed`), in memory independent of its size; no model loads")
+    inspect.add_argument("--sample-rows", type=positive_int, default=10_000, metavar="N",
+                         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)")
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
     inspect.add_argument("--attention-texts", type=positive_int, default=32, metavar="N",
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")

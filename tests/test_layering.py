@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "aquin_monitor.alarms",
             "aquin_monitor.capture",
+            "aquin_monitor.sharded_gradients",
             "aquin_monitor.snapshot_record",
             "aquin_monitor.embedding_cache",
             "aquin_monitor.embed",

@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.encoders",
             "aquin_monitor.data",
             "aquin_monitor.store",
+            "aquin_monitor.search",
             "aquin_monitor.sinks",
             "aquin_monitor.sinks.",
         ),

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._optional import MissingDependencyError
+from ._optional import MissingDependencyError, require
 from .cli_tools import (
     CommandParser,
     InputError,
@@ -68,6 +68,12 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .encoders import check_model
     from .snapshot_runner import SnapshotRunner
 
+    if (args.probe is None) == (args.store is None):
+        raise InputError("<command line>", "give exactly one of --probe FILE and --store DIR", field="--probe/--store")
+    if args.store is not None:
+        return _inspect_store(args)
+    if args.model is None:
+        raise InputError("<command line>", "MODEL is needed with --probe", field="MODEL")
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
     note(probe.summary())
@@ -89,12 +95,41 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
+    """inspect --store: the geometry of every stored row (exact where streamed, else on a seeded sample); no model loads."""
+    from .corpus_geometry import corpus_geometry
+    from .embedding_cache import model_fingerprint
+    from .encoders import resolve_model
+    from .store import EmbeddingStore
+
+    store = EmbeddingStore(args.store)
+    if args.model is not None:
+        location = resolve_model(args.model)
+        if os.path.isdir(location) and model_fingerprint(location, args.adapter) != store.manifest.model_fingerprint:
+            raise InputError(Path(args.store) / "manifest.json", f"the store was written by another model than "
+                             f"{args.model!r} (its files differ)", line=1, field="model_fingerprint")
+    found = corpus_geometry(store, sample_rows=args.sample_rows)
+    note(found.details()["sample_note"])
+    result: dict[str, Any] = {
+        "command": "inspect",
+        "model": args.model,
+        "store": {"path": str(args.store), "n_rows": len(store), "dimension": store.dimension},
+        "metrics": found.as_metrics(),
+        "details": {"geometry_sampling": found.details()},
+    }
+    emit(result, args.json, _metrics_table(result["metrics"]))
+    return result
+
+
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
     from .encoders import check_model, load_cross_encoder
-    from .signals.retrieval import rerank, topk
+    from .search import SearchIndex
+    from .signals.retrieval import rerank
     from .snapshot_runner import evaluate_retrieval_set
 
+    if args.index in ("ivf", "hnsw"):
+        require("faiss", f"--index {args.index}")  # before any data is read or model loaded
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
     if args.cross_encoder:
@@ -107,7 +142,9 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     query_emb, doc_emb, (query_prompt, document_prompt) = _cached_model(args.model, args, args.adapter).retrieval_embeddings(
         query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress)
 
-    report, by_category = evaluate_retrieval_set(data, query_emb, doc_emb)
+    report, by_category, search = evaluate_retrieval_set(data, query_emb, doc_emb, index=args.index)
+    if search.index != "exact":
+        note(search.line())
     metrics = report.as_metrics()
     counts, edges = report.rank_histogram()
     result: dict[str, Any] = {
@@ -119,9 +156,11 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "by_category": by_category,
         "rank_histogram": {"edges": edges, "counts": counts},
         "hard_negative_gap": _gap_summary(report),
+        "search": search.to_json(),
     }
     if cross_encoder is not None:
-        _, candidates = topk(query_emb, doc_emb, args.rerank_k)
+        candidates = SearchIndex(doc_emb, index=args.index, expected_queries=len(query_emb)).search(
+            query_emb, args.rerank_k).indices
         scores: dict[tuple[str, str], float] = {}  # a pair scored once, even when a query is ranked per category too
 
         def score_pairs(pairs: list[tuple[str, str]]):
@@ -440,8 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
-    inspect.add_argument("model", metavar="MODEL", help=model_help)
-    inspect.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)")
+    inspect.add_argument("--probe", metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("--store", metavar="DIR", help="instead of a probe: the geometry of every row of an embedding store "
+                         "(`aquin-monitor embed`), in memory independent of its size; no model loads")
+    inspect.add_argument("--sample-rows", type=positive_int, default=10_000, metavar="N",
+                         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)")
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
     inspect.add_argument("--attention-texts", type=positive_int, default=32, metavar="N",
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
@@ -464,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
     evaluate.add_argument("--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
+    evaluate.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
+                          help="how documents are searched (aquin_monitor.search): exact, or an approximate faiss index "
+                          "whose recall@10 against exact search is measured and printed; auto: exact up to "
+                          "100,000 documents, ivf beyond (default auto)")
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser(

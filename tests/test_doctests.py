@@ -41,6 +41,10 @@ DOCUMENTED = {
     "aquin_monitor.snapshot_record": 12,
     "aquin_monitor.signals.neighbours": 2,
     "aquin_monitor.signals.arrays": 15,
+    "aquin_monitor.signals.streaming": 4,
+    "aquin_monitor.sae.stats": 8,
+    "aquin_monitor.sae.corpus_texts": 4,
+    "aquin_monitor.corpus_geometry": 4,
 }
 
 

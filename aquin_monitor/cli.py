@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,7 +178,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_run_folder(args.run_dir)
     path = write_report(args.run_dir)
-    print(path)
+    print_lines([str(path)])
     return {"command": "report", "path": str(path)}
 
 
@@ -343,8 +344,30 @@ def _drop_stdout() -> None:
 # Output
 
 
+#: Characters a terminal may act on: C0 controls (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 controls
+#: (CSI, OSC and ST as single bytes) and the bidirectional overrides that reorder what is shown.
+TERMINAL_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every terminal control character shown as its escape (``\\x1b``), so a label or text from a
+    user's file prints as itself and cannot set the title, clear the screen or move the cursor; also one line.
+
+    >>> terminal_safe("feature \\x1b]0;pwned\\x07 \\x1b[2J\\u202egnp.exe\\nnext")
+    'feature \\\\x1b]0;pwned\\\\x07 \\\\x1b[2J\\\\u202egnp.exe\\\\nnext'
+    """
+    return TERMINAL_CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def print_lines(lines: str | Sequence[str], file: Any = None) -> None:
+    """Print a table (lines, or one string of lines) with each line made :func:`terminal_safe`: the one way every
+    verb prints user-derived text (labels, texts, categories, file names) to the terminal."""
+    rows = lines.split("\n") if isinstance(lines, str) else lines
+    print("\n".join(terminal_safe(row) for row in rows), file=file)
+
+
 def _note(text: str) -> None:
-    print(text, file=sys.stderr)
+    print_lines(text, file=sys.stderr)
 
 
 def _read_pairs(path: str):
@@ -402,11 +425,11 @@ def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) ->
     if args.json == "-":
         print(text)
         return
-    print("\n".join(table))
-    if args.json:
+    if args.json:  # before the table: a reader that closes stdout early (`| head -1`) cannot lose the file
         out = Path(args.json)
         _write_atomically(out, text + "\n")
         _note(f"wrote {out}")
+    print_lines(table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,12 +447,101 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0 (e.g. ``sae faithfulness --random 0``: no random baseline)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (``nan`` and ``inf`` are refused).
+
+    >>> finite_float("2.5e-4")
+    0.00025
+    >>> finite_float("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number, got 'nan'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def bounded_float(low: float, high: float) -> Any:
+    """argparse type factory: a finite float in ``[low, high]`` (NaN, which compares false with everything,
+    would otherwise select nothing or everything silently).
+
+    >>> bounded_float(0, 1)("0.5")
+    0.5
+    >>> bounded_float(-1, 1)("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number in [-1, 1], got 'nan'
+    """
+    def parse(text: str) -> float:
+        try:
+            value = finite_float(text)
+        except argparse.ArgumentTypeError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a finite number in [{low:g}, {high:g}], got {text!r}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    return parse
+
+
+def torch_device(text: str) -> str:
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked
+    before any model loads (torch is imported only when ``--device`` is given)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: unsupported device type (cpu, cuda or mps)")
+    return text
+
+
+#: Option values argparse must read as values, not as unknown options: ``-1e-3``, ``-.5``, ``-inf``, ``-nan``.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``PROG CMD: error: argument --x: ...``), like every
+    other bad input, and which reads negative numbers in any notation (``--delta -1e-3``, ``--delta -inf``) as
+    values, so a range check can name the flag. Sub-command parsers inherit the class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # argparse's own hook (its default misses -1e-3, -inf)
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
     common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
-    common.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
+    common.add_argument("--device", type=torch_device, default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
@@ -437,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
         epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "

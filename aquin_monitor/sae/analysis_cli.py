@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import positive_int
+from ..cli import bounded_float, finite_float, non_negative_int, positive_int, print_lines
 
 __all__ = ["add_analysis_commands", "check_dimension", "feature_labels"]
 
@@ -112,19 +111,30 @@ def _check_output(path: str | None, option: str) -> None:
 
 
 def _check_text(text: str, what: str) -> str:
+    from ..data import unencodable_text
+
     if not text.strip():
         raise AnalysisInputError(f"<command line>:1: {what}: empty text")
+    problem = unencodable_text(text)
+    if problem:
+        raise AnalysisInputError(f"<command line>:1: {what}: {problem}")
     return text
 
 
 def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any) -> Any:
     from .embeddings import embed_corpus
 
-    return embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
-                        show_progress=args.progress, **kwargs)
+    from .cli import refuse_non_finite
+
+    embeddings = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
+                              show_progress=args.progress, **kwargs)
+    refuse_non_finite(embeddings, texts, model)
+    return embeddings
 
 
 def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
+    """``--json`` written first (atomically), then the summary printed (terminal-safe): a reader that closes
+    stdout early cannot lose the file, and labels from features.json cannot drive the terminal."""
     from ..sinks.jsonl import to_jsonable
 
     from .files import atomic_write_text
@@ -133,10 +143,10 @@ def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
     if args.json == "-":
         print(text)
         return result
-    print(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, text + "\n")
+    print_lines(summary)
     return result
 
 
@@ -204,8 +214,6 @@ def _steer(args: argparse.Namespace) -> Any:
     from .steer import steer
 
     query = _check_text(args.query, "QUERY")
-    if not math.isfinite(args.delta):
-        raise AnalysisInputError(f"<command line>:1: --delta: must be finite, got {args.delta}")
     if args.corpus:
         corpus = read_probe(args.corpus, text_field=args.text_field, label_field=None, id_field=args.id_field)
         doc_ids, doc_texts = corpus.ids, corpus.texts
@@ -216,8 +224,11 @@ def _steer(args: argparse.Namespace) -> Any:
     _check_feature(sae, args.feature, args.sae)
     q = _embed(model, [query], args)[0]
     documents = _embed(model, doc_texts, args, chunk_size=256)
-    result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
-                   labels=labels, query_text=query)
+    try:
+        result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
+                       labels=labels, query_text=query)
+    except ValueError as error:
+        raise AnalysisInputError(f"<command line>:1: --delta: {error}") from None
     lines = [f"feature {_named(args.feature, result.label)}: z {result.activation_before:.4f} -> {result.activation_after:.4f}"
              f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"]
     for name, hits in (("before", result.before), ("after", result.after)):
@@ -318,7 +329,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--feature", type=int, required=True, metavar="F")
-    p.add_argument("--delta", type=float, required=True, help="added to the query's activation of F")
+    p.add_argument("--delta", type=finite_float, required=True, help="added to the query's activation of F")
     p.add_argument("--top", type=positive_int, default=10, help="results listed before and after (default 10)")
     p.add_argument("--text-field", default="text", metavar="NAME", help="--corpus: text field (default text)")
     p.add_argument("--id-field", default="id", metavar="NAME", help="--corpus: id field if present (default id)")
@@ -331,7 +342,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "recompute NDCG@10, and compare with ablating random features of the same activation mass.")
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
-    p.add_argument("--random", type=int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
+    p.add_argument("--random", type=non_negative_int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
     p.add_argument("--seed", type=int, default=0)
     _retrieval_options(p, corpus=False)
     _model_option(p)
@@ -346,5 +357,5 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", metavar="NAME")
     p.add_argument("--model-a", default=None, help="model of SAE_A (default: recorded in its cfg.json)")
     p.add_argument("--model-b", default=None, help="model of SAE_B (default: recorded in its cfg.json)")
-    p.add_argument("--threshold", type=float, default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
+    p.add_argument("--threshold", type=bounded_float(-1.0, 1.0), default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
     p.set_defaults(handler=_validated(_match))

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import positive_int
+from ..cli import finite_float, positive_int, print_lines
 
 __all__ = ["add_sae_commands", "declared_dimension", "relevance_by_position"]
 
@@ -80,8 +80,68 @@ def _read_corpus(path: str, field: str) -> list[str]:
 def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any):
     from .embeddings import embed_corpus
 
-    return embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
-                        show_progress=args.progress, **kwargs)
+    embeddings = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
+                              show_progress=args.progress, **kwargs)
+    refuse_non_finite(embeddings, texts, model)
+    return embeddings
+
+
+def refuse_non_finite(embeddings: Any, texts: list[str], model: str) -> None:
+    """Raise (one line, naming the first bad row and its text) when an embedding holds NaN or inf: every SAE
+    number computed from it would be NaN or meaningless (FVU null, every feature dead)."""
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings)).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise SaeInputError(f"model {model!r}: embedding row {row} (text {texts[row][:60]!r}) is not finite (NaN or inf), "
+                            f"{bad.size} of {len(texts)} rows; are the model's weights broken?")
+
+
+#: What ``sae train`` writes into ``--out`` (and nothing else may be there).
+SAE_TRAIN_FILES = ("cfg.json", "sae.safetensors", "features.json", "training.jsonl", "quality.json", "quality.txt",
+                   "metrics.jsonl", "events.jsonl", "density.png", "training.png", "tensorboard")
+
+
+def _check_train_out(out: Path) -> None:
+    """``--out`` is a new or empty folder that can be made: never a run folder (DESIGN.md: a run folder is written only
+    by its run) nor any folder holding files (another tool's, or an earlier SAE whose metrics.jsonl would be appended to)."""
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out.absolute() and not out.is_dir():
+        raise SaeInputError(f"{out}:0: --out: exists and is not a folder")
+    if not existing.is_dir():
+        raise SaeInputError(f"{out}:0: --out: {existing} is a file, so the folder cannot be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SaeInputError(f"{out}:0: --out: folder {existing} is not writable")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        from ..runlock import LOCK_NAME
+
+        run = [name for name in held if name in ("snapshots", "evaluations.jsonl", "report.html", "sae.html", LOCK_NAME)]
+        kind = "a training run folder" if run else "an earlier SAE" if "cfg.json" in held else "not empty"
+        shown = ", ".join(held[:6]) + (f", ... ({len(held)} entries)" if len(held) > 6 else "")
+        raise SaeInputError(f"{out}:0: --out: {kind} (holds {shown}); sae train writes only into a new or empty "
+                            "folder: choose another --out")
+
+
+def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
+    """``--k`` at most ``--num-latents`` (either chosen by default from the corpus size and the model's declared
+    dimension), and ``--lr`` > 0: checked before the model loads."""
+    from .train import choose_sizes
+
+    if args.lr is not None and not args.lr > 0:
+        raise SaeInputError(f"<command line>:1: --lr: must be > 0, got {args.lr:g}")
+    dimension = declared_dimension(location) if os.path.isdir(location) else None
+    latents, k = args.num_latents, args.k
+    if dimension is not None:
+        default_latents, default_k, _ = choose_sizes(n_texts, dimension)
+        latents, k = latents or default_latents, k or default_k
+    if latents is not None and k is not None and k > latents:
+        flag = "--k" if args.k else "--num-latents"
+        raise SaeInputError(f"<command line>:1: {flag}: k = {k} active features cannot exceed num_latents = {latents}"
+                            + ("" if args.k and args.num_latents else " (the other one by default)"))
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,13 +151,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from .train import SaeTrainConfig
 
     texts = _read_corpus(args.corpus, args.text_field)
-    resolve_model(args.model)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SaeInputError(f"{out}:0: --out: exists and is not a folder")
+    _check_train_out(out)
+    _check_sizes(args, len(texts), resolve_model(args.model))
     out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise SaeInputError(f"{out}:0: --out: folder is not writable")
     print(f"{len(texts)} texts from {args.corpus}", file=sys.stderr)
     embeddings = _embed(args.model, texts, args)
     config = SaeTrainConfig(num_latents=args.num_latents, k=args.k, lr=args.lr, batch_size=args.train_batch_size,
@@ -143,17 +200,20 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--json`` written first (atomically), the table printed last: a reader that closes stdout early
+    (``| head -1``) cannot lose the file."""
     from ..sinks.jsonl import to_jsonable
     from .build import format_report
+    from .files import atomic_write_text
 
     text = json.dumps(to_jsonable(result), indent=1)
     if args.json == "-":
         print(text)
         return result
-    print(format_report(result["metrics"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(args.json, text + "\n")
+    print_lines(format_report(result["metrics"]))
     return result
 
 
@@ -174,7 +234,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
     train.add_argument("--num-latents", type=positive_int, default=None, help="dictionary size (default: 4·d, 8·d from 100k texts)")
     train.add_argument("--k", type=positive_int, default=None, help="active features per text (default 32; fewer for small corpora)")
-    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(num_latents/2^14))")
+    train.add_argument("--lr", type=finite_float, default=None, help="Adam learning rate (default 2e-4/sqrt(num_latents/2^14))")
     train.add_argument("--epochs", type=positive_int, default=30, help="maximum epochs (default 30)")
     train.add_argument("--train-batch-size", type=positive_int, default=1024, help="SAE batch size (default 1024)")
     train.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import positive_int
+from ..cli import bounded_float, positive_int, print_lines
 
 __all__ = ["add_page_commands"]
 
@@ -71,8 +71,11 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], str]:
 def _embeddings(args: argparse.Namespace, sae: Any, texts: list[str], model: str) -> Any:
     from .embeddings import embed_corpus
 
+    from .cli import refuse_non_finite
+
     x = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
                      show_progress=args.progress)
+    refuse_non_finite(x, texts, model)
     if x.shape[1] != sae.d_in:
         raise PageInputError(f"{args.sae}/cfg.json:1: d_in: the SAE takes {sae.d_in}-dimensional inputs but model {model!r} outputs {x.shape[1]}")
     return x
@@ -105,13 +108,12 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
     data = page_data(browser, network, diagnostics, title=title)
     _write_json(data, args.json)
     if args.json != "-":
-        for rank, f in enumerate(browser.features[: args.show], 1):
-            top = f.examples[0].text if f.examples else ""
-            print(f"{rank:>4} feature {f.index:>5}  {', '.join(f.label) or '-':<36} freq {f.frequency:7.2%}  "
-                  f"max {f.max_activation:6.3f}  {_clip([top], 70)}")
-        print(f"{len(browser.features)} of {browser.num_latents} features fired on {browser.n_texts} texts; "
-              f"network: {len(network.nodes)} nodes, {len(network.edges)} edges"
-              + (f"; page: {args.html}" if args.html else ""))
+        lines = [f"{rank:>4} feature {f.index:>5}  {', '.join(f.label) or '-':<36} freq {f.frequency:7.2%}  "
+                 f"max {f.max_activation:6.3f}  {_clip([f.examples[0].text if f.examples else ''], 70)}"
+                 for rank, f in enumerate(browser.features[: args.show], 1)]
+        lines.append(f"{len(browser.features)} of {browser.num_latents} features fired on {browser.n_texts} texts; "
+                     f"network: {len(network.nodes)} nodes, {len(network.edges)} edges" + (f"; page: {args.html}" if args.html else ""))
+        print_lines(lines)
     return data
 
 
@@ -131,16 +133,18 @@ def _diagnose(args: argparse.Namespace) -> Any:
     result = diagnose(sparse_activations(sae, x), x, texts, threshold=args.threshold, min_support=args.min_support)
     _write_json(dataclasses.asdict(result), args.json)
     if args.json != "-":
-        print(f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}")
+        lines = []
+        lines.append(f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}")
         for p in result.absorption[: args.show]:
-            print(f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {_clip(p.examples)}")
-        print(f"polysemy, widest spread of top texts (minus random texts' {result.baseline:.3f}):")
+            lines.append(f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {_clip(p.examples)}")
+        lines.append(f"polysemy, widest spread of top texts (minus random texts' {result.baseline:.3f}):")
         for p in result.polysemy[: args.show]:
-            print(f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
+            lines.append(f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
         merged = sorted((p for p in result.polysemy if p.merged), key=lambda p: (-p.silhouette, p.feature))
-        print(f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}): {len(merged)}")
+        lines.append(f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}): {len(merged)}")
         for p in merged[: args.show]:
-            print(f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
+            lines.append(f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  {_clip(p.examples[0])} | {_clip(p.examples[1])}")
+        print_lines(lines)
     return result
 
 
@@ -152,7 +156,7 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     shared.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the embedding cache")
-    shared.add_argument("--threshold", type=float, default=0.9, help="absorption: least P(B | A) (default 0.9)")
+    shared.add_argument("--threshold", type=bounded_float(0.0, 1.0), default=0.9, help="absorption: least P(B | A) (default 0.9)")
     shared.add_argument("--min-support", type=positive_int, default=10, metavar="N",
                         help="least texts for an absorption pair or a network edge (default 10)")
     shared.add_argument("--show", type=positive_int, default=20, metavar="N", help="rows printed (default 20)")
@@ -162,7 +166,7 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                                  "network and the absorption/polysemy diagnostics; --html writes one self-contained page.")
     browse.add_argument("--html", metavar="OUT", default=None, help="write the interactive page to OUT")
     browse.add_argument("--examples", type=positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)")
-    browse.add_argument("--npmi", type=float, default=0.3, help="least NPMI of a network edge (default 0.3)")
+    browse.add_argument("--npmi", type=bounded_float(-1.0, 1.0), default=0.3, help="least NPMI of a network edge (default 0.3)")
     browse.set_defaults(handler=_browse)
 
     diagnose = commands.add_parser("diagnose", parents=[common, shared], help="absorption pairs and polysemous features",

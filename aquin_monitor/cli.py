@@ -33,6 +33,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -613,6 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning on the command line: one terminal-safe line ``aquin-monitor: warning: ...`` (not Python's two)."""
+    text = " ".join(str(message).split()).removeprefix(f"{PROG}: ")
+    print(terminal_safe(f"{PROG}: warning: {text}"), file=sys.stderr)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -626,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         _check_output_paths(args)
-        with quiet_progress(not getattr(args, "progress", True)):  # --no-progress: model loading bars too
+        with quiet_progress(not getattr(args, "progress", True)), warnings.catch_warnings():  # --no-progress: model loading bars too
+            warnings.showwarning = _warning_line
             args.handler(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit
     except BrokenPipeError:  # `aquin-monitor eval ... | head`: not an error of ours, nothing to say

@@ -49,7 +49,7 @@ import numpy as np
 
 from aquin_monitor import plots
 from aquin_monitor.sinks.jsonl import iter_jsonl
-from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView
+from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView, recover_snapshots
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]
@@ -293,6 +293,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     directory = Path(run_dir)
     if not directory.is_dir():
         raise RunDirectoryError(f"run directory {str(directory)!r} does not exist or is not a directory")
+    recover_snapshots(directory)  # a save killed between its renames left snapshots/.<N>-old: put it back first
     problems: list[str] = []
     metrics = _read_jsonl_file(directory, "metrics.jsonl", problems)
     events = _read_jsonl_file(directory, "events.jsonl", problems)

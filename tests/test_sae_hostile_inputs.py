@@ -299,3 +299,102 @@ def test_json_file_is_written_even_when_stdout_is_closed(tmp_path, sae_folder, c
     err = process.stderr.read().decode()
     assert process.wait(timeout=300) == 141, err
     assert json.loads(out.read_text())["metrics" if command != "decompose" else "features"] is not None
+
+
+# ------------------------------------------------------------------------------ item 16: a killed re-save
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_report_repairs_a_killed_resave_with_one_warning(capsys, tmp_path):
+    import socket
+
+    from aquin_monitor.snapshot import Snapshot
+
+    run = tmp_path / "run"
+    for step, value in ((0, 0.1), (2, 0.2), (4, 0.4)):
+        Snapshot(step, "base" if step == 0 else "checkpoint", "tiny", {"geometry/anisotropy": value}).save(run)
+    (run / "metrics.jsonl").write_text('{"step": 4, "contrastive/gap": 0.3}\n')
+    snapshots = run / "snapshots"
+    os.replace(snapshots / "4", snapshots / ".4-old")  # killed between the two renames of a re-save of 4
+    orphan = snapshots / f".2-tmp-{socket.gethostname()}-{dead_pid()}-ab12cd34"
+    orphan.mkdir()
+    (orphan / "snapshot.json").write_text("{half")
+    assert cli.main(["report", str(run)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aquin-monitor: warning: repaired"), err
+    assert "snapshot 4 was being re-saved" in err[0] and orphan.name in err[0]
+    assert sorted(p.name for p in snapshots.iterdir()) == ["0", "2", "4"]
+    page = (run / "report.html").read_text()
+    assert 'id="snapshot-4"' in page and 'id="snapshot-2"' in page
+    assert cli.main(["report", str(run)]) == 0 and capsys.readouterr().err == ""  # nothing left to repair
+
+
+def test_load_run_reads_a_snapshot_set_aside_by_a_killed_resave(tmp_path):
+    from aquin_monitor.report import load_run
+    from aquin_monitor.snapshot import Snapshot
+
+    Snapshot(4, "checkpoint", "tiny", {"geometry/anisotropy": 0.4}).save(tmp_path)
+    os.replace(tmp_path / "snapshots" / "4", tmp_path / "snapshots" / ".4-old")
+    with pytest.warns(RuntimeWarning, match="snapshot 4 was being re-saved"):
+        run = load_run(tmp_path)
+    assert [s.step for s in run.snapshots] == [4]
+
+
+# ------------------------------------------------------------------------------ item 17: usetex in the user's style
+
+
+@pytest.fixture
+def usetex_without_latex(tmp_path, monkeypatch):
+    """The user's matplotlibrc turns text.usetex on, and no LaTeX is installed (PATH holds no latex)."""
+    import matplotlib
+
+    empty = tmp_path / "no-latex-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with matplotlib.rc_context({"text.usetex": True}):
+        yield
+
+
+def test_usetex_fixture_breaks_a_plain_matplotlib_figure(usetex_without_latex):
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    figure.add_subplot().set_title("UMAP")
+    with pytest.raises(Exception):  # the reference: what a figure of ours did before
+        figure.savefig(io.BytesIO(), format="png")
+
+
+def test_report_and_sink_draw_the_umap_with_usetex_on(usetex_without_latex, tmp_path):
+    from aquin_monitor import plots
+    from aquin_monitor.report import write_report
+    from aquin_monitor.sinks import JsonlSink
+    from aquin_monitor.snapshot import Snapshot
+
+    run = tmp_path / "run"
+    umap = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+    Snapshot(0, "base", "tiny", {"geometry/anisotropy": 0.1}, {}, {"umap": umap}).save(run)
+    page = write_report(run).read_text()
+    assert "<figcaption><b>UMAP by label</b>" in page and "UMAP by label: not drawn" not in page
+    sink = JsonlSink(tmp_path / "sink")
+    sink.log_figure("snapshot/umap_by_label", plots.umap_by_label(umap, None), step=0)
+    sink.close()
+    assert [p.suffix for p in (tmp_path / "sink").rglob("*.png")] == [".png"]
+
+
+def test_sae_figures_render_with_usetex_on(usetex_without_latex):
+    import io
+
+    from aquin_monitor.sae.plots import feature_density_figure
+    from aquin_monitor.sae.trace import LayerTrace, trace_figure
+
+    feature_density_figure(np.array([0.0, 0.01, 0.2, 0.5])).savefig(io.BytesIO(), format="png")
+    trace = LayerTrace(feature=3, activations=[0.0, 0.5, 1.0], co_active=[[], [{"feature": 4, "activation": 0.2}], []],
+                       classification="progressive", onset_layer=1, label="$x$", text="t")
+    trace_figure(trace).savefig(io.BytesIO(), format="png")

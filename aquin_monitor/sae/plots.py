@@ -18,9 +18,9 @@ def _figure(*args: Any, **kwargs: Any):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from ..plots import PlainTextFigure
 
-    return Figure(*args, **kwargs)
+    return PlainTextFigure(*args, **kwargs)
 
 
 def _plain(text: str, limit: int = 70) -> str:

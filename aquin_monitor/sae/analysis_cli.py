@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import bounded_float, finite_float, non_negative_int, positive_int, print_lines
+from ..cli import (
+    bounded_float,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    print_lines,
+)
 
 __all__ = ["add_analysis_commands", "check_dimension", "feature_labels"]
 
@@ -122,9 +127,8 @@ def _check_text(text: str, what: str) -> str:
 
 
 def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any) -> Any:
-    from .embeddings import embed_corpus
-
     from .cli import refuse_non_finite
+    from .embeddings import embed_corpus
 
     embeddings = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
                               show_progress=args.progress, **kwargs)
@@ -136,7 +140,6 @@ def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
     """``--json`` written first (atomically), then the summary printed (terminal-safe): a reader that closes
     stdout early cannot lose the file, and labels from features.json cannot drive the terminal."""
     from ..sinks.jsonl import to_jsonable
-
     from .files import atomic_write_text
 
     text = json.dumps(to_jsonable(result.to_json()), indent=1, ensure_ascii=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +68,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], str]:
 
 
 def _embeddings(args: argparse.Namespace, sae: Any, texts: list[str], model: str) -> Any:
-    from .embeddings import embed_corpus
-
     from .cli import refuse_non_finite
+    from .embeddings import embed_corpus
 
     x = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
                      show_progress=args.progress)

@@ -28,10 +28,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -39,6 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import MissingDependencyError
+from .cli_tools import (
+    CommandParser,
+    InputError,
+    cache_option,
+    check_declared_outputs,
+    check_output_file,
+    declare_outputs,
+    emit,
+    note,
+    positive_int,
+    print_lines,
+    terminal_safe,
+    torch_device,
+)
 from .progress import quiet_progress
 from .runlock import RunFolderLocked
 
@@ -61,7 +73,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
-    _note(probe.summary())
+    note(probe.summary())
     runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
                             max_attention_texts=args.attention_texts)
     snap = runner.take(_cached_model(args.model, args, args.adapter), 0, tag="inspect", model_name=args.model, diff_against_history=False)
@@ -76,7 +88,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     }
     if "umap" in snap.arrays:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
-    _emit(result, args, _metrics_table(snap.metrics))
+    emit(result, args.json, _metrics_table(snap.metrics))
     return result
 
 
@@ -91,7 +103,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.cross_encoder:
         check_model(args.cross_encoder, cross_encoder=True)
     cross_encoder = load_cross_encoder(args.cross_encoder, device=args.device) if args.cross_encoder else None
-    _note(data.summary())
+    note(data.summary())
 
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
     # embeddings come from the on-disk cache when this model's files have embedded these texts before
@@ -138,7 +150,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     if by_category:
         lines += [""] + _category_table(by_category)
     lines += ["", "first relevant rank: " + _histogram_line(counts, edges)]
-    _emit(result, args, lines)
+    emit(result, args.json, lines)
     return result
 
 
@@ -152,9 +164,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     retrieval = _read_pairs(args.pairs) if args.pairs else None
     check_model(args.base)
     check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
-    _note(probe.summary())
+    note(probe.summary())
     if retrieval is not None:
-        _note(retrieval.summary())
+        note(retrieval.summary())
     runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(_cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False)
@@ -170,7 +182,7 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    _emit(result, args, _metrics_table(metrics))
+    emit(result, args.json, _metrics_table(metrics))
     return result
 
 
@@ -223,57 +235,25 @@ def _gap_summary(report) -> dict[str, Any]:
 # Checks before any model loads, and writes that leave nothing half-done
 
 
-class OutputPathError(ValueError):
-    """An output path that cannot be written (under a file, a folder given for a file, not writable)."""
-
-
 #: Smallest probe a snapshot takes (pairwise and PCA signals need three points).
 MIN_PROBE_TEXTS = 3
 
 
 def _usable_probe(probe):
-    """``probe`` if a snapshot can be taken of it; else a :class:`~aquin_monitor.data.DataError`-like
-    ``ValueError`` naming the file (found now, not after the model has loaded)."""
+    """``probe`` if a snapshot can be taken of it; else an :class:`~aquin_monitor.cli_tools.InputError`
+    naming the file (found now, not after the model has loaded)."""
     if len(probe.texts) < MIN_PROBE_TEXTS:
-        raise ValueError(f"{probe.source}: a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}")
+        raise InputError(probe.source, f"a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}", field="--probe")
     if len(set(probe.texts)) == 1:
-        raise ValueError(f"{probe.source}: all {len(probe.texts)} texts are identical; a probe needs different texts")
+        raise InputError(probe.source, f"all {len(probe.texts)} texts are identical; a probe needs different texts", field="--probe")
     return probe
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Every path a command will write, checked before it reads a model (nothing is created here)."""
-    json_out = getattr(args, "json", None)
-    if json_out and json_out != "-":
-        _check_output_file(Path(json_out), "--json")
+    check_declared_outputs(args)
     if args.command == "inspect" and args.run_dir:
-        _check_output_dir(Path(args.run_dir), "--run-dir")
         _check_inspect_run_dir(Path(args.run_dir))
-
-
-def _check_output_file(path: Path, option: str) -> None:
-    if path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a folder; give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputPathError(f"{option} {path}: the file is not writable")
-    _check_creatable(path.parent, option, path)
-
-
-def _check_output_dir(path: Path, option: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a file, not a folder")
-    _check_creatable(path, option, path)
-
-
-def _check_creatable(folder: Path, option: str, shown: Path) -> None:
-    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is one."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputPathError(f"{option} {shown}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option} {shown}: the folder {existing} is not writable")
 
 
 def _check_inspect_run_dir(run_dir: Path) -> None:
@@ -286,9 +266,9 @@ def _check_inspect_run_dir(run_dir: Path) -> None:
         raise RunFolderLocked(run_dir, lock_holder(run_dir))
     tag = snapshot_tag(run_dir, 0)
     if tag not in (None, "inspect"):
-        raise OutputPathError(
-            f"--run-dir {run_dir}: {run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
-            "inspect never replaces another kind of snapshot: choose another --run-dir"
+        raise InputError(
+            run_dir, f"{run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
+            "inspect never replaces another kind of snapshot: choose another --run-dir", field="--run-dir"
         )
 
 
@@ -308,28 +288,14 @@ def _check_run_folder(run_dir: str) -> None:
     """``report`` reads a run folder: refuse anything else before writing report.html into it."""
     folder = Path(run_dir)
     if not folder.is_dir():
-        raise OutputPathError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: is a file, not a run folder")
+        raise InputError(folder, "no such folder" if not folder.exists() else "is a file, not a run folder", field="RUN_DIR")
     snapshots = folder / "snapshots"
     has_snapshot = snapshots.is_dir() and any(p.is_dir() and p.name.isdigit() for p in snapshots.iterdir())
     if not has_snapshot and not any((folder / name).is_file() for name in RUN_MARKERS):
-        raise OutputPathError(
-            f"{folder}: not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written"
+        raise InputError(
+            folder, f"not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written", field="RUN_DIR"
         )
-    _check_output_file(folder / "report.html", "report")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path`` (umask permissions), then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    check_output_file(folder / "report.html", "RUN_DIR")
 
 
 def _drop_stdout() -> None:
@@ -345,32 +311,6 @@ def _drop_stdout() -> None:
 # Output
 
 
-#: Characters a terminal may act on: C0 controls (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 controls
-#: (CSI, OSC and ST as single bytes) and the bidirectional overrides that reorder what is shown.
-TERMINAL_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with every terminal control character shown as its escape (``\\x1b``), so a label or text from a
-    user's file prints as itself and cannot set the title, clear the screen or move the cursor; also one line.
-
-    >>> terminal_safe("feature \\x1b]0;pwned\\x07 \\x1b[2J\\u202egnp.exe\\nnext")
-    'feature \\\\x1b]0;pwned\\\\x07 \\\\x1b[2J\\\\u202egnp.exe\\\\nnext'
-    """
-    return TERMINAL_CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def print_lines(lines: str | Sequence[str], file: Any = None) -> None:
-    """Print a table (lines, or one string of lines) with each line made :func:`terminal_safe`: the one way every
-    verb prints user-derived text (labels, texts, categories, file names) to the terminal."""
-    rows = lines.split("\n") if isinstance(lines, str) else lines
-    print("\n".join(terminal_safe(row) for row in rows), file=file)
-
-
-def _note(text: str) -> None:
-    print_lines(text, file=sys.stderr)
-
-
 def _read_pairs(path: str):
     """:func:`~aquin_monitor.data.read_pairs`, its warnings (repeated lines) as one stderr line each."""
     import warnings
@@ -381,7 +321,7 @@ def _read_pairs(path: str):
         warnings.simplefilter("always")
         data = read_pairs(path)
     for warning in caught:
-        _note(f"{PROG}: warning: {warning.message}")
+        note(f"{PROG}: warning: {warning.message}")
     return data
 
 
@@ -419,138 +359,23 @@ def _histogram_line(counts, edges) -> str:
     return ", ".join(parts) or "no evaluated query"
 
 
-def _emit(result: dict[str, Any], args: argparse.Namespace, table: list[str]) -> None:
-    from .sinks.jsonl import to_jsonable
-
-    text = json.dumps(to_jsonable(result), indent=1, allow_nan=False)
-    if args.json == "-":
-        print(text)
-        return
-    if args.json:  # before the table: a reader that closes stdout early (`| head -1`) cannot lose the file
-        out = Path(args.json)
-        _write_atomically(out, text + "\n")
-        _note(f"wrote {out}")
-    print_lines(table)
-
-
 # --------------------------------------------------------------------------------------------
 # Parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer (also used by the ``sae`` sub-commands)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer ≥ 0 (e.g. ``sae faithfulness --random 0``: no random baseline)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite float (``nan`` and ``inf`` are refused).
-
-    >>> finite_float("2.5e-4")
-    0.00025
-    >>> finite_float("nan")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: expected a finite number, got 'nan'
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def bounded_float(low: float, high: float) -> Any:
-    """argparse type factory: a finite float in ``[low, high]`` (NaN, which compares false with everything,
-    would otherwise select nothing or everything silently).
-
-    >>> bounded_float(0, 1)("0.5")
-    0.5
-    >>> bounded_float(-1, 1)("nan")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: expected a finite number in [-1, 1], got 'nan'
-    """
-    def parse(text: str) -> float:
-        try:
-            value = finite_float(text)
-        except argparse.ArgumentTypeError:
-            value = math.nan
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a finite number in [{low:g}, {high:g}], got {text!r}")
-        return value
-
-    parse.__name__ = f"number in [{low:g}, {high:g}]"
-    return parse
-
-
-def torch_device(text: str) -> str:
-    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked
-    before any model loads (torch is imported only when ``--device`` is given)."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0, mps)") from None
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        raise argparse.ArgumentTypeError(f"{text!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"{text!r}: unsupported device type (cpu, cuda or mps)")
-    return text
-
-
-#: Option values argparse must read as values, not as unknown options: ``-1e-3``, ``-.5``, ``-inf``, ``-nan``.
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line (``PROG CMD: error: argument --x: ...``), like every
-    other bad input, and which reads negative numbers in any notation (``--delta -1e-3``, ``--delta -inf``) as
-    values, so a range check can name the flag. Sub-command parsers inherit the class."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = NEGATIVE_NUMBER  # argparse's own hook (its default misses -1e-3, -inf)
-
-    def error(self, message: str) -> Any:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
-    common = OneLineParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
     common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
     common.add_argument("--device", type=torch_device, default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = argparse.ArgumentParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
-    model_options.add_argument("--no-cache", dest="cache", action="store_false",
-                               help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
+    cache_option(model_options)
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
-    parser = OneLineParser(
+    parser = CommandParser(
         prog=PROG,
         description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
         epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "
@@ -571,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
     inspect.add_argument("--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)")
     inspect.set_defaults(handler=_inspect)
+    declare_outputs(inspect, folders=["--run-dir"])
 
     evaluate = commands.add_parser(
         "eval", parents=[common, model_options], help="retrieval metrics, per category, rank histogram, reranking",
@@ -645,12 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MissingDependencyError as error:
-        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(terminal_safe(f"{PROG} {args.command}: error: {_one_line(error)}"), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCY
     # The project's convention: bad input raises a ValueError subclass (DataError, ModelLoadError,
     # RetrievalInputError, ...); unreadable or missing files raise OSError.
     except (ValueError, OSError, RunFolderLocked) as error:
-        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(terminal_safe(f"{PROG} {args.command}: error: {_one_line(error)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 

@@ -29,17 +29,17 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import atomic_path
 
 __all__ = ["CachedModel", "EmbeddingCache", "default_cache_dir", "encode_cached", "model_fingerprint", "retrieval_embeddings"]
 
@@ -134,20 +134,14 @@ class EmbeddingCache:
         self._write(f"{key}.npy", lambda out: np.save(out, np.ascontiguousarray(embeddings), allow_pickle=False))
 
     def _write(self, name: str, write: Callable[[Any], Any]) -> None:
+        # a read-only cache or a full disk costs speed, never the result; Ctrl-C goes on, and the
+        # atomic writer leaves no temporary file behind either way
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        except OSError:
-            return  # a read-only cache costs speed, never the result
-        try:
-            with os.fdopen(handle, "wb") as out:
+            with atomic_path(self.directory / name) as tmp, open(tmp, "wb") as out:
                 write(out)
-            os.replace(tmp, self.directory / name)
-        except BaseException as exc:  # a full disk is ignored; Ctrl-C goes on, without leaving the temporary file
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if not isinstance(exc, OSError):
-                raise
+        except OSError:
+            return
 
 
 class CachedModel:

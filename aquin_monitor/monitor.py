@@ -46,6 +46,7 @@ from .signals.gradients import (
     groups_with_gradient,
     parameter_grad_norms,
 )
+from .sinks.base import as_sink
 
 if TYPE_CHECKING:
     from .snapshots import SnapshotSchedule
@@ -194,7 +195,7 @@ class StepMonitor:
             raise ValueError(f"stop_on names unknown alarm kinds {sorted(unknown)}; known: {list(ALARM_KINDS)}")
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        self.sinks = list(sinks)
+        self.sinks = [as_sink(sink) for sink in sinks]  # optional sink methods are no-ops, never probed
         self.log_every = log_every
         self.histogram_every = histogram_every
         self.tensor_norms_every = tensor_norms_every
@@ -511,8 +512,7 @@ class StepMonitor:
             return
         try:
             for sink in self.sinks:
-                if hasattr(sink, "log_evaluation"):
-                    sink.log_evaluation(values, step)
+                sink.log_evaluation(values, step)
         except Exception as exc:  # noqa: BLE001 - an evaluation record is not worth the run
             report_failure(f"recording the trainer's evaluation at step {step}", exc, strict=self.strict, outcome="training goes on")
 
@@ -526,11 +526,10 @@ class StepMonitor:
     def start_fresh(self) -> None:
         """A new run (step 0, nothing resumed): sinks move files an earlier run left in their folder aside."""
         for sink in self.sinks:
-            if hasattr(sink, "archive_previous_run"):
-                try:
-                    sink.archive_previous_run()
-                except Exception as exc:  # noqa: BLE001
-                    self._fail("moving an earlier run's files aside", exc)
+            try:
+                sink.archive_previous_run()
+            except Exception as exc:  # noqa: BLE001
+                self._fail("moving an earlier run's files aside", exc)
 
     def flush(self) -> None:
         try:
@@ -573,8 +572,7 @@ class StepMonitor:
         if self.detector is not None and self._pending_state is not None:
             self._load_detector(self._pending_state)
         for sink in self.sinks:  # a resumed run replays the steps after the checkpoint: log them once
-            if hasattr(sink, "rewind"):
-                sink.rewind(self.last_step)
+            sink.rewind(self.last_step)
 
     def _load_detector(self, detector_state: dict) -> None:
         try:

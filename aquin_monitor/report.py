@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor import plots
+from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.sinks.jsonl import iter_jsonl
 from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView, recover_snapshots
 
@@ -804,17 +804,5 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     text = render_report(run_dir)
     target = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, text, fsync=True)
     return target

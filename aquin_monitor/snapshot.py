@@ -17,9 +17,7 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
-import socket
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import abandoned_temporary, atomic_directory
 from .runlock import held_elsewhere
 from .signals.drift import drift_summary, first_rank_change
 from .sinks.jsonl import to_jsonable
@@ -37,7 +36,8 @@ logger = logging.getLogger(__name__)
 #: The metric families of a snapshot (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``, ...).
 SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "sae")
 
-# A snapshot being written (this version), one written by mkdtemp (earlier versions), a replaced one.
+# A snapshot being written (atomic.temporary_name), one written by mkdtemp (earlier versions), a replaced one
+# (atomic.set_aside_name).
 _TEMP = re.compile(r"^\.(?P<step>\d+)-tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+$")
 _LEGACY_TEMP = re.compile(r"^\.(?P<step>\d+)-[a-z0-9_]{8}$")
 _OLD = re.compile(r"^\.(?P<step>\d+)-old$")
@@ -58,16 +58,11 @@ class Snapshot:
         root.mkdir(parents=True, exist_ok=True)
         recover_snapshots(run_dir)
         final = root / str(self.step)
-        tmp = root / f".{self.step}-tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()  # mode 0o777 minus the umask (mkdtemp would give 0o700: unreadable to teammates)
-        try:
+        # a new folder beside final (mode 0o777 minus the umask), renamed into place; an old one set aside meanwhile
+        with atomic_directory(final) as tmp:
             record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": to_jsonable(self.metrics), "details": to_jsonable(self.details)}
             (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
             np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})
-            _move_into_place(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     @classmethod
@@ -163,22 +158,6 @@ class SnapshotView:
             self.details = record["details"]
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
-    """``tmp`` becomes ``final``; an existing ``final`` is set aside as ``.<step>-old`` meanwhile."""
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    old = final.with_name(f".{final.name}-old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old, final)  # put the old snapshot back rather than leave a gap
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def recover_snapshots(run_dir: str | os.PathLike) -> list[str]:
     """Repair what a killed save left in ``<run_dir>/snapshots``; return one line per repair.
 
@@ -231,24 +210,12 @@ def _recover_one(child: Path) -> str | None:
         os.replace(child, final)
         return f"aquin-monitor: snapshot {old['step']} was being re-saved when its process died; the earlier one was put back at {final}"
     temp = _TEMP.match(child.name)
-    if temp and (temp["host"] != socket.gethostname() or _alive(int(temp["pid"]))):
+    if temp and abandoned_temporary(child.name) is None:
         return None  # another machine's or a live process's write in progress
     if temp or _LEGACY_TEMP.match(child.name):
         shutil.rmtree(child)
         return f"removed {child}, a snapshot left half-written by a process that is no longer running"
     return None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:

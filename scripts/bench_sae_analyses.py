@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from aquin_monitor.data import bundled_dataset, read_beir  # noqa: E402
-from aquin_monitor.sae.cli import relevance_by_position  # noqa: E402
 from aquin_monitor.sae.decompose import contrast, decompose  # noqa: E402
 from aquin_monitor.sae.embeddings import embed_corpus  # noqa: E402
 from aquin_monitor.sae.faithfulness import retrieval_faithfulness  # noqa: E402
@@ -79,7 +78,7 @@ def main() -> int:
     documents = embed_corpus("default", data.doc_texts(), chunk_size=256, show_progress=True)
     print(f"SciFact test: {len(queries)} queries, {len(documents)} documents, embeddings in {time.perf_counter() - start:.1f} s (cache)")
     sae = the_sae(documents)
-    relevant = relevance_by_position(data)
+    relevant, _, _ = data.positional()
     a, b = queries[0], queries[1]
 
     t, _ = best_of(args.repeat, lambda: decompose(sae, a, top=20))

@@ -105,14 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 def scifact_retrieval(max_corpus: int) -> dict:
     """SciFact test queries and (judged + other, up to ``max_corpus``) documents, embedded (cached)."""
     from aquin_monitor.data import read_beir
-    from aquin_monitor.sae.cli import relevance_by_position
     from aquin_monitor.sae.embeddings import embed_corpus
 
     data = read_beir(bundled_dataset("scifact"), "test", max_corpus=max_corpus)
     return {
         "queries": embed_corpus("default", data.query_texts(), chunk_size=2048, batch_size=32),
         "documents": embed_corpus("default", data.doc_texts(), chunk_size=256, batch_size=16),
-        "relevant": relevance_by_position(data),
+        "relevant": data.positional()[0],
     }
 
 

@@ -111,8 +111,9 @@ def test_resume_after_a_crash_in_a_snapshot_fills_the_gap_and_warns(tiny_mean_mo
 
 def test_settings_reach_sinks_that_keep_a_run_config_and_a_failing_one_is_skipped():
     from aquin_monitor.callbacks._settings import MonitorSettings
+    from aquin_monitor.sinks import BaseSink
 
-    class Keeps:
+    class Keeps(BaseSink):  # a sink declares it keeps a run config by overriding BaseSink.update_config
         def __init__(self, fail=False):
             self.config, self.fail = {}, fail
 

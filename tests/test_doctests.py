@@ -16,6 +16,8 @@ import pytest
 DOCUMENTED = {
     "aquin_monitor._optional": 1,
     "aquin_monitor.alarms": 3,
+    "aquin_monitor.atomic": 10,
+    "aquin_monitor.cli_tools": 10,
     "aquin_monitor.capture": 20,
     "aquin_monitor.data": 15,
     "aquin_monitor.encoders": 10,

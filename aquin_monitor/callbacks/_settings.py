@@ -15,9 +15,12 @@ if TYPE_CHECKING:
     from ..snapshots import SnapshotRunner
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MonitorSettings:
-    """Constructor arguments shared by :class:`LightningEmbeddingMonitor` and :class:`TrainerEmbeddingMonitor`."""
+    """Constructor arguments shared by :class:`LightningEmbeddingMonitor` and :class:`TrainerEmbeddingMonitor`.
+
+    Keyword-only: both callbacks pass each setting by name, so a field added here can never shift another.
+    """
 
     output_dir: str | None = None
     log_every: int = 1
@@ -51,15 +54,14 @@ class MonitorSettings:
     ) -> StepMonitor:
         """The monitor of one run: writes (and snapshots) on rank zero only, computes on every rank.
         Sinks that keep a run config (W&B) get these settings and ``trainer_config`` (the trainer's hyperparameters)."""
-        from ..sinks import MultiSink
+        from ..sinks.base import MultiSink, as_sink
         from ..snapshots import SnapshotSchedule
 
-        for sink in sinks:
-            if hasattr(sink, "update_config"):
-                try:
-                    sink.update_config({**(trainer_config or {}), **self.as_config()})
-                except Exception as exc:  # noqa: BLE001 - a config is not worth the run's metrics
-                    report_failure("sending the run config", exc, strict=self.strict, outcome="is skipped; training goes on")
+        for sink in map(as_sink, sinks):  # a sink without a run config inherits BaseSink's no-op
+            try:
+                sink.update_config({**(trainer_config or {}), **self.as_config()})
+            except Exception as exc:  # noqa: BLE001 - a config is not worth the run's metrics
+                report_failure("sending the run config", exc, strict=self.strict, outcome="is skipped; training goes on")
 
         writers = [MultiSink(list(sinks), strict=self.strict)] if rank_zero and sinks else []
         schedule = SnapshotSchedule(self.snapshots, self.snapshot_every) if self.snapshots is not None and rank_zero else None

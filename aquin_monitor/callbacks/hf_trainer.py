@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..alarms import AlarmConfig
+from ..atomic import atomic_write_text
 from ..monitor import host_learning_rates
 from ._settings import MonitorSettings, open_sinks
 
@@ -97,7 +98,9 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "take_over_clipping": take_over_clipping,
         }
         self.settings = MonitorSettings(
-            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every, report
+            output_dir=output_dir, log_every=log_every, histogram_every=histogram_every, alarms=alarms or AlarmConfig(),
+            stop_on=tuple(stop_on), strict=strict, snapshots=snapshots, snapshot_every=snapshot_every,
+            tensor_norms_every=tensor_norms_every, report=report,
         )
         self.take_over_clipping = take_over_clipping
         self.monitor = None
@@ -142,10 +145,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             self.monitor.on_checkpoint(model, state.global_step)
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
-            tmp = os.path.join(folder, STATE_FILE + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.monitor.state_dict(), fh)
-            os.replace(tmp, os.path.join(folder, STATE_FILE))
+            atomic_write_text(os.path.join(folder, STATE_FILE), json.dumps(self.monitor.state_dict()))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         # the trainer's own evaluator results (eval_loss, eval_<evaluator>_...), for the report

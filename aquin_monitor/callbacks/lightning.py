@@ -81,7 +81,9 @@ class LightningEmbeddingMonitor(_pl.Callback):
     ):
         super().__init__()
         self.settings = MonitorSettings(
-            output_dir, log_every, histogram_every, alarms or AlarmConfig(), tuple(stop_on), strict, snapshots, snapshot_every, tensor_norms_every, report
+            output_dir=output_dir, log_every=log_every, histogram_every=histogram_every, alarms=alarms or AlarmConfig(),
+            stop_on=tuple(stop_on), strict=strict, snapshots=snapshots, snapshot_every=snapshot_every,
+            tensor_norms_every=tensor_norms_every, report=report,
         )
         self.monitor = None
         self._restored: dict | None = None

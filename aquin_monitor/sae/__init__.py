@@ -27,7 +27,7 @@ _EXPORTS = {
     "reconstruct": "evaluate", "retrieval_kept": "evaluate",
     "SaeFormatError": "model", "SparseAutoencoder": "model", "default_sae_path": "model", "load_sae": "model",
     "SaeSnapshot": "monitoring", "feature_movers": "monitoring", "snapshot_signals": "monitoring", "sae_choice": "monitoring",
-    "SaeTrainConfig": "train", "TrainResult": "train", "choose_sizes": "train", "train_sae": "train",
+    "SaeTrainConfig": "config", "TrainResult": "train", "choose_sizes": "train", "train_sae": "train",
 }
 
 

@@ -3,8 +3,8 @@
 Each verb validates its inputs first (the SAE folder, feature indices against its size, texts,
 corpus / pairs / BEIR files as ``file:line: field: problem``), then loads the model, embeds
 (through the embedding cache) and calls the pure analysis function; ``--json`` writes the
-result's ``to_json()`` (``-``: JSON on stdout only). Bad input raises a ``ValueError``, which the
-main CLI prints as one line with exit status 2.
+result's ``to_json()`` (``-``: JSON on stdout only). Bad input raises
+:class:`~aquin_monitor.cli_tools.InputError`, which the main CLI prints as one line with exit status 2.
 
 Examples::
 
@@ -20,34 +20,32 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from ..cli import (
+from ..cli_tools import (
+    InputError,
     bounded_float,
+    cache_option,
+    check_command_text,
+    declare_outputs,
+    embed_texts,
+    emit,
     finite_float,
+    load_sae_for,
     non_negative_int,
     positive_int,
-    print_lines,
+    read_corpus,
 )
 
-__all__ = ["add_analysis_commands", "check_dimension", "feature_labels"]
-
-
-class AnalysisInputError(ValueError):
-    """Bad analysis command input (one line: file, line, field, problem)."""
-
-
-def _sae_folder(name: str) -> Path:
-    from .model import default_sae_path
-
-    return default_sae_path() if name == "default" else Path(name)
+__all__ = ["add_analysis_commands", "feature_labels"]
 
 
 def feature_labels(sae_name: str, num_latents: int) -> list[str | None] | None:
     """Per-feature labels from the SAE folder's ``features.json`` (``label`` per feature), or None."""
+    from .model import sae_folder
+
     try:
-        record = json.loads((_sae_folder(sae_name) / "features.json").read_text(encoding="utf-8"))
+        record = json.loads((sae_folder(sae_name) / "features.json").read_text(encoding="utf-8"))
         features = record["features"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -61,95 +59,25 @@ def feature_labels(sae_name: str, num_latents: int) -> list[str | None] | None:
     return labels if found else None
 
 
-def check_dimension(sae_d_in: int, model: str, where: str) -> None:
-    """Raise when a local checkpoint declares an embedding size other than the SAE's ``d_in`` (loads nothing)."""
-    import os
-
-    from ..encoders import resolve_model
-    from .cli import declared_dimension
-
-    location = resolve_model(model)
-    dimension = declared_dimension(location) if os.path.isdir(location) else None
-    if dimension is not None and dimension != sae_d_in:
-        raise AnalysisInputError(f"{where}:1: d_in: the SAE takes {sae_d_in}-dimensional inputs but model {model!r} outputs {dimension}")
-
-
-def _validated(handler: Any) -> Any:
-    """Run ``handler`` after checking the ``--json`` output path (before anything is loaded)."""
-    def run(args: argparse.Namespace) -> Any:
-        _check_output(args.json, "--json")
-        return handler(args)
-
-    run.__name__ = handler.__name__
-    return run
-
-
 def _sae_and_model(name: str, model: str | None) -> tuple[Any, str, list[str | None] | None]:
-    from .model import CFG_NAME, load_sae
-
-    sae = load_sae(name)
-    model = model or sae.metadata.get("model")
-    cfg = str(_sae_folder(name) / CFG_NAME)
-    if not model:
-        raise AnalysisInputError(f"{cfg}:1: model: not recorded; pass --model")
-    check_dimension(sae.d_in, model, cfg)
+    sae, model, _ = load_sae_for(name, model)
     return sae, model, feature_labels(name, sae.num_latents)
 
 
 def _check_feature(sae: Any, feature: int, name: str) -> None:
+    from .model import sae_folder
+
     if not 0 <= feature < sae.num_latents:
-        raise AnalysisInputError(f"{_sae_folder(name)}/cfg.json:1: --feature: {feature} is outside 0..{sae.num_latents - 1}")
-
-
-def _check_output(path: str | None, option: str) -> None:
-    """An output path must not be a folder, and its (existing) folder must be writable."""
-    import os
-
-    if not path or path == "-":
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise AnalysisInputError(f"{target}:0: {option}: is a folder")
-    parent = next((p for p in [target.parent, *target.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise AnalysisInputError(f"{target}:0: {option}: {parent} is not a writable folder")
+        raise InputError(sae_folder(name) / "cfg.json", f"{feature} is outside 0..{sae.num_latents - 1}", line=1, field="--feature")
 
 
 def _check_text(text: str, what: str) -> str:
-    from ..data import unencodable_text
-
-    if not text.strip():
-        raise AnalysisInputError(f"<command line>:1: {what}: empty text")
-    problem = unencodable_text(text)
-    if problem:
-        raise AnalysisInputError(f"<command line>:1: {what}: {problem}")
-    return text
+    return check_command_text(text, what)  # not empty, no NUL, valid Unicode (non-UTF-8 argv bytes)
 
 
-def _embed(model: str, texts: list[str], args: argparse.Namespace, **kwargs: Any) -> Any:
-    from .cli import refuse_non_finite
-    from .embeddings import embed_corpus
-
-    embeddings = embed_corpus(model, texts, batch_size=args.batch_size, device=args.device, cache=args.cache,
-                              show_progress=args.progress, **kwargs)
-    refuse_non_finite(embeddings, texts, model)
-    return embeddings
-
-
-def _emit(result: Any, args: argparse.Namespace, summary: str) -> Any:
-    """``--json`` written first (atomically), then the summary printed (terminal-safe): a reader that closes
-    stdout early cannot lose the file, and labels from features.json cannot drive the terminal."""
-    from ..sinks.jsonl import to_jsonable
-    from .files import atomic_write_text
-
-    text = json.dumps(to_jsonable(result.to_json()), indent=1, ensure_ascii=False)
-    if args.json == "-":
-        print(text)
-        return result
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.json, text + "\n")
-    print_lines(summary)
+def _emit_analysis(result: Any, args: argparse.Namespace, summary: str) -> Any:
+    """:func:`~aquin_monitor.cli_tools.emit` of an analysis result (its ``to_json()``); returns the result."""
+    emit(result.to_json(), args.json, summary)
     return result
 
 
@@ -162,11 +90,11 @@ def _decompose(args: argparse.Namespace) -> Any:
 
     text = _check_text(args.text, "TEXT")
     sae, model, labels = _sae_and_model(args.sae, args.model)
-    x = _embed(model, [text], args)[0]
+    x = embed_texts(model, [text], args)[0]
     result = decompose(sae, x, top=args.top, labels=labels, text=text)
     lines = [f"{_named(f.feature, f.label):<32} activation {f.activation:8.4f}  share {f.share:+.4f}" for f in result.features]
     lines.append(f"bias share {result.bias_share:+.4f}   relative error {result.relative_error:.4f}   cos(x, x̂) {result.cosine_reconstruction:.4f}")
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _contrast(args: argparse.Namespace) -> Any:
@@ -174,13 +102,13 @@ def _contrast(args: argparse.Namespace) -> Any:
 
     texts = [_check_text(args.text_a, "TEXT_A"), _check_text(args.text_b, "TEXT_B")]
     sae, model, labels = _sae_and_model(args.sae, args.model)
-    a, b = _embed(model, texts, args)
+    a, b = embed_texts(model, texts, args)
     result = contrast(sae, a, b, top=args.top, labels=labels, texts=texts)
     lines = [f"cos(a, b) = {result.cosine:.5f} = Σφ {sum(t.phi for t in result.terms):+.5f} + bias {result.bias_term:+.5f}"
              f" + error {result.error_term:+.5f} (error share {result.error_share:.3f})"]
     lines += [f"{_named(t.feature, t.label):<32} a {t.activation_a:7.4f}  b {t.activation_b:7.4f}  diff {t.difference:+.4f}  φ {t.phi:+.5f}"
               for t in result.differing]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _trace(args: argparse.Namespace) -> Any:
@@ -190,18 +118,20 @@ def _trace(args: argparse.Namespace) -> Any:
     text = _check_text(args.text, "TEXT")
     sae, model, labels = _sae_and_model(args.sae, args.model)
     _check_feature(sae, args.feature, args.sae)
-    _check_output(args.figure, "--figure")
     layers, _ = layer_inputs(load_model(model, device=args.device), [text])
     result = trace_feature(sae, layers[0], args.feature, top=args.top, labels=labels, text=text)
     if args.figure:
-        from .files import atomic_path
+        from pathlib import Path
 
+        from ..atomic import atomic_path
+
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)  # checked writable before anything loaded
         with atomic_path(args.figure) as tmp:
             trace_figure(result).savefig(tmp, format="png", dpi=90)
     lines = [f"feature {_named(result.feature, result.label)}: {result.classification}"]
     lines += [f"layer {i:2d}  {a:8.4f}  co-active " + ", ".join(f"#{c['feature']}" for c in co)
               for i, (a, co) in enumerate(zip(result.activations, result.co_active))]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _retrieval_set(args: argparse.Namespace) -> Any:
@@ -225,54 +155,51 @@ def _steer(args: argparse.Namespace) -> Any:
         doc_ids, doc_texts = data.doc_ids(), data.doc_texts()
     sae, model, labels = _sae_and_model(args.sae, args.model)
     _check_feature(sae, args.feature, args.sae)
-    q = _embed(model, [query], args)[0]
-    documents = _embed(model, doc_texts, args, chunk_size=256)
+    q = embed_texts(model, [query], args)[0]
+    documents = embed_texts(model, doc_texts, args, chunk_size=256)
     try:
         result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
                        labels=labels, query_text=query)
-    except ValueError as error:
-        raise AnalysisInputError(f"<command line>:1: --delta: {error}") from None
+    except ValueError as error:  # a steered query that is not finite: say which flag made it
+        raise InputError("<command line>", str(error), field="--delta") from None
     lines = [f"feature {_named(args.feature, result.label)}: z {result.activation_before:.4f} -> {result.activation_after:.4f}"
              f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"]
     for name, hits in (("before", result.before), ("after", result.after)):
         lines.append(f"{name}:")
         lines += [f"  {h.rank:2d}. {h.score:.4f}  {h.doc_id}  {h.text[:80]!r}" for h in hits]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _faithfulness(args: argparse.Namespace) -> Any:
-    from .cli import relevance_by_position
     from .faithfulness import retrieval_faithfulness
 
     data = _retrieval_set(args)
     sae, model, labels = _sae_and_model(args.sae, args.model)
-    queries = _embed(model, data.query_texts(), args)
-    documents = _embed(model, data.doc_texts(), args, chunk_size=256)
-    result = retrieval_faithfulness(sae, queries, documents, relevance_by_position(data), features=args.features,
+    queries = embed_texts(model, data.query_texts(), args)
+    documents = embed_texts(model, data.doc_texts(), args, chunk_size=256)
+    relevant, _, _ = data.positional()
+    result = retrieval_faithfulness(sae, queries, documents, relevant, features=args.features,
                                     n_random=args.random, seed=args.seed, labels=labels)
     lines = [f"NDCG@{result.ndcg_k} {result.ndcg:.4f} over {result.n_queries} queries"]
     lines += [f"{_named(f.feature, f.label):<32} drop {f.drop:+.4f}  random {f.random_drop_mean:+.4f}  excess {f.excess_drop:+.4f}"
               f"  ({f.n_queries_active} queries)" for f in result.features[:20]]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _match(args: argparse.Namespace) -> Any:
-    from ..data import read_probe
     from .match import match_features
 
-    texts = read_probe(args.corpus, text_field=args.text_field, label_field=None, id_field=None).texts
-    if len(texts) < 3:
-        raise AnalysisInputError(f"{args.corpus}:1: {args.text_field}: need at least 3 texts, got {len(texts)}")
+    texts = read_corpus(args.corpus, args.text_field, minimum=3)
     sae_a, model_a, labels_a = _sae_and_model(args.sae_a, args.model_a)
     sae_b, model_b, labels_b = _sae_and_model(args.sae_b, args.model_b)
-    x_a = _embed(model_a, texts, args)
-    x_b = x_a if model_b == model_a else _embed(model_b, texts, args)
+    x_a = embed_texts(model_a, texts, args)
+    x_b = x_a if model_b == model_a else embed_texts(model_b, texts, args)
     result = match_features(sae_a, x_a, sae_b, x_b, threshold=args.threshold, labels_a=labels_a, labels_b=labels_b)
     q = result.quality
     lines = [f"{len(result.pairs)} one-to-one pairs, mean correlation {q['mean']:.3f}, {q['share_above_threshold']:.1%} ≥ {result.threshold}",
              f"unmatched: {len(result.unmatched_a)} in A, {len(result.unmatched_b)} in B"]
     lines += [f"{_named(p.feature_a, p.label_a):<28} ~ {_named(p.feature_b, p.label_b):<28} r {p.correlation:.3f}" for p in result.pairs[:20]]
-    return _emit(result, args, "\n".join(lines))
+    return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
@@ -293,7 +220,7 @@ def _retrieval_options(parser: argparse.ArgumentParser, *, corpus: bool) -> None
 def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the analysis verbs to the ``aquin-monitor sae`` sub-command group ``sub``."""
     cache = argparse.ArgumentParser(add_help=False)
-    cache.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the embedding cache")
+    cache_option(cache)
     parents = [common, cache]
     sae_help = "SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)"
 
@@ -304,7 +231,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--top", type=positive_int, default=20, help="features listed (default 20)")
     _model_option(p)
-    p.set_defaults(handler=_validated(_decompose))
+    p.set_defaults(handler=_decompose)
 
     p = sub.add_parser("contrast", parents=parents, help="split cos(a, b) into per-feature terms",
                        description="Features that differ between two texts, and cos(a, b) = Σφ_i + bias + error exactly.")
@@ -313,7 +240,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("text_b", metavar="TEXT_B")
     p.add_argument("--top", type=positive_int, default=20, help="differing features listed (default 20)")
     _model_option(p)
-    p.set_defaults(handler=_validated(_contrast))
+    p.set_defaults(handler=_contrast)
 
     p = sub.add_parser("trace", parents=parents, help="a feature's activation at each encoder layer",
                        description="Apply the SAE to each layer's pooled hidden state (through the model's own pooling "
@@ -324,7 +251,8 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=positive_int, default=5, help="co-active features per layer (default 5)")
     p.add_argument("--figure", metavar="PNG", help="write the one-column-per-layer figure here")
     _model_option(p)
-    p.set_defaults(handler=_validated(_trace))
+    p.set_defaults(handler=_trace)
+    declare_outputs(p, files=["--figure"])
 
     p = sub.add_parser("steer", parents=parents, help="steer a query along a feature and re-rank a corpus",
                        description="q' = normalise(q + (z'_F − z_F)·d_F) with z'_F = max(z_F + delta, 0); the corpus "
@@ -338,7 +266,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--id-field", default="id", metavar="NAME", help="--corpus: id field if present (default id)")
     _retrieval_options(p, corpus=True)
     _model_option(p)
-    p.set_defaults(handler=_validated(_steer))
+    p.set_defaults(handler=_steer)
 
     p = sub.add_parser("faithfulness", parents=parents, help="NDCG@10 drop when each top feature is zeroed in the queries",
                        description="Zero each of the top-N features in every query embedding (x' = x − z_i·d_i), "
@@ -349,7 +277,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     _retrieval_options(p, corpus=False)
     _model_option(p)
-    p.set_defaults(handler=_validated(_faithfulness))
+    p.set_defaults(handler=_faithfulness)
 
     p = sub.add_parser("match", parents=parents, help="match two SAEs' features by activation correlation",
                        description="Correlate the two SAEs' activations on a shared corpus, match one-to-one "
@@ -361,4 +289,4 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--model-a", default=None, help="model of SAE_A (default: recorded in its cfg.json)")
     p.add_argument("--model-b", default=None, help="model of SAE_B (default: recorded in its cfg.json)")
     p.add_argument("--threshold", type=bounded_float(-1.0, 1.0), default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
-    p.set_defaults(handler=_validated(_match))
+    p.set_defaults(handler=_match)

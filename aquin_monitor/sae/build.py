@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path, atomic_write_text
 from .evaluate import feature_statistics, quality_metrics, top_activations
-from .files import atomic_path, atomic_write_text
 from .train import SaeTrainConfig, TrainResult, train_sae
 
 __all__ = ["build_sae_folder", "format_report", "write_features", "write_figures"]

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ForwardOutput", "SaeFormatError", "SparseAutoencoder", "TopKOutput", "load_sae", "default_sae_path"]
+__all__ = ["ForwardOutput", "SaeFormatError", "SparseAutoencoder", "TopKOutput", "load_sae", "default_sae_path", "sae_folder"]
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -222,7 +222,7 @@ class SparseAutoencoder(nn.Module):
         """Write ``cfg.json`` and ``sae.safetensors`` into ``folder`` (each by an atomic rename)."""
         from safetensors.torch import save_file
 
-        from .files import atomic_write_text, atomic_path
+        from ..atomic import atomic_path, atomic_write_text
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -317,6 +317,15 @@ def default_sae_path() -> Path:
     return Path(__file__).resolve().parent / "default"
 
 
+def sae_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder a SAE name stands for: ``"default"`` is :func:`default_sae_path`, anything else a path.
+
+    >>> sae_folder("default") == default_sae_path(), sae_folder("runs/sae").as_posix()
+    (True, 'runs/sae')
+    """
+    return default_sae_path() if str(name_or_path) == "default" else Path(name_or_path)
+
+
 def load_sae(name_or_path: str | os.PathLike = "default") -> SparseAutoencoder:
     """Load a SAE folder; ``"default"`` is the one shipped for the bundled all-MiniLM-L6-v2.
 
@@ -336,5 +345,4 @@ def load_sae(name_or_path: str | os.PathLike = "default") -> SparseAutoencoder:
         >>> sae.d_in, sae.k
         (384, 32)
     """
-    folder = default_sae_path() if str(name_or_path) == "default" else Path(name_or_path)
-    return SparseAutoencoder.load(folder).eval()
+    return SparseAutoencoder.load(sae_folder(name_or_path)).eval()

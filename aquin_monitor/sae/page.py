@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .browser import FeatureBrowser
 from .diagnose import Diagnostics
-from .files import atomic_write_text
 from .network import CoactivationNetwork
 
 __all__ = ["page_data", "render_page", "write_page"]

@@ -9,7 +9,7 @@
   configuration.
 """
 
-from aquin_monitor.sinks.base import MultiSink, Sink, SinkWarning
+from aquin_monitor.sinks.base import BaseSink, MultiSink, Sink, SinkWarning
 from aquin_monitor.sinks.hf import sinks_for_hf
 from aquin_monitor.sinks.jsonl import JsonlFormatError, JsonlSink, read_jsonl
 from aquin_monitor.sinks.lightning import LightningLoggerSink, sinks_for_lightning
@@ -17,6 +17,7 @@ from aquin_monitor.sinks.tensorboard import TensorBoardSink
 from aquin_monitor.sinks.wandb import WandbSink
 
 __all__ = [
+    "BaseSink",
     "JsonlFormatError",
     "JsonlSink",
     "LightningLoggerSink",

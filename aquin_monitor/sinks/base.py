@@ -1,4 +1,5 @@
-"""The one protocol every sink speaks, and :class:`MultiSink`, which fans a call out to many.
+"""The one protocol every sink speaks, :class:`BaseSink` (its optional methods as no-ops), and
+:class:`MultiSink`, which fans a call out to many.
 
 Sinks never compute a signal: they write what they are given. The only shaping they do is
 formatting (a float to JSON, a nested record to ``a/b`` scalar tags).
@@ -53,8 +54,8 @@ class Sink(Protocol):
     ) -> None:
         """Write an (n, d) embedding matrix with optional per-row labels (TB projector, W&B table).
 
-        A sink may also take ``texts=`` (one text per row; the bundled TensorBoard and W&B sinks
-        do): :func:`send_embeddings` passes it only to the sinks whose method has that parameter.
+        A :class:`BaseSink` also takes ``texts=`` (one text per row; TensorBoard and W&B show them);
+        a sink that implements only this protocol is called without it (:func:`as_sink`).
         """
         ...
 
@@ -69,6 +70,115 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release what this sink opened (never what it borrowed)."""
         ...
+
+
+class BaseSink:
+    """Base class of the bundled sinks: the optional capabilities, each a documented no-op here.
+
+    Like Lightning's ``Logger.log_graph``: a caller calls every method on every sink and a sink that has
+    nothing to do for it inherits the no-op, so no caller asks ``hasattr``. Subclasses implement the
+    :class:`Sink` protocol (``log_embeddings`` with an extra ``texts=None``) and override what they keep.
+    A sink that implements only the protocol is seen through :func:`as_sink`.
+    """
+
+    @property
+    def sink_name(self) -> str:
+        """The name a warning shows for this sink (its class)."""
+        return type(self).__name__
+
+    # The required protocol (see :class:`Sink`): a subclass writes each of these.
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_scalars")
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_histogram")
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_event")
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_figure")
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_embeddings")
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log_summary")
+
+    def flush(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.flush")
+
+    def close(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.close")
+
+    # Optional capabilities: no-ops unless a subclass has something to do.
+
+    def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The trainer's own evaluation metrics (``eval_loss``, ...) at ``step``; only the run's files keep them."""
+
+    def rewind(self, step: int) -> None:
+        """Drop what was logged after ``step`` (a resumed run replays those steps); a sink that cannot, does nothing."""
+
+    def archive_previous_run(self) -> Any:
+        """Move what an earlier run left where this sink writes aside (a fresh start); returns where it went, or None."""
+        return None
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        """Record the run's settings and hyperparameters, for a dashboard that keeps a run config (W&B)."""
+
+
+class ProtocolSink(BaseSink):
+    """A sink that implements only the required :class:`Sink` protocol, with :class:`BaseSink`'s no-ops for the rest.
+
+    >>> class Printer:
+    ...     def log_scalars(self, metrics, step):
+    ...         print(step, dict(metrics))
+    >>> sink = as_sink(Printer())
+    >>> sink.log_scalars({"contrastive/gap": 0.5}, 3); sink.rewind(2); sink.sink_name
+    3 {'contrastive/gap': 0.5}
+    'Printer'
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    @property
+    def sink_name(self) -> str:
+        return type(self.sink).__name__
+
+    def log_scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        self.sink.log_scalars(metrics, step)
+
+    def log_histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self.sink.log_histogram(tag, values, step)
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        self.sink.log_event(event)
+
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        self.sink.log_figure(tag, figure, step)
+
+    def log_embeddings(
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+    ) -> None:
+        self.sink.log_embeddings(tag, embeddings, labels, step)  # the protocol's four arguments: no texts
+
+    def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.sink.log_summary(metrics, step)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def as_sink(sink: Any) -> BaseSink:
+    """``sink`` itself when it is a :class:`BaseSink`, else seen through :class:`ProtocolSink`."""
+    return sink if isinstance(sink, BaseSink) else ProtocolSink(sink)
 
 
 def check_step(step: Any) -> int:
@@ -154,7 +264,7 @@ def finite_values(values: Any) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-class MultiSink:
+class MultiSink(BaseSink):
     """Fan every call out to several sinks; a failing part is warned about once and switched off alone.
 
     Monitoring must never kill training, and one failing part must not silence the rest: the
@@ -182,7 +292,7 @@ class MultiSink:
     """
 
     def __init__(self, sinks: Sequence[Sink] = (), *, strict: bool = False) -> None:
-        self.sinks: list[Sink] = list(sinks)
+        self.sinks: list[BaseSink] = [as_sink(sink) for sink in sinks]
         self.strict = strict
         self._disabled: dict[tuple[int, str], str] = {}  # (id(sink), part) -> sink class name
 
@@ -193,14 +303,13 @@ class MultiSink:
 
     def add(self, sink: Sink) -> None:
         """Add one more sink."""
-        self.sinks.append(sink)
+        self.sinks.append(as_sink(sink))
 
-    def _call(self, method: str, *args: Any, part: str | None = None, optional: bool = False, **kwargs: Any) -> None:
-        """Call ``method`` on every sink whose ``part`` (default: the method) is on; ``optional``:
-        only on sinks that define it."""
+    def _call(self, method: str, *args: Any, part: str | None = None, **kwargs: Any) -> None:
+        """Call ``method`` on every sink whose ``part`` (default: the method) is on."""
         part = part or method
         for sink in self.sinks:
-            if (id(sink), part) in self._disabled or (optional and not hasattr(sink, method)):
+            if (id(sink), part) in self._disabled:
                 continue
             try:
                 getattr(sink, method)(*args, **kwargs)
@@ -209,10 +318,10 @@ class MultiSink:
                     raise
                 self._switch_off(sink, part, exc)
 
-    def _switch_off(self, sink: Sink, part: str, exc: BaseException) -> None:
-        self._disabled[(id(sink), part)] = type(sink).__name__
+    def _switch_off(self, sink: BaseSink, part: str, exc: BaseException) -> None:
+        self._disabled[(id(sink), part)] = sink.sink_name
         message = (
-            f"aquin-monitor: sink {type(sink).__name__} failed in {part} with "
+            f"aquin-monitor: sink {sink.sink_name} failed in {part} with "
             f"{type(exc).__name__}: {_first_line(exc)}; this part alone is switched off for the rest of the "
             "run (its other calls and the other sinks go on; pass strict=True to raise instead)"
         )
@@ -235,31 +344,27 @@ class MultiSink:
         self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
         texts: Sequence[str] | None = None,
     ) -> None:
-        """Forward to every sink; ``texts`` only to those whose ``log_embeddings`` takes it."""
-        for sink in self.sinks:
-            if (id(sink), "log_embeddings") in self._disabled:
-                continue
-            try:
-                send_embeddings(sink, tag, embeddings, labels, step, texts=texts)
-            except Exception as exc:
-                if self.strict:
-                    raise
-                self._switch_off(sink, "log_embeddings", exc)
+        """Forward to every sink (``texts`` reaches the :class:`BaseSink` ones; see :func:`as_sink`)."""
+        self._call("log_embeddings", tag, embeddings, labels, step, texts=texts)
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self._call("log_summary", metrics, step)
 
     def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
         """Forward the trainer's own evaluation metrics to the sinks that keep them (the plain files)."""
-        self._call("log_evaluation", metrics, step, optional=True)
+        self._call("log_evaluation", metrics, step)
 
     def rewind(self, step: int) -> None:
         """Forward to the sinks that can drop what was logged after ``step`` (resume)."""
-        self._call("rewind", step, optional=True)
+        self._call("rewind", step)
 
     def archive_previous_run(self) -> None:
         """Forward to the sinks that can move an earlier run's files aside (fresh start)."""
-        self._call("archive_previous_run", optional=True)
+        self._call("archive_previous_run")
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        """Forward the run config to the sinks that keep one (W&B)."""
+        self._call("update_config", values)
 
     def flush(self) -> None:
         self._call("flush")
@@ -272,14 +377,12 @@ def send_embeddings(
     sink: Any, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
     texts: Sequence[str] | None = None,
 ) -> None:
-    """Call ``sink.log_embeddings``, with ``texts=`` only when given and when the sink's method takes it.
-
-    Sinks written for the four-argument protocol keep working.
+    """Call ``sink.log_embeddings``; ``texts=`` reaches a :class:`BaseSink` (a protocol-only sink gets four arguments).
 
     >>> class Old:
     ...     def log_embeddings(self, tag, embeddings, labels, step):
     ...         print("old", labels)
-    >>> class New:
+    >>> class New(BaseSink):
     ...     def log_embeddings(self, tag, embeddings, labels, step, texts=None):
     ...         print("new", labels, texts)
     >>> for sink in (Old(), New()):
@@ -287,21 +390,7 @@ def send_embeddings(
     old ['a']
     new ['a'] ['some text']
     """
-    method = sink.log_embeddings
-    if texts is not None and _takes_texts(method):
-        method(tag, embeddings, labels, step, texts=texts)
-    else:
-        method(tag, embeddings, labels, step)
-
-
-def _takes_texts(method: Any) -> bool:
-    import inspect
-
-    try:
-        parameters = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-    return "texts" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    as_sink(sink).log_embeddings(tag, embeddings, labels, step, texts=texts)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from aquin_monitor.atomic import atomic_path, atomic_write_text
 from aquin_monitor.runlock import RunLock
-from aquin_monitor.sinks.base import check_step, finite_values, validate_event
+from aquin_monitor.sinks.base import BaseSink, check_step, finite_values, validate_event
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class _AppendOnlyLines:
             self._fd = None
 
 
-class JsonlSink:
+class JsonlSink(BaseSink):
     """Write monitor output as plain files under ``run_dir`` (see the module docstring for the layout).
 
     The sink holds the folder's :class:`~aquin_monitor.runlock.RunLock` from creation to :meth:`close`
@@ -290,12 +291,11 @@ class JsonlSink:
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         path = figure_path(self.run_dir, tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        figure.savefig(partial, format="png")
-        os.replace(partial, path)  # atomic: a reader never sees half a PNG
+        with atomic_path(path) as partial:  # a reader never sees half a PNG
+            figure.savefig(partial, format="png")
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
     ) -> None:
         matrix = np.asarray(embeddings)
         if matrix.ndim != 2:
@@ -307,10 +307,8 @@ class JsonlSink:
             arrays["labels"] = np.asarray([str(label) for label in labels], dtype=str)
         path = embeddings_path(self.run_dir, tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as handle:
+        with atomic_path(path) as partial, open(partial, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(partial, path)
 
     def rewind(self, step: int) -> None:
         """Drop the lines logged after ``step`` (a resumed run replays them), like TensorBoard's ``purge_step``.
@@ -327,9 +325,7 @@ class JsonlSink:
             if handle is not None:
                 handle.close()
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if _at_or_before(line, step)]
-            partial = path.with_name(f".{name}.partial")
-            partial.write_text("".join(kept), encoding="utf-8")
-            os.replace(partial, path)
+            atomic_write_text(path, "".join(kept))
         self._open_standing_files()
 
     def archive_previous_run(self) -> Path | None:

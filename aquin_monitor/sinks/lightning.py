@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor._optional import require
-from aquin_monitor.sinks.base import Sink, check_step, numeric_items, validate_event
+from aquin_monitor.sinks.base import BaseSink, Sink, check_step, numeric_items, validate_event
 
 
-class LightningLoggerSink:
+class LightningLoggerSink(BaseSink):
     """Write scalars through any Lightning logger's ``log_metrics(metrics, step)`` (CSVLogger, MLFlow, ...).
 
     Alarms become the scalar ``alarm/<kind>`` = 1 and snapshot records their numeric leaves;
@@ -38,7 +38,7 @@ class LightningLoggerSink:
         """Not representable in a generic logger: ignored."""
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
+        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
     ) -> None:
         """Not representable in a generic logger: ignored."""
 

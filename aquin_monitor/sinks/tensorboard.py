@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor._optional import require
-from aquin_monitor.sinks.base import check_step, event_text, finite_values, numeric_items, validate_event
+from aquin_monitor.sinks.base import BaseSink, check_step, event_text, finite_values, numeric_items, validate_event
 
 #: Text tag alarms are written under (TensorBoard shows it as ``events/text_summary``).
 EVENTS_TAG = "events"
@@ -55,7 +55,7 @@ def custom_scalars_layout(tags: Iterable[str]) -> dict[str, dict[str, list[Any]]
     return {LAYOUT_CATEGORY: charts} if charts else {}
 
 
-class TensorBoardSink:
+class TensorBoardSink(BaseSink):
     """Write to TensorBoard through a ``torch.utils.tensorboard`` ``SummaryWriter``.
 
     Pass ``log_dir`` to open (and later close) a writer of our own, or ``writer`` to write

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor._optional import require
-from aquin_monitor.sinks.base import check_step, event_text, finite_values, numeric_items, validate_event
+from aquin_monitor.sinks.base import BaseSink, check_step, event_text, finite_values, numeric_items, validate_event
 
 #: The x-axis of everything this sink logs.
 STEP_KEY = "aquin/step"
@@ -52,7 +52,7 @@ EVENT_COLUMNS = ["step", "kind", "layer", "message", "value", "text"]
 DEFAULT_PROJECT = "aquin-monitor"
 
 
-class WandbSink:
+class WandbSink(BaseSink):
     """Write to Weights & Biases.
 
     The run is resolved at the first write, so a run the trainer opens later (HF's

@@ -8,27 +8,29 @@ lightning; each name loads its own module on first use)::
         TrainerEmbeddingMonitor,    # sentence-transformers / Hugging Face Trainer callback
         monitored,                  # wrap a sentence-transformers loss so the monitor sees its scores
         SnapshotRunner,             # probe-set snapshots of the embedding space at checkpoints
+        SnapshotEvaluator,          # a SnapshotRunner as a sentence-transformers evaluator
         read_probe,                 # read a probe JSONL file
         load_model,                 # load a checkpoint, a hub id or "default" (the bundled MiniLM)
     )
 
 >>> import aquin_monitor
 >>> sorted(aquin_monitor.__all__)[:3]
-['LightningEmbeddingMonitor', 'SnapshotRunner', 'TrainerEmbeddingMonitor']
+['LightningEmbeddingMonitor', 'SnapshotEvaluator', 'SnapshotRunner']
 """
 
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["LightningEmbeddingMonitor", "TrainerEmbeddingMonitor", "monitored", "SnapshotRunner", "read_probe", "load_model"]
+__all__ = ["LightningEmbeddingMonitor", "TrainerEmbeddingMonitor", "monitored", "SnapshotRunner", "SnapshotEvaluator", "read_probe", "load_model"]
 
 # public name -> module that defines it (relative to this package)
 _HOMES = {
     "LightningEmbeddingMonitor": ".callbacks.lightning",
     "TrainerEmbeddingMonitor": ".callbacks.hf_trainer",
     "monitored": ".capture",
-    "SnapshotRunner": ".snapshots",
+    "SnapshotRunner": ".snapshot_runner",
+    "SnapshotEvaluator": ".callbacks.evaluator",
     "read_probe": ".data",
     "load_model": ".encoders",
 }

@@ -1,9 +1,9 @@
-"""Command line: ``aquin-monitor inspect | eval | diff | report | sae``.
+"""Command line: ``aquin-monitor inspect | eval | diff | report | embed | sae``.
 
 Look inside any checkpoint without training. Each command reads and validates its data and
 checks that its models exist before it prints or loads anything (so bad input costs one line on
 stderr and no wait), then composes :mod:`aquin_monitor.encoders`, :mod:`aquin_monitor.monitor`,
-:mod:`aquin_monitor.snapshot` and :mod:`aquin_monitor.signals.retrieval`; nothing is computed
+:mod:`aquin_monitor.snapshot_record` and :mod:`aquin_monitor.signals.retrieval`; nothing is computed
 here. Results print as a table of metric names (the vocabulary of DESIGN.md) and values on
 stdout and, with ``--json OUT``, as JSON (``--json -``: JSON on stdout instead of the table).
 Progress bars and data summaries go to stderr.
@@ -23,6 +23,7 @@ Examples::
     aquin-monitor eval ./checkpoint --pairs pairs.jsonl --cross-encoder ./reranker --rerank-k 50
     aquin-monitor diff default ./checkpoint --probe probe.jsonl --pairs pairs.jsonl
     aquin-monitor report runs/my-run
+    aquin-monitor embed default --corpus corpus.jsonl --out store/ --dtype float16 --devices cuda:0,cuda:1
 """
 
 from __future__ import annotations
@@ -69,8 +70,14 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE: wh
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import check_model
-    from .snapshots import SnapshotRunner
+    from .snapshot_runner import SnapshotRunner
 
+    if (args.probe is None) == (args.store is None):
+        raise InputError("<command line>", "give exactly one of --probe FILE and --store DIR", field="--probe/--store")
+    if args.store is not None:
+        return _inspect_store(args)
+    if args.model is None:
+        raise InputError("<command line>", "MODEL is needed with --probe", field="MODEL")
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
     note(probe.summary())
@@ -92,11 +99,37 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
+    """inspect --store: the geometry of every stored row (exact where streamed, else on a seeded sample); no model loads."""
+    from .corpus_geometry import corpus_geometry
+    from .embedding_cache import model_fingerprint
+    from .encoders import resolve_model
+    from .store import EmbeddingStore
+
+    store = EmbeddingStore(args.store)
+    if args.model is not None:
+        location = resolve_model(args.model)
+        if os.path.isdir(location) and model_fingerprint(location, args.adapter) != store.manifest.model_fingerprint:
+            raise InputError(Path(args.store) / "manifest.json", f"the store was written by another model than "
+                             f"{args.model!r} (its files differ)", line=1, field="model_fingerprint")
+    found = corpus_geometry(store, sample_rows=args.sample_rows)
+    note(found.details()["sample_note"])
+    result: dict[str, Any] = {
+        "command": "inspect",
+        "model": args.model,
+        "store": {"path": str(args.store), "n_rows": len(store), "dimension": store.dimension},
+        "metrics": found.as_metrics(),
+        "details": {"geometry_sampling": found.details()},
+    }
+    emit(result, args.json, _metrics_table(result["metrics"]))
+    return result
+
+
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
     from .encoders import check_model, load_cross_encoder
     from .signals.retrieval import rerank, topk
-    from .snapshots import evaluate_retrieval_set
+    from .snapshot_runner import evaluate_retrieval_set
 
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
@@ -157,8 +190,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_probe
     from .encoders import check_model
-    from .snapshots import SnapshotRunner
-    from .snapshot import diff
+    from .snapshot_record import diff
+    from .snapshot_runner import SnapshotRunner
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
@@ -195,6 +228,50 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": "report", "path": str(path)}
 
 
+def _embed(args: argparse.Namespace) -> dict[str, Any]:
+    from .embed import fill_store, open_store_for, shard_encoder
+    from .encoders import check_model, load_model, resolve_model
+
+    devices = _embed_devices(args)
+    check_model(args.model)
+    writer = open_store_for(args.out, model_location=resolve_model(args.model), corpus=args.corpus, dtype=args.dtype,
+                            shard_rows=args.shard_rows)
+    encoded = 0
+    if writer.complete:
+        note(f"{args.out}: the store is already complete ({writer.manifest.count:,} rows); nothing to encode")
+    else:
+        if writer.rows_written:
+            note(f"{args.out}: resuming after row {writer.rows_written:,} of {writer.manifest.count:,}")
+        model = load_model(args.model, device=devices[0] if devices and len(devices) == 1 else ("cpu" if devices else None))
+        with shard_encoder(model, devices, batch_size=args.batch_size) as encode:
+            encoded = fill_store(writer, args.corpus, encode, show_progress=args.progress)
+    manifest = writer.manifest
+    result = {"command": "embed", "out": str(args.out), "rows": manifest.count, "dimension": manifest.dimension,
+              "dtype": manifest.dtype, "shards": len(manifest.shards), "encoded": encoded}
+    emit(result, args.json, _metrics_table({k: v for k, v in result.items() if k != "command"}))
+    return result
+
+
+def _embed_devices(args: argparse.Namespace) -> list[str] | None:
+    """``--devices a,b`` (or ``--device a``) checked as torch devices before anything is read; None: ST's choice."""
+    if args.devices and args.device:
+        raise InputError("<command line>", "give one of them", field="--device and --devices")
+    names = args.devices.split(",") if args.devices else ([args.device] if args.device else None)
+    if names is None:
+        return None
+    import torch
+
+    option = "--devices" if args.devices else "--device"
+    for name in names:
+        try:
+            device = torch.device(name.strip())
+        except (RuntimeError, ValueError):
+            raise InputError("<command line>", f"{name!r} is not a torch device (e.g. cpu, cuda:0)", field=option) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("<command line>", f"{name!r}: CUDA is not available on this machine", field=option)
+    return [name.strip() for name in names]
+
+
 # --------------------------------------------------------------------------------------------
 # Glue
 
@@ -208,9 +285,11 @@ def _load_model(name: str, args: argparse.Namespace, adapter: str | None):
 def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
     """The model as the embedding cache knows it (its files' fingerprint), loaded only on a cache miss."""
     from .embedding_cache import CachedModel, model_fingerprint
-    from .encoders import resolve_model
+    from .encoders import declared_dimension, resolve_model
 
-    return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(resolve_model(name), adapter), enabled=args.cache)
+    location = resolve_model(name)
+    return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(location, adapter), enabled=args.cache,
+                       dimension=declared_dimension(location))
 
 
 def _gap_summary(report) -> dict[str, Any]:
@@ -254,13 +333,21 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     check_declared_outputs(args)
     if args.command == "inspect" and args.run_dir:
         _check_inspect_run_dir(Path(args.run_dir))
+    if args.command == "embed":
+        _check_store_folder(Path(args.out))
+
+
+def _check_store_folder(out: Path) -> None:
+    """``embed --out`` writes a store: into a new or empty folder, or one holding a store (to resume)."""
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise InputError(out, "the folder holds other files and no embedding store; give a new or empty folder", field="--out")
 
 
 def _check_inspect_run_dir(run_dir: Path) -> None:
     """``inspect --run-dir`` writes ``snapshots/0`` of tag 'inspect': never into a folder a live run
     holds, never over another kind of snapshot (a training run's base)."""
     from .runlock import held_elsewhere, lock_holder
-    from .snapshot import snapshot_tag
+    from .snapshot_record import snapshot_tag
 
     if held_elsewhere(run_dir):
         raise RunFolderLocked(run_dir, lock_holder(run_dir))
@@ -389,8 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
-    inspect.add_argument("model", metavar="MODEL", help=model_help)
-    inspect.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)")
+    inspect.add_argument("--probe", metavar="FILE", help="probe set JSONL")
+    inspect.add_argument("--store", metavar="DIR", help="instead of a probe: the geometry of every row of an embedding store "
+                         "(`aquin-monitor embed`), in memory independent of its size; no model loads")
+    inspect.add_argument("--sample-rows", type=positive_int, default=10_000, metavar="N",
+                         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)")
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
     inspect.add_argument("--attention-texts", type=positive_int, default=32, metavar="N",
                          help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
@@ -434,7 +525,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by the monitor")
     report.set_defaults(handler=_report)
 
-    from .sae.cli import add_sae_commands  # argparse only; torch is imported by the handlers
+    embed = commands.add_parser(
+        "embed", parents=[common], help="embed a corpus into a sharded, resumable embedding store",
+        description="Embed every text of a corpus (a BEIR corpus.jsonl[.gz] or folder, or a probe JSONL) into an "
+        "embedding store: fp16/fp32 .npy shards and a manifest naming the model's files and the corpus's hash. "
+        "Rerun the same command after an interruption to resume after the last complete shard.",
+    )
+    embed.add_argument("model", metavar="MODEL", help=model_help)
+    embed.add_argument("--corpus", required=True, metavar="FILE", help="corpus JSONL (_id/title/text or text/id), or a BEIR folder")
+    embed.add_argument("--out", required=True, metavar="DIR", help="the store's folder (created; an unfinished store there is resumed)")
+    embed.add_argument("--devices", metavar="LIST", help="several devices, e.g. cuda:0,cuda:1 or cpu,cpu: one encoding process each")
+    embed.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="shard dtype (default float32)")
+    embed.add_argument("--shard-rows", type=positive_int, default=100_000, metavar="N", help="rows per shard (default 100000)")
+    declare_outputs(embed, folders=["--out"])
+    embed.set_defaults(handler=_embed)
+
+    from .sae.cli import (
+        add_sae_commands,  # argparse only; torch is imported by the handlers
+    )
 
     add_sae_commands(commands, common)
     return parser

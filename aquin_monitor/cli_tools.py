@@ -47,7 +47,6 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "declare_outputs",
-    "declared_dimension",
     "embed_texts",
     "emit",
     "finite_float",
@@ -297,7 +296,7 @@ def emit(result: Any, json_out: str | None, table: str | Sequence[str]) -> None:
     Non-finite numbers become ``null`` (:func:`~aquin_monitor.sinks.jsonl.to_jsonable`); text is written as UTF-8.
     """
     from .atomic import atomic_write_text
-    from .sinks.jsonl import to_jsonable
+    from .jsonio import to_jsonable
 
     text = json.dumps(to_jsonable(result), indent=1, ensure_ascii=False, allow_nan=False)
     if json_out == "-":
@@ -340,28 +339,6 @@ def check_command_text(text: str, what: str) -> str:
 # A SAE and its model
 
 
-def declared_dimension(location: str | os.PathLike) -> int | None:
-    """Embedding size a local sentence-transformers checkpoint declares (its last Dense or Pooling module), or None."""
-    root = Path(location)
-    try:
-        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    dimension = None
-    for module in modules if isinstance(modules, list) else []:
-        kind, path = str(module.get("type", "")), root / str(module.get("path", ""))
-        try:
-            if kind.endswith("Pooling"):
-                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-                # sentence-transformers 6 writes embedding_dimension, earlier versions word_embedding_dimension
-                dimension = int(config.get("embedding_dimension", config.get("word_embedding_dimension")))
-            elif kind.endswith("Dense"):
-                dimension = int(json.loads((path / "config.json").read_text(encoding="utf-8"))["out_features"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return dimension
-
-
 class LoadedSae(NamedTuple):
     """A SAE, the model whose embeddings it reads, and its ``cfg.json`` (named in errors)."""
 
@@ -393,6 +370,8 @@ def load_sae_for(name: str, model: str | None = None) -> LoadedSae:
         raise InputError(cfg, "not recorded; pass --model", line=1, field="model")
     loaded = LoadedSae(sae, str(model), cfg)
     location = resolve_model(loaded.model)
+    from .encoders import declared_dimension
+
     dimension = declared_dimension(location) if os.path.isdir(location) else None
     if dimension is not None:
         loaded.check_width(dimension)

@@ -43,6 +43,8 @@ __all__ = [
     "DuplicateLinesWarning",
     "read_beir",
     "read_triplets",
+    "corpus_file",
+    "iter_corpus",
     "bundled_dataset",
     "scifact_probe",
     "BUNDLED_DATASETS",
@@ -614,6 +616,67 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
         source=f"{folder} (split '{split}')",
         not_kept=not_kept,
     )
+
+
+def corpus_file(path: str | Path) -> Path:
+    """The file a corpus is read from: ``path`` itself, or a BEIR folder's ``corpus.jsonl[.gz]``.
+
+    Raises FileNotFoundError (or :class:`DataError` for a folder with both files) naming what is missing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _corpus_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus not found: {path}")
+    return path
+
+
+def iter_corpus(path: str | Path, *, check_ids: bool = True) -> Iterator[tuple[str, str]]:
+    """Stream ``(id, text)`` from a corpus file, one line at a time, validating every line.
+
+    Two formats, told apart by the first record: a BEIR corpus (``{"_id", "text", "title"?}``: the
+    text is ``"title text"`` as :func:`read_beir` builds it) or a probe JSONL (``{"text", "id"?}``:
+    without ``id`` the ids are the positions ``"0"``, ``"1"``, ...). ``path`` may be a BEIR folder.
+    With ``check_ids`` every id is remembered to refuse a duplicate (memory of one dict of the ids).
+
+    Raises:
+        DataError: as the other readers (malformed line, missing or empty text, duplicate id, empty file).
+
+    Example:
+        ::
+
+            >>> import tempfile, pathlib
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "corpus.jsonl"
+            >>> _ = path.write_text('{"_id": "d1", "title": "Cats", "text": "sit"}\\n{"_id": 7, "text": "dogs"}\\n')
+            >>> list(iter_corpus(path))
+            [('d1', 'Cats sit'), ('7', 'dogs')]
+    """
+    path = corpus_file(path)
+    beir: bool | None = None
+    first_line = 0
+    has_id = False
+    seen: dict[str, int] = {}
+    position = 0
+    for lineno, record in _records(path):
+        if beir is None:
+            beir, first_line, has_id = "_id" in record, lineno, "id" in record
+        if beir:
+            ident = _identifier(record, "_id", path, lineno)
+            text = _text(record, "text", path, lineno)
+            title = record.get("title", "")
+            if not isinstance(title, str):
+                raise DataError(path, lineno, "title", f"expected a string, got {_json_type(title)}")
+            text = f"{title} {text}" if title else text
+        else:
+            text = _text(record, "text", path, lineno)
+            _check_as_on_first_line(path, lineno, first_line, (("id", "id" in record, has_id),))
+            ident = _identifier(record, "id", path, lineno) if has_id else str(position)
+        if check_ids:
+            _claim_id(ident, seen, path, lineno, "_id" if beir else "id")
+        position += 1
+        yield ident, text
+    if beir is None:
+        raise _empty(path)
 
 
 def bundled_dataset(name: str) -> Path:

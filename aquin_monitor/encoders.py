@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +46,7 @@ DEFAULT_MODEL = "default"
 _BUNDLED_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 
 __all__ = [
+    "declared_dimension",
     "DEFAULT_MODEL",
     "ForwardBatch",
     "ModelLoadError",
@@ -860,3 +863,25 @@ def merged_copy(model: SentenceTransformer) -> SentenceTransformer:
         setattr(transformer_module, attribute, inner.merge_and_unload())
     _merge_injected_adapters(duplicate)
     return duplicate
+
+
+def declared_dimension(location: str | os.PathLike) -> int | None:
+    """Embedding size a local sentence-transformers checkpoint declares (its last Dense or Pooling module), or None."""
+    root = Path(location)
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    dimension = None
+    for module in modules if isinstance(modules, list) else []:
+        kind, path = str(module.get("type", "")), root / str(module.get("path", ""))
+        try:
+            if kind.endswith("Pooling"):
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                # sentence-transformers 6 writes embedding_dimension, earlier versions word_embedding_dimension
+                dimension = int(config.get("embedding_dimension", config.get("word_embedding_dimension")))
+            elif kind.endswith("Dense"):
+                dimension = int(json.loads((path / "config.json").read_text(encoding="utf-8"))["out_features"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return dimension

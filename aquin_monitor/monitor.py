@@ -5,7 +5,7 @@ The trainer callbacks (:mod:`aquin_monitor.callbacks`) translate hook calls into
 per optimizer step with the gradients in place (then :meth:`StepMonitor.clip_gradients` where the
 trainer's own clipping had to be taken over), :meth:`StepMonitor.on_checkpoint` per checkpoint save
 and :meth:`StepMonitor.end`. Alarms are decided by :mod:`aquin_monitor.alarms`, snapshots taken by
-:mod:`aquin_monitor.snapshots`; everything the monitor computes comes from :mod:`aquin_monitor.signals`;
+:mod:`aquin_monitor.snapshot_runner`; everything the monitor computes comes from :mod:`aquin_monitor.signals`;
 everything it writes goes to sinks.
 
 Cost discipline (the product promise is ~1% of a training step):
@@ -49,7 +49,7 @@ from .signals.gradients import (
 from .sinks.base import as_sink
 
 if TYPE_CHECKING:
-    from .snapshots import SnapshotSchedule
+    from .snapshot_runner import SnapshotSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +150,9 @@ class StepMonitor:
             on the training thread at the next step. Results and decisions are the same either way.
         grad_prefix: metric prefix of the gradient norms (``grad_norm_post_clip/`` when a trainer
             clips before the monitor can measure).
-        snapshots: when to take checkpoint snapshots (:class:`~aquin_monitor.snapshots.SnapshotSchedule`),
+        snapshots: when to take checkpoint snapshots (:class:`~aquin_monitor.snapshot_runner.SnapshotSchedule`),
             on the rank that writes; None: no snapshots.
         run_dir: where snapshots are saved.
-        report: write ``report.html`` into ``run_dir`` at :meth:`end` (the SAE page ``sae.html`` is
-            written whenever the snapshots used an SAE).
 
     A ``stop_on`` alarm of kind ``nan`` also discards the update of the step on which it is decided
     (every gradient is set to None before the optimizer runs, so the weights stay finite): on CPU
@@ -188,7 +186,6 @@ class StepMonitor:
         grad_prefix: str = "grad_norm/",
         snapshots: SnapshotSchedule | None = None,
         run_dir: str | os.PathLike | None = None,
-        report: bool = False,
     ):
         unknown = set(stop_on) - set(ALARM_KINDS)
         if unknown:
@@ -209,7 +206,6 @@ class StepMonitor:
         self.grad_prefix = grad_prefix
         self.snapshots = snapshots
         self.run_dir = run_dir
-        self.report = report
         self._discard_update = False
         self.should_stop = False
         self.alarms: list[Alarm] = []
@@ -487,21 +483,6 @@ class StepMonitor:
         if self.snapshots is not None and model is not None and self.snapshots.at_end(step):
             self.snapshot(model, step)
         self.close()
-        if self.sinks and self.run_dir is not None:  # rank zero, once the files are complete
-            self._write_pages()
-
-    def _write_pages(self) -> None:
-        """The run's SAE page (when its snapshots used an SAE) and, if asked, its HTML report."""
-        from .report import write_report
-
-        writers = [("the SAE page", self.snapshots.runner.write_sae_page)] if self.snapshots is not None else []
-        if self.report:
-            writers.append(("the HTML report", write_report))
-        for what, write in writers:
-            try:
-                write(self.run_dir)
-            except Exception as exc:  # noqa: BLE001 - the run's files are already complete
-                report_failure(f"writing {what}", exc, strict=self.strict, outcome="is skipped")
 
     def log_evaluation(self, metrics: dict, step: int) -> None:
         """The trainer's own evaluation metrics at ``step`` (HF's ``eval_*``, Lightning's validation

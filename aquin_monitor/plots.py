@@ -39,6 +39,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from . import snapshot_keys as keys
+
 __all__ = [
     "NoDataError",
     "loss_curve",
@@ -825,47 +827,74 @@ def snapshot_figure_inputs(arrays: Mapping[str, Any], metrics: Mapping[str, Any]
     """
     inputs: dict[str, Any] = dict(arrays)
     # Normalised entropy (÷ log(len)) compares heads over inputs of different lengths; prefer it.
-    inputs["_attention_normalized"] = "attention_entropy_normalized" in inputs
+    inputs["_attention_normalized"] = keys.ATTENTION_ENTROPY_NORMALIZED in inputs
     if inputs["_attention_normalized"]:
-        inputs["attention_entropy"] = inputs["attention_entropy_normalized"]
-    inputs["_flagged_heads"] = [h for h in details.get("flagged_heads") or [] if isinstance(h, dict)]
-    ood = [item.get("index") for item in details.get("ood_flagged") or [] if isinstance(item, dict)]
+        inputs[keys.ATTENTION_ENTROPY] = inputs[keys.ATTENTION_ENTROPY_NORMALIZED]
+    inputs["_flagged_heads"] = [h for h in details.get(keys.FLAGGED_HEADS) or [] if isinstance(h, dict)]
+    ood = [item.get("index") for item in details.get(keys.OOD_FLAGGED) or [] if isinstance(item, dict)]
     inputs["_flagged"] = [i for i in ood if isinstance(i, int) and not isinstance(i, bool)]
     inputs["_anisotropy"] = metrics.get("geometry/anisotropy")
-    if details.get("sae/gained") or details.get("sae/lost"):
-        inputs["_sae_movers"] = {"gained": details.get("sae/gained") or [], "lost": details.get("sae/lost") or []}
+    if details.get(keys.SAE_GAINED) or details.get(keys.SAE_LOST):
+        inputs["_sae_movers"] = {"gained": details.get(keys.SAE_GAINED) or [], "lost": details.get(keys.SAE_LOST) or []}
     return inputs
 
 
-def _sae_movers(movers: Mapping[str, Any]) -> Figure:
-    from .sae.plots import feature_movers_figure
+def feature_movers_figure(movers: Mapping[str, Sequence[Mapping[str, Any]]], *, top: int = 8) -> Figure:
+    """Features whose firing frequency rose (gained) or fell (lost) most, with their top text.
 
-    return feature_movers_figure(movers)
+    Args:
+        movers: :func:`aquin_monitor.sae.monitoring.feature_movers` output (a snapshot's ``sae/gained`` and
+            ``sae/lost`` details).
+        top: bars per side.
+
+    >>> m = {"gained": [{"feature": 3, "frequency_before": 0.0, "frequency_after": 0.2, "top_texts": ["$$ <script>"]}],
+    ...      "lost": []}
+    >>> fig = feature_movers_figure(m)
+    >>> fig.canvas.draw()  # plain text: "$$" does not break rendering
+    """
+    fig = Figure(figsize=(10, 5))
+    for i, side in enumerate(("gained", "lost")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        rows = list(movers.get(side, []))[:top][::-1]
+        deltas = [row["frequency_after"] - row["frequency_before"] for row in rows]
+        positions = np.arange(len(rows))
+        ax.barh(positions, deltas, color="#55a868" if side == "gained" else "#c44e52")
+        ax.set_yticks([])
+        # one Text artist per label with parse_math=False (tick labels may be rebuilt at draw time)
+        for position, row in zip(positions, rows):
+            label = f"#{row['feature']}: " + _short(" ".join(str((row.get("top_texts") or [""])[0]).split()), 45)
+            ax.text(0.0, position + 0.42, label, fontsize=7, va="bottom", parse_math=False,
+                    transform=ax.get_yaxis_transform())
+        ax.set_ylim(-0.6, max(len(rows), 1) - 0.1 + 0.4)
+        ax.set_xlabel("change in firing frequency")
+        ax.set_title(f"features {side}", parse_math=False)
+    fig.tight_layout()
+    return fig
 
 
 SNAPSHOT_FIGURES: tuple[SnapshotFigure, ...] = (
-    SnapshotFigure("umap_by_label", "UMAP by label", ("umap",), lambda a: umap_by_label(a["umap"], a.get("labels"))),
-    SnapshotFigure("umap_by_ood", "UMAP by OOD score", ("umap", "ood_score"), lambda a: umap_by_ood(a["umap"], a["ood_score"], a.get("_flagged"))),
+    SnapshotFigure("umap_by_label", "UMAP by label", (keys.UMAP,), lambda a: umap_by_label(a[keys.UMAP], a.get(keys.LABELS))),
+    SnapshotFigure("umap_by_ood", "UMAP by OOD score", (keys.UMAP, keys.OOD_SCORE), lambda a: umap_by_ood(a[keys.UMAP], a[keys.OOD_SCORE], a.get("_flagged"))),
     SnapshotFigure(
-        "anisotropy_histogram", "Pairwise cosine vs uniform sphere", ("pair_hist_counts", "pair_hist_edges"),
-        lambda a: anisotropy_histogram(a["pair_hist_counts"], a["pair_hist_edges"], a.get("pair_hist_baseline"), a.get("_anisotropy")),
+        "anisotropy_histogram", "Pairwise cosine vs uniform sphere", (keys.PAIR_HIST_COUNTS, keys.PAIR_HIST_EDGES),
+        lambda a: anisotropy_histogram(a[keys.PAIR_HIST_COUNTS], a[keys.PAIR_HIST_EDGES], a.get(keys.PAIR_HIST_BASELINE), a.get("_anisotropy")),
     ),
-    SnapshotFigure("pca_variance", "PCA explained variance", ("pca_cumulative",), lambda a: pca_variance_curve(a["pca_cumulative"])),
-    SnapshotFigure("layer_similarity", "Layer-wise similarity", ("layer_similarity",), lambda a: layer_similarity(a["layer_similarity"])),
+    SnapshotFigure("pca_variance", "PCA explained variance", (keys.PCA_CUMULATIVE,), lambda a: pca_variance_curve(a[keys.PCA_CUMULATIVE])),
+    SnapshotFigure("layer_similarity", "Layer-wise similarity", (keys.LAYER_SIMILARITY,), lambda a: layer_similarity(a[keys.LAYER_SIMILARITY])),
     SnapshotFigure(
-        "attention_entropy", "Attention entropy per head", ("attention_entropy",),
-        lambda a: attention_entropy_heatmap(a["attention_entropy"], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)),
+        "attention_entropy", "Attention entropy per head", (keys.ATTENTION_ENTROPY,),
+        lambda a: attention_entropy_heatmap(a[keys.ATTENTION_ENTROPY], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)),
     ),
-    SnapshotFigure("rank_histogram", "Rank of the first relevant document", ("first_rank",), lambda a: rank_histogram(a["first_rank"])),
-    SnapshotFigure("hard_negative_gap", "Hard-negative gap per query", ("hard_negative_gap",), lambda a: hard_negative_gap_distribution(a["hard_negative_gap"])),
+    SnapshotFigure("rank_histogram", "Rank of the first relevant document", (keys.FIRST_RANK,), lambda a: rank_histogram(a[keys.FIRST_RANK])),
+    SnapshotFigure("hard_negative_gap", "Hard-negative gap per query", (keys.HARD_NEGATIVE_GAP,), lambda a: hard_negative_gap_distribution(a[keys.HARD_NEGATIVE_GAP])),
     SnapshotFigure(
-        "centroid_drift", "Centroid drift base → now", ("centroid_base_2d", "centroid_now_2d"),
-        lambda a: centroid_drift_arrows(a["centroid_base_2d"], a["centroid_now_2d"], a.get("centroid_labels")), diff=True,
+        "centroid_drift", "Centroid drift base → now", (keys.CENTROID_BASE_2D, keys.CENTROID_NOW_2D),
+        lambda a: centroid_drift_arrows(a[keys.CENTROID_BASE_2D], a[keys.CENTROID_NOW_2D], a.get(keys.CENTROID_LABELS)), diff=True,
     ),
     SnapshotFigure(
-        "similarity_shift", "Similarity distribution shift", ("sim_base_values", "sim_now_values"),
-        lambda a: similarity_shift(a["sim_base_values"], a["sim_now_values"]), diff=True,
+        "similarity_shift", "Similarity distribution shift", (keys.SIM_BASE_VALUES, keys.SIM_NOW_VALUES),
+        lambda a: similarity_shift(a[keys.SIM_BASE_VALUES], a[keys.SIM_NOW_VALUES]), diff=True,
     ),
-    SnapshotFigure("rank_changes", "Rank changes base → now", ("rank_before", "rank_after"), lambda a: rank_changes(a["rank_before"], a["rank_after"]), diff=True),
-    SnapshotFigure("sae_movers", "SAE features gained and lost against the base model", ("_sae_movers",), lambda a: _sae_movers(a["_sae_movers"]), diff=True),
+    SnapshotFigure("rank_changes", "Rank changes base → now", (keys.RANK_BEFORE, keys.RANK_AFTER), lambda a: rank_changes(a[keys.RANK_BEFORE], a[keys.RANK_AFTER]), diff=True),
+    SnapshotFigure("sae_movers", "SAE features gained and lost against the base model", ("_sae_movers",), lambda a: feature_movers_figure(a["_sae_movers"]), diff=True),
 )

@@ -47,9 +47,11 @@ from typing import Any
 import numpy as np
 
 from aquin_monitor import plots
+from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
-from aquin_monitor.sinks.jsonl import iter_jsonl
-from aquin_monitor.snapshot import SNAPSHOT_FAMILIES, SnapshotView, recover_snapshots
+from aquin_monitor.jsonio import iter_jsonl
+from aquin_monitor.metric_registry import metric_meaning
+from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView, recover_snapshots
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]
@@ -75,49 +77,6 @@ HEADLINE_METRICS = (
     "retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@1", "retrieval/recall@10", "retrieval/hard_negative_gap",
     "geometry/anisotropy", "geometry/id_pca95", "geometry/effective_rank", "geometry/alignment", "geometry/uniformity",
     "geometry/ood_fraction",
-)
-
-#: One line per metric saying what it measures (first matching pattern wins), shown beside it.
-METRIC_MEANINGS: tuple[tuple[str, str], ...] = (
-    (r"^(retrieval|rerank/\w+)/ndcg@\d+$", "graded ranking quality of the relevant documents in the top k (1 = ideal order)"),
-    (r"^(retrieval|rerank/\w+)/mrr@\d+$", "1 / rank of the first relevant document, averaged over queries (0 beyond k)"),
-    (r"^(retrieval|rerank/\w+)/recall@\d+$", "fraction of each query's relevant documents found in the top k"),
-    (r"^retrieval/mean_first_rank$", "average rank of the first relevant document (lower is better)"),
-    (r"^retrieval/median_first_rank$", "median rank of the first relevant document (lower is better)"),
-    (r"^retrieval/hard_negative_gap$", "sim(closest relevant) − sim(closest negative), averaged; below 0 a negative wins"),
-    (r"^retrieval/positive_sim$", "cosine of each query to its closest relevant document"),
-    (r"^retrieval/negative_sim$", "cosine of each query to its closest non-relevant document"),
-    (r"^retrieval/n_queries$", "queries evaluated (those with a relevant document)"),
-    (r"^geometry/(anisotropy|pair_cosine_mean)$", "mean cosine over all probe pairs: 0 = spread like random directions, 1 = one direction"),
-    (r"^geometry/pair_cosine_std$", "spread of the pairwise cosines"),
-    (r"^geometry/pair_cosine_baseline_std$", "1/√d: the spread of cosines between random directions"),
-    (r"^geometry/id_pca(\d+)$", "PCA components needed to explain that % of the variance (intrinsic dimension)"),
-    (r"^geometry/effective_rank$", "exp(entropy of the normalised singular values): how many directions carry the variance"),
-    (r"^geometry/alignment$", "mean squared distance between positive pairs (lower: positives closer)"),
-    (r"^geometry/uniformity$", "log E exp(−2‖x−y‖²) over all pairs (lower: more evenly spread on the sphere)"),
-    (r"^geometry/ood_fraction$", "fraction of probe texts flagged out-of-distribution (far from the centroid)"),
-    (r"^geometry/ood_distance_mean$", "mean cosine distance of the probe texts to their centroid"),
-    (r"^geometry/ood_threshold$", "cosine distance to the centroid above which a text is flagged"),
-    (r"^geometry/rogue_top\d+_share$", "share of the anisotropy carried by the top dimension(s): rogue dimensions"),
-    (r"^layers/similarity\.\d+$", "mean pairwise cosine of this layer's pooled states; the last layer is the one the "
-                                   "contrastive objective shaped (e.g. all-MiniLM-L6-v2: ~0.7 in earlier layers, ~0.1 at the last)"),
-    (r"^attention/collapsed_heads$", "heads whose attention sits on one token (entropy near 0)"),
-    (r"^attention/dead_heads$", "heads attending uniformly to every token (entropy near log(length))"),
-    (r"^attention/(normalized_)?entropy", "mean attention entropy of the heads (normalised: ÷ log(length), 0 to 1)"),
-    (r"^drift/[^/]+/cka$", "linear CKA with the reference snapshot: 1 = the same geometry up to rotation and scale"),
-    (r"^drift/[^/]+/knn_(overlap|jaccard)@\d+$", "share of each text's nearest neighbours that are still its neighbours"),
-    (r"^drift/[^/]+/score$", "overall drift from the reference (0 = none)"),
-    (r"^drift/[^/]+/procrustes_residual$", "what remains after the best rotation onto the reference (0 = a pure rotation)"),
-    (r"^drift/[^/]+/(similarity_mean_shift|anisotropy_delta)$", "change of the mean pairwise cosine against the reference"),
-    (r"^drift/[^/]+/similarity_wasserstein$", "distance between the pairwise-cosine distributions (sampled pairs)"),
-    (r"^drift/[^/]+/similarity_pair_change$", "mean change of a pair's cosine against the reference"),
-    (r"^drift/[^/]+/centroid_shift", "movement of each label's centroid after Procrustes alignment"),
-    (r"^drift/[^/]+/rank_(change|improved|worsened)", "change of the relevant documents' ranks against the reference"),
-    (r"^sae/fvu$", "variance the base model's SAE fails to reconstruct: rising = the space left the base dictionary "
-                   "(huge when the space collapses: its variance is the denominator)"),
-    (r"^sae/cosine$", "mean cos(embedding, SAE reconstruction): how well the base dictionary still fits (1 = perfectly)"),
-    (r"^sae/dead_fraction$", "base SAE features that no probe text fires any more"),
-    (r"^sae/l0(_effective)?$", "features active per text (effective: above 0.01)"),
 )
 
 #: What to look for in each snapshot figure (by :data:`aquin_monitor.plots.SNAPSHOT_FIGURES` name).
@@ -153,7 +112,7 @@ _TIMELINE = (
 )
 
 
-#: The SAE page of a run (:meth:`aquin_monitor.snapshots.SnapshotRunner.write_sae_page`), linked from the report.
+#: The SAE page of a run (:func:`aquin_monitor.callbacks.run_pages.write_sae_page`), linked from the report.
 SAE_PAGE = "sae.html"
 
 
@@ -209,17 +168,6 @@ class Run:
             if snapshot.model:
                 return snapshot.model
         return None
-
-
-def metric_meaning(name: str) -> str:
-    """One line saying what metric ``name`` measures ("" when the report has none for it).
-
-    >>> metric_meaning("retrieval/ndcg@10")
-    'graded ranking quality of the relevant documents in the top k (1 = ideal order)'
-    >>> metric_meaning("custom/thing")
-    ''
-    """
-    return next((text for pattern, text in METRIC_MEANINGS if re.search(pattern, name)), "")
 
 
 def align_layouts(layouts: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
@@ -596,7 +544,7 @@ def _evaluations_section(run: Run) -> str:
 
 def _details_html(snapshot: SnapshotView) -> str:
     parts = []
-    flagged = [item for item in snapshot.details.get("ood_flagged") or [] if isinstance(item, dict)]
+    flagged = [item for item in snapshot.details.get(keys.OOD_FLAGGED) or [] if isinstance(item, dict)]
     parts.append("<h4>Out-of-distribution inputs</h4>")
     if flagged:
         ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))
@@ -613,7 +561,7 @@ def _details_html(snapshot: SnapshotView) -> str:
     else:
         parts.append(_note("No input flagged out-of-distribution." if "ood_flagged" in snapshot.details else "No OOD details recorded."))
 
-    heads = [item for item in snapshot.details.get("flagged_heads") or [] if isinstance(item, dict)]
+    heads = [item for item in snapshot.details.get(keys.FLAGGED_HEADS) or [] if isinstance(item, dict)]
     parts.append("<h4>Flagged attention heads</h4>")
     if heads:
         rows = [(_escape(h.get("layer", "?")), _escape(h.get("head", "?")), _escape(h.get("kind", "?")), _format_number(h.get("entropy")))
@@ -622,14 +570,14 @@ def _details_html(snapshot: SnapshotView) -> str:
     else:
         parts.append(_note("No attention head flagged." if "flagged_heads" in snapshot.details else "No attention details recorded."))
 
-    categories = snapshot.details.get("retrieval_by_category")
+    categories = snapshot.details.get(keys.RETRIEVAL_BY_CATEGORY)
     if isinstance(categories, dict) and categories:
         metric_names = sorted({m for values in categories.values() if isinstance(values, dict) for m in values})
         rows = [[_escape(category)] + [_format_number(values.get(m)) for m in metric_names]
                 for category, values in sorted(categories.items()) if isinstance(values, dict)]
         parts.append("<h4>Retrieval by category</h4>" + _table(["category", *metric_names], rows, "metrics"))
 
-    rogue = [item for item in snapshot.details.get("rogue_dimensions") or [] if isinstance(item, dict)]
+    rogue = [item for item in snapshot.details.get(keys.ROGUE_DIMENSIONS) or [] if isinstance(item, dict)]
     if rogue:
         rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
         parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
@@ -640,7 +588,7 @@ def _details_html(snapshot: SnapshotView) -> str:
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
     """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
     parts = []
-    for key, title in (("sae/gained", "SAE features gained against the base model"), ("sae/lost", "SAE features lost against the base model")):
+    for key, title in ((keys.SAE_GAINED, "SAE features gained against the base model"), (keys.SAE_LOST, "SAE features lost against the base model")):
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
@@ -670,7 +618,7 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
 
     inputs = plots.snapshot_figure_inputs(snapshot.arrays, snapshot.metrics, snapshot.details)
     if umap is not None:  # aligned to the previous snapshot's layout (align_layouts)
-        inputs["umap"] = umap
+        inputs[keys.UMAP] = umap
     specs = [spec for spec in plots.SNAPSHOT_FIGURES if not spec.diff]
     diff_specs = [spec for spec in plots.SNAPSHOT_FIGURES if spec.diff]
     parts.append("<h3>Figures</h3>")
@@ -706,7 +654,7 @@ def _snapshots_section(run: Run) -> str:
 
 def _layout(snapshot: SnapshotView) -> np.ndarray | None:
     """The snapshot's UMAP coordinates when they are a finite ``[n, 2]`` array, else None (drawn as stored)."""
-    umap = snapshot.arrays.get("umap")
+    umap = snapshot.arrays.get(keys.UMAP)
     if umap is None:
         return None
     try:

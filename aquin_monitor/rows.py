@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["ArrayRows", "RowSource", "iter_blocks"]
+__all__ = ["ArrayRows", "RowSource", "gather_rows", "iter_blocks"]
 
 
 @runtime_checkable
@@ -70,3 +70,23 @@ def iter_blocks(source: RowSource, block_rows: int) -> Iterator[tuple[int, np.nd
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     for start in range(0, len(source), block_rows):
         yield start, source.read(start, min(start + block_rows, len(source)))
+
+
+def gather_rows(embeddings: np.ndarray | RowSource, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``embeddings`` as float64 ``[len(rows), d]`` (a row source is read in runs of consecutive rows).
+
+    >>> gather_rows(np.arange(6.0).reshape(3, 2), np.array([2, 0])).tolist()
+    [[4.0, 5.0], [0.0, 1.0]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(embeddings, np.ndarray) or not isinstance(embeddings, RowSource):
+        return np.asarray(embeddings, dtype=np.float64)[rows]
+    out = np.zeros((len(rows), embeddings.dimension), dtype=np.float64)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
+    for run in np.split(np.arange(len(ordered)), breaks):
+        if len(run):
+            first, last = int(ordered[run[0]]), int(ordered[run[-1]])
+            out[order[run]] = embeddings.read(first, last + 1)[ordered[run] - first]
+    return out

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from aquin_monitor.callbacks import TrainerEmbeddingMonitor
     from aquin_monitor.capture import monitored
     from aquin_monitor.sae import sae_choice
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 def report_results(args: argparse.Namespace, out: Path, steps: int, test: RetrievalSet, started: float) -> None:
     """Write the HTML report and ``summary.json`` (first and last snapshot's numbers), and print where things are."""
     from aquin_monitor.report import write_report
-    from aquin_monitor.snapshot import Snapshot, list_snapshots
+    from aquin_monitor.snapshot_record import Snapshot, list_snapshots
 
     report = write_report(out)
     snaps = [Snapshot.load(f) for f in list_snapshots(out)]

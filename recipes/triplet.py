@@ -187,7 +187,7 @@ def build_module(model: SentenceTransformer, args: argparse.Namespace) -> L.Ligh
 def summarize(out: Path, monitor: Any) -> None:
     """Print what the monitor saw: alarms by kind, the first and last contrastive numbers, snapshot geometry."""
     from aquin_monitor.sinks import read_jsonl
-    from aquin_monitor.snapshot import Snapshot, list_snapshots
+    from aquin_monitor.snapshot_record import Snapshot, list_snapshots
 
     alarms = monitor.monitor.alarms if monitor.monitor is not None else []
     if alarms:
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aquin_monitor.callbacks import LightningEmbeddingMonitor
     from aquin_monitor.encoders import add_lora, load_model
     from aquin_monitor.sae import sae_choice
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

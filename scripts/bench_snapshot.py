@@ -44,7 +44,7 @@ def main() -> None:
 
     from aquin_monitor.data import bundled_dataset, read_beir, read_probe, scifact_probe
     from aquin_monitor.encoders import encode, load_model
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     torch.manual_seed(0)
     model = load_model(args.model)

@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 
 from aquin_monitor.callbacks import LightningEmbeddingMonitor, TrainerEmbeddingMonitor
 from aquin_monitor.sinks import read_jsonl
-from aquin_monitor.snapshot import list_snapshots
-from aquin_monitor.snapshots import SnapshotRunner
+from aquin_monitor.snapshot_record import list_snapshots
+from aquin_monitor.snapshot_runner import SnapshotRunner
 
 from test_callback_hf import _train
 from test_callback_lightning import PairModule, _fit

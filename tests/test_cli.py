@@ -333,7 +333,7 @@ def test_inspect_metrics_match_independent_computation(capsys, tmp_path, tiny_me
 
 
 def test_inspect_run_dir_feeds_report(capsys, tmp_path, tiny_mean_model, probe_file):
-    from aquin_monitor.snapshot import Snapshot
+    from aquin_monitor.snapshot_record import Snapshot
 
     run_dir = tmp_path / "run"
     code, _, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--run-dir", run_dir, "--no-umap", "--no-progress")
@@ -436,7 +436,7 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
     from aquin_monitor.data import read_pairs
     from aquin_monitor.encoders import load_model
     from aquin_monitor.report import render_report
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     snap = SnapshotRunner(retrieval=read_pairs(path), umap=False).take(load_model(tiny_mean_model, device="cpu"), 0, tag="base", run_dir=tmp_path / "run")
     assert snap.details["retrieval_by_category"].keys() == result["by_category"].keys()
@@ -629,7 +629,7 @@ def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
 
 def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatch, tiny_mean_model, tiny_cls_model, probe_file, pairs_file):
     """A second inspect or diff of the same files and texts loads no model and gives the same numbers;
-    diff's retrieval side shares eval's entries; touching a model file or --no-cache computes again."""
+    diff's retrieval side shares eval's entries; rewriting a model file (not touching it) or --no-cache computes again."""
     import shutil
 
     from aquin_monitor import cli
@@ -676,7 +676,14 @@ def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatc
     weights = next(p for p in Path(model).rglob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
     assert inspect()["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
-    assert loads == ["model"]  # a touched checkpoint is embedded again
+    assert loads == []  # a touched checkpoint holds the same weights: the key is their content
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    name = next(n for n in tensors if "word_embeddings" in n)
+    save_file({**tensors, name: tensors[name] * 2}, weights, metadata={"format": "pt"})
+    assert inspect()["metrics"] != pytest.approx(first["metrics"], abs=1e-6)
+    assert loads == ["model"]  # a rewritten checkpoint is embedded again
 
 
 # ------------------------------------------------------------------------------------------

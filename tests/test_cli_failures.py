@@ -20,7 +20,7 @@ import pytest
 from aquin_monitor import encoders
 from aquin_monitor.cli import main
 from aquin_monitor.sinks import JsonlFormatError, read_jsonl
-from aquin_monitor.snapshot import Snapshot
+from aquin_monitor.snapshot_record import Snapshot
 
 ROOT = Path(__file__).parents[1]
 TEXTS = [f"sentence number {i} about topic {i % 3}" for i in range(12)]
@@ -147,7 +147,7 @@ def test_unusable_probe_named_before_any_model_load(capsys, tmp_path, tiny_mean_
 
 def test_inspect_never_replaces_a_training_runs_snapshot(capsys, tmp_path, tiny_mean_model, probe, no_model_load):
     run_dir = tmp_path / "run"
-    Snapshot(0, "base", "tiny", {"geometry/anisotropy": 0.3}, {}, {"embeddings": np.ones((3, 2), np.float32)}).save(run_dir)
+    Snapshot(step=0, tag="base", model="tiny", metrics={"geometry/anisotropy": 0.3}, arrays={"embeddings": np.ones((3, 2), np.float32)}).save(run_dir)
     before = files_under(run_dir)
     code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--run-dir", run_dir, "--no-progress")
     assert code == 2

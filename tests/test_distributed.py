@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from aquin_monitor.sinks import read_jsonl
-from aquin_monitor.snapshot import list_snapshots
+from aquin_monitor.snapshot_record import list_snapshots
 
 SCRIPTS = Path(__file__).parent / "ddp"
 REPO = Path(__file__).resolve().parent.parent

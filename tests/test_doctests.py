@@ -22,7 +22,9 @@ DOCUMENTED = {
     "aquin_monitor.data": 15,
     "aquin_monitor.encoders": 10,
     "aquin_monitor.losses": 15,
+    "aquin_monitor.metric_registry": 10,
     "aquin_monitor.failsoft": 3,
+    "aquin_monitor.jsonio": 2,
     "aquin_monitor.distributed": 1,
     "aquin_monitor.plots": 2,
     "aquin_monitor.report": 5,
@@ -34,9 +36,15 @@ DOCUMENTED = {
     "aquin_monitor.signals.retrieval": 6,
     "aquin_monitor.sinks.base": 6,
     "aquin_monitor.sinks.jsonl": 6,
-    "aquin_monitor.snapshots": 4,
+    "aquin_monitor.snapshot_runner": 4,
+    "aquin_monitor.snapshot_keys": 1,
+    "aquin_monitor.snapshot_record": 12,
     "aquin_monitor.signals.neighbours": 2,
     "aquin_monitor.signals.arrays": 15,
+    "aquin_monitor.signals.streaming": 4,
+    "aquin_monitor.sae.stats": 8,
+    "aquin_monitor.sae.corpus_texts": 4,
+    "aquin_monitor.corpus_geometry": 4,
 }
 
 

@@ -1,4 +1,6 @@
-"""docs/metrics.md documents every metric name a real run writes (issue 15 point 3).
+"""docs/metrics.md documents every metric name a real run writes (issue 15 point 3), and agrees with the
+metric registry (issue 20 point 1): every declared name is documented with the same unit, every documented
+name is declared, and every name a real run logs is declared.
 
 Two short runs on the tiny model write what the monitor logs: a full fine-tune with hard negatives,
 snapshots (a labelled probe and a retrieval set with categories, a checkpoint in the middle so both
@@ -22,29 +24,37 @@ from sentence_transformers.losses import MultipleNegativesRankingLoss
 from aquin_monitor import SnapshotRunner, TrainerEmbeddingMonitor, monitored, read_probe
 from aquin_monitor.alarms import ALARM_KINDS
 from aquin_monitor.data import read_pairs
+from aquin_monitor.metric_registry import METRICS, find_metric, name_pattern
 from aquin_monitor.sinks import read_jsonl
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
-PLACEHOLDERS = {"NN": r"\d{2,}", "N": r"\d+", "<vs>": "(?:base|previous)", "<parameter>": ".+", "<metric>": "[^/]+", "<group>": ".+"}
 NOT_METRICS = {"step", "time", "tag"}
+#: A value for each placeholder, to turn a documented name into a name a run could log.
+EXAMPLE_VALUES = {"NN": "03", "N": "2", "<vs>": "previous", "<parameter>": "0.auto_model.pooler.dense.weight",
+                  "<metric>": "ndcg@10", "<group>": "layer.01"}
 
 
 def documented_names(text: str) -> dict[str, list[str]]:
-    """``{name: [formula, unit, meaning]}`` of each table row whose first cell holds backticked names."""
-    rows = {}
+    """``{name: [formula, unit, meaning]}`` of each table row whose first cell holds backticked names.
+    Cells are split on ``|`` but not on an escaped ``\\|`` (a formula's absolute value bars); a unit cell
+    ``same`` is the unit of the row above."""
+    rows: dict[str, list[str]] = {}
+    unit = ""
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         if len(cells) < 4 or not cells[0].startswith("`"):
             continue
+        unit = unit if cells[2] == "same" else cells[2]
         for name in re.findall(r"`([^`]+)`", cells[0]):
-            rows[name] = cells[1:4]
+            rows[name] = [cells[1], unit, cells[3]]
     return rows
 
 
-def name_pattern(name: str) -> re.Pattern:
-    """A documented name as a regex: placeholders (``NN``, ``N``, ``<vs>``, ...) match their values."""
-    parts = re.split("(" + "|".join(re.escape(p) for p in sorted(PLACEHOLDERS, key=len, reverse=True)) + ")", name)
-    return re.compile("".join(PLACEHOLDERS.get(p, re.escape(p)) for p in parts) + r"\Z")
+def example_name(documented: str) -> str:
+    """A name a run could log for a documented one: each placeholder replaced by an example value."""
+    for placeholder in sorted(EXAMPLE_VALUES, key=len, reverse=True):
+        documented = documented.replace(placeholder, EXAMPLE_VALUES[placeholder])
+    return documented
 
 
 def test_name_pattern():
@@ -54,6 +64,8 @@ def test_name_pattern():
     assert not name_pattern("drift/<vs>/cka").match("drift/other/cka")
     assert name_pattern("optim/lr/group.N").match("optim/lr/group.12")
     assert documented_names("| `a/b`, `a/c` | f | u | m |\n| name | x | y | z |") == {"a/b": ["f", "u", "m"], "a/c": ["f", "u", "m"]}
+    assert documented_names("| `a` | \\|x\\| | u | m |\n| `b` | y | same | n |") == {"a": ["|x|", "u", "m"], "b": ["y", "u", "n"]}
+    assert example_name("drift/<vs>/knn_overlap@10") == "drift/previous/knn_overlap@10"
 
 
 DOCUMENTED = documented_names(DOC.read_text(encoding="utf-8"))
@@ -63,6 +75,34 @@ def test_every_documented_row_has_formula_and_unit():
     assert len(DOCUMENTED) > 60
     for name, (formula, unit, _meaning) in DOCUMENTED.items():
         assert formula and unit, name
+
+
+def test_every_declared_metric_is_documented_with_its_unit():
+    for spec in METRICS:
+        assert spec.name in DOCUMENTED, f"{spec.name} is declared in aquin_monitor/metric_registry.py but not in docs/metrics.md"
+        assert DOCUMENTED[spec.name][1] == spec.unit, (spec.name, DOCUMENTED[spec.name][1], spec.unit)
+        assert spec.meaning.strip(), spec.name
+
+
+def test_every_documented_name_is_declared_once():
+    declared = [spec.name for spec in METRICS]
+    assert len(declared) == len(set(declared))
+    assert sorted(set(DOCUMENTED) - set(declared)) == []
+    for name in DOCUMENTED:
+        matches = [spec.name for spec in METRICS if spec.pattern.match(example_name(name))]
+        assert matches == [name], (name, matches)  # exactly its own declaration matches it
+
+
+def test_declared_directions_and_bounds_are_consistent():
+    """Bounds are ordered; a fraction lies in [0, 1] (not a difference of two, nor the FVU, which a collapsed
+    space sends far above 1: docs/metrics.md); a cosine in [-1, 1]."""
+    for spec in METRICS:
+        low, high = spec.bounds
+        assert low is None or high is None or low < high, spec.name
+        if spec.unit.startswith("fraction") and "/delta/" not in spec.name and spec.name != "sae/fvu":
+            assert spec.bounds in ((0.0, 1.0), (None, None)), spec.name
+        if spec.unit == "cosine" and not spec.name.startswith(("drift/", "retrieval/hard_negative_gap")):
+            assert spec.bounds in ((-1.0, 1.0), (0.0, 1.0)), spec.name
 
 
 def test_alarm_kinds_are_documented():
@@ -115,7 +155,9 @@ def logged(tiny_lora, tmp_path_factory) -> set[str]:
     return _logged_names(full) | _logged_names(lora)
 
 
-def test_every_logged_name_is_documented(logged):
+def test_every_logged_name_is_declared_and_documented(logged):
+    undeclared = sorted(name for name in logged if find_metric(name) is None)
+    assert not undeclared, f"not in aquin_monitor/metric_registry.py: {undeclared}"
     patterns = [name_pattern(n) for n in DOCUMENTED]
     undocumented = sorted(name for name in logged if not any(p.match(name) for p in patterns))
     assert not undocumented, f"not in docs/metrics.md: {undocumented}"

@@ -212,7 +212,7 @@ def test_a_failure_in_the_worker_surfaces_on_the_training_thread():
 
 
 def test_attention_sample_spreads_over_the_probe():
-    from aquin_monitor.snapshots import attention_sample
+    from aquin_monitor.snapshot_runner import attention_sample
 
     picked = attention_sample(1000, 32)
     assert len(picked) == 32 and picked[0] == 0 and picked[-1] == 999

@@ -1,4 +1,4 @@
-"""The package's short public surface (issue 15 point 2): six names, imported lazily."""
+"""The package's short public surface (issue 15 point 2): seven names, imported lazily."""
 
 from __future__ import annotations
 
@@ -32,18 +32,20 @@ def test_one_name_loads_only_its_own_framework():
 
 
 def test_every_public_name_is_the_defining_modules_object():
+    from aquin_monitor.callbacks.evaluator import SnapshotEvaluator
     from aquin_monitor.callbacks.hf_trainer import TrainerEmbeddingMonitor
     from aquin_monitor.callbacks.lightning import LightningEmbeddingMonitor
     from aquin_monitor.capture import monitored
     from aquin_monitor.data import read_probe
     from aquin_monitor.encoders import load_model
-    from aquin_monitor.snapshots import SnapshotRunner
+    from aquin_monitor.snapshot_runner import SnapshotRunner
 
     expected = {
         "LightningEmbeddingMonitor": LightningEmbeddingMonitor,
         "TrainerEmbeddingMonitor": TrainerEmbeddingMonitor,
         "monitored": monitored,
         "SnapshotRunner": SnapshotRunner,
+        "SnapshotEvaluator": SnapshotEvaluator,
         "read_probe": read_probe,
         "load_model": load_model,
     }

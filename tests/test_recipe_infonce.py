@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aquin_monitor.sinks import read_jsonl
-from aquin_monitor.snapshot import Snapshot, list_snapshots
+from aquin_monitor.snapshot_record import Snapshot, list_snapshots
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "infonce.py"
 

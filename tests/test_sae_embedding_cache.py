@@ -10,7 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from aquin_monitor.embedding_cache import EmbeddingCache, encode_cached, model_fingerprint
+from aquin_monitor.embedding_cache import (
+    EmbeddingCache,
+    EmbeddingCacheWarning,
+    encode_cached,
+    model_fingerprint,
+)
 
 
 def fake_encode(_model, texts):
@@ -59,12 +64,13 @@ def test_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path):
     cache = EmbeddingCache(tmp_path)
     load = Loader()
     encode_cached(load, "fp", ["x", "y"], encode=fake_encode, cache=cache)
-    (entry,) = tmp_path.glob("*.npy")
-    entry.write_bytes(entry.read_bytes()[:40])  # a write cut short (not possible through put, simulated)
-    result, _ = encode_cached(load, "fp", ["x", "y"], encode=fake_encode, cache=cache)
+    (entry,) = tmp_path.glob("*/shard-*.npy")
+    entry.write_bytes(entry.read_bytes()[:140])  # a write cut short (not possible through put, simulated)
+    with pytest.warns(EmbeddingCacheWarning, match="recomputing"):
+        result, _ = encode_cached(load, "fp", ["x", "y"], encode=fake_encode, cache=cache)
     np.testing.assert_array_equal(result, fake_encode(None, ["x", "y"]))
     assert load.calls == 2
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*-tmp-*"))
 
 
 def test_unwritable_cache_folder_still_gives_the_result(tmp_path):
@@ -85,6 +91,8 @@ def test_fingerprint_follows_the_model_files(tmp_path):
     second = model_fingerprint(model)
     later = time.time() + 10
     os.utime(model / "weights.bin", (later, later))
+    assert model_fingerprint(model) == second  # touched, same bytes: the same model (keyed on content)
+    (model / "extra.json").write_text("{}")
     assert model_fingerprint(model) != second
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -99,7 +107,7 @@ def test_embed_corpus_equals_direct_encoding(tiny_mean_model, tmp_path):
     cached = embed_corpus(tiny_mean_model, texts, chunk_size=3, cache_dir=tmp_path, show_progress=False)
     direct = encode(load_model(tiny_mean_model, device="cpu"), texts)
     np.testing.assert_allclose(cached, direct, atol=1e-5)
-    assert len(list(tmp_path.glob("*.npy"))) == 3  # chunks 3 + 3 + 1
+    assert len(list(tmp_path.glob("*/manifest.json"))) == 3  # chunks 3 + 3 + 1, one store each
 
 
 def test_second_eval_reads_the_cache_without_loading_the_model(tiny_mean_model, tmp_path, monkeypatch, capsys):

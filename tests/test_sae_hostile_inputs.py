@@ -313,7 +313,7 @@ def dead_pid() -> int:
 def test_report_repairs_a_killed_resave_with_one_warning(capsys, tmp_path):
     import socket
 
-    from aquin_monitor.snapshot import Snapshot
+    from aquin_monitor.snapshot_record import Snapshot
 
     run = tmp_path / "run"
     for step, value in ((0, 0.1), (2, 0.2), (4, 0.4)):
@@ -336,7 +336,7 @@ def test_report_repairs_a_killed_resave_with_one_warning(capsys, tmp_path):
 
 def test_load_run_reads_a_snapshot_set_aside_by_a_killed_resave(tmp_path):
     from aquin_monitor.report import load_run
-    from aquin_monitor.snapshot import Snapshot
+    from aquin_monitor.snapshot_record import Snapshot
 
     Snapshot(4, "checkpoint", "tiny", {"geometry/anisotropy": 0.4}).save(tmp_path)
     os.replace(tmp_path / "snapshots" / "4", tmp_path / "snapshots" / ".4-old")
@@ -375,7 +375,7 @@ def test_report_and_sink_draw_the_umap_with_usetex_on(usetex_without_latex, tmp_
     from aquin_monitor import plots
     from aquin_monitor.report import write_report
     from aquin_monitor.sinks import JsonlSink
-    from aquin_monitor.snapshot import Snapshot
+    from aquin_monitor.snapshot_record import Snapshot
 
     run = tmp_path / "run"
     umap = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)

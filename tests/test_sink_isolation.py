@@ -16,8 +16,8 @@ import numpy as np
 from aquin_monitor import plots
 from aquin_monitor.data import ProbeSet
 from aquin_monitor.encoders import load_model
-from aquin_monitor.snapshots import SnapshotRunner
 from aquin_monitor.sinks import JsonlSink, MultiSink, SinkWarning, TensorBoardSink, read_jsonl
+from aquin_monitor.snapshot_runner import SnapshotRunner
 
 PRICE_TIERS = ["$", "$$", "$$$$", "<script>", "50% off_{sale}", "a\\b & c"]
 

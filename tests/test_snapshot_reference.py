@@ -17,7 +17,7 @@ import torch
 
 from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import load_model
-from aquin_monitor.snapshots import SnapshotRunner
+from aquin_monitor.snapshot_runner import SnapshotRunner
 
 TOPICS = ("cats", "markets", "weather")
 QUERIES = {f"q{i}": f"what happened with the {TOPICS[i % 3]} story number {i}" for i in range(6)}

@@ -12,7 +12,7 @@ from ..monitor import StepMonitor
 
 if TYPE_CHECKING:
     from ..sinks.base import Sink
-    from ..snapshots import SnapshotRunner
+    from ..snapshot_runner import SnapshotRunner
 
 
 @dataclass(kw_only=True)
@@ -55,7 +55,7 @@ class MonitorSettings:
         """The monitor of one run: writes (and snapshots) on rank zero only, computes on every rank.
         Sinks that keep a run config (W&B) get these settings and ``trainer_config`` (the trainer's hyperparameters)."""
         from ..sinks.base import MultiSink, as_sink
-        from ..snapshots import SnapshotSchedule
+        from ..snapshot_runner import SnapshotSchedule
 
         for sink in map(as_sink, sinks):  # a sink without a run config inherits BaseSink's no-op
             try:
@@ -70,7 +70,6 @@ class MonitorSettings:
             log_every=self.log_every,
             histogram_every=self.histogram_steps(None),
             tensor_norms_every=self.tensor_norms_every,
-            report=self.report,
             alarms=self.alarms,
             stop_on=self.stop_on,
             strict=self.strict,

@@ -14,9 +14,10 @@ from ..alarms import AlarmConfig
 from ..atomic import atomic_write_text
 from ..monitor import host_learning_rates
 from ._settings import MonitorSettings, open_sinks
+from .run_pages import write_run_pages
 
 if TYPE_CHECKING:
-    from ..snapshots import SnapshotRunner
+    from ..snapshot_runner import SnapshotRunner
 
 STATE_FILE = "aquin_monitor_state.json"
 
@@ -40,7 +41,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
 
     Evaluation: the trainer's own evaluation results (``eval_loss``, a sentence-transformers evaluator's
     ``eval_<name>_...``) go to ``evaluations.jsonl`` at each ``on_evaluate`` during training (timing, epoch
-    and our own :class:`~aquin_monitor.evaluator.SnapshotEvaluator` metrics left out), and the report
+    and our own :class:`~aquin_monitor.callbacks.evaluator.SnapshotEvaluator` metrics left out), and the report
     shows them beside the snapshots.
 
     Histograms of the positive and negative similarities: every ``histogram_every`` steps; by default
@@ -158,6 +159,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             self._clip_norm = None
         if self.monitor is not None:
             self.monitor.end(model, state.global_step)
+            write_run_pages(self.monitor, report=self.settings.report, strict=self.settings.strict)
 
     # -- resume -----------------------------------------------------------------------------
     def _read_checkpoint_state(self, args, state) -> dict | None:
@@ -182,13 +184,13 @@ _EVALUATION_BOOKKEEPING = ("epoch", "eval_runtime", "eval_samples_per_second", "
 
 def trainer_evaluation(metrics: dict) -> dict:
     """The model metrics of an HF evaluation: without timing and epoch, and without the metrics of our own
-    :class:`~aquin_monitor.evaluator.SnapshotEvaluator` (``eval_geometry/...``: the snapshots hold them).
+    :class:`~aquin_monitor.callbacks.evaluator.SnapshotEvaluator` (``eval_geometry/...``: the snapshots hold them).
 
     >>> trainer_evaluation({"eval_loss": 0.5, "eval_runtime": 2.0, "epoch": 1.0, "eval_geometry/anisotropy": 0.1,
     ...                     "eval_sts-dev_spearman_cosine": 0.8})
     {'eval_loss': 0.5, 'eval_sts-dev_spearman_cosine': 0.8}
     """
-    from ..snapshot import SNAPSHOT_FAMILIES
+    from ..snapshot_record import SNAPSHOT_FAMILIES
 
     def ours(key: str) -> bool:
         return key.removeprefix("eval_").split("/", 1)[0] in SNAPSHOT_FAMILIES and "/" in key

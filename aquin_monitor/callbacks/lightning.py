@@ -9,9 +9,10 @@ from .._optional import require
 from ..alarms import AlarmConfig
 from ..monitor import host_learning_rates
 from ._settings import MonitorSettings, find_sentence_transformer, open_sinks
+from .run_pages import write_run_pages
 
 if TYPE_CHECKING:
-    from ..snapshots import SnapshotRunner
+    from ..snapshot_runner import SnapshotRunner
 
 _pl = require("lightning.pytorch", "LightningEmbeddingMonitor")
 
@@ -138,6 +139,7 @@ class LightningEmbeddingMonitor(_pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.monitor.end(self._inspected(pl_module), trainer.global_step)
+        write_run_pages(self.monitor, report=self.settings.report, strict=self.settings.strict)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,11 @@ import numpy as np
 import scipy.sparse
 
 from .activations import sparse_activations
+from .corpus_texts import CorpusTexts, texts_for
 from .labels import ctfidf_labels
+from .stats import FeatureStats, feature_stats_from_activations
 
-__all__ = ["BrowserFeature", "Example", "FeatureBrowser", "browse_features", "feature_table"]
+__all__ = ["BrowserFeature", "Example", "FeatureBrowser", "browse_features", "browser_from_stats", "feature_table"]
 
 
 @dataclass
@@ -67,31 +69,21 @@ class FeatureBrowser:
     """Features that never fired on the corpus (not listed)."""
 
 
-def feature_table(activations: scipy.sparse.spmatrix, *, examples: int = 20) -> dict[str, np.ndarray]:
-    """Per-feature totals, frequency, mean, max and top rows of a sparse activation matrix ``[n, latents]``.
+def feature_table(activations: scipy.sparse.spmatrix | FeatureStats, *, examples: int = 20) -> dict[str, Any]:
+    """Per-feature totals, frequency, mean, max and top rows of a sparse activation matrix ``[n, latents]``
+    (or of :class:`~aquin_monitor.sae.stats.FeatureStats` already streamed).
 
     Returns:
         ``total``, ``frequency``, ``mean``, ``max`` (each ``[latents]``) and ``top_rows``
         and ``top_values`` (lists, per feature, of row indices and their activations, descending,
         at most ``examples``).
     """
-    csc = scipy.sparse.csc_matrix(activations)
-    n, latents = csc.shape
-    counts = np.diff(csc.indptr)
-    total = np.asarray(csc.sum(axis=0)).ravel()
-    maximum = np.zeros(latents, dtype=np.float64)
-    top_rows: list[np.ndarray] = []
-    top_values: list[np.ndarray] = []
-    for j in range(latents):
-        values = csc.data[csc.indptr[j] : csc.indptr[j + 1]]
-        rows = csc.indices[csc.indptr[j] : csc.indptr[j + 1]]
-        if len(values):
-            maximum[j] = values.max()
-        order = np.lexsort((rows, -values))[:examples]
-        top_rows.append(rows[order])
-        top_values.append(values[order])
-    mean = np.where(counts > 0, total / np.maximum(counts, 1), 0.0)
-    return {"total": total, "frequency": counts / max(n, 1), "mean": mean, "max": maximum, "top_rows": top_rows, "top_values": top_values}
+    if isinstance(activations, FeatureStats) and examples > activations.top_rows.shape[1]:
+        raise ValueError(f"the statistics kept {activations.top_rows.shape[1]} top texts per feature, {examples} asked for")
+    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=examples)
+    tops = [stats.top(j) for j in range(stats.num_latents)]
+    return {"total": stats.total, "frequency": stats.frequency, "mean": stats.mean, "max": stats.maximum,
+            "top_rows": [rows[:examples] for rows, _ in tops], "top_values": [values[:examples] for _, values in tops]}
 
 
 def browse_features(
@@ -121,17 +113,49 @@ def browse_features(
     z = sparse_activations(sae, embeddings) if activations is None else activations
     if z.shape[0] != len(texts):
         raise ValueError(f"{z.shape[0]} activation rows for {len(texts)} texts")
-    table = feature_table(z, examples=examples)
-    alive = np.flatnonzero(table["frequency"] > 0)
-    order = alive[np.lexsort((alive, -table["total"][alive]))]
-    labels = ctfidf_labels(texts, [table["top_rows"][j][:label_texts].tolist() for j in order], top_terms=label_terms)
+    stats = feature_stats_from_activations(z, examples=examples)
+    return browser_from_stats(stats, texts, label_texts=label_texts, label_terms=label_terms)
+
+
+def browser_from_stats(
+    stats: FeatureStats,
+    texts: Sequence[str] | Mapping[int, str],
+    *,
+    corpus: Iterable[Sequence[str]] | None = None,
+    examples: int | None = None,
+    label_texts: int = 10,
+    label_terms: int = 3,
+) -> FeatureBrowser:
+    """The :class:`FeatureBrowser` of streamed :class:`~aquin_monitor.sae.stats.FeatureStats`.
+
+    Args:
+        stats: the features' statistics over the corpus.
+        texts: the corpus texts, by row: a list, or a mapping holding at least every kept top row
+            (:func:`~aquin_monitor.sae.stats` keeps their ids, so a store's corpus need not be in memory).
+        corpus: the whole corpus for the labels' background class, as chunks of texts (default: the
+            chunks of a :class:`~aquin_monitor.sae.corpus_texts.CorpusTexts`, else ``[texts]``, so ``texts``
+            must then be the whole corpus).
+        examples: top texts listed per feature (default: all that ``stats`` kept).
+        label_texts: top texts a label is computed from.
+        label_terms: terms per label.
+    """
+    alive = np.flatnonzero(stats.counts > 0)
+    order = alive[np.lexsort((alive, -stats.total[alive]))]
+    listed = stats.top_rows.shape[1] if examples is None else examples
+    classes = [stats.top(j)[0][: min(label_texts, listed)].tolist() for j in order]  # labels read listed texts only
+    listed_rows = stats.top_rows[order, :listed]
+    texts = texts_for(texts, listed_rows[listed_rows >= 0].tolist())
+    if corpus is None and isinstance(texts, CorpusTexts):
+        corpus = texts.chunks()
+    labels = ctfidf_labels(texts, classes, top_terms=label_terms, corpus=corpus)
+    frequency, mean = stats.frequency, stats.mean
     features = []
     for j, label in zip(order, labels):
-        rows, values = table["top_rows"][j], table["top_values"][j]
+        rows, values = (part[:examples] for part in stats.top(j))
         features.append(BrowserFeature(
-            index=int(j), label=label, total_activation=float(table["total"][j]),
-            frequency=float(table["frequency"][j]), mean_activation=float(table["mean"][j]),
-            max_activation=float(table["max"][j]),
+            index=int(j), label=label, total_activation=float(stats.total[j]),
+            frequency=float(frequency[j]), mean_activation=float(mean[j]), max_activation=float(stats.maximum[j]),
             examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
         ))
-    return FeatureBrowser(n_texts=len(texts), num_latents=int(z.shape[1]), features=features, dead=int(z.shape[1] - len(alive)))
+    return FeatureBrowser(n_texts=stats.n_texts, num_latents=stats.num_latents, features=features,
+                          dead=int(stats.num_latents - len(alive)))

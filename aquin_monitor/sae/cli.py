@@ -187,7 +187,7 @@ def _emit_quality_report(result: dict[str, Any], args: argparse.Namespace) -> di
 
 def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``sae train`` and ``sae eval`` to the ``aquin-monitor`` sub-command group ``commands``."""
-    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval, decompose, contrast, trace, steer, faithfulness, match, browse, diagnose",
+    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval, decompose, contrast, trace, steer, faithfulness, match, browse, diagnose, convert",
                               description="Train, evaluate and analyse TopK sparse autoencoders on a model's embeddings.")
     sub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
     shared = argparse.ArgumentParser(add_help=False)
@@ -226,3 +226,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     from .page_cli import add_page_commands
 
     add_page_commands(sub, common)
+
+    from .convert_cli import add_convert_command
+
+    add_convert_command(sub)

@@ -24,18 +24,26 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse
 from scipy.cluster.vq import kmeans2
 from sklearn.metrics.pairwise import cosine_distances
 
+from ..rows import RowSource, gather_rows
 from .browser import feature_table
+from .corpus_texts import texts_for
 from .network import coactivation_counts
+from .stats import (
+    ActivationBlocks,
+    FeatureStats,
+    feature_stats_from_activations,
+    first_shared_rows,
+    matrix_blocks,
+)
 
 __all__ = ["AbsorptionPair", "Diagnostics", "Polysemy", "absorption_pairs", "diagnose", "polysemy", "silhouette"]
 
@@ -82,15 +90,37 @@ class Diagnostics:
 
 
 def absorption_pairs(
-    activations: scipy.sparse.spmatrix, texts: Sequence[str], *, threshold: float = 0.9, min_support: int = 10, examples: int = 3
+    activations: scipy.sparse.spmatrix | FeatureStats,
+    texts: Sequence[str] | Mapping[int, str],
+    *,
+    threshold: float = 0.9,
+    min_support: int = 10,
+    examples: int = 3,
+    blocks: ActivationBlocks | None = None,
 ) -> list[AbsorptionPair]:
     """Ordered feature pairs (A, B) with ``P(B fires | A fires) ≥ threshold`` on at least ``min_support`` texts.
+
+    Args:
+        activations: sparse activations ``[n, latents]``, or their streamed
+            :class:`~aquin_monitor.sae.stats.FeatureStats` (then ``blocks`` gives the examples).
+        texts: the corpus texts by row (a mapping needs the example rows only).
+        threshold: least ``P(B | A)``.
+        min_support: least number of texts where A fires.
+        examples: texts kept per pair where both fire (the first ones by row).
+        blocks: the activations again, in row order (:func:`~aquin_monitor.sae.stats.activation_blocks`),
+            read until every pair has its examples; default: the ``activations`` matrix itself.
 
     Returns:
         The pairs, by probability then support (descending), each with up to ``examples`` texts
         where both fire.
     """
-    counts, n_i = coactivation_counts(activations)
+    if isinstance(activations, FeatureStats):
+        stats = activations
+        if blocks is None:
+            raise ValueError("absorption_pairs: streamed statistics need the activation blocks for the examples")
+    else:
+        stats, blocks = feature_stats_from_activations(activations, examples=1), matrix_blocks(activations)
+    counts, n_i = coactivation_counts(stats)
     off = counts.tocoo()
     keep = (off.row != off.col) & (n_i[off.row] >= min_support)
     a, b, c = off.row[keep], off.col[keep], off.data[keep]
@@ -98,16 +128,11 @@ def absorption_pairs(
     hit = probability >= threshold
     a, b, c, probability = a[hit], b[hit], c[hit], probability[hit]
     order = np.lexsort((b, a, -n_i[a], -probability))
-    csc = scipy.sparse.csc_matrix(activations)
-    n = activations.shape[0]
-    pairs = []
-    for t in order:
-        rows_a = csc.indices[csc.indptr[a[t]] : csc.indptr[a[t] + 1]]
-        rows_b = csc.indices[csc.indptr[b[t]] : csc.indptr[b[t] + 1]]
-        shared = np.intersect1d(rows_a, rows_b)[:examples]
-        pairs.append(AbsorptionPair(int(a[t]), int(b[t]), float(probability[t]), int(n_i[a[t]]), int(c[t]),
-                                    float(n_i[b[t]] / n), [str(texts[r]) for r in shared]))
-    return pairs
+    n = stats.n_texts
+    shared = first_shared_rows(blocks, [(int(a[t]), int(b[t])) for t in order], limit=examples) if len(order) else []
+    texts = texts_for(texts, [r for rows in shared for r in rows])
+    return [AbsorptionPair(int(a[t]), int(b[t]), float(probability[t]), int(n_i[a[t]]), int(c[t]),
+                           float(n_i[b[t]] / n), [str(texts[r]) for r in rows]) for t, rows in zip(order, shared)]
 
 
 def _mean_pairwise_distance(distances: np.ndarray) -> float:
@@ -137,9 +162,9 @@ def silhouette(distances: np.ndarray, split: np.ndarray) -> float:
 
 
 def polysemy(
-    activations: scipy.sparse.spmatrix,
-    embeddings: np.ndarray,
-    texts: Sequence[str],
+    activations: scipy.sparse.spmatrix | FeatureStats,
+    embeddings: np.ndarray | RowSource,
+    texts: Sequence[str] | Mapping[int, str],
     *,
     top: int = 20,
     min_examples: int = 6,
@@ -150,9 +175,11 @@ def polysemy(
     """Polysemy of every feature with at least ``min_examples`` firing texts.
 
     Args:
-        activations: sparse activations ``[n, latents]``.
-        embeddings: the corpus embeddings ``[n, d]`` (the spread is measured on them).
-        texts: the corpus texts.
+        activations: sparse activations ``[n, latents]``, or their streamed statistics (which keep at most
+            their own number of top texts per feature).
+        embeddings: the corpus embeddings ``[n, d]`` (the spread is measured on them), an array or a
+            :class:`~aquin_monitor.rows.RowSource` (only the top texts' rows and the baseline sample are read).
+        texts: the corpus texts by row (a mapping needs the top rows only).
         top: top-activating texts per feature.
         min_examples: least number of firing texts for a feature to be assessed.
         silhouette_threshold: least silhouette of the 2-means split to flag ``merged``.
@@ -163,15 +190,19 @@ def polysemy(
         ``(results, baseline)``: per feature, largest ``spread_excess`` first, and the baseline.
     """
     rng = np.random.default_rng(seed)
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    sample = rng.choice(len(embeddings), size=min(baseline_samples, len(embeddings)), replace=False)
-    baseline = _mean_pairwise_distance(cosine_distances(embeddings[sample]))
+    n = len(embeddings)
+    sample = rng.choice(n, size=min(baseline_samples, n), replace=False)
+    baseline = _mean_pairwise_distance(cosine_distances(gather_rows(embeddings, sample)))
     table = feature_table(activations, examples=top)
+    wanted = [rows for rows in table["top_rows"] if len(rows) >= min_examples]
+    needed = np.unique(np.concatenate(wanted)) if wanted else np.zeros(0, dtype=np.int64)
+    vectors = gather_rows(embeddings, needed)
+    texts = texts_for(texts, needed.tolist())
     results = []
     for j, rows in enumerate(table["top_rows"]):
         if len(rows) < min_examples:
             continue
-        x = embeddings[rows]
+        x = vectors[np.searchsorted(needed, rows)]
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         distances = np.clip(cosine_distances(unit), 0.0, 2.0)
         np.fill_diagonal(distances, 0.0)
@@ -189,34 +220,40 @@ def polysemy(
 
 
 def diagnose(
-    activations: scipy.sparse.spmatrix,
-    embeddings: np.ndarray,
-    texts: Sequence[str],
+    activations: scipy.sparse.spmatrix | FeatureStats,
+    embeddings: np.ndarray | RowSource,
+    texts: Sequence[str] | Mapping[int, str],
     *,
     threshold: float = 0.9,
     min_support: int = 10,
     top: int = 20,
     silhouette_threshold: float = 0.5,
     seed: int = 0,
+    blocks: ActivationBlocks | None = None,
 ) -> Diagnostics:
     """Absorption pairs and polysemy of a SAE over a corpus (see the module docstring).
 
     Args:
-        activations: sparse activations ``[n, latents]`` of the corpus embeddings.
-        embeddings: the corpus embeddings ``[n, d]``.
-        texts: the corpus texts.
+        activations: sparse activations ``[n, latents]`` of the corpus embeddings, or their streamed
+            :class:`~aquin_monitor.sae.stats.FeatureStats` (keeping at least ``top`` texts per feature).
+        embeddings: the corpus embeddings ``[n, d]``, an array or a :class:`~aquin_monitor.rows.RowSource`.
+        texts: the corpus texts by row (a mapping: at least the top rows of every feature).
         threshold: least ``P(B | A)`` of an absorption pair.
         min_support: least number of texts where A fires.
         top: top-activating texts per feature for polysemy.
         silhouette_threshold: least silhouette of the 2-means split to flag a feature as merged.
         seed: seeds the baseline sample and the 2-means starts.
+        blocks: with streamed statistics, the activations again for the absorption examples
+            (:func:`absorption_pairs`).
 
     Returns:
         A :class:`Diagnostics`.
     """
-    if activations.shape[0] != len(texts) or len(embeddings) != len(texts):
-        raise ValueError(f"{activations.shape[0]} activation rows, {len(embeddings)} embeddings, {len(texts)} texts")
-    pairs = absorption_pairs(activations, texts, threshold=threshold, min_support=min_support)
+    n = activations.n_texts if isinstance(activations, FeatureStats) else activations.shape[0]
+    n_texts = n if isinstance(texts, Mapping) else len(texts)
+    if n != n_texts or len(embeddings) != n:
+        raise ValueError(f"{n} activation rows, {len(embeddings)} embeddings, {n_texts} texts")
+    pairs = absorption_pairs(activations, texts, threshold=threshold, min_support=min_support, blocks=blocks)
     found, baseline = polysemy(activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed)
     return Diagnostics(absorption=pairs, polysemy=found, threshold=threshold, baseline=baseline,
                        silhouette_threshold=silhouette_threshold)

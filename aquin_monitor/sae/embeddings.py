@@ -51,10 +51,13 @@ def embed_corpus(
     """
     from tqdm.auto import tqdm
 
+    from ..encoders import declared_dimension
     from ..encoders import encode, load_model, resolve_model
 
+    location = resolve_model(model)
     handle = CachedModel(lambda: loaded if loaded is not None else load_model(model, device=device),
-                         model_fingerprint(resolve_model(model)), cache=EmbeddingCache(cache_dir), enabled=cache)
+                         model_fingerprint(location), cache=EmbeddingCache(cache_dir), enabled=cache,
+                         dimension=declared_dimension(location))
 
     def run(m: Any, chunk: list[str]) -> np.ndarray:
         return encode(m, chunk, batch_size=batch_size, prompt_name=prompt_name)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ForwardOutput", "SaeFormatError", "SparseAutoencoder", "TopKOutput", "load_sae", "default_sae_path", "sae_folder"]
+__all__ = ["ForwardOutput", "SaeFormatError", "SparseAutoencoder", "TopKOutput", "default_sae_path", "load_sae", "sae_folder"]
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -122,14 +122,19 @@ class SparseAutoencoder(nn.Module):
         seed: seeds the initialisation (decoder rows: random unit vectors; encoder: their
             transpose; biases zero).
         metadata: extra ``cfg.json`` entries (``model``, ``n_train_texts``, ...).
+        decoder_normalized: whether the decoder rows are kept at unit norm (``cfg.json``'s
+            ``normalize_decoder``). False for SAEs converted from a tied CSR (:mod:`.convert`), whose
+            rows keep their trained norms: rescaling them would change which latents TopK selects.
     """
 
-    def __init__(self, d_in: int, num_latents: int, k: int, *, seed: int = 0, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, d_in: int, num_latents: int, k: int, *, seed: int = 0, metadata: dict[str, Any] | None = None,
+                 decoder_normalized: bool = True) -> None:
         super().__init__()
         if not (0 < k <= num_latents) or d_in < 1:
             raise ValueError(f"need 0 < k <= num_latents and d_in >= 1, got d_in={d_in}, num_latents={num_latents}, k={k}")
         self.d_in, self.num_latents, self.k = int(d_in), int(num_latents), int(k)
         self.metadata = dict(metadata or {})
+        self.decoder_normalized = bool(decoder_normalized)
         generator = torch.Generator().manual_seed(seed)
         decoder = torch.randn(num_latents, d_in, generator=generator)
         decoder /= decoder.norm(dim=1, keepdim=True)
@@ -190,7 +195,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every decoder row to unit norm."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps))
 
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
@@ -207,7 +212,7 @@ class SparseAutoencoder(nn.Module):
         cfg = {
             "activation": "topk",
             "expansion_factor": max(1, self.num_latents // self.d_in),
-            "normalize_decoder": True,
+            "normalize_decoder": self.decoder_normalized,
             "num_latents": self.num_latents,
             "k": self.k,
             "multi_topk": False,
@@ -239,7 +244,8 @@ class SparseAutoencoder(nn.Module):
         cfg = read_config(folder / CFG_NAME)
         tensors = _read_tensors(folder / WEIGHTS_NAME, cfg)
         metadata = {key: value for key, value in cfg.items() if key not in SPARSIFY_KEYS and key != "d_in"}
-        sae = cls(cfg["d_in"], cfg["num_latents"], cfg["k"], metadata=metadata)
+        sae = cls(cfg["d_in"], cfg["num_latents"], cfg["k"], metadata=metadata,
+                  decoder_normalized=cfg.get("normalize_decoder", True) is not False)
         sae.load_state_dict({name: t.to(torch.float32) for name, t in tensors.items()})
         return sae
 
@@ -249,7 +255,10 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SaeFormatError(f"{path}:0: cfg.json: missing (not a SAE folder?)") from None
+        hint = ""
+        if (path.parent / "config.json").is_file() or (path.parent / "modules.json").is_file():
+            hint = "; a sentence-transformers SparseAutoEncoder (CSR)? convert it: aquin-monitor sae convert SRC --from csr --out DIR"
+        raise SaeFormatError(f"{path}:0: cfg.json: missing (not a SAE folder?){hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SaeFormatError(f"{path}:0: cfg.json: unreadable: {exc}") from None
     try:
@@ -262,7 +271,7 @@ def read_config(path: Path) -> dict[str, Any]:
     def integer(name: str, minimum: int, default: Any = None) -> int:
         value = cfg.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise SaeFormatError(f"{path}:{_line_of(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}")
+            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}")
         return value
 
     cfg["d_in"] = integer("d_in", 1)
@@ -270,14 +279,18 @@ def read_config(path: Path) -> dict[str, Any]:
     cfg["num_latents"] = num_latents
     cfg["k"] = integer("k", 1, 32)
     if cfg["k"] > num_latents:
-        raise SaeFormatError(f"{path}:{_line_of(text, 'k')}: k: {cfg['k']} is more than num_latents {num_latents}")
+        raise SaeFormatError(f"{path}:{line_of_key(text, 'k')}: k: {cfg['k']} is more than num_latents {num_latents}")
     for name, supported in (("activation", "topk"), ("transcode", False), ("skip_connection", False)):
         if name in cfg and cfg[name] != supported:
-            raise SaeFormatError(f"{path}:{_line_of(text, name)}: {name}: only {supported!r} is supported, got {cfg[name]!r}")
+            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: only {supported!r} is supported, got {cfg[name]!r}")
+    for name, plain in (("sae_type", "topk"), ("mean_center", False), ("use_skip", False)):  # latentsae's keys
+        if name in cfg and (str(cfg[name]).lower() if name == "sae_type" else cfg[name]) != plain:
+            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: a latentsae SAE with {name}={cfg[name]!r}; "
+                                 "convert it first: aquin-monitor sae convert SRC --from latentsae --out DIR")
     return cfg
 
 
-def _line_of(text: str, key: str) -> int:
+def line_of_key(text: str, key: str) -> int:
     needle = f'"{key}"'
     for lineno, line in enumerate(text.splitlines(), 1):
         if needle in line:

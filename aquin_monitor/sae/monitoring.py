@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import snapshot_keys as keys
 from .evaluate import top_activations
 
 __all__ = ["SaeSnapshot", "feature_movers", "sae_choice", "snapshot_signals"]
@@ -48,13 +49,13 @@ class SaeSnapshot:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-feature arrays under ``sae/…`` names, for a snapshot's ``.npz``."""
-        return {"sae/frequency": self.frequency, "sae/mean_activation": self.mean_activation,
-                "sae/top_rows": self.top_rows, "sae/top_values": self.top_values}
+        return {keys.SAE_FREQUENCY: self.frequency, keys.SAE_MEAN_ACTIVATION: self.mean_activation,
+                keys.SAE_TOP_ROWS: self.top_rows, keys.SAE_TOP_VALUES: self.top_values}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SaeSnapshot:
         """The per-feature view back from a saved snapshot's :meth:`arrays` (its metrics are not kept there)."""
-        return cls({}, arrays["sae/frequency"], arrays["sae/mean_activation"], arrays["sae/top_rows"], arrays["sae/top_values"])
+        return cls({}, arrays[keys.SAE_FREQUENCY], arrays[keys.SAE_MEAN_ACTIVATION], arrays[keys.SAE_TOP_ROWS], arrays[keys.SAE_TOP_VALUES])
 
 
 @torch.no_grad()

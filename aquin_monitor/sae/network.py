@@ -30,7 +30,9 @@ import networkx as nx
 import numpy as np
 import scipy.sparse
 
-__all__ = ["CoactivationNetwork", "Edge", "Node", "coactivation_counts", "coactivation_network"]
+from .stats import FeatureStats, feature_stats_from_activations
+
+__all__ = ["CoactivationNetwork", "Edge", "Node", "coactivation_counts", "coactivation_network", "communities_and_layout"]
 
 
 @dataclass
@@ -78,17 +80,15 @@ class CoactivationNetwork:
         return sorted(found, key=lambda pair: (-pair[1].npmi, pair[0]))
 
 
-def coactivation_counts(activations: scipy.sparse.spmatrix) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
-    """``(C, n_i)``: sparse co-activation counts ``BᵀB`` (diagonal = ``n_i``) and per-feature counts."""
-    binary = scipy.sparse.csr_matrix(activations, copy=True)
-    binary.eliminate_zeros()
-    binary.data = np.ones_like(binary.data, dtype=np.float64)
-    counts = (binary.T @ binary).tocsr()
-    return counts, np.asarray(binary.sum(axis=0)).ravel()
+def coactivation_counts(activations: scipy.sparse.spmatrix | FeatureStats) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """``(C, n_i)``: sparse co-activation counts ``BᵀB`` (diagonal = ``n_i``) and per-feature counts (float64),
+    of an activation matrix or read from streamed :class:`~aquin_monitor.sae.stats.FeatureStats`."""
+    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=1)
+    return stats.coactivation.astype(np.float64), stats.counts.astype(np.float64)
 
 
 def coactivation_network(
-    activations: scipy.sparse.spmatrix,
+    activations: scipy.sparse.spmatrix | FeatureStats,
     *,
     threshold: float = 0.3,
     min_support: int = 5,
@@ -98,7 +98,8 @@ def coactivation_network(
     """Co-activation network of the features in a sparse activation matrix ``[n texts, n features]``.
 
     Args:
-        activations: SAE activations (e.g. :func:`aquin_monitor.sae.activations.sparse_activations`).
+        activations: SAE activations (e.g. :func:`aquin_monitor.sae.activations.sparse_activations`), or
+            their streamed :class:`~aquin_monitor.sae.stats.FeatureStats`.
         threshold: least NPMI of an edge.
         min_support: least number of texts two features share for an edge.
         max_nodes: keep the edges among the ``max_nodes`` features of largest total activation that
@@ -108,8 +109,9 @@ def coactivation_network(
     Returns:
         A :class:`CoactivationNetwork`; its nodes are the features left with at least one edge.
     """
-    n = activations.shape[0]
-    counts, n_i = coactivation_counts(activations)
+    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=1)
+    n = stats.n_texts
+    counts, n_i = coactivation_counts(stats)
     upper = scipy.sparse.triu(counts, k=1).tocoo()
     keep = upper.data >= min_support
     i, j, c = upper.row[keep], upper.col[keep], upper.data[keep]
@@ -118,7 +120,7 @@ def coactivation_network(
         npmi = np.where(p_ij >= 1.0, 1.0, np.log(p_ij / (p_i * p_j)) / -np.log(p_ij))
     keep = npmi >= threshold
     i, j, c, npmi = i[keep], j[keep], c[keep], npmi[keep]
-    total = np.asarray(scipy.sparse.csc_matrix(activations).sum(axis=0)).ravel()
+    total = stats.total
     linked = np.unique(np.concatenate([i, j]))
     if max_nodes is not None and len(linked) > max_nodes:
         linked = linked[np.lexsort((linked, -total[linked]))][:max_nodes]
@@ -128,12 +130,12 @@ def coactivation_network(
     edges = [Edge(int(a), int(b), int(k), float(s), float(k / n_i[a]), float(k / n_i[b])) for a, b, k, s in zip(i, j, c, npmi)]
     edges.sort(key=lambda e: (e.source, e.target))
     nodes = [Node(int(f), float(n_i[f] / n), float(total[f] / n_i[f])) for f in linked]
-    communities = _communities_and_layout(nodes, edges, seed)
+    communities = communities_and_layout(nodes, edges, seed)
     return CoactivationNetwork(n_texts=n, threshold=threshold, min_support=min_support, nodes=nodes, edges=edges,
                                communities=communities)
 
 
-def _communities_and_layout(nodes: list[Node], edges: list[Edge], seed: int) -> list[list[int]]:
+def communities_and_layout(nodes: list[Node], edges: list[Edge], seed: int) -> list[list[int]]:
     """Louvain communities (largest first) and spring-layout positions in [0, 1]², set on the nodes."""
     if not nodes:
         return []

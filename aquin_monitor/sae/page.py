@@ -34,18 +34,19 @@ import html
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..rows import ArrayRows, RowSource
 from .browser import FeatureBrowser
 from .diagnose import Diagnostics
 from .network import CoactivationNetwork
 
-__all__ = ["page_data", "render_page", "write_page"]
+__all__ = ["analyse_corpus", "analyse_rows", "page_data", "render_page", "write_page"]
 
 
 def page_data(
@@ -197,16 +198,48 @@ def analyse_corpus(
 ) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
     """Everything the page shows for ``texts`` (their ``embeddings`` under ``sae``): the feature browser,
     the co-activation network (edges of NPMI ≥ ``npmi``) and the diagnostics (absorption at P(B | A) ≥
-    ``threshold``), all from one sparse activation matrix; ``min_support`` texts at least per pair/edge."""
-    from .activations import sparse_activations
-    from .browser import browse_features
+    ``threshold``), all from one pass of :func:`~aquin_monitor.sae.stats.stream_feature_stats`;
+    ``min_support`` texts at least per pair/edge. :func:`analyse_rows` with the texts in memory."""
+    return analyse_rows(sae, embeddings, texts, examples=examples, npmi=npmi, threshold=threshold, min_support=min_support)
+
+
+def analyse_rows(
+    sae: Any,
+    embeddings: np.ndarray | RowSource,
+    texts: Sequence[str] | Mapping[int, str],
+    *,
+    corpus: Iterable[Sequence[str]] | None = None,
+    examples: int = 20,
+    npmi: float = 0.3,
+    threshold: float = 0.9,
+    min_support: int = 10,
+    block_rows: int = 8192,
+    polysemy_top: int = 20,
+) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
+    """The page's browser, network and diagnostics over a corpus of any size, in memory independent of its size.
+
+    Args:
+        sae: the SAE.
+        embeddings: the corpus embeddings: an array, or a :class:`~aquin_monitor.rows.RowSource` (a store).
+        texts: the corpus texts by row; for a corpus not held in memory, a mapping that reads a row's text
+            when asked (only the top texts and absorption examples are asked for).
+        corpus: the whole corpus as chunks of texts for the labels' background (default: ``[texts]``).
+        examples, npmi, threshold, min_support: as :func:`analyse_corpus`.
+        block_rows: rows encoded at a time.
+        polysemy_top: top texts per feature the polysemy diagnostics measure.
+    """
+    from .browser import browser_from_stats
     from .diagnose import diagnose
     from .network import coactivation_network
+    from .stats import activation_blocks, stream_feature_stats
 
-    z = sparse_activations(sae, embeddings)
-    browser = browse_features(sae, embeddings, texts, examples=examples, activations=z)
-    network = coactivation_network(z, threshold=npmi, min_support=min_support)
-    return browser, network, diagnose(z, embeddings, texts, threshold=threshold, min_support=min_support)
+    source = ArrayRows(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
+    stats = stream_feature_stats(sae, source, examples=max(examples, polysemy_top), block_rows=block_rows)
+    browser = browser_from_stats(stats, texts, corpus=corpus, examples=examples)
+    network = coactivation_network(stats, threshold=npmi, min_support=min_support)
+    found = diagnose(stats, embeddings, texts, threshold=threshold, min_support=min_support, top=polysemy_top,
+                     blocks=activation_blocks(sae, source, block_rows=block_rows))
+    return browser, network, found
 
 
 def write_page(path: str | os.PathLike, browser: FeatureBrowser, network: CoactivationNetwork | None = None,

@@ -10,21 +10,44 @@ Examples::
     aquin-monitor sae browse default --corpus texts.jsonl --html sae_page.html
     aquin-monitor sae browse sae/minilm --corpus texts.jsonl --json -
     aquin-monitor sae diagnose default --corpus texts.jsonl --threshold 0.9
+    aquin-monitor sae browse default --corpus big.jsonl --store big_store/ --html page.html
+
+With ``--store DIR`` the embeddings are an embedding store's rows (``aquin-monitor embed``), checked against
+the SAE, the corpus file and the model before a row is read (:func:`_open_store`), and
+the analysis streams them: memory independent of the corpus size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from ..cli_tools import bounded_float, cache_option, declare_outputs, embed_texts, emit, load_sae_for, positive_int, read_corpus
+from ..cli_tools import (
+    InputError,
+    bounded_float,
+    cache_option,
+    declare_outputs,
+    embed_texts,
+    emit,
+    load_sae_for,
+    positive_int,
+    read_corpus,
+)
 
 __all__ = ["add_page_commands"]
 
 
-def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
-    """Validated (sae, texts, embeddings): the corpus and the SAE are checked before the model loads."""
+def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Validated (sae, texts, embeddings): the corpus and the SAE are checked before the model loads.
+
+    With ``--store``: (sae, the corpus's texts read by row, the store), and no model loads at all.
+    """
+    if args.store is not None:
+        loaded = load_sae_for(args.sae, args.model)
+        store, corpus_texts = _open_store(args.store, args.corpus, loaded.sae, loaded.model)
+        return loaded, corpus_texts, store
     texts = read_corpus(args.corpus, args.text_field)
     loaded = load_sae_for(args.sae, args.model)
     x = embed_texts(loaded.model, texts, args)
@@ -32,11 +55,48 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
     return loaded, texts, x
 
 
+def _open_store(store_dir: str, corpus: str, sae: Any, model: str | None) -> tuple[Any, Any]:
+    """``(store, texts)`` for ``sae`` over the store in ``store_dir`` of the corpus file ``corpus``.
+
+    Before the SAE reads a row, the store must be complete, of the SAE's input size, written for this
+    corpus file (same bytes: its hash is in the manifest) and, when the model's files are local, by this
+    model (their fingerprint is in the manifest). The texts are then read by row
+    (:class:`~aquin_monitor.sae.corpus_texts.CorpusTexts`), a pass over the file for the few texts shown.
+
+    Raises:
+        InputError: the store does not match the SAE's input size, the corpus file
+            (hash) or the model's files (fingerprint); ``StoreError`` for a broken store.
+    """
+    from ..data import corpus_file, iter_corpus
+    from ..embed import corpus_hash
+    from ..embedding_cache import model_fingerprint
+    from ..encoders import resolve_model
+    from ..store import EmbeddingStore
+    from .corpus_texts import CorpusTexts
+
+    store = EmbeddingStore(store_dir)
+    manifest = Path(store_dir) / "manifest.json"
+    if store.dimension != sae.d_in:
+        raise InputError(manifest, f"the store holds {store.dimension}-dimensional rows, the SAE takes {sae.d_in}",
+                         line=1, field="dimension")
+    source = corpus_file(corpus)
+    if corpus_hash(source) != store.manifest.corpus_hash:
+        raise InputError(manifest, f"the store was written for another corpus file than {source} (its bytes differ)",
+                         line=1, field="corpus_hash")
+    if model:
+        location = resolve_model(model)
+        if os.path.isdir(location) and model_fingerprint(location) != store.manifest.model_fingerprint:
+            raise InputError(manifest, f"the store was written by another model than {model!r} (its files differ); "
+                             "pass --model", line=1, field="model_fingerprint")
+    # same bytes as the file `embed` read and validated line by line: its texts are the store's rows, in order
+    return store, CorpusTexts(lambda: (text for _, text in iter_corpus(source, check_ids=False)))
+
+
 def _browse(args: argparse.Namespace) -> dict[str, Any]:
-    from .page import analyse_corpus, page_data, write_page
+    from .page import analyse_rows, page_data, write_page
 
     (sae, model, _), texts, x = _inputs(args)
-    browser, network, diagnostics = analyse_corpus(
+    browser, network, diagnostics = analyse_rows(
         sae, x, texts, examples=args.examples, npmi=args.npmi, threshold=args.threshold, min_support=args.min_support
     )
     title = f"SAE {args.sae} on {Path(args.corpus).name} ({model})"
@@ -63,11 +123,16 @@ def _clip(texts: list[str], width: int = 60) -> str:
 def _diagnose(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from .activations import sparse_activations
+    import numpy as np
+
+    from ..rows import ArrayRows
     from .diagnose import diagnose
+    from .stats import activation_blocks, stream_feature_stats
 
     (sae, _, _), texts, x = _inputs(args)
-    result = diagnose(sparse_activations(sae, x), x, texts, threshold=args.threshold, min_support=args.min_support)
+    source = ArrayRows(x) if isinstance(x, np.ndarray) else x
+    result = diagnose(stream_feature_stats(sae, source), x, texts, threshold=args.threshold, min_support=args.min_support,
+                      blocks=activation_blocks(sae, source))
     lines = [f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}"]
     lines += [f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {_clip(p.examples)}"
               for p in result.absorption[: args.show]]
@@ -87,6 +152,9 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
     shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
+    shared.add_argument("--store", metavar="DIR", default=None,
+                        help="read the corpus's embeddings from this store (`aquin-monitor embed`) instead of encoding: "
+                        "memory independent of the corpus size; --corpus names the file it was written from")
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     cache_option(shared)

@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+# the movers figure is a snapshot figure: it lives in the figure registry (aquin_monitor.plots), re-exported here
+from ..plots import feature_movers_figure
+
 __all__ = ["feature_density_figure", "feature_movers_figure", "training_curves_figure"]
 
 
@@ -21,12 +24,6 @@ def _figure(*args: Any, **kwargs: Any):
     from ..plots import PlainTextFigure
 
     return PlainTextFigure(*args, **kwargs)
-
-
-def _plain(text: str, limit: int = 70) -> str:
-    """One line, at most ``limit`` characters (the Text artist gets ``parse_math=False``)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def feature_density_figure(frequency: np.ndarray, *, title: str = "feature density"):
@@ -66,37 +63,5 @@ def training_curves_figure(history: Sequence[Mapping[str, float]]):
         ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", markersize=3)
         ax.set_xlabel("epoch")
         ax.set_title(label)
-    fig.tight_layout()
-    return fig
-
-
-def feature_movers_figure(movers: Mapping[str, Sequence[Mapping[str, Any]]], *, top: int = 8):
-    """Features whose firing frequency rose (gained) or fell (lost) most, with their top text.
-
-    Args:
-        movers: :func:`aquin_monitor.sae.monitoring.feature_movers` output.
-        top: bars per side.
-
-    >>> m = {"gained": [{"feature": 3, "frequency_before": 0.0, "frequency_after": 0.2, "top_texts": ["$$ <script>"]}],
-    ...      "lost": []}
-    >>> fig = feature_movers_figure(m)
-    >>> fig.canvas.draw()  # plain text: "$$" does not break rendering
-    """
-    fig = _figure(figsize=(10, 5))
-    for i, side in enumerate(("gained", "lost")):
-        ax = fig.add_subplot(1, 2, i + 1)
-        rows = list(movers.get(side, []))[:top][::-1]
-        deltas = [row["frequency_after"] - row["frequency_before"] for row in rows]
-        positions = np.arange(len(rows))
-        ax.barh(positions, deltas, color="#55a868" if side == "gained" else "#c44e52")
-        ax.set_yticks([])
-        # one Text artist per label with parse_math=False (tick labels may be rebuilt at draw time)
-        for position, row in zip(positions, rows):
-            label = f"#{row['feature']}: " + _plain((row.get("top_texts") or [""])[0], 45)
-            ax.text(0.0, position + 0.42, label, fontsize=7, va="bottom", parse_math=False,
-                    transform=ax.get_yaxis_transform())
-        ax.set_ylim(-0.6, max(len(rows), 1) - 0.1 + 0.4)
-        ax.set_xlabel("change in firing frequency")
-        ax.set_title(f"features {side}", parse_math=False)
     fig.tight_layout()
     return fig

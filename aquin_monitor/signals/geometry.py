@@ -30,6 +30,7 @@ from .arrays import (
     unit_rows,
 )
 
+
 def _threshold_name(threshold: float) -> str:
     """0.95 -> '95', 0.999 -> '99.9' (for ``id_pca95`` style names)."""
     return f"{round(threshold * 100, 6):g}"
@@ -211,6 +212,15 @@ def rogue_dimensions(x: object, top: int = 5) -> RogueDimensions:
         sums = block_sums if sums is None else sums + block_sums
         squares = block_squares if squares is None else squares + block_squares
     assert sums is not None and squares is not None
+    return rogue_from_sums(sums, squares, n, top)
+
+
+def rogue_from_sums(sums: np.ndarray, squares: np.ndarray, n: int, top: int = 5) -> RogueDimensions:
+    """:class:`RogueDimensions` from S = Σᵢ x̂ᵢ and Q = Σᵢ x̂ᵢ² over ``n`` ≥ 2 unit rows (see :func:`rogue_dimensions`).
+
+    >>> rogue_from_sums(np.array([2.0, 0.0]), np.array([2.0, 0.0]), 2, top=1).anisotropy
+    1.0
+    """
     d = sums.size
     if not 1 <= top <= d:
         raise ValueError(f"top must be between 1 and the dimension {d}, got {top}")
@@ -272,12 +282,24 @@ def intrinsic_dimension(
     >>> r.components, round(r.effective_rank, 4)
     ((1, 1, 2), 1.5692)
     """
+    matrix = as_matrix(x, "x", min_rows=2)
+    centred = matrix - matrix.mean(axis=0)
+    return intrinsic_dimension_from_singular_values(np.linalg.svd(centred, compute_uv=False), thresholds)
+
+
+def intrinsic_dimension_from_singular_values(
+    singular_values: np.ndarray, thresholds: Sequence[float] = (0.9, 0.95, 0.99)
+) -> IntrinsicDimension:
+    """:class:`IntrinsicDimension` from the centred matrix's singular values σ₁ ≥ σ₂ ≥ … (see
+    :func:`intrinsic_dimension`; a streamed covariance gives them as √ of its eigenvalues).
+
+    >>> intrinsic_dimension_from_singular_values(np.array([2.0, 1.0]), (0.5, 0.9)).components
+    (1, 2)
+    """
     threshold_tuple = tuple(float(t) for t in thresholds)
     if not threshold_tuple or any(not 0.0 < t < 1.0 for t in threshold_tuple):
         raise ValueError(f"thresholds must be in (0, 1), got {threshold_tuple}")
-    matrix = as_matrix(x, "x", min_rows=2)
-    centred = matrix - matrix.mean(axis=0)
-    singular_values = np.linalg.svd(centred, compute_uv=False)
+    singular_values = np.asarray(singular_values, dtype=np.float64)
     variances = np.square(singular_values)
     total_variance = variances.sum()
     if not total_variance > 0.0:

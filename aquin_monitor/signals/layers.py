@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import entr
 
 from .arrays import metric_name, to_numpy
 from .geometry import anisotropy

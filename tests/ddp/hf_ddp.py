@@ -28,7 +28,7 @@ from sentence_transformers.losses import MultipleNegativesRankingLoss  # noqa: E
 
 from aquin_monitor.callbacks import TrainerEmbeddingMonitor  # noqa: E402
 from aquin_monitor.capture import monitored  # noqa: E402
-from aquin_monitor.snapshots import SnapshotRunner  # noqa: E402
+from aquin_monitor.snapshot_runner import SnapshotRunner  # noqa: E402
 
 ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(48)]
 POSITIVES = [f"answer {i} on topic {i % 5}" for i in range(48)]

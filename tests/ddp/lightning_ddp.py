@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from aquin_monitor.callbacks import LightningEmbeddingMonitor  # noqa: E402
 from aquin_monitor.losses import info_nce  # noqa: E402
-from aquin_monitor.snapshots import SnapshotRunner  # noqa: E402
+from aquin_monitor.snapshot_runner import SnapshotRunner  # noqa: E402
 
 PAIRS = [(f"question number {i} about topic {i % 5}", f"answer {i} on topic {i % 5}") for i in range(32)]
 PROBE = [f"probe sentence {i} about topic {i % 4}" for i in range(12)]

@@ -1,4 +1,4 @@
-"""A :class:`~aquin_monitor.snapshots.SnapshotRunner` serving as a sentence-transformers evaluator.
+"""A :class:`~aquin_monitor.snapshot_runner.SnapshotRunner` serving as a sentence-transformers evaluator.
 
 sentence-transformers users read evaluator results: the ``SentenceTransformerTrainer`` calls its
 ``evaluator`` at every ``eval_strategy`` point and logs what it returns (prefixed ``eval_``) to
@@ -18,11 +18,13 @@ try:  # sentence-transformers >= 6 (the old name is a deprecated alias there)
 except ImportError:  # pragma: no cover - sentence-transformers < 6
     from sentence_transformers.evaluation import SentenceEvaluator as _Evaluator
 
+from ..metric_registry import higher_is_better
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .sinks.base import Sink
-    from .snapshots import SnapshotRunner
+    from ..sinks.base import Sink
+    from ..snapshot_runner import SnapshotRunner
 
 __all__ = ["SnapshotEvaluator"]
 
@@ -30,30 +32,32 @@ __all__ = ["SnapshotEvaluator"]
 class SnapshotEvaluator(_Evaluator):
     """Take a snapshot at each evaluation and return its metrics (a sentence-transformers evaluator).
 
-    Made by :meth:`SnapshotRunner.as_evaluator`. Each call snapshots the model at the trainer's
+    Built around a :class:`~aquin_monitor.snapshot_runner.SnapshotRunner`. Each call snapshots the model at the trainer's
     ``global_step`` (``steps``; 0 outside training), diffs it against the runner's first and previous
     snapshots, saves it under ``<run_dir>/snapshots/<step>/`` when ``run_dir`` is given (so the report
     and ``aquin-monitor diff`` read it like a monitor's snapshot) and logs it to ``sinks``. It returns
     every finite or NaN number of the snapshot under its metric name.
 
     ``primary_metric`` (what ``metric_for_best_model="eval_<primary_metric>"`` selects on) defaults to
-    ``retrieval/ndcg@10`` when the runner has a retrieval set (greater is better), else
-    ``geometry/anisotropy`` (lower is better: a less anisotropic space spreads its texts further apart).
+    ``retrieval/ndcg@10`` when the runner has a retrieval set, else ``geometry/anisotropy``; whether greater
+    is better comes from :func:`aquin_monitor.metric_registry.higher_is_better` (ndcg: greater; anisotropy:
+    lower, a less anisotropic space spreads its texts further apart).
 
     Args:
         runner: the snapshot runner (probe set, optional retrieval set).
         run_dir: where snapshots are saved; None: not saved.
         sinks: where each snapshot is also logged (e.g. a :class:`~aquin_monitor.sinks.JsonlSink`).
         primary_metric: the metric name returned as primary; None: as above.
-        greater_is_better: for ``primary_metric``; None: as above (True for any name not known above).
+        greater_is_better: for ``primary_metric``; None: from the metric registry (True where it declares
+            no direction).
         strict: re-raise a failing snapshot instead of warning and returning no metrics.
 
     Example::
 
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-        from aquin_monitor import SnapshotRunner, read_probe
+        from aquin_monitor import SnapshotEvaluator, SnapshotRunner, read_probe
 
-        evaluator = SnapshotRunner(read_probe("probe.jsonl"), umap=False).as_evaluator(run_dir="runs/x")
+        evaluator = SnapshotEvaluator(SnapshotRunner(read_probe("probe.jsonl"), umap=False), run_dir="runs/x")
         args = SentenceTransformerTrainingArguments("runs/x", eval_strategy="steps", eval_steps=50)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss, evaluator=evaluator)
         trainer.train()   # trainer.state.log_history holds eval_geometry/anisotropy, ...
@@ -77,7 +81,7 @@ class SnapshotEvaluator(_Evaluator):
         if primary_metric is None:
             primary_metric = "retrieval/ndcg@10" if runner.retrieval is not None else "geometry/anisotropy"
         if greater_is_better is None:
-            greater_is_better = primary_metric != "geometry/anisotropy"
+            greater_is_better = higher_is_better(primary_metric) is not False
         self.primary_metric = primary_metric
         self.greater_is_better = greater_is_better
 

@@ -3,7 +3,7 @@
 
 A snapshot is one pass of the probe set through the model: embeddings, every layer's pooled hidden
 states and a sample of attentions, turned by :mod:`aquin_monitor.signals` into the geometry, layer,
-attention, OOD and retrieval metrics of a :class:`~aquin_monitor.snapshot.Snapshot`, diffed against the
+attention, OOD and retrieval metrics of a :class:`~aquin_monitor.snapshot_record.Snapshot`, diffed against the
 base and previous snapshots, saved under ``<run>/snapshots/<step>/`` and logged to the sinks.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import snapshot_keys as keys
 from .failsoft import report_failure
 from .progress import phase
 from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
-from .snapshot import Snapshot, diff, list_snapshots
+from .snapshot_record import Snapshot, diff, list_snapshots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,7 +90,7 @@ class SnapshotRunner:
 
         from aquin_monitor.data import read_probe
         from aquin_monitor.encoders import load_model
-        from aquin_monitor.snapshots import SnapshotRunner
+        from aquin_monitor.snapshot_runner import SnapshotRunner
 
         runner = SnapshotRunner(read_probe("probe.jsonl"), umap=False)
         snap = runner.take(load_model("default"), step=0, tag="base", run_dir="runs/x")
@@ -191,22 +191,13 @@ class SnapshotRunner:
             figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
                 sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
-                send_embeddings(sink, "probe", snap.arrays["embeddings"], [str(v) for v in labels] if labels else None, step, texts=self.probe.texts)
+                send_embeddings(sink, "probe", snap.arrays[keys.EMBEDDINGS], [str(v) for v in labels] if labels else None, step, texts=self.probe.texts)
                 for name, figure in figures.items():
                     sink.log_figure(f"snapshot/{name}", figure, step)
             return snap
         except Exception as exc:  # noqa: BLE001 - a failed snapshot must not cost the checkpoint or the run
             report_failure(f"snapshot at step {step}", exc, strict=strict, outcome="training goes on")
             return None
-
-    def as_evaluator(self, run_dir: str | os.PathLike | None = None, **options):
-        """This runner as a sentence-transformers evaluator (:class:`~aquin_monitor.evaluator.SnapshotEvaluator`):
-        pass it as ``SentenceTransformerTrainer(evaluator=...)`` and every ``eval_strategy`` point takes a
-        snapshot whose metrics the trainer logs as ``eval_<metric>``. ``options``: those of the evaluator
-        (``sinks``, ``primary_metric``, ``greater_is_better``, ``strict``)."""
-        from .evaluator import SnapshotEvaluator
-
-        return SnapshotEvaluator(self, run_dir, **options)
 
     def restore(self, run_dir: str | os.PathLike, step: int) -> bool:
         """On resume: reload the base and the latest snapshot at or before ``step`` so diffs continue."""
@@ -223,8 +214,8 @@ class SnapshotRunner:
             d = diff(self.base, snap, name="base", seed=self.seed)
             snap.metrics.update(d.metrics)
             snap.arrays.update(d.arrays)
-            snap.details["diff_base"] = d.details
-            if self.sae is not None and "sae/frequency" in self.base.arrays and "sae/frequency" in snap.arrays:
+            snap.details[keys.DIFF_BASE] = d.details
+            if self.sae is not None and keys.SAE_FREQUENCY in self.base.arrays and keys.SAE_FREQUENCY in snap.arrays:
                 snap.details.update(self._sae_movers(self.base, snap))
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
@@ -236,15 +227,15 @@ class SnapshotRunner:
         """The snapshot of ``model`` at ``step``, without diffs (see :meth:`take`)."""
         probe_pass = self.probe_pass(model)
         emb = probe_pass.embeddings
-        snap = Snapshot(int(step), tag, model_name, {}, {}, {"embeddings": emb})
+        snap = Snapshot(step=int(step), tag=tag, model=model_name, arrays={keys.EMBEDDINGS: emb})
         if self.probe.labels is not None:
-            snap.arrays["labels"] = np.asarray([str(v) for v in self.probe.labels])
+            snap.arrays[keys.LABELS] = np.asarray([str(v) for v in self.probe.labels])
         self._add_geometry(snap, emb)
         self._add_layers(snap, probe_pass)
         if self.umap and len(emb) >= 10:
             try:
                 with phase(f"Snapshot: UMAP 2-D layout of {len(emb)} probe texts", self.show_progress):
-                    snap.arrays["umap"] = umap_2d(emb, self.seed)
+                    snap.arrays[keys.UMAP] = umap_2d(emb, self.seed)
             except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
                 warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
         if self.retrieval is not None:
@@ -268,19 +259,7 @@ class SnapshotRunner:
         from .sae.monitoring import SaeSnapshot, feature_movers
 
         movers = feature_movers(SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts)
-        return {"sae/gained": movers["gained"], "sae/lost": movers["lost"]}
-
-    def write_sae_page(self, run_dir: str | os.PathLike) -> Path | None:
-        """The SAE page (browser, co-activation network, diagnostics) of the latest snapshot's probe
-        embeddings under the base SAE, as ``<run_dir>/sae.html`` (linked from the report); None without SAE."""
-        from .report import SAE_PAGE
-        from .sae.page import analyse_corpus, write_page
-
-        if self.sae is None or self.previous is None or self.sae.d_in != self.previous.arrays["embeddings"].shape[1]:
-            return None
-        browser, network, diagnostics = analyse_corpus(self.sae, self.previous.arrays["embeddings"], self.probe.texts, min_support=3)
-        title = f"SAE features of the probe at step {self.previous.step} ({self.previous.model or 'model'})"
-        return write_page(Path(run_dir) / SAE_PAGE, browser, network, diagnostics, title=title)
+        return {keys.SAE_GAINED: movers["gained"], keys.SAE_LOST: movers["lost"]}
 
     def probe_pass(self, model: torch.nn.Module | CachedModel) -> ProbePass:
         """:meth:`forward`, read from the embedding cache for a :class:`~aquin_monitor.embedding_cache.CachedModel`
@@ -333,32 +312,32 @@ class SnapshotRunner:
         geo = geometry_summary(emb, self.probe.labels, ood_threshold=threshold, seed=self.seed)
         snap.metrics["geometry/ood_threshold"] = threshold
         snap.metrics.update(geo.as_metrics("geometry"))
-        snap.arrays["pair_hist_counts"] = geo.histogram.counts
-        snap.arrays["pair_hist_edges"] = geo.histogram.edges
-        snap.arrays["pair_hist_baseline"] = geo.histogram.baseline_probabilities
-        snap.arrays["pca_cumulative"] = geo.intrinsic.cumulative_explained_variance
-        snap.arrays["ood_score"] = geo.ood.scores.astype(np.float32)
+        snap.arrays[keys.PAIR_HIST_COUNTS] = geo.histogram.counts
+        snap.arrays[keys.PAIR_HIST_EDGES] = geo.histogram.edges
+        snap.arrays[keys.PAIR_HIST_BASELINE] = geo.histogram.baseline_probabilities
+        snap.arrays[keys.PCA_CUMULATIVE] = geo.intrinsic.cumulative_explained_variance
+        snap.arrays[keys.OOD_SCORE] = geo.ood.scores.astype(np.float32)
         flagged = geo.ood.flagged
         order = np.argsort(-geo.ood.scores[flagged]) if len(flagged) else []
-        snap.details["ood_flagged"] = [
+        snap.details[keys.OOD_FLAGGED] = [
             {"index": int(flagged[k]), "text": self.probe.texts[int(flagged[k])], "score": float(geo.ood.scores[flagged[k]])}
             for k in list(order)[:50]
         ]
-        snap.details["rogue_dimensions"] = _rogue_details(geo.rogue)
+        snap.details[keys.ROGUE_DIMENSIONS] = _rogue_details(geo.rogue)
 
     def _add_layers(self, snap: Snapshot, probe_pass: ProbePass) -> None:
         from .signals.layers import layerwise_similarity, summarize_attention_entropy
 
         lw = layerwise_similarity(probe_pass.layers)
         snap.metrics.update(lw.as_metrics("layers"))
-        snap.arrays["layer_similarity"] = np.asarray(lw.similarity, dtype=np.float32)
+        snap.arrays[keys.LAYER_SIMILARITY] = np.asarray(lw.similarity, dtype=np.float32)
         if probe_pass.entropy is None:
             return
         summary = summarize_attention_entropy(probe_pass.entropy, probe_pass.normalized_entropy)
         snap.metrics.update(summary.as_metrics("attention"))
-        snap.arrays["attention_entropy"] = summary.entropy.astype(np.float32)
-        snap.arrays["attention_entropy_normalized"] = summary.normalized.astype(np.float32)
-        snap.details["flagged_heads"] = [
+        snap.arrays[keys.ATTENTION_ENTROPY] = summary.entropy.astype(np.float32)
+        snap.arrays[keys.ATTENTION_ENTROPY_NORMALIZED] = summary.normalized.astype(np.float32)
+        snap.details[keys.FLAGGED_HEADS] = [
             {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
         ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
 
@@ -386,10 +365,10 @@ class SnapshotRunner:
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
         report, by_category = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
-        snap.arrays["first_rank"] = np.asarray(report.first_rank, dtype=np.float64)
-        snap.arrays["hard_negative_gap"] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+        snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
+        snap.arrays[keys.HARD_NEGATIVE_GAP] = np.asarray(report.hard_negative_gap, dtype=np.float32)
         if by_category:
-            snap.details["retrieval_by_category"] = by_category
+            snap.details[keys.RETRIEVAL_BY_CATEGORY] = by_category
 
 
 class SnapshotSchedule:
@@ -516,7 +495,7 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     Cosine neighbours are the euclidean neighbours of the unit vectors. Up to ``EXACT_KNN_MAX_POINTS``
     they come from matrix products (:func:`exact_knn`) and are handed to umap as precomputed: below
     4,096 points umap's own exact path would compute every pair with a Python call per pair, and the
-    graph and coordinates are those of that path, bit for bit (``tests/test_snapshot.py``); above
+    graph and coordinates are those of that path, bit for bit (``tests/test_snapshot_runner.py``); above
     4,096 points umap would otherwise use its approximate nearest-neighbour descent. 100 epochs
     instead of umap's 500 (the README's costs table gives the trustworthiness measured for that choice).
     """

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from . import snapshot_keys as keys
 from .atomic import abandoned_temporary, atomic_directory
+from .jsonio import to_jsonable
 from .runlock import held_elsewhere
 from .signals.drift import drift_summary, first_rank_change
-from .sinks.jsonl import to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,29 @@ _LEGACY_TEMP = re.compile(r"^\.(?P<step>\d+)-[a-z0-9_]{8}$")
 _OLD = re.compile(r"^\.(?P<step>\d+)-old$")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Snapshot:
+    """The embedding space of one model at one step, as the probe set sees it; built by keyword.
+
+    Attributes:
+        step: the optimizer step (0: the base model).
+        tag: ``"base"``, ``"checkpoint"``, ``"eval"`` (a sentence-transformers evaluation) or ``"inspect"``.
+        model: the model's name (as the report shows it).
+        metrics: numbers in the metric vocabulary (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``;
+            each declared in :mod:`aquin_monitor.metric_registry`), written to ``snapshot.json``.
+        details: small structured results (flagged inputs and heads, per-category retrieval, SAE movers),
+            keyed by the detail names of :mod:`aquin_monitor.snapshot_keys`, written to ``snapshot.json``.
+        arrays: the arrays of the figures and diffs, keyed by the array names of
+            :mod:`aquin_monitor.snapshot_keys` (``embeddings``, ``pair_hist_counts``, ``sae/frequency``, ...),
+            written to ``arrays.npz``.
+
+    >>> snap = Snapshot(step=4, tag="checkpoint", model="m", metrics={"geometry/anisotropy": 0.25})
+    >>> snap.step, snap.metrics["geometry/anisotropy"], snap.arrays
+    (4, 0.25, {})
+    """
+
     step: int
-    tag: str  # "base" | "checkpoint" | "inspect"
+    tag: str
     model: str
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +96,10 @@ class Snapshot:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
         arrays = read_arrays(folder / "arrays.npz") if (folder / "arrays.npz").exists() else {}
-        return cls(int(record["step"]), record.get("tag", "checkpoint"), record.get("model", ""), _floats(record.get("metrics", {})), record.get("details", {}), arrays)
+        return cls(
+            step=int(record["step"]), tag=record.get("tag", "checkpoint"), model=record.get("model", ""),
+            metrics=_floats(record.get("metrics", {})), details=record.get("details", {}), arrays=arrays,
+        )
 
 
 def read_arrays(path: Path, *, skip: tuple[str, ...] = (), problems: list[str] | None = None, label: str = "") -> dict[str, np.ndarray]:
@@ -143,7 +166,7 @@ class SnapshotView:
             view.problems.append(f"{label}/snapshot.json is missing")
         arrays_path = directory / "arrays.npz"
         if arrays_path.is_file():
-            view.arrays = read_arrays(arrays_path, skip=("embeddings",), problems=view.problems, label=f"{label}/arrays.npz")
+            view.arrays = read_arrays(arrays_path, skip=(keys.EMBEDDINGS,), problems=view.problems, label=f"{label}/arrays.npz")
         return view
 
     def _take_record(self, record: dict[str, Any]) -> None:
@@ -174,7 +197,7 @@ def recover_snapshots(run_dir: str | os.PathLike) -> list[str]:
 
         >>> import tempfile, warnings
         >>> run_dir = Path(tempfile.mkdtemp())
-        >>> _ = Snapshot(4, "checkpoint", "m", {"geometry/anisotropy": 0.4}).save(run_dir)
+        >>> _ = Snapshot(step=4, tag="checkpoint", model="m", metrics={"geometry/anisotropy": 0.4}).save(run_dir)
         >>> os.replace(run_dir / "snapshots" / "4", run_dir / "snapshots" / ".4-old")
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
@@ -234,7 +257,7 @@ def snapshot_tag(run_dir: str | os.PathLike, step: int) -> str | None:
 
     >>> import tempfile
     >>> run_dir = tempfile.mkdtemp()
-    >>> _ = Snapshot(0, "base", "m").save(run_dir)
+    >>> _ = Snapshot(step=0, tag="base", model="m").save(run_dir)
     >>> snapshot_tag(run_dir, 0), snapshot_tag(run_dir, 4)
     ('base', None)
     """
@@ -279,12 +302,12 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
     Returns:
         A :class:`Diff` of metrics, figure arrays and per-label details.
     """
-    x, y = before.arrays.get("embeddings"), after.arrays.get("embeddings")
+    x, y = before.arrays.get(keys.EMBEDDINGS), after.arrays.get(keys.EMBEDDINGS)
     if x is None or y is None:
         raise ValueError("both snapshots need their 'embeddings' array to be diffed")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"snapshots were taken on different probes: {x.shape[0]} vs {y.shape[0]} rows")
-    labels = before.arrays.get("labels")
+    labels = before.arrays.get(keys.LABELS)
     labels = None if labels is None or len(labels) != x.shape[0] else [str(v) for v in labels]
     summary = drift_summary(x, y, labels, max_pairs=max_pairs, seed=seed)
     prefix = f"drift/{name}"
@@ -297,13 +320,13 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
     centroids = summary.centroids
     if centroids is not None:
         names = [str(v) for v in centroids.labels]
-        arrays["centroid_base_2d"] = centroids.before_2d.astype(np.float32)
-        arrays["centroid_now_2d"] = centroids.after_2d.astype(np.float32)
-        arrays["centroid_labels"] = np.asarray(names)
+        arrays[keys.CENTROID_BASE_2D] = centroids.before_2d.astype(np.float32)
+        arrays[keys.CENTROID_NOW_2D] = centroids.after_2d.astype(np.float32)
+        arrays[keys.CENTROID_LABELS] = np.asarray(names)
         details["centroid_shift"] = {c: float(v) for c, v in zip(names, centroids.cosine_distance)}
-    rb, ra = before.arrays.get("first_rank"), after.arrays.get("first_rank")
+    rb, ra = before.arrays.get(keys.FIRST_RANK), after.arrays.get(keys.FIRST_RANK)
     if rb is not None and ra is not None and rb.shape == ra.shape:
-        arrays["rank_before"], arrays["rank_after"] = rb, ra
+        arrays[keys.RANK_BEFORE], arrays[keys.RANK_AFTER] = rb, ra
         metrics.update(first_rank_change(rb, ra).as_metrics(prefix))
     for key in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy"):
         if key in before.metrics and key in after.metrics:

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aquin_monitor import snapshot as snapshot_module
-from aquin_monitor.snapshot import Snapshot, list_snapshots, recover_snapshots
+from aquin_monitor import snapshot_record as snapshot_module
+from aquin_monitor.snapshot_record import Snapshot, list_snapshots, recover_snapshots
 
 ROOT = Path(__file__).parents[1]
 
 
 def make(step: int, value: float, tag: str = "checkpoint") -> Snapshot:
-    return Snapshot(step, tag, "tiny", {"geometry/anisotropy": value}, {}, {"embeddings": np.full((3, 2), value, np.float32)})
+    return Snapshot(step=step, tag=tag, model="tiny", metrics={"geometry/anisotropy": value}, arrays={"embeddings": np.full((3, 2), value, np.float32)})
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
 KILLED_BETWEEN_RENAMES = """
     import os, sys
     import numpy as np
-    from aquin_monitor import snapshot as m
+    from aquin_monitor import snapshot_record as m
     calls = []
     real = os.replace
     def dying_replace(src, dst):
@@ -44,7 +44,7 @@ KILLED_BETWEEN_RENAMES = """
             os._exit(137)
         return real(src, dst)
     m.os.replace = dying_replace
-    m.Snapshot(4, "checkpoint", "tiny", {"geometry/anisotropy": 0.9}, {}, {"embeddings": np.zeros((3, 2), np.float32)}).save(sys.argv[1])
+    m.Snapshot(step=4, tag="checkpoint", model="tiny", metrics={"geometry/anisotropy": 0.9}, arrays={"embeddings": np.zeros((3, 2), np.float32)}).save(sys.argv[1])
 """
 
 
@@ -132,3 +132,10 @@ def test_snapshot_folders_follow_the_umask(tmp_path, umask):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     for name in ("snapshot.json", "arrays.npz"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_snapshot_is_built_by_keyword_only():
+    with pytest.raises(TypeError):
+        Snapshot(0, "base", "m")  # which {} would be the metrics? keywords say
+    snap = Snapshot(step=0, tag="base", model="m", arrays={"embeddings": np.zeros((3, 2))})
+    assert snap.metrics == {} and snap.details == {} and snap.arrays["embeddings"].shape == (3, 2)

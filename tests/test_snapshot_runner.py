@@ -9,10 +9,11 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from aquin_monitor import snapshot_keys
 from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import load_model
-from aquin_monitor.snapshots import SnapshotRunner
-from aquin_monitor.snapshot import Snapshot, diff, list_snapshots
+from aquin_monitor.snapshot_record import Snapshot, diff, list_snapshots
+from aquin_monitor.snapshot_runner import SnapshotRunner
 
 QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
 DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}
@@ -81,6 +82,11 @@ def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     assert {"centroid_base_2d", "centroid_now_2d", "rank_before", "rank_after", "sim_base_values"} <= moved.arrays.keys()
     direct = diff(base, moved)
     assert direct.metrics["drift/base/cka"] == pytest.approx(moved.metrics["drift/base/cka"])
+    # every array and detail the runner and diff wrote is a declared key (the readers look them up by these names)
+    declared = {key for family in snapshot_keys.ARRAY_FAMILIES.values() for key in family}
+    assert set(moved.arrays) <= declared, set(moved.arrays) - declared
+    assert set(moved.details) <= set(snapshot_keys.DETAIL_KEYS), set(moved.details) - set(snapshot_keys.DETAIL_KEYS)
+    assert {snapshot_keys.FIRST_RANK, snapshot_keys.RANK_BEFORE, snapshot_keys.PAIR_HIST_COUNTS} <= set(moved.arrays)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -97,8 +103,8 @@ def test_diff_figures_show_the_pairs_and_centroids_the_metrics_measured():
     x = (rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(3, 8)) * 2, 100, axis=0)).astype(np.float32)
     y = (x + 0.5 * rng.normal(size=x.shape) + 0.3).astype(np.float32)
     first_before, first_after = np.array([1.0, 4.0, np.nan, 2.0]), np.array([2.0, 1.0, np.nan, 2.0])
-    before = Snapshot(0, "base", "m", {}, {}, {"embeddings": x, "labels": labels, "first_rank": first_before})
-    after = Snapshot(5, "checkpoint", "m", {}, {}, {"embeddings": y, "labels": labels, "first_rank": first_after})
+    before = Snapshot(step=0, tag="base", model="m", arrays={"embeddings": x, "labels": labels, "first_rank": first_before})
+    after = Snapshot(step=5, tag="checkpoint", model="m", arrays={"embeddings": y, "labels": labels, "first_rank": first_after})
     result = diff(before, after, max_pairs=700, seed=4)
 
     # pairs: the documented sampler (i uniform, j uniform among the others), 700 of 44,850
@@ -181,7 +187,7 @@ def test_exact_knn_matches_sklearn_brute_force(monkeypatch):
 
 def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     umap = pytest.importorskip("umap")
-    from aquin_monitor.snapshots import umap_2d
+    from aquin_monitor.snapshot_runner import umap_2d
 
     rng = np.random.default_rng(1)
     emb = (rng.normal(size=(150, 16)) + 3 * rng.integers(0, 3, size=(150, 1))).astype(np.float32)

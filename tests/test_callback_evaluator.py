@@ -1,4 +1,4 @@
-"""SnapshotRunner as a sentence-transformers evaluator (issue 15 point 11), in a real
+"""SnapshotEvaluator: a SnapshotRunner as a sentence-transformers evaluator (issue 15 point 11), in a real
 SentenceTransformerTrainer run with eval_strategy="steps"."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.losses import MultipleNegativesRankingLoss
 from transformers import TrainerCallback
 
+import aquin_monitor
 from aquin_monitor import SnapshotRunner
+from aquin_monitor.callbacks.evaluator import SnapshotEvaluator
 from aquin_monitor.data import ProbeSet
-from aquin_monitor.evaluator import SnapshotEvaluator
-from aquin_monitor.snapshot import Snapshot
+from aquin_monitor.snapshot_record import Snapshot
 
 ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(32)]
 POSITIVES = [f"answer {i} on topic {i % 5}" for i in range(32)]
@@ -46,8 +47,8 @@ def test_snapshot_metrics_appear_under_eval_strategy(tiny_mean_model, tmp_path):
     torch.manual_seed(0)
     model = SentenceTransformer(tiny_mean_model, device="cpu")
     runner = SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False)
-    evaluator = runner.as_evaluator(run_dir=tmp_path / "run", strict=True)
-    assert isinstance(evaluator, SnapshotEvaluator)
+    evaluator = SnapshotEvaluator(runner, run_dir=tmp_path / "run", strict=True)
+    assert aquin_monitor.SnapshotEvaluator is SnapshotEvaluator  # the public name
     assert (evaluator.primary_metric, evaluator.greater_is_better) == ("geometry/anisotropy", False)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
@@ -74,13 +75,13 @@ def test_snapshot_metrics_appear_under_eval_strategy(tiny_mean_model, tmp_path):
 
 def test_direct_call_keeps_training_mode_and_failure_returns_nothing(tiny_mean_model):
     model = SentenceTransformer(tiny_mean_model, device="cpu").train()
-    assert SnapshotRunner(PROBE, umap=False).as_evaluator()(model)["geometry/anisotropy"] == pytest.approx(
+    assert SnapshotEvaluator(SnapshotRunner(PROBE, umap=False))(model)["geometry/anisotropy"] == pytest.approx(
         _mean_pairwise_cosine(model.encode(PROBE, convert_to_numpy=True)), rel=1e-4
     )
     model.train()
-    SnapshotRunner(PROBE, umap=False).as_evaluator()(model)
+    SnapshotEvaluator(SnapshotRunner(PROBE, umap=False))(model)
     assert model.training
-    evaluator = SnapshotRunner(PROBE, umap=False).as_evaluator(primary_metric="retrieval/ndcg@10")
+    evaluator = SnapshotEvaluator(SnapshotRunner(PROBE, umap=False), primary_metric="retrieval/ndcg@10")
     assert evaluator.greater_is_better
     evaluator.runner.forward = lambda m: (_ for _ in ()).throw(RuntimeError("broken probe pass"))
     with pytest.warns(Warning, match="broken probe pass"):
@@ -100,7 +101,7 @@ def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_pat
     torch.manual_seed(0)
     model = SentenceTransformer(tiny_mean_model, device="cpu")
     similarity = EmbeddingSimilarityEvaluator(ANCHORS[:8], POSITIVES[:8], [i / 8 for i in range(8)], name="$$<script>")
-    evaluator = SequentialEvaluator([similarity, SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False).as_evaluator()])
+    evaluator = SequentialEvaluator([similarity, SnapshotEvaluator(SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False))])
     run_dir = tmp_path / "run"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
@@ -128,3 +129,15 @@ def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_pat
     assert "<th>eval_$$&lt;script&gt;_spearman_cosine</th>" in section and "<script>" not in section
     assert "eval_geometry" not in section and "eval_runtime" not in section
     assert f"<td>{rows[-1]['step']}</td>" in section
+
+
+def test_direction_of_the_primary_metric_comes_from_the_metric_registry():
+    from aquin_monitor.metric_registry import find_metric
+
+    runner = SnapshotRunner(PROBE, umap=False)
+    for name, expected in (("geometry/anisotropy", False), ("retrieval/mean_first_rank", False), ("retrieval/ndcg@10", True),
+                           ("geometry/id_pca95", True), ("drift/base/score", True), ("custom/metric", True)):
+        spec = find_metric(name)
+        assert expected == (spec is None or spec.higher_is_better is not False), name  # the registry says so too
+        assert SnapshotEvaluator(runner, primary_metric=name).greater_is_better is expected, name
+    assert SnapshotEvaluator(runner, primary_metric="geometry/anisotropy", greater_is_better=True).greater_is_better

@@ -220,7 +220,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
-    from .report import write_report  # matplotlib and the page templates only when asked for
+    from .report import (
+        write_report,  # matplotlib and the page templates only when asked for
+    )
 
     _check_run_folder(args.run_dir)
     path = write_report(args.run_dir)

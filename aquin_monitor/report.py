@@ -51,7 +51,11 @@ from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
-from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView, recover_snapshots
+from aquin_monitor.snapshot_record import (
+    SNAPSHOT_FAMILIES,
+    SnapshotView,
+    recover_snapshots,
+)
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]

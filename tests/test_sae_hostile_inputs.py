@@ -317,7 +317,7 @@ def test_report_repairs_a_killed_resave_with_one_warning(capsys, tmp_path):
 
     run = tmp_path / "run"
     for step, value in ((0, 0.1), (2, 0.2), (4, 0.4)):
-        Snapshot(step, "base" if step == 0 else "checkpoint", "tiny", {"geometry/anisotropy": value}).save(run)
+        Snapshot(step=step, tag="base" if step == 0 else "checkpoint", model="tiny", metrics={"geometry/anisotropy": value}).save(run)
     (run / "metrics.jsonl").write_text('{"step": 4, "contrastive/gap": 0.3}\n')
     snapshots = run / "snapshots"
     os.replace(snapshots / "4", snapshots / ".4-old")  # killed between the two renames of a re-save of 4
@@ -338,7 +338,7 @@ def test_load_run_reads_a_snapshot_set_aside_by_a_killed_resave(tmp_path):
     from aquin_monitor.report import load_run
     from aquin_monitor.snapshot_record import Snapshot
 
-    Snapshot(4, "checkpoint", "tiny", {"geometry/anisotropy": 0.4}).save(tmp_path)
+    Snapshot(step=4, tag="checkpoint", model="tiny", metrics={"geometry/anisotropy": 0.4}).save(tmp_path)
     os.replace(tmp_path / "snapshots" / "4", tmp_path / "snapshots" / ".4-old")
     with pytest.warns(RuntimeWarning, match="snapshot 4 was being re-saved"):
         run = load_run(tmp_path)
@@ -379,7 +379,7 @@ def test_report_and_sink_draw_the_umap_with_usetex_on(usetex_without_latex, tmp_
 
     run = tmp_path / "run"
     umap = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
-    Snapshot(0, "base", "tiny", {"geometry/anisotropy": 0.1}, {}, {"umap": umap}).save(run)
+    Snapshot(step=0, tag="base", model="tiny", metrics={"geometry/anisotropy": 0.1}, arrays={"umap": umap}).save(run)
     page = write_report(run).read_text()
     assert "<figcaption><b>UMAP by label</b>" in page and "UMAP by label: not drawn" not in page
     sink = JsonlSink(tmp_path / "sink")

@@ -33,7 +33,6 @@ from ..cli_tools import (
     InputError,
     cache_option,
     declare_outputs,
-    declared_dimension,
     embed_texts,
     emit,
     finite_float,
@@ -118,6 +117,7 @@ def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
     dimension) and ``--lr`` > 0: checked before the model loads."""
     import os
 
+    from ..encoders import declared_dimension
     from .train import choose_sizes
 
     if args.lr is not None and not args.lr > 0:

@@ -12,6 +12,7 @@ _EXTRAS = {
     "peft": "peft",
     "umap": "umap",
     "tensorboard": "tensorboard",
+    "faiss": "faiss",
     "torch.utils.tensorboard": "tensorboard",
 }
 

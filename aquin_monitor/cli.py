@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._optional import MissingDependencyError
+from ._optional import MissingDependencyError, require
 from .cli_tools import (
     CommandParser,
     InputError,
@@ -128,9 +128,12 @@ def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import read_beir
     from .encoders import check_model, load_cross_encoder
-    from .signals.retrieval import rerank, topk
+    from .search import SearchIndex
+    from .signals.retrieval import rerank
     from .snapshot_runner import evaluate_retrieval_set
 
+    if args.index in ("ivf", "hnsw"):
+        require("faiss", f"--index {args.index}")  # before any data is read or model loaded
     data = _read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
     check_model(args.model, adapter=args.adapter)
     if args.cross_encoder:
@@ -143,7 +146,9 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     query_emb, doc_emb, (query_prompt, document_prompt) = _cached_model(args.model, args, args.adapter).retrieval_embeddings(
         query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress)
 
-    report, by_category = evaluate_retrieval_set(data, query_emb, doc_emb)
+    report, by_category, search = evaluate_retrieval_set(data, query_emb, doc_emb, index=args.index)
+    if search.index != "exact":
+        note(search.line())
     metrics = report.as_metrics()
     counts, edges = report.rank_histogram()
     result: dict[str, Any] = {
@@ -155,9 +160,11 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "by_category": by_category,
         "rank_histogram": {"edges": edges, "counts": counts},
         "hard_negative_gap": _gap_summary(report),
+        "search": search.to_json(),
     }
     if cross_encoder is not None:
-        _, candidates = topk(query_emb, doc_emb, args.rerank_k)
+        candidates = SearchIndex(doc_emb, index=args.index, expected_queries=len(query_emb)).search(
+            query_emb, args.rerank_k).indices
         scores: dict[tuple[str, str], float] = {}  # a pair scored once, even when a query is ranked per category too
 
         def score_pairs(pairs: list[tuple[str, str]]):
@@ -506,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
     evaluate.add_argument("--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
+    evaluate.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
+                          help="how documents are searched (aquin_monitor.search): exact, or an approximate faiss index "
+                          "whose recall@10 against exact search is measured and printed; auto: exact up to "
+                          "100,000 documents, ivf beyond (default auto)")
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser(

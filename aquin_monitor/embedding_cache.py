@@ -40,7 +40,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -49,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_directory
 from .store import (
     EmbeddingStore,
     StoreError,
     remove_dead_temporaries,
-    temporary_path,
     write_atomically,
     write_store,
 )
@@ -233,18 +232,12 @@ class EmbeddingCache:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if not self._prepare():
             return
-        final = self.path(key)
-        tmp = temporary_path(final)
-        try:
-            write_store(tmp, [embeddings], None, count=len(embeddings), model_fingerprint=fingerprint, corpus_hash=key,
-                        shard_rows=max(len(embeddings), 1), meta=meta, durable=False)
-            if final.exists():  # a stale or mismatched entry being replaced
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException as exc:  # a full disk costs speed only; Ctrl-C goes on, without leaving the temporary
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not isinstance(exc, (OSError, StoreError)):
-                raise
+        try:  # a stale or mismatched entry being replaced is set aside, then removed (atomic_directory)
+            with atomic_directory(self.path(key)) as tmp:
+                write_store(tmp, [embeddings], None, count=len(embeddings), model_fingerprint=fingerprint,
+                            corpus_hash=key, shard_rows=max(len(embeddings), 1), meta=meta, durable=False)
+        except (OSError, StoreError):  # a full disk costs speed only; Ctrl-C goes on (the temporary is removed)
+            pass
 
     def _prepare(self) -> bool:
         """Create the folder and remove dead writers' temporaries; False when the folder is unusable."""

@@ -17,7 +17,10 @@ Cost discipline (the product promise is ~1% of a training step):
 - one host transfer per step, of one small vector. On CUDA it is asynchronous (pinned buffer and an
   event) and read one step later, so the monitor never stalls the device queue;
 - DDP: one ``all_reduce`` of the contrastive sums (gradients are already identical across ranks),
-  so every rank takes the same alarm and stop decisions, and only rank zero writes.
+  so every rank takes the same alarm and stop decisions, and only rank zero writes;
+- FSDP (sharded gradients, :mod:`aquin_monitor.distributed`): the same ``all_reduce`` also sums each
+  group's squared norm over the ranks' local shards (``2·G + 1`` more numbers, ``2·P`` more on
+  ``tensor_norms_every`` steps), so the norms are those of the whole gradients.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import torch
 
 from .alarms import ALARM_KINDS, Alarm, AlarmConfig, AlarmWarning, GapNarrowingCheck, GradientAnomalyDetector, loss_alarm
 from .capture import ContrastiveTap, default_tap
-from .distributed import rank_and_world_size
+from .distributed import gradient_shares, rank_and_world_size
 from .failsoft import report_failure
+from .sharded_gradients import ShardedGradientNorms
 from .signals.contrastive import STAT_FIELDS, ContrastiveSums, drop_nan, finalize
 from .signals.gradients import (
     ParameterGroups,
@@ -126,6 +130,9 @@ class StepLayout(NamedTuple):
     silent: tuple[int, ...]  # group indices not logged (no gradient yet)
     tensor_names: tuple[str, ...] = ()  # parameters whose gradient norms follow the samples
     learning_rates: tuple[float, ...] = ()  # host floats, per optimizer parameter group
+    # sharded gradients: the world size, and the norms are followed by G + 1 reduced counts (ranks holding a
+    # gradient per group, ranks whose part is in), from which the host decides the silent groups; 0: not sharded
+    sharded_over: int = 0
 
 
 class StepMonitor:
@@ -221,11 +228,21 @@ class StepMonitor:
         self._reduced_step: int | None = None  # last step this rank joined the cross-rank all_reduce
         self._reduce_device: torch.device | None = None
         self._joins_reduce = True  # False once every rank has switched its monitor off
+        self.sharded: ShardedGradientNorms | None = None  # set by attach when the gradients are sharded
+        self._wrapper: torch.nn.Module | None = None  # the strategy's wrapper of the model (see attach)
 
     # -- wiring -------------------------------------------------------------------------------
-    def attach(self, model: torch.nn.Module) -> None:
-        """Group the model's trainable parameters (once; call again if trainability changes)."""
+    def attach(self, model: torch.nn.Module, wrapper: torch.nn.Module | None = None) -> None:
+        r"""Group the model's trainable parameters (once; call again if trainability changes).
+
+        ``wrapper``: the model as the trainer's strategy wrapped it, when that wrapper is not among
+        ``model``'s own modules (an FSDP1 ``FullyShardedDataParallel`` around a LightningModule): its
+        modules say which parameters are sharded. FSDP2 needs none (its parameters are ``DTensor``\ s).
+        """
         self.groups = group_parameters(model.named_parameters())
+        modules = list(model.modules()) + (list(wrapper.modules()) if wrapper is not None else [])
+        shares = gradient_shares(self.groups.parameters, modules)
+        self.sharded = None if shares is None else ShardedGradientNorms(self.groups, shares)
         # groups none of whose parameters has had a gradient yet (a sentence-transformers model's unused
         # pooler) are not logged: a constant 0 would read as a measured norm. The detector still sees 0.
         self._had_gradient = np.zeros(len(self.groups.names), dtype=bool)
@@ -283,7 +300,7 @@ class StepMonitor:
         if self.groups is None:
             if model is None:
                 raise ValueError("StepMonitor.on_optimizer_step needs the model on its first call")
-            self.attach(model)
+            self.attach(model, self._wrapper)
         next_step = step + 1
         self.tap.keep_samples = bool(self.histogram_every) and next_step % self.histogram_every == 0
         if step % self.log_every:
@@ -291,27 +308,40 @@ class StepMonitor:
             return None
         reading = self.tap.drain()
         present = gradient_presence(self.groups)
-        per_param = parameter_grad_norms(self.groups, present)
-        norms = grouped_grad_norms(self.groups, present, per_param)
-        if not self._had_gradient.all():
-            self._had_gradient |= groups_with_gradient(self.groups, present)
+        tensor_step = self._tensor_step(step, present)
+        if self.sharded is None:
+            per_param = parameter_grad_norms(self.groups, present)
+            norms = grouped_grad_norms(self.groups, present, per_param)
+            if not self._had_gradient.all():
+                self._had_gradient |= groups_with_gradient(self.groups, present)
+            shard_part = norms[:0]
+        else:  # the norms come out of the reduction below
+            per_param, shard_part = self.sharded.local_vector(present, tensor_step)
         silent = tuple(np.flatnonzero(~self._had_gradient).tolist())
-        device = norms.device
+        device = norms.device if self.sharded is None else shard_part.device
         sums = (reading.sums if reading.sums is not None else ContrastiveSums.zeros(device)).values.to(device)
         if reading.loss_sum is not None:
             loss = torch.stack([reading.loss_sum.to(device), torch.full((), float(reading.loss_count), device=device)])
         else:
             loss = torch.zeros(2, device=device)
         # the last entry counts the ranks whose monitor still runs (see _answer_peers)
-        reduced = torch.cat([sums, loss, torch.ones(1, device=device)])
-        if rank_and_world_size()[1] > 1:
+        reduced = torch.cat([shard_part.to(device), sums, loss, torch.ones(1, device=device)])
+        world_size = rank_and_world_size()[1]
+        if world_size > 1:
             torch.distributed.all_reduce(reduced)
             self._reduced_step, self._reduce_device = step, device
+        if self.sharded is not None:
+            norms, bookkeeping, tensor_norms, reduced = self.sharded.split(reduced, tensor_step)
+            reduced = torch.cat([bookkeeping, reduced])
+            per_param = tensor_norms if tensor_step else per_param
+            present = None  # the tensor view covers every parameter
         # histogram samples (every histogram_every steps) ride in the same copy; their sizes are shapes
         pos = [p.detach().float().reshape(-1).to(device) for p in reading.positive_samples]
         neg = [x.detach().float().reshape(-1).to(device) for x in reading.negative_samples]
-        tensors = self._tensor_view(step, present, per_param)
-        layout = StepLayout(sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent, tensors, learning_rates)
+        tensors = self._tensor_names(present) if tensor_step else ()
+        layout = StepLayout(
+            sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent, tensors, learning_rates, world_size if self.sharded else 0
+        )
         packed = torch.cat([norms, reduced, *pos, *neg, per_param.to(device)] if tensors else [norms, reduced, *pos, *neg])
         self._drain_pending()
         if self._asynchronous(packed):
@@ -326,10 +356,14 @@ class StepMonitor:
             self._process(step, packed.numpy(), layout)
         return norms[-1]
 
-    def _tensor_view(self, step: int, present, per_param: torch.Tensor) -> tuple[str, ...]:
-        """Parameter names of ``per_param``'s entries on a ``tensor_norms_every`` step, else ()."""
-        if not self.tensor_norms_every or step % self.tensor_norms_every or not per_param.numel():
-            return ()
+    def _tensor_step(self, step: int, present) -> bool:
+        """Whether this step logs ``grad_norm_tensor/<parameter>`` (a ``tensor_norms_every`` step with gradients)."""
+        if not self.tensor_norms_every or step % self.tensor_norms_every:
+            return False
+        return self.sharded is not None or present is None or bool(present)
+
+    def _tensor_names(self, present) -> tuple[str, ...]:
+        """Parameter names of the per-parameter norms of a tensor step (``present``: whose gradients were measured)."""
         names = self.groups.parameter_names
         return tuple(names) if present is None else tuple(names[i] for i in present)
 
@@ -371,7 +405,12 @@ class StepMonitor:
         device = self._reduce_device
         if device is None:
             device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        vector = torch.zeros(len(STAT_FIELDS) + 3, device=device)
+        if self.groups is None and model is not None:  # failed before its first step: the peers' vector has the shards
+            try:
+                self.attach(model, self._wrapper)
+            except Exception as exc:  # noqa: BLE001 - then this rank's vector is the short one: the reduction fails below
+                logger.warning("aquin-monitor: cannot group the parameters to answer the peers: %r", exc)
+        vector = torch.cat([self._shards_for_peers(step, device), torch.zeros(len(STAT_FIELDS) + 3, device=device)])
         try:
             torch.distributed.all_reduce(vector)
         except Exception as exc:  # noqa: BLE001 - a broken process group: nothing left to answer
@@ -381,6 +420,17 @@ class StepMonitor:
         self._reduced_step = step
         if float(vector[-1]) == 0:
             self._joins_reduce = False
+
+    def _shards_for_peers(self, step: int, device: torch.device) -> torch.Tensor:
+        """A switched-off rank's part of the sharded norms: its local shards if it can still measure them
+        (the peers' norms stay whole), else zeros, which tell the peers the step's norms are partial."""
+        if self.sharded is None:
+            return torch.zeros(0, device=device)
+        tensor_step = self._tensor_step(step, ())
+        try:
+            return self.sharded.local_vector(gradient_presence(self.sharded.groups), tensor_step)[1].to(device)
+        except Exception:  # noqa: BLE001 - whatever switched this rank off may fail here too
+            return self.sharded.zeros(tensor_step, device)
 
     def _drain_pending(self) -> None:
         """Finish the previous step's host-side work (CUDA): wait for it, or do it now."""
@@ -400,9 +450,18 @@ class StepMonitor:
         groups = self.groups
         n = len(groups.names) + 1
         norms = vector[:n].astype(np.float64)
+        silent, measured = set(layout.silent), True
+        if layout.sharded_over:
+            holding, contributing = vector[n : 2 * n - 1], vector[2 * n - 1]
+            self._had_gradient |= holding > 0
+            silent = set(np.flatnonzero(~self._had_gradient).tolist())
+            # a rank whose monitor failed and could not add its shards: these norms would be partial
+            measured = contributing >= layout.sharded_over
+            if not measured:
+                silent = set(range(n))
+            n = 2 * n
         sums = vector[n : n + len(STAT_FIELDS)]
         loss_sum, loss_count = float(vector[n + len(STAT_FIELDS)]), float(vector[n + len(STAT_FIELDS) + 1])
-        silent = set(layout[2])
         metrics: dict[str, float] = {
             name: value for i, (name, value) in enumerate(zip(groups.metric_names(self.grad_prefix), norms.tolist())) if i not in silent
         }
@@ -414,11 +473,14 @@ class StepMonitor:
         end = n + len(STAT_FIELDS) + 3
         samples_end = end + layout.positives + layout.negatives
         tensor_norms = vector[samples_end : samples_end + len(layout.tensor_names)].astype(np.float64).tolist()
-        metrics.update({f"grad_norm_tensor/{name}": value for name, value in zip(layout.tensor_names, tensor_norms)})
+        # sharded: [P] norms, then how many ranks hold each gradient (a parameter nobody holds one for is left out)
+        holders = vector[samples_end + len(layout.tensor_names) :] if layout.sharded_over else np.ones(len(tensor_norms))
+        holders = holders if measured else np.zeros(len(tensor_norms))
+        metrics.update({f"grad_norm_tensor/{name}": value for name, value, held in zip(layout.tensor_names, tensor_norms, holders) if held > 0})
         if layout.learning_rates:
             metrics.update(learning_rate_metrics(layout.learning_rates))
 
-        alarms = self._alarms(step, norms, loss, contrastive, layout[2])
+        alarms = self._alarms(step, norms if measured else None, loss, contrastive, tuple(sorted(silent)))
         for alarm in alarms:
             metrics[f"alarm/{alarm.kind}"] = 1.0
         self.last_step = step
@@ -434,8 +496,10 @@ class StepMonitor:
             for sink in self.sinks:
                 sink.log_event(alarm.as_event())
 
-    def _alarms(self, step: int, norms: np.ndarray, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
-        found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in self.detector.update(norms, step, no_gradient)]
+    def _alarms(self, step: int, norms: np.ndarray | None, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
+        """This step's alarms; ``norms`` None: the gradient norms are not known this step (nothing to detect)."""
+        anomalies = self.detector.update(norms, step, no_gradient) if norms is not None else []
+        found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in anomalies]
         found.extend(a for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss)) if a is not None)
         self.alarms.extend(found)
         for alarm in found:
@@ -448,13 +512,16 @@ class StepMonitor:
         return found
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, model: torch.nn.Module, step: int, snapshot_model: torch.nn.Module | None = None) -> None:
+    def start(
+        self, model: torch.nn.Module, step: int, snapshot_model: torch.nn.Module | None = None, wrapper: torch.nn.Module | None = None
+    ) -> None:
         """Training starts (``step`` 0) or resumes (``step`` > 0) with ``model``.
 
-        A fresh run moves an earlier run's files aside; the parameters are grouped; the base snapshot
-        (or, on resume without saved snapshots, one of the resumed model) is taken of ``snapshot_model``
-        (default: ``model``; the SentenceTransformer inside a LightningModule).
+        A fresh run moves an earlier run's files aside; the parameters are grouped (``wrapper``: see
+        :meth:`attach`); the base snapshot (or, on resume without saved snapshots, one of the resumed model)
+        is taken of ``snapshot_model`` (default: ``model``; the SentenceTransformer inside a LightningModule).
         """
+        self._wrapper = wrapper
         if step == 0 and self.last_step == 0:
             self.start_fresh()
         elif step > 0 and self.last_step == 0 and self.warn:
@@ -465,7 +532,7 @@ class StepMonitor:
                 stacklevel=3,
             )
         if self.groups is None:
-            self.attach(model)
+            self.attach(model, wrapper)
         # the first step's scores are kept when it is a histogram step (later steps arm the next one)
         self.tap.keep_samples = bool(self.histogram_every) and (step + 1) % self.histogram_every == 0
         if self.snapshots is not None:

@@ -21,6 +21,7 @@ import torch
 from . import snapshot_keys as keys
 from .failsoft import report_failure
 from .progress import phase
+from .search import faiss_available, neighbour_graph
 from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
@@ -363,7 +364,7 @@ class SnapshotRunner:
 
     def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
-        report, by_category = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
+        report, by_category, _ = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
         snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
         snap.arrays[keys.HARD_NEGATIVE_GAP] = np.asarray(report.hard_negative_gap, dtype=np.float32)
@@ -441,30 +442,36 @@ def snapshot_figures(snap: Snapshot) -> dict[str, Figure]:
     return figures
 
 
-def evaluate_retrieval_set(retrieval: RetrievalSet, q_emb: np.ndarray, d_emb: np.ndarray):
+def evaluate_retrieval_set(retrieval: RetrievalSet, q_emb: np.ndarray, d_emb: np.ndarray, *, index: str = "auto"):
     """The retrieval metrics of a :class:`~aquin_monitor.data.RetrievalSet` embedded as ``q_emb`` / ``d_emb``
-    (rows in its query and document order) and its per-category figures.
+    (rows in its query and document order), its per-category figures and how the documents were searched.
 
     Categories per query: each query counts in its category. Categories per pair (SICK-style files):
     a query counts once overall, against all its relevant documents, and once in each category of its
     pairs, against that category's relevant documents only (:meth:`RetrievalSet.category_rows`).
+    Documents are ranked through one :class:`~aquin_monitor.search.SearchIndex` (``index``: auto, exact,
+    ivf, hnsw); ``auto`` on a corpus up to :data:`~aquin_monitor.search.EXACT_MAX_DOCS` documents is the
+    exact full scan of :func:`~aquin_monitor.signals.retrieval.retrieval_metrics`.
 
     Returns:
-        ``(report, by_category)``: the :class:`~aquin_monitor.signals.retrieval.RetrievalReport` and
-        ``{category: {metric: value}}`` (empty without categories).
+        ``(report, by_category, search)``: the :class:`~aquin_monitor.signals.retrieval.RetrievalReport`,
+        ``{category: {metric: value}}`` (empty without categories) and the
+        :class:`~aquin_monitor.search.SearchReport` (recall@10 of an approximate index).
     """
-    from .signals.retrieval import retrieval_metrics
+    from .search import SearchIndex
 
     relevant, negatives, categories = retrieval.positional()
-    report = retrieval_metrics(q_emb, d_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None)
+    searcher = SearchIndex(d_emb, index=index, expected_queries=len(q_emb))
+    report, search = searcher.retrieval_report(q_emb, relevant, categories=categories,
+                                               hard_negatives=negatives if any(negatives) else None)
     split = retrieval.positional_category_rows()
     if split is not None:
         rows, row_relevant, row_negatives, row_categories = split
-        by_category = retrieval_metrics(q_emb[rows], d_emb, row_relevant, categories=row_categories,
-                                        hard_negatives=row_negatives if any(row_negatives) else None).by_category()
+        by_category = searcher.retrieval_report(q_emb[rows], row_relevant, categories=row_categories,
+                                                hard_negatives=row_negatives if any(row_negatives) else None)[0].by_category()
     else:
         by_category = report.by_category() if categories else {}
-    return report, {str(k): v for k, v in by_category.items()}
+    return report, {str(k): v for k, v in by_category.items()}, search
 
 
 def _rogue_details(rogue) -> list[dict]:
@@ -496,7 +503,9 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     they come from matrix products (:func:`exact_knn`) and are handed to umap as precomputed: below
     4,096 points umap's own exact path would compute every pair with a Python call per pair, and the
     graph and coordinates are those of that path, bit for bit (``tests/test_snapshot_runner.py``); above
-    4,096 points umap would otherwise use its approximate nearest-neighbour descent. 100 epochs
+    4,096 points umap would otherwise use its approximate nearest-neighbour descent. Beyond
+    ``EXACT_KNN_MAX_POINTS`` the graph comes from faiss (:func:`aquin_monitor.search.neighbour_graph`)
+    when it is installed, else from umap's own search. 100 epochs
     instead of umap's 500 (the README's costs table gives the trustworthiness measured for that choice).
     """
     from ._optional import require
@@ -507,7 +516,10 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        knn = exact_knn(unit.astype(np.float64), k) if n <= EXACT_KNN_MAX_POINTS else None
+        if n <= EXACT_KNN_MAX_POINTS:
+            knn: tuple[np.ndarray, np.ndarray] | None = exact_knn(unit.astype(np.float64), k)
+        else:  # faiss (exact up to search.EXACT_MAX_DOCS points, IVF beyond) when installed, else umap's own search
+            knn = neighbour_graph(unit.astype(np.float32), k) if faiss_available() else None
         reducer = umap.UMAP(
             n_components=2, n_neighbors=k, n_epochs=100,
             random_state=seed, init="spectral" if n > 20 else "random",

@@ -19,12 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from aquin_monitor.sae.evaluate import quality_metrics  # noqa: E402
-from aquin_monitor.sae.monitoring import snapshot_signals  # noqa: E402
-from aquin_monitor.sae.train import SaeTrainConfig, TrainingLoop  # noqa: E402
-from aquin_monitor.sae.model import SparseAutoencoder  # noqa: E402
+from aquin_monitor.rows import ArrayRows
+from aquin_monitor.sae.evaluate import quality_metrics
+from aquin_monitor.sae.model import SparseAutoencoder
+from aquin_monitor.sae.monitoring import snapshot_signals
+from aquin_monitor.sae.stream import RowPlan
+from aquin_monitor.sae.train import SaeTrainConfig, StreamingTrainer
 
 
 def embeddings(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -52,13 +54,14 @@ def main() -> int:
     for label, dead_after in (("no dead latents", 10**12), ("AuxK active", args.batch)):
         sae = SparseAutoencoder(args.d, args.latents, args.k).to(args.device)
         config = SaeTrainConfig(batch_size=args.batch, lr=1e-3, dead_after=dead_after, device=args.device)
-        loop = TrainingLoop(sae, x[: args.batch * 5], x[:16], config)
-        loop.epoch(0)  # warm-up (allocator, first-call costs)
-        loop.train = x
+        # one block holds every row: the timed epoch is one in-memory buffer, as train_sae on an array
+        plan = RowPlan(len(x), block_rows=len(x), val_fraction=1e-6, seed=0)
+        loop = StreamingTrainer(sae, ArrayRows(x.cpu().numpy()), plan, x[:16], config)
+        loop.run_epoch()  # warm-up (allocator, first-call costs)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loop.epoch(1)
+        loop.run_epoch()
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

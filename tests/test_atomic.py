@@ -90,7 +90,8 @@ def test_a_kill_mid_write_leaves_the_target_alone_and_a_temporary_known_as_aband
 
 
 def test_report_and_embedding_cache_follow_the_umask(tmp_path, umask):
-    """Before the one writer: report.html was always 0644 and cache entries 0600 (mkstemp)."""
+    """Before the one writer: report.html was always 0644 and cache entries 0600 (mkstemp); an entry is now a
+    one-shard store folder (the embedding store), its folder and files under the same policy."""
     from aquin_monitor.embedding_cache import EmbeddingCache
     from aquin_monitor.report import write_report
 
@@ -99,7 +100,9 @@ def test_report_and_embedding_cache_follow_the_umask(tmp_path, umask):
     assert mode(write_report(tmp_path / "run")) == 0o666 & ~umask
     cache = EmbeddingCache(tmp_path / "cache")
     cache.put("k", np.ones((2, 3), np.float32), meta={"n": 2})
-    assert {mode(p) for p in (tmp_path / "cache").iterdir()} == {0o666 & ~umask}
+    entries = list((tmp_path / "cache").iterdir())
+    assert [p.is_dir() for p in entries] == [True] and mode(entries[0]) == 0o777 & ~umask
+    assert {mode(p) for p in entries[0].iterdir()} == {0o666 & ~umask}
     np.testing.assert_array_equal(cache.get("k"), np.ones((2, 3), np.float32))
 
 
@@ -118,7 +121,7 @@ def test_an_interrupted_cache_write_leaves_no_temporary(tmp_path):
 
 WRITE_CALLS = {"replace", "rename", "mkstemp", "mkdtemp", "NamedTemporaryFile"}
 #: Renames that move finished files or folders (not writes): a run's files moved aside, a set-aside snapshot put back.
-MOVES = {"sinks/jsonl.py": 1, "snapshot.py": 1}
+MOVES = {"sinks/jsonl.py": 1, "snapshot_record.py": 1}
 
 
 def test_every_writer_goes_through_the_atomic_module():

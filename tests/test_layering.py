@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "entry points",
         (
             "aquin_monitor",
+            "aquin_monitor.__main__",
             "aquin_monitor.callbacks",
             "aquin_monitor.callbacks.",
             "aquin_monitor.cli",
@@ -38,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "aquin_monitor.alarms",
             "aquin_monitor.capture",
+            "aquin_monitor.sharded_gradients",
             "aquin_monitor.snapshot_record",
             "aquin_monitor.embedding_cache",
             "aquin_monitor.embed",
@@ -52,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.encoders",
             "aquin_monitor.data",
             "aquin_monitor.store",
+            "aquin_monitor.search",
             "aquin_monitor.sinks",
             "aquin_monitor.sinks.",
         ),

@@ -77,12 +77,15 @@ def test_auxk_loss_matches_plain_torch():
 
 
 def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed():
-    from aquin_monitor.sae.train import SaeTrainConfig, TrainingLoop
+    from aquin_monitor.rows import ArrayRows
+    from aquin_monitor.sae.stream import RowPlan
+    from aquin_monitor.sae.train import SaeTrainConfig, StreamingTrainer
 
     torch.manual_seed(3)
     sae = _sae()
     x = torch.randn(256, 16)
-    loop = TrainingLoop(sae, x, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64))
+    plan = RowPlan(len(x), block_rows=1024, val_fraction=0.01, seed=0, max_val_rows=3)
+    loop = StreamingTrainer(sae, ArrayRows(x.numpy()), plan, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64))
     original_step = loop.optimizer.step
     seen = []
 
@@ -101,8 +104,8 @@ def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed():
         norms.append(sae.W_dec.detach().norm(dim=1))
 
     sae.normalize_decoder = normalize_and_record
-    loop.epoch(0)
-    assert len(seen) == len(norms) == 8  # one check per step
+    loop.run_epoch()
+    assert len(seen) == len(norms) == 8  # one check per step (253 training rows: 7 full batches and one of 29)
     assert max(seen) < 1e-6
     for row_norms in norms:
         assert torch.allclose(row_norms, torch.ones_like(row_norms), atol=1e-6)
@@ -195,7 +198,7 @@ def test_sparse_backward_equals_dense_autograd():
         ours = {name: p.grad.clone() for name, p in sae.named_parameters()}
         params = {name: p.detach().clone().requires_grad_() for name, p in sae.named_parameters()}
         W_enc, b_enc, W_dec, b_dec = params["encoder.weight"], params["encoder.bias"], params["W_dec"], params["b_dec"]
-        z, x_hat, pre = _reference_forward(x, W_enc, b_enc, W_dec, b_dec, sae.k)
+        _z, x_hat, pre = _reference_forward(x, W_enc, b_enc, W_dec, b_dec, sae.k)
         variance = ((x - x.mean(0)) ** 2).sum()
         loss = ((x - x_hat) ** 2).sum() / variance
         if dead_mask is not None:

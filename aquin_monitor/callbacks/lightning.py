@@ -121,7 +121,9 @@ class LightningEmbeddingMonitor(_pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.monitor.histogram_every = self.settings.histogram_steps(_run_length(trainer))
-        self.monitor.start(pl_module, trainer.global_step, snapshot_model=self._inspected(pl_module))
+        # the strategy's wrapper (an FSDP1 root around the module) says which parameters are sharded
+        wrapper = trainer.model if trainer.model is not pl_module else None
+        self.monitor.start(pl_module, trainer.global_step, snapshot_model=self._inspected(pl_module), wrapper=wrapper)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self.monitor is not None and self.monitor.snapshots is not None:

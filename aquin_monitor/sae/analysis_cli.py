@@ -22,6 +22,7 @@ import argparse
 import json
 from typing import Any
 
+from .._optional import require
 from ..cli_tools import (
     InputError,
     bounded_float,
@@ -171,16 +172,21 @@ def _steer(args: argparse.Namespace) -> Any:
 
 
 def _faithfulness(args: argparse.Namespace) -> Any:
+    from ..search import SearchReport
     from .faithfulness import retrieval_faithfulness
 
+    if args.index in ("ivf", "hnsw"):
+        require("faiss", f"--index {args.index}")  # before any data is read or model loaded
     data = _retrieval_set(args)
     sae, model, labels = _sae_and_model(args.sae, args.model)
     queries = embed_texts(model, data.query_texts(), args)
     documents = embed_texts(model, data.doc_texts(), args, chunk_size=256)
     relevant, _, _ = data.positional()
     result = retrieval_faithfulness(sae, queries, documents, relevant, features=args.features,
-                                    n_random=args.random, seed=args.seed, labels=labels)
+                                    n_random=args.random, seed=args.seed, labels=labels, index=args.index)
     lines = [f"NDCG@{result.ndcg_k} {result.ndcg:.4f} over {result.n_queries} queries"]
+    if result.search and result.search["recall_at_k"] is not None:
+        lines.insert(0, SearchReport(**result.search).line())
     lines += [f"{_named(f.feature, f.label):<32} drop {f.drop:+.4f}  random {f.random_drop_mean:+.4f}  excess {f.excess_drop:+.4f}"
               f"  ({f.n_queries_active} queries)" for f in result.features[:20]]
     return _emit_analysis(result, args, "\n".join(lines))
@@ -275,6 +281,8 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
     p.add_argument("--random", type=non_negative_int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
+                   help="document search (aquin_monitor.search): auto is exact up to 100,000 documents (default auto)")
     _retrieval_options(p, corpus=False)
     _model_option(p)
     p.set_defaults(handler=_faithfulness)

@@ -22,7 +22,7 @@ from ..atomic import atomic_path, atomic_write_text
 from .evaluate import feature_statistics, quality_metrics, top_activations
 from .train import SaeTrainConfig, TrainResult, train_sae
 
-__all__ = ["build_sae_folder", "format_report", "write_features", "write_figures"]
+__all__ = ["build_sae_folder", "format_report", "write_features", "write_figures", "write_trained_folder"]
 
 
 def write_features(sae: Any, embeddings: np.ndarray, texts: Sequence[str], folder: Path, *, top: int = 5) -> None:
@@ -101,14 +101,28 @@ def build_sae_folder(
     result = train_sae(embeddings, config, sinks=sinks, show_progress=show_progress, metadata={"model": str(model)})
     if show_progress:
         print(f"sizes: {result.rule}", file=sys.stderr)
+    write_features(result.sae, embeddings, texts, folder)
+    extra = None
+    if retrieval is not None:
+        extra = retrieval_kept(result.sae, retrieval["queries"], retrieval["documents"], retrieval["relevant"])
+    return result, write_trained_folder(result, folder, model=model, extra_metrics=extra, show_progress=show_progress)
+
+
+def write_trained_folder(result: TrainResult, folder: Path, *, model: str, extra_metrics: Mapping[str, float] | None = None,
+                         show_progress: bool = True) -> dict[str, Any]:
+    """Write a trained SAE's folder but ``features.json``: weights, ``training.jsonl``, the held-out quality report, figures.
+
+    The quality report is computed on ``result.held_out`` (the rows evaluated each epoch), so a SAE
+    trained from a store of any size needs no second pass over it.
+    """
     sae = result.sae
     sae.save(folder)
     lines = "".join(json.dumps(row) + "\n" for row in result.history)
     atomic_write_text(folder / "training.jsonl", lines)
-    write_features(sae, embeddings, texts, folder)
-    metrics, stats = quality_metrics(sae, np.asarray(embeddings)[result.val_indices])
-    if retrieval is not None:
-        metrics.update(retrieval_kept(sae, retrieval["queries"], retrieval["documents"], retrieval["relevant"]))
+    if result.held_out is None:
+        raise ValueError("write_trained_folder: the training result carries no held-out rows")
+    metrics, stats = quality_metrics(sae, result.held_out)
+    metrics.update(extra_metrics or {})
     write_figures(folder, stats.frequency, result.history)
     report = {"model": str(model), "held_out": "validation split", "config": result.config, "rule": result.rule,
               "best_epoch": sae.metadata.get("best_epoch"), "metrics": metrics}
@@ -116,4 +130,4 @@ def build_sae_folder(
     atomic_write_text(folder / "quality.txt", format_report(metrics) + "\n")
     if show_progress:
         print(format_report(metrics), file=sys.stderr)
-    return result, metrics
+    return metrics

@@ -102,6 +102,8 @@ def _check_train_out(out: Path) -> None:
     nor any folder holding files (another tool's, or an earlier SAE whose metrics.jsonl would be appended to).
     (That it can be made at all is :func:`~aquin_monitor.cli_tools.check_output_dir`'s, run before this.)"""
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if CHECKPOINT_NAME in held:  # an interrupted sae train of this folder: resumed, not refused
+        return
     if held:
         from ..runlock import LOCK_NAME
 
@@ -135,28 +137,114 @@ def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from ..encoders import resolve_model
-    from ..sinks import JsonlSink
-    from .build import build_sae_folder
+    from .train_dist import launched_by_torchrun
+
+    if args.corpus and launched_by_torchrun():
+        raise InputError(args.corpus, "under torchrun every rank would embed the corpus; embed it once and pass "
+                         "--embeddings FILE.npy", line=0, field="--corpus")
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
-    texts = read_corpus(args.corpus, args.text_field)
+    source = _open_embeddings(args.embeddings) if args.embeddings else _open_store(args.store) if args.store else None
+    texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
+    resolve_model(args.model)
     out = Path(args.out)
     _check_train_out(out)
-    _check_sizes(args, len(texts), resolve_model(args.model))
+    _check_sizes(args, len(texts) if texts is not None else len(source), resolve_model(args.model))
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(texts)} texts from {args.corpus}", file=sys.stderr)
-    embeddings = embed_texts(args.model, texts, args)
-    sinks = [JsonlSink(out)]
+    config.checkpoint = config.checkpoint or str(out / CHECKPOINT_NAME)
+    if texts is not None:
+        print(f"{len(texts)} texts from {args.corpus}", file=sys.stderr)
+        metrics, rule = _train_on_texts(args, texts, out, config)
+    else:
+        written = _train_on_rows(args, source, out, config)
+        if written is None:
+            return {}
+        metrics, rule = written
+    Path(config.checkpoint).unlink(missing_ok=True)  # the SAE folder is complete: nothing left to resume
+    return _emit_quality_report({"command": "sae train", "out": str(out), "rule": rule, "metrics": metrics}, args)
+
+
+CHECKPOINT_NAME = "training_state.pt"
+
+
+def _open_embeddings(path: str) -> Any:
+    """A memory-mapped ``.npy`` of float embeddings [n, d] as a row source, checked before anything is loaded."""
+    import numpy as np
+
+    from ..rows import ArrayRows
+
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, "no such file", line=0, field="--embeddings") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable .npy array ({' '.join(str(exc).split())[:120]})", line=0,
+                         field="--embeddings") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.shape[0] < 2 or array.dtype.kind != "f":
+        raise InputError(path, f"expected a float array [n >= 2, d], got {getattr(array, 'dtype', '?')} of shape "
+                         f"{getattr(array, 'shape', '?')}", line=0, field="--embeddings")
+    return ArrayRows(array)
+
+
+def _open_store(path: str) -> Any:
+    """An embedding store (:class:`~aquin_monitor.store.EmbeddingStore`, a row source); a bad one raises its one-line ``StoreError``."""
+    from ..store import EmbeddingStore
+
+    return EmbeddingStore(path)
+
+
+def _sinks(args: argparse.Namespace, out: Path) -> list[Any]:
+    from ..sinks import JsonlSink
+
+    sinks: list[Any] = [JsonlSink(out)]
     if args.tensorboard:
         from ..sinks import TensorBoardSink
 
         sinks.append(TensorBoardSink(out / "tensorboard"))
+    return sinks
+
+
+def _train_on_texts(args: argparse.Namespace, texts: list[str], out: Path, config: Any) -> tuple[dict[str, Any], str]:
+    from .build import build_sae_folder
+
+    embeddings = embed_texts(args.model, texts, args)
+    sinks = _sinks(args, out)
     try:
         result, metrics = build_sae_folder(embeddings, texts, out, model=args.model, config=config, sinks=sinks,
                                            show_progress=args.progress)
     finally:
         for sink in sinks:
             sink.close()
-    return _emit_quality_report({"command": "sae train", "out": str(out), "rule": result.rule, "metrics": metrics}, args)
+    return metrics, result.rule
+
+
+def _train_on_rows(args: argparse.Namespace, source: Any, out: Path, config: Any) -> tuple[dict[str, Any], str] | None:
+    """Stream ``source`` (alone or as one rank of a torchrun job); rank zero writes the folder, others return None."""
+    from .build import write_trained_folder
+    from .train import SaeTrainingError, train_rows
+    from .train_dist import process_group
+
+    with process_group(config.device or "cpu", timeout_s=args.collective_timeout) as (rank, world_size):
+        if rank == 0 and args.progress:
+            print(f"{len(source)} embeddings from {args.embeddings or args.store}" + (f", {world_size} ranks" if world_size > 1 else ""),
+                  file=sys.stderr)
+            if Path(config.checkpoint).exists():
+                print(f"resuming from {config.checkpoint}", file=sys.stderr)
+        sinks = _sinks(args, out) if rank == 0 else []
+        try:
+            result = train_rows(source, config, sinks=sinks, show_progress=args.progress, metadata={"model": str(args.model)})
+        except SaeTrainingError as exc:
+            if isinstance(exc, ValueError):
+                raise
+            print(f"aquin-monitor sae train: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            for sink in sinks:
+                sink.close()
+        if rank != 0:
+            return None
+        if args.progress:
+            print(f"sizes: {result.rule}", file=sys.stderr)
+        return write_trained_folder(result, out, model=args.model, show_progress=args.progress), result.rule
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,9 +283,19 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     cache_option(shared)
 
-    train = sub.add_parser("train", parents=[common, shared], help="train a TopK SAE on MODEL's embeddings of a corpus",
+    train = sub.add_parser("train", parents=[common], help="train a TopK SAE on MODEL's embeddings of a corpus",
                            description="Embed the corpus (cached), train a TopK SAE with a held-out split and early "
-                           "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report).")
+                           "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report). "
+                           "With --store or --embeddings, stream precomputed embeddings instead (bounded memory; under torchrun, "
+                           "data-parallel; no features.json). A killed run started again resumes from OUT/training_state.pt.")
+    rows = train.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--corpus", metavar="FILE", help="JSONL with one text per line")
+    rows.add_argument("--embeddings", metavar="FILE.npy", help="precomputed embeddings [n, d] (.npy, memory-mapped, streamed)")
+    rows.add_argument("--store", metavar="DIR", help="an embedding store written by 'aquin-monitor embed' (streamed)")
+    train.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
+    cache_option(train)
+    train.add_argument("--collective-timeout", type=positive_int, default=600, metavar="S",
+                       help="under torchrun: seconds a rank waits for a silent peer before stopping (default 600)")
     train.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' = the bundled all-MiniLM-L6-v2")
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
     config_flags(train, SaeTrainConfig)

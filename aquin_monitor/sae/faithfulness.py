@@ -2,8 +2,10 @@
 
 Ablating feature ``i`` in every query embedding removes its decoded part, ``x' = x − z_i(x) d_i``
 (the rest of the embedding, reconstruction error included, is kept); the documents are left
-as they are. NDCG@10 is recomputed through :func:`aquin_monitor.signals.retrieval.retrieval_metrics`
-and the feature's *drop* is ``NDCG(x) − NDCG(x')``.
+as they are. NDCG@10 is recomputed through one :class:`aquin_monitor.search.SearchIndex` over the
+documents (up to 100,000 documents: the exact scan of :func:`aquin_monitor.signals.retrieval.retrieval_metrics`;
+beyond, faiss, with its measured recall in ``Faithfulness.search``) and the feature's *drop* is
+``NDCG(x) − NDCG(x')``.
 
 Only queries where the feature fires change, so each ablation re-ranks just those queries and
 swaps their per-query NDCG into the baseline's per-query array; the mean is over the same
@@ -65,6 +67,8 @@ class Faithfulness:
     n_queries: int
     features: list[FeatureAblation]
     """Ablated features, drop descending."""
+    search: dict[str, Any] | None = None
+    """How the documents were ranked (:class:`~aquin_monitor.search.SearchReport`; recall@k when approximate)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -74,12 +78,14 @@ class Faithfulness:
 class _Evaluator:
     """Per-query NDCG of the original queries; NDCG after subtracting a change from some queries."""
 
-    def __init__(self, queries: np.ndarray, documents: np.ndarray, relevant: Sequence[Any], ndcg_k: int):
-        from ..signals.retrieval import retrieval_metrics
+    def __init__(self, queries: np.ndarray, documents: np.ndarray, relevant: Sequence[Any], ndcg_k: int,
+                 index: str = "auto"):
+        from ..search import SearchIndex
 
-        self.metrics, self.k = retrieval_metrics, ndcg_k
-        self.queries, self.documents, self.relevant = queries, documents, list(relevant)
-        report = retrieval_metrics(queries, documents, self.relevant, ks=(ndcg_k,), ndcg_k=ndcg_k)
+        # one index over the documents for every ablation (exact full scan up to search.EXACT_MAX_DOCS)
+        self.search, self.k = SearchIndex(documents, index=index, expected_queries=len(queries)), ndcg_k
+        self.queries, self.relevant = queries, list(relevant)
+        report, self.search_report = self.search.retrieval_report(queries, self.relevant, ks=(ndcg_k,), ndcg_k=ndcg_k)
         self.per_query = report.ndcg
         self.evaluated = report.evaluated
 
@@ -93,8 +99,8 @@ class _Evaluator:
         rows, change = rows[keep], change[keep]
         if not len(rows):
             return self.ndcg
-        report = self.metrics(self.queries[rows] - change, self.documents, [self.relevant[r] for r in rows],
-                              ks=(self.k,), ndcg_k=self.k)
+        report, _ = self.search.retrieval_report(self.queries[rows] - change, [self.relevant[r] for r in rows],
+                                                 ks=(self.k,), ndcg_k=self.k)
         per_query = self.per_query.copy()
         per_query[rows] = report.ndcg
         return float(np.mean(per_query[self.evaluated]))
@@ -137,7 +143,7 @@ def _change(z: torch.Tensor, decoder: torch.Tensor, weights: Mapping[int, float]
 
 def retrieval_faithfulness(sae: Any, queries: Any, documents: Any, relevant: Sequence[Any], *,
                            features: int | Sequence[int] = 100, n_random: int = 5, ndcg_k: int = 10, seed: int = 0,
-                           labels: Sequence[str | None] | None = None) -> Faithfulness:
+                           labels: Sequence[str | None] | None = None, index: str = "auto") -> Faithfulness:
     """Zero each chosen feature in all query embeddings and measure the NDCG@k drop (module docstring).
 
     Args:
@@ -149,13 +155,15 @@ def retrieval_faithfulness(sae: Any, queries: Any, documents: Any, relevant: Seq
         ndcg_k: NDCG cutoff.
         seed: seeds the random baseline.
         labels: optional label per feature.
+        index: the :class:`~aquin_monitor.search.SearchIndex` kind ranking the documents (``auto``: the
+            exact full scan up to :data:`~aquin_monitor.search.EXACT_MAX_DOCS` documents).
 
     Returns:
         A :class:`Faithfulness`; features sorted by drop, largest first.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     documents = np.ascontiguousarray(documents, dtype=np.float32)
-    evaluator = _Evaluator(queries, documents, relevant, ndcg_k)
+    evaluator = _Evaluator(queries, documents, relevant, ndcg_k, index)
     with torch.no_grad():
         z = sae.encode(torch.as_tensor(queries)).double()
     decoder = sae.W_dec.detach().double()
@@ -185,4 +193,5 @@ def retrieval_faithfulness(sae: Any, queries: Any, documents: Any, relevant: Seq
             z=(drop - mean) / std if std and np.isfinite(std) else float("nan"),
             label=None if labels is None else labels[feature]))
     results.sort(key=lambda r: (-r.drop, r.feature))
-    return Faithfulness(ndcg=evaluator.ndcg, ndcg_k=ndcg_k, n_queries=int(evaluator.evaluated.sum()), features=results)
+    return Faithfulness(ndcg=evaluator.ndcg, ndcg_k=ndcg_k, n_queries=int(evaluator.evaluated.sum()), features=results,
+                        search=evaluator.search_report.to_json())

@@ -165,18 +165,24 @@ class SparseAutoencoder(nn.Module):
         """Reconstruction ``x̂ = z W_dec + b_dec`` from dense activations [n, n_latents]."""
         return z @ self.W_dec + self.b_dec
 
-    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, auxk_coefficient: float = 1.0) -> ForwardOutput:
+    def forward(
+        self, x: Tensor, *, dead_mask: Tensor | None = None, auxk_coefficient: float = 1.0, total_variance: Tensor | None = None
+    ) -> ForwardOutput:
         """Reconstruction, FVU of the batch and the AuxK loss (zero when no latent is dead).
 
         AuxK (Gao et al. 2024, appendix B.1): the ``d_in // 2`` largest pre-activations among dead
         latents reconstruct the residual ``x − x̂`` (without ``b_dec``); the loss is
         ``min(n_dead / k_aux, 1) · ‖ê − e‖² / Σ‖x − x̄‖²``, exactly as sparsify computes it.
         ``auxk_coefficient`` multiplies it (the training loss uses 1/32).
+
+        ``total_variance`` replaces the batch's own ``Σ‖x − x̄‖²`` in both denominators: a rank of a
+        data-parallel job holds a share of the global batch and divides by the global batch's variance.
         """
         acts, indices, pre_acts = self.encode_topk(x)
         reconstruction = self.decode_topk(acts, indices)
         residual = x - reconstruction
-        total_variance = (x - x.mean(0)).pow(2).sum()
+        if total_variance is None:
+            total_variance = (x - x.mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
         auxk = fvu.new_zeros(())
         if dead_mask is not None:

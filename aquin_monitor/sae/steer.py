@@ -5,8 +5,9 @@ With ``z = SAE(q)`` and the feature's decoder row ``d_F``, the steered query is
     q' = normalise(q + (z'_F − z_F) d_F),    z'_F = max(z_F + delta, 0)
 
 so everything the SAE does not explain (the reconstruction error) is kept, and a negative
-``delta`` can at most switch the feature off. Documents are ranked by cosine through
-:func:`aquin_monitor.signals.retrieval.topk` before and after.
+``delta`` can at most switch the feature off. Documents are ranked by cosine through one
+:class:`aquin_monitor.search.SearchIndex` before and after (exact for two queries, whatever the
+corpus size: the order and scores of :func:`aquin_monitor.signals.retrieval.topk`).
 
 Example:
 
@@ -97,7 +98,8 @@ def _hits(scores: np.ndarray, index: np.ndarray, doc_ids: Sequence[str] | None, 
 
 def steer(sae: Any, query: Any, documents: Any, feature: int, delta: float, *, top: int = 10,
           doc_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-          labels: Sequence[str | None] | None = None, query_text: str | None = None) -> Steering:
+          labels: Sequence[str | None] | None = None, query_text: str | None = None,
+          index: str = "auto") -> Steering:
     """Steer ``query`` along ``feature`` by ``delta`` and re-rank ``documents`` by cosine.
 
     Args:
@@ -110,17 +112,18 @@ def steer(sae: Any, query: Any, documents: Any, feature: int, delta: float, *, t
         doc_ids: optional id per document; texts: optional text per document.
         labels: optional label per feature.
         query_text: the query's text, carried into the result.
+        index: the :class:`~aquin_monitor.search.SearchIndex` kind (``auto``: exact for these two queries).
 
     Returns:
         A :class:`Steering`.
     """
-    from ..signals.retrieval import topk
+    from ..search import SearchIndex
 
     documents = np.asarray(documents, dtype=np.float32)
     moved, z_f, z_new = steered_query(sae, query, feature, delta)
     original = np.asarray(query, dtype=np.float32).reshape(1, -1)
-    scores_before, index_before = topk(original, documents, top)
-    scores_after, index_after = topk(moved[None], documents, top)
+    found = SearchIndex(documents, index=index, expected_queries=2).search(np.vstack([original, moved[None]]), top)
+    (scores_before, scores_after), (index_before, index_after) = found.scores[:, None], found.indices[:, None]
     with torch.no_grad():
         measured = float(sae.encode(torch.as_tensor(moved[None]))[0, feature])
     cosine = float(original[0].astype(np.float64) @ moved / (np.linalg.norm(original[0].astype(np.float64)) or 1.0))

@@ -17,7 +17,7 @@ a scatter-add into groups: no per-parameter host synchronisation.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +53,21 @@ def group_name(parameter_name: str) -> str:
     if _POOLER.search(parameter_name):
         return "pooler"
     return "head"
+
+
+#: module names that wrappers (FSDP1, activation checkpointing) insert into parameter names
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def unwrapped_name(parameter_name: str) -> str:
+    """The parameter's name without the module names wrappers insert (the same name as in an unwrapped run).
+
+    >>> unwrapped_name("0.auto_model.encoder.layer.1._fsdp_wrapped_module.output.dense.weight")
+    '0.auto_model.encoder.layer.1.output.dense.weight'
+    """
+    for prefix in WRAPPER_PREFIXES:
+        parameter_name = parameter_name.replace(prefix, "")
+    return parameter_name
 
 
 def _group_order(name: str) -> tuple:
@@ -96,6 +111,7 @@ def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]])
             continue
         seen.add(id(p))
         params.append(p)
+        name = unwrapped_name(name)
         pnames.append(name)
         groups.append(group_name(name))
     names = tuple(sorted(set(groups), key=_group_order))
@@ -134,11 +150,13 @@ def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | Non
 _ASK = object()  # grouped_grad_norms: look up which parameters have a gradient
 
 
-def parameter_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
+def parameter_grad_norms(groups: ParameterGroups, present=_ASK, gradients: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """``[len(present)]`` float32 device tensor: the L2 norm of each present parameter's gradient.
 
     One fused ``torch._foreach_norm`` (per device). ``present``: what :func:`gradient_presence`
-    returned for this step (None: every parameter, in ``groups.parameters`` order).
+    returned for this step (None: every parameter, in ``groups.parameters`` order). ``gradients``: the
+    tensors to measure instead of the ``.grad`` of the present parameters, in the same order (a sharded
+    run hands in each gradient's local shard).
 
     >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
     >>> parameter_grad_norms(group_parameters([("encoder.layer.0.w", p)])).tolist()
@@ -148,7 +166,7 @@ def parameter_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
         present = gradient_presence(groups)
     if present is None:
         present = range(len(groups.parameters))
-    grads = [groups.parameters[i].grad for i in present]
+    grads = list(gradients) if gradients is not None else [groups.parameters[i].grad for i in present]
     if not grads:
         return torch.zeros(0, dtype=torch.float32)
     device = grads[0].device
@@ -156,6 +174,44 @@ def parameter_grad_norms(groups: ParameterGroups, present=_ASK) -> torch.Tensor:
         return torch.stack(torch._foreach_norm(grads)).float()
     # model split over devices: one norm per parameter, gathered on the first device
     return torch.stack([torch.linalg.vector_norm(g).float().to(device) for g in grads])
+
+
+def _present_group_index(groups: ParameterGroups, present, device: torch.device) -> torch.Tensor:
+    """The group of each present parameter as a device tensor (cached per presence pattern)."""
+    index = groups.index
+    if present is not None and len(present) != len(groups.parameters):
+        key = tuple(present)
+        if key not in groups._present_index:
+            groups._present_index[key] = groups.index[list(key)].to(device)
+        index = groups._present_index[key]
+    return index.to(device)
+
+
+def grouped_squared_norms(
+    groups: ParameterGroups, present, per_param: torch.Tensor, shares: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[G]`` float32 device tensor: ``Σ_{p ∈ group} w_p ‖g_p‖²`` over the present parameters.
+
+    ``per_param``: :func:`parameter_grad_norms` of the present parameters (``present`` as
+    :func:`gradient_presence` returns it); ``shares``: the weights ``w_p`` of the same parameters,
+    aligned with ``per_param`` (None: all 1). With each rank's local shard norms and ``w_p`` = 1 / (ranks
+    holding each element), the sum of this vector over the ranks is the squared group norm of the
+    whole gradient (:mod:`aquin_monitor.distributed`).
+
+    >>> a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    >>> groups = group_parameters([("layer.0.a", a), ("layer.0.b", b)])
+    >>> grouped_squared_norms(groups, None, torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.5])).tolist()
+    [17.0]
+    """
+    n_groups = len(groups.names)
+    if per_param.numel() == 0:
+        return torch.zeros(n_groups, dtype=torch.float32)
+    device = per_param.device
+    squares = per_param * per_param
+    if shares is not None:
+        squares = squares * shares.to(device)
+    index = _present_group_index(groups, present, device)
+    return torch.zeros(n_groups, dtype=torch.float32, device=device).index_add_(0, index, squares)
 
 
 def grouped_grad_norms(groups: ParameterGroups, present=_ASK, per_param: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,24 +235,22 @@ def grouped_grad_norms(groups: ParameterGroups, present=_ASK, per_param: torch.T
     n_groups = len(groups.names)
     if present is _ASK:
         present = gradient_presence(groups)
-    if present is None:
-        present = range(len(groups.parameters))
-    if not present:
+    if present is not None and not present:
         return torch.zeros(n_groups + 1, dtype=torch.float32)
     if per_param is None:
         per_param = parameter_grad_norms(groups, present)
-    device = per_param.device
-    index = groups.index
-    if len(present) != len(groups.parameters):
-        key = tuple(present)
-        if key not in groups._present_index:
-            groups._present_index[key] = groups.index[list(key)].to(device)
-        index = groups._present_index[key]
-    index = index.to(device)
-    squares = per_param * per_param
-    group_sq = torch.zeros(n_groups, dtype=torch.float32, device=device).index_add_(0, index, squares)
+    group_sq = grouped_squared_norms(groups, present, per_param)
     # the total as torch.nn.utils.get_total_norm computes it, bit for bit (clipping may reuse it)
     return torch.cat([group_sq.sqrt(), torch.linalg.vector_norm(per_param).reshape(1)])
+
+
+def norms_from_squares(group_squares: torch.Tensor) -> torch.Tensor:
+    """``[G + 1]``: each group's norm and the total, ``sqrt(Σ_groups squares)``, from ``[G]`` squared norms.
+
+    >>> norms_from_squares(torch.tensor([9.0, 16.0])).tolist()
+    [3.0, 4.0, 5.0]
+    """
+    return torch.cat([group_squares.sqrt(), group_squares.sum().sqrt().reshape(1)])
 
 
 def row_nanmedian(a: np.ndarray) -> np.ndarray:

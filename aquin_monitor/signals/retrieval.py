@@ -58,7 +58,9 @@ __all__ = [
     "RerankReport",
     "RetrievalInputError",
     "RetrievalReport",
+    "pair_scores",
     "rank_relevant",
+    "ranked_list_report",
     "rerank",
     "retrieval_metrics",
     "topk",
@@ -88,7 +90,8 @@ class RankResult:
     """Rank of every relevant (grade > 0) document, one row per (query, document) pair.
 
     Pairs are sorted by query index, then corpus index. ``rank`` is 1-based (tie policy in the
-    module docstring); ``score`` is s(q, d) as float32.
+    module docstring): int64 over the whole corpus, float64 with +inf for a document outside a
+    ranked list (:func:`ranked_list_report`); ``score`` is s(q, d) as float32.
     """
 
     query_index: np.ndarray
@@ -105,7 +108,7 @@ class RankResult:
 
     def first_rank(self) -> np.ndarray:
         """Rank of the best-ranked relevant document per query; 0 for a query without one."""
-        first = np.zeros(self.n_queries, dtype=np.int64)
+        first = np.zeros(self.n_queries, dtype=self.rank.dtype)
         if len(self.rank):
             starts = np.flatnonzero(np.r_[True, self.query_index[1:] != self.query_index[:-1]])
             first[self.query_index[starts]] = np.minimum.reduceat(self.rank, starts)
@@ -401,21 +404,96 @@ def retrieval_metrics(
     pairs = _relevance_pairs(relevant, n_queries, n_docs)
     if len(pairs.query) == 0:
         raise RetrievalInputError("no query has a relevant document (grade > 0): nothing to evaluate")
-    labelled = _index_sets(hard_negatives, n_queries, n_docs, "hard_negatives")
-    clash = np.isin(labelled[0] * n_docs + labelled[1], pairs.query * n_docs + pairs.doc)
-    if clash.any():
-        i = int(np.flatnonzero(clash)[0])
-        raise RetrievalInputError(
-            f"hard_negatives[{labelled[0][i]}] contains corpus index {labelled[1][i]}, "
-            "which is relevant to that query")
+    labelled = _labelled_negatives(hard_negatives, pairs, n_queries, n_docs)
 
     qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size,
                           max_memory_bytes)
     scorer = _Scorer(queries, corpus, similarity, min(qc, n_queries) * min(cc, n_docs))
     scores, ranks, neg_sim, neg_index = _scan_ranks(scorer, pairs, qc, cc, mine_negative=True)
+    return _assemble_report(pairs, scores, ranks, neg_sim, neg_index, labelled, scorer.pairs, n_queries, n_docs,
+                            ks, mrr_k, ndcg_k, categories)
+
+
+def pair_scores(query_rows, doc_rows, *, similarity: str = "cosine",
+                corpus_max_norm: float | None = None) -> np.ndarray:
+    """s(query_rows[i], doc_rows[i]) for aligned rows, as float32: the scores of :func:`topk` and :func:`rank_relevant`.
+
+    The canonical score of the module docstring ("Score"), so a candidate list found by another
+    engine (faiss, in float32) can be re-scored and re-sorted into exactly :func:`topk`'s order.
+    For ``similarity="dot"`` the grid step depends on the largest document norm of the whole
+    corpus: pass it as ``corpus_max_norm`` (default: the largest norm among ``doc_rows``).
+
+    >>> import numpy as np
+    >>> pair_scores(np.array([[3.0, 4.0], [1.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 2.0]])).tolist()
+    [1.0, 0.0]
+    """
+    queries, docs = _check_embeddings(query_rows, doc_rows)
+    _check_similarity(similarity)
+    if len(queries) != len(docs):
+        raise RetrievalInputError(f"query_rows has {len(queries)} rows but doc_rows has {len(docs)}")
+    scorer = _Scorer(queries, docs, similarity, 0, corpus_max_norm=corpus_max_norm)
+    every = np.arange(len(queries))
+    return scorer.pairs(every, every)
+
+
+def ranked_list_report(
+    candidates,
+    relevant: Sequence[Mapping[int, float] | Collection[int] | None],
+    pair_score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_docs: int,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    ndcg_k: int | None = 10,
+    mrr_k: int | None = 10,
+    categories: Sequence[Hashable] | None = None,
+    hard_negatives: Sequence[Collection[int] | None] | None = None,
+) -> RetrievalReport:
+    """The :func:`retrieval_metrics` report of ranked lists ``candidates`` [Q, K] (best first, -1 padding).
+
+    When each row is the exact top-K of its query under the tie policy (e.g. :func:`topk`, or
+    :mod:`aquin_monitor.search`'s exact index), rank(q, r) = 1 + position of r in row q, so every
+    metric at cutoffs ≤ K equals :func:`retrieval_metrics`'; a relevant document outside the list
+    gets rank +inf (not retrieved; ``first_rank`` +inf when none is in the list). The mined
+    negative is the first non-relevant document of the list (none when all K are relevant).
+    ``pair_score(query_index, doc_index)`` returns the canonical scores of those pairs
+    (:func:`pair_scores`): they give ``positive_sim`` and the labelled negatives' scores.
+
+    >>> import numpy as np
+    >>> report = ranked_list_report([[2, 0], [1, 2]], [{0: 1}, {0: 1}], lambda q, d: np.ones(len(q), np.float32), 3)
+    >>> report.first_rank.tolist(), report.ranks.rank.tolist(), report.negative_index.tolist()
+    ([2.0, inf], [2.0, inf], [2, 1])
+    """
+    ks, mrr_k, ndcg_k = _check_cutoffs(ks, mrr_k, ndcg_k)
+    n_docs = _positive_int(n_docs, "n_docs")
+    cand = _check_candidates(candidates, len(candidates), n_docs)
+    n_queries = len(cand)
+    categories = _check_categories(categories, n_queries)
+    pairs = _relevance_pairs(relevant, n_queries, n_docs)
+    if len(pairs.query) == 0:
+        raise RetrievalInputError("no query has a relevant document (grade > 0): nothing to evaluate")
+    labelled = _labelled_negatives(hard_negatives, pairs, n_queries, n_docs)
+    ranks = _position_in_rows(cand, pairs.query, pairs.doc)
+    scores = np.asarray(pair_score(pairs.query, pairs.doc), dtype=np.float32)
+    is_relevant = np.zeros(cand.shape, dtype=bool)
+    found = np.isfinite(ranks)
+    is_relevant[pairs.query[found], ranks[found].astype(np.int64) - 1] = True
+    negative = (cand >= 0) & ~is_relevant
+    has_negative = negative.any(axis=1)
+    first = negative.argmax(axis=1)
+    neg_index = np.where(has_negative, cand[np.arange(n_queries), first] if cand.shape[1] else -1, -1)
+    neg_sim = np.full(n_queries, -np.inf, dtype=np.float32)
+    rows = np.flatnonzero(has_negative)
+    neg_sim[rows] = pair_score(rows, neg_index[rows]) if len(rows) else neg_sim[rows]
+    return _assemble_report(pairs, scores, ranks, neg_sim, neg_index, labelled, pair_score, n_queries, n_docs,
+                            ks, mrr_k, ndcg_k, categories)
+
+
+def _assemble_report(pairs: _Pairs, scores, ranks, neg_sim, neg_index, labelled, pair_score, n_queries, n_docs,
+                     ks, mrr_k, ndcg_k, categories) -> RetrievalReport:
+    """The report from the ranks and scores of the relevant pairs and each query's mined negative."""
     is_labelled = np.zeros(n_queries, dtype=bool)
     if len(labelled[0]):
-        labelled_scores = scorer.pairs(labelled[0], labelled[1])
+        labelled_scores = pair_score(labelled[0], labelled[1])
         # closest labelled negative per query, ties to the smaller corpus index
         order = np.lexsort((labelled[1], -labelled_scores, labelled[0]))
         q_sorted = labelled[0][order]
@@ -435,8 +513,8 @@ def retrieval_metrics(
         ranks=rank_result,
         positive_sim=positive,
         negative_sim=negative,
-        negative_index=neg_index,
         negative_is_labelled=is_labelled,
+        negative_index=neg_index,
         hard_negative_gap=positive - negative,
     )
 
@@ -524,14 +602,17 @@ class _Scorer:
     absorbs (also around 0, where float32 alone would keep the noise).
     """
 
-    def __init__(self, queries: np.ndarray, corpus: np.ndarray, similarity: str, cells: int):
+    def __init__(self, queries: np.ndarray, corpus: np.ndarray, similarity: str, cells: int,
+                 corpus_max_norm: float | None = None):
         self.queries, self.corpus, self.similarity = queries, corpus, similarity
         self._f64 = np.empty(cells, dtype=np.float64)
         self._f32 = np.empty(cells, dtype=np.float32)
         if similarity == "cosine":
             self.grid_scale = np.full(len(queries), 2.0**_GRID_BITS)
         else:
-            bound = _row_norms(queries) * _row_norms(corpus).max()  # Cauchy-Schwarz
+            if corpus_max_norm is None:
+                corpus_max_norm = float(_row_norms(corpus).max()) if len(corpus) else 0.0
+            bound = _row_norms(queries) * corpus_max_norm  # Cauchy-Schwarz
             exponent = np.frexp(bound)[1]  # bound < 2**exponent
             self.grid_scale = np.where(bound > 0, np.ldexp(1.0, _GRID_BITS - exponent), 1.0)
 
@@ -816,6 +897,18 @@ def _index_sets(entries, n_queries: int, n_docs: int, name: str) -> tuple[np.nda
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     table = np.array(sorted(pairs), dtype=np.int64)
     return table[:, 0].copy(), table[:, 1].copy()
+
+
+def _labelled_negatives(hard_negatives, pairs: _Pairs, n_queries: int, n_docs: int):
+    """The (query, corpus index) pairs of labelled hard negatives; none may be relevant to its query."""
+    labelled = _index_sets(hard_negatives, n_queries, n_docs, "hard_negatives")
+    clash = np.isin(labelled[0] * n_docs + labelled[1], pairs.query * n_docs + pairs.doc)
+    if clash.any():
+        i = int(np.flatnonzero(clash)[0])
+        raise RetrievalInputError(
+            f"hard_negatives[{labelled[0][i]}] contains corpus index {labelled[1][i]}, "
+            "which is relevant to that query")
+    return labelled
 
 
 def _check_candidates(candidates, n_queries: int, n_docs: int) -> np.ndarray:

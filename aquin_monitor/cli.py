@@ -32,6 +32,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ from .cli_tools import (
     emit,
     note,
     positive_int,
+    print_lines,
+    terminal_safe,
+    torch_device,
 )
 from .progress import quiet_progress
 from .runlock import RunFolderLocked
@@ -223,11 +227,13 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
-    from .report import write_report  # matplotlib and the page templates only when asked for
+    from .report import (
+        write_report,  # matplotlib and the page templates only when asked for
+    )
 
     _check_run_folder(args.run_dir)
     path = write_report(args.run_dir)
-    print(path)
+    print_lines([str(path)])
     return {"command": "report", "path": str(path)}
 
 
@@ -458,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = CommandParser(add_help=False)  # a parent lends its arguments only; typeshed wants the subparsers' class
     common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
     common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
-    common.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
+    common.add_argument("--device", type=torch_device, default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = CommandParser(add_help=False)  # how the model is loaded and its embeddings cached
     model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
@@ -555,6 +561,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning on the command line: one terminal-safe line ``aquin-monitor: warning: ...`` (not Python's two)."""
+    text = " ".join(str(message).split()).removeprefix(f"{PROG}: ")
+    print(terminal_safe(f"{PROG}: warning: {text}"), file=sys.stderr)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -568,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         _check_output_paths(args)
-        with quiet_progress(not getattr(args, "progress", True)):  # --no-progress: model loading bars too
+        with quiet_progress(not getattr(args, "progress", True)), warnings.catch_warnings():  # --no-progress: model loading bars too
+            warnings.showwarning = _warning_line
             args.handler(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit
     except BrokenPipeError:  # `aquin-monitor eval ... | head`: not an error of ours, nothing to say
@@ -578,12 +592,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MissingDependencyError as error:
-        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(terminal_safe(f"{PROG} {args.command}: error: {_one_line(error)}"), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCY
     # The project's convention: bad input raises a ValueError subclass (DataError, ModelLoadError,
     # RetrievalInputError, ...); unreadable or missing files raise OSError.
     except (ValueError, OSError, RunFolderLocked) as error:
-        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(terminal_safe(f"{PROG} {args.command}: error: {_one_line(error)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 

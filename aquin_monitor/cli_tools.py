@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -34,10 +35,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 __all__ = [
+    "NEGATIVE_NUMBER",
+    "TERMINAL_CONTROLS",
     "CommandParser",
     "InputError",
     "LoadedSae",
+    "bounded_float",
     "cache_option",
+    "check_command_text",
     "check_declared_outputs",
     "check_output_dir",
     "check_output_file",
@@ -46,9 +51,14 @@ __all__ = [
     "emit",
     "finite_float",
     "load_sae_for",
+    "non_negative_int",
     "note",
     "positive_int",
+    "print_lines",
     "read_corpus",
+    "refuse_non_finite",
+    "terminal_safe",
+    "torch_device",
 ]
 
 
@@ -83,8 +93,17 @@ class CommandParser(argparse.ArgumentParser):
     tool: error: argument --top: expected a positive integer, got 0 (tool --help shows the usage)
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse's own hook: its default reads -1e-3 and -inf as unknown options ("expected one argument")
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help shows the usage)\n")
+        self.exit(2, f"{self.prog}: error: {terminal_safe(' '.join(message.split()))} ({self.prog} --help shows the usage)\n")
+
+
+#: Option values argparse must read as values, not as unknown options: ``-1e-3``, ``-.5``, ``-inf``, ``-nan``.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 def positive_int(text: str) -> int:
@@ -127,6 +146,63 @@ def finite_float(text: str) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Output paths, checked before anything is loaded
+
+
+def bounded_float(low: float, high: float) -> Any:
+    """argparse type factory: a finite float in ``[low, high]`` (NaN, which compares false with everything,
+    would otherwise select nothing or everything silently).
+
+    >>> bounded_float(0, 1)("0.5")
+    0.5
+    >>> bounded_float(-1, 1)("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number in [-1, 1], got 'nan'
+    """
+    def parse(text: str) -> float:
+        try:
+            value = finite_float(text)
+        except argparse.ArgumentTypeError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a finite number in [{low:g}, {high:g}], got {text!r}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0 (``sae faithfulness --random 0``: no random baseline).
+
+    >>> non_negative_int("0")
+    0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before
+    any model loads (torch is imported only when ``--device`` is given)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: unsupported device type (cpu, cuda or mps)")
+    return text
 
 
 def cache_option(parser: argparse.ArgumentParser) -> None:
@@ -186,13 +262,36 @@ def check_declared_outputs(args: argparse.Namespace) -> None:
 # Results
 
 
+#: Characters a terminal may act on: C0 controls (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 controls
+#: (CSI, OSC and ST as single bytes) and the bidirectional overrides that reorder what is shown.
+TERMINAL_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every terminal control character shown as its escape (``\\x1b``), so a label or text from a
+    user's file prints as itself and cannot set the title, clear the screen or move the cursor; also one line.
+
+    >>> terminal_safe("feature \\x1b]0;pwned\\x07 \\x1b[2J\\u202egnp.exe\\nnext")
+    'feature \\\\x1b]0;pwned\\\\x07 \\\\x1b[2J\\\\u202egnp.exe\\\\nnext'
+    """
+    return TERMINAL_CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def print_lines(lines: str | Sequence[str], file: Any = None) -> None:
+    """Print a table (lines, or one string of lines) with each line made :func:`terminal_safe`: the one way every
+    verb prints user-derived text (labels, texts, categories, file names) to the terminal."""
+    rows = lines.split("\n") if isinstance(lines, str) else lines
+    print("\n".join(terminal_safe(row) for row in rows), file=file)
+
+
 def note(text: str) -> None:
-    """A line for the person at the terminal (stderr: stdout stays the result)."""
-    print(text, file=sys.stderr)
+    """A line for the person at the terminal (stderr: stdout stays the result), terminal-safe."""
+    print_lines(text, file=sys.stderr)
 
 
 def emit(result: Any, json_out: str | None, table: str | Sequence[str]) -> None:
-    """Print ``table`` and write ``result`` as JSON to ``json_out`` atomically (``"-"``: JSON on stdout only).
+    """Write ``result`` as JSON to ``json_out`` atomically, then print ``table`` (terminal-safe); ``"-"``: JSON on
+    stdout only. The file comes first: a reader that closes stdout early (``| head -1``) cannot lose it.
 
     Non-finite numbers become ``null`` (:func:`~aquin_monitor.sinks.jsonl.to_jsonable`); text is written as UTF-8.
     """
@@ -203,12 +302,37 @@ def emit(result: Any, json_out: str | None, table: str | Sequence[str]) -> None:
     if json_out == "-":
         print(text)
         return
-    print(table if isinstance(table, str) else "\n".join(table))
     if json_out:
         out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, text + "\n")
         note(f"wrote {out}")
+    print_lines(table)
+
+
+def refuse_non_finite(embeddings: Any, texts: Sequence[str], model: str) -> None:
+    """Raise :class:`InputError` (naming the first bad row and its text) when an embedding holds NaN or inf: every
+    SAE number computed from it would be NaN or meaningless (FVU null, every feature dead)."""
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings)).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise InputError(f"model {model!r}", f"embedding row {row} (text {texts[row][:60]!r}) is not finite (NaN or inf), "
+                         f"{bad.size} of {len(texts)} rows; are the model's weights broken?")
+
+
+def check_command_text(text: str, what: str) -> str:
+    """A text given on the command line: not empty, no NUL, valid Unicode (bytes that are not UTF-8 arrive as
+    lone surrogates); else :class:`InputError` naming ``what`` (``TEXT``, ``QUERY``)."""
+    from .data import unencodable_text
+
+    if not text.strip():
+        raise InputError("<command line>", "empty text", line=1, field=what)
+    problem = unencodable_text(text)
+    if problem:
+        raise InputError("<command line>", problem, line=1, field=what)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,8 +384,10 @@ def embed_texts(model: str, texts: Sequence[str], args: argparse.Namespace, **kw
     :func:`~aquin_monitor.sae.embeddings.embed_corpus`."""
     from .sae.embeddings import embed_corpus
 
-    return embed_corpus(model, list(texts), batch_size=args.batch_size, device=args.device, cache=args.cache,
-                        show_progress=args.progress, **kwargs)
+    embeddings = embed_corpus(model, list(texts), batch_size=args.batch_size, device=args.device, cache=args.cache,
+                              show_progress=args.progress, **kwargs)
+    refuse_non_finite(embeddings, texts, model)
+    return embeddings
 
 
 def read_corpus(path: str, field: str, minimum: int = 2) -> list[str]:

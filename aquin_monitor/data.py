@@ -600,6 +600,9 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
     for (qid, did), (score, _) in judgements.items():
         if score > 0:
             qrels[qid][did] = score
+    if judgements and not any(qrels.values()):
+        raise DataError(qrels_path, None, None, f"all {len(judgements)} judgements of split '{split}' have score 0: "
+                        "no document is relevant, so retrieval metrics are undefined")
     not_kept = {
         f"queries outside split '{split}'": len(query_lines) - len(queries),
         "score-0 judgements": sum(1 for score, _ in judgements.values() if score == 0),
@@ -813,7 +816,27 @@ def _text(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> s
         raise DataError(path, lineno, name, f"expected a string, got {_json_type(value)}")
     if not value.strip():
         raise DataError(path, lineno, name, "empty text" if not value else "whitespace-only text")
+    problem = unencodable_text(value)
+    if problem:
+        raise DataError(path, lineno, name, problem)
     return value
+
+
+def unencodable_text(text: str) -> str | None:
+    """Why ``text`` cannot be tokenised (a NUL, or a lone surrogate such as ``\\ud800`` that has no
+    UTF-8 form: a JSON escape, or a command-line byte that is not UTF-8), or None when it can.
+
+    >>> unencodable_text("a cat"), unencodable_text("a\\x00cat"), unencodable_text("caf\\udce9")
+    (None, 'NUL character at position 1', "not valid Unicode: lone surrogate '\\\\udce9' at position 3 (bytes that are not UTF-8?)")
+    """
+    if "\x00" in text:
+        return f"NUL character at position {text.index(chr(0))}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"not valid Unicode: lone surrogate {text[error.start]!r} at position {error.start} "
+                "(bytes that are not UTF-8?)")
+    return None
 
 
 def _identifier(record: dict[str, Any], name: str, path: str | Path, lineno: int) -> str:

@@ -93,8 +93,55 @@ def _legend(owner: Any, **kwargs: Any) -> Any:
     return legend
 
 
+#: rcParams every figure of ours is drawn under, whatever the user's matplotlibrc says.
+PLAIN_RC: dict[str, Any] = {"text.usetex": False}
+
+
+class PlainTextFigure(Figure):
+    """The Figure class of every figure of ours: drawn, laid out and saved with ``text.usetex`` off (:data:`PLAIN_RC`, a local
+    ``matplotlib.rc_context``), every Text artist set to ``usetex=False`` first, so a user's global style (usetex on,
+    no LaTeX installed) cannot lose a figure. Every renderer (``savefig``, TensorBoard's ``canvas.draw``) goes through
+    :meth:`draw`.
+
+    >>> import io, matplotlib, matplotlib.text
+    >>> with matplotlib.rc_context({"text.usetex": True}):
+    ...     figure = PlainTextFigure()
+    ...     _ = figure.add_subplot().set_title("50% of $x$")
+    ...     figure.savefig(io.BytesIO(), format="png")  # a plain Figure would run latex here (and fail without it)
+    >>> any(text.get_usetex() for text in figure.axes[0].findobj(matplotlib.text.Text))
+    False
+    """
+
+    def draw(self, renderer: Any) -> None:
+        import matplotlib
+
+        with matplotlib.rc_context(PLAIN_RC):
+            self._plain_texts()
+            super().draw(renderer)
+
+    def savefig(self, *args: Any, **kwargs: Any) -> None:
+        import matplotlib
+
+        with matplotlib.rc_context(PLAIN_RC):
+            self._plain_texts()
+            super().savefig(*args, **kwargs)
+
+    def tight_layout(self, *args: Any, **kwargs: Any) -> None:  # measures text: the same rcParams as drawing
+        import matplotlib
+
+        with matplotlib.rc_context(PLAIN_RC):
+            self._plain_texts()
+            super().tight_layout(*args, **kwargs)
+
+    def _plain_texts(self) -> None:
+        from matplotlib.text import Text
+
+        for text in self.findobj(Text):
+            text.set_usetex(False)
+
+
 def _figure(size: tuple[float, float] = _WIDE) -> tuple[Figure, Any]:
-    figure = Figure(figsize=size, layout="constrained")
+    figure = PlainTextFigure(figsize=size, layout="constrained")
     return figure, figure.add_subplot()
 
 

@@ -51,7 +51,11 @@ from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
-from aquin_monitor.snapshot_record import SNAPSHOT_FAMILIES, SnapshotView
+from aquin_monitor.snapshot_record import (
+    SNAPSHOT_FAMILIES,
+    SnapshotView,
+    recover_snapshots,
+)
 
 __all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
            "metric_meaning", "align_layouts"]
@@ -241,6 +245,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     directory = Path(run_dir)
     if not directory.is_dir():
         raise RunDirectoryError(f"run directory {str(directory)!r} does not exist or is not a directory")
+    recover_snapshots(directory)  # a save killed between its renames left snapshots/.<N>-old: put it back first
     problems: list[str] = []
     metrics = _read_jsonl_file(directory, "metrics.jsonl", problems)
     events = _read_jsonl_file(directory, "events.jsonl", problems)

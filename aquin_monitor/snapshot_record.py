@@ -5,8 +5,8 @@ On disk, one folder per snapshot: ``<run>/snapshots/<step>/snapshot.json`` (numb
 coordinates, histograms, heatmaps...). The folder is written under a temporary name
 (``.<step>-tmp-<host>-<pid>-<token>``) and renamed into place, so a crash never leaves half a snapshot.
 Re-saving a step moves the old folder to ``.<step>-old`` first; a kill between the two renames is
-repaired by :func:`recover_snapshots` (the next save, or the next :func:`list_snapshots`, e.g. on
-resume): ``.<step>-old`` is put back, and temp folders of dead processes are removed. Folders and
+repaired by :func:`recover_snapshots` (on every open of the run folder: the next save, the next
+:func:`list_snapshots`, e.g. on resume, and the report's reader): ``.<step>-old`` is put back, and temp folders of dead processes are removed. Folders and
 files get the permissions of the process umask, like every other file the run writes.
 """
 
@@ -217,10 +217,9 @@ def recover_snapshots(run_dir: str | os.PathLike) -> list[str]:
             continue
         if repair:
             repairs.append(repair)
-    for line in repairs:
-        if "put back" in line:
-            logger.warning(line)
-            warnings.warn(line, RuntimeWarning, stacklevel=2)
+    if repairs:  # one warning for the whole repair, whoever opened the folder (resume, report, inspect --run-dir)
+        summary = "; ".join(line.removeprefix("aquin-monitor: ") for line in repairs)
+        warnings.warn(f"aquin-monitor: repaired {root} after a killed save: {summary}", RuntimeWarning, stacklevel=2)
     return repairs
 
 

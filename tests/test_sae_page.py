@@ -14,8 +14,8 @@ from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.browser import browse_features
 from aquin_monitor.sae.diagnose import diagnose
 from aquin_monitor.sae.model import SparseAutoencoder
-from aquin_monitor.sae.network import coactivation_network
-from aquin_monitor.sae.page import page_data, write_page
+from aquin_monitor.sae.network import CoactivationNetwork, Edge, Node, coactivation_network
+from aquin_monitor.sae.page import PAGE, PLACEHOLDER, page_data, separate_circles, write_page
 from sae_planted import planted_corpus
 
 HOSTILE = "<script>window.pwned=1</script> $$ &amp; <img src=x onerror=window.pwned=2>"
@@ -202,3 +202,109 @@ def test_page_lists_merged_features_apart(planted_page):
     data = page_data(browser, network, found, polysemy_rows=1)
     assert len(data["diagnostics"]["polysemy"]) == 1
     assert [p["feature"] for p in data["diagnostics"]["merged"]] == [p.feature for p in found.polysemy if p.merged] == [9]
+
+
+# ------------------------------------------------------------------ issue 24: placeholders as user text, overlaps
+
+#: Every placeholder of the page template, spelled as user text (texts, labels, the title from a file name).
+PLACEHOLDER_TEXT = " ".join(f"%{name}%" for name in PLACEHOLDER.findall(PAGE)) + " %DATA%%SCRIPT% %TITLE%%STYLE%"
+
+
+def test_the_template_has_placeholders_to_attack():
+    assert set(PLACEHOLDER.findall(PAGE)) == {"TITLE", "STYLE", "DATA", "SCRIPT"}
+
+
+@pytest.fixture
+def placeholder_page(tmp_path):
+    sae, x, texts = planted_corpus(1600)
+    texts = [f"{PLACEHOLDER_TEXT} {t}" if i % 2 == 0 else t for i, t in enumerate(texts)]
+    z = sparse_activations(sae, x)
+    browser = browse_features(sae, x, texts, activations=z)
+    for feature in browser.features[::2]:
+        feature.label = [PLACEHOLDER_TEXT, *feature.label]
+    network = coactivation_network(z, threshold=0.3, min_support=5)
+    found = diagnose(z, x, texts, min_support=10)
+    title = f"SAE on {PLACEHOLDER_TEXT}.jsonl"
+    path = write_page(tmp_path / "page.html", browser, network, found, title=title)
+    return path, browser, network, found, title
+
+
+def test_placeholder_names_in_user_text_stay_text(placeholder_page):
+    path, browser, network, found, title = placeholder_page
+    html = path.read_text()
+    start = html.index('id="sae-data">') + len('id="sae-data">')
+    data = json.loads(html[start : html.index("</script>", start)])
+    assert data == json.loads(json.dumps(page_data(browser, network, found, title=title)))
+    assert html.count("const D = JSON.parse") == 1 and html.count("body{font:") == 1
+    assert f"<title>{title}</title>" in html
+
+
+@pytest.mark.chromium
+def test_placeholder_page_works_with_real_clicks(placeholder_page, tmp_path):
+    from devtools_pipe import Browser
+
+    path, browser, _, _, title = placeholder_page
+    with Browser(tmp_path / "profile") as page:
+        page.open(path)
+        assert page.evaluate("document.title") == title
+        assert page.evaluate("document.getElementById('title').textContent") == title
+        for feature in browser.features[:4]:
+            page.click(f'tr.feature[data-feature="{feature.index}"]')
+            items = page.evaluate(f"[...document.querySelectorAll('tr.examples[data-feature=\"{feature.index}\"] li')].map(li => li.textContent)")
+            assert items == [f"{e.activation:.3f}: {e.text}" for e in feature.examples]
+        labelled = browser.features[0]
+        cells = page.evaluate(f"[...document.querySelector('tr.feature[data-feature=\"{labelled.index}\"]').cells].map(c => c.textContent)")
+        assert cells[2] == ", ".join(labelled.label) and PLACEHOLDER_TEXT in cells[2]
+        page.click('circle.node[data-feature="4"]')
+        assert page.evaluate("document.querySelector('#neighbours h3').textContent").startswith("Feature 4: ")
+        assert [r[0] for r in page.evaluate("[...document.querySelectorAll('#neighbour-list tr[data-feature]')].map(r => [...r.cells].map(c => c.textContent))")] == ["5"]
+        assert page.console_errors() == []
+
+
+def crowded_network(n: int = 300) -> CoactivationNetwork:
+    """``n`` nodes on a few spots (as a spring layout of a dense corpus piles them), largest sizes."""
+    rng = np.random.default_rng(0)
+    spots = rng.uniform(0.3, 0.7, size=(6, 2))
+    nodes = [Node(i, frequency=0.01 + 0.5 * rng.random(), mean_activation=float(rng.uniform(0.5, 1.0)), community=0,
+                  x=float(spots[i % 6, 0] + rng.normal(0, 0.005)), y=float(spots[i % 6, 1])) for i in range(n)]
+    nodes[1].x, nodes[1].y = nodes[0].x, nodes[0].y  # two exactly coincident centres
+    edges = [Edge(i, i + 1, 5, 0.5, 0.5, 0.5) for i in range(0, n - 1, 2)]
+    return CoactivationNetwork(n_texts=1000, threshold=0.3, min_support=5, nodes=nodes, edges=edges, communities=[list(range(n))])
+
+
+def test_no_two_network_nodes_overlap():
+    from scipy.spatial.distance import pdist, squareform
+
+    from aquin_monitor.sae.page import network_drawing
+
+    drawing = network_drawing(crowded_network())
+    xy, r = np.column_stack([drawing["x"], drawing["y"]]), np.array(drawing["r"])
+    gaps = squareform(pdist(xy)) - (r[:, None] + r[None, :])
+    np.fill_diagonal(gaps, np.inf)
+    assert gaps.min() >= 0.9  # gap 1, positions rounded to 0.01
+    assert (xy - r[:, None] >= 0).all() and (xy + r[:, None] <= [drawing["width"], drawing["height"]]).all()
+    assert drawing["width"] > 640  # 300 circles of radius up to 12 do not fit 640 x 480 at 35 % cover
+
+
+def test_separate_circles_leaves_apart_circles_where_they_are():
+    unit = np.array([[0.1, 0.1], [0.9, 0.9]])
+    xy, size = separate_circles(unit, np.array([3.0, 3.0]), (100.0, 100.0))
+    assert size == (100.0, 100.0) and np.allclose(xy, 4.0 + unit * 92.0)
+
+
+@pytest.mark.chromium
+def test_every_network_node_opens_its_own_list(tmp_path):
+    from devtools_pipe import Browser
+
+    sae, x, texts = planted_corpus(640)
+    browser = browse_features(sae, x, texts)
+    network = crowded_network()
+    path = write_page(tmp_path / "page.html", browser, network, None, title="crowded")
+    with Browser(tmp_path / "profile") as page:
+        page.open(path)
+        opened = []
+        for node in network.nodes:
+            page.click(f'circle.node[data-feature="{node.index}"]')
+            opened.append(page.evaluate("document.querySelector('#neighbours h3').textContent.split(':')[0]"))
+        assert opened == [f"Feature {node.index}" for node in network.nodes]
+        assert page.console_errors() == []

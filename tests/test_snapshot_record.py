@@ -86,8 +86,9 @@ def test_completed_replace_with_a_leftover_old_copy_keeps_the_new_one(tmp_path):
     make(4, 0.4).save(tmp_path)
     (tmp_path / "snapshots" / ".4-old").mkdir()  # the final rmtree was interrupted
     (tmp_path / "snapshots" / ".4-abcd_123").mkdir()  # a temp folder of an earlier version (mkdtemp)
-    repairs = recover_snapshots(tmp_path)
-    assert len(repairs) == 2
+    with pytest.warns(RuntimeWarning, match="repaired .* after a killed save: removed") as caught:
+        repairs = recover_snapshots(tmp_path)
+    assert len(repairs) == 2 and len(caught) == 1  # one warning for both repairs
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["4"]
     assert Snapshot.load(tmp_path / "snapshots" / "4").metrics["geometry/anisotropy"] == pytest.approx(0.4)
 

@@ -25,12 +25,15 @@ from typing import Any
 from .._optional import require
 from ..cli_tools import (
     InputError,
+    bounded_float,
     cache_option,
+    check_command_text,
     declare_outputs,
     embed_texts,
     emit,
     finite_float,
     load_sae_for,
+    non_negative_int,
     positive_int,
     read_corpus,
 )
@@ -70,9 +73,7 @@ def _check_feature(sae: Any, feature: int, name: str) -> None:
 
 
 def _check_text(text: str, what: str) -> str:
-    if not text.strip():
-        raise InputError("<command line>", "empty text", field=what)
-    return text
+    return check_command_text(text, what)  # not empty, no NUL, valid Unicode (non-UTF-8 argv bytes)
 
 
 def _emit_analysis(result: Any, args: argparse.Namespace, summary: str) -> Any:
@@ -157,8 +158,11 @@ def _steer(args: argparse.Namespace) -> Any:
     _check_feature(sae, args.feature, args.sae)
     q = embed_texts(model, [query], args)[0]
     documents = embed_texts(model, doc_texts, args, chunk_size=256)
-    result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
-                   labels=labels, query_text=query)
+    try:
+        result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
+                       labels=labels, query_text=query)
+    except ValueError as error:  # a steered query that is not finite: say which flag made it
+        raise InputError("<command line>", str(error), field="--delta") from None
     lines = [f"feature {_named(args.feature, result.label)}: z {result.activation_before:.4f} -> {result.activation_after:.4f}"
              f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"]
     for name, hits in (("before", result.before), ("after", result.after)):
@@ -275,7 +279,7 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "recompute NDCG@10, and compare with ablating random features of the same activation mass.")
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
-    p.add_argument("--random", type=int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
+    p.add_argument("--random", type=non_negative_int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
                    help="document search (aquin_monitor.search): auto is exact up to 100,000 documents (default auto)")
@@ -292,5 +296,5 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", metavar="NAME")
     p.add_argument("--model-a", default=None, help="model of SAE_A (default: recorded in its cfg.json)")
     p.add_argument("--model-b", default=None, help="model of SAE_B (default: recorded in its cfg.json)")
-    p.add_argument("--threshold", type=finite_float, default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
+    p.add_argument("--threshold", type=bounded_float(-1.0, 1.0), default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
     p.set_defaults(handler=_match)

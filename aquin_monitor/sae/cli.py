@@ -97,6 +97,44 @@ def config_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, str]:
     return flags
 
 
+def _check_train_out(out: Path) -> None:
+    """``--out`` is a new or empty folder: never a run folder (DESIGN.md: a run folder is written only by its run)
+    nor any folder holding files (another tool's, or an earlier SAE whose metrics.jsonl would be appended to).
+    (That it can be made at all is :func:`~aquin_monitor.cli_tools.check_output_dir`'s, run before this.)"""
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if CHECKPOINT_NAME in held:  # an interrupted sae train of this folder: resumed, not refused
+        return
+    if held:
+        from ..runlock import LOCK_NAME
+
+        run = [name for name in held if name in ("snapshots", "evaluations.jsonl", "report.html", "sae.html", LOCK_NAME)]
+        kind = "a training run folder" if run else "an earlier SAE" if "cfg.json" in held else "not empty"
+        shown = ", ".join(held[:6]) + (f", ... ({len(held)} entries)" if len(held) > 6 else "")
+        raise InputError(out, f"{kind} (holds {shown}); sae train writes only into a new or empty folder: "
+                         "choose another --out", field="--out")
+
+
+def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
+    """``--k`` at most ``--num-latents`` (either chosen by default from the corpus size and the model's declared
+    dimension) and ``--lr`` > 0: checked before the model loads."""
+    import os
+
+    from ..encoders import declared_dimension
+    from .train import choose_sizes
+
+    if args.lr is not None and not args.lr > 0:
+        raise InputError("<command line>", f"must be > 0, got {args.lr:g}", field="--lr")
+    dimension = declared_dimension(location) if os.path.isdir(location) else None
+    latents, k = args.num_latents, args.k
+    if dimension is not None:
+        default_latents, default_k, _ = choose_sizes(n_texts, dimension)
+        latents, k = latents or default_latents, k or default_k
+    if latents is not None and k is not None and k > latents:
+        flag = "--k" if args.k else "--num-latents"
+        raise InputError("<command line>", f"k = {k} active features cannot exceed num_latents = {latents}"
+                         + ("" if args.k and args.num_latents else " (the other one by default)"), field=flag)
+
+
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from ..encoders import resolve_model
     from .train_dist import launched_by_torchrun
@@ -109,6 +147,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
     resolve_model(args.model)
     out = Path(args.out)
+    _check_train_out(out)
+    _check_sizes(args, len(texts) if texts is not None else len(source), resolve_model(args.model))
     out.mkdir(parents=True, exist_ok=True)
     config.checkpoint = config.checkpoint or str(out / CHECKPOINT_NAME)
     if texts is not None:

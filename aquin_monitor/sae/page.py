@@ -33,6 +33,7 @@ import dataclasses
 import html
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ def page_data(
     }
     if network is not None:
         data["network"] = dataclasses.asdict(network)
+        data["drawing"] = network_drawing(network)
     if diagnostics is not None:
         found = dataclasses.asdict(diagnostics)
         merged = [p for p in found["polysemy"] if p["merged"]]
@@ -82,6 +84,66 @@ def page_data(
         found["polysemy"] = found["polysemy"][:polysemy_rows]
         data["diagnostics"] = found
     return data
+
+
+def network_drawing(network: CoactivationNetwork, *, width: float = 640.0, height: float = 480.0,
+                    gap: float = 1.0) -> dict[str, Any]:
+    """Pixel positions and radii of the network's nodes, no two circles overlapping, so every node can be clicked.
+
+    Radius ``r = 3 + 9·sqrt(mean activation / largest mean activation)``; the spring layout's
+    ``[0, 1]²`` positions are scaled to the canvas, then :func:`separate_circles` pushes apart any
+    two circles closer than ``r_i + r_j + gap`` (growing the canvas when they do not fit).
+
+    Returns:
+        ``{"width", "height", "x", "y", "r"}``, the last three one entry per node, in ``network.nodes`` order.
+    """
+    means = np.array([n.mean_activation for n in network.nodes], dtype=np.float64)
+    radius = 3.0 + 9.0 * np.sqrt(means / max(float(means.max(initial=0.0)), 1e-9))
+    xy = np.array([[n.x, n.y] for n in network.nodes], dtype=np.float64).reshape(-1, 2)
+    xy, size = separate_circles(xy, radius, (width, height), gap=gap)
+    return {"width": size[0], "height": size[1], "x": xy[:, 0].round(2).tolist(), "y": xy[:, 1].round(2).tolist(),
+            "r": radius.round(2).tolist()}
+
+
+def separate_circles(unit_xy: np.ndarray, radius: np.ndarray, size: tuple[float, float], *, gap: float = 1.0,
+                     rounds: int = 300) -> tuple[np.ndarray, tuple[float, float]]:
+    """Circle centres in a ``size`` canvas (grown if needed) where ``‖c_i − c_j‖ ≥ r_i + r_j + gap`` for all pairs.
+
+    ``unit_xy`` [n, 2] in ``[0, 1]²`` is scaled to the canvas (a margin of the largest radius); then,
+    each round, every overlapping pair is pushed apart along the line of its centres by half its
+    overlap each (coincident centres along a fixed angle per node), and centres are clamped inside.
+    When ``rounds`` rounds leave an overlap, the canvas grows by 20 % and the pass repeats. The
+    canvas starts at least large enough for the circles to cover at most 35 % of it.
+
+    >>> xy, size = separate_circles(np.array([[0.5, 0.5], [0.5, 0.5]]), np.array([5.0, 5.0]), (100, 100))
+    >>> bool(np.linalg.norm(xy[0] - xy[1]) >= 11), size
+    (True, (100.0, 100.0))
+    """
+    n = len(radius)
+    width, height = float(size[0]), float(size[1])
+    if n == 0:
+        return np.zeros((0, 2)), (width, height)
+    covered = float(np.sum(np.pi * (radius + gap) ** 2))
+    grow = max(1.0, float(np.sqrt(covered / (0.35 * width * height))))
+    width, height = width * grow, height * grow
+    angle = np.arange(n) * 2.399963  # golden angle: coincident centres part in different directions
+    fallback = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    need = radius[:, None] + radius[None, :] + gap
+    while True:
+        pad = float(radius.max()) + gap
+        xy = pad + np.clip(unit_xy, 0.0, 1.0) * [width - 2 * pad, height - 2 * pad]
+        for _ in range(rounds):
+            delta = xy[:, None, :] - xy[None, :, :]
+            distance = np.linalg.norm(delta, axis=2)
+            overlap = np.triu(need - distance, k=1) > 0
+            if not overlap.any():
+                return xy, (round(width, 2), round(height, 2))
+            direction = np.where(distance[..., None] > 1e-9, delta / np.maximum(distance, 1e-9)[..., None],
+                                 fallback[:, None, :] - fallback[None, :, :])
+            push = np.where(overlap | overlap.T, (need - distance) / 2 + 1e-3, 0.0)[..., None] * direction
+            xy = xy + push.sum(axis=1)
+            xy = np.clip(xy, radius[:, None] + gap / 2, [width, height] - radius[:, None] - gap / 2)
+        width, height = width * 1.2, height * 1.2
 
 
 def _script_json(data: dict[str, Any]) -> str:
@@ -108,8 +170,27 @@ def render_page(
         A complete, self-contained HTML document.
     """
     data = _script_json(page_data(browser, network, diagnostics, title=title))
-    return (PAGE.replace("%TITLE%", html.escape(title)).replace("%STYLE%", STYLE)
-            .replace("%DATA%", data).replace("%SCRIPT%", SCRIPT))
+    return fill_placeholders(PAGE, {"TITLE": html.escape(title), "STYLE": STYLE, "DATA": data, "SCRIPT": SCRIPT})
+
+
+#: A placeholder of the page template: ``%NAME%``.
+PLACEHOLDER = re.compile(r"%([A-Z]+)%")
+
+
+def fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """``template`` with each ``%NAME%`` replaced by ``values[NAME]`` in ONE pass over the template.
+
+    The inserted values are never scanned again, so user text that happens to spell a placeholder
+    (a corpus text ``%SCRIPT%``, a file name ``%DATA%``) stays text. (Chained ``str.replace`` calls
+    would substitute the page's script into the data.) Every placeholder must have a value.
+
+    >>> fill_placeholders("<b>%A%</b><i>%B%</i>", {"A": "%B%", "B": "x"})
+    '<b>%B%</b><i>x</i>'
+    """
+    missing = set(PLACEHOLDER.findall(template)) - set(values)
+    if missing:
+        raise KeyError(f"no value for placeholder(s) {sorted(missing)}")
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
 def analyse_corpus(
@@ -181,7 +262,7 @@ PAGE = """<!DOCTYPE html>
 <table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
 </section>
 <section id="network"><h2>Co-activation network</h2><p id="network-note"></p>
-<div class="net"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg>
+<div class="net"><div class="graph-box"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg></div>
 <div id="neighbours"><p>Click a node to list its neighbours.</p></div></div></section>
 <section id="diagnostics"><h2>Diagnostics</h2><h3>Absorption pairs</h3><p id="absorption-note"></p>
 <table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
@@ -201,7 +282,7 @@ table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px 
 th{background:#f3f3f3}tr.feature{cursor:pointer}tr.feature:hover{background:#f6f9ff}tr.feature.open{background:#eef4ff}
 td.num{text-align:right;font-variant-numeric:tabular-nums}ul.texts{margin:0;padding-left:1.1em}
 tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
-.net{display:flex;gap:1em;align-items:flex-start}#graph{border:1px solid #ddd;background:#fff}
+.net{display:flex;gap:1em;align-items:flex-start}.graph-box{overflow:auto;max-width:760px;max-height:640px;flex:none}#graph{border:1px solid #ddd;background:#fff}
 circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
 line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
 section{margin-top:1.5em}nav a{color:#1a4f8b}
@@ -256,8 +337,9 @@ const panel = document.getElementById('neighbours');
 if(!N){ document.getElementById('network').hidden = true; }
 else {
   document.getElementById('network-note').textContent = N.nodes.length+' features, '+N.edges.length+' edges ('+N.normalisation+'; edge when NPMI ≥ '+N.threshold+' on at least '+N.min_support+' shared texts), '+N.communities.length+' communities (Louvain). Size: mean activation; colour: frequency (log scale).';
-  const pos = {}; const W=640, H=480, pad=24;
-  N.nodes.forEach(n=>{pos[n.index]=[pad+n.x*(W-2*pad), pad+n.y*(H-2*pad)];});
+  const P = D.drawing, pos = {}, radius = {};  // laid out without overlaps: each node's centre is its own
+  svg.setAttribute('viewBox', '0 0 '+P.width+' '+P.height); svg.setAttribute('width', P.width); svg.setAttribute('height', P.height);
+  N.nodes.forEach((n, i)=>{pos[n.index]=[P.x[i], P.y[i]]; radius[n.index]=P.r[i];});
   const adj = {}; N.nodes.forEach(n=>{adj[n.index]=[];});
   N.edges.forEach(function(e){
     adj[e.source].push({other:e.target, count:e.count, p:e.p_target_given_source, q:e.p_source_given_target, npmi:e.npmi});
@@ -267,7 +349,6 @@ else {
     l.setAttribute('stroke-width', String(0.5+2*e.npmi)); svg.appendChild(l);
   });
   const freqs = N.nodes.map(n=>Math.log10(n.frequency)); const lo=Math.min.apply(null,freqs), hi=Math.max.apply(null,freqs);
-  const means = N.nodes.map(n=>n.mean_activation); const mmax = Math.max.apply(null, means.concat([1e-9]));
   function colour(f){const t = hi>lo? (Math.log10(f)-lo)/(hi-lo) : 0.5; return 'hsl('+(260-220*t)+',70%,'+(35+25*t)+'%)';}
   function show(n, circle){
     svg.querySelectorAll('circle.selected').forEach(c=>c.classList.remove('selected')); circle.classList.add('selected');
@@ -284,7 +365,7 @@ else {
   N.nodes.forEach(function(n){
     const c = document.createElementNS(NS,'circle'); c.setAttribute('class','node'); c.dataset.feature = n.index;
     c.setAttribute('cx',pos[n.index][0]); c.setAttribute('cy',pos[n.index][1]);
-    c.setAttribute('r', String(3+9*Math.sqrt(n.mean_activation/mmax))); c.setAttribute('fill', colour(n.frequency));
+    c.setAttribute('r', String(radius[n.index])); c.setAttribute('fill', colour(n.frequency));
     const tip = document.createElementNS(NS,'title'); tip.textContent = 'feature '+n.index+': '+label(n.index); c.appendChild(tip);
     c.addEventListener('click', ()=>show(n, c)); svg.appendChild(c);
   });

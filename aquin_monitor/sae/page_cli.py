@@ -26,11 +26,11 @@ from typing import Any
 
 from ..cli_tools import (
     InputError,
+    bounded_float,
     cache_option,
     declare_outputs,
     embed_texts,
     emit,
-    finite_float,
     load_sae_for,
     positive_int,
     read_corpus,
@@ -158,7 +158,7 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     cache_option(shared)
-    shared.add_argument("--threshold", type=finite_float, default=0.9, help="absorption: least P(B | A) (default 0.9)")
+    shared.add_argument("--threshold", type=bounded_float(0.0, 1.0), default=0.9, help="absorption: least P(B | A) (default 0.9)")
     shared.add_argument("--min-support", type=positive_int, default=10, metavar="N",
                         help="least texts for an absorption pair or a network edge (default 10)")
     shared.add_argument("--show", type=positive_int, default=20, metavar="N", help="rows printed (default 20)")
@@ -168,7 +168,7 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                                  "network and the absorption/polysemy diagnostics; --html writes one self-contained page.")
     browse.add_argument("--html", metavar="OUT", default=None, help="write the interactive page to OUT")
     browse.add_argument("--examples", type=positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)")
-    browse.add_argument("--npmi", type=finite_float, default=0.3, help="least NPMI of a network edge (default 0.3)")
+    browse.add_argument("--npmi", type=bounded_float(-1.0, 1.0), default=0.3, help="least NPMI of a network edge (default 0.3)")
     browse.set_defaults(handler=_browse)
     declare_outputs(browse, files=["--html"])
 

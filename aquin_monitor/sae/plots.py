@@ -21,9 +21,9 @@ def _figure(*args: Any, **kwargs: Any):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from ..plots import PlainTextFigure
 
-    return Figure(*args, **kwargs)
+    return PlainTextFigure(*args, **kwargs)
 
 
 def feature_density_figure(frequency: np.ndarray, *, title: str = "feature density"):

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -76,11 +77,17 @@ def steered_query(sae: Any, q: Any, feature: int, delta: float) -> tuple[np.ndar
     query = torch.as_tensor(np.asarray(q, dtype=np.float32)).reshape(1, -1)
     if query.shape[1] != sae.d_in:
         raise ValueError(f"query: expected a {sae.d_in}-dimensional embedding, got {query.shape[1]}")
+    if not (math.isfinite(float(delta)) and bool(torch.isfinite(query).all())):
+        raise ValueError(f"delta {delta} and the query must be finite")
     with torch.no_grad():
         z_f = float(sae.encode(query)[0, feature])
         z_new = max(z_f + float(delta), 0.0)
         moved = query.double() + (z_new - z_f) * sae.W_dec[feature].detach().double()
+        # scaled by its largest entry first: the norm of a huge move (delta 1e308) would overflow to inf
+        moved = moved / moved.abs().max().clamp_min(1e-300)
         moved = moved / moved.norm().clamp_min(1e-12)
+    if not (math.isfinite(z_new) and bool(torch.isfinite(moved).all()) and float(moved.norm()) > 0.5):
+        raise ValueError(f"steering feature {feature} by {delta:g} gives no finite unit query")
     return moved[0].float().numpy(), z_f, z_new
 
 

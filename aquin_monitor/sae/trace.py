@@ -141,7 +141,7 @@ def trace_figure(trace: LayerTrace) -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from ..plots import PlainTextFigure
 
     features = [trace.feature] + sorted({c["feature"] for layer in trace.co_active for c in layer} - {trace.feature})
     grid = np.zeros((len(features), len(trace.activations)))
@@ -150,7 +150,7 @@ def trace_figure(trace: LayerTrace) -> Any:
     for column, layer in enumerate(trace.co_active):
         for c in layer:
             grid[row_of[c["feature"]], column] = c["activation"]
-    figure = Figure(figsize=(1.0 + 0.5 * grid.shape[1], 1.0 + 0.25 * len(features)))
+    figure = PlainTextFigure(figsize=(1.0 + 0.5 * grid.shape[1], 1.0 + 0.25 * len(features)))
     axis = figure.add_subplot()
     image = axis.imshow(grid, aspect="auto", cmap="viridis")
     axis.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])])

@@ -22,7 +22,15 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["LightningEmbeddingMonitor", "TrainerEmbeddingMonitor", "monitored", "SnapshotRunner", "SnapshotEvaluator", "read_probe", "load_model"]
+__all__ = [
+    "LightningEmbeddingMonitor",
+    "TrainerEmbeddingMonitor",
+    "monitored",
+    "SnapshotRunner",
+    "SnapshotEvaluator",
+    "read_probe",
+    "load_model",
+]
 
 # public name -> module that defines it (relative to this package)
 _HOMES = {

@@ -1,4 +1,5 @@
-"""``python -m aquin_monitor`` = the ``aquin-monitor`` command (and what ``torchrun -m aquin_monitor ...`` starts on every rank)."""
+"""``python -m aquin_monitor`` = the ``aquin-monitor`` command (and what ``torchrun -m aquin_monitor ...`` starts on
+every rank)."""
 
 import sys
 

@@ -26,10 +26,11 @@ def require(module: str, purpose: str) -> ModuleType:
 
     >>> require("json", "reading JSON").__name__
     'json'
-    >>> require("tensorboard.no_such_module", "Writing TensorBoard events")
+    >>> require("tensorboard.no_such_module", "Writing TensorBoard events")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    aquin_monitor._optional.MissingDependencyError: Writing TensorBoard events needs the optional dependency 'tensorboard.no_such_module', which is not installed: pip install 'aquin-monitor[tensorboard]'
+    aquin_monitor._optional.MissingDependencyError: Writing TensorBoard events needs the optional dependency
+    'tensorboard.no_such_module', which is not installed: pip install 'aquin-monitor[tensorboard]'
     """
     try:
         return importlib.import_module(module)

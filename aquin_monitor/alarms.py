@@ -119,7 +119,8 @@ class GradientAnomalyDetector:
                             name,
                             value,
                             step,
-                            f"gradient of {name} collapsed to {value:.3g} (median of its last {int(counts[i])} steps: {med[i]:.3g}) at step {step}",
+                            f"gradient of {name} collapsed to {value:.3g} (median of its last {int(counts[i])} steps: "
+                            f"{med[i]:.3g}) at step {step}",
                         )
                     )
                 # a collapsed value is not history: keep the healthy median as the reference
@@ -134,7 +135,8 @@ class GradientAnomalyDetector:
                             name,
                             value,
                             step,
-                            f"gradient of {name} spiked to {value:.3g}, {value / med[i]:.1f}x its median {med[i]:.3g} (robust z {z:.1f}) at step {step}",
+                            f"gradient of {name} spiked to {value:.3g}, {value / med[i]:.1f}x its median {med[i]:.3g} "
+                            f"(robust z {z:.1f}) at step {step}",
                         )
                     )
             self._history[i, (self._steps_seen - 1) % cfg.window] = value
@@ -147,14 +149,19 @@ class GradientAnomalyDetector:
                 continue
             if i in no_gradient and not name.startswith("layer."):
                 continue  # e.g. the pooler sentence-transformers never uses
-            why = "has had no gradient" if i in no_gradient else f"has had a gradient norm below {self.config.dead_floor:g}"
+            why = (
+                "has had no gradient"
+                if i in no_gradient
+                else f"has had a gradient norm below {self.config.dead_floor:g}"
+            )
             found.append(
                 self._emit(
                     "dead_layer",
                     name,
                     g[i],
                     step,
-                    f"{name} {why} on every step since the start ({self._steps_seen} steps): its output does not reach the loss (step {step})",
+                    f"{name} {why} on every step since the start ({self._steps_seen} steps): "
+                    f"its output does not reach the loss (step {step})",
                 )
             )
         return found
@@ -238,7 +245,8 @@ class GapNarrowingCheck:
     after an alarm it stays quiet for one window.
 
     >>> check = GapNarrowingCheck(AlarmConfig(gap_window=4))
-    >>> [check.update(s, gap, loss) for s, (gap, loss) in enumerate([(0.5, 2.0), (0.5, 2.0), (0.3, 1.0), (0.3, 1.0)], 1)][-1].kind
+    >>> [check.update(s, gap, loss) for s, (gap, loss) in
+    ...  enumerate([(0.5, 2.0), (0.5, 2.0), (0.3, 1.0), (0.3, 1.0)], 1)][-1].kind
     'gap_narrowing'
     """
 
@@ -268,7 +276,8 @@ class GapNarrowingCheck:
             "gap_narrowing",
             None,
             f"positive-negative similarity gap narrowed from {gap_before:.3f} to {gap_now:.3f} over the last "
-            f"{cfg.gap_window} steps while the loss fell ({loss_before:.3f} -> {loss_now:.3f}): negatives are being pulled in",
+            f"{cfg.gap_window} steps while the loss fell ({loss_before:.3f} -> {loss_now:.3f}): "
+            "negatives are being pulled in",
             float(gap_now),
         )
 

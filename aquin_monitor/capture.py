@@ -81,7 +81,9 @@ class ContrastiveTap:
         self.enabled = True
         self.keep_samples = False  # set by the monitor on steps that log histograms
         self._lock = threading.Lock()
-        self._armed: Callable[[], None] | None = None  # called when the backward pass of the next reported tensor begins
+        self._armed: Callable[[], None] | None = (
+            None  # called when the backward pass of the next reported tensor begins
+        )
         self._reset()
 
     def _reset(self) -> None:
@@ -93,7 +95,9 @@ class ContrastiveTap:
         self._deferred: list[tuple] = []
         self._deferred_elements = 0
 
-    def add(self, sums: ContrastiveSums, positives: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> None:
+    def add(
+        self, sums: ContrastiveSums, positives: torch.Tensor | None = None, negatives: torch.Tensor | None = None
+    ) -> None:
         """Add reduced statistics; histogram samples are kept when given (the reporter decides)."""
         with self._lock:
             self._sums = sums if self._sums is None else self._sums + sums
@@ -286,7 +290,9 @@ def report_triplet(
 
     def reduce(dp: torch.Tensor, dn: torch.Tensor, keep: bool):
         sums = triplet_sums(dp, dn, distance_is_cosine=distance_is_cosine)
-        return (sums, *triplet_similarities(dp, dn, distance_is_cosine=distance_is_cosine)) if keep else (sums, None, None)
+        return (
+            (sums, *triplet_similarities(dp, dn, distance_is_cosine=distance_is_cosine)) if keep else (sums, None, None)
+        )
 
     def _add() -> None:
         check_triplet(positive_distance, negative_distance)
@@ -338,7 +344,11 @@ class _Recording:
 
 def _innermost_loss(loss: nn.Module) -> nn.Module:
     inner: Any = loss  # losses are nn.Modules with attributes torch cannot type (.loss, .similarity_fct)
-    while isinstance(getattr(inner, "loss", None), nn.Module) and not _owns(inner, "similarity_fct") and not _owns(inner, "distance_metric"):
+    while (
+        isinstance(getattr(inner, "loss", None), nn.Module)
+        and not _owns(inner, "similarity_fct")
+        and not _owns(inner, "distance_metric")
+    ):
         inner = inner.loss
     return inner
 
@@ -622,7 +632,10 @@ def monitored(loss: nn.Module, tap: ContrastiveTap | None = None) -> MonitoredLo
             >>> model = load_model(device="cpu").train()
             >>> tap = ContrastiveTap()
             >>> loss = monitored(MultipleNegativesRankingLoss(model), tap=tap)
-            >>> features = [model.preprocess(["a cat sleeps", "stocks fell"]), model.preprocess(["a kitten naps", "shares dropped"])]
+            >>> features = [
+            ...     model.preprocess(["a cat sleeps", "stocks fell"]),
+            ...     model.preprocess(["a kitten naps", "shares dropped"]),
+            ... ]
             >>> _ = torch.manual_seed(0)  # the same dropout masks for both runs
             >>> value = loss(features, None)
             >>> _ = torch.manual_seed(0)

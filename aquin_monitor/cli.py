@@ -62,7 +62,6 @@ EXIT_OK, EXIT_MISSING_DEPENDENCY, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE: what a shell shows for either
 
 
-
 # --------------------------------------------------------------------------------------------
 # Commands
 
@@ -81,9 +80,20 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     probe = _usable_probe(read_probe(args.probe))
     check_model(args.model, adapter=args.adapter)
     note(probe.summary())
-    runner = SnapshotRunner(probe, batch_size=args.batch_size, umap=not args.no_umap, show_progress=args.progress,
-                            max_attention_texts=args.attention_texts)
-    snap = runner.take(_cached_model(args.model, args, args.adapter), 0, tag="inspect", model_name=args.model, diff_against_history=False)
+    runner = SnapshotRunner(
+        probe,
+        batch_size=args.batch_size,
+        umap=not args.no_umap,
+        show_progress=args.progress,
+        max_attention_texts=args.attention_texts,
+    )
+    snap = runner.take(
+        _cached_model(args.model, args, args.adapter),
+        0,
+        tag="inspect",
+        model_name=args.model,
+        diff_against_history=False,
+    )
     if args.run_dir:
         _save_inspect_snapshot(snap, args.run_dir)
     result: dict[str, Any] = {
@@ -100,7 +110,8 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
-    """inspect --store: the geometry of every stored row (exact where streamed, else on a seeded sample); no model loads."""
+    """inspect --store: the geometry of every stored row (exact where streamed, else on a seeded sample); no model
+    loads."""
     from .corpus_geometry import corpus_geometry
     from .embedding_cache import model_fingerprint
     from .encoders import resolve_model
@@ -110,8 +121,12 @@ def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
     if args.model is not None:
         location = resolve_model(args.model)
         if os.path.isdir(location) and model_fingerprint(location, args.adapter) != store.manifest.model_fingerprint:
-            raise InputError(Path(args.store) / "manifest.json", f"the store was written by another model than "
-                             f"{args.model!r} (its files differ)", line=1, field="model_fingerprint")
+            raise InputError(
+                Path(args.store) / "manifest.json",
+                f"the store was written by another model than {args.model!r} (its files differ)",
+                line=1,
+                field="model_fingerprint",
+            )
     found = corpus_geometry(store, sample_rows=args.sample_rows)
     note(found.details()["sample_note"])
     result: dict[str, Any] = {
@@ -143,8 +158,9 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     query_texts, doc_texts = data.query_texts(), data.doc_texts()
     # embeddings come from the on-disk cache when this model's files have embedded these texts before
-    query_emb, doc_emb, (query_prompt, document_prompt) = _cached_model(args.model, args, args.adapter).retrieval_embeddings(
-        query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress)
+    query_emb, doc_emb, (query_prompt, document_prompt) = _cached_model(
+        args.model, args, args.adapter
+    ).retrieval_embeddings(query_texts, doc_texts, batch_size=args.batch_size, show_progress=args.progress)
 
     report, by_category, search = evaluate_retrieval_set(data, query_emb, doc_emb, index=args.index)
     if search.index != "exact":
@@ -163,14 +179,19 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "search": search.to_json(),
     }
     if cross_encoder is not None:
-        candidates = SearchIndex(doc_emb, index=args.index, expected_queries=len(query_emb)).search(
-            query_emb, args.rerank_k).indices
+        candidates = (
+            SearchIndex(doc_emb, index=args.index, expected_queries=len(query_emb))
+            .search(query_emb, args.rerank_k)
+            .indices
+        )
         scores: dict[tuple[str, str], float] = {}  # a pair scored once, even when a query is ranked per category too
 
         def score_pairs(pairs: list[tuple[str, str]]):
             todo = list(dict.fromkeys(p for p in pairs if p not in scores))
             if todo:
-                scores.update(zip(todo, cross_encoder.predict(todo, batch_size=args.batch_size, show_progress_bar=args.progress)))
+                scores.update(
+                    zip(todo, cross_encoder.predict(todo, batch_size=args.batch_size, show_progress_bar=args.progress))
+                )
             return [scores[p] for p in pairs]
 
         relevant, _, categories = data.positional()
@@ -180,8 +201,14 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         split = data.positional_category_rows()  # categories given per pair: one row per (query, category)
         if split is not None:
             rows, row_relevant, _, row_categories = split
-            reranked = rerank([query_texts[r] for r in rows], doc_texts, candidates[rows], score_pairs, row_relevant,
-                              categories=row_categories)
+            reranked = rerank(
+                [query_texts[r] for r in rows],
+                doc_texts,
+                candidates[rows],
+                score_pairs,
+                row_relevant,
+                categories=row_categories,
+            )
         if categories or split is not None:
             for category, values in reranked.by_category().items():
                 by_category[str(category)].update(values)
@@ -209,8 +236,16 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         note(retrieval.summary())
     runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
     # One model in memory at a time (and none when the cache holds both passes).
-    before = runner.take(_cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False)
-    after = runner.take(_cached_model(args.other, args, args.adapter), 1, tag="checkpoint", model_name=args.other, diff_against_history=False)
+    before = runner.take(
+        _cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False
+    )
+    after = runner.take(
+        _cached_model(args.other, args, args.adapter),
+        1,
+        tag="checkpoint",
+        model_name=args.other,
+        diff_against_history=False,
+    )
     change = diff(before, after, name="base")
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
@@ -243,20 +278,34 @@ def _embed(args: argparse.Namespace) -> dict[str, Any]:
 
     devices = _embed_devices(args)
     check_model(args.model)
-    writer = open_store_for(args.out, model_location=resolve_model(args.model), corpus=args.corpus, dtype=args.dtype,
-                            shard_rows=args.shard_rows)
+    writer = open_store_for(
+        args.out,
+        model_location=resolve_model(args.model),
+        corpus=args.corpus,
+        dtype=args.dtype,
+        shard_rows=args.shard_rows,
+    )
     encoded = 0
     if writer.complete:
         note(f"{args.out}: the store is already complete ({writer.manifest.count:,} rows); nothing to encode")
     else:
         if writer.rows_written:
             note(f"{args.out}: resuming after row {writer.rows_written:,} of {writer.manifest.count:,}")
-        model = load_model(args.model, device=devices[0] if devices and len(devices) == 1 else ("cpu" if devices else None))
+        model = load_model(
+            args.model, device=devices[0] if devices and len(devices) == 1 else ("cpu" if devices else None)
+        )
         with shard_encoder(model, devices, batch_size=args.batch_size) as encode:
             encoded = fill_store(writer, args.corpus, encode, show_progress=args.progress)
     manifest = writer.manifest
-    result = {"command": "embed", "out": str(args.out), "rows": manifest.count, "dimension": manifest.dimension,
-              "dtype": manifest.dtype, "shards": len(manifest.shards), "encoded": encoded}
+    result = {
+        "command": "embed",
+        "out": str(args.out),
+        "rows": manifest.count,
+        "dimension": manifest.dimension,
+        "dtype": manifest.dtype,
+        "shards": len(manifest.shards),
+        "encoded": encoded,
+    }
     emit(result, args.json, _metrics_table({k: v for k, v in result.items() if k != "command"}))
     return result
 
@@ -275,7 +324,9 @@ def _embed_devices(args: argparse.Namespace) -> list[str] | None:
         try:
             device = torch.device(name.strip())
         except (RuntimeError, ValueError):
-            raise InputError("<command line>", f"{name!r} is not a torch device (e.g. cpu, cuda:0)", field=option) from None
+            raise InputError(
+                "<command line>", f"{name!r} is not a torch device (e.g. cpu, cuda:0)", field=option
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("<command line>", f"{name!r}: CUDA is not available on this machine", field=option)
     return [name.strip() for name in names]
@@ -297,8 +348,12 @@ def _cached_model(name: str, args: argparse.Namespace, adapter: str | None):
     from .encoders import declared_dimension, resolve_model
 
     location = resolve_model(name)
-    return CachedModel(lambda: _load_model(name, args, adapter), model_fingerprint(location, adapter), enabled=args.cache,
-                       dimension=declared_dimension(location))
+    return CachedModel(
+        lambda: _load_model(name, args, adapter),
+        model_fingerprint(location, adapter),
+        enabled=args.cache,
+        dimension=declared_dimension(location),
+    )
 
 
 def _gap_summary(report) -> dict[str, Any]:
@@ -331,9 +386,13 @@ def _usable_probe(probe):
     """``probe`` if a snapshot can be taken of it; else an :class:`~aquin_monitor.cli_tools.InputError`
     naming the file (found now, not after the model has loaded)."""
     if len(probe.texts) < MIN_PROBE_TEXTS:
-        raise InputError(probe.source, f"a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}", field="--probe")
+        raise InputError(
+            probe.source, f"a probe needs at least {MIN_PROBE_TEXTS} texts, got {len(probe.texts)}", field="--probe"
+        )
     if len(set(probe.texts)) == 1:
-        raise InputError(probe.source, f"all {len(probe.texts)} texts are identical; a probe needs different texts", field="--probe")
+        raise InputError(
+            probe.source, f"all {len(probe.texts)} texts are identical; a probe needs different texts", field="--probe"
+        )
     return probe
 
 
@@ -348,8 +407,14 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 def _check_store_folder(out: Path) -> None:
     """``embed --out`` writes a store: into a new or empty folder, or one holding a store (to resume)."""
-    if out.is_dir() and not (out / "manifest.json").is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise InputError(out, "the folder holds other files and no embedding store; give a new or empty folder", field="--out")
+    if (
+        out.is_dir()
+        and not (out / "manifest.json").is_file()
+        and any(not p.name.startswith(".") for p in out.iterdir())
+    ):
+        raise InputError(
+            out, "the folder holds other files and no embedding store; give a new or empty folder", field="--out"
+        )
 
 
 def _check_inspect_run_dir(run_dir: Path) -> None:
@@ -363,8 +428,10 @@ def _check_inspect_run_dir(run_dir: Path) -> None:
     tag = snapshot_tag(run_dir, 0)
     if tag not in (None, "inspect"):
         raise InputError(
-            run_dir, f"{run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
-            "inspect never replaces another kind of snapshot: choose another --run-dir", field="--run-dir"
+            run_dir,
+            f"{run_dir / 'snapshots' / '0'} holds a {tag!r} snapshot, not an inspect one; "
+            "inspect never replaces another kind of snapshot: choose another --run-dir",
+            field="--run-dir",
         )
 
 
@@ -384,12 +451,16 @@ def _check_run_folder(run_dir: str) -> None:
     """``report`` reads a run folder: refuse anything else before writing report.html into it."""
     folder = Path(run_dir)
     if not folder.is_dir():
-        raise InputError(folder, "no such folder" if not folder.exists() else "is a file, not a run folder", field="RUN_DIR")
+        raise InputError(
+            folder, "no such folder" if not folder.exists() else "is a file, not a run folder", field="RUN_DIR"
+        )
     snapshots = folder / "snapshots"
     has_snapshot = snapshots.is_dir() and any(p.is_dir() and p.name.isdigit() for p in snapshots.iterdir())
     if not has_snapshot and not any((folder / name).is_file() for name in RUN_MARKERS):
         raise InputError(
-            folder, f"not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written", field="RUN_DIR"
+            folder,
+            f"not a run folder (no {', '.join(RUN_MARKERS)} or snapshots/<step>/); nothing written",
+            field="RUN_DIR",
         )
     check_output_file(folder / "report.html", "RUN_DIR")
 
@@ -437,8 +508,18 @@ def _metrics_table(metrics: dict[str, Any], indent: str = "") -> list[str]:
 def _category_table(by_category: dict[str, dict[str, float]]) -> list[str]:
     """One row per category with the headline metrics (all of them are in the JSON)."""
     first = next(iter(by_category.values()))
-    columns = [c for c in ("retrieval/n_queries", "retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10",
-                           "retrieval/hard_negative_gap", "rerank/after/ndcg@10") if c in first]
+    columns = [
+        c
+        for c in (
+            "retrieval/n_queries",
+            "retrieval/ndcg@10",
+            "retrieval/mrr@10",
+            "retrieval/recall@10",
+            "retrieval/hard_negative_gap",
+            "rerank/after/ndcg@10",
+        )
+        if c in first
+    ]
     header = ["category"] + [c.removeprefix("retrieval/").replace("rerank/after/", "reranked ") for c in columns]
     rows = [[str(name)] + [_format_value(values[c]) for c in columns] for name, values in by_category.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -462,12 +543,23 @@ def _histogram_line(counts, edges) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
     common = CommandParser(add_help=False)  # a parent lends its arguments only; typeshed wants the subparsers' class
-    common.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)")
-    common.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)")
-    common.add_argument("--device", type=torch_device, default=None, help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)")
+    common.add_argument(
+        "--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)"
+    )
+    common.add_argument(
+        "--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default 32)"
+    )
+    common.add_argument(
+        "--device",
+        type=torch_device,
+        default=None,
+        help="torch device, e.g. cpu or cuda (default: sentence-transformers' choice)",
+    )
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     model_options = CommandParser(add_help=False)  # how the model is loaded and its embeddings cached
-    model_options.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model")
+    model_options.add_argument(
+        "--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model"
+    )
     cache_option(model_options)
 
     model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
@@ -481,25 +573,47 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     inspect = commands.add_parser(
-        "inspect", parents=[common, model_options], help="geometry, layers, attention, OOD and UMAP of a probe set",
+        "inspect",
+        parents=[common, model_options],
+        help="geometry, layers, attention, OOD and UMAP of a probe set",
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
-    inspect.add_argument("model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)")
+    inspect.add_argument(
+        "model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)"
+    )
     inspect.add_argument("--probe", metavar="FILE", help="probe set JSONL")
-    inspect.add_argument("--store", metavar="DIR", help="instead of a probe: the geometry of every row of an embedding store "
-                         "(`aquin-monitor embed`), in memory independent of its size; no model loads")
-    inspect.add_argument("--sample-rows", type=positive_int, default=10_000, metavar="N",
-                         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)")
+    inspect.add_argument(
+        "--store",
+        metavar="DIR",
+        help="instead of a probe: the geometry of every row of an embedding store "
+        "(`aquin-monitor embed`), in memory independent of its size; no model loads",
+    )
+    inspect.add_argument(
+        "--sample-rows",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)",
+    )
     inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
-    inspect.add_argument("--attention-texts", type=positive_int, default=32, metavar="N",
-                         help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics")
-    inspect.add_argument("--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)")
+    inspect.add_argument(
+        "--attention-texts",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="probe texts (evenly spaced) whose attention gives the attention-entropy metrics",
+    )
+    inspect.add_argument(
+        "--run-dir", metavar="DIR", help="also save the snapshot under DIR/snapshots/0/ (for `report`)"
+    )
     inspect.set_defaults(handler=_inspect)
     declare_outputs(inspect, folders=["--run-dir"])
 
     evaluate = commands.add_parser(
-        "eval", parents=[common, model_options], help="retrieval metrics, per category, rank histogram, reranking",
+        "eval",
+        parents=[common, model_options],
+        help="retrieval metrics, per category, rank histogram, reranking",
         description="Retrieval metrics (recall@1/5/10, MRR@10, NDCG@10, first relevant rank, hard-negative gap) "
         "of MODEL on query/document pairs or a BEIR folder; queries and documents are encoded with the "
         "model's query/document prompts when it has them. With --cross-encoder, metrics before and after "
@@ -507,20 +621,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("model", metavar="MODEL", help=model_help)
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pairs", metavar="FILE", help="JSONL of query/document pairs (optional relevance, category, negative)")
-    source.add_argument("--beir", metavar="DIR", help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv")
+    source.add_argument(
+        "--pairs", metavar="FILE", help="JSONL of query/document pairs (optional relevance, category, negative)"
+    )
+    source.add_argument(
+        "--beir", metavar="DIR", help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv"
+    )
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    evaluate.add_argument("--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N")
+    evaluate.add_argument(
+        "--max-corpus", type=positive_int, metavar="N", help="BEIR: keep the judged documents plus others up to N"
+    )
     evaluate.add_argument("--cross-encoder", metavar="CE", help="cross-encoder directory or Hub id to rerank the top-k")
-    evaluate.add_argument("--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)")
-    evaluate.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
-                          help="how documents are searched (aquin_monitor.search): exact, or an approximate faiss index "
-                          "whose recall@10 against exact search is measured and printed; auto: exact up to "
-                          "100,000 documents, ivf beyond (default auto)")
+    evaluate.add_argument(
+        "--rerank-k", type=positive_int, default=50, metavar="K", help="candidates reranked per query (default 50)"
+    )
+    evaluate.add_argument(
+        "--index",
+        choices=("auto", "exact", "ivf", "hnsw"),
+        default="auto",
+        help="how documents are searched (aquin_monitor.search): exact, or an approximate faiss index "
+        "whose recall@10 against exact search is measured and printed; auto: exact up to "
+        "100,000 documents, ivf beyond (default auto)",
+    )
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser(
-        "diff", parents=[common, model_options], help="embedding drift from BASE to OTHER on a probe set",
+        "diff",
+        parents=[common, model_options],
+        help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
         "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER.",
@@ -532,24 +660,39 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_diff)
 
     report = commands.add_parser(
-        "report", help="write RUN_DIR/report.html",
-        description="Write the self-contained HTML report of a run directory to RUN_DIR/report.html and print its path.",
+        "report",
+        help="write RUN_DIR/report.html",
+        description=(
+            "Write the self-contained HTML report of a run directory to RUN_DIR/report.html and print its path."
+        ),
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by the monitor")
     report.set_defaults(handler=_report)
 
     embed = commands.add_parser(
-        "embed", parents=[common], help="embed a corpus into a sharded, resumable embedding store",
+        "embed",
+        parents=[common],
+        help="embed a corpus into a sharded, resumable embedding store",
         description="Embed every text of a corpus (a BEIR corpus.jsonl[.gz] or folder, or a probe JSONL) into an "
         "embedding store: fp16/fp32 .npy shards and a manifest naming the model's files and the corpus's hash. "
         "Rerun the same command after an interruption to resume after the last complete shard.",
     )
     embed.add_argument("model", metavar="MODEL", help=model_help)
-    embed.add_argument("--corpus", required=True, metavar="FILE", help="corpus JSONL (_id/title/text or text/id), or a BEIR folder")
-    embed.add_argument("--out", required=True, metavar="DIR", help="the store's folder (created; an unfinished store there is resumed)")
-    embed.add_argument("--devices", metavar="LIST", help="several devices, e.g. cuda:0,cuda:1 or cpu,cpu: one encoding process each")
-    embed.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="shard dtype (default float32)")
-    embed.add_argument("--shard-rows", type=positive_int, default=100_000, metavar="N", help="rows per shard (default 100000)")
+    embed.add_argument(
+        "--corpus", required=True, metavar="FILE", help="corpus JSONL (_id/title/text or text/id), or a BEIR folder"
+    )
+    embed.add_argument(
+        "--out", required=True, metavar="DIR", help="the store's folder (created; an unfinished store there is resumed)"
+    )
+    embed.add_argument(
+        "--devices", metavar="LIST", help="several devices, e.g. cuda:0,cuda:1 or cpu,cpu: one encoding process each"
+    )
+    embed.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float32", help="shard dtype (default float32)"
+    )
+    embed.add_argument(
+        "--shard-rows", type=positive_int, default=100_000, metavar="N", help="rows per shard (default 100000)"
+    )
     declare_outputs(embed, folders=["--out"])
     embed.set_defaults(handler=_embed)
 
@@ -561,8 +704,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """A warning on the command line: one terminal-safe line ``aquin-monitor: warning: ...`` (not Python's two)."""
     text = " ".join(str(message).split()).removeprefix(f"{PROG}: ")
     print(terminal_safe(f"{PROG}: warning: {text}"), file=sys.stderr)
@@ -581,7 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         _check_output_paths(args)
-        with quiet_progress(not getattr(args, "progress", True)), warnings.catch_warnings():  # --no-progress: model loading bars too
+        with (
+            quiet_progress(not getattr(args, "progress", True)),
+            warnings.catch_warnings(),
+        ):  # --no-progress: model loading bars too
             warnings.showwarning = _warning_line
             args.handler(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a message at interpreter exit

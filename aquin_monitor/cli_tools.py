@@ -99,7 +99,9 @@ class CommandParser(argparse.ArgumentParser):
         self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {terminal_safe(' '.join(message.split()))} ({self.prog} --help shows the usage)\n")
+        self.exit(
+            2, f"{self.prog}: error: {terminal_safe(' '.join(message.split()))} ({self.prog} --help shows the usage)\n"
+        )
 
 
 #: Option values argparse must read as values, not as unknown options: ``-1e-3``, ``-.5``, ``-inf``, ``-nan``.
@@ -159,6 +161,7 @@ def bounded_float(low: float, high: float) -> Any:
     ...
     argparse.ArgumentTypeError: expected a finite number in [-1, 1], got 'nan'
     """
+
     def parse(text: str) -> float:
         try:
             value = finite_float(text)
@@ -207,9 +210,12 @@ def torch_device(text: str) -> str:
 
 def cache_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--no-cache`` (``args.cache``): neither read nor write the embedding cache."""
-    parser.add_argument("--no-cache", dest="cache", action="store_false",
-                        help="neither read nor write the embedding cache "
-                        "($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)")
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="neither read nor write the embedding cache ($AQUIN_MONITOR_CACHE, default ~/.cache/aquin-monitor)",
+    )
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
@@ -318,8 +324,11 @@ def refuse_non_finite(embeddings: Any, texts: Sequence[str], model: str) -> None
     bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings)).all(axis=1))
     if bad.size:
         row = int(bad[0])
-        raise InputError(f"model {model!r}", f"embedding row {row} (text {texts[row][:60]!r}) is not finite (NaN or inf), "
-                         f"{bad.size} of {len(texts)} rows; are the model's weights broken?")
+        raise InputError(
+            f"model {model!r}",
+            f"embedding row {row} (text {texts[row][:60]!r}) is not finite (NaN or inf), "
+            f"{bad.size} of {len(texts)} rows; are the model's weights broken?",
+        )
 
 
 def check_command_text(text: str, what: str) -> str:
@@ -349,8 +358,12 @@ class LoadedSae(NamedTuple):
     def check_width(self, width: int) -> None:
         """Raise :class:`InputError` unless embeddings of ``width`` columns fit the SAE's input."""
         if width != self.sae.d_in:
-            raise InputError(self.cfg, f"the SAE takes {self.sae.d_in}-dimensional inputs but model {self.model!r} "
-                             f"outputs {width}", line=1, field="d_in")
+            raise InputError(
+                self.cfg,
+                f"the SAE takes {self.sae.d_in}-dimensional inputs but model {self.model!r} outputs {width}",
+                line=1,
+                field="d_in",
+            )
 
 
 def load_sae_for(name: str, model: str | None = None) -> LoadedSae:
@@ -384,8 +397,15 @@ def embed_texts(model: str, texts: Sequence[str], args: argparse.Namespace, **kw
     :func:`~aquin_monitor.sae.embeddings.embed_corpus`."""
     from .sae.embeddings import embed_corpus
 
-    embeddings = embed_corpus(model, list(texts), batch_size=args.batch_size, device=args.device, cache=args.cache,
-                              show_progress=args.progress, **kwargs)
+    embeddings = embed_corpus(
+        model,
+        list(texts),
+        batch_size=args.batch_size,
+        device=args.device,
+        cache=args.cache,
+        show_progress=args.progress,
+        **kwargs,
+    )
     refuse_non_finite(embeddings, texts, model)
     return embeddings
 

@@ -62,13 +62,28 @@ class CorpusGeometry:
         """What the JSON says about how each number was measured."""
         return {
             "rows": self.n_rows,
-            "exact_over_all_rows": ["anisotropy", "rogue_top1_share", "rogue_top5_share", "id_pca90", "id_pca95",
-                                    "id_pca99", "effective_rank"],
-            "on_a_sample": ["pair_cosine histogram", "uniformity", "ood_fraction", "ood_distance_mean", "ood_threshold"],
+            "exact_over_all_rows": [
+                "anisotropy",
+                "rogue_top1_share",
+                "rogue_top5_share",
+                "id_pca90",
+                "id_pca95",
+                "id_pca99",
+                "effective_rank",
+            ],
+            "on_a_sample": [
+                "pair_cosine histogram",
+                "uniformity",
+                "ood_fraction",
+                "ood_distance_mean",
+                "ood_threshold",
+            ],
             "sample_rows": self.sample_size,
             "sample_seed": self.sample_seed,
-            "sample_note": (f"{self.sample_size:,} of {self.n_rows:,} rows drawn without replacement "
-                            f"(numpy default_rng({self.sample_seed})); OOD distances are to the exact centroid of all rows"),
+            "sample_note": (
+                f"{self.sample_size:,} of {self.n_rows:,} rows drawn without replacement "
+                f"(numpy default_rng({self.sample_seed})); OOD distances are to the exact centroid of all rows"
+            ),
         }
 
 

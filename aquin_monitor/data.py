@@ -190,10 +190,14 @@ class RetrievalSet:
             raise ValueError("RetrievalSet: categories must give one category per query")
         if self.pair_categories is not None:
             if self.categories is not None:
-                raise ValueError("RetrievalSet: give categories (one per query) or pair_categories (one per pair), not both")
+                raise ValueError(
+                    "RetrievalSet: give categories (one per query) or pair_categories (one per pair), not both"
+                )
             for qid, docs in self.qrels.items():
                 if set(self.pair_categories.get(qid, {})) != set(docs):
-                    raise ValueError(f"RetrievalSet: pair_categories must give one category per relevant pair of {qid!r}")
+                    raise ValueError(
+                        f"RetrievalSet: pair_categories must give one category per relevant pair of {qid!r}"
+                    )
 
     def category_rows(self) -> list[tuple[str, str, dict[str, int]]]:
         """``(query id, category, relevant documents)`` rows a per-category evaluation ranks, in query order.
@@ -309,7 +313,10 @@ class RetrievalSet:
         elif self.pair_categories is not None:
             mixed = sum(1 for labels in self.pair_categories.values() if len(set(labels.values())) > 1)
             names = {c for labels in self.pair_categories.values() for c in labels.values()}
-            parts.append(_count(len(names), "category", "categories") + f" given per pair ({_count(mixed, 'query', 'queries')} in several)")
+            parts.append(
+                _count(len(names), "category", "categories")
+                + f" given per pair ({_count(mixed, 'query', 'queries')} in several)"
+            )
         unjudged = sum(1 for docs in self.qrels.values() if not docs)
         if unjudged:
             parts.append(_count(unjudged, "query", "queries") + " without a relevant document")
@@ -390,7 +397,9 @@ def read_probe(
         has_id = id_field is not None and id_field in record
         if first is None:
             first = (lineno, has_label, has_id)
-        _check_as_on_first_line(path, lineno, first[0], ((label_field, has_label, first[1]), (id_field, has_id, first[2])))
+        _check_as_on_first_line(
+            path, lineno, first[0], ((label_field, has_label, first[1]), (id_field, has_id, first[2]))
+        )
         if has_label and label_field is not None:  # has_label implies it: the check tells mypy
             labels.append(_identifier(record, label_field, path, lineno))
         if has_id and id_field is not None:
@@ -482,15 +491,24 @@ class _PairsReader:
         self.queries.add(query, _optional_identifier(record, "query_id", path, lineno), lineno)
         self.documents.add(document, _optional_identifier(record, "document_id", path, lineno), lineno)
         if document in self.negatives.get(query, {}):
-            raise DataError(path, lineno, "document", f"also a hard negative of this query on line {self.negatives[query][document]}")
+            raise DataError(
+                path,
+                lineno,
+                "document",
+                f"also a hard negative of this query on line {self.negatives[query][document]}",
+            )
         self.pair_lines[(query, document)] = (lineno, record)
         self.grades.setdefault(query, {})[document] = _grade(record, path, lineno)
         if "category" in record:
             self.categories[(query, document)] = (_text(record, "category", path, lineno), lineno)
         for i, negative in enumerate(_negatives(record, path, lineno)):
             if (query, negative) in self.pair_lines:
-                raise DataError(path, lineno, f"negative[{i}]" if isinstance(record["negative"], list) else "negative",
-                                f"also a relevant document of this query on line {self.pair_lines[(query, negative)][0]}")
+                raise DataError(
+                    path,
+                    lineno,
+                    f"negative[{i}]" if isinstance(record["negative"], list) else "negative",
+                    f"also a relevant document of this query on line {self.pair_lines[(query, negative)][0]}",
+                )
             self.negatives.setdefault(query, {}).setdefault(negative, lineno)
             self.documents.add(negative, None, lineno)
 
@@ -500,12 +518,17 @@ class _PairsReader:
             raise _empty(path)
         if self.categories and len(self.categories) != len(self.pair_lines):
             line = min(line for pair, (line, _) in self.pair_lines.items() if pair not in self.categories)
-            raise DataError(path, line, "category", "missing here while other lines have one; give every line a category or none")
+            raise DataError(
+                path, line, "category", "missing here while other lines have one; give every line a category or none"
+            )
         if self.repeated:
             shown = ", ".join(f"line {line} (same as line {first})" for line, first in self.repeated[:10])
             more = f" and {len(self.repeated) - 10} more" if len(self.repeated) > 10 else ""
-            warnings.warn(f"{path}: {_count(len(self.repeated), 'repeated line')} counted once: {shown}{more}",
-                          DuplicateLinesWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: {_count(len(self.repeated), 'repeated line')} counted once: {shown}{more}",
+                DuplicateLinesWarning,
+                stacklevel=3,
+            )
         qid = self.queries.assign("q")
         did = self.documents.assign("d")
         per_query: dict[str, set[str]] = {}
@@ -520,21 +543,35 @@ class _PairsReader:
             hard_negatives={qid[q]: [did[d] for d in self.negatives.get(q, {})] for q in self.query_lines},
             source=str(path),
             not_kept={"repeated lines": len(self.repeated)} if self.repeated else {},
-            pair_categories=({qid[q]: {did[d]: c for (q2, d), (c, _) in self.categories.items() if q2 == q} for q in self.query_lines}
-                             if per_query and not single else None),
+            pair_categories=(
+                {
+                    qid[q]: {did[d]: c for (q2, d), (c, _) in self.categories.items() if q2 == q}
+                    for q in self.query_lines
+                }
+                if per_query and not single
+                else None
+            ),
         )
 
 
-def _conflicting_pair(path: str | Path, lineno: int, record: dict[str, Any], earlier: tuple[int, dict[str, Any]]) -> DataError:
+def _conflicting_pair(
+    path: str | Path, lineno: int, record: dict[str, Any], earlier: tuple[int, dict[str, Any]]
+) -> DataError:
     """The error for a query/document pair given again with different fields (the first that differs)."""
     first_line, first = earlier
     names = ["relevance", "category"] + sorted((set(record) | set(first)) - {"relevance", "category"})
     for name in names:
         if record.get(name) != first.get(name):
             if name == "relevance":
-                problem = f"conflicting relevance for the same query and document: {record.get(name, 1)!r} here, {first.get(name, 1)!r} on line {first_line}"
+                problem = (
+                    f"conflicting relevance for the same query and document: {record.get(name, 1)!r} here, "
+                    f"{first.get(name, 1)!r} on line {first_line}"
+                )
             else:
-                problem = f"the same query and document as line {first_line} with a different {name!r}: {record.get(name)!r} here, {first.get(name)!r} there"
+                problem = (
+                    f"the same query and document as line {first_line} with a different {name!r}: "
+                    f"{record.get(name)!r} here, {first.get(name)!r} there"
+                )
             return DataError(path, lineno, name, problem)
     return DataError(path, lineno, "document", f"duplicate pair: same query and document as line {first_line}")
 
@@ -601,8 +638,13 @@ def read_beir(folder: str | Path, split: str = "test", *, max_corpus: int | None
         if score > 0:
             qrels[qid][did] = score
     if judgements and not any(qrels.values()):
-        raise DataError(qrels_path, None, None, f"all {len(judgements)} judgements of split '{split}' have score 0: "
-                        "no document is relevant, so retrieval metrics are undefined")
+        raise DataError(
+            qrels_path,
+            None,
+            None,
+            f"all {len(judgements)} judgements of split '{split}' have score 0: "
+            "no document is relevant, so retrieval metrics are undefined",
+        )
     not_kept = {
         f"queries outside split '{split}'": len(query_lines) - len(queries),
         "score-0 judgements": sum(1 for score, _ in judgements.values() if score == 0),
@@ -705,7 +747,10 @@ def scifact_probe(n_docs: int = 1000, split: str = "test", seed: int = 0) -> tup
     full = read_beir(bundled_dataset("scifact"), split)
     relevant = {did for docs in full.qrels.values() for did in docs}
     if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not len(relevant) <= n_docs <= len(full.corpus):
-        raise ValueError(f"n_docs must be an integer from {len(relevant):,} (the relevant documents of split '{split}') to {len(full.corpus):,}, got {n_docs!r}")
+        raise ValueError(
+            f"n_docs must be an integer from {len(relevant):,} (the relevant documents of split '{split}') "
+            f"to {len(full.corpus):,}, got {n_docs!r}"
+        )
     others = [did for did in full.corpus if did not in relevant]
     drawn = np.random.default_rng(seed).choice(len(others), size=n_docs - len(relevant), replace=False)
     keep = relevant | {others[i] for i in drawn.tolist()}
@@ -751,9 +796,10 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(
-                    path, lineno, None,
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                    "save the file as UTF-8",
+                    path,
+                    lineno,
+                    None,
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
                 ) from None
             if lineno == 1 and text.startswith("\ufeff"):  # byte-order mark some editors write
                 text = text[1:]
@@ -826,16 +872,20 @@ def unencodable_text(text: str) -> str | None:
     """Why ``text`` cannot be tokenised (a NUL, or a lone surrogate such as ``\\ud800`` that has no
     UTF-8 form: a JSON escape, or a command-line byte that is not UTF-8), or None when it can.
 
-    >>> unencodable_text("a cat"), unencodable_text("a\\x00cat"), unencodable_text("caf\\udce9")
-    (None, 'NUL character at position 1', "not valid Unicode: lone surrogate '\\\\udce9' at position 3 (bytes that are not UTF-8?)")
+    >>> unencodable_text("a cat"), unencodable_text("a\\x00cat")
+    (None, 'NUL character at position 1')
+    >>> unencodable_text("caf\\udce9")
+    "not valid Unicode: lone surrogate '\\\\udce9' at position 3 (bytes that are not UTF-8?)"
     """
     if "\x00" in text:
         return f"NUL character at position {text.index(chr(0))}"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        return (f"not valid Unicode: lone surrogate {text[error.start]!r} at position {error.start} "
-                "(bytes that are not UTF-8?)")
+        return (
+            f"not valid Unicode: lone surrogate {text[error.start]!r} at position {error.start} "
+            "(bytes that are not UTF-8?)"
+        )
     return None
 
 
@@ -864,7 +914,12 @@ def _grade(record: dict[str, Any], path: str | Path, lineno: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataError(path, lineno, "relevance", f"expected an integer grade >= 1, got {_json_type(value)}")
     if value < 1:
-        raise DataError(path, lineno, "relevance", f"bad grade {value}: a relevant pair has grade >= 1 (put non-relevant documents in 'negative')")
+        raise DataError(
+            path,
+            lineno,
+            "relevance",
+            f"bad grade {value}: a relevant pair has grade >= 1 (put non-relevant documents in 'negative')",
+        )
     return value
 
 
@@ -886,7 +941,9 @@ def _check_as_on_first_line(
     for name, has, had in fields:
         if has != had:
             raise DataError(
-                path, lineno, name,
+                path,
+                lineno,
+                name,
                 f"{'present' if has else 'missing'} here but "
                 f"{'present' if had else 'missing'} on line {first_line}; "
                 "give it on every line or on none",
@@ -916,10 +973,20 @@ class _TextIds:
             return
         owner = self.owner.get(ident)
         if owner is not None and owner[0] != text:
-            raise DataError(self.path, lineno, self.id_field, f"duplicate id '{ident}': line {owner[1]} uses it for a different text")
+            raise DataError(
+                self.path,
+                lineno,
+                self.id_field,
+                f"duplicate id '{ident}': line {owner[1]} uses it for a different text",
+            )
         given = self.given.get(text)
         if given is not None and given[0] != ident:
-            raise DataError(self.path, lineno, self.id_field, f"'{ident}' differs from id '{given[0]}' given to the same text on line {given[1]}")
+            raise DataError(
+                self.path,
+                lineno,
+                self.id_field,
+                f"'{ident}' differs from id '{given[0]}' given to the same text on line {given[1]}",
+            )
         self.owner.setdefault(ident, (text, lineno))
         self.given.setdefault(text, (ident, lineno))
 
@@ -959,7 +1026,9 @@ def _check_max_corpus(max_corpus: int | None, judged_docs: int, split: str) -> N
     if isinstance(max_corpus, bool) or not isinstance(max_corpus, int) or max_corpus < 1:
         raise ValueError(f"max_corpus must be a positive integer or None, got {max_corpus!r}")
     if max_corpus < judged_docs:
-        raise ValueError(f"max_corpus={max_corpus:,} is smaller than the {judged_docs:,} documents judged in split '{split}'")
+        raise ValueError(
+            f"max_corpus={max_corpus:,} is smaller than the {judged_docs:,} documents judged in split '{split}'"
+        )
 
 
 def _read_beir_queries(path: Path, judged: set[str]) -> tuple[dict[str, str], dict[str, int]]:
@@ -977,9 +1046,7 @@ def _read_beir_queries(path: Path, judged: set[str]) -> tuple[dict[str, str], di
     return queries, query_lines
 
 
-def _read_beir_corpus(
-    path: Path, judged: set[str], others_left: int | None
-) -> tuple[dict[str, str], dict[str, int]]:
+def _read_beir_corpus(path: Path, judged: set[str], others_left: int | None) -> tuple[dict[str, str], dict[str, int]]:
     """Every corpus line validated; keeps the judged documents and the first ``others_left`` others
     (all when None); returns the kept texts and the line of every id."""
     corpus: dict[str, str] = {}
@@ -1020,7 +1087,9 @@ def _read_qrels(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
             continue
         first = False
         if len(columns) != 3:
-            raise DataError(path, lineno, None, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}")
+            raise DataError(
+                path, lineno, None, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}"
+            )
         qid, did, score_text = columns
         for name, value in (("query-id", qid), ("corpus-id", did)):
             if not value:
@@ -1030,7 +1099,12 @@ def _read_qrels(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
             raise DataError(path, lineno, "score", f"bad score '{score_text}': expected an integer >= 0")
         score = int(score_text)
         if (qid, did) in judgements:
-            raise DataError(path, lineno, "corpus-id", f"duplicate judgement of ('{qid}', '{did}') (first on line {judgements[(qid, did)][1]})")
+            raise DataError(
+                path,
+                lineno,
+                "corpus-id",
+                f"duplicate judgement of ('{qid}', '{did}') (first on line {judgements[(qid, did)][1]})",
+            )
         judgements[(qid, did)] = (score, lineno)
     if not judgements:
         raise _empty(path)

@@ -7,10 +7,11 @@ gradient, the world size for a replicated one) and ``w_p = 1 / s_p`` (:func:`gra
 
     ‖g_p‖² = Σ_ranks w_p · ‖local shard of g_p‖²
 
-and a group's squared norm is the sum of its parameters' (:func:`~aquin_monitor.signals.gradients.grouped_squared_norms`).
-:class:`~aquin_monitor.sharded_gradients.ShardedGradientNorms` builds those sums; the monitor sums those per-group values over the ranks in the one ``all_reduce`` it already makes each
-step (one small vector, not one collective per parameter). A NaN/Inf in any shard makes the sum
-non-finite on every rank, so every rank sees it.
+and a group's squared norm is the sum of its parameters'
+(:func:`~aquin_monitor.signals.gradients.grouped_squared_norms`).
+:class:`~aquin_monitor.sharded_gradients.ShardedGradientNorms` builds those sums; the monitor sums those per-group
+values over the ranks in the one ``all_reduce`` it already makes each step (one small vector, not one collective per
+parameter). A NaN/Inf in any shard makes the sum non-finite on every rank, so every rank sees it.
 
 Recognised: FSDP2 (``torch.distributed.fsdp.fully_shard``: parameters and gradients are ``DTensor``\\ s,
 used by Lightning's ``ModelParallelStrategy`` and accelerate's ``fsdp_version: 2``) and FSDP1
@@ -101,7 +102,9 @@ def _fsdp1_shares(modules: Iterable[torch.nn.Module], world_size: int) -> dict[i
     return shares
 
 
-def gradient_shares(parameters: Sequence[torch.nn.Parameter], modules: Iterable[torch.nn.Module] = ()) -> np.ndarray | None:
+def gradient_shares(
+    parameters: Sequence[torch.nn.Parameter], modules: Iterable[torch.nn.Module] = ()
+) -> np.ndarray | None:
     """``[P]`` float64: each parameter's share ``w_p`` (module docstring), or None when none is sharded.
 
     ``modules``: where to look for FSDP1 wrappers (``model.modules()`` of the wrapped model). A parameter
@@ -119,10 +122,10 @@ def gradient_shares(parameters: Sequence[torch.nn.Parameter], modules: Iterable[
     outside = sum(id(p) not in fsdp1 and not (dtensor is not None and isinstance(p, dtensor)) for p in parameters)
     if fsdp1 and outside:
         warnings.warn(
-            f"aquin-monitor: {outside} trainable parameters are outside every FullyShardedDataParallel wrapper the monitor "
-            "can see and are taken as replicated; if they sit under an FSDP1 root wrapper it was not handed in (the Hugging "
-            "Face Trainer gives callbacks the unwrapped model), so their norms are this rank's shard only: use FSDP2 "
-            "(accelerate's fsdp_version: 2)",
+            f"aquin-monitor: {outside} trainable parameters are outside every FullyShardedDataParallel wrapper "
+            "the monitor can see and are taken as replicated; if they sit under an FSDP1 root wrapper it was not "
+            "handed in (the Hugging Face Trainer gives callbacks the unwrapped model), so their norms are this "
+            "rank's shard only: use FSDP2 (accelerate's fsdp_version: 2)",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -136,4 +139,3 @@ def gradient_shares(parameters: Sequence[torch.nn.Parameter], modules: Iterable[
             shares[i] = fsdp1[id(parameter)]
     # replicated plain tensors everywhere (DDP, FSDP1 NO_SHARD): each rank measures the whole gradient
     return shares if distributed_tensors or not np.allclose(shares, 1.0 / world_size) else None
-

@@ -187,7 +187,9 @@ class EmbeddingCache:
         """The entry's folder (a store)."""
         return self.directory / key
 
-    def get(self, key: str, *, rows: int | None = None, dimension: int | None = None, dtype: str = "float32") -> np.ndarray | None:
+    def get(
+        self, key: str, *, rows: int | None = None, dimension: int | None = None, dtype: str = "float32"
+    ) -> np.ndarray | None:
         """The cached float32 array, or ``None``: absent, unreadable, or not of ``rows`` x ``dimension``
         rows and columns stored as ``dtype`` (then one :class:`EmbeddingCacheWarning` says so)."""
         folder = self.path(key)
@@ -199,9 +201,14 @@ class EmbeddingCache:
             _mismatch(folder, str(exc))
             return None
         found = f"{len(store)} x {store.dimension} {store.manifest.dtype}"
-        if (rows is not None and len(store) != rows) or (dimension is not None and store.dimension != dimension) \
-                or store.manifest.dtype != dtype:
-            _mismatch(folder, f"holds {found}, expected {rows if rows is not None else 'n'} x {dimension or 'd'} {dtype}")
+        if (
+            (rows is not None and len(store) != rows)
+            or (dimension is not None and store.dimension != dimension)
+            or store.manifest.dtype != dtype
+        ):
+            _mismatch(
+                folder, f"holds {found}, expected {rows if rows is not None else 'n'} x {dimension or 'd'} {dtype}"
+            )
             return None
         try:
             return store.read(0, len(store))
@@ -229,7 +236,9 @@ class EmbeddingCache:
         """Store several named arrays as one entry (``.npz``), atomically, like :meth:`put`."""
         self._write(f"{key}.npz", lambda out: np.savez(out, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}))  # type: ignore[arg-type]  # numpy stubs read **arrays as allow_pickle
 
-    def put(self, key: str, embeddings: np.ndarray, meta: dict[str, Any] | None = None, *, fingerprint: str = "") -> None:
+    def put(
+        self, key: str, embeddings: np.ndarray, meta: dict[str, Any] | None = None, *, fingerprint: str = ""
+    ) -> None:
         """Store ``embeddings`` (with ``meta`` in its manifest) as a one-shard store, built under a
         temporary name and renamed into place; an unwritable folder or a full disk is ignored."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -237,8 +246,17 @@ class EmbeddingCache:
             return
         try:  # a stale or mismatched entry being replaced is set aside, then removed (atomic_directory)
             with atomic_directory(self.path(key)) as tmp:
-                write_store(tmp, [embeddings], None, count=len(embeddings), model_fingerprint=fingerprint,
-                            corpus_hash=key, shard_rows=max(len(embeddings), 1), meta=meta, durable=False)
+                write_store(
+                    tmp,
+                    [embeddings],
+                    None,
+                    count=len(embeddings),
+                    model_fingerprint=fingerprint,
+                    corpus_hash=key,
+                    shard_rows=max(len(embeddings), 1),
+                    meta=meta,
+                    durable=False,
+                )
         except (OSError, StoreError):  # a full disk costs speed only; Ctrl-C goes on (the temporary is removed)
             pass
 
@@ -292,7 +310,12 @@ class CachedModel:
     """
 
     def __init__(
-        self, load: Callable[[], Any], fingerprint: str, *, cache: EmbeddingCache | None = None, enabled: bool = True,
+        self,
+        load: Callable[[], Any],
+        fingerprint: str,
+        *,
+        cache: EmbeddingCache | None = None,
+        enabled: bool = True,
         dimension: int | None = None,
     ) -> None:
         self._load = load
@@ -313,10 +336,17 @@ class CachedModel:
 
     def map(self, transform: Callable[[Any], Any]) -> CachedModel:
         """The same cached model with ``transform`` applied to it once it is loaded (e.g. merging LoRA)."""
-        return CachedModel(lambda: transform(self.model), self.fingerprint, cache=self.cache, enabled=self.enabled,
-                           dimension=self.dimension)
+        return CachedModel(
+            lambda: transform(self.model),
+            self.fingerprint,
+            cache=self.cache,
+            enabled=self.enabled,
+            dimension=self.dimension,
+        )
 
-    def arrays(self, texts: Sequence[str], options: dict[str, Any], compute: Callable[[Any], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def arrays(
+        self, texts: Sequence[str], options: dict[str, Any], compute: Callable[[Any], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
         """Named arrays of ``texts`` (``options`` say which and how) from the cache, or ``compute(model)``, stored."""
         key = self.cache.key(self.fingerprint, list(texts), options)
         if self.enabled:
@@ -328,16 +358,34 @@ class CachedModel:
             self.cache.put_arrays(key, arrays)
         return arrays
 
-    def encode(self, texts: Sequence[str], options: dict[str, Any], encode: Callable[[Any, list[str]], np.ndarray]) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], options: dict[str, Any], encode: Callable[[Any, list[str]], np.ndarray]
+    ) -> np.ndarray:
         """:func:`encode_cached` with this model: the embeddings of ``texts``, the model loaded only on a miss."""
-        embeddings, _ = encode_cached(lambda: self.model, self.fingerprint, texts, options=options, encode=encode, cache=self.cache,
-                                      enabled=self.enabled, dimension=self.dimension)
+        embeddings, _ = encode_cached(
+            lambda: self.model,
+            self.fingerprint,
+            texts,
+            options=options,
+            encode=encode,
+            cache=self.cache,
+            enabled=self.enabled,
+            dimension=self.dimension,
+        )
         return embeddings
 
     def retrieval_embeddings(self, query_texts: Sequence[str], doc_texts: Sequence[str], **options: Any):
         """:func:`retrieval_embeddings` with this model (the same entries ``aquin-monitor eval`` writes)."""
-        return retrieval_embeddings(lambda: self.model, self.fingerprint, query_texts, doc_texts, cache=self.cache,
-                                    enabled=self.enabled, dimension=self.dimension, **options)
+        return retrieval_embeddings(
+            lambda: self.model,
+            self.fingerprint,
+            query_texts,
+            doc_texts,
+            cache=self.cache,
+            enabled=self.enabled,
+            dimension=self.dimension,
+            **options,
+        )
 
 
 def encode_cached(
@@ -412,7 +460,10 @@ def retrieval_embeddings(
         ``(query_embeddings, document_embeddings, (query_prompt, document_prompt))``.
     """
     cache = cache or EmbeddingCache()
-    keys = [cache.key(fingerprint, list(texts), {"role": role}) for role, texts in (("query", query_texts), ("document", doc_texts))]
+    keys = [
+        cache.key(fingerprint, list(texts), {"role": role})
+        for role, texts in (("query", query_texts), ("document", doc_texts))
+    ]
     if enabled:
         query_hit = cache.get(keys[0], rows=len(query_texts), dimension=dimension)
         width = dimension if dimension is not None else (query_hit.shape[1] if query_hit is not None else None)
@@ -424,9 +475,23 @@ def retrieval_embeddings(
 
     model = load()
     prompts = retrieval_prompt_names(model)
-    arrays = [encode(model, texts, prompt_name=prompt, batch_size=batch_size, show_progress=show_progress, desc=f"Encoding {role}")
-              for texts, prompt, role in zip((query_texts, doc_texts), prompts, ("queries", "documents"))]
+    arrays = [
+        encode(
+            model,
+            texts,
+            prompt_name=prompt,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            desc=f"Encoding {role}",
+        )
+        for texts, prompt, role in zip((query_texts, doc_texts), prompts, ("queries", "documents"))
+    ]
     if enabled:
         cache.put(keys[1], arrays[1], fingerprint=fingerprint)
-        cache.put(keys[0], arrays[0], meta={"query_prompt": prompts[0], "document_prompt": prompts[1]}, fingerprint=fingerprint)
+        cache.put(
+            keys[0],
+            arrays[0],
+            meta={"query_prompt": prompts[0], "document_prompt": prompts[1]},
+            fingerprint=fingerprint,
+        )
     return arrays[0], arrays[1], prompts

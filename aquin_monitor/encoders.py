@@ -119,11 +119,7 @@ def _hub_id_is_cached(repo_id: str) -> bool:
 def _looks_like_path(name: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything else can only be meant as a path.
     return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or name.endswith("/")
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
     )
 
 
@@ -202,8 +198,7 @@ def _check_checkpoint_dir(path: str) -> None:
     markers = ("modules.json", "config.json", "adapter_config.json")
     if not any(os.path.isfile(os.path.join(path, marker)) for marker in markers):
         raise ModelLoadError(
-            f"{path!r} is not a sentence-transformers or transformers checkpoint: "
-            "it has no modules.json or config.json"
+            f"{path!r} is not a sentence-transformers or transformers checkpoint: it has no modules.json or config.json"
         )
 
 
@@ -626,7 +621,8 @@ def iter_forward(
     pooling = _pooling_module(model) if hidden_states else None
     if hidden_states and pooling is None:
         raise ValueError(
-            f"{type(model).__name__} has no Pooling module, so its hidden states cannot be pooled the way the model pools"
+            f"{type(model).__name__} has no Pooling module, so its hidden states cannot be pooled "
+            "the way the model pools"
         )
     truncate_dim = getattr(model, "truncate_dim", None)
     starts = range(0, len(texts), batch_size)
@@ -637,8 +633,13 @@ def iter_forward(
 
     for start in starts:
         yield _forward_batch(
-            model, texts[start : start + batch_size], resolved_prompt, pooling,
-            hidden_states=hidden_states, attentions=attentions, truncate_dim=truncate_dim,
+            model,
+            texts[start : start + batch_size],
+            resolved_prompt,
+            pooling,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            truncate_dim=truncate_dim,
         )
 
 
@@ -767,14 +768,16 @@ def encode(
     parts = []
     with _preserved_training_modes(model):
         for start in range(0, max(len(texts), 1), chunk):
-            parts.append(model.encode(
-                texts[start : start + chunk],
-                prompt_name=prompt_name,
-                prompt=prompt,
-                batch_size=batch_size,
-                show_progress_bar=show_progress and not labelled,
-                convert_to_numpy=True,
-            ))
+            parts.append(
+                model.encode(
+                    texts[start : start + chunk],
+                    prompt_name=prompt_name,
+                    prompt=prompt,
+                    batch_size=batch_size,
+                    show_progress_bar=show_progress and not labelled,
+                    convert_to_numpy=True,
+                )
+            )
             if bar is not None:
                 bar.update(len(texts[start : start + chunk]))
     if bar is not None:

@@ -13,7 +13,9 @@ import warnings
 logger = logging.getLogger("aquin_monitor")
 
 
-def report_failure(what: str, exc: BaseException, *, strict: bool, outcome: str = "is switched off for this run", stacklevel: int = 3) -> None:
+def report_failure(
+    what: str, exc: BaseException, *, strict: bool, outcome: str = "is switched off for this run", stacklevel: int = 3
+) -> None:
     """Re-raise ``exc`` when ``strict``; otherwise log and warn once that ``what`` failed and ``outcome``.
 
     >>> import warnings

@@ -91,7 +91,12 @@ def info_nce(
 
 
 def nt_xent(
-    z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, report: bool = True, tap: ContrastiveTap | None = None
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    report: bool = True,
+    tap: ContrastiveTap | None = None,
 ) -> torch.Tensor:
     """NT-Xent (SimCLR, Chen et al. 2020): each of the 2N views against the other 2N−1, positive = its pair.
 

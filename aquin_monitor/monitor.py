@@ -36,7 +36,16 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from .alarms import ALARM_KINDS, Alarm, AlarmConfig, AlarmWarning, Anomaly, GapNarrowingCheck, GradientAnomalyDetector, loss_alarm
+from .alarms import (
+    ALARM_KINDS,
+    Alarm,
+    AlarmConfig,
+    AlarmWarning,
+    Anomaly,
+    GapNarrowingCheck,
+    GradientAnomalyDetector,
+    loss_alarm,
+)
 from .capture import ContrastiveTap, default_tap
 from .distributed import gradient_shares, rank_and_world_size
 from .failsoft import report_failure
@@ -57,7 +66,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepMonitor", "StepLayout", "ALARM_KINDS", "Alarm", "AlarmConfig", "AlarmWarning", "default_histogram_every", "learning_rate_metrics", "host_learning_rates"]
+__all__ = [
+    "StepMonitor",
+    "StepLayout",
+    "ALARM_KINDS",
+    "Alarm",
+    "AlarmConfig",
+    "AlarmWarning",
+    "default_histogram_every",
+    "learning_rate_metrics",
+    "host_learning_rates",
+]
 
 #: histogram steps per run aimed at when the trainer knows its length (:func:`default_histogram_every`)
 HISTOGRAMS_PER_RUN = 20
@@ -288,11 +307,17 @@ class StepMonitor:
         """Clip ``model``'s gradients to ``max_norm`` as ``clip_grad_norm_`` would, reusing ``total`` (this
         step's total norm, from :meth:`on_optimizer_step`) when it covers the same gradients."""
         params = [p for p in model.parameters() if p.grad is not None]
-        if total is None or self.groups is None or len(params) != sum(p.grad is not None for p in self.groups.parameters):
+        if (
+            total is None
+            or self.groups is None
+            or len(params) != sum(p.grad is not None for p in self.groups.parameters)
+        ):
             total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
-    def _step(self, step: int, model: torch.nn.Module | None, learning_rates: tuple[float, ...] = ()) -> torch.Tensor | None:
+    def _step(
+        self, step: int, model: torch.nn.Module | None, learning_rates: tuple[float, ...] = ()
+    ) -> torch.Tensor | None:
         if step <= self.last_step and self._pending is None and self.last_step:
             # resumed run replaying steps already logged: drop them, never log a step twice
             self.tap.discard()
@@ -341,9 +366,16 @@ class StepMonitor:
         neg = [x.detach().float().reshape(-1).to(device) for x in reading.negative_samples]
         tensors = self._tensor_names(present) if tensor_step else ()
         layout = StepLayout(
-            sum(p.numel() for p in pos), sum(x.numel() for x in neg), silent, tensors, learning_rates, world_size if self.sharded else 0
+            sum(p.numel() for p in pos),
+            sum(x.numel() for x in neg),
+            silent,
+            tensors,
+            learning_rates,
+            world_size if self.sharded else 0,
         )
-        packed = torch.cat([norms, reduced, *pos, *neg, per_param.to(device)] if tensors else [norms, reduced, *pos, *neg])
+        packed = torch.cat(
+            [norms, reduced, *pos, *neg, per_param.to(device)] if tensors else [norms, reduced, *pos, *neg]
+        )
         self._drain_pending()
         if self._asynchronous(packed):
             host, event = self._copy_to_host(packed)
@@ -385,7 +417,9 @@ class StepMonitor:
     def _pinned(self, n: int) -> torch.Tensor:
         """A page-locked host buffer of ``n`` float32, reused across steps (the previous copy was read)."""
         if self._host is None or self._host.numel() < n:
-            self._host = torch.empty(max(n, 2 * (self._host.numel() if self._host is not None else 0)), dtype=torch.float32, pin_memory=True)
+            self._host = torch.empty(
+                max(n, 2 * (self._host.numel() if self._host is not None else 0)), dtype=torch.float32, pin_memory=True
+            )
         return self._host[:n]
 
     def _answer_peers(self, step: int, model: torch.nn.Module | None) -> None:
@@ -466,7 +500,9 @@ class StepMonitor:
         sums = vector[n : n + len(STAT_FIELDS)]
         loss_sum, loss_count = float(vector[n + len(STAT_FIELDS)]), float(vector[n + len(STAT_FIELDS) + 1])
         metrics: dict[str, float] = {
-            name: value for i, (name, value) in enumerate(zip(groups.metric_names(self.grad_prefix), norms.tolist())) if i not in silent
+            name: value
+            for i, (name, value) in enumerate(zip(groups.metric_names(self.grad_prefix), norms.tolist()))
+            if i not in silent
         }
         contrastive = finalize(torch.from_numpy(np.asarray(sums, dtype=np.float64)))
         metrics.update({f"contrastive/{k}": v for k, v in contrastive.items()})
@@ -477,9 +513,17 @@ class StepMonitor:
         samples_end = end + layout.positives + layout.negatives
         tensor_norms = vector[samples_end : samples_end + len(layout.tensor_names)].astype(np.float64).tolist()
         # sharded: [P] norms, then how many ranks hold each gradient (a parameter nobody holds one for is left out)
-        holders = vector[samples_end + len(layout.tensor_names) :] if layout.sharded_over else np.ones(len(tensor_norms))
+        holders = (
+            vector[samples_end + len(layout.tensor_names) :] if layout.sharded_over else np.ones(len(tensor_norms))
+        )
         holders = holders if measured else np.zeros(len(tensor_norms))
-        metrics.update({f"grad_norm_tensor/{name}": value for name, value, held in zip(layout.tensor_names, tensor_norms, holders) if held > 0})
+        metrics.update(
+            {
+                f"grad_norm_tensor/{name}": value
+                for name, value, held in zip(layout.tensor_names, tensor_norms, holders)
+                if held > 0
+            }
+        )
         if layout.learning_rates:
             metrics.update(learning_rate_metrics(layout.learning_rates))
 
@@ -499,14 +543,20 @@ class StepMonitor:
             for sink in self.sinks:
                 sink.log_event(alarm.as_event())
 
-    def _alarms(self, step: int, norms: np.ndarray | None, loss: float | None, contrastive: dict, no_gradient=()) -> list[Alarm]:
+    def _alarms(
+        self, step: int, norms: np.ndarray | None, loss: float | None, contrastive: dict, no_gradient=()
+    ) -> list[Alarm]:
         """This step's alarms; ``norms`` None: the gradient norms are not known this step (nothing to detect)."""
         anomalies: list[Anomaly] = []
         if norms is not None:
             assert self.detector is not None  # attach() made it, before any norm is measured
             anomalies = self.detector.update(norms, step, no_gradient)
         found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in anomalies]
-        found.extend(a for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss)) if a is not None)
+        found.extend(
+            a
+            for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss))
+            if a is not None
+        )
         self.alarms.extend(found)
         for alarm in found:
             if self.warn and self.sinks:
@@ -519,7 +569,11 @@ class StepMonitor:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(
-        self, model: torch.nn.Module, step: int, snapshot_model: torch.nn.Module | None = None, wrapper: torch.nn.Module | None = None
+        self,
+        model: torch.nn.Module,
+        step: int,
+        snapshot_model: torch.nn.Module | None = None,
+        wrapper: torch.nn.Module | None = None,
     ) -> None:
         """Training starts (``step`` 0) or resumes (``step`` > 0) with ``model``.
 
@@ -532,8 +586,9 @@ class StepMonitor:
             self.start_fresh()
         elif step > 0 and self.last_step == 0 and self.warn:
             warnings.warn(
-                f"aquin-monitor: resumed at step {step} without the monitor's saved state (the checkpoint has none, e.g. the "
-                "run was killed while saving it): the alarm history starts afresh and the steps up to the checkpoint are kept as logged",
+                f"aquin-monitor: resumed at step {step} without the monitor's saved state "
+                "(the checkpoint has none, e.g. the run was killed while saving it): the alarm history "
+                "starts afresh and the steps up to the checkpoint are kept as logged",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -561,20 +616,31 @@ class StepMonitor:
         """The trainer's own evaluation metrics at ``step`` (HF's ``eval_*``, Lightning's validation
         metrics) into the run's files, for the report; the trainer logs them to its dashboards itself.
         Non-numeric values are left out; a failure warns and training goes on."""
-        values = {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+        values = {
+            str(k): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        }
         if not values or not self.sinks:
             return
         try:
             for sink in self.sinks:
                 sink.log_evaluation(values, step)
         except Exception as exc:  # noqa: BLE001 - an evaluation record is not worth the run
-            report_failure(f"recording the trainer's evaluation at step {step}", exc, strict=self.strict, outcome="training goes on")
+            report_failure(
+                f"recording the trainer's evaluation at step {step}",
+                exc,
+                strict=self.strict,
+                outcome="training goes on",
+            )
 
     def snapshot(self, model: torch.nn.Module, step: int, tag: str = "checkpoint"):
         """Take, save and log a snapshot of ``model`` at ``step`` (after this step's metrics); None if it failed."""
         self.flush()  # this step's metrics before the snapshot's, and the host worker idle
         assert self.snapshots is not None, "StepMonitor.snapshot needs a SnapshotSchedule"
-        snap = self.snapshots.runner.record(model, step, tag=tag, run_dir=self.run_dir, sinks=self.sinks, strict=self.strict)
+        snap = self.snapshots.runner.record(
+            model, step, tag=tag, run_dir=self.run_dir, sinks=self.sinks, strict=self.strict
+        )
         self.snapshots.taken(step)
         return snap
 
@@ -696,7 +762,9 @@ class HostWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or (self._item is not None and self._started >= self._item[0]))
+                self._cond.wait_for(
+                    lambda: self._stopping or (self._item is not None and self._started >= self._item[0])
+                )
                 if self._item is None:  # stopping, nothing left
                     return
                 step, host, event, layout = self._item

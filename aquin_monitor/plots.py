@@ -94,14 +94,19 @@ def _legend(owner: Any, **kwargs: Any) -> Any:
 
 
 #: rcParams every figure of ours is drawn under, whatever the user's matplotlibrc says.
-PLAIN_RC: dict[str, Any] = {"text.usetex": False}
+def plain_rc() -> Any:
+    """The rcParams context our figures draw under, whatever the user's matplotlibrc says (user text is plain
+    text, never LaTeX)."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.usetex": False})
 
 
 class PlainTextFigure(Figure):
-    """The Figure class of every figure of ours: drawn, laid out and saved with ``text.usetex`` off (:data:`PLAIN_RC`, a local
-    ``matplotlib.rc_context``), every Text artist set to ``usetex=False`` first, so a user's global style (usetex on,
-    no LaTeX installed) cannot lose a figure. Every renderer (``savefig``, TensorBoard's ``canvas.draw``) goes through
-    :meth:`draw`.
+    """The Figure class of every figure of ours: drawn, laid out and saved with ``text.usetex`` off
+    (:func:`plain_rc`, a local ``matplotlib.rc_context``), every Text artist set to ``usetex=False`` first, so a
+    user's global style (usetex on, no LaTeX installed) cannot lose a figure. Every renderer (``savefig``,
+    TensorBoard's ``canvas.draw``) goes through :meth:`draw`.
 
     >>> import io, matplotlib, matplotlib.text
     >>> with matplotlib.rc_context({"text.usetex": True}):
@@ -113,23 +118,17 @@ class PlainTextFigure(Figure):
     """
 
     def draw(self, renderer: Any) -> None:
-        import matplotlib
-
-        with matplotlib.rc_context(PLAIN_RC):
+        with plain_rc():
             self._plain_texts()
             super().draw(renderer)
 
     def savefig(self, *args: Any, **kwargs: Any) -> None:
-        import matplotlib
-
-        with matplotlib.rc_context(PLAIN_RC):
+        with plain_rc():
             self._plain_texts()
             super().savefig(*args, **kwargs)
 
     def tight_layout(self, *args: Any, **kwargs: Any) -> None:  # measures text: the same rcParams as drawing
-        import matplotlib
-
-        with matplotlib.rc_context(PLAIN_RC):
+        with plain_rc():
             self._plain_texts()
             super().tight_layout(*args, **kwargs)
 
@@ -207,7 +206,11 @@ def _mark_alarms(axes: Any, events: Iterable[Mapping[str, Any]] | None) -> None:
         colour = ALARM_COLOURS.get(kind, _OTHER_ALARM_COLOUR)
         for index, step in enumerate(sorted(set(steps))):
             axes.axvline(
-                step, color=colour, linestyle="--", linewidth=1.0, alpha=0.8,
+                step,
+                color=colour,
+                linestyle="--",
+                linewidth=1.0,
+                alpha=0.8,
                 label=f"alarm: {kind}" if index == 0 else None,
             )
 
@@ -248,8 +251,13 @@ def loss_curve(
     bad = ~np.isfinite(values)
     if bad.any():
         axes.plot(
-            steps[bad], np.zeros(int(bad.sum())), "x", color=ALARM_COLOURS["nan"],
-            transform=axes.get_xaxis_transform(), clip_on=False, label="non-finite loss",
+            steps[bad],
+            np.zeros(int(bad.sum())),
+            "x",
+            color=ALARM_COLOURS["nan"],
+            transform=axes.get_xaxis_transform(),
+            clip_on=False,
+            label="non-finite loss",
         )
     _mark_alarms(axes, events)
     axes.set_xlabel("step")
@@ -285,7 +293,10 @@ def contrastive_curve(
             axes.plot(steps, values, style, color=colour, linewidth=1.4, label=label)
             drawn += 1
     if not drawn:
-        raise NoDataError("no row of metrics.jsonl has contrastive/pos_sim, neg_sim, hard_neg_sim, hardest_neg_sim, gap or in_batch_acc")
+        raise NoDataError(
+            "no row of metrics.jsonl has contrastive/pos_sim, neg_sim, hard_neg_sim, hardest_neg_sim, gap or "
+            "in_batch_acc"
+        )
     axes.axhline(0.0, color="#999999", linewidth=0.8)
     _mark_alarms(axes, events)
     axes.set_xlabel("step")
@@ -380,8 +391,12 @@ def grad_norm_heatmap(
     x_edges = _step_edges(steps.astype(np.float64))
     y_edges = np.arange(len(groups) + 1) - 0.5
     mesh = axes.pcolormesh(
-        x_edges, y_edges, np.ma.masked_invalid(shown),
-        norm=LogNorm(vmin=vmin, vmax=vmax), cmap=colour_map, shading="flat",
+        x_edges,
+        y_edges,
+        np.ma.masked_invalid(shown),
+        norm=LogNorm(vmin=vmin, vmax=vmax),
+        cmap=colour_map,
+        shading="flat",
     )
     colourbar = figure.colorbar(mesh, ax=axes, extend="min", pad=0.01)
     colourbar.set_label("gradient L2 norm (black: 0)")
@@ -395,8 +410,14 @@ def grad_norm_heatmap(
         if points:
             xs, ys = zip(*points)
             axes.scatter(
-                xs, ys, s=70, facecolors="none", edgecolors=ALARM_COLOURS.get(kind, _OTHER_ALARM_COLOUR),
-                linewidths=2.0, label=f"alarm: {kind}", zorder=3,
+                xs,
+                ys,
+                s=70,
+                facecolors="none",
+                edgecolors=ALARM_COLOURS.get(kind, _OTHER_ALARM_COLOUR),
+                linewidths=2.0,
+                label=f"alarm: {kind}",
+                zorder=3,
             )
     for event in events or ():
         layer = _alarm_layer(event.get("layer"))
@@ -420,7 +441,7 @@ def _grad_norm_grid(
     where a norm was logged as null/non-finite."""
     groups = sorted(
         {
-            key[len(prefix):]
+            key[len(prefix) :]
             for row in metrics_rows
             for key in row
             if key.startswith(prefix) and key != prefix + "total"
@@ -431,7 +452,13 @@ def _grad_norm_grid(
         raise NoDataError(f"no row of metrics.jsonl has a {prefix}<group> key")
     # Only rows that log a gradient norm are columns: snapshot metrics share metrics.jsonl.
     steps = np.array(
-        sorted({row["step"] for row in metrics_rows if _is_step(row.get("step")) and any(k.startswith(prefix) for k in row)}),
+        sorted(
+            {
+                row["step"]
+                for row in metrics_rows
+                if _is_step(row.get("step")) and any(k.startswith(prefix) for k in row)
+            }
+        ),
         dtype=np.int64,
     )
     column = {int(step): index for index, step in enumerate(steps)}
@@ -458,7 +485,7 @@ def _is_step(step: Any) -> TypeGuard[int]:
 def _alarm_layer(layer: Any) -> str | None:
     if not isinstance(layer, str):
         return None
-    return layer[len("grad_norm/"):] if layer.startswith("grad_norm/") else layer
+    return layer[len("grad_norm/") :] if layer.startswith("grad_norm/") else layer
 
 
 def _alarm_cells(events, row_of: Mapping[str, int]) -> dict[str, list[tuple[int, int]]]:
@@ -507,12 +534,24 @@ def umap_by_label(umap: Any, labels: Sequence[Any] | None = None) -> Figure:
         palette = _colour_map("tab20" if coloured.size > 10 else "tab10")
         rest = ~np.isin(names, coloured)
         if rest.any():
-            axes.scatter(points[rest, 0], points[rest, 1], s=6, color="#bbbbbb", alpha=0.6,
-                         label=f"other ({order.size - coloured.size} labels)")
+            axes.scatter(
+                points[rest, 0],
+                points[rest, 1],
+                s=6,
+                color="#bbbbbb",
+                alpha=0.6,
+                label=f"other ({order.size - coloured.size} labels)",
+            )
         for index, label in enumerate(coloured):
             mask = names == label
-            axes.scatter(points[mask, 0], points[mask, 1], s=8, color=palette(index % palette.N), alpha=0.85,
-                         label=_short(label, 28))
+            axes.scatter(
+                points[mask, 0],
+                points[mask, 1],
+                s=8,
+                color=palette(index % palette.N),
+                alpha=0.85,
+                label=_short(label, 28),
+            )
         _legend(axes, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=1.5, frameon=False)
         title = f"UMAP of the probe set by label ({unique.size} labels)"
     axes.set_title(title)
@@ -534,13 +573,19 @@ def umap_by_ood(umap: Any, ood_score: Any, flagged: Sequence[int] | None = None)
         raise ValueError(f"ood_score must have shape [{points.shape[0]}], got {scores.shape}")
     figure, axes = _figure(_SQUARE)
     order = np.argsort(np.nan_to_num(scores, nan=-np.inf))  # high scores drawn last, on top
-    cloud = axes.scatter(points[order, 0], points[order, 1], c=scores[order], s=8, cmap="magma_r",
-                         plotnonfinite=True)
+    cloud = axes.scatter(points[order, 0], points[order, 1], c=scores[order], s=8, cmap="magma_r", plotnonfinite=True)
     figure.colorbar(cloud, ax=axes, pad=0.01).set_label("OOD score (cosine distance to centroid)")
     if flagged is not None and len(flagged):
         index = np.asarray([i for i in flagged if 0 <= int(i) < points.shape[0]], dtype=np.int64)
-        axes.scatter(points[index, 0], points[index, 1], s=60, facecolors="none", edgecolors="#d7191c",
-                     linewidths=1.2, label=f"flagged OOD ({index.size})")
+        axes.scatter(
+            points[index, 0],
+            points[index, 1],
+            s=60,
+            facecolors="none",
+            edgecolors="#d7191c",
+            linewidths=1.2,
+            label=f"flagged OOD ({index.size})",
+        )
         _legend(axes, loc="lower right", fontsize=9)
     axes.set_title("UMAP of the probe set by OOD score")
     axes.set_xticks([])
@@ -560,7 +605,9 @@ def anisotropy_histogram(
     counts = _vector(counts, "pair_hist_counts")
     edges = _vector(edges, "pair_hist_edges")
     if edges.size != counts.size + 1:
-        raise ValueError(f"pair_hist_edges must have {counts.size + 1} entries for {counts.size} bins, got {edges.size}")
+        raise ValueError(
+            f"pair_hist_edges must have {counts.size + 1} entries for {counts.size} bins, got {edges.size}"
+        )
     total = counts.sum()
     if not total > 0:
         raise NoDataError("pair_hist_counts sums to zero")
@@ -637,8 +684,12 @@ def attention_entropy_heatmap(
     layers, heads = grid.shape
     figure, axes = _figure((min(3.0 + 0.45 * heads, 10.0), min(2.0 + 0.4 * layers, 9.0)))
     image = axes.imshow(
-        np.ma.masked_invalid(grid), aspect="auto", cmap=_colour_map("cividis", bad="white"),
-        vmin=0.0, vmax=1.0 if normalized else None, interpolation="nearest",
+        np.ma.masked_invalid(grid),
+        aspect="auto",
+        cmap=_colour_map("cividis", bad="white"),
+        vmin=0.0,
+        vmax=1.0 if normalized else None,
+        interpolation="nearest",
     )
     figure.colorbar(image, ax=axes, pad=0.01).set_label("entropy / log(len)" if normalized else "entropy (nats)")
     for head in flagged_heads or ():
@@ -646,8 +697,16 @@ def attention_entropy_heatmap(
         if not (_is_step(layer) and _is_step(index) and 0 <= layer < layers and 0 <= index < heads):
             continue
         kind = str(head.get("kind", ""))
-        axes.text(index, layer, "C" if kind == "collapsed" else "U" if kind == "uniform" else "!",
-                  ha="center", va="center", color="#d7191c", fontsize=10, fontweight="bold")
+        axes.text(
+            index,
+            layer,
+            "C" if kind == "collapsed" else "U" if kind == "uniform" else "!",
+            ha="center",
+            va="center",
+            color="#d7191c",
+            fontsize=10,
+            fontweight="bold",
+        )
     axes.set_xticks(range(heads))
     axes.set_yticks(range(layers))
     axes.set_xlabel("head")
@@ -696,8 +755,13 @@ def hard_negative_gap_distribution(gaps: Any, bins: int = 40) -> Figure:
     counts, _ = np.histogram(values, bins=edges)
     axes.stairs(counts, edges, fill=True, color="#2b83ba", alpha=0.7)
     axes.axvline(0.0, color="#d7191c", linewidth=1.2, label="0: negative as close as positive")
-    axes.axvline(float(np.median(values)), color="#333333", linestyle="--", linewidth=1.0,
-                 label=f"median {np.median(values):.3f}")
+    axes.axvline(
+        float(np.median(values)),
+        color="#333333",
+        linestyle="--",
+        linewidth=1.0,
+        label=f"median {np.median(values):.3f}",
+    )
     below = float(np.mean(values < 0))
     axes.set_title(f"Hard-negative gap per query ({below:.0%} below 0){_dropped_note(dropped)}")
     axes.set_xlabel("sim(closest positive) − sim(closest negative)")
@@ -729,10 +793,18 @@ def centroid_drift_arrows(base_2d: Any, now_2d: Any, labels: Sequence[Any] | Non
         colour = palette(index % palette.N)
         axes.scatter(*base[index], s=40, facecolors="none", edgecolors=colour, linewidths=1.5)
         axes.scatter(*now[index], s=40, color=colour)
-        axes.annotate("", xy=now[index], xytext=base[index],
-                      arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.4})
-        axes.annotate(_short(name, 18), now[index], xytext=(4, 4), textcoords="offset points", fontsize=7, color=colour,
-                      **PLAIN_TEXT)
+        axes.annotate(
+            "", xy=now[index], xytext=base[index], arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.4}
+        )
+        axes.annotate(
+            _short(name, 18),
+            now[index],
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=7,
+            color=colour,
+            **PLAIN_TEXT,
+        )
     axes.margins(0.15)  # room for the labels of centroids on the edge
     shift = np.linalg.norm(now - base, axis=1)
     axes.set_title(f"Centroid drift base → now ({len(names)} labels, mean shift {shift.mean():.3f})", fontsize=10)
@@ -786,8 +858,9 @@ def rank_changes(rank_before: Any, rank_after: Any) -> Figure:
         (worse, "#d7191c", f"worse ({int(worse.sum())})"),
         (~improved & ~worse, "#999999", f"unchanged ({int((~improved & ~worse).sum())})"),
     ):
-        axes.scatter(before[mask] * jitter[0, mask], after[mask] * jitter[1, mask], s=12, alpha=0.7,
-                     color=colour, label=label)
+        axes.scatter(
+            before[mask] * jitter[0, mask], after[mask] * jitter[1, mask], s=12, alpha=0.7, color=colour, label=label
+        )
     top = max(before.max(), after.max()) * 1.5
     axes.plot([0.8, top], [0.8, top], color="#333333", linewidth=0.8)
     axes.set_xscale("log")
@@ -819,10 +892,14 @@ class SnapshotFigure:
     diff: bool = False
 
 
-def snapshot_figure_inputs(arrays: Mapping[str, Any], metrics: Mapping[str, Any], details: Mapping[str, Any]) -> dict[str, Any]:
+def snapshot_figure_inputs(
+    arrays: Mapping[str, Any], metrics: Mapping[str, Any], details: Mapping[str, Any]
+) -> dict[str, Any]:
     """The arrays of a snapshot plus the few numbers and details its figures take (keys starting with ``_``).
 
-    >>> inputs = snapshot_figure_inputs({"attention_entropy": 1, "attention_entropy_normalized": 2}, {}, {"ood_flagged": [{"index": 4}]})
+    >>> inputs = snapshot_figure_inputs(
+    ...     {"attention_entropy": 1, "attention_entropy_normalized": 2}, {}, {"ood_flagged": [{"index": 4}]}
+    ... )
     >>> inputs["attention_entropy"], inputs["_flagged"]
     (2, [4])
     """
@@ -864,8 +941,15 @@ def feature_movers_figure(movers: Mapping[str, Sequence[Mapping[str, Any]]], *, 
         # one Text artist per label with parse_math=False (tick labels may be rebuilt at draw time)
         for position, row in zip(positions, rows):
             label = f"#{row['feature']}: " + _short(" ".join(str((row.get("top_texts") or [""])[0]).split()), 45)
-            ax.text(0.0, position + 0.42, label, fontsize=7, va="bottom", parse_math=False,
-                    transform=ax.get_yaxis_transform())
+            ax.text(
+                0.0,
+                position + 0.42,
+                label,
+                fontsize=7,
+                va="bottom",
+                parse_math=False,
+                transform=ax.get_yaxis_transform(),
+            )
         ax.set_ylim(-0.6, max(len(rows), 1) - 0.1 + 0.4)
         ax.set_xlabel("change in firing frequency")
         ax.set_title(f"features {side}", parse_math=False)
@@ -874,28 +958,81 @@ def feature_movers_figure(movers: Mapping[str, Sequence[Mapping[str, Any]]], *, 
 
 
 SNAPSHOT_FIGURES: tuple[SnapshotFigure, ...] = (
-    SnapshotFigure("umap_by_label", "UMAP by label", (keys.UMAP,), lambda a: umap_by_label(a[keys.UMAP], a.get(keys.LABELS))),
-    SnapshotFigure("umap_by_ood", "UMAP by OOD score", (keys.UMAP, keys.OOD_SCORE), lambda a: umap_by_ood(a[keys.UMAP], a[keys.OOD_SCORE], a.get("_flagged"))),
     SnapshotFigure(
-        "anisotropy_histogram", "Pairwise cosine vs uniform sphere", (keys.PAIR_HIST_COUNTS, keys.PAIR_HIST_EDGES),
-        lambda a: anisotropy_histogram(a[keys.PAIR_HIST_COUNTS], a[keys.PAIR_HIST_EDGES], a.get(keys.PAIR_HIST_BASELINE), a.get("_anisotropy")),
-    ),
-    SnapshotFigure("pca_variance", "PCA explained variance", (keys.PCA_CUMULATIVE,), lambda a: pca_variance_curve(a[keys.PCA_CUMULATIVE])),
-    SnapshotFigure("layer_similarity", "Layer-wise similarity", (keys.LAYER_SIMILARITY,), lambda a: layer_similarity(a[keys.LAYER_SIMILARITY])),
-    SnapshotFigure(
-        "attention_entropy", "Attention entropy per head", (keys.ATTENTION_ENTROPY,),
-        lambda a: attention_entropy_heatmap(a[keys.ATTENTION_ENTROPY], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)),
-    ),
-    SnapshotFigure("rank_histogram", "Rank of the first relevant document", (keys.FIRST_RANK,), lambda a: rank_histogram(a[keys.FIRST_RANK])),
-    SnapshotFigure("hard_negative_gap", "Hard-negative gap per query", (keys.HARD_NEGATIVE_GAP,), lambda a: hard_negative_gap_distribution(a[keys.HARD_NEGATIVE_GAP])),
-    SnapshotFigure(
-        "centroid_drift", "Centroid drift base → now", (keys.CENTROID_BASE_2D, keys.CENTROID_NOW_2D),
-        lambda a: centroid_drift_arrows(a[keys.CENTROID_BASE_2D], a[keys.CENTROID_NOW_2D], a.get(keys.CENTROID_LABELS)), diff=True,
+        "umap_by_label", "UMAP by label", (keys.UMAP,), lambda a: umap_by_label(a[keys.UMAP], a.get(keys.LABELS))
     ),
     SnapshotFigure(
-        "similarity_shift", "Similarity distribution shift", (keys.SIM_BASE_VALUES, keys.SIM_NOW_VALUES),
-        lambda a: similarity_shift(a[keys.SIM_BASE_VALUES], a[keys.SIM_NOW_VALUES]), diff=True,
+        "umap_by_ood",
+        "UMAP by OOD score",
+        (keys.UMAP, keys.OOD_SCORE),
+        lambda a: umap_by_ood(a[keys.UMAP], a[keys.OOD_SCORE], a.get("_flagged")),
     ),
-    SnapshotFigure("rank_changes", "Rank changes base → now", (keys.RANK_BEFORE, keys.RANK_AFTER), lambda a: rank_changes(a[keys.RANK_BEFORE], a[keys.RANK_AFTER]), diff=True),
-    SnapshotFigure("sae_movers", "SAE features gained and lost against the base model", ("_sae_movers",), lambda a: feature_movers_figure(a["_sae_movers"]), diff=True),
+    SnapshotFigure(
+        "anisotropy_histogram",
+        "Pairwise cosine vs uniform sphere",
+        (keys.PAIR_HIST_COUNTS, keys.PAIR_HIST_EDGES),
+        lambda a: anisotropy_histogram(
+            a[keys.PAIR_HIST_COUNTS], a[keys.PAIR_HIST_EDGES], a.get(keys.PAIR_HIST_BASELINE), a.get("_anisotropy")
+        ),
+    ),
+    SnapshotFigure(
+        "pca_variance",
+        "PCA explained variance",
+        (keys.PCA_CUMULATIVE,),
+        lambda a: pca_variance_curve(a[keys.PCA_CUMULATIVE]),
+    ),
+    SnapshotFigure(
+        "layer_similarity",
+        "Layer-wise similarity",
+        (keys.LAYER_SIMILARITY,),
+        lambda a: layer_similarity(a[keys.LAYER_SIMILARITY]),
+    ),
+    SnapshotFigure(
+        "attention_entropy",
+        "Attention entropy per head",
+        (keys.ATTENTION_ENTROPY,),
+        lambda a: attention_entropy_heatmap(
+            a[keys.ATTENTION_ENTROPY], a.get("_flagged_heads"), normalized=a.get("_attention_normalized", False)
+        ),
+    ),
+    SnapshotFigure(
+        "rank_histogram",
+        "Rank of the first relevant document",
+        (keys.FIRST_RANK,),
+        lambda a: rank_histogram(a[keys.FIRST_RANK]),
+    ),
+    SnapshotFigure(
+        "hard_negative_gap",
+        "Hard-negative gap per query",
+        (keys.HARD_NEGATIVE_GAP,),
+        lambda a: hard_negative_gap_distribution(a[keys.HARD_NEGATIVE_GAP]),
+    ),
+    SnapshotFigure(
+        "centroid_drift",
+        "Centroid drift base → now",
+        (keys.CENTROID_BASE_2D, keys.CENTROID_NOW_2D),
+        lambda a: centroid_drift_arrows(a[keys.CENTROID_BASE_2D], a[keys.CENTROID_NOW_2D], a.get(keys.CENTROID_LABELS)),
+        diff=True,
+    ),
+    SnapshotFigure(
+        "similarity_shift",
+        "Similarity distribution shift",
+        (keys.SIM_BASE_VALUES, keys.SIM_NOW_VALUES),
+        lambda a: similarity_shift(a[keys.SIM_BASE_VALUES], a[keys.SIM_NOW_VALUES]),
+        diff=True,
+    ),
+    SnapshotFigure(
+        "rank_changes",
+        "Rank changes base → now",
+        (keys.RANK_BEFORE, keys.RANK_AFTER),
+        lambda a: rank_changes(a[keys.RANK_BEFORE], a[keys.RANK_AFTER]),
+        diff=True,
+    ),
+    SnapshotFigure(
+        "sae_movers",
+        "SAE features gained and lost against the base model",
+        ("_sae_movers",),
+        lambda a: feature_movers_figure(a["_sae_movers"]),
+        diff=True,
+    ),
 )

@@ -1,8 +1,8 @@
 """Progress bars on stderr: one labelled bar per long step, and one switch that silences them all.
 
 Every long step (a snapshot's probe pass, its UMAP layout, encoding queries and documents) shows a
-``tqdm`` bar whose ``desc`` says what it counts; each takes an ``enabled``/``show_progress`` switch. :func:`quiet_progress`
-silences, for a block, the bars the libraries draw on their own (model loading in transformers,
+``tqdm`` bar whose ``desc`` says what it counts; each takes an ``enabled``/``show_progress`` switch.
+:func:`quiet_progress` silences, for a block, the bars the libraries draw on their own (model loading in transformers,
 downloads in huggingface_hub): together they are the CLI's ``--no-progress``.
 """
 

@@ -57,8 +57,17 @@ from aquin_monitor.snapshot_record import (
     recover_snapshots,
 )
 
-__all__ = ["RunDirectoryError", "write_report", "render_report", "read_jsonl_tolerant", "load_run", "Run", "SnapshotView",
-           "metric_meaning", "align_layouts"]
+__all__ = [
+    "RunDirectoryError",
+    "write_report",
+    "render_report",
+    "read_jsonl_tolerant",
+    "load_run",
+    "Run",
+    "SnapshotView",
+    "metric_meaning",
+    "align_layouts",
+]
 
 REPORT_NAME = "report.html"
 #: Resolution of the embedded PNGs: sharp enough on screen, a few tens of KB per figure.
@@ -78,41 +87,71 @@ _TRAINING_PREFIXES = ("grad_norm/", "contrastive/", "alarm/", "optim/")
 
 #: The metrics the before/after table lists first (then every other retrieval/ and geometry/ metric).
 HEADLINE_METRICS = (
-    "retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@1", "retrieval/recall@10", "retrieval/hard_negative_gap",
-    "geometry/anisotropy", "geometry/id_pca95", "geometry/effective_rank", "geometry/alignment", "geometry/uniformity",
+    "retrieval/ndcg@10",
+    "retrieval/mrr@10",
+    "retrieval/recall@1",
+    "retrieval/recall@10",
+    "retrieval/hard_negative_gap",
+    "geometry/anisotropy",
+    "geometry/id_pca95",
+    "geometry/effective_rank",
+    "geometry/alignment",
+    "geometry/uniformity",
     "geometry/ood_fraction",
 )
 
 #: What to look for in each snapshot figure (by :data:`aquin_monitor.plots.SNAPSHOT_FIGURES` name).
 FIGURE_HINTS = {
-    "umap_by_label": "labels should form separate clusters; layouts are aligned to the previous snapshot, so a cluster that moves moved",
+    "umap_by_label": (
+        "labels should form separate clusters; layouts are aligned to the previous snapshot, so a cluster that "
+        "moves moved"
+    ),
     "umap_by_ood": "flagged points should sit at the edges; a flagged cluster is a topic the probe under-represents",
     "anisotropy_histogram": "a peak far right of the uniform-sphere curve means every text looks alike (anisotropy)",
     "pca_variance": "a curve that saturates after few components means the space uses few directions",
-    "layer_similarity": "the last layer should drop well below the earlier ones: that is what contrastive training shapes",
+    "layer_similarity": (
+        "the last layer should drop well below the earlier ones: that is what contrastive training shapes"
+    ),
     "attention_entropy": "cells near 0 are heads stuck on one token; near 1 heads that attend to everything",
     "rank_histogram": "mass in the first bins is good retrieval; a long tail is queries whose document is buried",
     "hard_negative_gap": "queries left of 0 rank a labelled negative above their relevant document",
     "centroid_drift": "long arrows are labels whose region moved since the base model",
     "similarity_shift": "a shift to the right means the space got more anisotropic; to the left, more spread",
     "rank_changes": "points below the diagonal improved; above it got worse",
-    "sae_movers": "features the fine-tune made fire more (gained) or less (lost) often on the probe; many lost features is a space leaving the base dictionary",
+    "sae_movers": (
+        "features the fine-tune made fire more (gained) or less (lost) often on the probe; many lost features is a "
+        "space leaving the base dictionary"
+    ),
 }
 
 #: The training-timeline figures: (caption, what to look for, function of (rows, events)).
 _TIMELINE = (
     ("Training loss", "should fall and flatten; a jump lines up with a spike alarm", plots.loss_curve),
-    ("Positive / negative similarity, hardest negative, gap and in-batch accuracy",
-     "the gap (pos − neg) should widen; a hardest negative above the positives is a batch the loss cannot yet separate",
-     plots.contrastive_curve),
-    ("Learning rate", "the schedule the optimizer followed (warm-up, decay); spikes in other curves often start where it peaks",
-     lambda rows, events: plots.scalar_curves(rows, _lr_keys(rows), title="Learning rate", ylabel="learning rate",
-                                              log_scale=True, events=events)),
-    ("Total gradient norm", "steady is healthy; sudden jumps are spikes, a slide to 0 a dying run",
-     lambda rows, events: plots.scalar_curves(rows, ["grad_norm/total"], title="Total gradient norm",
-                                              ylabel="L2 norm", log_scale=True, events=events)),
-    ("Gradient norm per layer and step", "dark columns are steps with small updates; an all-dark row is a dead layer",
-     plots.grad_norm_heatmap),
+    (
+        "Positive / negative similarity, hardest negative, gap and in-batch accuracy",
+        "the gap (pos − neg) should widen; a hardest negative above the positives is a batch the loss cannot yet "
+        "separate",
+        plots.contrastive_curve,
+    ),
+    (
+        "Learning rate",
+        "the schedule the optimizer followed (warm-up, decay); spikes in other curves often start where it peaks",
+        lambda rows, events: plots.scalar_curves(
+            rows, _lr_keys(rows), title="Learning rate", ylabel="learning rate", log_scale=True, events=events
+        ),
+    ),
+    (
+        "Total gradient norm",
+        "steady is healthy; sudden jumps are spikes, a slide to 0 a dying run",
+        lambda rows, events: plots.scalar_curves(
+            rows, ["grad_norm/total"], title="Total gradient norm", ylabel="L2 norm", log_scale=True, events=events
+        ),
+    ),
+    (
+        "Gradient norm per layer and step",
+        "dark columns are steps with small updates; an all-dark row is a dead layer",
+        plots.grad_norm_heatmap,
+    ),
 )
 
 
@@ -323,7 +362,9 @@ def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, An
     for spec in specs:
         missing = [key for key in spec.needs if key not in arrays]
         if missing:
-            if not any(key.startswith("_") for key in missing):  # "_" inputs come from details a run may not have (no SAE)
+            if not any(
+                key.startswith("_") for key in missing
+            ):  # "_" inputs come from details a run may not have (no SAE)
                 absent.append(f"{spec.caption} (needs {', '.join(missing)})")
             continue
         try:
@@ -336,7 +377,9 @@ def _draw_figures(specs: Sequence[plots.SnapshotFigure], arrays: Mapping[str, An
     return drawn, notes
 
 
-def _timeline_figure(caption: str, function: Callable[..., Any], *args: Any, hint: str | None = None) -> tuple[str, str]:
+def _timeline_figure(
+    caption: str, function: Callable[..., Any], *args: Any, hint: str | None = None
+) -> tuple[str, str]:
     try:
         return _figure_html(function(*args), caption, hint), ""
     except plots.NoDataError as exc:
@@ -359,20 +402,38 @@ def _header(run: Run) -> str:
         step_text = f"{len(steps)} logged steps ({steps[0]} – {steps[-1]})"
     else:
         step_text = "no training steps logged"
-    badges = "".join(
-        f'<span class="badge alarm-{_escape(kind)}">{_escape(kind)}: {count}</span>' for kind, count in sorted(kinds.items())
-    ) or '<span class="badge ok">no alarms</span>'
+    badges = (
+        "".join(
+            f'<span class="badge alarm-{_escape(kind)}">{_escape(kind)}: {count}</span>'
+            for kind, count in sorted(kinds.items())
+        )
+        or '<span class="badge ok">no alarms</span>'
+    )
     if run.events is None:
-        badges += " (no events.jsonl" + ("; counted from alarm/&lt;kind&gt; keys of metrics.jsonl)" if run.training_rows else ": not recorded)")
+        badges += " (no events.jsonl" + (
+            "; counted from alarm/&lt;kind&gt; keys of metrics.jsonl)" if run.training_rows else ": not recorded)"
+        )
     facts = [
         ("Model", _escape(run.model or "unknown (no snapshot names it)")),
         ("Run directory", f"<code>{_escape(run.directory.resolve())}</code>"),
         ("Training", _escape(step_text)),
-        ("Snapshots", _escape(f"{len(run.snapshots)}" + (f" (steps {', '.join(str(s.step) for s in run.snapshots)})" if run.snapshots else ""))),
+        (
+            "Snapshots",
+            _escape(
+                f"{len(run.snapshots)}"
+                + (f" (steps {', '.join(str(s.step) for s in run.snapshots)})" if run.snapshots else "")
+            ),
+        ),
         ("Alarms", f"{len(events)} {badges}"),
     ]
     if (run.directory / SAE_PAGE).is_file():  # written at train end when the run's snapshots used an SAE
-        facts.append(("SAE features", f'<a href="{SAE_PAGE}">{SAE_PAGE}</a>: the base SAE\'s features on the probe at the last snapshot (browser, co-activation network, diagnostics)'))
+        facts.append(
+            (
+                "SAE features",
+                f'<a href="{SAE_PAGE}">{SAE_PAGE}</a>: the base SAE\'s features on the probe at the last snapshot '
+                "(browser, co-activation network, diagnostics)",
+            )
+        )
     rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
     return f'<header id="summary"><h1>aquin-monitor report</h1><table class="facts">{rows}</table></header>'
 
@@ -386,7 +447,8 @@ def _problems_section(run: Run) -> str:
     items = "".join(f"<li><code>{_escape(problem)}</code></li>" for problem in problems)
     return (
         '<section id="problems" class="problems"><h2>Problems reading the run</h2>'
-        f"<p>These parts were skipped; the rest of the report is drawn from what could be read.</p><ul>{items}</ul></section>"
+        "<p>These parts were skipped; the rest of the report is drawn from what could be read.</p>"
+        f"<ul>{items}</ul></section>"
     )
 
 
@@ -414,8 +476,15 @@ def _alarms_from_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         for key, value in row.items():
             if key.startswith("alarm/") and value:
-                events.append({"step": row["step"], "kind": key[len("alarm/"):], "layer": None,
-                               "message": f"{key} in metrics.jsonl (events.jsonl is missing)", "value": None})
+                events.append(
+                    {
+                        "step": row["step"],
+                        "kind": key[len("alarm/") :],
+                        "layer": None,
+                        "message": f"{key} in metrics.jsonl (events.jsonl is missing)",
+                        "value": None,
+                    }
+                )
     return events
 
 
@@ -423,9 +492,18 @@ def _timeline_section(run: Run) -> str:
     parts = ['<section id="timeline"><h2>Training timeline</h2>']
     events = run.events or []
     if run.metrics is None:
-        parts.append(_note("No metrics.jsonl in this run directory: no training timeline (a run with snapshots only, or one inspected without training)."))
+        parts.append(
+            _note(
+                "No metrics.jsonl in this run directory: no training timeline (a run with snapshots only, or one "
+                "inspected without training)."
+            )
+        )
     elif not run.training_rows:
-        parts.append(_note("metrics.jsonl holds no training step (grad_norm/, contrastive/ or alarm/ keys): no training timeline."))
+        parts.append(
+            _note(
+                "metrics.jsonl holds no training step (grad_norm/, contrastive/ or alarm/ keys): no training timeline."
+            )
+        )
     else:
         drawn = []
         for caption, hint, function in _TIMELINE:
@@ -439,7 +517,11 @@ def _timeline_section(run: Run) -> str:
     if run.events is None:
         if run.metrics:
             fallback = _alarms_from_metrics(run.metrics)
-            parts.append(_note("No events.jsonl in this run directory; alarms below come from alarm/<kind> keys of metrics.jsonl."))
+            parts.append(
+                _note(
+                    "No events.jsonl in this run directory; alarms below come from alarm/<kind> keys of metrics.jsonl."
+                )
+            )
             parts.append(_alarms_table(fallback))
         else:
             parts.append(_note("No events.jsonl in this run directory."))
@@ -487,9 +569,11 @@ def _ood_text(text: Any) -> str:
     text = str(text)
     if len(text) <= OOD_TEXT_CHARS:
         return f'<span class="probe">{_escape(text)}</span>'
-    return (f'<details class="long-text"><summary><span class="probe">{_escape(text[:OOD_TEXT_CHARS].rstrip())}…</span> '
-            f'<span class="more">({len(text):,} characters: show all)</span></summary>'
-            f'<span class="probe">{_escape(text)}</span></details>')
+    return (
+        f'<details class="long-text"><summary><span class="probe">{_escape(text[:OOD_TEXT_CHARS].rstrip())}…</span> '
+        f'<span class="more">({len(text):,} characters: show all)</span></summary>'
+        f'<span class="probe">{_escape(text)}</span></details>'
+    )
 
 
 def _overview_section(run: Run) -> str:
@@ -497,8 +581,12 @@ def _overview_section(run: Run) -> str:
     parts = ['<section id="overview"><h2>Before / after: every snapshot</h2>']
     if not run.snapshots:
         return "".join(parts) + _note("No snapshots in this run directory: nothing to compare.") + "</section>"
-    present = {name for snapshot in run.snapshots for name in snapshot.metrics
-               if name.startswith(("retrieval/", "geometry/")) and _is_number(snapshot.metrics[name])}
+    present = {
+        name
+        for snapshot in run.snapshots
+        for name in snapshot.metrics
+        if name.startswith(("retrieval/", "geometry/")) and _is_number(snapshot.metrics[name])
+    }
     names = [n for n in HEADLINE_METRICS if n in present] + sorted(present - set(HEADLINE_METRICS))
     if not names:
         return "".join(parts) + _note("The snapshots record no retrieval or geometry metric.") + "</section>"
@@ -515,10 +603,15 @@ def _overview_section(run: Run) -> str:
                 cell += f' <span class="delta {css}">({delta or "—"})</span>'
             row.append(cell)
         rows.append(row)
-    caption = ("Values at each snapshot; in brackets the change against the base snapshot"
-               if base is not None else "Values at each snapshot (no snapshot is tagged 'base': no change shown)")
-    parts.append(f"<p>{_escape(caption)}. Look for retrieval going up while anisotropy goes down; "
-                 "a retrieval gain with anisotropy rising towards 1 is a space collapsing onto one direction.</p>")
+    caption = (
+        "Values at each snapshot; in brackets the change against the base snapshot"
+        if base is not None
+        else "Values at each snapshot (no snapshot is tagged 'base': no change shown)"
+    )
+    parts.append(
+        f"<p>{_escape(caption)}. Look for retrieval going up while anisotropy goes down; "
+        "a retrieval gain with anisotropy rising towards 1 is a space collapsing onto one direction.</p>"
+    )
     parts.append(f'<div class="wide">{_table(headers, rows, "metrics overview")}</div></section>')
     return "".join(parts)
 
@@ -528,23 +621,42 @@ def _is_number(value: Any) -> bool:
 
 
 def _evaluations_section(run: Run) -> str:
-    """The trainer's own evaluation metrics (HF's ``eval_*``, Lightning's validation metrics), one row per evaluation."""
+    """The trainer's own evaluation metrics (HF's ``eval_*``, Lightning's validation metrics), one row per
+    evaluation."""
     if not run.evaluations:
         return ""
-    names = sorted({key for row in run.evaluations for key in row if key not in ("step", "time") and _is_number(row[key])})
+    names = sorted(
+        {key for row in run.evaluations for key in row if key not in ("step", "time") and _is_number(row[key])}
+    )
     if not names:
         return ""
-    rows = [[_escape(row["step"])] + [_format_number(row.get(name)) for name in names] for row in run.evaluations[-MAX_TABLE_ROWS:]]
+    rows = [
+        [_escape(row["step"])] + [_format_number(row.get(name)) for name in names]
+        for row in run.evaluations[-MAX_TABLE_ROWS:]
+    ]
     left_out = len(run.evaluations) - len(rows)
-    parts = ['<section id="evaluations"><h2>The trainer\'s own evaluation</h2>',
-             "<p>What the trainer's evaluator (sentence-transformers evaluators, <code>eval_loss</code>; Lightning's validation "
-             "metrics) reported at each evaluation, as the trainer logged it. Read it beside the snapshots above: an evaluator "
-             "score that keeps rising while retrieval on your own probe falls, or anisotropy climbs, is the evaluator's data "
-             "being fitted, not the space improving.</p>",
-             f'<div class="wide">{_table(["step", *names], rows, "metrics")}</div>']
+    parts = [
+        '<section id="evaluations"><h2>The trainer\'s own evaluation</h2>',
+        "<p>What the trainer's evaluator (sentence-transformers evaluators, <code>eval_loss</code>; Lightning's "
+        "validation metrics) reported at each evaluation, as the trainer logged it. Read it beside the snapshots "
+        "above: an evaluator score that keeps rising while retrieval on your own probe falls, or anisotropy climbs, "
+        "is the evaluator's data being fitted, not the space improving.</p>",
+        f'<div class="wide">{_table(["step", *names], rows, "metrics")}</div>',
+    ]
     if left_out:
-        parts.append(_note(f"The first {left_out} evaluations are left out (the last {MAX_TABLE_ROWS} are shown); evaluations.jsonl has them all."))
+        parts.append(
+            _note(
+                f"The first {left_out} evaluations are left out (the last {MAX_TABLE_ROWS} are shown); "
+                "evaluations.jsonl has them all."
+            )
+        )
     return "".join(parts) + "</section>"
+
+
+def _descending_score(item: dict[str, Any]) -> float:
+    """Sort key: highest ``score`` first, items without a numeric score last."""
+    score = item.get("score")
+    return -float(score) if isinstance(score, (int, float)) else math.inf
 
 
 def _details_html(snapshot: SnapshotView) -> str:
@@ -552,34 +664,59 @@ def _details_html(snapshot: SnapshotView) -> str:
     flagged = [item for item in snapshot.details.get(keys.OOD_FLAGGED) or [] if isinstance(item, dict)]
     parts.append("<h4>Out-of-distribution inputs</h4>")
     if flagged:
-        ordered = sorted(flagged, key=lambda item: -(item.get("score") if isinstance(item.get("score"), (int, float)) else -math.inf))  # type: ignore[operator]  # isinstance just checked the score is a number
-        rows: list[Sequence[str]] = [(_escape(item.get("index", "?")), _format_number(item.get("score")), _ood_text(item.get("text", "")))
-                for item in ordered[:MAX_TABLE_ROWS]]
+        ordered = sorted(flagged, key=_descending_score)
+        rows: list[Sequence[str]] = [
+            (_escape(item.get("index", "?")), _format_number(item.get("score")), _ood_text(item.get("text", "")))
+            for item in ordered[:MAX_TABLE_ROWS]
+        ]
         # a long list folds away (plain HTML <details>, no script); a short one stays open
         opened = " open" if len(ordered) <= _OPEN_LIST_ROWS else ""
         parts.append(
             f"<details{opened}><summary>{len(ordered)} inputs flagged, highest OOD score first</summary>"
-            + _table(["index", "OOD score", "text"], rows, "ood") + "</details>"
+            + _table(["index", "OOD score", "text"], rows, "ood")
+            + "</details>"
         )
         if len(ordered) > MAX_TABLE_ROWS:
             parts.append(_note(f"First {MAX_TABLE_ROWS} of {len(ordered)} flagged inputs shown."))
     else:
-        parts.append(_note("No input flagged out-of-distribution." if "ood_flagged" in snapshot.details else "No OOD details recorded."))
+        parts.append(
+            _note(
+                "No input flagged out-of-distribution."
+                if "ood_flagged" in snapshot.details
+                else "No OOD details recorded."
+            )
+        )
 
     heads = [item for item in snapshot.details.get(keys.FLAGGED_HEADS) or [] if isinstance(item, dict)]
     parts.append("<h4>Flagged attention heads</h4>")
     if heads:
-        rows = [(_escape(h.get("layer", "?")), _escape(h.get("head", "?")), _escape(h.get("kind", "?")), _format_number(h.get("entropy")))
-                for h in heads]
+        rows = [
+            (
+                _escape(h.get("layer", "?")),
+                _escape(h.get("head", "?")),
+                _escape(h.get("kind", "?")),
+                _format_number(h.get("entropy")),
+            )
+            for h in heads
+        ]
         parts.append(_table(["layer", "head", "kind", "entropy"], rows, "heads"))
     else:
-        parts.append(_note("No attention head flagged." if "flagged_heads" in snapshot.details else "No attention details recorded."))
+        parts.append(
+            _note(
+                "No attention head flagged."
+                if "flagged_heads" in snapshot.details
+                else "No attention details recorded."
+            )
+        )
 
     categories = snapshot.details.get(keys.RETRIEVAL_BY_CATEGORY)
     if isinstance(categories, dict) and categories:
         metric_names = sorted({m for values in categories.values() if isinstance(values, dict) for m in values})
-        rows = [[_escape(category)] + [_format_number(values.get(m)) for m in metric_names]
-                for category, values in sorted(categories.items()) if isinstance(values, dict)]
+        rows = [
+            [_escape(category)] + [_format_number(values.get(m)) for m in metric_names]
+            for category, values in sorted(categories.items())
+            if isinstance(values, dict)
+        ]
         parts.append("<h4>Retrieval by category</h4>" + _table(["category", *metric_names], rows, "metrics"))
 
     rogue = [item for item in snapshot.details.get(keys.ROGUE_DIMENSIONS) or [] if isinstance(item, dict)]
@@ -593,7 +730,10 @@ def _details_html(snapshot: SnapshotView) -> str:
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
     """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
     parts = []
-    for key, title in ((keys.SAE_GAINED, "SAE features gained against the base model"), (keys.SAE_LOST, "SAE features lost against the base model")):
+    for key, title in (
+        (keys.SAE_GAINED, "SAE features gained against the base model"),
+        (keys.SAE_LOST, "SAE features lost against the base model"),
+    ):
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
@@ -601,16 +741,24 @@ def _sae_movers_html(details: Mapping[str, Any]) -> str:
             (
                 _escape(item.get("feature", "?")),
                 f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}",
-                f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
-                "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+                f"{_format_number(item.get('mean_activation_before'))} → "
+                f"{_format_number(item.get('mean_activation_after'))}",
+                "<br>".join(
+                    f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []
+                ),
             )
             for item in movers
         ]
-        parts.append(f"<h4>{_escape(title)}</h4>" + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics"))
+        parts.append(
+            f"<h4>{_escape(title)}</h4>"
+            + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics")
+        )
     return "".join(parts)
 
 
-def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal: int, umap: np.ndarray | None = None) -> str:
+def _snapshot_section(
+    snapshot: SnapshotView, base: SnapshotView | None, ordinal: int, umap: np.ndarray | None = None
+) -> str:
     anchor = f"snapshot-{snapshot.step if snapshot.step is not None else f'x{ordinal}'}"
     title = f"Snapshot at step {snapshot.step if snapshot.step is not None else '?'} ({snapshot.tag})"
     parts = [f'<section class="snapshot" id="{_escape(anchor)}"><h2>{_escape(title)}</h2>']
@@ -649,9 +797,14 @@ def _snapshot_section(snapshot: SnapshotView, base: SnapshotView | None, ordinal
 
 def _snapshots_section(run: Run) -> str:
     if not run.snapshots:
-        return '<section id="snapshots"><h2>Snapshots</h2>' + _note(
-            "No snapshots in this run directory (snapshots/<step>/snapshot.json): no geometry, retrieval or diff figures."
-        ) + "</section>"
+        return (
+            '<section id="snapshots"><h2>Snapshots</h2>'
+            + _note(
+                "No snapshots in this run directory (snapshots/<step>/snapshot.json): no geometry, retrieval or "
+                "diff figures."
+            )
+            + "</section>"
+        )
     base = run.base
     layouts = align_layouts([_layout(snapshot) for snapshot in run.snapshots])
     return "".join(_snapshot_section(snapshot, base, i, layouts[i]) for i, snapshot in enumerate(run.snapshots))
@@ -670,20 +823,26 @@ def _layout(snapshot: SnapshotView) -> np.ndarray | None:
 
 
 def _contents(run: Run) -> str:
-    links = ['<a href="#summary">Summary</a>', '<a href="#overview">Before / after</a>', '<a href="#timeline">Training timeline</a>',
-             '<a href="#alarms">Alarms</a>']
+    links = [
+        '<a href="#summary">Summary</a>',
+        '<a href="#overview">Before / after</a>',
+        '<a href="#timeline">Training timeline</a>',
+        '<a href="#alarms">Alarms</a>',
+    ]
     if run.evaluations:
         links.insert(2, '<a href="#evaluations">Trainer evaluation</a>')
     if run.problems or any(s.problems for s in run.snapshots):
         links.insert(1, '<a href="#problems">Problems</a>')
     for index, snapshot in enumerate(run.snapshots):
         anchor = f"snapshot-{snapshot.step if snapshot.step is not None else f'x{index}'}"
-        links.append(f'<a href="#{_escape(anchor)}">Step {_escape(snapshot.step if snapshot.step is not None else "?")} ({_escape(snapshot.tag)})</a>')
+        step = _escape(snapshot.step if snapshot.step is not None else "?")
+        links.append(f'<a href="#{_escape(anchor)}">Step {step} ({_escape(snapshot.tag)})</a>')
     if not run.snapshots:
         links.append('<a href="#snapshots">Snapshots</a>')
-    return f'<nav>{" · ".join(links)}</nav>'
+    return f"<nav>{' · '.join(links)}</nav>"
 
 
+# An embedded page template (the report's style sheet): left unwrapped, its CSS rules read one per line.
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1240px;
        padding: 0 20px 40px; color: #222; background: #fff; line-height: 1.4; }
@@ -723,7 +882,7 @@ details.long-text[open] > summary .probe { display: none; }
 .probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 code { font-size: 12px; }
 summary { cursor: pointer; font-size: 14px; margin: 4px 0; }
-"""
+"""  # noqa: E501
 
 
 def render_report(run_dir: str | os.PathLike) -> str:

@@ -64,8 +64,16 @@ from .signals.retrieval import (
     topk,
 )
 
-__all__ = ["EXACT_MAX_DOCS", "INDEX_KINDS", "SearchIndex", "SearchReport", "SearchResult", "faiss_available",
-           "ivf_lists", "neighbour_graph"]
+__all__ = [
+    "EXACT_MAX_DOCS",
+    "INDEX_KINDS",
+    "SearchIndex",
+    "SearchReport",
+    "SearchResult",
+    "faiss_available",
+    "ivf_lists",
+    "neighbour_graph",
+]
 
 INDEX_KINDS = ("auto", "exact", "ivf", "hnsw")
 # Above this many documents ``auto`` goes approximate (when enough queries come to pay for the build).
@@ -128,8 +136,10 @@ class SearchReport:
     def line(self) -> str:
         """One line for stderr, e.g. ``search: ivf (nlist=4000, nprobe=32) on faiss-cpu, recall@10 0.962 ...``."""
         params = ", ".join(f"{k}={v}" for k, v in self.parameters.items())
-        text = (f"search: {self.index}{f' ({params})' if params else ''} on {self.engine}, "
-                f"{self.n_queries} queries x {self.n_docs} documents")
+        text = (
+            f"search: {self.index}{f' ({params})' if params else ''} on {self.engine}, "
+            f"{self.n_queries} queries x {self.n_docs} documents"
+        )
         if self.recall_at_k is not None:
             text += f", recall@{self.k} {self.recall_at_k:.3f} vs exact on {self.recall_queries} held-out queries"
         text += f", build {self.build_seconds:.1f} s, search {self.search_seconds:.1f} s"
@@ -158,10 +168,21 @@ class SearchIndex:
         block_rows: rows read from ``documents`` at a time while building.
     """
 
-    def __init__(self, documents: RowSource | np.ndarray, *, index: str = "auto", similarity: str = "cosine",
-                 expected_queries: int | None = None, nlist: int | None = None, nprobe: int | None = None,
-                 ef_search: int | None = None, recall_target: float = DEFAULT_RECALL_TARGET,
-                 recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, block_rows: int = 65536) -> None:
+    def __init__(
+        self,
+        documents: RowSource | np.ndarray,
+        *,
+        index: str = "auto",
+        similarity: str = "cosine",
+        expected_queries: int | None = None,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        recall_target: float = DEFAULT_RECALL_TARGET,
+        recall_sample: int = DEFAULT_RECALL_SAMPLE,
+        seed: int = 0,
+        block_rows: int = 65536,
+    ) -> None:
         if index not in INDEX_KINDS:
             raise RetrievalInputError(f"index must be one of {INDEX_KINDS}, got {index!r}")
         if similarity not in ("cosine", "dot"):
@@ -223,17 +244,36 @@ class SearchIndex:
             scores, indices, widened = self._exact_search(queries, width, excluded)
         else:
             scores, indices, params, recall, recall_queries, recall_seconds = self._approximate_search(
-                queries, width, excluded)
-        report = SearchReport(self.kind, self.engine, self.n_docs, len(queries), width, params, recall,
-                              recall_queries, self.build_seconds, time.perf_counter() - started - recall_seconds,
-                              widened, recall_seconds)
+                queries, width, excluded
+            )
+        report = SearchReport(
+            self.kind,
+            self.engine,
+            self.n_docs,
+            len(queries),
+            width,
+            params,
+            recall,
+            recall_queries,
+            self.build_seconds,
+            time.perf_counter() - started - recall_seconds,
+            widened,
+            recall_seconds,
+        )
         return SearchResult(scores, indices, report)
 
-    def retrieval_report(self, queries, relevant: Sequence[Mapping[int, float] | Collection[int] | None], *,
-                         depth: int | None = None, ks: Sequence[int] = (1, 5, 10), ndcg_k: int | None = 10,
-                         mrr_k: int | None = 10, categories: Sequence[Hashable] | None = None,
-                         hard_negatives: Sequence[Collection[int] | None] | None = None,
-                         ) -> tuple[RetrievalReport, SearchReport]:
+    def retrieval_report(
+        self,
+        queries,
+        relevant: Sequence[Mapping[int, float] | Collection[int] | None],
+        *,
+        depth: int | None = None,
+        ks: Sequence[int] = (1, 5, 10),
+        ndcg_k: int | None = 10,
+        mrr_k: int | None = 10,
+        categories: Sequence[Hashable] | None = None,
+        hard_negatives: Sequence[Collection[int] | None] | None = None,
+    ) -> tuple[RetrievalReport, SearchReport]:
         """:func:`~aquin_monitor.signals.retrieval.retrieval_metrics`' report, through this index.
 
         Exact index over documents in memory and ``depth=None``: the full scan of
@@ -242,13 +282,20 @@ class SearchIndex:
         through :func:`~aquin_monitor.signals.retrieval.ranked_list_report`: ranks up to ``depth``
         are exact for the exact index; a relevant document beyond it counts as not retrieved.
         """
-        metric_args: dict[str, Any] = dict(ks=ks, ndcg_k=ndcg_k, mrr_k=mrr_k, categories=categories,
-                                           hard_negatives=hard_negatives)
+        metric_args: dict[str, Any] = dict(
+            ks=ks, ndcg_k=ndcg_k, mrr_k=mrr_k, categories=categories, hard_negatives=hard_negatives
+        )
         if depth is None and self.kind == "exact" and self._array is not None and self.n_docs <= EXACT_MAX_DOCS:
             started = time.perf_counter()
             report = retrieval_metrics(queries, self._array, relevant, similarity=self.similarity, **metric_args)
-            scan = SearchReport("exact", "full scan", self.n_docs, len(report.n_relevant), self.n_docs,
-                                search_seconds=time.perf_counter() - started)
+            scan = SearchReport(
+                "exact",
+                "full scan",
+                self.n_docs,
+                len(report.n_relevant),
+                self.n_docs,
+                search_seconds=time.perf_counter() - started,
+            )
             return report, scan
         cutoffs = [c for c in (*ks, ndcg_k, mrr_k) if c is not None]
         depth = depth if depth is not None else max([DEFAULT_RANK_DEPTH, *cutoffs])
@@ -263,9 +310,10 @@ class SearchIndex:
         def score(query_index: np.ndarray, doc_index: np.ndarray) -> np.ndarray:
             out = np.empty(len(query_index), dtype=np.float32)
             for start in range(0, len(query_index), 65536):
-                q, d = query_index[start:start + 65536], doc_index[start:start + 65536]
-                out[start:start + 65536] = pair_scores(queries[q], self.rows(d), similarity=self.similarity,
-                                                       corpus_max_norm=self._corpus_max_norm())
+                q, d = query_index[start : start + 65536], doc_index[start : start + 65536]
+                out[start : start + 65536] = pair_scores(
+                    queries[q], self.rows(d), similarity=self.similarity, corpus_max_norm=self._corpus_max_norm()
+                )
             return out
 
         return score
@@ -310,8 +358,9 @@ class SearchIndex:
             width = min(self.n_docs, 2 * width)
         return scores, indices, widened
 
-    def _rescored_top(self, queries: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int,
-                      excluded: list[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _rescored_top(
+        self, queries: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int, excluded: list[set[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top k of each candidate row under the tie policy, by canonical scores; -1 / -inf padding."""
         q_index = np.repeat(rows, candidates.shape[1])
         flat = candidates.reshape(-1)
@@ -402,8 +451,9 @@ class SearchIndex:
         if self.kind == "exact":
             index = faiss.IndexFlatIP(self.dimension)
         elif self.kind == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dimension), self.dimension, self.nlist,
-                                       faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(self.dimension), self.dimension, self.nlist, faiss.METRIC_INNER_PRODUCT
+            )
             index.cp.niter, index.cp.seed = 10, self.seed
             index.train(self._prepare(self._training_sample()))
         else:
@@ -441,14 +491,16 @@ class SearchIndex:
         scores = np.empty((len(queries), width), dtype=np.float32)
         ids = np.empty((len(queries), width), dtype=np.int64)
         for start in range(0, len(queries), _QUERY_BLOCK):
-            block = self._prepare(queries[start:start + _QUERY_BLOCK])
-            scores[start:start + len(block)], ids[start:start + len(block)] = self._index.search(block, width)
+            block = self._prepare(queries[start : start + _QUERY_BLOCK])
+            scores[start : start + len(block)], ids[start : start + len(block)] = self._index.search(block, width)
         return scores, ids
 
     def _corpus_max_norm(self) -> float:
         if self._max_norm is None:
-            self._max_norm = max(float(np.sqrt(np.einsum("ij,ij->i", b.astype(np.float64), b.astype(np.float64))).max())
-                                 for _, b in iter_blocks(self.source, self.block_rows))
+            self._max_norm = max(
+                float(np.sqrt(np.einsum("ij,ij->i", b.astype(np.float64), b.astype(np.float64))).max())
+                for _, b in iter_blocks(self.source, self.block_rows)
+            )
         return self._max_norm
 
     def _array_max_norm(self) -> float | None:

@@ -48,7 +48,11 @@ class ShardedGradientNorms:
         if key not in self._patterns:
             positions = list(range(len(self.groups.parameters))) if present is None else list(present)
             holds = groups_with_gradient(self.groups, present).astype(np.float32)
-            self._patterns[key] = (self.shares[positions].to(device), torch.from_numpy(holds).to(device), torch.tensor(positions, dtype=torch.long, device=device))
+            self._patterns[key] = (
+                self.shares[positions].to(device),
+                torch.from_numpy(holds).to(device),
+                torch.tensor(positions, dtype=torch.long, device=device),
+            )
         return self._patterns[key]
 
     def local_vector(self, present: tuple[int, ...] | None, tensor_step: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +86,8 @@ class ShardedGradientNorms:
         end = 2 * n_groups + 1
         tensor_norms = None
         if tensor_step:
-            tensor_norms = torch.cat([reduced[end : end + n_parameters].sqrt(), reduced[end + n_parameters : end + 2 * n_parameters]])
+            tensor_norms = torch.cat(
+                [reduced[end : end + n_parameters].sqrt(), reduced[end + n_parameters : end + 2 * n_parameters]]
+            )
             end += 2 * n_parameters
         return norms, bookkeeping, tensor_norms, reduced[end:]

@@ -6,8 +6,9 @@ coordinates, histograms, heatmaps...). The folder is written under a temporary n
 (``.<step>-tmp-<host>-<pid>-<token>``) and renamed into place, so a crash never leaves half a snapshot.
 Re-saving a step moves the old folder to ``.<step>-old`` first; a kill between the two renames is
 repaired by :func:`recover_snapshots` (on every open of the run folder: the next save, the next
-:func:`list_snapshots`, e.g. on resume, and the report's reader): ``.<step>-old`` is put back, and temp folders of dead processes are removed. Folders and
-files get the permissions of the process umask, like every other file the run writes.
+:func:`list_snapshots`, e.g. on resume, and the report's reader): ``.<step>-old`` is put back, and temp folders of
+dead processes are removed. Folders and files get the permissions of the process umask, like every other file the run
+writes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ class Snapshot:
         final = root / str(self.step)
         # a new folder beside final (mode 0o777 minus the umask), renamed into place; an old one set aside meanwhile
         with atomic_directory(final) as tmp:
-            record = {"step": self.step, "tag": self.tag, "model": self.model, "metrics": to_jsonable(self.metrics), "details": to_jsonable(self.details)}
+            record = {
+                "step": self.step,
+                "tag": self.tag,
+                "model": self.model,
+                "metrics": to_jsonable(self.metrics),
+                "details": to_jsonable(self.details),
+            }
             (tmp / "snapshot.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
             np.savez_compressed(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in self.arrays.items()})  # type: ignore[arg-type]  # numpy stubs read **arrays as allow_pickle
         return final
@@ -97,12 +104,18 @@ class Snapshot:
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
         arrays = read_arrays(folder / "arrays.npz") if (folder / "arrays.npz").exists() else {}
         return cls(
-            step=int(record["step"]), tag=record.get("tag", "checkpoint"), model=record.get("model", ""),
-            metrics=_floats(record.get("metrics", {})), details=record.get("details", {}), arrays=arrays,
+            step=int(record["step"]),
+            tag=record.get("tag", "checkpoint"),
+            model=record.get("model", ""),
+            metrics=_floats(record.get("metrics", {})),
+            details=record.get("details", {}),
+            arrays=arrays,
         )
 
 
-def read_arrays(path: Path, *, skip: tuple[str, ...] = (), problems: list[str] | None = None, label: str = "") -> dict[str, np.ndarray]:
+def read_arrays(
+    path: Path, *, skip: tuple[str, ...] = (), problems: list[str] | None = None, label: str = ""
+) -> dict[str, np.ndarray]:
     """The arrays of an ``arrays.npz`` (pickles refused), less those named in ``skip``.
 
     Strict by default (an unreadable file or array raises); given a ``problems`` list, each unreadable
@@ -151,7 +164,12 @@ class SnapshotView:
     @classmethod
     def read(cls, directory: Path, label: str) -> SnapshotView:
         """Read ``directory``; ``label`` names it in problems (e.g. ``snapshots/4``)."""
-        view = cls(directory=directory, step=int(directory.name) if directory.name.isdigit() else None, tag="unknown", model=None)
+        view = cls(
+            directory=directory,
+            step=int(directory.name) if directory.name.isdigit() else None,
+            tag="unknown",
+            model=None,
+        )
         json_path = directory / "snapshot.json"
         if json_path.is_file():
             try:
@@ -166,7 +184,9 @@ class SnapshotView:
             view.problems.append(f"{label}/snapshot.json is missing")
         arrays_path = directory / "arrays.npz"
         if arrays_path.is_file():
-            view.arrays = read_arrays(arrays_path, skip=(keys.EMBEDDINGS,), problems=view.problems, label=f"{label}/arrays.npz")
+            view.arrays = read_arrays(
+                arrays_path, skip=(keys.EMBEDDINGS,), problems=view.problems, label=f"{label}/arrays.npz"
+            )
         return view
 
     def _take_record(self, record: dict[str, Any]) -> None:
@@ -231,7 +251,10 @@ def _recover_one(child: Path) -> str | None:
             shutil.rmtree(child)
             return f"removed {child} (the re-save of snapshot {old['step']} had completed)"
         os.replace(child, final)
-        return f"aquin-monitor: snapshot {old['step']} was being re-saved when its process died; the earlier one was put back at {final}"
+        return (
+            f"aquin-monitor: snapshot {old['step']} was being re-saved when its process died; "
+            f"the earlier one was put back at {final}"
+        )
     temp = _TEMP.match(child.name)
     if temp and abandoned_temporary(child.name) is None:
         return None  # another machine's or a live process's write in progress

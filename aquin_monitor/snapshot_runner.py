@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from .sinks.base import Sink
 
 
-
 @dataclass
 class ProbePass:
     """What one pass of the probe through the model gives, rows in probe order: the final embeddings
@@ -194,7 +193,14 @@ class SnapshotRunner:
             figures = snapshot_figures(snap) if sinks else {}
             for sink in sinks:
                 sink.log_summary({"tag": tag, **snap.metrics}, step)  # scalars on dashboards, snapshots.jsonl in files
-                send_embeddings(sink, "probe", snap.arrays[keys.EMBEDDINGS], [str(v) for v in labels] if labels else None, step, texts=self.probe.texts)
+                send_embeddings(
+                    sink,
+                    "probe",
+                    snap.arrays[keys.EMBEDDINGS],
+                    [str(v) for v in labels] if labels else None,
+                    step,
+                    texts=self.probe.texts,
+                )
                 for name, figure in figures.items():
                     sink.log_figure(f"snapshot/{name}", figure, step)
             return snap
@@ -226,7 +232,9 @@ class SnapshotRunner:
             self.base = snap
         self.previous = snap
 
-    def compute(self, model: torch.nn.Module | CachedModel, step: int, *, tag: str = "checkpoint", model_name: str = "") -> Snapshot:
+    def compute(
+        self, model: torch.nn.Module | CachedModel, step: int, *, tag: str = "checkpoint", model_name: str = ""
+    ) -> Snapshot:
         """The snapshot of ``model`` at ``step``, without diffs (see :meth:`take`)."""
         probe_pass = self.probe_pass(model)
         emb = probe_pass.embeddings
@@ -240,7 +248,9 @@ class SnapshotRunner:
                 with phase(f"Snapshot: UMAP 2-D layout of {len(emb)} probe texts", self.show_progress):
                     snap.arrays[keys.UMAP] = umap_2d(emb, self.seed)
             except Exception as exc:  # noqa: BLE001 - a projection is not worth losing the snapshot
-                warnings.warn(f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2
+                )
         if self.retrieval is not None:
             self._add_retrieval(snap, model, emb)
         if self.sae is not None:
@@ -252,7 +262,12 @@ class SnapshotRunner:
 
         assert self.sae is not None, "_add_sae runs only when the runner holds an SAE"
         if emb.shape[1] != self.sae.d_in:  # an SAE of another model: the snapshot is still worth keeping
-            warnings.warn(f"aquin-monitor: the SAE reads {self.sae.d_in}-dimensional embeddings, this model gives {emb.shape[1]}: no sae/ signals", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"aquin-monitor: the SAE reads {self.sae.d_in}-dimensional embeddings, "
+                f"this model gives {emb.shape[1]}: no sae/ signals",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return
         signals = snapshot_signals(self.sae, emb, self.probe.texts)
         snap.metrics.update(signals.metrics)
@@ -262,7 +277,9 @@ class SnapshotRunner:
         """Features gained and lost from ``base`` to ``now`` (both snapshots carry the SAE arrays)."""
         from .sae.monitoring import SaeSnapshot, feature_movers
 
-        movers = feature_movers(SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts)
+        movers = feature_movers(
+            SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts
+        )
         return {keys.SAE_GAINED: movers["gained"], keys.SAE_LOST: movers["lost"]}
 
     def probe_pass(self, model: torch.nn.Module | CachedModel) -> ProbePass:
@@ -273,7 +290,9 @@ class SnapshotRunner:
         if not isinstance(model, CachedModel):
             return self.forward(model)
         options = {"kind": "probe_pass", "attention_texts": self.max_attention_texts, "batch_size": self.batch_size}
-        return ProbePass.from_arrays(model.arrays(self.probe.texts, options, lambda module: self.forward(module).arrays()))
+        return ProbePass.from_arrays(
+            model.arrays(self.probe.texts, options, lambda module: self.forward(module).arrays())
+        )
 
     def forward(self, model: torch.nn.Module) -> ProbePass:
         """One pass of the probe: the attention sample in small batches, the rest in ``batch_size`` ones."""
@@ -291,7 +310,19 @@ class SnapshotRunner:
             chunk = sorted(indices, key=lambda i: -len(texts[i]))
             order.extend(chunk)
             size = max(1, min(self.batch_size, 8)) if with_attention else self.batch_size
-            batches = iter_forward(cast("SentenceTransformer", model), [texts[i] for i in chunk], batch_size=size, hidden_states=True, attentions=with_attention, show_progress=self.show_progress, desc=f"Snapshot: probe forward passes{' with attentions' if with_attention else ''}") if chunk else ()
+            batches = (
+                iter_forward(
+                    cast("SentenceTransformer", model),
+                    [texts[i] for i in chunk],
+                    batch_size=size,
+                    hidden_states=True,
+                    attentions=with_attention,
+                    show_progress=self.show_progress,
+                    desc=f"Snapshot: probe forward passes{' with attentions' if with_attention else ''}",
+                )
+                if chunk
+                else ()
+            )
             for batch in batches:
                 assert batch.layer_embeddings is not None  # asked for with hidden_states=True
                 embeddings.append(batch.embeddings.numpy())
@@ -325,7 +356,11 @@ class SnapshotRunner:
         flagged = geo.ood.flagged
         order: np.ndarray | list[int] = np.argsort(-geo.ood.scores[flagged]) if len(flagged) else []
         snap.details[keys.OOD_FLAGGED] = [
-            {"index": int(flagged[k]), "text": self.probe.texts[int(flagged[k])], "score": float(geo.ood.scores[flagged[k]])}
+            {
+                "index": int(flagged[k]),
+                "text": self.probe.texts[int(flagged[k])],
+                "score": float(geo.ood.scores[flagged[k]]),
+            }
             for k in list(order)[:50]
         ]
         snap.details[keys.ROGUE_DIMENSIONS] = _rogue_details(geo.rogue)
@@ -343,10 +378,16 @@ class SnapshotRunner:
         snap.arrays[keys.ATTENTION_ENTROPY] = summary.entropy.astype(np.float32)
         snap.arrays[keys.ATTENTION_ENTROPY_NORMALIZED] = summary.normalized.astype(np.float32)
         snap.details[keys.FLAGGED_HEADS] = [
-            {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])} for l, h in summary.collapsed_heads
-        ] + [{"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])} for l, h in summary.dead_heads]
+            {"layer": int(l), "head": int(h), "kind": "collapsed", "entropy": float(summary.entropy[l, h])}
+            for l, h in summary.collapsed_heads
+        ] + [
+            {"layer": int(l), "head": int(h), "kind": "uniform", "entropy": float(summary.entropy[l, h])}
+            for l, h in summary.dead_heads
+        ]
 
-    def _retrieval_embeddings(self, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _retrieval_embeddings(
+        self, model: torch.nn.Module | CachedModel, emb: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Query and document embeddings: from the cache for a CachedModel (the entries ``eval`` shares),
         else the probe's rows where the texts are in the probe and the model has no prompts, else encoded."""
         from .embedding_cache import CachedModel
@@ -355,7 +396,9 @@ class SnapshotRunner:
         assert self.retrieval is not None, "retrieval signals are taken only when the runner holds a retrieval set"
         queries, documents = self.retrieval.query_texts(), self.retrieval.doc_texts()
         if isinstance(model, CachedModel):
-            q_emb, d_emb, _ = model.retrieval_embeddings(queries, documents, batch_size=self.batch_size, show_progress=self.show_progress)
+            q_emb, d_emb, _ = model.retrieval_embeddings(
+                queries, documents, batch_size=self.batch_size, show_progress=self.show_progress
+            )
             return q_emb, d_emb
         q_prompt, d_prompt = retrieval_prompt_names(cast("SentenceTransformer", model))
         index = {t: i for i, t in enumerate(self.probe.texts)}
@@ -363,7 +406,14 @@ class SnapshotRunner:
         def embed(batch_texts: list[str], prompt_name: str | None) -> np.ndarray:
             if prompt_name is None and all(t in index for t in batch_texts):
                 return emb[[index[t] for t in batch_texts]]
-            return encode(cast("SentenceTransformer", model), batch_texts, prompt_name=prompt_name, batch_size=self.batch_size, show_progress=self.show_progress, desc="Snapshot: encoding retrieval texts")
+            return encode(
+                cast("SentenceTransformer", model),
+                batch_texts,
+                prompt_name=prompt_name,
+                batch_size=self.batch_size,
+                show_progress=self.show_progress,
+                desc="Snapshot: encoding retrieval texts",
+            )
 
         return embed(queries, q_prompt), embed(documents, d_prompt)
 
@@ -409,7 +459,12 @@ class SnapshotSchedule:
         """
         if step == 0:
             return "base"
-        if run_dir is not None and self.runner.restore(run_dir, step) and self.runner.previous is not None and self.runner.previous.step == step:
+        if (
+            run_dir is not None
+            and self.runner.restore(run_dir, step)
+            and self.runner.previous is not None
+            and self.runner.previous.step == step
+        ):
             return None
         return "checkpoint"
 
@@ -444,7 +499,11 @@ def snapshot_figures(snap: Snapshot) -> dict[str, Figure]:
         except plots.NoDataError:
             continue
         except Exception as exc:  # noqa: BLE001 - one figure is not worth the others
-            warnings.warn(f"aquin-monitor: figure {spec.name} of the snapshot at step {snap.step} not drawn: {exc!r}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"aquin-monitor: figure {spec.name} of the snapshot at step {snap.step} not drawn: {exc!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return figures
 
 
@@ -468,13 +527,18 @@ def evaluate_retrieval_set(retrieval: RetrievalSet, q_emb: np.ndarray, d_emb: np
 
     relevant, negatives, categories = retrieval.positional()
     searcher = SearchIndex(d_emb, index=index, expected_queries=len(q_emb))
-    report, search = searcher.retrieval_report(q_emb, relevant, categories=categories,
-                                               hard_negatives=negatives if any(negatives) else None)
+    report, search = searcher.retrieval_report(
+        q_emb, relevant, categories=categories, hard_negatives=negatives if any(negatives) else None
+    )
     split = retrieval.positional_category_rows()
     if split is not None:
         rows, row_relevant, row_negatives, row_categories = split
-        by_category = searcher.retrieval_report(q_emb[rows], row_relevant, categories=row_categories,
-                                                hard_negatives=row_negatives if any(row_negatives) else None)[0].by_category()
+        by_category = searcher.retrieval_report(
+            q_emb[rows],
+            row_relevant,
+            categories=row_categories,
+            hard_negatives=row_negatives if any(row_negatives) else None,
+        )[0].by_category()
     else:
         by_category = report.by_category() if categories else {}
     return report, {str(k): v for k, v in by_category.items()}, search
@@ -482,7 +546,10 @@ def evaluate_retrieval_set(retrieval: RetrievalSet, q_emb: np.ndarray, d_emb: np
 
 def _rogue_details(rogue) -> list[dict]:
     total = float(np.clip(rogue.contributions, 0, None).sum()) or 1.0
-    return [{"dim": int(d), "share": float(max(c, 0.0) / total)} for d, c in zip(rogue.top_dimensions, rogue.top_contributions)]
+    return [
+        {"dim": int(d), "share": float(max(c, 0.0) / total)}
+        for d, c in zip(rogue.top_dimensions, rogue.top_contributions)
+    ]
 
 
 def attention_sample(n: int, k: int) -> np.ndarray:
@@ -527,8 +594,11 @@ def umap_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
         else:  # faiss (exact up to search.EXACT_MAX_DOCS points, IVF beyond) when installed, else umap's own search
             knn = neighbour_graph(unit.astype(np.float32), k) if faiss_available() else None
         reducer = umap.UMAP(
-            n_components=2, n_neighbors=k, n_epochs=100,
-            random_state=seed, init="spectral" if n > 20 else "random",
+            n_components=2,
+            n_neighbors=k,
+            n_epochs=100,
+            random_state=seed,
+            init="spectral" if n > 20 else "random",
             precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
         )
         return reducer.fit_transform(unit).astype(np.float32)

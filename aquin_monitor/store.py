@@ -10,8 +10,8 @@ hold, and hours of encoding that a crash must not throw away. The store keeps th
   finished store holds, the dimension, the dtype, and the list of shards written so far.
 
 Writes are atomic shard by shard: a shard is written under a temporary name
-(``.shard-00003.npy-tmp-<host>-<pid>-<hex>``, :mod:`aquin_monitor.atomic`'s names), flushed to disk and renamed into place, and only then
-is the manifest rewritten (itself through a temporary name and a rename) to list it. A shard that
+(``.shard-00003.npy-tmp-<host>-<pid>-<hex>``, :mod:`aquin_monitor.atomic`'s names), flushed to disk and renamed into
+place, and only then is the manifest rewritten (itself through a temporary name and a rename) to list it. A shard that
 the manifest does not list is never read, so a kill at any point leaves a store that reopens with
 every listed shard whole; :class:`StoreWriter` resumes after the last listed shard. Temporary
 files of processes that are no longer running are removed when a store is opened for writing.

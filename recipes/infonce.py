@@ -37,12 +37,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="default", help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2",
+    )
     p.add_argument("--data", default=None, help="BEIR folder to train/evaluate on (default: the bundled SciFact)")
-    p.add_argument("--output-dir", default="runs/infonce", help="run directory (metrics, events, snapshots, TensorBoard, report)")
+    p.add_argument(
+        "--output-dir", default="runs/infonce", help="run directory (metrics, events, snapshots, TensorBoard, report)"
+    )
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: run the epochs)")
+    p.add_argument(
+        "--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: run the epochs)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 with LoRA, 2e-5 full)")
     p.add_argument("--seed", type=int, default=0)
@@ -50,13 +60,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--hard-negatives", action="store_true", help="mine one hard negative per pair with the base model")
-    p.add_argument("--max-train", type=int, default=0, help="use at most this many training pairs (0: all 919 SciFact train pairs)")
-    p.add_argument("--probe-docs", type=int, default=300, help="SciFact test documents in the probe (all relevant ones + random others)")
+    p.add_argument(
+        "--max-train", type=int, default=0, help="use at most this many training pairs (0: all 919 SciFact train pairs)"
+    )
+    p.add_argument(
+        "--probe-docs",
+        type=int,
+        default=300,
+        help="SciFact test documents in the probe (all relevant ones + random others)",
+    )
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--scale", type=float, default=20.0, help="MNRL scale (1/temperature)")
-    p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
-    p.add_argument("--wandb", action="store_true", help="also report to Weights & Biases (offline works: WANDB_MODE=offline)")
-    p.add_argument("--sae", default="auto", help="sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise")
+    p.add_argument(
+        "--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)"
+    )
+    p.add_argument(
+        "--wandb", action="store_true", help="also report to Weights & Biases (offline works: WANDB_MODE=offline)"
+    )
+    p.add_argument(
+        "--sae",
+        default="auto",
+        help=(
+            "sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), "
+            "a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise"
+        ),
+    )
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (training, encoding, model loading)")
     return p.parse_args(argv)
@@ -64,12 +92,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def training_pairs(retrieval: RetrievalSet, limit: int | None = None) -> list[tuple[str, str]]:
     """(claim, abstract) pairs from the split's relevance judgements, in a stable order."""
-    pairs = [(retrieval.queries[q], retrieval.corpus[d]) for q in sorted(retrieval.qrels, key=str) for d in sorted(retrieval.qrels[q], key=str)]
+    pairs = [
+        (retrieval.queries[q], retrieval.corpus[d])
+        for q in sorted(retrieval.qrels, key=str)
+        for d in sorted(retrieval.qrels[q], key=str)
+    ]
     return pairs[:limit] if limit else pairs
 
 
 def mine_negatives(
-    model: SentenceTransformer, pairs: list[tuple[str, str]], corpus_texts: list[str], batch_size: int, show_progress: bool = True
+    model: SentenceTransformer,
+    pairs: list[tuple[str, str]],
+    corpus_texts: list[str],
+    batch_size: int,
+    show_progress: bool = True,
 ) -> list[str]:
     """For each pair, the highest-scoring corpus document that is not its positive (base model)."""
     from aquin_monitor.encoders import encode
@@ -112,7 +148,9 @@ def build_model(args: argparse.Namespace, train: RetrievalSet) -> tuple[Sentence
     pairs = training_pairs(train, args.max_train)
     columns = {"anchor": [q for q, _ in pairs], "positive": [d for _, d in pairs]}
     if args.hard_negatives:
-        columns["negative"] = mine_negatives(model, pairs, train.doc_texts(), args.batch_size, show_progress=not args.no_progress)
+        columns["negative"] = mine_negatives(
+            model, pairs, train.doc_texts(), args.batch_size, show_progress=not args.no_progress
+        )
     if not args.full:
         add_lora(model, rank=args.lora_rank, alpha=2 * args.lora_rank, target_modules=["query", "key", "value"])
     return model, columns
@@ -181,12 +219,23 @@ def run(args: argparse.Namespace) -> int:
     model, columns = build_model(args, train)
 
     name = "all-MiniLM-L6-v2 (bundled)" if args.model == "default" else args.model
-    runner = SnapshotRunner(probe, test, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model),
-                            model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}")
-    monitor = TrainerEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, report=False)  # written below, with the summary
+    runner = SnapshotRunner(
+        probe,
+        test,
+        batch_size=64,
+        umap=not args.no_umap,
+        seed=args.seed,
+        sae=sae_choice(args.sae, args.model),
+        model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}",
+    )
+    monitor = TrainerEmbeddingMonitor(
+        str(out), snapshots=runner, snapshot_every=1, report=False
+    )  # written below, with the summary
     training_args = training_arguments(args, out, lr)
     loss = monitored(MultipleNegativesRankingLoss(model, scale=args.scale))
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns), loss=loss, callbacks=[monitor])
+    trainer = SentenceTransformerTrainer(
+        model=model, args=training_args, train_dataset=Dataset.from_dict(columns), loss=loss, callbacks=[monitor]
+    )
     trainer.train()
     report_results(args, out, trainer.state.global_step, test, started)
     return 0
@@ -200,23 +249,40 @@ def report_results(args: argparse.Namespace, out: Path, steps: int, test: Retrie
     report = write_report(out)
     snaps = [Snapshot.load(f) for f in list_snapshots(out)]
     before, after = snaps[0].metrics, snaps[-1].metrics
-    alarms = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()] if (out / "events.jsonl").exists() else []
+    alarms = (
+        [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        if (out / "events.jsonl").exists()
+        else []
+    )
     summary = {
         "model": args.model,
         "mode": "full" if args.full else f"lora r={args.lora_rank}",
         "steps": steps,
         "seconds": round(time.time() - started, 1),
         "probe": f"{len(test.queries)} SciFact test queries vs {len(test.corpus)} documents",
-        "before": {k: before.get(k) for k in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy")},
-        "after": {k: after.get(k) for k in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy")},
+        "before": {
+            k: before.get(k)
+            for k in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy")
+        },
+        "after": {
+            k: after.get(k)
+            for k in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy")
+        },
         "alarms": len(alarms),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print()
-    print(f"NDCG@10 on the probe ({summary['probe']}): before {before.get('retrieval/ndcg@10', float('nan')):.4f} "
-          f"-> after {after.get('retrieval/ndcg@10', float('nan')):.4f}")
-    print(f"anisotropy: before {before.get('geometry/anisotropy', float('nan')):.3f} -> after {after.get('geometry/anisotropy', float('nan')):.3f}")
-    print(f"alarms: {len(alarms)}" + "".join(f"\n  step {a['step']}: [{a['kind']}] {a['message']}" for a in alarms[:10]))
+    print(
+        f"NDCG@10 on the probe ({summary['probe']}): before {before.get('retrieval/ndcg@10', float('nan')):.4f} "
+        f"-> after {after.get('retrieval/ndcg@10', float('nan')):.4f}"
+    )
+    print(
+        f"anisotropy: before {before.get('geometry/anisotropy', float('nan')):.3f} "
+        f"-> after {after.get('geometry/anisotropy', float('nan')):.3f}"
+    )
+    print(
+        f"alarms: {len(alarms)}" + "".join(f"\n  step {a['step']}: [{a['kind']}] {a['message']}" for a in alarms[:10])
+    )
     print(f"report:      {report}")
     print(f"dashboards:  tensorboard --logdir {out}")
     print(f"plain files: {out}/metrics.jsonl, {out}/events.jsonl, {out}/snapshots/")

@@ -54,29 +54,74 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--model", default="default", help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2")
-    p.add_argument("--data", default=None, help="triplets JSONL with anchor/positive/negative (default: the bundled SNLI dev triplets)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="sentence-transformers checkpoint (path or hub id); 'default' = bundled all-MiniLM-L6-v2",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="triplets JSONL with anchor/positive/negative (default: the bundled SNLI dev triplets)",
+    )
     p.add_argument("--output-dir", default=None, help="run directory (default: runs/triplet-<timestamp>)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=100, help="stop after this many optimizer steps (-1: run the epochs)")
+    p.add_argument(
+        "--max-steps", type=int, default=100, help="stop after this many optimizer steps (-1: run the epochs)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="triplets per step")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-5 full fine-tune, 1e-4 LoRA)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="AdamW learning rate (default 2e-5 full fine-tune, 1e-4 LoRA)"
+    )
     p.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--snapshot-every", type=int, default=50, help="checkpoint (and geometry snapshot) every N optimizer steps")
+    p.add_argument(
+        "--snapshot-every", type=int, default=50, help="checkpoint (and geometry snapshot) every N optimizer steps"
+    )
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training triplets")
-    p.add_argument("--probe-triplets", type=int, default=100, help="held-out triplets whose 3 sentences make the snapshot probe (3x texts)")
+    p.add_argument(
+        "--probe-triplets",
+        type=int,
+        default=100,
+        help="held-out triplets whose 3 sentences make the snapshot probe (3x texts)",
+    )
     p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine", help="triplet distance")
     p.add_argument("--margin", type=float, default=None, help="triplet margin (default 0.3 cosine, 1.0 euclidean)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on query/key/value (0: full fine-tune)")
-    p.add_argument("--max-seq-length", type=int, default=64, help="SNLI sentences are short; 64 tokens keep all but a few whole")
-    p.add_argument("--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)")
-    p.add_argument("--provoke-at", type=int, default=20, help="--provoke collapse: optimizer steps at the normal learning rate before the jump")
-    p.add_argument("--collapse-lr", type=float, default=COLLAPSE_LR, help="--provoke collapse: the learning rate after the jump")
-    p.add_argument("--sae", default="auto", help="sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline works: WANDB_MODE=offline)")
+    p.add_argument(
+        "--max-seq-length", type=int, default=64, help="SNLI sentences are short; 64 tokens keep all but a few whole"
+    )
+    p.add_argument(
+        "--provoke", choices=["collapse"], default=None, help="failure demonstration (see the module docstring)"
+    )
+    p.add_argument(
+        "--provoke-at",
+        type=int,
+        default=20,
+        help="--provoke collapse: optimizer steps at the normal learning rate before the jump",
+    )
+    p.add_argument(
+        "--collapse-lr", type=float, default=COLLAPSE_LR, help="--provoke collapse: the learning rate after the jump"
+    )
+    p.add_argument(
+        "--sae",
+        default="auto",
+        help=(
+            "sparse autoencoder whose features snapshots follow: 'default' (shipped for the bundled all-MiniLM-L6-v2), "
+            "a folder, or 'none'; 'auto' (default): 'default' for the bundled model, none otherwise"
+        ),
+    )
+    p.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases (offline works: WANDB_MODE=offline)"
+    )
     p.add_argument("--wandb-project", default="aquin-monitor")
-    p.add_argument("--stop-on", nargs="*", default=[], choices=["dead_layer", "spike", "nan", "gap_narrowing"], help="alarms that stop training")
+    p.add_argument(
+        "--stop-on",
+        nargs="*",
+        default=[],
+        choices=["dead_layer", "spike", "nan", "gap_narrowing"],
+        help="alarms that stop training",
+    )
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
@@ -195,7 +240,9 @@ def summarize(out: Path, monitor: Any) -> None:
         for a in alarms:
             kinds[a.kind] = kinds.get(a.kind, 0) + 1
         first = alarms[0]
-        print(f"alarms: {', '.join(f'{k} x{v}' for k, v in kinds.items())}; first at step {first.step}: {first.message}")
+        print(
+            f"alarms: {', '.join(f'{k} x{v}' for k, v in kinds.items())}; first at step {first.step}: {first.message}"
+        )
     else:
         print("alarms: none")
     metrics_path = out / "metrics.jsonl"
@@ -207,13 +254,23 @@ def summarize(out: Path, monitor: Any) -> None:
             values = [r[key] for r in part if key in r]
             return sum(values) / len(values) if values else float("nan")
 
-        for key in ("contrastive/loss", "contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc"):
-            print(f"  {key:28s} first {len(head)} steps {mean(head, key):8.4f}   last {len(tail)} steps {mean(tail, key):8.4f}")
+        for key in (
+            "contrastive/loss",
+            "contrastive/pos_sim",
+            "contrastive/neg_sim",
+            "contrastive/gap",
+            "contrastive/in_batch_acc",
+        ):
+            print(
+                f"  {key:28s} first {len(head)} steps {mean(head, key):8.4f}   "
+                f"last {len(tail)} steps {mean(tail, key):8.4f}"
+            )
     for folder in list_snapshots(out):
         snap = Snapshot.load(folder)
         m = snap.metrics
         print(
-            f"  snapshot step {snap.step:4d} ({snap.tag}): anisotropy {m.get('geometry/anisotropy', float('nan')):.3f}, "
+            f"  snapshot step {snap.step:4d} ({snap.tag}): "
+            f"anisotropy {m.get('geometry/anisotropy', float('nan')):.3f}, "
             f"id_pca95 {m.get('geometry/id_pca95', float('nan')):.0f}"
             + (f", CKA vs base {m['drift/base/cka']:.3f}" if "drift/base/cka" in m else "")
         )
@@ -237,7 +294,10 @@ def load_data(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Pro
     if args.max_train is not None:
         train = train[: args.max_train]
     if len(train) < args.batch_size:
-        raise ValueError(f"{len(train)} training triplets left after holding out the probe; need at least --batch-size {args.batch_size}")
+        raise ValueError(
+            f"{len(train)} training triplets left after holding out the probe; "
+            f"need at least --batch-size {args.batch_size}"
+        )
     probe = probe_set(held_out)
     print(f"data: {data_path}: {len(train)} training triplets, probe of {len(probe)} held-out sentences")
     return train, probe
@@ -249,7 +309,9 @@ def build_trainer(args: argparse.Namespace, out: Path, loggers: list[Any], monit
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     # every checkpoint save is a snapshot; save_top_k=1 keeps only the newest checkpoint on disk
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=args.snapshot_every, save_top_k=1)
+    checkpoints = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"), every_n_train_steps=args.snapshot_every, save_top_k=1
+    )
     return L.Trainer(
         accelerator=args.device,
         devices=1,
@@ -292,11 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"model: {args.model} ({'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full fine-tune'}), "
         f"triplet loss ({args.distance}, margin {args.margin:g}), lr {args.lr:g}, batch {args.batch_size}"
-        + (f"; PROVOKING COLLAPSE: lr jumps to {args.collapse_lr:g} after step {args.provoke_at}" if args.provoke else "")
+        + (
+            f"; PROVOKING COLLAPSE: lr jumps to {args.collapse_lr:g} after step {args.provoke_at}"
+            if args.provoke
+            else ""
+        )
     )
 
     loader = DataLoader(
-        train, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda b: tuple(map(list, zip(*b))),
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=lambda b: tuple(map(list, zip(*b))),
         generator=torch.Generator().manual_seed(args.seed),
     )
     loggers = [TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False)]
@@ -304,11 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning.pytorch.loggers import WandbLogger
 
         # W&B's own WANDB_DIR wins over the run folder when set (WandbLogger's save_dir would override it)
-        wandb_logger = WandbLogger(project=args.wandb_project, save_dir=os.environ.get("WANDB_DIR") or str(out), name=out.name)
+        wandb_logger = WandbLogger(
+            project=args.wandb_project, save_dir=os.environ.get("WANDB_DIR") or str(out), name=out.name
+        )
         wandb_logger.log_hyperparams(vars(args))  # the run's config: this run's hyperparameters
         loggers.append(wandb_logger)
-    runner = SnapshotRunner(probe, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model))
-    monitor = LightningEmbeddingMonitor(str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on, report=False)  # written below
+    runner = SnapshotRunner(
+        probe, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model)
+    )
+    monitor = LightningEmbeddingMonitor(
+        str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on, report=False
+    )  # written below
     trainer = build_trainer(args, out, loggers, monitor)
     with warnings.catch_warnings():
         # a list of strings needs no worker processes; Lightning's advice to add some is noise here
@@ -330,7 +406,8 @@ def print_locations(args: argparse.Namespace, out: Path, done: str, report: Path
     if args.wandb:
         mode = os.environ.get("WANDB_MODE", "online")
         folder = Path(os.environ.get("WANDB_DIR") or out) / "wandb"
-        print(f"  W&B:          {'wandb sync ' + str(folder) + '/offline-run-*' if mode == 'offline' else 'see the run URL above'}")
+        where = "wandb sync " + str(folder) + "/offline-run-*" if mode == "offline" else "see the run URL above"
+        print(f"  W&B:          {where}")
     print(f"  metrics:      {out / 'metrics.jsonl'}, alarms: {out / 'events.jsonl'}, snapshots: {out / 'snapshots'}")
     if report is not None:
         print(f"  report:       {report}")

@@ -40,18 +40,25 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     x = embed_corpus("default", default_corpus()[: args.texts], chunk_size=2048, batch_size=64, show_progress=False)
-    extra = {"ours": {}, "sparsify": {"auxk_coefficient": 0.0, "dead_after": 10_000_000},
-             "window": {"dead_after": args.window}}[args.setting]
+    extra = {
+        "ours": {},
+        "sparsify": {"auxk_coefficient": 0.0, "dead_after": 10_000_000},
+        "window": {"dead_after": args.window},
+    }[args.setting]
     config = SaeTrainConfig(num_latents=1536, k=32, max_epochs=args.epochs, **extra)
     start = time.perf_counter()
     result = train_sae(x, config, show_progress=False)
     metrics, stats = quality_metrics(result.sae, result.held_out)
     rare = float((stats.frequency < 1e-3).mean())
-    print(f"{args.setting}: {len(x)} texts, {len(result.held_out)} held out, auxk {result.config['auxk_coefficient']:.4g}, "
-          f"dead_after {result.config['dead_after']}: held-out dead {metrics['sae/dead_fraction']:.4f}, "
-          f"firing on < 0.1% {rare:.4f}, fvu {metrics['sae/fvu']:.4f}, epochs {len(result.history)} "
-          f"(best {result.sae.metadata['best_epoch']}), training-time dead {result.history[-1]['sae/dead_fraction']:.4f}, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"{args.setting}: {len(x)} texts, {len(result.held_out)} held out, "
+        f"auxk {result.config['auxk_coefficient']:.4g}, "
+        f"dead_after {result.config['dead_after']}: held-out dead {metrics['sae/dead_fraction']:.4f}, "
+        f"firing on < 0.1% {rare:.4f}, fvu {metrics['sae/fvu']:.4f}, epochs {len(result.history)} "
+        f"(best {result.sae.metadata['best_epoch']}), "
+        f"training-time dead {result.history[-1]['sae/dead_fraction']:.4f}, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 

@@ -70,8 +70,14 @@ def main(steps: int = 12, per_rank: int = 16) -> None:
     monitor.close()
     if rank == 0:
         step_ms, monitor_ms = 1e3 * statistics.median(train_s), 1e3 * statistics.median(monitor_s)
-        print(f"device={device.type} world={dist.get_world_size()} sharded={monitor.sharded is not None} pairs/rank={per_rank}")
-        print(f"training step {step_ms:.1f} ms (median of {len(train_s)}), monitor {monitor_ms:.2f} ms: ratio {monitor_ms / step_ms:.2%}")
+        print(
+            f"device={device.type} world={dist.get_world_size()} sharded={monitor.sharded is not None} "
+            f"pairs/rank={per_rank}"
+        )
+        print(
+            f"training step {step_ms:.1f} ms (median of {len(train_s)}), monitor {monitor_ms:.2f} ms: "
+            f"ratio {monitor_ms / step_ms:.2%}"
+        )
     dist.destroy_process_group()
 
 

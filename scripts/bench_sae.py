@@ -65,8 +65,10 @@ def main() -> int:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        print(f"training, {label}: {len(x) / elapsed:,.0f} samples/s ({len(x)} samples in {elapsed:.2f} s, "
-              f"d={args.d}, latents={args.latents}, k={args.k}, batch={args.batch}, device={args.device})")
+        print(
+            f"training, {label}: {len(x) / elapsed:,.0f} samples/s ({len(x)} samples in {elapsed:.2f} s, "
+            f"d={args.d}, latents={args.latents}, k={args.k}, batch={args.batch}, device={args.device})"
+        )
 
     held_out = embeddings(10_000, args.d, seed=1).numpy()
     sae = sae.cpu()
@@ -77,8 +79,10 @@ def main() -> int:
     probe = held_out[:1000]
     start = time.perf_counter()
     snapshot_signals(sae, probe, [""] * len(probe))
-    print(f"snapshot SAE part (1,000 probe embeddings): {time.perf_counter() - start:.3f} s "
-          "(compare with encoding the same probe: ~10 s at 100 texts/s)")
+    print(
+        f"snapshot SAE part (1,000 probe embeddings): {time.perf_counter() - start:.3f} s "
+        "(compare with encoding the same probe: ~10 s at 100 texts/s)"
+    )
     print(f"load average after: {os.getloadavg()}")
     return 0
 

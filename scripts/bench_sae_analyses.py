@@ -50,8 +50,10 @@ def the_sae(documents: np.ndarray) -> SparseAutoencoder:
 
     start = time.perf_counter()
     result = train_sae(documents, SaeTrainConfig(num_latents=1536, k=16, max_epochs=20, seed=0), show_progress=False)
-    print(f"SAE: no shipped default here; trained 1536 latents, k=16 on {len(documents)} SciFact documents "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"SAE: no shipped default here; trained 1536 latents, k=16 on {len(documents)} SciFact documents "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return result.sae.eval()
 
 
@@ -78,7 +80,10 @@ def main() -> int:
     start = time.perf_counter()
     queries = embed_corpus("default", data.query_texts(), show_progress=False)
     documents = embed_corpus("default", data.doc_texts(), chunk_size=256, show_progress=True)
-    print(f"SciFact test: {len(queries)} queries, {len(documents)} documents, embeddings in {time.perf_counter() - start:.1f} s (cache)")
+    print(
+        f"SciFact test: {len(queries)} queries, {len(documents)} documents, "
+        f"embeddings in {time.perf_counter() - start:.1f} s (cache)"
+    )
     sae = the_sae(documents)
     relevant, _, _ = data.positional()
     a, b = queries[0], queries[1]
@@ -87,7 +92,10 @@ def main() -> int:
     print(f"decompose: {t * 1e3:.2f} ms")
     t, split = best_of(args.repeat, lambda: contrast(sae, a, b))
     total = sum(term.phi for term in split.terms) + split.bias_term + split.error_term
-    print(f"contrast: {t * 1e3:.2f} ms (|Σ terms − cosine| = {abs(total - split.cosine):.2e}, error share {split.error_share:.3f})")
+    print(
+        f"contrast: {t * 1e3:.2f} ms (|Σ terms − cosine| = {abs(total - split.cosine):.2e}, "
+        f"error share {split.error_share:.3f})"
+    )
     feature = decompose(sae, a, top=1).features[0].feature
     t, _ = best_of(args.repeat, lambda: steer(sae, a, documents, feature, 4.0, top=10))
     print(f"steer over {len(documents)} documents: {t * 1e3:.2f} ms")
@@ -97,17 +105,29 @@ def main() -> int:
     model = load_model("default")
     t, (layers, _) = best_of(1, lambda: layer_inputs(model, [data.query_texts()[0]]))
     t2, traced = best_of(args.repeat, lambda: trace_feature(sae, layers[0], feature))
-    print(f"trace: forward pass {t * 1e3:.1f} ms, SAE over {len(traced.activations)} layers {t2 * 1e3:.2f} ms ({traced.classification})")
+    print(
+        f"trace: forward pass {t * 1e3:.1f} ms, SAE over {len(traced.activations)} layers {t2 * 1e3:.2f} ms "
+        f"({traced.classification})"
+    )
 
-    t, result = best_of(1, lambda: retrieval_faithfulness(sae, queries, documents, relevant, features=args.features, n_random=args.random))
-    print(f"faithfulness, {len(result.features)} features x {args.random} random baselines: {t:.1f} s "
-          f"(NDCG@10 {result.ndcg:.4f}, largest drop {result.features[0].drop:+.4f})")
-    t, _ = best_of(1, lambda: retrieval_faithfulness(sae, queries, documents, relevant, features=args.features, n_random=0))
+    t, result = best_of(
+        1,
+        lambda: retrieval_faithfulness(sae, queries, documents, relevant, features=args.features, n_random=args.random),
+    )
+    print(
+        f"faithfulness, {len(result.features)} features x {args.random} random baselines: {t:.1f} s "
+        f"(NDCG@10 {result.ndcg:.4f}, largest drop {result.features[0].drop:+.4f})"
+    )
+    t, _ = best_of(
+        1, lambda: retrieval_faithfulness(sae, queries, documents, relevant, features=args.features, n_random=0)
+    )
     print(f"faithfulness, {args.features} features, no baseline: {t:.1f} s")
 
     t, matched = best_of(1, lambda: match_features(sae, documents, permuted(sae), documents))
-    print(f"match against a permuted copy on {len(documents)} texts: {t:.2f} s, "
-          f"mean matched correlation {matched.quality['mean']:.4f}")
+    print(
+        f"match against a permuted copy on {len(documents)} texts: {t:.2f} s, "
+        f"mean matched correlation {matched.quality['mean']:.4f}"
+    )
     print(f"load average after: {os.getloadavg()}")
     return 0
 

@@ -7,7 +7,8 @@ The SAE is the shipped one (``--sae default``, when the package has it) or a fol
 wall-clock time and the total, with the load average (on a shared machine the figures scale with the
 CPU share this process gets), and optionally writes the page and a chromium screenshot of it.
 
-    python scripts/bench_sae_page.py [--sae default|train|DIR] [--threads 2] [--html page.html] [--screenshot docs/sae_page.png]
+    python scripts/bench_sae_page.py [--sae default|train|DIR] [--threads 2] [--html page.html]
+        [--screenshot docs/sae_page.png]
 """
 
 from __future__ import annotations
@@ -53,9 +54,23 @@ def screenshot(page: Path, png: Path) -> None:
         print("no chromium on PATH: screenshot skipped")
         return
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                        "--window-size=1280,2200", "--hide-scrollbars", f"--screenshot={png.resolve()}", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=180, env={**os.environ, "HOME": profile})
+        subprocess.run(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,2200",
+                "--hide-scrollbars",
+                f"--screenshot={png.resolve()}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+            env={**os.environ, "HOME": profile},
+        )
     print(f"screenshot: {png}")
 
 
@@ -66,20 +81,26 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--html", default=None)
     parser.add_argument("--screenshot", default=None)
-    parser.add_argument("--keep-sae", default=None, metavar="DIR", help="save a SAE trained here into DIR (reuse with --sae DIR)")
+    parser.add_argument(
+        "--keep-sae", default=None, metavar="DIR", help="save a SAE trained here into DIR (reuse with --sae DIR)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     texts = corpus(args.texts // 2)
     x = embed_corpus("default", texts, batch_size=64)
     if args.sae == "train" or (args.sae == "default" and not (default_sae_path() / "cfg.json").exists()):
         print("training a SAE on these embeddings (not timed; the shipped one is not in this tree)")
-        sae = train_sae(x, SaeTrainConfig(num_latents=1536, k=32, max_epochs=30), show_progress=False,
-                        metadata={"model": "default"}).sae.eval()
+        sae = train_sae(
+            x, SaeTrainConfig(num_latents=1536, k=32, max_epochs=30), show_progress=False, metadata={"model": "default"}
+        ).sae.eval()
         if args.keep_sae:
             sae.save(args.keep_sae)
     else:
         sae = load_sae(args.sae)
-    print(f"{len(texts)} texts, SAE {sae.num_latents} latents, k={sae.k}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(texts)} texts, SAE {sae.num_latents} latents, k={sae.k}, {args.threads} threads, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     times = {}
     start = time.perf_counter()
     z = sparse_activations(sae, x)
@@ -100,9 +121,12 @@ def main() -> int:
     total = time.perf_counter() - start
     for stage, seconds in times.items():
         print(f"{stage:>18}: {seconds:6.2f} s")
-    print(f"{'total':>18}: {total:6.2f} s  (target < 30 s on 2 cores); page {page.stat().st_size / 1e6:.1f} MB, "
-          f"{len(browser.features)} features, {len(network.nodes)} nodes, {len(network.edges)} edges, "
-          f"{len(found.absorption)} absorption pairs, {sum(p.merged for p in found.polysemy)} merged; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{'total':>18}: {total:6.2f} s  (target < 30 s on 2 cores); page {page.stat().st_size / 1e6:.1f} MB, "
+        f"{len(browser.features)} features, {len(network.nodes)} nodes, {len(network.edges)} edges, "
+        f"{len(found.absorption)} absorption pairs, {sum(p.merged for p in found.polysemy)} merged; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     if args.screenshot:
         screenshot(page, Path(args.screenshot))
     return 0

@@ -67,7 +67,9 @@ def write_rows(path: Path, n_rows: int, n_texts: int, noise: float, seed: int = 
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, base.shape[1]))
     for start in range(0, n_rows, 65_536):
         stop = min(start + 65_536, n_rows)
-        block = base[rng.integers(0, len(base), stop - start)] + noise * rng.standard_normal((stop - start, base.shape[1]))
+        block = base[rng.integers(0, len(base), stop - start)] + noise * rng.standard_normal(
+            (stop - start, base.shape[1])
+        )
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     out.flush()
     del out
@@ -115,8 +117,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--subset", type=int, default=131_072, help="rows of the in-memory comparison")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop each timed run after N steps (the mean "
-                        "pass over all rows and the first buffers still happen: peak RSS stays meaningful)")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop each timed run after N steps (the mean "
+        "pass over all rows and the first buffers still happen: peak RSS stays meaningful)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work-dir", default="/tmp/aquin-bench-scale-sae")
@@ -133,7 +140,9 @@ def main() -> int:
         import multiprocessing
 
         start = time.perf_counter()
-        child = multiprocessing.get_context("spawn").Process(target=write_rows, args=(path, args.rows, args.texts, args.noise))
+        child = multiprocessing.get_context("spawn").Process(
+            target=write_rows, args=(path, args.rows, args.texts, args.noise)
+        )
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -146,14 +155,20 @@ def main() -> int:
 
     source = NpyFileRows(path)
     rate, cpu_rate, wall, steps = timed_training(source, config, args.warmup, args.max_steps)
-    print(f"streaming: {rate:,.0f} samples/s ({cpu_rate:,.0f} per CPU second) over {steps} steps ({len(source):,} rows × {source.dimension}, "
-          f"whole call {wall:.1f} s incl. the mean pass over all rows); "
-          f"peak RSS {peak_rss_mb():,.0f} MB")
+    print(
+        f"streaming: {rate:,.0f} samples/s ({cpu_rate:,.0f} per CPU second) over {steps} steps "
+        f"({len(source):,} rows × {source.dimension}, "
+        f"whole call {wall:.1f} s incl. the mean pass over all rows); "
+        f"peak RSS {peak_rss_mb():,.0f} MB"
+    )
 
     subset = np.concatenate([source.read(s, min(s + 65_536, args.subset)) for s in range(0, args.subset, 65_536)])
     in_memory, cpu_in_memory, _, steps_memory = timed_training(ArrayRows(subset), config, args.warmup, args.max_steps)
-    print(f"in memory ({len(subset):,} rows, one buffer): {in_memory:,.0f} samples/s ({cpu_in_memory:,.0f} per CPU second) "
-          f"over {steps_memory} steps")
+    print(
+        f"in memory ({len(subset):,} rows, one buffer): {in_memory:,.0f} samples/s "
+        f"({cpu_in_memory:,.0f} per CPU second) "
+        f"over {steps_memory} steps"
+    )
     print(f"ratio streaming / in-memory: {rate / in_memory:.2f} wall, {cpu_rate / cpu_in_memory:.2f} CPU time")
     print(f"load average after: {os.getloadavg()}")
     return 0

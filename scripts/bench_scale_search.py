@@ -92,16 +92,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         docs = MemmapRows(tiled(base, args.docs, args.sigma, os.path.join(folder, "docs.npy"), seed=0))
-        print(f"{args.docs} x {docs.dimension} documents from {len(base)} texts written in "
-              f"{time.perf_counter() - started:.1f} s; peak RSS {peak_rss_gib():.2f} GiB")
+        print(
+            f"{args.docs} x {docs.dimension} documents from {len(base)} texts written in "
+            f"{time.perf_counter() - started:.1f} s; peak RSS {peak_rss_gib():.2f} GiB"
+        )
 
         approx = SearchIndex(docs, index=args.index, recall_sample=args.recall_sample)
         found = approx.search(queries, 10)
         a = found.report
         approx_qps = a.n_queries / a.search_seconds
         print(a.line())
-        print(f"{args.index}: build {a.build_seconds:.1f} s, {approx_qps:.0f} queries/s (recall measurement and tuning "
-              f"excluded: {a.recall_seconds:.1f} s), peak RSS {peak_rss_gib():.2f} GiB")
+        print(
+            f"{args.index}: build {a.build_seconds:.1f} s, {approx_qps:.0f} queries/s (recall measurement and tuning "
+            f"excluded: {a.recall_seconds:.1f} s), peak RSS {peak_rss_gib():.2f} GiB"
+        )
         del approx
 
         subset = queries[: args.exact_queries]
@@ -115,8 +119,10 @@ def main() -> int:
         print(f"exact: build {e.build_seconds:.1f} s, {exact_qps:.1f} queries/s; peak RSS {peak_rss_gib():.2f} GiB")
         print(f"recall@10 of {args.index} vs exact on the {len(subset)} queries searched both ways: {recall:.4f}")
         with_build = (args.queries / exact_qps) / (a.build_seconds + a.search_seconds)
-        print(f"speed-up of {args.index} over exact (queries/s): {approx_qps / exact_qps:.1f}x; "
-              f"counting its build: {with_build:.1f}x for {args.queries} queries")
+        print(
+            f"speed-up of {args.index} over exact (queries/s): {approx_qps / exact_qps:.1f}x; "
+            f"counting its build: {with_build:.1f}x for {args.queries} queries"
+        )
     print(f"load average after: {os.getloadavg()}")
     return 0
 

@@ -3,7 +3,8 @@
 Rows: all-MiniLM-L6-v2 embeddings of 5,000 shipped texts (2,500 Banking77 train questions, 2,500 AG News
 test headlines; from the embedding cache, computed once, not timed), tiled to ``--rows`` rows with
 Gaussian noise (σ = ``--noise`` per coordinate) and written once to a raw float32 file (reused when
-present), by a child process, so the model's memory never counts here. Row r's text is text r % 5000. The rows are read back by a :class:`~aquin_monitor.rows.RowSource` that reads the file with
+present), by a child process, so the model's memory never counts here. Row r's text is text r % 5000.
+The rows are read back by a :class:`~aquin_monitor.rows.RowSource` that reads the file with
 positioned reads (no memory map, so the peak RSS below counts the process's own memory, not the page
 cache). The SAE is the shipped one (``load_sae("default")``).
 
@@ -113,13 +114,19 @@ def prepare(rows: int, noise: float, path: Path) -> None:
     memory never counts in the measuring process."""
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, {root!r}); import numpy as np; from pathlib import Path; "
-            "from aquin_monitor.sae.embeddings import embed_corpus; import bench_scale_stats as b; "
-            "base = embed_corpus('default', b.corpus(2500), batch_size=64).astype(np.float32); "
-            "b.write_rows(Path({path!r}), base, {rows}, {noise})")
+    code = (
+        "import sys; sys.path.insert(0, {root!r}); import numpy as np; from pathlib import Path; "
+        "from aquin_monitor.sae.embeddings import embed_corpus; import bench_scale_stats as b; "
+        "base = embed_corpus('default', b.corpus(2500), batch_size=64).astype(np.float32); "
+        "b.write_rows(Path({path!r}), base, {rows}, {noise})"
+    )
     here = Path(__file__).resolve()
-    subprocess.run([sys.executable, "-c", code.format(root=str(here.parents[1]), path=str(path), rows=rows, noise=noise)],
-                   check=True, cwd=here.parent, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[1])])})
+    subprocess.run(
+        [sys.executable, "-c", code.format(root=str(here.parents[1]), path=str(path), rows=rows, noise=noise)],
+        check=True,
+        cwd=here.parent,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[1])])},
+    )
 
 
 def dense_statistics(sae, x: np.ndarray) -> None:
@@ -153,31 +160,42 @@ def main() -> int:
         prepare(args.rows, args.noise, path)
     source = FileRows(path, 384)
     sae = load_sae("default").eval()
-    print(f"{len(source):,} rows × {source.dimension} ({path.stat().st_size / 2**30:.2f} GiB on disk), SAE {sae.num_latents} latents, "
-          f"k={sae.k}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; RSS now {peak_rss_mb():.0f} MB "
-          "(python, torch, the SAE)")
+    print(
+        f"{len(source):,} rows × {source.dimension} ({path.stat().st_size / 2**30:.2f} GiB on disk), "
+        f"SAE {sae.num_latents} latents, "
+        f"k={sae.k}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; RSS now {peak_rss_mb():.0f} MB "
+        "(python, torch, the SAE)"
+    )
 
     reset_peak()
     start = time.perf_counter()
     stats = stream_feature_stats(sae, source, examples=20)
     streamed_seconds = time.perf_counter() - start
-    print(f"streamed statistics, {len(source):,} rows: {streamed_seconds:.1f} s, {len(source) / streamed_seconds:,.0f} rows/s; "
-          f"peak RSS {peak_rss_mb():.0f} MB; co-activation pairs {stats.coactivation.nnz:,}; "
-          f"alive features {int((stats.counts > 0).sum())}")
+    print(
+        f"streamed statistics, {len(source):,} rows: {streamed_seconds:.1f} s, "
+        f"{len(source) / streamed_seconds:,.0f} rows/s; "
+        f"peak RSS {peak_rss_mb():.0f} MB; co-activation pairs {stats.coactivation.nnz:,}; "
+        f"alive features {int((stats.counts > 0).sum())}"
+    )
 
     if not args.skip_analysis:
         chunk = 100_000
-        background = ([texts[r % len(texts)] for r in range(s, min(s + chunk, len(source)))] for s in range(0, len(source), chunk))
+        background = (
+            [texts[r % len(texts)] for r in range(s, min(s + chunk, len(source)))] for s in range(0, len(source), chunk)
+        )
         tiled = TiledTexts(texts)
         start = time.perf_counter()
         browser = browser_from_stats(stats, tiled, corpus=background)
         labelled = time.perf_counter() - start
         network = coactivation_network(stats, min_support=10)
         found = diagnose(stats, source, tiled, blocks=activation_blocks(sae, source))
-        print(f"rest of the browse analysis from those statistics: {time.perf_counter() - start:.1f} s (labels with "
-              f"the {len(source):,}-text background {labelled:.1f} s; {len(browser.features)} features, {len(network.edges)} "
-              f"edges, {len(found.absorption)} absorption pairs, {sum(p.merged for p in found.polysemy)} merged); "
-              f"peak RSS since the statistics began {peak_rss_mb():.0f} MB")
+        print(
+            f"rest of the browse analysis from those statistics: {time.perf_counter() - start:.1f} s (labels with "
+            f"the {len(source):,}-text background {labelled:.1f} s; {len(browser.features)} features, "
+            f"{len(network.edges)} "
+            f"edges, {len(found.absorption)} absorption pairs, {sum(p.merged for p in found.polysemy)} merged); "
+            f"peak RSS since the statistics began {peak_rss_mb():.0f} MB"
+        )
 
     subset = source.read(0, min(args.dense_rows, len(source)))
     reset_peak()
@@ -188,10 +206,13 @@ def main() -> int:
     start = time.perf_counter()
     stream_feature_stats(sae, _Head(source, len(subset)), examples=20)
     subset_streamed = time.perf_counter() - start
-    print(f"{len(subset):,}-row subset: dense {len(subset) / dense_seconds:,.0f} rows/s (peak RSS {dense_peak:.0f} MB, "
-          f"its {len(subset):,} rows in memory included), streamed {len(subset) / subset_streamed:,.0f} rows/s; "
-          f"streamed / dense speed = {dense_seconds / subset_streamed:.2f} on the same rows; streamed over all "
-          f"{len(source):,} rows / dense on {len(subset):,} = {(len(source) / streamed_seconds) / (len(subset) / dense_seconds):.2f}")
+    speed_ratio = (len(source) / streamed_seconds) / (len(subset) / dense_seconds)
+    print(
+        f"{len(subset):,}-row subset: dense {len(subset) / dense_seconds:,.0f} rows/s (peak RSS {dense_peak:.0f} MB, "
+        f"its {len(subset):,} rows in memory included), streamed {len(subset) / subset_streamed:,.0f} rows/s; "
+        f"streamed / dense speed = {dense_seconds / subset_streamed:.2f} on the same rows; streamed over all "
+        f"{len(source):,} rows / dense on {len(subset):,} = {speed_ratio:.2f}"
+    )
     return 0
 
 

@@ -95,9 +95,11 @@ def bench_scifact(use_cache: bool) -> None:
         geometry.geometry_summary(corpus)
         geometry_seconds = best_of(3, lambda: geometry.geometry_summary(corpus))
     total = retrieval_seconds + geometry_seconds
-    print(f"  NDCG@10 {metrics['retrieval/ndcg@10']:.4f}  MRR@10 {metrics['retrieval/mrr@10']:.4f}  "
-          f"Recall@10 {metrics['retrieval/recall@10']:.4f}  "
-          f"hard-negative gap {metrics['retrieval/hard_negative_gap']:.4f}")
+    print(
+        f"  NDCG@10 {metrics['retrieval/ndcg@10']:.4f}  MRR@10 {metrics['retrieval/mrr@10']:.4f}  "
+        f"Recall@10 {metrics['retrieval/recall@10']:.4f}  "
+        f"hard-negative gap {metrics['retrieval/hard_negative_gap']:.4f}"
+    )
     print(f"  encode corpus ({len(corpus)} docs)   {encode_seconds:8.2f} s")
     print(f"  retrieval signals              {retrieval_seconds:8.3f} s")
     if geometry is not None:
@@ -127,7 +129,7 @@ def reset_peak_rss() -> bool:
 def random_rows(rng, n: int, dim: int) -> np.ndarray:
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 65536):  # in place: no float64 temporary of the whole matrix
-        rng.standard_normal(out=out[start:start + 65536], dtype=np.float32)
+        rng.standard_normal(out=out[start : start + 65536], dtype=np.float32)
     return out
 
 
@@ -147,10 +149,14 @@ def bench_scale(n_queries: int, n_docs: int, dim: int) -> np.ndarray:
         extra = rss_kib("VmHWM") - before
     else:  # lower bound: only the part of the peak above the earlier lifetime peak shows
         extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
-    print(f"  inputs {(corpus.nbytes + queries.nbytes) / 2**30:.2f} GiB; time {seconds:.1f} s; "
-          f"median rank of the relevant doc {int(np.median(result.rank)):,}")
-    print(f"  peak extra resident memory     {extra / 2**20:8.3f} GiB   (target < 2 GiB)"
-          + ("" if exact_peak else "  [ru_maxrss delta]"))
+    print(
+        f"  inputs {(corpus.nbytes + queries.nbytes) / 2**30:.2f} GiB; time {seconds:.1f} s; "
+        f"median rank of the relevant doc {int(np.median(result.rank)):,}"
+    )
+    print(
+        f"  peak extra resident memory     {extra / 2**20:8.3f} GiB   (target < 2 GiB)"
+        + ("" if exact_peak else "  [ru_maxrss delta]")
+    )
     del queries, result
     return corpus
 
@@ -171,8 +177,9 @@ def bench_anisotropy(corpus: np.ndarray) -> None:
     anisotropy_few_lines(corpus[:1000])
     value = anisotropy_few_lines(corpus)
     seconds = best_of(3, lambda: anisotropy_few_lines(corpus))
-    print(f"  few-line torch version         {seconds:8.3f} s   value {value:+.3e}   "
-          "(target < 1 s; ~0 for Gaussian rows)")
+    print(
+        f"  few-line torch version         {seconds:8.3f} s   value {value:+.3e}   (target < 1 s; ~0 for Gaussian rows)"
+    )
     if geometry is not None and hasattr(geometry, "anisotropy"):
         reference = geometry.anisotropy(corpus)
         seconds = best_of(3, lambda: geometry.anisotropy(corpus))

@@ -33,8 +33,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="default")
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--texts", choices=["agnews", "scifact"], default="agnews",
-                   help="agnews: short news snippets (worst case: encoding is cheap); scifact: 300 claims + abstracts")
+    p.add_argument(
+        "--texts",
+        choices=["agnews", "scifact"],
+        default="agnews",
+        help="agnews: short news snippets (worst case: encoding is cheap); scifact: 300 claims + abstracts",
+    )
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--full-scifact", action="store_true")
     p.add_argument("--no-umap", action="store_true")
@@ -58,29 +62,41 @@ def main() -> None:
 
     encode(model, probe.texts[:64], batch_size=32)  # warm-up
     runner.take(model, 0, diff_against_history=False)  # numba compiles UMAP's kernels here
-    timed = {"encode": lambda: encode(model, probe.texts, batch_size=32), "snapshot": lambda: runner.take(model, 0, diff_against_history=False)}
+    timed = {
+        "encode": lambda: encode(model, probe.texts, batch_size=32),
+        "snapshot": lambda: runner.take(model, 0, diff_against_history=False),
+    }
     times: dict[str, list[float]] = {"encode": [], "snapshot": []}
     for r in range(args.repeats):  # alternating, so both see the same machine load
-        for name in (("encode", "snapshot") if r % 2 == 0 else ("snapshot", "encode")):
+        for name in ("encode", "snapshot") if r % 2 == 0 else ("snapshot", "encode"):
             t = time.perf_counter()
             timed[name]()
             times[name].append(time.perf_counter() - t)
-        print(f"  pair {r + 1}/{args.repeats}: encode {times['encode'][-1]:.2f} s, snapshot {times['snapshot'][-1]:.2f} s", flush=True)
+        print(
+            f"  pair {r + 1}/{args.repeats}: encode {times['encode'][-1]:.2f} s, "
+            f"snapshot {times['snapshot'][-1]:.2f} s",
+            flush=True,
+        )
     enc, snap = times["encode"], times["snapshot"]
     ratios = [s / e for s, e in zip(snap, enc)]
     low, high = bootstrap_median_interval(ratios)
     print(f"probe: {len(probe.texts)} {args.texts} texts, model {args.model}, torch threads {torch.get_num_threads()}")
     print(f"encode alone     {min(enc):8.2f} s fastest, {statistics.median(enc):.2f} s median")
     print(f"full snapshot    {min(snap):8.2f} s fastest, {statistics.median(snap):.2f} s median")
-    print(f"ratio            {min(snap) / min(enc):8.3f}x fastest/fastest; paired median {statistics.median(ratios):.3f}x"
-          f" (95% CI {low:.3f}-{high:.3f})   (target <= 1.10x)")
+    print(
+        f"ratio            {min(snap) / min(enc):8.3f}x fastest/fastest; paired median {statistics.median(ratios):.3f}x"
+        f" (95% CI {low:.3f}-{high:.3f})   (target <= 1.10x)"
+    )
     if args.full_scifact:
         corpus = read_beir(bundled_dataset("scifact"), "test")
         _, retrieval = scifact_probe(n_docs=len(corpus.corpus))
         full = SnapshotRunner(retrieval=retrieval, umap=not args.no_umap, batch_size=64)
         t = time.perf_counter()
         full.take(model, 0, diff_against_history=False)
-        print(f"SciFact full corpus snapshot ({len(retrieval.corpus)} docs + {len(retrieval.queries)} queries): {time.perf_counter() - t:.1f} s")
+        print(
+            f"SciFact full corpus snapshot ({len(retrieval.corpus)} docs + {len(retrieval.queries)} queries): "
+            f"{time.perf_counter() - t:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ order rotated per round) so that drift of the machine (thermal, other processes)
 Reported per variant: the median time per step over all timed steps (CPU: every step timed; CUDA:
 blocks of ``--steps-per-round`` steps between two synchronisations, so the monitor's asynchronous host
 copy counts as it would in training), its ratio to variant a, the paired ratio (median over rounds of
-the ratio to a in the same round, with a 95% bootstrap interval of that median), ``best`` (fastest block over fastest block of a: interference from
-other processes only ever adds time), and the host time the monitoring adds on the training thread:
+the ratio to a in the same round, with a 95% bootstrap interval of that median), ``best`` (fastest block over
+fastest block of a: interference from other processes only ever adds time), and the host time the monitoring adds
+on the training thread:
 ``in-step`` (between ``backward()`` and ``optimizer.step()``) plus ``loss +`` (the loss call's extra
 time when it reports its scores), as ``1 + host / median(a)``. On CPU the in-step time includes the
 gradient-norm arithmetic. On a GPU whose step is bound by Python's kernel launches, host time is what
@@ -64,21 +65,34 @@ HOST_CALIBRATION_S = 0.002
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--model", choices=["minilm", "bert-base"], default=None, help="default: minilm on CPU, bert-base on CUDA")
+    p.add_argument(
+        "--model", choices=["minilm", "bert-base"], default=None, help="default: minilm on CPU, bert-base on CUDA"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 32 CPU, 128 CUDA)")
-    p.add_argument("--seq-len", type=int, default=128, help="max_seq_length (minilm) / random sequence length (bert-base)")
+    p.add_argument(
+        "--seq-len", type=int, default=128, help="max_seq_length (minilm) / random sequence length (bert-base)"
+    )
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15 CPU, 8 CUDA)")
-    p.add_argument("--steps-per-round", type=int, default=None, help="steps of each variant per round (default 1 CPU, 10 CUDA)")
+    p.add_argument(
+        "--steps-per-round", type=int, default=None, help="steps of each variant per round (default 1 CPU, 10 CUDA)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant first (default 2 CPU, 5 CUDA)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--variants", default="abcd", help="which variants to run, e.g. 'ab'")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
-    defaults = {"model": "bert-base" if cuda else "minilm", "batch_size": 128 if cuda else 32,
-                "rounds": 8 if cuda else 15, "steps_per_round": 10 if cuda else 1, "warmup": 5 if cuda else 2}
+    defaults = {
+        "model": "bert-base" if cuda else "minilm",
+        "batch_size": 128 if cuda else 32,
+        "rounds": 8 if cuda else 15,
+        "steps_per_round": 10 if cuda else 1,
+        "warmup": 5 if cuda else 2,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -104,7 +118,9 @@ class MeanPooledBert:
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(seed)
-        config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522)
+        config = BertConfig(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522
+        )
         self.module = BertModel(config, add_pooling_layer=False).to(device)
         self.vocab_size = config.vocab_size
 
@@ -266,7 +282,10 @@ def run(args) -> dict[str, list[float]]:
         base = load_model("default", device=device)
         base.max_seq_length = args.seq_len
         batches = minilm_batches(base, n_batches, args.batch_size, args.seed)
-        batches = [tuple({k: v.to(device) if torch.is_tensor(v) else v for k, v in side.items()} for side in b) for b in batches]
+        batches = [
+            tuple({k: v.to(device) if torch.is_tensor(v) else v for k, v in side.items()} for side in b)
+            for b in batches
+        ]
         encode = st_encode
         desc = f"all-MiniLM-L6-v2 (6x384), batch {args.batch_size} SciFact pairs, max_seq_length {args.seq_len}"
     else:
@@ -282,8 +301,14 @@ def run(args) -> dict[str, list[float]]:
     n_params = sum(p.numel() for p in variants[0].module.parameters())
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     print(f"model: {desc}; {n_params / 1e6:.1f}M parameters")
-    print(f"device: {device}{' (' + gpu + ')' if gpu else ''}, torch {torch.__version__}, threads {torch.get_num_threads()}, bf16 autocast: {bf16}")
-    print(f"schedule: {args.warmup} warm-up steps per variant, then {args.rounds} rounds x {args.steps_per_round} steps per variant, interleaved")
+    print(
+        f"device: {device}{' (' + gpu + ')' if gpu else ''}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, bf16 autocast: {bf16}"
+    )
+    print(
+        f"schedule: {args.warmup} warm-up steps per variant, "
+        f"then {args.rounds} rounds x {args.steps_per_round} steps per variant, interleaved"
+    )
 
     batch_index = 0
 
@@ -298,7 +323,7 @@ def run(args) -> dict[str, list[float]]:
             v.step(next_batch())
     synchronize(device)
     for r in range(args.rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             synchronize(device)
             if device == "cpu":
@@ -312,8 +337,12 @@ def run(args) -> dict[str, list[float]]:
                     v.step(next_batch())
                 synchronize(device)
                 v.times.append((time.perf_counter() - t0) / args.steps_per_round)
-            v.round_medians.append(statistics.median(v.times[-(args.steps_per_round if device == "cpu" else 1):]))
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{v.key} {v.round_medians[-1] * 1e3:.0f} ms" for v in variants), flush=True)
+            v.round_medians.append(statistics.median(v.times[-(args.steps_per_round if device == "cpu" else 1) :]))
+        print(
+            f"  round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{v.key} {v.round_medians[-1] * 1e3:.0f} ms" for v in variants),
+            flush=True,
+        )
     elapsed = time.perf_counter() - started
     for v in variants:
         v.close()
@@ -346,7 +375,8 @@ def table(results: dict[str, tuple[list[float], list[float], list[float], list[f
     base_rounds = results["a"][2]
     base_loss = statistics.median(results["a"][3])
     lines = [
-        f"{'variant':<52} {'median ms':>10} {'p25-p75 ms':>15} {'ratio to a':>11} {'paired':>7} {'paired 95% CI':>14} {'best':>6}"
+        f"{'variant':<52} {'median ms':>10} {'p25-p75 ms':>15} {'ratio to a':>11} {'paired':>7} {'paired 95% CI':>14}"
+        f" {'best':>6}"
         f" {'in-step ms':>11} {'loss +ms':>9} {'1 + host/a':>11} {'n':>4}"
     ]
     for key, (values, added, rounds, loss_times) in results.items():
@@ -362,7 +392,8 @@ def table(results: dict[str, tuple[list[float], list[float], list[float], list[f
         else:
             host = f"{'-':>11} {loss_extra * 1e3:>9.2f} {'-':>11}"
         lines.append(
-            f"{key + ' ' + VARIANTS[key]:<52} {med * 1e3:>10.1f} {q[0] * 1e3:>7.1f}-{q[2] * 1e3:<7.1f} {med / base:>11.3f}"
+            f"{key + ' ' + VARIANTS[key]:<52} {med * 1e3:>10.1f} {q[0] * 1e3:>7.1f}-{q[2] * 1e3:<7.1f}"
+            f" {med / base:>11.3f}"
             f" {paired:>7.3f} {low:>6.3f}-{high:<7.3f} {min(values) / base_best:>6.3f} {host} {len(values):>4}"
         )
     return "\n".join(lines)

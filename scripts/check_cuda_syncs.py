@@ -3,7 +3,8 @@
 
 Runs a few monitored InfoNCE steps of a small BERT under ``torch.cuda.set_sync_debug_mode("warn")``
 and prints every synchronising call made inside the monitor's step (the one allowed wait is the event
-of the previous step's host copy, which the device has passed long before), histogram steps included. Exit 1 if any were found.
+of the previous step's host copy, which the device has passed long before), histogram steps included.
+Exit 1 if any were found.
 
     python scripts/check_cuda_syncs.py
 """
@@ -27,10 +28,14 @@ def main() -> int:
         print("no CUDA device: nothing to check")
         return 0
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)).cuda()
+    bert = BertModel(
+        BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+    ).cuda()
     opt = torch.optim.AdamW(bert.parameters(), lr=1e-5)
     run_dir = tempfile.mkdtemp()
-    monitor = StepMonitor([MultiSink([JsonlSink(run_dir), TensorBoardSink(log_dir=run_dir)])], histogram_every=3, warn=False)  # steps 3 and 6 copy histogram samples
+    monitor = StepMonitor(
+        [MultiSink([JsonlSink(run_dir), TensorBoardSink(log_dir=run_dir)])], histogram_every=3, warn=False
+    )  # steps 3 and 6 copy histogram samples
     found = []
     for step in range(1, 8):
         ids = torch.randint(1000, 20000, (32, 64), device="cuda")

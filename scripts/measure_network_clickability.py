@@ -56,7 +56,10 @@ def main() -> int:
     n = len(network.nodes)
     print(f"{len(texts)} SciFact texts, shipped SAE: {n} nodes, {len(network.edges)} edges")
     print(f"before: {covered(before, radius)} of {n} node centres covered by another node (canvas 640 x 480)")
-    print(f"after:  {covered(after, np.array(drawing['r']))} of {n} (canvas {drawing['width']:.0f} x {drawing['height']:.0f})")
+    print(
+        f"after:  {covered(after, np.array(drawing['r']))} of {n} "
+        f"(canvas {drawing['width']:.0f} x {drawing['height']:.0f})"
+    )
     return 0
 
 

@@ -96,14 +96,17 @@ def main(argv=None) -> int:
     per_variant = {}
     for v in variants:
         sync()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as prof:
             for _ in range(args.steps):
                 v.step(batch())
             sync()
         busy, window, n, per_name = busy_and_kernels(prof)
         per_variant[v.key] = per_name
         print(
-            f"{v.key}: device busy {busy / args.steps / 1e3:.2f} ms/step, window {window / args.steps / 1e3:.2f} ms/step,"
+            f"{v.key}: device busy {busy / args.steps / 1e3:.2f} ms/step, "
+            f"window {window / args.steps / 1e3:.2f} ms/step,"
             f" idle {(window - busy) / args.steps / 1e3:.2f} ms/step, {n / args.steps:.0f} kernels/step"
         )
         if args.trace_dir:

@@ -85,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "aquin_monitor" / "sae" / "default"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    parser.add_argument("--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept (judged + others)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)"
+    )
+    parser.add_argument(
+        "--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept (judged + others)"
+    )
     parser.add_argument("--log-dir", default=None, help="also stream sae/* per epoch to DIR/metrics.jsonl")
     args = parser.parse_args(argv)
 
@@ -126,8 +130,15 @@ def _train_and_write(texts, embeddings, args) -> int:
     config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
     retrieval = scifact_retrieval(args.max_corpus)
     sink = JsonlSink(args.log_dir) if args.log_dir else None
-    build_sae_folder(embeddings, texts, args.out, model="sentence-transformers/all-MiniLM-L6-v2", config=config,
-                     sinks=[sink] if sink else [], retrieval=retrieval)
+    build_sae_folder(
+        embeddings,
+        texts,
+        args.out,
+        model="sentence-transformers/all-MiniLM-L6-v2",
+        config=config,
+        sinks=[sink] if sink else [],
+        retrieval=retrieval,
+    )
     if sink:
         sink.close()
     return 0

@@ -17,14 +17,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+]
 
 
 class Browser:
     """Headless chromium with one page; ``call`` sends a command to the page and waits for its reply."""
 
-    def __init__(self, profile: Path, width: int = 1280, height: int = 1000, timeout: float = 60.0, stderr: Any = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        profile: Path,
+        width: int = 1280,
+        height: int = 1000,
+        timeout: float = 60.0,
+        stderr: Any = subprocess.DEVNULL,
+    ) -> None:
         chromium = shutil.which("chromium")
         if chromium is None:
             raise RuntimeError("chromium is not on PATH (apt-get install -y chromium)")
@@ -40,7 +55,10 @@ class Browser:
 
         self.process = subprocess.Popen(
             [chromium, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=wire, close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=wire,
+            close_fds=False,
             env={**os.environ, "HOME": str(profile)},
         )
         os.close(to_child)
@@ -51,7 +69,10 @@ class Browser:
         self.session = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
-        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def _message(self) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -112,7 +133,9 @@ class Browser:
         if box is None:
             raise LookupError(f"no element matches {selector}")
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1})
+            self.call(
+                "Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1}
+            )
 
     def type_text(self, selector: str, text: str) -> None:
         self.click(selector)

@@ -86,7 +86,14 @@ def feature_table(activations: scipy.sparse.spmatrix, *, examples: int = 20) -> 
         top_rows.append(rows[order])
         top_values.append(values[order])
     mean = np.where(counts > 0, total / np.maximum(counts, 1), 0.0)
-    return {"total": total, "frequency": counts / max(n, 1), "mean": mean, "max": maximum, "top_rows": top_rows, "top_values": top_values}
+    return {
+        "total": total,
+        "frequency": counts / max(n, 1),
+        "mean": mean,
+        "max": maximum,
+        "top_rows": top_rows,
+        "top_values": top_values,
+    }
 
 
 def browse_features(
@@ -123,13 +130,20 @@ def browse_features(
     features = []
     for j, label in zip(order, labels):
         rows, values = table["top_rows"][j], table["top_values"][j]
-        features.append(BrowserFeature(
-            index=int(j), label=label, total_activation=float(table["total"][j]),
-            frequency=float(table["frequency"][j]), mean_activation=float(table["mean"][j]),
-            max_activation=float(table["max"][j]),
-            examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
-        ))
-    return FeatureBrowser(n_texts=len(texts), num_latents=int(z.shape[1]), features=features, dead=int(z.shape[1] - len(alive)))
+        features.append(
+            BrowserFeature(
+                index=int(j),
+                label=label,
+                total_activation=float(table["total"][j]),
+                frequency=float(table["frequency"][j]),
+                mean_activation=float(table["mean"][j]),
+                max_activation=float(table["max"][j]),
+                examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
+            )
+        )
+    return FeatureBrowser(
+        n_texts=len(texts), num_latents=int(z.shape[1]), features=features, dead=int(z.shape[1] - len(alive))
+    )
 
 
 def coactivation_counts(activations: scipy.sparse.spmatrix) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
@@ -179,16 +193,25 @@ def coactivation_network(
         inside = np.isin(i, linked) & np.isin(j, linked)
         i, j, c, npmi = i[inside], j[inside], c[inside], npmi[inside]
         linked = np.unique(np.concatenate([i, j]))
-    edges = [Edge(int(a), int(b), int(k), float(s), float(k / n_i[a]), float(k / n_i[b])) for a, b, k, s in zip(i, j, c, npmi)]
+    edges = [
+        Edge(int(a), int(b), int(k), float(s), float(k / n_i[a]), float(k / n_i[b]))
+        for a, b, k, s in zip(i, j, c, npmi)
+    ]
     edges.sort(key=lambda e: (e.source, e.target))
     nodes = [Node(int(f), float(n_i[f] / n), float(total[f] / n_i[f])) for f in linked]
     communities = communities_and_layout(nodes, edges, seed)
-    return CoactivationNetwork(n_texts=n, threshold=threshold, min_support=min_support, nodes=nodes, edges=edges,
-                               communities=communities)
+    return CoactivationNetwork(
+        n_texts=n, threshold=threshold, min_support=min_support, nodes=nodes, edges=edges, communities=communities
+    )
 
 
 def absorption_pairs(
-    activations: scipy.sparse.spmatrix, texts: Sequence[str], *, threshold: float = 0.9, min_support: int = 10, examples: int = 3
+    activations: scipy.sparse.spmatrix,
+    texts: Sequence[str],
+    *,
+    threshold: float = 0.9,
+    min_support: int = 10,
+    examples: int = 3,
 ) -> list[AbsorptionPair]:
     """Ordered feature pairs (A, B) with ``P(B fires | A fires) ≥ threshold`` on at least ``min_support`` texts.
 
@@ -211,8 +234,17 @@ def absorption_pairs(
         rows_a = csc.indices[csc.indptr[a[t]] : csc.indptr[a[t] + 1]]
         rows_b = csc.indices[csc.indptr[b[t]] : csc.indptr[b[t] + 1]]
         shared = np.intersect1d(rows_a, rows_b)[:examples]
-        pairs.append(AbsorptionPair(int(a[t]), int(b[t]), float(probability[t]), int(n_i[a[t]]), int(c[t]),
-                                    float(n_i[b[t]] / n), [str(texts[r]) for r in shared]))
+        pairs.append(
+            AbsorptionPair(
+                int(a[t]),
+                int(b[t]),
+                float(probability[t]),
+                int(n_i[a[t]]),
+                int(c[t]),
+                float(n_i[b[t]] / n),
+                [str(texts[r]) for r in shared],
+            )
+        )
     return pairs
 
 
@@ -267,8 +299,18 @@ def polysemy(
         sizes = (int((split == 0).sum()), int((split == 1).sum()))
         score = silhouette(distances, split)
         sides = ([str(texts[r]) for r in rows[split == 0][:3]], [str(texts[r]) for r in rows[split == 1][:3]])
-        results.append(Polysemy(j, spread, baseline, spread - baseline, score,
-                                bool(score >= silhouette_threshold and min(sizes) >= 2), sizes, sides))
+        results.append(
+            Polysemy(
+                j,
+                spread,
+                baseline,
+                spread - baseline,
+                score,
+                bool(score >= silhouette_threshold and min(sizes) >= 2),
+                sizes,
+                sides,
+            )
+        )
     results.sort(key=lambda p: (-p.spread_excess, p.feature))
     return results, baseline
 
@@ -302,6 +344,13 @@ def diagnose(
     if activations.shape[0] != len(texts) or len(embeddings) != len(texts):
         raise ValueError(f"{activations.shape[0]} activation rows, {len(embeddings)} embeddings, {len(texts)} texts")
     pairs = absorption_pairs(activations, texts, threshold=threshold, min_support=min_support)
-    found, baseline = polysemy(activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed)
-    return Diagnostics(absorption=pairs, polysemy=found, threshold=threshold, baseline=baseline,
-                       silhouette_threshold=silhouette_threshold)
+    found, baseline = polysemy(
+        activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed
+    )
+    return Diagnostics(
+        absorption=pairs,
+        polysemy=found,
+        threshold=threshold,
+        baseline=baseline,
+        silhouette_threshold=silhouette_threshold,
+    )

@@ -79,8 +79,12 @@ KILLED_WHILE_WRITING = """
 def test_a_kill_mid_write_leaves_the_target_alone_and_a_temporary_known_as_abandoned(tmp_path):
     target = tmp_path / "metrics.json"
     atomic_write_text(target, "old")
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_WHILE_WRITING), str(target)],
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLED_WHILE_WRITING), str(target)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
     assert child.returncode == 137, child.stderr
     assert target.read_text() == "old"
     left = [p.name for p in tmp_path.iterdir() if p.name != "metrics.json"]

@@ -51,13 +51,27 @@ def test_snapshot_metrics_appear_under_eval_strategy(tiny_mean_model, tmp_path):
     assert aquin_monitor.SnapshotEvaluator is SnapshotEvaluator  # the public name
     assert (evaluator.primary_metric, evaluator.greater_is_better) == ("geometry/anisotropy", False)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
-        eval_strategy="steps", eval_steps=2, report_to=[], save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
     )
     reference = _Reference()
     data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), evaluator=evaluator, callbacks=[reference]
+        model=model,
+        args=args,
+        train_dataset=data,
+        loss=MultipleNegativesRankingLoss(model),
+        evaluator=evaluator,
+        callbacks=[reference],
     )
     trainer.train()
     assert sorted(reference.seen) == [2, 4]
@@ -101,17 +115,33 @@ def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_pat
     torch.manual_seed(0)
     model = SentenceTransformer(tiny_mean_model, device="cpu")
     similarity = EmbeddingSimilarityEvaluator(ANCHORS[:8], POSITIVES[:8], [i / 8 for i in range(8)], name="$$<script>")
-    evaluator = SequentialEvaluator([similarity, SnapshotEvaluator(SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False))])
+    evaluator = SequentialEvaluator(
+        [similarity, SnapshotEvaluator(SnapshotRunner(ProbeSet.from_texts(PROBE), umap=False))]
+    )
     run_dir = tmp_path / "run"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
-        eval_strategy="steps", eval_steps=2, report_to=[], save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
     )
     data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
     reference = _Reference()
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, eval_dataset=data.select(range(16)), loss=MultipleNegativesRankingLoss(model),
-        evaluator=evaluator, callbacks=[reference, TrainerEmbeddingMonitor(output_dir=str(run_dir), strict=True)],
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        loss=MultipleNegativesRankingLoss(model),
+        evaluator=evaluator,
+        callbacks=[reference, TrainerEmbeddingMonitor(output_dir=str(run_dir), strict=True)],
     )
     trainer.train()
 
@@ -119,9 +149,13 @@ def test_the_trainers_own_evaluation_reaches_the_report(tiny_mean_model, tmp_pat
     assert [row["step"] for row in rows] == sorted(reference.seen) == [2, 4]
     for row in rows:
         logged, _ = reference.seen[row["step"]]
-        expected = {k: v for k, v in logged.items()
-                    if k not in ("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second") and not k.startswith("eval_geometry/")
-                    and not k.startswith(("eval_layers/", "eval_attention/", "eval_drift/"))}
+        expected = {
+            k: v
+            for k, v in logged.items()
+            if k not in ("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+            and not k.startswith("eval_geometry/")
+            and not k.startswith(("eval_layers/", "eval_attention/", "eval_drift/"))
+        }
         assert "eval_loss" in expected and "eval_$$<script>_spearman_cosine" in expected
         assert {k: v for k, v in row.items() if k not in ("step", "time")} == pytest.approx(expected)
     page = render_report(run_dir)
@@ -135,8 +169,14 @@ def test_direction_of_the_primary_metric_comes_from_the_metric_registry():
     from aquin_monitor.metric_registry import find_metric
 
     runner = SnapshotRunner(PROBE, umap=False)
-    for name, expected in (("geometry/anisotropy", False), ("retrieval/mean_first_rank", False), ("retrieval/ndcg@10", True),
-                           ("geometry/id_pca95", True), ("drift/base/score", True), ("custom/metric", True)):
+    for name, expected in (
+        ("geometry/anisotropy", False),
+        ("retrieval/mean_first_rank", False),
+        ("retrieval/ndcg@10", True),
+        ("geometry/id_pca95", True),
+        ("drift/base/score", True),
+        ("custom/metric", True),
+    ):
         spec = find_metric(name)
         assert expected == (spec is None or spec.higher_is_better is not False), name  # the registry says so too
         assert SnapshotEvaluator(runner, primary_metric=name).greater_is_better is expected, name

@@ -20,7 +20,19 @@ ANCHORS = [f"question number {i} about topic {i % 5}" for i in range(48)]
 POSITIVES = [f"answer {i} on topic {i % 5}" for i in range(48)]
 
 
-def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wrap=True, accumulation=1, resume=None, save_steps=None, lr=5e-4):
+def _train(
+    model_path,
+    out,
+    *,
+    callbacks=(),
+    max_steps=6,
+    max_grad_norm=1.0,
+    wrap=True,
+    accumulation=1,
+    resume=None,
+    save_steps=None,
+    lr=5e-4,
+):
     torch.manual_seed(0)
     model = SentenceTransformer(model_path, device="cpu")
     loss = MultipleNegativesRankingLoss(model)
@@ -43,7 +55,9 @@ def _train(model_path, out, *, callbacks=(), max_steps=6, max_grad_norm=1.0, wra
         dataloader_drop_last=True,
     )
     data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks)
+    )
     trainer.train(resume_from_checkpoint=resume)
     return model, trainer
 
@@ -95,7 +109,14 @@ def test_resume_continues_without_duplicate_steps(tiny_mean_model, tmp_path):
     assert (tmp_path / "checkpoint-2" / "aquin_monitor_state.json").exists()
     state = json.loads((tmp_path / "checkpoint-4" / "aquin_monitor_state.json").read_text())
     assert state["last_step"] == 4
-    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=6, save_steps=2, resume=str(tmp_path / "checkpoint-4"))
+    _train(
+        tiny_mean_model,
+        tmp_path,
+        callbacks=[TrainerEmbeddingMonitor(strict=True)],
+        max_steps=6,
+        save_steps=2,
+        resume=str(tmp_path / "checkpoint-4"),
+    )
     steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -113,7 +134,14 @@ def test_resume_from_an_older_checkpoint_logs_each_step_once(tiny_mean_model, tm
     """Steps logged after the checkpoint by the first run are replaced by the resumed run's (like purge_step)."""
     _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=4, save_steps=2)
     first = {r["step"]: r for r in read_jsonl(tmp_path / "metrics.jsonl")}
-    _train(tiny_mean_model, tmp_path, callbacks=[TrainerEmbeddingMonitor(strict=True)], max_steps=6, save_steps=2, resume=str(tmp_path / "checkpoint-2"))
+    _train(
+        tiny_mean_model,
+        tmp_path,
+        callbacks=[TrainerEmbeddingMonitor(strict=True)],
+        max_steps=6,
+        save_steps=2,
+        resume=str(tmp_path / "checkpoint-2"),
+    )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0]["time"] == first[1]["time"] and rows[2]["time"] > first[4]["time"]  # 1-2 kept, 3-4 re-logged

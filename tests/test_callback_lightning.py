@@ -25,7 +25,9 @@ class PairModule(L.LightningModule):
         self.lr, self.freeze_layer_at, self.nan_at = lr, freeze_layer_at, nan_at
 
     def encode(self, texts):
-        feats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.encoder.preprocess(list(texts)).items()}
+        feats = {
+            k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.encoder.preprocess(list(texts)).items()
+        }
         return self.encoder(feats)["sentence_embedding"]
 
     def training_step(self, batch, batch_idx):
@@ -45,9 +47,17 @@ def _fit(module, tmp_path, callback, max_steps, accumulate=1):
     torch.manual_seed(0)
     loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
     trainer = L.Trainer(
-        max_steps=max_steps, accelerator="cpu", devices=1, callbacks=[callback], default_root_dir=str(tmp_path),
-        enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate,
-        gradient_clip_val=0.01, log_every_n_steps=1, enable_checkpointing=False,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[callback],
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=0.01,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
         logger=L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
     )
     trainer.fit(module, loader)
@@ -60,8 +70,16 @@ def test_lightning_logs_same_names_pre_clip(tiny_mean_model, tmp_path):
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-        assert {"grad_norm/embeddings", "grad_norm/layer.00", "grad_norm/layer.01", "grad_norm/total",
-                "contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap", "contrastive/in_batch_acc"} <= r.keys()
+        assert {
+            "grad_norm/embeddings",
+            "grad_norm/layer.00",
+            "grad_norm/layer.01",
+            "grad_norm/total",
+            "contrastive/pos_sim",
+            "contrastive/neg_sim",
+            "contrastive/gap",
+            "contrastive/in_batch_acc",
+        } <= r.keys()
         assert r["grad_norm/total"] > 0.01  # measured before Lightning's clipping to 0.01
         groups = [v for k, v in r.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
         assert math.sqrt(sum(v * v for v in groups)) == pytest.approx(r["grad_norm/total"], rel=1e-4)
@@ -93,7 +111,9 @@ class _SeenAtValidation(L.Callback):
         if not trainer.sanity_checking:
             with torch.no_grad():
                 queries, answers = zip(*PAIRS[:8])
-                self.seen[trainer.global_step] = torch.nn.functional.cosine_similarity(module.encode(queries), module.encode(answers)).mean().item()
+                self.seen[trainer.global_step] = (
+                    torch.nn.functional.cosine_similarity(module.encode(queries), module.encode(answers)).mean().item()
+                )
 
 
 def test_validation_metrics_reach_evaluations_jsonl_and_the_report(tiny_mean_model, tmp_path):
@@ -103,9 +123,18 @@ def test_validation_metrics_reach_evaluations_jsonl_and_the_report(tiny_mean_mod
     loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
     validation = DataLoader(PAIRS[:8], batch_size=8, collate_fn=lambda b: tuple(zip(*b)))
     reference = _SeenAtValidation()
-    trainer = L.Trainer(max_steps=4, val_check_interval=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                        callbacks=[LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"), strict=True), reference])
+    trainer = L.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"), strict=True), reference],
+    )
     trainer.fit(ValidatedModule(tiny_mean_model), loader, validation)
     rows = read_jsonl(tmp_path / "run" / "evaluations.jsonl")
     assert [row["step"] for row in rows] == sorted(reference.seen) == [2, 4]  # the sanity check is not an evaluation
@@ -137,10 +166,17 @@ def test_nan_alarm_names_layers_and_stops(tiny_mean_model, tmp_path):
 
 def test_a_fresh_run_moves_an_earlier_runs_files_aside(tiny_mean_model, tmp_path):
     run = tmp_path / "run"
-    _fit(PairModule(tiny_mean_model), tmp_path, LightningEmbeddingMonitor(output_dir=str(run), strict=True), max_steps=3)
+    _fit(
+        PairModule(tiny_mean_model), tmp_path, LightningEmbeddingMonitor(output_dir=str(run), strict=True), max_steps=3
+    )
     first = read_jsonl(run / "metrics.jsonl")
     with pytest.warns(RuntimeWarning, match="earlier run"):
-        _fit(PairModule(tiny_mean_model), tmp_path, LightningEmbeddingMonitor(output_dir=str(run), strict=True), max_steps=2)
+        _fit(
+            PairModule(tiny_mean_model),
+            tmp_path,
+            LightningEmbeddingMonitor(output_dir=str(run), strict=True),
+            max_steps=2,
+        )
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
     (archived,) = (run / "previous").iterdir()
     assert read_jsonl(archived / "metrics.jsonl") == first

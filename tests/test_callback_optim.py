@@ -11,8 +11,8 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
-from torch.utils.data import DataLoader
 from test_resume_lightning import PairModule
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback, get_linear_schedule_with_warmup
 
 from aquin_monitor import LightningEmbeddingMonitor, TrainerEmbeddingMonitor, monitored
@@ -51,9 +51,19 @@ def _hf_run(model_path, out, callbacks, max_steps):
     torch.manual_seed(0)
     model = SentenceTransformer(model_path, device="cpu")
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-3, warmup_steps=3,
-        lr_scheduler_type="linear", max_grad_norm=1.0, report_to=[], save_strategy="no", logging_steps=1, seed=0,
-        use_cpu=True, dataloader_drop_last=True,
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=3,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        dataloader_drop_last=True,
     )
     data = Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES})
     loss = monitored(MultipleNegativesRankingLoss(model))
@@ -62,7 +72,9 @@ def _hf_run(model_path, out, callbacks, max_steps):
 
 def test_hf_logs_lr_histograms_and_tensor_norms(tiny_mean_model, tmp_path):
     reference = _GradNorms()
-    _hf_run(tiny_mean_model, tmp_path, [reference, TrainerEmbeddingMonitor(strict=True, tensor_norms_every=4)], max_steps=42)
+    _hf_run(
+        tiny_mean_model, tmp_path, [reference, TrainerEmbeddingMonitor(strict=True, tensor_norms_every=4)], max_steps=42
+    )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 43))
     expected = _scheduler_lrs(lambda o: get_linear_schedule_with_warmup(o, 3, 42), [1e-3], 42)
@@ -76,7 +88,7 @@ def test_hf_logs_lr_histograms_and_tensor_norms(tiny_mean_model, tmp_path):
 
 def _check_tensor_norms(rows, reference, every):
     for r in rows:
-        tensors = {k[len("grad_norm_tensor/"):]: v for k, v in r.items() if k.startswith("grad_norm_tensor/")}
+        tensors = {k[len("grad_norm_tensor/") :]: v for k, v in r.items() if k.startswith("grad_norm_tensor/")}
         if r["step"] % every:
             assert not tensors
             continue
@@ -93,7 +105,10 @@ class _TwoGroups(PairModule):
         embeddings = [p for n, p in self.named_parameters() if "embeddings" in n]
         rest = [p for n, p in self.named_parameters() if "embeddings" not in n]
         optimizer = torch.optim.AdamW([{"params": embeddings, "lr": 1e-4}, {"params": rest, "lr": 1e-3}])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": _lightning_schedule(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": _lightning_schedule(optimizer), "interval": "step"},
+        }
 
 
 def _lightning_schedule(optimizer):
@@ -117,8 +132,15 @@ def test_lightning_logs_lr_per_group_histograms_and_tensor_norms(tiny_mean_model
     reference = _LightningGradNorms()
     monitor = LightningEmbeddingMonitor(output_dir=str(tmp_path / "run"), strict=True, tensor_norms_every=5)
     trainer = L.Trainer(
-        max_epochs=6, accelerator="cpu", devices=1, callbacks=[reference, monitor], default_root_dir=str(tmp_path),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False,
+        max_epochs=6,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[reference, monitor],
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
     )
     trainer.fit(_TwoGroups(tiny_mean_model), loader)
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")

@@ -21,14 +21,24 @@ PROBE = [f"probe sentence {i} about topic {i % 3}" for i in range(12)]
 def test_train_end_writes_the_sae_page_and_the_report(tiny_mean_model, tmp_path):
     dimension = SentenceTransformer(tiny_mean_model, device="cpu").get_sentence_embedding_dimension()
     runner = SnapshotRunner(PROBE, umap=False, sae=SparseAutoencoder(dimension, 16, 4))
-    _train(tiny_mean_model, tmp_path / "out", callbacks=[TrainerEmbeddingMonitor(str(tmp_path / "run"), snapshots=runner, strict=True)], max_steps=2)
+    _train(
+        tiny_mean_model,
+        tmp_path / "out",
+        callbacks=[TrainerEmbeddingMonitor(str(tmp_path / "run"), snapshots=runner, strict=True)],
+        max_steps=2,
+    )
     report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert (tmp_path / "run" / "sae.html").stat().st_size > 1000
     assert 'href="sae.html"' in report  # the report, written after the SAE page, links it
 
 
 def test_report_false_leaves_the_report_out(tiny_mean_model, tmp_path):
-    _train(tiny_mean_model, tmp_path / "out", callbacks=[TrainerEmbeddingMonitor(str(tmp_path / "run"), report=False, strict=True)], max_steps=1)
+    _train(
+        tiny_mean_model,
+        tmp_path / "out",
+        callbacks=[TrainerEmbeddingMonitor(str(tmp_path / "run"), report=False, strict=True)],
+        max_steps=1,
+    )
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "sae.html").exists()
 

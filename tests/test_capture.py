@@ -16,12 +16,24 @@ from aquin_monitor.losses import info_nce, nt_xent, triplet
 from aquin_monitor.signals.contrastive import STAT_FIELDS, finalize, similarity_sums
 
 TEXTS = [
-    "the cat sat on the mat", "dogs bark at night", "a bank raised its interest rates", "the river bank was muddy",
-    "she plays the violin", "stock markets fell sharply", "rain is expected tomorrow", "he scored two goals",
+    "the cat sat on the mat",
+    "dogs bark at night",
+    "a bank raised its interest rates",
+    "the river bank was muddy",
+    "she plays the violin",
+    "stock markets fell sharply",
+    "rain is expected tomorrow",
+    "he scored two goals",
 ]
 POSITIVES = [
-    "a cat is sitting", "a dog barking", "interest rates went up", "mud on the river side",
-    "music on a violin", "shares dropped", "the forecast says rain", "a football match",
+    "a cat is sitting",
+    "a dog barking",
+    "interest rates went up",
+    "mud on the river side",
+    "music on a violin",
+    "shares dropped",
+    "the forecast says rain",
+    "a football match",
 ]
 NEGATIVES = list(reversed(TEXTS))
 
@@ -66,7 +78,12 @@ def _reference_stats(q, candidates, n_blocks):
         hard.extend(s[i, j].item() for j in own_hard)
         hardest.append(max(s[i, j].item() for j in others))
         acc.append(float(s[i].argmax().item() == i))
-    out = {"pos_sim": sum(pos) / b, "neg_sim": sum(neg) / len(neg), "hardest_neg_sim": sum(hardest) / b, "in_batch_acc": sum(acc) / b}
+    out = {
+        "pos_sim": sum(pos) / b,
+        "neg_sim": sum(neg) / len(neg),
+        "hardest_neg_sim": sum(hardest) / b,
+        "in_batch_acc": sum(acc) / b,
+    }
     if hard:
         out["hard_neg_sim"] = sum(hard) / len(hard)
     return out
@@ -145,7 +162,9 @@ def _make_gist(kind, model, guide, **options):
 @pytest.mark.parametrize("kind", ["gist", "cached_gist", "matryoshka_gist"])
 @pytest.mark.parametrize("with_negatives", [False, True])
 @pytest.mark.parametrize("contrast", [True, False])
-def test_gist_family_reads_anchor_positive_and_negative_matrices(tiny_mean_model, tiny_cls_model, kind, with_negatives, contrast):
+def test_gist_family_reads_anchor_positive_and_negative_matrices(
+    tiny_mean_model, tiny_cls_model, kind, with_negatives, contrast
+):
     """The guide's matrices, anchor-anchor and positive-positive go through the same similarity: none is read."""
     columns = [TEXTS, POSITIVES] + ([NEGATIVES] if with_negatives else [])
     options = {"contrast_anchors": contrast, "contrast_positives": contrast, "margin": 0.05}
@@ -162,11 +181,15 @@ def test_gist_family_reads_anchor_positive_and_negative_matrices(tiny_mean_model
     reading = tap.drain()
     stats = finalize(reading.sums)
     with torch.no_grad():  # before the guide's masking: the plain cosine matrix of anchors x candidates
-        ref = _reference_stats(_embeddings(twin, TEXTS), torch.cat([_embeddings(twin, c) for c in columns[1:]]), len(columns) - 1)
+        ref = _reference_stats(
+            _embeddings(twin, TEXTS), torch.cat([_embeddings(twin, c) for c in columns[1:]]), len(columns) - 1
+        )
     for key, expected in ref.items():
         assert stats[key] == pytest.approx(expected, abs=1e-5), key
     assert ("hard_neg_sim" in stats) == with_negatives
-    assert reading.sums.values[STAT_FIELDS.index("rows")].item() == len(TEXTS)  # every anchor row once, whatever the mini-batches
+    assert reading.sums.values[STAT_FIELDS.index("rows")].item() == len(
+        TEXTS
+    )  # every anchor row once, whatever the mini-batches
     assert reading.loss_count == 1 and reading.loss_sum.item() == pytest.approx(value.item())
 
 

@@ -119,13 +119,15 @@ def brute_force_retrieval(q: np.ndarray, d: np.ndarray, relevant: list[dict[int,
         idcg = sum(g / math.log2(2 + p) for p, g in enumerate(ideal))
         labelled = negatives[i] if negatives and negatives[i] else None
         pool = labelled if labelled else [j for j in range(len(d)) if j not in rel]
-        out.append({
-            "first_rank": first,
-            **{f"recall@{k}": sum(r <= k for r in rank.values()) / len(rel) for k in (1, 5, 10)},
-            "mrr@10": 1.0 / first if first <= 10 else 0.0,
-            "ndcg@10": dcg / idcg,
-            "hard_negative_gap": max(scores[i, j] for j in rel) - max(scores[i, j] for j in pool),
-        })
+        out.append(
+            {
+                "first_rank": first,
+                **{f"recall@{k}": sum(r <= k for r in rank.values()) / len(rel) for k in (1, 5, 10)},
+                "mrr@10": 1.0 / first if first <= 10 else 0.0,
+                "ndcg@10": dcg / idcg,
+                "hard_negative_gap": max(scores[i, j] for j in rel) - max(scores[i, j] for j in pool),
+            }
+        )
     return out, scores
 
 
@@ -145,9 +147,7 @@ def probe_file(tmp_path) -> Path:
 
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
-    records = [
-        {"query": q, "document": doc, "category": c, **({"negative": n} if n else {})} for q, doc, c, n in PAIRS
-    ]
+    records = [{"query": q, "document": doc, "category": c, **({"negative": n} if n else {})} for q, doc, c, n in PAIRS]
     # unjudged documents: one line that only adds them as negatives of an existing query
     records[3]["negative"] = EXTRA_DOCUMENTS
     return write_jsonl(tmp_path / "pairs.jsonl", records)
@@ -162,7 +162,9 @@ def pairs_in_file_order():
             if text not in documents:
                 documents.append(text)
     relevant = [{documents.index(doc): 1} for _, doc, _, _ in PAIRS]
-    negatives = [[documents.index(n) for n in (negs if i != 3 else EXTRA_DOCUMENTS)] for i, (*_, negs) in enumerate(PAIRS)]
+    negatives = [
+        [documents.index(n) for n in (negs if i != 3 else EXTRA_DOCUMENTS)] for i, (*_, negs) in enumerate(PAIRS)
+    ]
     return queries, documents, relevant, negatives
 
 
@@ -220,10 +222,13 @@ def test_bad_probe_line_names_file_line_and_field(capsys, tmp_path, tiny_mean_mo
 
 
 def test_bad_pairs_line_names_file_line_and_field(capsys, tmp_path, tiny_mean_model):
-    pairs = write_jsonl(tmp_path / "broken-pairs.jsonl", [
-        {"query": "q", "document": "d"},
-        {"query": "q2", "document": "d2", "relevance": "high"},
-    ])
+    pairs = write_jsonl(
+        tmp_path / "broken-pairs.jsonl",
+        [
+            {"query": "q", "document": "d"},
+            {"query": "q2", "document": "d2", "relevance": "high"},
+        ],
+    )
     code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs)
     assert code == 2
     assert_one_line_error(err, f"{pairs}:2:", "field 'relevance'")
@@ -288,7 +293,9 @@ def test_inspect_metrics_match_independent_computation(capsys, tmp_path, tiny_me
     from transformers import AutoModel, AutoTokenizer
 
     out_json = tmp_path / "out" / "inspect.json"
-    code, out, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", out_json, "--no-umap", "--no-progress")
+    code, out, _ = run(
+        capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", out_json, "--no-umap", "--no-progress"
+    )
     assert code == 0
     result = json.loads(out_json.read_text())
     assert result["model"] == tiny_mean_model
@@ -314,10 +321,14 @@ def test_inspect_metrics_match_independent_computation(capsys, tmp_path, tiny_me
         for text in texts:
             output = bert(**tokenizer(text, return_tensors="pt"), output_hidden_states=True, output_attentions=True)
             pooled.append([h[0].mean(0).numpy() for h in output.hidden_states])
-            head_entropy.append([[entropy(a[0, h].numpy(), axis=1).mean() for h in range(a.shape[1])] for a in output.attentions])
+            head_entropy.append(
+                [[entropy(a[0, h].numpy(), axis=1).mean() for h in range(a.shape[1])] for a in output.attentions]
+            )
     pooled = np.asarray(pooled, dtype=np.float64)  # [n, L+1, hidden]
     for layer in range(pooled.shape[1]):
-        assert metrics[f"layers/similarity.{layer:02d}"] == pytest.approx(brute_force_anisotropy(pooled[:, layer]), abs=1e-5)
+        assert metrics[f"layers/similarity.{layer:02d}"] == pytest.approx(
+            brute_force_anisotropy(pooled[:, layer]), abs=1e-5
+        )
     head_entropy = np.asarray(head_entropy)  # [n, L, H]
     assert metrics["attention/entropy_mean"] == pytest.approx(head_entropy.mean(), abs=1e-5)
     for layer in range(head_entropy.shape[1]):
@@ -336,7 +347,9 @@ def test_inspect_run_dir_feeds_report(capsys, tmp_path, tiny_mean_model, probe_f
     from aquin_monitor.snapshot_record import Snapshot
 
     run_dir = tmp_path / "run"
-    code, _, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--run-dir", run_dir, "--no-umap", "--no-progress")
+    code, _, _ = run(
+        capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--run-dir", run_dir, "--no-umap", "--no-progress"
+    )
     assert code == 0
     snap = Snapshot.load(run_dir / "snapshots" / "0")
     assert snap.tag == "inspect" and snap.arrays["embeddings"].shape == (len(PROBE), 32)
@@ -423,7 +436,9 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
     assert result["metrics"]["retrieval/ndcg@10"] == pytest.approx(mean_of(rows, "ndcg@10"), abs=1e-6)
 
     split = sorted({(query, c) for query, _, c in unique}, key=lambda qc: (queries.index(qc[0]), qc[1]))
-    split_relevant = [{documents.index(doc): 1 for qq, doc, c in unique if qq == query and c == cat} for query, cat in split]
+    split_relevant = [
+        {documents.index(doc): 1 for qq, doc, c in unique if qq == query and c == cat} for query, cat in split
+    ]
     split_rows, _ = brute_force_retrieval(q[[queries.index(query) for query, _ in split]], d, split_relevant)
     assert set(result["by_category"]) == {"ENTAILMENT", "NEUTRAL", "CONTRADICTION"}
     for category, values in result["by_category"].items():
@@ -438,7 +453,9 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
     from aquin_monitor.report import render_report
     from aquin_monitor.snapshot_runner import SnapshotRunner
 
-    snap = SnapshotRunner(retrieval=read_pairs(path), umap=False).take(load_model(tiny_mean_model, device="cpu"), 0, tag="base", run_dir=tmp_path / "run")
+    snap = SnapshotRunner(retrieval=read_pairs(path), umap=False).take(
+        load_model(tiny_mean_model, device="cpu"), 0, tag="base", run_dir=tmp_path / "run"
+    )
     assert snap.details["retrieval_by_category"].keys() == result["by_category"].keys()
     for category, values in result["by_category"].items():
         assert snap.details["retrieval_by_category"][category] == pytest.approx(values, abs=1e-6)
@@ -448,11 +465,16 @@ def test_eval_pairs_sick_style_repeated_lines_and_categories_per_pair(capsys, tm
 
 
 def test_eval_pairs_conflicting_relevance_exits_2_naming_line_and_field(capsys, tmp_path, tiny_mean_model):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a", "relevance": 3}, {"query": "q", "document": "a", "relevance": 1}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"query": "q", "document": "a", "relevance": 3}, {"query": "q", "document": "a", "relevance": 1}],
+    )
     code, out, err = run(capsys, "eval", tiny_mean_model, "--pairs", path, "--no-progress")
     assert code == 2 and out == ""
-    assert err.strip() == f"aquin-monitor eval: error: {path}:2: field 'relevance': conflicting relevance for the same query and document: 1 here, 3 on line 1"
+    assert err.strip() == (
+        f"aquin-monitor eval: error: {path}:2: field 'relevance': "
+        "conflicting relevance for the same query and document: 1 here, 3 on line 1"
+    )
 
 
 def test_eval_model_without_prompts_encodes_plain_text(capsys, tiny_mean_model, pairs_file):
@@ -461,7 +483,9 @@ def test_eval_model_without_prompts_encodes_plain_text(capsys, tiny_mean_model, 
     result = json.loads(out)  # --json - : JSON alone on stdout
     assert result["prompts"] == {"query": None, "document": None}
     queries, documents, relevant, negatives = pairs_in_file_order()
-    rows, _ = brute_force_retrieval(st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant, negatives)
+    rows, _ = brute_force_retrieval(
+        st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant, negatives
+    )
     assert result["metrics"]["retrieval/ndcg@10"] == pytest.approx(mean_of(rows, "ndcg@10"), abs=1e-6)
 
 
@@ -469,14 +493,28 @@ def test_eval_cross_encoder_reranks_top_k(capsys, tiny_mean_model, tiny_cross_en
     from sentence_transformers import CrossEncoder
 
     k = 4
-    code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--cross-encoder", tiny_cross_encoder,
-                       "--rerank-k", k, "--json", "-", "--no-progress")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        tiny_mean_model,
+        "--pairs",
+        pairs_file,
+        "--cross-encoder",
+        tiny_cross_encoder,
+        "--rerank-k",
+        k,
+        "--json",
+        "-",
+        "--no-progress",
+    )
     assert code == 0
     result = json.loads(out)
     assert result["rerank"] == {"cross_encoder": tiny_cross_encoder, "k": k}
 
     queries, documents, relevant, _ = pairs_in_file_order()
-    _, scores = brute_force_retrieval(st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant)
+    _, scores = brute_force_retrieval(
+        st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant
+    )
     cross_encoder = CrossEncoder(tiny_cross_encoder, device="cpu")
     before, after = [], []
     for i, rel in enumerate(relevant):
@@ -486,8 +524,13 @@ def test_eval_cross_encoder_reranks_top_k(capsys, tiny_mean_model, tiny_cross_en
         for order, sink in ((candidates, before), (reranked, after)):
             (doc,) = rel
             rank = order.index(doc) + 1 if doc in order else math.inf
-            sink.append({"mrr@10": 1 / rank if rank <= 10 else 0.0, "recall@1": float(rank <= 1),
-                         "ndcg@10": 1 / math.log2(1 + rank) if rank <= 10 else 0.0})
+            sink.append(
+                {
+                    "mrr@10": 1 / rank if rank <= 10 else 0.0,
+                    "recall@1": float(rank <= 1),
+                    "ndcg@10": 1 / math.log2(1 + rank) if rank <= 10 else 0.0,
+                }
+            )
     metrics = result["metrics"]
     for key in ("mrr@10", "recall@1", "ndcg@10"):
         assert metrics[f"rerank/before/{key}"] == pytest.approx(mean_of(before, key), abs=1e-6), key
@@ -511,18 +554,18 @@ def write_beir(folder: Path) -> Path:
         {"_id": "d7", "title": "Fish", "text": "fish swim in the sea"},
     ]
     write_jsonl(folder / "corpus.jsonl", corpus)
-    write_jsonl(folder / "queries.jsonl", [
-        {"_id": "q1", "text": "what do pets do"},
-        {"_id": "q2", "text": "financial news"},
-        {"_id": "q3", "text": "rate decision"},
-        {"_id": "q4", "text": "an unjudged query"},
-        {"_id": "q5", "text": "sea life"},
-    ])
+    write_jsonl(
+        folder / "queries.jsonl",
+        [
+            {"_id": "q1", "text": "what do pets do"},
+            {"_id": "q2", "text": "financial news"},
+            {"_id": "q3", "text": "rate decision"},
+            {"_id": "q4", "text": "an unjudged query"},
+            {"_id": "q5", "text": "sea life"},
+        ],
+    )
     (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n"
-        "q1\td1\t2\nq1\td2\t1\nq1\td7\t0\n"
-        "q2\td3\t2\nq2\td4\t1\nq2\td5\t1\n"
-        "q3\td5\t1\n"
+        "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t1\nq1\td7\t0\nq2\td3\t2\nq2\td4\t1\nq2\td5\t1\nq3\td5\t1\n"
     )
     (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq5\td7\t1\nq3\td5\t1\n")
     return folder
@@ -532,10 +575,15 @@ def test_eval_beir_graded_matches_pytrec_eval(capsys, tmp_path, tiny_mean_model)
     import pytrec_eval
 
     folder = write_beir(tmp_path / "beir")
-    corpus = {r["_id"]: (f"{r['title']} {r['text']}" if r.get("title") else r["text"]) for r in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
+    corpus = {
+        r["_id"]: (f"{r['title']} {r['text']}" if r.get("title") else r["text"])
+        for r in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())
+    }
     queries = {r["_id"]: r["text"] for r in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
     for split, judged in (("test", ["q1", "q2", "q3"]), ("dev", ["q3", "q5"])):
-        code, out, _ = run(capsys, "eval", tiny_mean_model, "--beir", folder, "--split", split, "--json", "-", "--no-progress")
+        code, out, _ = run(
+            capsys, "eval", tiny_mean_model, "--beir", folder, "--split", split, "--json", "-", "--no-progress"
+        )
         assert code == 0
         result = json.loads(out)
         assert result["data"]["n_queries"] == len(judged) and result["data"]["n_documents"] == len(corpus)
@@ -550,7 +598,9 @@ def test_eval_beir_graded_matches_pytrec_eval(capsys, tmp_path, tiny_mean_model)
         run_ = {qid: {did: float(s) for did, s in zip(corpus, row)} for qid, row in zip(judged, scores)}
         trec = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10", "recall_5", "recall_10"}).evaluate(run_)
         metrics = result["metrics"]
-        assert metrics["retrieval/ndcg@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in trec.values()]), abs=1e-6)
+        assert metrics["retrieval/ndcg@10"] == pytest.approx(
+            np.mean([v["ndcg_cut_10"] for v in trec.values()]), abs=1e-6
+        )
         assert metrics["retrieval/recall@5"] == pytest.approx(np.mean([v["recall_5"] for v in trec.values()]), abs=1e-6)
         assert metrics["retrieval/recall@10"] == 1.0  # 7 documents: everything is in the top 10
         assert result["by_category"] == {}
@@ -562,8 +612,19 @@ def test_eval_beir_graded_matches_pytrec_eval(capsys, tmp_path, tiny_mean_model)
 
 def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_model, probe_file, pairs_file):
     out_json = tmp_path / "diff.json"
-    code, out, _ = run(capsys, "diff", tiny_mean_model, tiny_mean_model, "--probe", probe_file, "--pairs", pairs_file,
-                       "--json", out_json, "--no-progress")
+    code, out, _ = run(
+        capsys,
+        "diff",
+        tiny_mean_model,
+        tiny_mean_model,
+        "--probe",
+        probe_file,
+        "--pairs",
+        pairs_file,
+        "--json",
+        out_json,
+        "--no-progress",
+    )
     assert code == 0
     result = json.loads(out_json.read_text())
     metrics = result["metrics"]
@@ -577,8 +638,12 @@ def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_mod
     assert "drift/score" in out
 
 
-def test_diff_between_two_models_matches_independent_cka(capsys, tiny_mean_model, tiny_cls_model, tiny_prompt_model, probe_file, pairs_file):
-    code, out, _ = run(capsys, "diff", tiny_mean_model, tiny_cls_model, "--probe", probe_file, "--json", "-", "--no-progress")
+def test_diff_between_two_models_matches_independent_cka(
+    capsys, tiny_mean_model, tiny_cls_model, tiny_prompt_model, probe_file, pairs_file
+):
+    code, out, _ = run(
+        capsys, "diff", tiny_mean_model, tiny_cls_model, "--probe", probe_file, "--json", "-", "--no-progress"
+    )
     assert code == 0
     result = json.loads(out)
     texts = [t for t, _ in PROBE]
@@ -591,21 +656,41 @@ def test_diff_between_two_models_matches_independent_cka(capsys, tiny_mean_model
     pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
     shift = np.mean([uy[i] @ uy[j] for i, j in pairs]) - np.mean([ux[i] @ ux[j] for i, j in pairs])
     assert metrics["drift/similarity_mean_shift"] == pytest.approx(shift, abs=1e-5)
-    assert metrics["drift/anisotropy_delta"] == pytest.approx(result["other"]["metrics"]["geometry/anisotropy"] - result["base"]["metrics"]["geometry/anisotropy"], abs=1e-9)
+    assert metrics["drift/anisotropy_delta"] == pytest.approx(
+        result["other"]["metrics"]["geometry/anisotropy"] - result["base"]["metrics"]["geometry/anisotropy"], abs=1e-9
+    )
 
     # Same weights, prompts only on the retrieval side: the probe space does not move, ranks do.
-    code, out, _ = run(capsys, "diff", tiny_mean_model, tiny_prompt_model, "--probe", probe_file, "--pairs", pairs_file, "--json", "-", "--no-progress")
+    code, out, _ = run(
+        capsys,
+        "diff",
+        tiny_mean_model,
+        tiny_prompt_model,
+        "--probe",
+        probe_file,
+        "--pairs",
+        pairs_file,
+        "--json",
+        "-",
+        "--no-progress",
+    )
     assert code == 0
     result = json.loads(out)
     metrics = result["metrics"]
     assert metrics["drift/cka"] == pytest.approx(1.0, abs=1e-6)
     queries, documents, relevant, negatives = pairs_in_file_order()
-    plain, _ = brute_force_retrieval(st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant)
-    prompted, _ = brute_force_retrieval(st_encode(tiny_prompt_model, queries, "query: "), st_encode(tiny_prompt_model, documents, "passage: "), relevant)
+    plain, _ = brute_force_retrieval(
+        st_encode(tiny_mean_model, queries), st_encode(tiny_mean_model, documents), relevant
+    )
+    prompted, _ = brute_force_retrieval(
+        st_encode(tiny_prompt_model, queries, "query: "), st_encode(tiny_prompt_model, documents, "passage: "), relevant
+    )
     change = np.array([b["first_rank"] - a["first_rank"] for a, b in zip(plain, prompted)])
     assert metrics["drift/rank_improved_fraction"] == pytest.approx(np.mean(change < 0))
     assert metrics["drift/rank_worsened_fraction"] == pytest.approx(np.mean(change > 0))
-    assert metrics["drift/delta/ndcg@10"] == pytest.approx(mean_of(prompted, "ndcg@10") - mean_of(plain, "ndcg@10"), abs=1e-6)
+    assert metrics["drift/delta/ndcg@10"] == pytest.approx(
+        mean_of(prompted, "ndcg@10") - mean_of(plain, "ndcg@10"), abs=1e-6
+    )
 
 
 def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
@@ -613,7 +698,9 @@ def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
     from sentence_transformers import SentenceTransformer
 
     base, adapter = tiny_lora
-    code, out, _ = run(capsys, "diff", base, base, "--adapter", adapter, "--probe", probe_file, "--json", "-", "--no-progress")
+    code, out, _ = run(
+        capsys, "diff", base, base, "--adapter", adapter, "--probe", probe_file, "--json", "-", "--no-progress"
+    )
     assert code == 0
     result = json.loads(out)
     texts = [t for t, _ in PROBE]
@@ -627,9 +714,12 @@ def test_diff_applies_the_adapter_to_other_only(capsys, tiny_lora, probe_file):
     assert result["metrics"]["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
 
 
-def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatch, tiny_mean_model, tiny_cls_model, probe_file, pairs_file):
+def test_inspect_and_diff_reuse_the_embedding_cache(
+    capsys, tmp_path, monkeypatch, tiny_mean_model, tiny_cls_model, probe_file, pairs_file
+):
     """A second inspect or diff of the same files and texts loads no model and gives the same numbers;
-    diff's retrieval side shares eval's entries; rewriting a model file (not touching it) or --no-cache computes again."""
+    diff's retrieval side shares eval's entries; rewriting a model file (not touching it) or --no-cache computes
+    again."""
     import shutil
 
     from aquin_monitor import cli
@@ -638,10 +728,14 @@ def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatc
     model = shutil.copytree(tiny_mean_model, tmp_path / "model")  # its files get touched below
     loads = []
     load = cli._load_model
-    monkeypatch.setattr(cli, "_load_model", lambda name, args, adapter: loads.append(Path(name).name) or load(name, args, adapter))
+    monkeypatch.setattr(
+        cli, "_load_model", lambda name, args, adapter: loads.append(Path(name).name) or load(name, args, adapter)
+    )
 
     def inspect(*extra):
-        code, out, err = run(capsys, "inspect", model, "--probe", probe_file, "--json", "-", "--no-umap", "--no-progress", *extra)
+        code, out, err = run(
+            capsys, "inspect", model, "--probe", probe_file, "--json", "-", "--no-umap", "--no-progress", *extra
+        )
         assert code == 0, err
         return json.loads(out)
 
@@ -657,8 +751,19 @@ def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatc
     assert loads == ["model"] * 3  # another attention sample is another entry
 
     def diff():
-        code, out, err = run(capsys, "diff", model, tiny_cls_model, "--probe", probe_file, "--pairs", pairs_file,
-                             "--json", "-", "--no-progress")
+        code, out, err = run(
+            capsys,
+            "diff",
+            model,
+            tiny_cls_model,
+            "--probe",
+            probe_file,
+            "--pairs",
+            pairs_file,
+            "--json",
+            "-",
+            "--no-progress",
+        )
         assert code == 0, err
         return json.loads(out)
 
@@ -667,10 +772,25 @@ def test_inspect_and_diff_reuse_the_embedding_cache(capsys, tmp_path, monkeypatc
     assert loads == ["model", Path(tiny_cls_model).name]  # BASE for its retrieval pairs only (its probe pass is cached)
     assert diff()["metrics"] == changed["metrics"] and loads == ["model", Path(tiny_cls_model).name]
     # the numbers are those of a run without cache
-    code, out, _ = run(capsys, "diff", model, tiny_cls_model, "--probe", probe_file, "--pairs", pairs_file, "--json", "-", "--no-progress", "--no-cache")
+    code, out, _ = run(
+        capsys,
+        "diff",
+        model,
+        tiny_cls_model,
+        "--probe",
+        probe_file,
+        "--pairs",
+        pairs_file,
+        "--json",
+        "-",
+        "--no-progress",
+        "--no-cache",
+    )
     assert json.loads(out)["metrics"] == pytest.approx(changed["metrics"], abs=1e-6)
     loads.clear()
-    code, _, _ = run(capsys, "eval", tiny_cls_model, "--pairs", pairs_file, "--json", tmp_path / "e.json", "--no-progress")
+    code, _, _ = run(
+        capsys, "eval", tiny_cls_model, "--pairs", pairs_file, "--json", tmp_path / "e.json", "--no-progress"
+    )
     assert code == 0 and loads == []  # diff's retrieval entries are eval's
 
     weights = next(p for p in Path(model).rglob("*.safetensors"))
@@ -698,10 +818,15 @@ def test_console_script_runs_eval(tmp_path, tiny_mean_model, pairs_file, capsys)
     completed = subprocess.run(
         # --no-cache: an earlier test may have cached these embeddings, and this one checks the progress bars
         [str(script), "eval", tiny_mean_model, "--pairs", str(pairs_file), "--json", str(out_json), "--no-cache"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Encoding queries" in completed.stderr and "Encoding documents" in completed.stderr  # labelled progress bars on stderr
+    assert (
+        "Encoding queries" in completed.stderr and "Encoding documents" in completed.stderr
+    )  # labelled progress bars on stderr
     from_script = json.loads(out_json.read_text())
     code, out, _ = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", "-", "--no-progress")
     assert code == 0
@@ -710,7 +835,9 @@ def test_console_script_runs_eval(tmp_path, tiny_mean_model, pairs_file, capsys)
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "document": ""}\n')
-    completed = subprocess.run([str(script), "eval", "default", "--pairs", str(bad)], capture_output=True, text=True, env=env, timeout=600)
+    completed = subprocess.run(
+        [str(script), "eval", "default", "--pairs", str(bad)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert completed.returncode == 2
     assert_one_line_error(completed.stderr, f"{bad}:1:", "field 'document'", "empty text")
 
@@ -733,8 +860,12 @@ def scifact_subset(folder: Path, n_queries: int = 25, n_other_docs: int = 80) ->
     kept = [(q, d, s) for q, d, s in judgements if q in keep_queries]
     relevant_docs = {d for _, d, _ in kept}
     (folder / "qrels").mkdir(parents=True)
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in kept))
-    queries = [line for line in (source / "queries.jsonl").read_text().splitlines() if json.loads(line)["_id"] in keep_queries]
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in kept)
+    )
+    queries = [
+        line for line in (source / "queries.jsonl").read_text().splitlines() if json.loads(line)["_id"] in keep_queries
+    ]
     (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
     docs, others = [], 0
     with gzip.open(source / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
@@ -768,8 +899,15 @@ def test_eval_default_minilm_on_scifact_subset_matches_sentence_transformers(cap
         if int(score) > 0:
             relevant.setdefault(qid, set()).add(did)
     evaluator = InformationRetrievalEvaluator(
-        queries=queries, corpus=corpus, relevant_docs=relevant, mrr_at_k=[10], ndcg_at_k=[10],
-        accuracy_at_k=[1], precision_recall_at_k=[1, 5, 10], map_at_k=[10], write_csv=False,
+        queries=queries,
+        corpus=corpus,
+        relevant_docs=relevant,
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[1, 5, 10],
+        map_at_k=[10],
+        write_csv=False,
         score_functions={"cosine": cos_sim},
     )
     expected = evaluator.compute_all_metrics(sentence_transformer(minilm_path))["cosine"]
@@ -795,7 +933,9 @@ def test_inspect_default_minilm_with_umap(capsys, tmp_path, minilm_path):
     assert result["umap"]["labels"] == [str(r["label"]) for r in records]
     embeddings = st_encode(minilm_path, [r["text"] for r in records])
     assert result["metrics"]["geometry/anisotropy"] == pytest.approx(brute_force_anisotropy(embeddings), abs=1e-5)
-    assert result["metrics"]["layers/similarity.06"] == pytest.approx(result["metrics"]["geometry/anisotropy"], abs=1e-5)
+    assert result["metrics"]["layers/similarity.06"] == pytest.approx(
+        result["metrics"]["geometry/anisotropy"], abs=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -810,13 +950,27 @@ def bar_labels(stderr: str) -> set[str]:
     return {match.group(1).strip() for match in re.finditer(r"(?:^|\r|\n)([^\r\n|%]*?):\s+\d+%\|", stderr)}
 
 
-def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_path, tiny_mean_model, pairs_file, probe_file):
+def test_progress_bars_are_labelled_and_no_progress_silences_them(
+    capsys, tmp_path, tiny_mean_model, pairs_file, probe_file
+):
     # --no-cache: an earlier test may have left these embeddings in the session's cache (no encoding, no bar)
-    code, _, err = run(capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json", "--no-cache")
+    code, _, err = run(
+        capsys, "eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "a.json", "--no-cache"
+    )
     assert code == 0
     assert {"Encoding queries", "Encoding documents"} <= bar_labels(err), err
-    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "b.json",
-                       "--attention-texts", "4", "--no-cache")
+    code, _, err = run(
+        capsys,
+        "inspect",
+        tiny_mean_model,
+        "--probe",
+        probe_file,
+        "--json",
+        tmp_path / "b.json",
+        "--attention-texts",
+        "4",
+        "--no-cache",
+    )
     assert code == 0
     labels = bar_labels(err)
     assert "Loading weights" in labels  # transformers' own bar: --no-progress must silence it too
@@ -824,13 +978,16 @@ def test_progress_bars_are_labelled_and_no_progress_silences_them(capsys, tmp_pa
     assert "Snapshot: UMAP 2-D layout of 12 probe texts" in labels, err
     assert "Batches" not in labels  # no unlabelled bar left
 
-    for argv in (["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json", "--no-cache"],
-                 ["inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "d.json"]):
+    for argv in (
+        ["eval", tiny_mean_model, "--pairs", pairs_file, "--json", tmp_path / "c.json", "--no-cache"],
+        ["inspect", tiny_mean_model, "--probe", probe_file, "--json", tmp_path / "d.json"],
+    ):
         code, _, err = run(capsys, *argv, "--no-progress")
         assert code == 0 and not BAR.search(err), err
     # the same numbers either way (labelled encoding goes chunk by chunk)
     assert json.loads((tmp_path / "a.json").read_text())["metrics"] == pytest.approx(
-        json.loads((tmp_path / "c.json").read_text())["metrics"], abs=1e-6)
+        json.loads((tmp_path / "c.json").read_text())["metrics"], abs=1e-6
+    )
 
 
 def test_quiet_progress_turns_off_library_bars_and_restores_them():

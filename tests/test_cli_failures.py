@@ -87,7 +87,9 @@ def bad_outputs(tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", ["json under a file", "json is a folder", "run-dir is a file", "run-dir under a file"])
-def test_inspect_output_paths_are_checked_before_any_model_load(capsys, tmp_path, tiny_mean_model, probe, no_model_load, case):
+def test_inspect_output_paths_are_checked_before_any_model_load(
+    capsys, tmp_path, tiny_mean_model, probe, no_model_load, case
+):
     extra, option, named = bad_outputs(tmp_path)[case]
     before = files_under(tmp_path)
     code, out, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--no-progress", *extra)
@@ -97,9 +99,15 @@ def test_inspect_output_paths_are_checked_before_any_model_load(capsys, tmp_path
 
 
 @pytest.mark.parametrize("command", ["eval", "diff"])
-def test_eval_and_diff_json_path_checked_before_any_model_load(capsys, tmp_path, tiny_mean_model, probe, pairs, no_model_load, command):
+def test_eval_and_diff_json_path_checked_before_any_model_load(
+    capsys, tmp_path, tiny_mean_model, probe, pairs, no_model_load, command
+):
     extra, option, named = bad_outputs(tmp_path)["json under a file"]
-    argv = ["eval", tiny_mean_model, "--pairs", pairs] if command == "eval" else ["diff", tiny_mean_model, tiny_mean_model, "--probe", probe]
+    argv = (
+        ["eval", tiny_mean_model, "--pairs", pairs]
+        if command == "eval"
+        else ["diff", tiny_mean_model, tiny_mean_model, "--probe", probe]
+    )
     code, _, err = run(capsys, *argv, "--no-progress", *extra)
     assert code == 2
     one_error_line(err, option, named)
@@ -118,23 +126,32 @@ def test_diff_other_not_a_model_fails_before_base_is_loaded(capsys, tmp_path, ti
 
 
 def test_missing_adapter_fails_before_the_model_loads(capsys, tmp_path, tiny_mean_model, probe, no_model_load):
-    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--adapter", tmp_path / "no-adapter", "--no-progress")
+    code, _, err = run(
+        capsys, "inspect", tiny_mean_model, "--probe", probe, "--adapter", tmp_path / "no-adapter", "--no-progress"
+    )
     assert code == 2
     one_error_line(err, str(tmp_path / "no-adapter"))
 
 
-def test_eval_checks_the_model_before_loading_the_cross_encoder(capsys, tmp_path, tiny_cross_encoder, pairs, no_model_load):
+def test_eval_checks_the_model_before_loading_the_cross_encoder(
+    capsys, tmp_path, tiny_cross_encoder, pairs, no_model_load
+):
     not_a_model = tmp_path / "empty-model"
     not_a_model.mkdir()
-    code, _, err = run(capsys, "eval", not_a_model, "--pairs", pairs, "--cross-encoder", tiny_cross_encoder, "--no-progress")
+    code, _, err = run(
+        capsys, "eval", not_a_model, "--pairs", pairs, "--cross-encoder", tiny_cross_encoder, "--no-progress"
+    )
     assert code == 2
     one_error_line(err, str(not_a_model))
 
 
-@pytest.mark.parametrize("texts, complaint", [(["one", "two"], "at least 3 texts, got 2"),
-                                               (["same"] * 5, "all 5 texts are identical")])
+@pytest.mark.parametrize(
+    "texts, complaint", [(["one", "two"], "at least 3 texts, got 2"), (["same"] * 5, "all 5 texts are identical")]
+)
 @pytest.mark.parametrize("command", ["inspect", "diff"])
-def test_unusable_probe_named_before_any_model_load(capsys, tmp_path, tiny_mean_model, no_model_load, texts, complaint, command):
+def test_unusable_probe_named_before_any_model_load(
+    capsys, tmp_path, tiny_mean_model, no_model_load, texts, complaint, command
+):
     small = write_jsonl(tmp_path / "small-probe.jsonl", [{"text": t} for t in texts])
     models = [tiny_mean_model] if command == "inspect" else [tiny_mean_model, tiny_mean_model]
     code, _, err = run(capsys, command, *models, "--probe", small, "--no-progress")
@@ -147,7 +164,13 @@ def test_unusable_probe_named_before_any_model_load(capsys, tmp_path, tiny_mean_
 
 def test_inspect_never_replaces_a_training_runs_snapshot(capsys, tmp_path, tiny_mean_model, probe, no_model_load):
     run_dir = tmp_path / "run"
-    Snapshot(step=0, tag="base", model="tiny", metrics={"geometry/anisotropy": 0.3}, arrays={"embeddings": np.ones((3, 2), np.float32)}).save(run_dir)
+    Snapshot(
+        step=0,
+        tag="base",
+        model="tiny",
+        metrics={"geometry/anisotropy": 0.3},
+        arrays={"embeddings": np.ones((3, 2), np.float32)},
+    ).save(run_dir)
     before = files_under(run_dir)
     code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--run-dir", run_dir, "--no-progress")
     assert code == 2
@@ -158,7 +181,9 @@ def test_inspect_never_replaces_a_training_runs_snapshot(capsys, tmp_path, tiny_
 def test_inspect_replaces_its_own_earlier_snapshot(capsys, tmp_path, tiny_mean_model, tiny_cls_model, probe):
     run_dir = tmp_path / "run"
     for model in (tiny_mean_model, tiny_cls_model):
-        code, _, err = run(capsys, "inspect", model, "--probe", probe, "--run-dir", run_dir, "--no-umap", "--no-progress")
+        code, _, err = run(
+            capsys, "inspect", model, "--probe", probe, "--run-dir", run_dir, "--no-umap", "--no-progress"
+        )
         assert code == 0, err
     assert Snapshot.load(run_dir / "snapshots" / "0").model == tiny_cls_model
     assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == ["0"]
@@ -167,9 +192,16 @@ def test_inspect_replaces_its_own_earlier_snapshot(capsys, tmp_path, tiny_mean_m
 def test_inspect_into_a_folder_a_live_run_holds_is_refused(capsys, tmp_path, tiny_mean_model, probe, no_model_load):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom aquin_monitor.sinks import JsonlSink\n"
-         "JsonlSink(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(run_dir)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom aquin_monitor.sinks import JsonlSink\n"
+            "JsonlSink(sys.argv[1]); print('ready', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
@@ -207,7 +239,9 @@ def test_report_on_a_missing_folder_exits_2(capsys, tmp_path):
 def test_non_utf8_line_is_named_by_the_report_and_the_reader(capsys, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    good = [json.dumps({"step": s, "contrastive/loss": 1.0 / (s + 1), "grad_norm/layer.00": 0.5}).encode() for s in (1, 3)]
+    good = [
+        json.dumps({"step": s, "contrastive/loss": 1.0 / (s + 1), "grad_norm/layer.00": 0.5}).encode() for s in (1, 3)
+    ]
     bad = b'{"step": 2, "contrastive/loss": 0.5, "note": "caf\xe9"}'  # latin-1, not UTF-8
     (run_dir / "metrics.jsonl").write_bytes(good[0] + b"\n" + bad + b"\n" + good[1] + b"\n")
     with pytest.raises(JsonlFormatError, match=r"metrics.jsonl, line 2: not valid UTF-8"):
@@ -224,8 +258,21 @@ def test_non_utf8_line_is_named_by_the_report_and_the_reader(capsys, tmp_path):
 
 def test_a_closed_pipe_ends_quietly(tmp_path, tiny_mean_model, pairs):
     process = subprocess.Popen(
-        [sys.executable, "-m", "aquin_monitor.cli", "eval", tiny_mean_model, "--pairs", str(pairs), "--json", "-", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "aquin_monitor.cli",
+            "eval",
+            tiny_mean_model,
+            "--pairs",
+            str(pairs),
+            "--json",
+            "-",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
     process.stdout.close()  # the reader is gone before anything is printed (like `| head -0`)
     err = process.stderr.read().decode()
@@ -241,7 +288,19 @@ def test_ctrl_c_is_one_line_exit_130_and_no_partial_files(capsys, tmp_path, tiny
     monkeypatch.setattr(encoders, "load_model", interrupted)
     out_json = tmp_path / "out" / "inspect.json"
     # --no-cache: the session's cache may hold this probe pass, and then no model is loaded to interrupt
-    code, out, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", out_json, "--run-dir", tmp_path / "run", "--no-progress", "--no-cache")
+    code, out, err = run(
+        capsys,
+        "inspect",
+        tiny_mean_model,
+        "--probe",
+        probe,
+        "--json",
+        out_json,
+        "--run-dir",
+        tmp_path / "run",
+        "--no-progress",
+        "--no-cache",
+    )
     assert code == 130 and out == ""
     assert err.strip().splitlines()[-1] == "aquin-monitor inspect: interrupted"
     assert "Traceback" not in err
@@ -259,7 +318,9 @@ def test_ctrl_c_while_writing_the_json_leaves_no_partial_file(capsys, tmp_path, 
 
     monkeypatch.setattr(cli.os, "replace", interrupted_replace)
     out_json = tmp_path / "inspect.json"
-    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", out_json, "--no-umap", "--no-progress")
+    code, _, err = run(
+        capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", out_json, "--no-umap", "--no-progress"
+    )
     monkeypatch.setattr(cli.os, "replace", real_replace)
     assert code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.jsonl"]  # neither inspect.json nor a temp file
@@ -268,9 +329,24 @@ def test_ctrl_c_while_writing_the_json_leaves_no_partial_file(capsys, tmp_path, 
 def test_sigint_during_a_real_run_exits_130_with_one_line(tmp_path, tiny_mean_model, probe):
     out_json = tmp_path / "inspect.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "aquin_monitor.cli", "inspect", tiny_mean_model, "--probe", str(probe), "--json", str(out_json),
-         "--run-dir", str(tmp_path / "run"), "--no-progress", "--no-cache"],  # a cache hit could finish before the signal
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aquin_monitor.cli",
+            "inspect",
+            tiny_mean_model,
+            "--probe",
+            str(probe),
+            "--json",
+            str(out_json),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--no-cache",
+        ],  # a cache hit could finish before the signal
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
         # a suite started in the background of a script inherits SIGINT ignored, and Python then keeps it ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -281,19 +357,29 @@ def test_sigint_during_a_real_run_exits_130_with_one_line(tmp_path, tiny_mean_mo
     assert process.wait(timeout=300) == 130, err
     assert err.strip().splitlines()[-1] == "aquin-monitor inspect: interrupted" and "Traceback" not in err
     assert not out_json.exists()
-    leftovers = [p for p in (tmp_path / "run").rglob("*") if p.name != ".aquin-monitor.lock"] if (tmp_path / "run").exists() else []
+    leftovers = (
+        [p for p in (tmp_path / "run").rglob("*") if p.name != ".aquin-monitor.lock"]
+        if (tmp_path / "run").exists()
+        else []
+    )
     assert not leftovers
 
 
-def test_read_only_output_folder_is_refused_before_any_model_load(capsys, tmp_path, tiny_mean_model, probe, no_model_load, monkeypatch):
+def test_read_only_output_folder_is_refused_before_any_model_load(
+    capsys, tmp_path, tiny_mean_model, probe, no_model_load, monkeypatch
+):
     # the tests may run as root, for whom every folder is writable: the OS answer is replaced for one folder
     from aquin_monitor import cli
 
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     real_access = os.access
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
-    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", read_only / "sub" / "out.json", "--no-progress")
+    monkeypatch.setattr(
+        cli.os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode)
+    )
+    code, _, err = run(
+        capsys, "inspect", tiny_mean_model, "--probe", probe, "--json", read_only / "sub" / "out.json", "--no-progress"
+    )
     assert code == 2
     one_error_line(err, "--json", f"the folder {read_only} is not writable")
     assert list(read_only.iterdir()) == []

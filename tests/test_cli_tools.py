@@ -18,9 +18,21 @@ from aquin_monitor.sae.config import SaeTrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aquin_monitor"
 VERB_MODULES = ("cli.py", "sae/cli.py", "sae/analysis_cli.py", "sae/page_cli.py", "sae/convert_cli.py")
-SHARED = {"positive_int", "finite_float", "emit", "check_output_file", "_check_output_file", "_check_output",
-          "check_output_dir", "declared_dimension", "load_sae_for", "check_dimension", "_check_dimension",
-          "_write_atomically", "relevance_by_position"}
+SHARED = {
+    "positive_int",
+    "finite_float",
+    "emit",
+    "check_output_file",
+    "_check_output_file",
+    "_check_output",
+    "check_output_dir",
+    "declared_dimension",
+    "load_sae_for",
+    "check_dimension",
+    "_check_dimension",
+    "_write_atomically",
+    "relevance_by_position",
+}
 
 
 def definitions() -> dict[str, list[str]]:
@@ -36,15 +48,24 @@ def test_each_shared_helper_has_one_home():
     found = definitions()
     homes = {name: found.get(name, []) for name in SHARED}
     assert {name: where for name, where in homes.items() if where} == {
-        **{name: ["cli_tools.py"]
-           for name in ("positive_int", "finite_float", "emit", "check_output_file", "check_output_dir",
-                        "load_sae_for")},
+        **{
+            name: ["cli_tools.py"]
+            for name in (
+                "positive_int",
+                "finite_float",
+                "emit",
+                "check_output_file",
+                "check_output_dir",
+                "load_sae_for",
+            )
+        },
         "declared_dimension": ["encoders.py"],  # a fact of the model, read by library code too
     }
     # before: OutputPathError, SaeInputError, AnalysisInputError, PageInputError in two message formats
     cli_modules = (*VERB_MODULES, "cli_tools.py")
-    cli_classes = sorted(name for name, homes in found.items() for where in homes
-                         if where in cli_modules and name[0].isupper())
+    cli_classes = sorted(
+        name for name, homes in found.items() for where in homes if where in cli_modules and name[0].isupper()
+    )
     assert cli_classes == ["CommandParser", "InputError", "LoadedSae"]  # all three in cli_tools.py (checked below)
     assert all(found[name] == ["cli_tools.py"] for name in cli_classes)
 
@@ -138,16 +159,18 @@ def test_sae_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
     corpus.write_text("\n".join(json.dumps({"text": f"text {i}"}) for i in range(4)) + "\n")
     import numpy as np
 
-    monkeypatch.setattr("aquin_monitor.sae.embeddings.embed_corpus",
-                        lambda model, texts, **kw: np.ones((len(texts), 384), np.float32))
+    monkeypatch.setattr(
+        "aquin_monitor.sae.embeddings.embed_corpus", lambda model, texts, **kw: np.ones((len(texts), 384), np.float32)
+    )
     monkeypatch.setattr(evaluate, "quality_metrics", lambda sae, x: ({"sae/fvu": 0.5}, None))
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)
-    code = cli.main(["sae", "eval", "default", "--corpus", str(corpus), "--json", str(out), "--no-progress",
-                     "--no-cache"])
+    code = cli.main(
+        ["sae", "eval", "default", "--corpus", str(corpus), "--json", str(out), "--no-progress", "--no-cache"]
+    )
     monkeypatch.undo()
     assert code == 130
     assert out.read_text() == '{"old": true}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "q.json"]
@@ -173,12 +196,33 @@ def test_every_sae_train_config_field_has_a_flag_with_the_fields_default():
 
 
 def test_sae_train_flags_build_the_config(tmp_path):
-    args = cli.build_parser().parse_args(["sae", "train", "default", "--corpus", "c.jsonl", "--out", str(tmp_path),
-                                          "--epochs", "3", "--train-batch-size", "64", "--patience", "5",
-                                          "--val-fraction", "0.1", "--auxk-coefficient", "0.5", "--dead-after", "7"])
+    args = cli.build_parser().parse_args(
+        [
+            "sae",
+            "train",
+            "default",
+            "--corpus",
+            "c.jsonl",
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "3",
+            "--train-batch-size",
+            "64",
+            "--patience",
+            "5",
+            "--val-fraction",
+            "0.1",
+            "--auxk-coefficient",
+            "0.5",
+            "--dead-after",
+            "7",
+        ]
+    )
     config = SaeTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SaeTrainConfig)})
-    assert config == SaeTrainConfig(max_epochs=3, batch_size=64, patience=5, val_fraction=0.1, auxk_coefficient=0.5,
-                                    dead_after=7)
+    assert config == SaeTrainConfig(
+        max_epochs=3, batch_size=64, patience=5, val_fraction=0.1, auxk_coefficient=0.5, dead_after=7
+    )
     argv = ["sae", "train", "default", "--corpus", "c", "--out", "o", "--max-epochs", "4"]
     assert cli.build_parser().parse_args(argv).max_epochs == 4
 

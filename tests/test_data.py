@@ -75,7 +75,12 @@ def test_data_error_message_is_one_line_with_file_line_field():
 
 def test_data_error_survives_pickling():
     error = pickle.loads(pickle.dumps(DataError("x.jsonl", 4, "text", "empty text")))
-    assert (error.path, error.line, error.field, str(error)) == ("x.jsonl", 4, "text", "x.jsonl:4: field 'text': empty text")
+    assert (error.path, error.line, error.field, str(error)) == (
+        "x.jsonl",
+        4,
+        "text",
+        "x.jsonl:4: field 'text': empty text",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,13 +88,16 @@ def test_data_error_survives_pickling():
 
 
 def test_read_probe_texts_labels_ids_and_blank_lines(tmp_path):
-    path = write_lines(tmp_path / "probe.jsonl", [
-        {"text": "a cat", "label": "animal", "id": "p1"},
-        "",
-        "   ",
-        {"text": "a car", "label": "vehicle", "id": 7, "extra": [1, 2]},
-        {"text": "a dog", "label": "animal", "id": "p3"},
-    ])
+    path = write_lines(
+        tmp_path / "probe.jsonl",
+        [
+            {"text": "a cat", "label": "animal", "id": "p1"},
+            "",
+            "   ",
+            {"text": "a car", "label": "vehicle", "id": 7, "extra": [1, 2]},
+            {"text": "a dog", "label": "animal", "id": "p3"},
+        ],
+    )
     probe = read_probe(path)
     assert probe.texts == ["a cat", "a car", "a dog"]
     assert probe.labels == ["animal", "vehicle", "animal"]
@@ -108,10 +116,14 @@ def test_read_probe_without_labels_or_ids_numbers_rows(tmp_path):
 
 
 def test_read_probe_custom_fields_integer_labels_and_gzip(tmp_path):
-    path = write_lines(tmp_path / "probe.jsonl.gz", [
-        {"sentence": "first", "topic": 3, "key": "a"},
-        {"sentence": "second", "topic": 1, "key": "b"},
-    ], compress=True)
+    path = write_lines(
+        tmp_path / "probe.jsonl.gz",
+        [
+            {"sentence": "first", "topic": 3, "key": "a"},
+            {"sentence": "second", "topic": 1, "key": "b"},
+        ],
+        compress=True,
+    )
     probe = read_probe(path, text_field="sentence", label_field="topic", id_field="key")
     assert (probe.texts, probe.labels, probe.ids) == (["first", "second"], ["3", "1"], ["a", "b"])
 
@@ -180,7 +192,9 @@ def test_probe_error_empty_file(tmp_path, content):
 
 
 def test_probe_error_duplicate_ids(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [{"text": "a", "id": "x"}, {"text": "b", "id": "y"}, {"text": "c", "id": "x"}])
+    path = write_lines(
+        tmp_path / "p.jsonl", [{"text": "a", "id": "x"}, {"text": "b", "id": "y"}, {"text": "c", "id": "x"}]
+    )
     expect_error(lambda: read_probe(path), path, 3, "id", "duplicate id 'x'", "line 1")
 
 
@@ -213,13 +227,21 @@ def test_probe_error_corrupt_gzip(tmp_path):
 
 
 def test_read_pairs_merges_identical_texts_and_keeps_grades_categories_negatives(tmp_path):
-    path = write_lines(tmp_path / "pairs.jsonl", [
-        {"query": "what is a cat", "document": "cats purr", "relevance": 2, "category": "animals",
-         "negative": ["cars drive", "dogs bark"]},
-        {"query": "what is a cat", "document": "cats are felines", "category": "animals", "negative": "dogs bark"},
-        "",
-        {"query": "what is a car", "document": "cars drive", "category": "vehicles", "negative": "cats purr"},
-    ])
+    path = write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            {
+                "query": "what is a cat",
+                "document": "cats purr",
+                "relevance": 2,
+                "category": "animals",
+                "negative": ["cars drive", "dogs bark"],
+            },
+            {"query": "what is a cat", "document": "cats are felines", "category": "animals", "negative": "dogs bark"},
+            "",
+            {"query": "what is a car", "document": "cars drive", "category": "vehicles", "negative": "cats purr"},
+        ],
+    )
     rs = read_pairs(path)
     assert rs.queries == {"q0": "what is a cat", "q1": "what is a car"}
     # documents in order of first appearance, hard negatives included
@@ -231,17 +253,19 @@ def test_read_pairs_merges_identical_texts_and_keeps_grades_categories_negatives
     assert rs.relevance_matrix().tolist() == [[2, 0, 0, 1], [0, 1, 0, 0]]
     assert rs.hard_negative_matrix().tolist() == [[False, True, True, False], [True, False, False, False]]
     assert rs.summary() == (
-        f"read 2 queries, 4 documents, 3 relevance judgements (grades 1-2), 3 hard negatives, "
-        f"2 categories from {path}"
+        f"read 2 queries, 4 documents, 3 relevance judgements (grades 1-2), 3 hard negatives, 2 categories from {path}"
     )
 
 
 def test_read_pairs_uses_given_ids_and_derives_the_rest_without_clashes(tmp_path):
-    path = write_lines(tmp_path / "pairs.jsonl", [
-        {"query": "first", "document": "doc a"},
-        {"query": "second", "query_id": "q0", "document": "doc b", "document_id": "B"},
-        {"query": "first", "document": "doc b"},
-    ])
+    path = write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            {"query": "first", "document": "doc a"},
+            {"query": "second", "query_id": "q0", "document": "doc b", "document_id": "B"},
+            {"query": "first", "document": "doc b"},
+        ],
+    )
     rs = read_pairs(path)
     # "q0" belongs to the second query, so the first query's derived id skips it
     assert rs.queries == {"q1": "first", "q0": "second"}
@@ -251,10 +275,13 @@ def test_read_pairs_uses_given_ids_and_derives_the_rest_without_clashes(tmp_path
     assert rs.hard_negatives == {"q1": [], "q0": []}
 
 
-@pytest.mark.parametrize("grade, word", [(0, "bad grade 0"), (-2, "bad grade -2"), ("2", "a string"),
-                                          (1.5, "number"), (True, "boolean")])
+@pytest.mark.parametrize(
+    "grade, word", [(0, "bad grade 0"), (-2, "bad grade -2"), ("2", "a string"), (1.5, "number"), (True, "boolean")]
+)
 def test_pairs_error_bad_relevance(tmp_path, grade, word):
-    path = write_lines(tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "b", "relevance": grade}])
+    path = write_lines(
+        tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "b", "relevance": grade}]
+    )
     expect_error(lambda: read_pairs(path), path, 2, "relevance", word)
 
 
@@ -269,11 +296,14 @@ def test_pairs_error_empty_query(tmp_path):
 
 
 def test_pairs_categories_per_pair_split_a_query_by_category(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a", "category": "x", "relevance": 2},
-        {"query": "q", "document": "b", "category": "y"},
-        {"query": "r", "document": "b", "category": "y"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "document": "a", "category": "x", "relevance": 2},
+            {"query": "q", "document": "b", "category": "y"},
+            {"query": "r", "document": "b", "category": "y"},
+        ],
+    )
     rs = read_pairs(path)
     assert rs.categories is None
     assert rs.pair_categories == {"q0": {"d0": "x", "d1": "y"}, "q1": {"d1": "y"}}
@@ -283,11 +313,14 @@ def test_pairs_categories_per_pair_split_a_query_by_category(tmp_path):
 
 
 def test_pairs_one_category_per_query_keeps_query_categories(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a", "category": "x"},
-        {"query": "q", "document": "b", "category": "x"},
-        {"query": "r", "document": "b", "category": "y"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "document": "a", "category": "x"},
+            {"query": "q", "document": "b", "category": "x"},
+            {"query": "r", "document": "b", "category": "y"},
+        ],
+    )
     rs = read_pairs(path)
     assert rs.categories == {"q0": "x", "q1": "y"} and rs.pair_categories is None
     assert rs.category_rows() == [("q0", "x", {"d0": 1, "d1": 1}), ("q1", "y", {"d1": 1})]
@@ -296,14 +329,22 @@ def test_pairs_one_category_per_query_keeps_query_categories(tmp_path):
 def test_pairs_split_by_category_hand_checked_ndcg():
     """Query q has relevant a (category x, grade 2) and c (category y); doc b is not relevant.
     Scores order the documents a, b, c for q. By hand (trec_eval gains g / log2(1 + rank)):
-    overall NDCG@10 = (2/1 + 1/2) / (2/1 + 1/log2(3)) ; in x: a at rank 1 -> 1 ; in y: c at rank 3 -> 1/log2(4) = 0.5."""
+    overall NDCG@10 = (2/1 + 1/2) / (2/1 + 1/log2(3)) ; in x: a at rank 1 -> 1 ;
+    in y: c at rank 3 -> 1/log2(4) = 0.5."""
     import math
 
     from aquin_monitor.data import RetrievalSet
     from aquin_monitor.signals.retrieval import retrieval_metrics
 
-    rs = RetrievalSet({"q": "Q"}, {"a": "A", "b": "B", "c": "C"}, {"q": {"a": 2, "c": 1}}, None, {}, "-",
-                      pair_categories={"q": {"a": "x", "c": "y"}})
+    rs = RetrievalSet(
+        {"q": "Q"},
+        {"a": "A", "b": "B", "c": "C"},
+        {"q": {"a": 2, "c": 1}},
+        None,
+        {},
+        "-",
+        pair_categories={"q": {"a": "x", "c": "y"}},
+    )
     query = np.array([[1.0, 0.0]])
     docs = np.array([[1.0, 0.1], [1.0, 0.5], [1.0, 0.9]])  # cosine to q falls a > b > c
     overall = retrieval_metrics(query, docs, [{0: 2, 2: 1}]).as_metrics()
@@ -311,8 +352,12 @@ def test_pairs_split_by_category_hand_checked_ndcg():
     assert overall["retrieval/n_queries"] == 1  # the query counts once overall
     table = rs.category_rows()
     position = {"a": 0, "b": 1, "c": 2}
-    split = retrieval_metrics(query[[0 for _ in table]], docs, [{position[d]: g for d, g in docs_.items()} for _, _, docs_ in table],
-                              categories=[c for _, c, _ in table]).by_category()
+    split = retrieval_metrics(
+        query[[0 for _ in table]],
+        docs,
+        [{position[d]: g for d, g in docs_.items()} for _, _, docs_ in table],
+        categories=[c for _, c, _ in table],
+    ).by_category()
     assert split["x"]["retrieval/ndcg@10"] == pytest.approx(1.0)
     assert split["y"]["retrieval/ndcg@10"] == pytest.approx(0.5)
     assert split["y"]["retrieval/mrr@10"] == pytest.approx(1 / 3)
@@ -339,24 +384,33 @@ def test_pairs_identical_lines_are_counted_once_with_a_warning(tmp_path):
 
 
 def test_pairs_error_conflicting_relevance_or_category_for_one_pair(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a", "relevance": 2},
-        {"query": "q", "document": "b"},
-        {"query": "q", "document": "a"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "document": "a", "relevance": 2},
+            {"query": "q", "document": "b"},
+            {"query": "q", "document": "a"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 3, "relevance", "conflicting relevance", "1 here, 2 on line 1")
-    path = write_lines(tmp_path / "c.jsonl", [
-        {"query": "q", "document": "a", "category": "x"},
-        {"query": "q", "document": "a", "category": "y"},
-    ])
+    path = write_lines(
+        tmp_path / "c.jsonl",
+        [
+            {"query": "q", "document": "a", "category": "x"},
+            {"query": "q", "document": "a", "category": "y"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "category", "line 1", "'y' here, 'x' there")
 
 
 def test_pairs_error_category_missing_for_one_query(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a", "category": "x"},
-        {"query": "r", "document": "b"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "document": "a", "category": "x"},
+            {"query": "r", "document": "b"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "category", "missing")
 
 
@@ -368,33 +422,47 @@ def test_pairs_error_negative_of_wrong_type_or_empty(tmp_path):
 
 
 def test_pairs_error_negative_that_is_also_relevant(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "document": "a"},
-        {"query": "q", "document": "b", "negative": "a"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "document": "a"},
+            {"query": "q", "document": "b", "negative": "a"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "negative", "relevant document", "line 1")
-    path = write_lines(tmp_path / "r.jsonl", [
-        {"query": "q", "document": "b", "negative": "a"},
-        {"query": "q", "document": "a"},
-    ])
+    path = write_lines(
+        tmp_path / "r.jsonl",
+        [
+            {"query": "q", "document": "b", "negative": "a"},
+            {"query": "q", "document": "a"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "document", "hard negative", "line 1")
 
 
 def test_pairs_error_same_pair_with_other_negatives(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "a", "negative": "b"}])
+    path = write_lines(
+        tmp_path / "p.jsonl", [{"query": "q", "document": "a"}, {"query": "q", "document": "a", "negative": "b"}]
+    )
     expect_error(lambda: read_pairs(path), path, 2, "negative", "line 1", "different 'negative'")
 
 
 def test_pairs_error_one_id_for_two_texts_or_two_ids_for_one_text(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"query": "q", "query_id": "A", "document": "a"},
-        {"query": "r", "query_id": "A", "document": "a"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q", "query_id": "A", "document": "a"},
+            {"query": "r", "query_id": "A", "document": "a"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "query_id", "duplicate id 'A'", "line 1")
-    path = write_lines(tmp_path / "r.jsonl", [
-        {"query": "q", "document": "a", "document_id": "D1"},
-        {"query": "r", "document": "a", "document_id": "D2"},
-    ])
+    path = write_lines(
+        tmp_path / "r.jsonl",
+        [
+            {"query": "q", "document": "a", "document_id": "D1"},
+            {"query": "r", "document": "a", "document_id": "D2"},
+        ],
+    )
     expect_error(lambda: read_pairs(path), path, 2, "document_id", "'D2'", "'D1'")
 
 
@@ -409,14 +477,21 @@ def test_pairs_error_empty_file(tmp_path):
 
 
 def test_read_triplets(tmp_path):
-    path = write_lines(tmp_path / "t.jsonl", [
-        {"anchor": "a", "positive": "p", "negative": "n"}, "", {"anchor": "b", "positive": "q", "negative": "m"},
-    ])
+    path = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            {"anchor": "a", "positive": "p", "negative": "n"},
+            "",
+            {"anchor": "b", "positive": "q", "negative": "m"},
+        ],
+    )
     assert read_triplets(path) == [("a", "p", "n"), ("b", "q", "m")]
 
 
 def test_triplets_errors(tmp_path):
-    path = write_lines(tmp_path / "t.jsonl", [{"anchor": "a", "positive": "p", "negative": "n"}, {"anchor": "a", "positive": "p"}])
+    path = write_lines(
+        tmp_path / "t.jsonl", [{"anchor": "a", "positive": "p", "negative": "n"}, {"anchor": "a", "positive": "p"}]
+    )
     expect_error(lambda: read_triplets(path), path, 2, "negative", "missing")
     path = write_lines(tmp_path / "u.jsonl", [{"anchor": "a", "positive": 5, "negative": "n"}])
     expect_error(lambda: read_triplets(path), path, 1, "positive", "expected a string")
@@ -430,22 +505,40 @@ def test_triplets_errors(tmp_path):
 
 
 def make_beir(folder: Path, *, compress: bool = True, corpus=None, queries=None, qrels=None) -> Path:
-    corpus = corpus if corpus is not None else [
-        {"_id": "d1", "title": "Cats", "text": "Cats purr."},
-        {"_id": "d2", "title": "", "text": "Dogs bark."},
-        {"_id": "d3", "title": "Cars", "text": "Cars drive."},
-        {"_id": "d4", "text": "No title field."},
-        {"_id": "d5", "title": "Boats", "text": "Boats float."},
-    ]
-    queries = queries if queries is not None else [
-        {"_id": "q1", "text": "do cats purr"},
-        {"_id": "q2", "text": "what drives", "metadata": {}},
-        {"_id": "q3", "text": "train-only query"},
-        {"_id": "q4", "text": "judged but nothing relevant"},
-    ]
-    qrels = qrels if qrels is not None else [
-        "query-id\tcorpus-id\tscore", "q1\td1\t2", "q1\td2\t0", "", "q2\td3\t1", "q2\td1\t1", "q4\td5\t0",
-    ]
+    corpus = (
+        corpus
+        if corpus is not None
+        else [
+            {"_id": "d1", "title": "Cats", "text": "Cats purr."},
+            {"_id": "d2", "title": "", "text": "Dogs bark."},
+            {"_id": "d3", "title": "Cars", "text": "Cars drive."},
+            {"_id": "d4", "text": "No title field."},
+            {"_id": "d5", "title": "Boats", "text": "Boats float."},
+        ]
+    )
+    queries = (
+        queries
+        if queries is not None
+        else [
+            {"_id": "q1", "text": "do cats purr"},
+            {"_id": "q2", "text": "what drives", "metadata": {}},
+            {"_id": "q3", "text": "train-only query"},
+            {"_id": "q4", "text": "judged but nothing relevant"},
+        ]
+    )
+    qrels = (
+        qrels
+        if qrels is not None
+        else [
+            "query-id\tcorpus-id\tscore",
+            "q1\td1\t2",
+            "q1\td2\t0",
+            "",
+            "q2\td3\t1",
+            "q2\td1\t1",
+            "q4\td5\t0",
+        ]
+    )
     write_lines(folder / ("corpus.jsonl.gz" if compress else "corpus.jsonl"), corpus, compress=compress)
     write_lines(folder / "queries.jsonl", queries)
     write_lines(folder / "qrels" / "test.tsv", qrels)
@@ -457,8 +550,11 @@ def test_read_beir_joins_titles_keeps_split_queries_and_grades(tmp_path, compres
     folder = make_beir(tmp_path / "beir", compress=compress)
     rs = read_beir(folder)
     assert rs.corpus == {
-        "d1": "Cats Cats purr.", "d2": "Dogs bark.", "d3": "Cars Cars drive.",
-        "d4": "No title field.", "d5": "Boats Boats float.",
+        "d1": "Cats Cats purr.",
+        "d2": "Dogs bark.",
+        "d3": "Cars Cars drive.",
+        "d4": "No title field.",
+        "d5": "Boats Boats float.",
     }
     assert rs.queries == {"q1": "do cats purr", "q2": "what drives", "q4": "judged but nothing relevant"}
     assert rs.qrels == {"q1": {"d1": 2}, "q2": {"d3": 1, "d1": 1}, "q4": {}}
@@ -522,7 +618,9 @@ def test_beir_error_qrels_columns_duplicates_and_empty(tmp_path):
 
 
 def test_beir_error_duplicate_ids_in_queries_and_corpus(tmp_path):
-    folder = make_beir(tmp_path / "a", queries=[{"_id": "q1", "text": "x"}, {"_id": "q2", "text": "y"}, {"_id": "q1", "text": "z"}])
+    folder = make_beir(
+        tmp_path / "a", queries=[{"_id": "q1", "text": "x"}, {"_id": "q2", "text": "y"}, {"_id": "q1", "text": "z"}]
+    )
     expect_error(lambda: read_beir(folder), folder / "queries.jsonl", 3, "_id", "duplicate id 'q1'")
     folder = make_beir(tmp_path / "b", corpus=[{"_id": "d1", "text": "x"}, {"_id": "d1", "text": "y"}])
     expect_error(lambda: read_beir(folder), folder / "corpus.jsonl.gz", 2, "_id", "duplicate id 'd1'")

@@ -33,7 +33,16 @@ MAX_STEPS = 4
 SNAPSHOT_STEPS = [0, 2, 4]  # base, then checkpoints every 2 steps (the end coincides with step 4)
 WORLD_SIZE = 2
 # variables a launcher reads: inherited ones would make the script believe it is already a worker
-_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def _launch(command: list[str], out: Path) -> None:
@@ -41,7 +50,9 @@ def _launch(command: list[str], out: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -79,12 +90,15 @@ def _check_run(out: Path) -> None:
         local = [evidence["local"][step] for evidence in ranks]
         rows_total = sum(x["rows"] for x in local)
         assert row["contrastive/pos_sim"] == pytest.approx(sum(x["pos_sum"] for x in local) / rows_total, rel=1e-5)
-        assert row["contrastive/neg_sim"] == pytest.approx(sum(x["neg_sum"] for x in local) / sum(x["neg_count"] for x in local), rel=1e-5)
+        assert row["contrastive/neg_sim"] == pytest.approx(
+            sum(x["neg_sum"] for x in local) / sum(x["neg_count"] for x in local), rel=1e-5
+        )
         assert row["contrastive/in_batch_acc"] == pytest.approx(sum(x["correct"] for x in local) / rows_total, abs=1e-6)
         assert row["contrastive/loss"] == pytest.approx(sum(x["loss"] for x in local) / WORLD_SIZE, rel=1e-5)
     # the ranks' batches differ, so a rank-zero-only value could not pass the check above
     assert any(
-        abs(a["pos_sum"] / a["rows"] - b["pos_sum"] / b["rows"]) > 1e-4 for a, b in zip(ranks[0]["local"], ranks[1]["local"])
+        abs(a["pos_sum"] / a["rows"] - b["pos_sum"] / b["rows"]) > 1e-4
+        for a, b in zip(ranks[0]["local"], ranks[1]["local"])
     )
 
     # every rank took its alarm decisions on the same reduced values rank zero logged
@@ -94,13 +108,18 @@ def _check_run(out: Path) -> None:
 
 
 def test_lightning_ddp_two_processes(tiny_mean_model, tmp_path):
-    _launch([sys.executable, str(SCRIPTS / "lightning_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS)], tmp_path)
+    _launch(
+        [sys.executable, str(SCRIPTS / "lightning_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS)], tmp_path
+    )
     _check_run(tmp_path)
 
 
 def test_one_rank_switching_its_monitor_off_does_not_hang_the_others(tiny_mean_model, tmp_path):
     """Rank zero's monitor fails at step 2 and switches off; rank one keeps reducing and logging nothing."""
-    _launch([sys.executable, str(SCRIPTS / "lightning_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS), "2"], tmp_path)
+    _launch(
+        [sys.executable, str(SCRIPTS / "lightning_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS), "2"],
+        tmp_path,
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     assert [e["global_step"] for e in ranks] == [MAX_STEPS] * WORLD_SIZE  # training finished on both ranks
     assert ranks[0]["monitor_enabled"] is False and ranks[1]["monitor_enabled"] is True
@@ -109,8 +128,15 @@ def test_one_rank_switching_its_monitor_off_does_not_hang_the_others(tiny_mean_m
 
 def test_hf_trainer_torchrun_two_processes(tiny_mean_model, tmp_path):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        str(SCRIPTS / "hf_ddp.py"), tiny_mean_model, str(tmp_path), str(MAX_STEPS),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(SCRIPTS / "hf_ddp.py"),
+        tiny_mean_model,
+        str(tmp_path),
+        str(MAX_STEPS),
     ]
     _launch(command, tmp_path)
     _check_run(tmp_path)
@@ -123,8 +149,14 @@ def test_hf_trainer_torchrun_two_processes(tiny_mean_model, tmp_path):
 def test_losses_gathering_across_ranks_are_read_at_this_ranks_columns(tiny_mean_model, tmp_path):
     """gather_across_devices: each rank's anchors sit at rank * batch + i among every rank's candidates."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        str(SCRIPTS / "gather_ddp.py"), tiny_mean_model, str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(SCRIPTS / "gather_ddp.py"),
+        tiny_mean_model,
+        str(tmp_path),
     ]
     _launch(command, tmp_path)
     for rank in range(WORLD_SIZE):

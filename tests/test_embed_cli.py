@@ -160,7 +160,12 @@ def test_a_full_disk_is_one_clear_line_and_the_rerun_resumes(capsys, tmp_path, c
         capsys, tiny_mean_model, "--corpus", corpus, "--out", tmp_path / "s", "--shard-rows", "4", "--no-progress"
     )
     assert code == 2 and "shard-00001.npy: no space left on device; nothing partial was kept" in err
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".writer.lock", "ids.jsonl", "manifest.json", "shard-00000.npy"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        ".writer.lock",
+        "ids.jsonl",
+        "manifest.json",
+        "shard-00000.npy",
+    ]
     monkeypatch.setattr(np.lib.format, "write_array", real_write)
     code, out, err = embed(
         capsys, tiny_mean_model, "--corpus", corpus, "--out", tmp_path / "s", "--no-progress", "--json", "-"

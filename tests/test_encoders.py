@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_HEADS, TINY_HIDDEN, TINY_LAYERS, build_tiny_model
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from aquin_monitor import encoders
@@ -30,8 +31,6 @@ from aquin_monitor.encoders import (
     resolve_model,
     transformer_of,
 )
-
-from conftest import TINY_HEADS, TINY_HIDDEN, TINY_LAYERS, build_tiny_model
 
 # Different lengths on purpose: batches carry padding, so masks matter.
 TEXTS = [
@@ -525,7 +524,10 @@ def test_import_aquin_monitor_stays_light():
     import subprocess
     import sys
 
-    code = "import sys, aquin_monitor; print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers', 'peft') if m in sys.modules))"
+    code = (
+        "import sys, aquin_monitor; "
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers', 'peft') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert encoders.DEFAULT_MODEL == "default"

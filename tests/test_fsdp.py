@@ -48,12 +48,25 @@ ATOL = 1e-8  # a few gradients are 0 in exact arithmetic (BERT's key biases), ~1
 
 def _run(tmp_path, model: str, mode: str, adapter: str | None = None) -> tuple[list[dict], list[list[dict]]]:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        str(SCRIPTS / "fsdp_steps.py"), model, str(tmp_path), mode, *([adapter] if adapter else []),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(SCRIPTS / "fsdp_steps.py"),
+        model,
+        str(tmp_path),
+        mode,
+        *([adapter] if adapter else []),
     ]
     _launch(command, tmp_path)
     evidence = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
-    rows = [read_jsonl(tmp_path / f"rank{r}" / "metrics.jsonl") if (tmp_path / f"rank{r}" / "metrics.jsonl").exists() else [] for r in range(WORLD_SIZE)]
+    rows = [
+        read_jsonl(tmp_path / f"rank{r}" / "metrics.jsonl")
+        if (tmp_path / f"rank{r}" / "metrics.jsonl").exists()
+        else []
+        for r in range(WORLD_SIZE)
+    ]
     assert all(e["sharded"] for e in evidence)
     return evidence, rows
 
@@ -63,11 +76,11 @@ def _assert_norms(row: dict, reference: dict, zero_filled: dict | None = None) -
     fills a flat parameter's whole gradient, so the unused pooler has zeros, not None)."""
     if zero_filled:
         reference = {key: {**reference[key], **zero_filled[key]} for key in ("groups", "tensors")}
-    logged = {k[len("grad_norm/"):]: v for k, v in row.items() if k.startswith("grad_norm/")}
+    logged = {k[len("grad_norm/") :]: v for k, v in row.items() if k.startswith("grad_norm/")}
     assert set(logged) == set(reference["groups"]), row["step"]
     for group, value in reference["groups"].items():
         assert logged[group] == pytest.approx(value, rel=RTOL), (row["step"], group)
-    tensors = {k[len("grad_norm_tensor/"):]: v for k, v in row.items() if k.startswith("grad_norm_tensor/")}
+    tensors = {k[len("grad_norm_tensor/") :]: v for k, v in row.items() if k.startswith("grad_norm_tensor/")}
     if row["step"] % 2 == 0:
         assert set(tensors) == set(reference["tensors"]), row["step"]
         for name, value in reference["tensors"].items():
@@ -76,13 +89,17 @@ def _assert_norms(row: dict, reference: dict, zero_filled: dict | None = None) -
         assert not tensors
 
 
-@pytest.mark.parametrize("mode, lora", [("full", False), ("full", True), ("fsdp1", False)], ids=["fsdp2", "fsdp2-lora", "fsdp1"])
+@pytest.mark.parametrize(
+    "mode, lora", [("full", False), ("full", True), ("fsdp1", False)], ids=["fsdp2", "fsdp2-lora", "fsdp1"]
+)
 def test_sharded_group_norms_equal_the_unsharded_reference(tiny_lora, tmp_path, mode, lora):
     base, adapter = tiny_lora
     evidence, rows = _run(tmp_path, base, mode, adapter if lora else None)
     reference = evidence[0]["steps"]
     assert len(reference) == NAN_STEP - 1
-    expected_groups = {f"layer.{i:02d}/lora_{m}" for i in range(2) for m in "AB"} if lora else {"embeddings", "layer.00", "layer.01"}
+    expected_groups = (
+        {f"layer.{i:02d}/lora_{m}" for i in range(2) for m in "AB"} if lora else {"embeddings", "layer.00", "layer.01"}
+    )
     assert set(reference[0]["groups"]) == expected_groups | {"total"}
     for rank in range(WORLD_SIZE):
         assert [r["step"] for r in rows[rank]] == list(range(1, NAN_STEP + 1))
@@ -90,13 +107,15 @@ def test_sharded_group_norms_equal_the_unsharded_reference(tiny_lora, tmp_path, 
         if mode == "fsdp1":
             pooler = [n for n in rows[rank][1] if ".pooler." in n]
             assert len(pooler) == 2
-            zero_filled = {"groups": {"pooler": 0.0}, "tensors": {n[len("grad_norm_tensor/"):]: 0.0 for n in pooler}}
+            zero_filled = {"groups": {"pooler": 0.0}, "tensors": {n[len("grad_norm_tensor/") :]: 0.0 for n in pooler}}
         for row, expected in zip(rows[rank], reference):
             _assert_norms(row, expected, zero_filled)
             assert row["contrastive/loss"] == pytest.approx(sum(expected["losses"]) / WORLD_SIZE, rel=RTOL)
         # the NaN in rank 1's shard: non-finite (null in JSON) for its group and the total, on both ranks
         nan_row = rows[rank][-1]
-        assert nan_row["grad_norm/layer.01" + ("/lora_A" if lora else "")] is None and nan_row["grad_norm/total"] is None
+        assert (
+            nan_row["grad_norm/layer.01" + ("/lora_A" if lora else "")] is None and nan_row["grad_norm/total"] is None
+        )
         assert nan_row["alarm/nan"] == 1.0
         finite = [g for g in expected_groups if not g.startswith("layer.01")]
         assert all(nan_row[f"grad_norm/{g}"] is not None for g in finite)
@@ -147,8 +166,15 @@ def test_hf_trainer_fsdp2_through_accelerate(tiny_mean_model, tmp_path):
     """The Trainer's FSDP2 (accelerate ``fsdp_version: 2``): the logged norms equal the whole gradients' (gathered
     by ``DTensor.full_tensor()``) and the total equals the Trainer's own ``grad_norm`` (accelerate's reduction)."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        str(SCRIPTS / "hf_fsdp.py"), tiny_mean_model, str(tmp_path), "3",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(SCRIPTS / "hf_fsdp.py"),
+        tiny_mean_model,
+        str(tmp_path),
+        "3",
     ]
     _launch(command, tmp_path)
     evidence = json.loads((tmp_path / "rank0.json").read_text())

@@ -27,7 +27,8 @@ from aquin_monitor.losses import info_nce
 from aquin_monitor.sinks import read_jsonl
 
 PAIRS = [(f"question number {i} about topic {i % 5}", f"answer {i} on topic {i % 5}") for i in range(32)]
-CLIP = 0.002  # far below the tiny model's gradient norms (about 1; about 0.08 for its LoRA matrices): clipping scales every step
+# far below the tiny model's gradient norms (about 1; about 0.08 for its LoRA matrices): clipping scales every step
+CLIP = 0.002
 
 
 def assert_rows_match(rows: list[dict], reference: list[dict[str, float]], post_clip: list[float]) -> None:
@@ -35,7 +36,7 @@ def assert_rows_match(rows: list[dict], reference: list[dict[str, float]], post_
     assert [r["step"] for r in rows] == list(range(1, len(reference) + 1))
     assert len(post_clip) == len(reference)
     for row, expected, after in zip(rows, reference, post_clip):
-        logged = {k[len("grad_norm/"):]: v for k, v in row.items() if k.startswith("grad_norm/")}
+        logged = {k[len("grad_norm/") :]: v for k, v in row.items() if k.startswith("grad_norm/")}
         assert set(logged) == set(expected), row["step"]
         for group, value in expected.items():
             assert logged[group] == pytest.approx(value, rel=1e-5), (row["step"], group)
@@ -88,9 +89,18 @@ def test_lightning_group_norms_equal_pre_clip_reference_with_accumulation(tiny_m
     torch.manual_seed(0)
     loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
     trainer = L.Trainer(
-        max_steps=3, accelerator="cpu", devices=1, callbacks=callbacks, default_root_dir=str(tmp_path),
-        enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
-        gradient_clip_val=CLIP, gradient_clip_algorithm="norm", logger=False, enable_checkpointing=False,
+        max_steps=3,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=2,
+        gradient_clip_val=CLIP,
+        gradient_clip_algorithm="norm",
+        logger=False,
+        enable_checkpointing=False,
     )
     module = PairModule(tiny_mean_model)
     trainer.fit(module, loader)
@@ -131,14 +141,27 @@ def _trainer(model_path: str, out, accumulation: int, monitor: TrainerEmbeddingM
 
         model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, adapter, is_trainable=True)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=accumulation,
-        learning_rate=5e-4, max_grad_norm=CLIP, report_to=[], save_strategy="no", logging_steps=1, seed=0,
-        data_seed=0, use_cpu=True, dataloader_drop_last=True,
+        output_dir=str(out),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=5e-4,
+        max_grad_norm=CLIP,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        data_seed=0,
+        use_cpu=True,
+        dataloader_drop_last=True,
     )
     data = Dataset.from_dict({"anchor": [a for a, _ in PAIRS], "positive": [p for _, p in PAIRS]})
     reference = TrainerReference()
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=monitored(MultipleNegativesRankingLoss(model)),
+        model=model,
+        args=args,
+        train_dataset=data,
+        loss=monitored(MultipleNegativesRankingLoss(model)),
         callbacks=[reference, monitor],
     )
     trainer.train()
@@ -153,7 +176,9 @@ def test_trainer_group_norms_equal_pre_clip_reference(tiny_lora, tmp_path, accum
     monitor = TrainerEmbeddingMonitor(strict=True)
     trainer, reference = _trainer(base, tmp_path, accumulation, monitor, adapter if lora else None)
     lora_groups = {f"layer.{i:02d}/lora_{m}" for i in range(2) for m in "AB"}
-    assert set(reference.pre_clip[0]) == (lora_groups | {"total"} if lora else {"embeddings", "layer.00", "layer.01", "total"})
+    assert set(reference.pre_clip[0]) == (
+        lora_groups | {"total"} if lora else {"embeddings", "layer.00", "layer.01", "total"}
+    )
     assert_rows_match(read_jsonl(tmp_path / "metrics.jsonl"), reference.pre_clip, reference.post_clip)
     # and the Trainer's own (pre-clip) grad_norm agrees with the reference total
     logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
@@ -163,12 +188,14 @@ def test_trainer_group_norms_equal_pre_clip_reference(tiny_lora, tmp_path, accum
 def test_trainer_without_takeover_logs_post_clip_norms_under_their_own_name(tiny_mean_model, tmp_path):
     """take_over_clipping=False: the Trainer clips before any callback runs, so the monitor (and the test's
     hook, at the same point) see clipped gradients; they are logged as grad_norm_post_clip/<group>."""
-    _, reference = _trainer(tiny_mean_model, tmp_path, 1, TrainerEmbeddingMonitor(strict=True, take_over_clipping=False))
+    _, reference = _trainer(
+        tiny_mean_model, tmp_path, 1, TrainerEmbeddingMonitor(strict=True, take_over_clipping=False)
+    )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row, expected, after in zip(rows, reference.pre_clip, reference.post_clip):
         assert not [k for k in row if k.startswith("grad_norm/")]
-        logged = {k[len("grad_norm_post_clip/"):]: v for k, v in row.items() if k.startswith("grad_norm_post_clip/")}
+        logged = {k[len("grad_norm_post_clip/") :]: v for k, v in row.items() if k.startswith("grad_norm_post_clip/")}
         assert set(logged) == set(expected)
         for group, value in expected.items():
             assert logged[group] == pytest.approx(value, rel=1e-5), (row["step"], group)

@@ -61,7 +61,9 @@ def test_frozen_parameters_are_skipped_and_lora_split(tiny_lora):
 
 
 def test_missing_grad_counts_as_zero_and_nan_propagates():
-    model = torch.nn.ModuleDict({"embeddings": torch.nn.Linear(3, 3), "layer": torch.nn.ModuleList([torch.nn.Linear(3, 3)])})
+    model = torch.nn.ModuleDict(
+        {"embeddings": torch.nn.Linear(3, 3), "layer": torch.nn.ModuleList([torch.nn.Linear(3, 3)])}
+    )
     groups = group_parameters(model.named_parameters())
     model["embeddings"].weight.grad = torch.ones(3, 3)
     norms = grouped_grad_norms(groups)

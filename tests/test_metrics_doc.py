@@ -30,8 +30,14 @@ from aquin_monitor.sinks import read_jsonl
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 NOT_METRICS = {"step", "time", "tag"}
 #: A value for each placeholder, to turn a documented name into a name a run could log.
-EXAMPLE_VALUES = {"NN": "03", "N": "2", "<vs>": "previous", "<parameter>": "0.auto_model.pooler.dense.weight",
-                  "<metric>": "ndcg@10", "<group>": "layer.01"}
+EXAMPLE_VALUES = {
+    "NN": "03",
+    "N": "2",
+    "<vs>": "previous",
+    "<parameter>": "0.auto_model.pooler.dense.weight",
+    "<metric>": "ndcg@10",
+    "<group>": "layer.01",
+}
 
 
 def documented_names(text: str) -> dict[str, list[str]]:
@@ -63,8 +69,14 @@ def test_name_pattern():
     assert name_pattern("drift/<vs>/knn_overlap@10").match("drift/previous/knn_overlap@10")
     assert not name_pattern("drift/<vs>/cka").match("drift/other/cka")
     assert name_pattern("optim/lr/group.N").match("optim/lr/group.12")
-    assert documented_names("| `a/b`, `a/c` | f | u | m |\n| name | x | y | z |") == {"a/b": ["f", "u", "m"], "a/c": ["f", "u", "m"]}
-    assert documented_names("| `a` | \\|x\\| | u | m |\n| `b` | y | same | n |") == {"a": ["|x|", "u", "m"], "b": ["y", "u", "n"]}
+    assert documented_names("| `a/b`, `a/c` | f | u | m |\n| name | x | y | z |") == {
+        "a/b": ["f", "u", "m"],
+        "a/c": ["f", "u", "m"],
+    }
+    assert documented_names("| `a` | \\|x\\| | u | m |\n| `b` | y | same | n |") == {
+        "a": ["|x|", "u", "m"],
+        "b": ["y", "u", "n"],
+    }
     assert example_name("drift/<vs>/knn_overlap@10") == "drift/previous/knn_overlap@10"
 
 
@@ -79,7 +91,9 @@ def test_every_documented_row_has_formula_and_unit():
 
 def test_every_declared_metric_is_documented_with_its_unit():
     for spec in METRICS:
-        assert spec.name in DOCUMENTED, f"{spec.name} is declared in aquin_monitor/metric_registry.py but not in docs/metrics.md"
+        assert spec.name in DOCUMENTED, (
+            f"{spec.name} is declared in aquin_monitor/metric_registry.py but not in docs/metrics.md"
+        )
         assert DOCUMENTED[spec.name][1] == spec.unit, (spec.name, DOCUMENTED[spec.name][1], spec.unit)
         assert spec.meaning.strip(), spec.name
 
@@ -125,12 +139,21 @@ def _logged_names(run: Path) -> set[str]:
 
 def _train(model, out, rows, monitor, max_steps, max_grad_norm=1.0, save_steps=None):
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, use_cpu=True, seed=0,
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        use_cpu=True,
+        seed=0,
         max_grad_norm=max_grad_norm,
     )
     loss = monitored(MultipleNegativesRankingLoss(model))
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[monitor]).train()
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[monitor]
+    ).train()
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +162,45 @@ def logged(tiny_lora, tmp_path_factory) -> set[str]:
 
     base, adapter = tiny_lora
     tmp = tmp_path_factory.mktemp("metrics-doc")
-    pairs = [{"query": f"question {i} about topic {i % 4}", "document": f"answer {i} on topic {i % 4}", "category": f"c{i % 2}"} for i in range(16)]
+    pairs = [
+        {
+            "query": f"question {i} about topic {i % 4}",
+            "document": f"answer {i} on topic {i % 4}",
+            "category": f"c{i % 2}",
+        }
+        for i in range(16)
+    ]
     (tmp / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     labels = ["cards", "loans", "fees"] * 6
-    (tmp / "probe.jsonl").write_text("".join(json.dumps({"text": f"probe text {i} about {c}", "label": c}) + "\n" for i, c in enumerate(labels)), encoding="utf-8")
+    (tmp / "probe.jsonl").write_text(
+        "".join(json.dumps({"text": f"probe text {i} about {c}", "label": c}) + "\n" for i, c in enumerate(labels)),
+        encoding="utf-8",
+    )
     runner = SnapshotRunner(read_probe(tmp / "probe.jsonl"), read_pairs(tmp / "pairs.jsonl"), umap=False)
-    rows = [{"anchor": p["query"], "positive": p["document"], "negative": pairs[(i + 1) % 16]["document"]} for i, p in enumerate(pairs)]
+    rows = [
+        {"anchor": p["query"], "positive": p["document"], "negative": pairs[(i + 1) % 16]["document"]}
+        for i, p in enumerate(pairs)
+    ]
     torch.manual_seed(0)
     full = tmp / "full"
-    _train(SentenceTransformer(base, device="cpu"), full, rows * 2, TrainerEmbeddingMonitor(snapshots=runner, tensor_norms_every=2, strict=True), 4, save_steps=2)
+    _train(
+        SentenceTransformer(base, device="cpu"),
+        full,
+        rows * 2,
+        TrainerEmbeddingMonitor(snapshots=runner, tensor_norms_every=2, strict=True),
+        4,
+        save_steps=2,
+    )
     lora = tmp / "lora"
     model = SentenceTransformer(base, device="cpu")
     model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, adapter, is_trainable=True)
-    _train(model, lora, [{"anchor": r["anchor"], "positive": r["positive"]} for r in rows], TrainerEmbeddingMonitor(take_over_clipping=False, strict=True), 2)
+    _train(
+        model,
+        lora,
+        [{"anchor": r["anchor"], "positive": r["positive"]} for r in rows],
+        TrainerEmbeddingMonitor(take_over_clipping=False, strict=True),
+        2,
+    )
     return _logged_names(full) | _logged_names(lora)
 
 
@@ -165,9 +214,21 @@ def test_every_logged_name_is_declared_and_documented(logged):
 
 def test_the_runs_cover_every_family(logged):
     """The runs really wrote each family the test is meant to check (so the check above can fail)."""
-    for prefix in ("grad_norm/layer.00", "grad_norm_post_clip/layer.00/lora_A", "grad_norm_tensor/", "contrastive/hard_neg_sim",
-                   "contrastive/pos_sim_hist", "optim/lr", "geometry/alignment", "layers/similarity.", "attention/entropy.",
-                   "retrieval/ndcg@10", "drift/base/centroid_shift", "drift/previous/cka", "drift/base/delta/ndcg@10"):
+    for prefix in (
+        "grad_norm/layer.00",
+        "grad_norm_post_clip/layer.00/lora_A",
+        "grad_norm_tensor/",
+        "contrastive/hard_neg_sim",
+        "contrastive/pos_sim_hist",
+        "optim/lr",
+        "geometry/alignment",
+        "layers/similarity.",
+        "attention/entropy.",
+        "retrieval/ndcg@10",
+        "drift/base/centroid_shift",
+        "drift/previous/cka",
+        "drift/base/delta/ndcg@10",
+    ):
         assert any(name.startswith(prefix) for name in logged), prefix
 
 

@@ -27,7 +27,10 @@ def test_histograms_hold_the_positives_and_every_finite_negative(tmp_path):
     monitor.close()
 
     histograms = read_jsonl(tmp_path / "histograms.jsonl")
-    assert [(h["tag"], h["step"]) for h in histograms] == [("contrastive/pos_sim_hist", 2), ("contrastive/neg_sim_hist", 2)]
+    assert [(h["tag"], h["step"]) for h in histograms] == [
+        ("contrastive/pos_sim_hist", 2),
+        ("contrastive/neg_sim_hist", 2),
+    ]
     pos, neg = histograms
     positives = np.array([1.8, 1.4, 1.6])
     negatives = np.array([0.2, 0.6, -0.4, 0.8, -1.0])  # the masked -inf is no negative
@@ -62,7 +65,9 @@ def test_groups_without_any_gradient_are_not_logged_until_they_get_one(tmp_path,
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(tiny_mean_model, device="cpu")
-    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True))
+    monitor = StepMonitor(
+        [JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True)
+    )
     for step in (1, 2):
         model.zero_grad(set_to_none=True)
         model(model.preprocess(["a first text", "and a second one"]))["sentence_embedding"].pow(2).sum().backward()
@@ -91,7 +96,9 @@ def test_an_encoder_layer_that_never_reaches_the_loss_raises_dead_layer(tmp_path
     bert = AutoModel.from_pretrained(tiny_mean_model)
     last = f"layer.{bert.config.num_hidden_layers - 1:02d}"
     cfg = DetectorConfig()
-    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True))
+    monitor = StepMonitor(
+        [JsonlSink(tmp_path)], histogram_every=0, strict=True, warn=False, tap=ContrastiveTap(strict=True)
+    )
     ids = torch.randint(5, 90, (4, 7))
     optimizer = torch.optim.SGD(bert.parameters(), lr=1e-3)
     for step in range(1, 20):
@@ -103,7 +110,9 @@ def test_an_encoder_layer_that_never_reaches_the_loss_raises_dead_layer(tmp_path
     monitor.close()
 
     events = read_jsonl(tmp_path / "events.jsonl")
-    assert [(e["step"], e["kind"], e["layer"]) for e in events] == [(cfg.warmup + cfg.dead_patience, "dead_layer", last)]
+    assert [(e["step"], e["kind"], e["layer"]) for e in events] == [
+        (cfg.warmup + cfg.dead_patience, "dead_layer", last)
+    ]
     logged = {k for r in read_jsonl(tmp_path / "metrics.jsonl") for k in r if k.startswith("grad_norm/")}
     assert f"grad_norm/{last}" not in logged and "grad_norm/pooler" not in logged and "grad_norm/layer.00" in logged
 
@@ -126,8 +135,15 @@ def _run(tmp_path, background, n_steps=30, nan_at=20):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
     tap = ContrastiveTap(strict=True)
-    monitor = StepMonitor([JsonlSink(tmp_path)], histogram_every=5, tap=tap, strict=True, warn=False,
-                          stop_on=["nan"], background=background)
+    monitor = StepMonitor(
+        [JsonlSink(tmp_path)],
+        histogram_every=5,
+        tap=tap,
+        strict=True,
+        warn=False,
+        stop_on=["nan"],
+        background=background,
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(8, 6), torch.randn(8, 6)
     stopped_at, threads = None, set()

@@ -29,26 +29,53 @@ def test_contrastive_curve_skips_absent_series_and_keeps_gaps():
         row.pop("contrastive/hard_neg_sim", None)
     figure = plots.contrastive_curve(rows)
     labels = [l.get_label() for l in figure.axes[0].lines if not l.get_label().startswith("_")]
-    assert labels == ["positive pairs", "in-batch negatives", "hardest in-batch negative", "gap (pos − neg)",
-                      "in-batch accuracy (fraction)"]
+    assert labels == [
+        "positive pairs",
+        "in-batch negatives",
+        "hardest in-batch negative",
+        "gap (pos − neg)",
+        "in-batch accuracy (fraction)",
+    ]
     lines = {l.get_label(): l for l in figure.axes[0].lines}
     np.testing.assert_allclose(lines["gap (pos − neg)"].get_ydata(), [r["contrastive/gap"] for r in rows])
-    np.testing.assert_allclose(lines["hardest in-batch negative"].get_ydata(), [r["contrastive/hardest_neg_sim"] for r in rows])
-    np.testing.assert_allclose(lines["in-batch accuracy (fraction)"].get_ydata(), [r["contrastive/in_batch_acc"] for r in rows])
+    np.testing.assert_allclose(
+        lines["hardest in-batch negative"].get_ydata(), [r["contrastive/hardest_neg_sim"] for r in rows]
+    )
+    np.testing.assert_allclose(
+        lines["in-batch accuracy (fraction)"].get_ydata(), [r["contrastive/in_batch_acc"] for r in rows]
+    )
 
 
 def test_grad_norm_heatmap_orders_layers_and_marks_dead_and_null_cells():
     rows = [
-        {"step": 1, "grad_norm/head": 1.0, "grad_norm/layer.10": 2.0, "grad_norm/layer.02": 3.0,
-         "grad_norm/layer.00/lora_A": 4.0, "grad_norm/embeddings": 5.0, "grad_norm/total": 9.0},
-        {"step": 3, "grad_norm/head": 0.0, "grad_norm/layer.10": None, "grad_norm/layer.02": 3.0,
-         "grad_norm/layer.00/lora_A": 4.0, "grad_norm/embeddings": 5.0, "grad_norm/total": 9.0},
+        {
+            "step": 1,
+            "grad_norm/head": 1.0,
+            "grad_norm/layer.10": 2.0,
+            "grad_norm/layer.02": 3.0,
+            "grad_norm/layer.00/lora_A": 4.0,
+            "grad_norm/embeddings": 5.0,
+            "grad_norm/total": 9.0,
+        },
+        {
+            "step": 3,
+            "grad_norm/head": 0.0,
+            "grad_norm/layer.10": None,
+            "grad_norm/layer.02": 3.0,
+            "grad_norm/layer.00/lora_A": 4.0,
+            "grad_norm/embeddings": 5.0,
+            "grad_norm/total": 9.0,
+        },
     ]
     events = [{"step": 3, "kind": "dead_layer", "layer": "head"}, {"step": 1, "kind": "spike", "layer": "total"}]
     figure = plots.grad_norm_heatmap(rows, events)
     axes = figure.axes[0]
     assert [t.get_text() for t in axes.get_yticklabels()] == [
-        "embeddings", "layer.00/lora_A", "layer.02", "layer.10", "head"
+        "embeddings",
+        "layer.00/lora_A",
+        "layer.02",
+        "layer.10",
+        "head",
     ]
     mesh = axes.collections[0]
     grid = mesh.get_array()
@@ -137,7 +164,8 @@ def test_diff_and_snapshot_figures_accept_plain_arrays():
     assert figures[4].axes[0].texts[0].get_position() == (2, 1)
     shift_title = figures[6].axes[0].get_legend().get_texts()
     assert [t.get_text() for t in shift_title] == [
-        f"base (mean {arrays['sim_base_values'].mean():.3f})", f"now (mean {arrays['sim_now_values'].mean():.3f})"
+        f"base (mean {arrays['sim_base_values'].mean():.3f})",
+        f"now (mean {arrays['sim_now_values'].mean():.3f})",
     ]
 
 

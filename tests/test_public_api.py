@@ -15,7 +15,9 @@ HEAVY = ("torch", "lightning", "lightning.pytorch", "transformers", "sentence_tr
 
 def _modules_after(code: str) -> set[str]:
     """The modules loaded in a fresh interpreter (this worktree first on the path) after running ``code``."""
-    script = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{code}\nimport json\nprint(json.dumps(sorted(sys.modules)))"
+    script = (
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{code}\nimport json\nprint(json.dumps(sorted(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 

@@ -25,10 +25,27 @@ def _recipe():
 
 def test_short_infonce_run_writes_metrics_snapshots_and_report(tiny_mean_model, tmp_path):
     out = tmp_path / "run"
-    code = _recipe().main([
-        "--model", tiny_mean_model, "--output-dir", str(out), "--max-steps", "4", "--snapshot-every", "2",
-        "--batch-size", "8", "--max-train", "64", "--probe-docs", "283", "--max-seq-length", "32", "--no-umap",
-    ])
+    code = _recipe().main(
+        [
+            "--model",
+            tiny_mean_model,
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "4",
+            "--snapshot-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-train",
+            "64",
+            "--probe-docs",
+            "283",
+            "--max-seq-length",
+            "32",
+            "--no-umap",
+        ]
+    )
     assert code == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -44,7 +61,9 @@ def test_short_infonce_run_writes_metrics_snapshots_and_report(tiny_mean_model, 
         unit = snap.arrays["embeddings"].astype(np.float64)
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
         cos, n = unit @ unit.T, len(unit)
-        assert snap.metrics["geometry/anisotropy"] == pytest.approx((cos.sum() - np.trace(cos)) / (n * (n - 1)), abs=1e-5)
+        assert snap.metrics["geometry/anisotropy"] == pytest.approx(
+            (cos.sum() - np.trace(cos)) / (n * (n - 1)), abs=1e-5
+        )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"]["retrieval/ndcg@10"] == base.metrics["retrieval/ndcg@10"]
     assert (out / "report.html").stat().st_size > 10_000

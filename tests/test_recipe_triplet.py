@@ -35,9 +35,27 @@ def captured_run(recipe, tiny_mean_model, tmp_path_factory):
     """The short run, and every training forward's sentence embeddings (a forward hook of the test's own)."""
     out = tmp_path_factory.mktemp("triplet") / "run"
     argv = [
-        "--model", tiny_mean_model, "--output-dir", str(out), "--max-steps", str(STEPS), "--snapshot-every", str(SNAPSHOT_EVERY),
-        "--batch-size", "4", "--max-train", "40", "--probe-triplets", str(PROBE_TRIPLETS), "--lr", "1e-3",
-        "--no-umap", "--no-progress", "--no-report", "--device", "cpu",
+        "--model",
+        tiny_mean_model,
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(STEPS),
+        "--snapshot-every",
+        str(SNAPSHOT_EVERY),
+        "--batch-size",
+        "4",
+        "--max-train",
+        "40",
+        "--probe-triplets",
+        str(PROBE_TRIPLETS),
+        "--lr",
+        "1e-3",
+        "--no-umap",
+        "--no-progress",
+        "--no-report",
+        "--device",
+        "cpu",
     ]
     outputs = []
 
@@ -78,8 +96,11 @@ def test_metrics_every_step_with_gradient_and_contrastive_names(captured_run):
         hinge = torch.relu((1 - pos) - (1 - neg) + 0.3).mean().item()
         assert r["contrastive/loss"] == pytest.approx(hinge, rel=1e-5, abs=1e-7)
     assert (short_run / "events.jsonl").exists()
-    assert all(json.loads(line)["kind"] in {"dead_layer", "spike", "nan", "gap_narrowing"}
-               for line in (short_run / "events.jsonl").read_text().splitlines() if line.strip())
+    assert all(
+        json.loads(line)["kind"] in {"dead_layer", "spike", "nan", "gap_narrowing"}
+        for line in (short_run / "events.jsonl").read_text().splitlines()
+        if line.strip()
+    )
 
 
 def test_tap_loss_equals_lightnings_own_logged_loss(short_run):
@@ -101,7 +122,9 @@ def test_tensorboard_has_monitor_scalars(short_run):
     acc.Reload()
     scalars = acc.Tags()["scalars"]
     assert {"contrastive/gap", "contrastive/pos_sim", "grad_norm/layer.01", "grad_norm/total"} <= set(scalars)
-    written = {r["step"]: r["contrastive/gap"] for r in read_jsonl(short_run / "metrics.jsonl") if "contrastive/gap" in r}
+    written = {
+        r["step"]: r["contrastive/gap"] for r in read_jsonl(short_run / "metrics.jsonl") if "contrastive/gap" in r
+    }
     read_back = {e.step: e.value for e in acc.Scalars("contrastive/gap")}
     assert read_back == pytest.approx(written, rel=1e-6)  # float32 in the event file
 
@@ -116,7 +139,9 @@ def test_snapshots_at_base_and_every_checkpoint(short_run):
         arrays = np.load(folder / "arrays.npz")
         emb, labels = arrays["embeddings"].astype(np.float64), arrays["labels"]
         assert emb.shape[0] == 3 * PROBE_TRIPLETS
-        assert list(labels) == ["anchor"] * PROBE_TRIPLETS + ["positive"] * PROBE_TRIPLETS + ["negative"] * PROBE_TRIPLETS
+        assert (
+            list(labels) == ["anchor"] * PROBE_TRIPLETS + ["positive"] * PROBE_TRIPLETS + ["negative"] * PROBE_TRIPLETS
+        )
         # anisotropy against a brute-force mean over distinct pairs
         unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         cos = unit @ unit.T
@@ -156,12 +181,32 @@ def test_provoke_collapse_schedule(recipe):
 def _alarm_run(recipe, model, out, *extra):
     """24 steps on the tiny model at a healthy learning rate (1e-3), optionally with the provoked collapse."""
     argv = [
-        "--model", model, "--output-dir", str(out), "--max-steps", "24", "--snapshot-every", "24", "--batch-size", "8",
-        "--probe-triplets", "10", "--lr", "1e-3", "--no-umap", "--no-progress", "--no-report", "--device", "cpu", *extra,
+        "--model",
+        model,
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "24",
+        "--snapshot-every",
+        "24",
+        "--batch-size",
+        "8",
+        "--probe-triplets",
+        "10",
+        "--lr",
+        "1e-3",
+        "--no-umap",
+        "--no-progress",
+        "--no-report",
+        "--device",
+        "cpu",
+        *extra,
     ]
     assert recipe.main(argv) == 0
     events = read_jsonl(out / "events.jsonl")
-    snapshots = {p.name: json.loads((p / "snapshot.json").read_text()) for p in (out / "snapshots").iterdir() if p.name.isdigit()}
+    snapshots = {
+        p.name: json.loads((p / "snapshot.json").read_text()) for p in (out / "snapshots").iterdir() if p.name.isdigit()
+    }
     return events, snapshots
 
 
@@ -173,7 +218,17 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
     sae = _tiny_model_sae(tiny_mean_model, tmp_path / "sae")
     with pytest.warns(Warning, match="aquin-monitor alarm"):
         events, snapshots = _alarm_run(
-            recipe, tiny_mean_model, tmp_path / "collapse", "--provoke", "collapse", "--provoke-at", "12", "--collapse-lr", "1.0", "--sae", str(sae)
+            recipe,
+            tiny_mean_model,
+            tmp_path / "collapse",
+            "--provoke",
+            "collapse",
+            "--provoke-at",
+            "12",
+            "--collapse-lr",
+            "1.0",
+            "--sae",
+            str(sae),
         )
     kinds = {e["kind"] for e in events}
     assert {"spike", "dead_layer"} <= kinds
@@ -193,7 +248,9 @@ def test_provoked_collapse_fires_alarms_and_the_healthy_run_stays_silent(recipe,
     from aquin_monitor.report import write_report
 
     page = write_report(tmp_path / "collapse").read_text(encoding="utf-8")
-    assert "SAE features lost against the base model" in page and "SAE features gained and lost" in page  # table and figure
+    assert (
+        "SAE features lost against the base model" in page and "SAE features gained and lost" in page
+    )  # table and figure
     assert (tmp_path / "collapse" / "sae.html").is_file() and 'href="sae.html"' in page  # the run's SAE page, linked
 
 
@@ -202,10 +259,14 @@ def _tiny_model_sae(model_path, folder):
     from aquin_monitor.data import bundled_dataset
     from aquin_monitor.sae import SaeTrainConfig, train_sae
 
-    rows = [json.loads(line) for line in (bundled_dataset("snli_triplets") / "test.jsonl").read_text().splitlines()[:400]]
+    rows = [
+        json.loads(line) for line in (bundled_dataset("snli_triplets") / "test.jsonl").read_text().splitlines()[:400]
+    ]
     texts = [row[key] for row in rows for key in ("anchor", "positive", "negative")]
     embeddings = SentenceTransformer(model_path, device="cpu").encode(texts, batch_size=64)
-    result = train_sae(embeddings, SaeTrainConfig(num_latents=64, k=8, max_epochs=20, batch_size=256), show_progress=False)
+    result = train_sae(
+        embeddings, SaeTrainConfig(num_latents=64, k=8, max_epochs=20, batch_size=256), show_progress=False
+    )
     result.sae.save(folder)
     return folder
 
@@ -218,19 +279,46 @@ def test_wandb_offline_one_axis_config_probe_table_and_clean_exit(tiny_mean_mode
     import sys
 
     import wandb  # noqa: F401  (the recipe's --wandb needs it: fail here with ImportError, not in the subprocess)
-
     from test_sinks import history_rows, wandb_records
 
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
-           "WANDB_DISABLE_CODE": "true", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(RECIPE.parents[1])}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(RECIPE.parents[1]),
+    }
     env.pop("WANDB_API_KEY", None)
     for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         (tmp_path / name.lower()).mkdir()
         env[name] = str(tmp_path / name.lower())
     out = tmp_path / "run"
-    argv = ["--model", tiny_mean_model, "--output-dir", str(out), "--max-steps", "3", "--snapshot-every", "2",
-            "--batch-size", "4", "--max-train", "40", "--probe-triplets", "4", "--lr", "1e-3",
-            "--no-umap", "--no-progress", "--no-report", "--device", "cpu", "--wandb"]
+    argv = [
+        "--model",
+        tiny_mean_model,
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--snapshot-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-train",
+        "40",
+        "--probe-triplets",
+        "4",
+        "--lr",
+        "1e-3",
+        "--no-umap",
+        "--no-progress",
+        "--no-report",
+        "--device",
+        "cpu",
+        "--wandb",
+    ]
     done = subprocess.run([sys.executable, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -53,10 +53,20 @@ def _metrics_rows(n_steps: int = N_STEPS) -> list[dict]:
             norms["grad_norm/layer.01"] = 0.0
         norms["grad_norm/total"] = float(np.sqrt(sum(v * v for v in norms.values())))
         pos, neg = 0.6 + 0.01 * step, 0.2 + 0.012 * step
-        row = {"step": step, "time": 1.7e9 + step, **norms, "contrastive/pos_sim": pos, "contrastive/neg_sim": neg,
-               "contrastive/hard_neg_sim": neg + 0.1, "contrastive/gap": pos - neg, "contrastive/in_batch_acc": 0.8,
-               "contrastive/loss": 2.0 / np.sqrt(step), "contrastive/hardest_neg_sim": neg + 0.2,
-               "optim/lr/group.0": 1e-4 * min(1.0, step / 5), "optim/lr/group.1": 1e-5 * min(1.0, step / 5)}
+        row = {
+            "step": step,
+            "time": 1.7e9 + step,
+            **norms,
+            "contrastive/pos_sim": pos,
+            "contrastive/neg_sim": neg,
+            "contrastive/hard_neg_sim": neg + 0.1,
+            "contrastive/gap": pos - neg,
+            "contrastive/in_batch_acc": 0.8,
+            "contrastive/loss": 2.0 / np.sqrt(step),
+            "contrastive/hardest_neg_sim": neg + 0.2,
+            "optim/lr/group.0": 1e-4 * min(1.0, step / 5),
+            "optim/lr/group.1": 1e-5 * min(1.0, step / 5),
+        }
         if step == DEAD_STEP:
             row["alarm/dead_layer"] = 1.0
         if step == GAP_STEP:
@@ -68,8 +78,20 @@ def _metrics_rows(n_steps: int = N_STEPS) -> list[dict]:
 
 
 EVENTS = [
-    {"step": DEAD_STEP, "kind": "dead_layer", "layer": "layer.01", "message": "layer.01 gradient is 0 <dead>", "value": 0.0},
-    {"step": GAP_STEP, "kind": "gap_narrowing", "layer": None, "message": "gap fell by 40% while loss fell", "value": 0.24},
+    {
+        "step": DEAD_STEP,
+        "kind": "dead_layer",
+        "layer": "layer.01",
+        "message": "layer.01 gradient is 0 <dead>",
+        "value": 0.0,
+    },
+    {
+        "step": GAP_STEP,
+        "kind": "gap_narrowing",
+        "layer": None,
+        "message": "gap fell by 40% while loss fell",
+        "value": 0.24,
+    },
 ]
 
 
@@ -115,17 +137,27 @@ def _write_snapshot(run_dir: Path, step: int, tag: str, anisotropy: float, array
     directory = run_dir / "snapshots" / str(step)
     directory.mkdir(parents=True)
     metrics = {
-        "geometry/anisotropy": anisotropy, "geometry/id_pca95": 9.0, "geometry/effective_rank": 12.5,
-        "geometry/uniformity": -2.5, "geometry/ood_fraction": 0.05, "attention/collapsed_heads": 1.0,
-        "retrieval/ndcg@10": 0.5 if tag == "base" else 0.625, "retrieval/mrr@10": 0.4,
+        "geometry/anisotropy": anisotropy,
+        "geometry/id_pca95": 9.0,
+        "geometry/effective_rank": 12.5,
+        "geometry/uniformity": -2.5,
+        "geometry/ood_fraction": 0.05,
+        "attention/collapsed_heads": 1.0,
+        "retrieval/ndcg@10": 0.5 if tag == "base" else 0.625,
+        "retrieval/mrr@10": 0.4,
     }
     if tag != "base":
         metrics.update({"drift/base/cka": 0.9, "drift/base/knn_overlap@10": 0.7, "drift/base/score": 0.2})
     record = {
-        "step": step, "tag": tag, "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "step": step,
+        "tag": tag,
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
         "metrics": metrics,
         "details": {
-            "ood_flagged": [{"index": 3, "text": EVIL_TEXT, "score": 0.91}, {"index": 7, "text": "plain text", "score": 0.74}],
+            "ood_flagged": [
+                {"index": 3, "text": EVIL_TEXT, "score": 0.91},
+                {"index": 7, "text": "plain text", "score": 0.74},
+            ],
             "flagged_heads": [{"layer": 1, "head": 2, "kind": "collapsed", "entropy": 0.01}],
             "retrieval_by_category": {"<cat>": {"retrieval/ndcg@10": 0.5}},
             "rogue_dimensions": [{"dim": 5, "share": 0.4}],
@@ -143,8 +175,10 @@ def build_run(run_dir: Path, *, metrics: bool = True, events: bool = True, snaps
     run_dir.mkdir(parents=True, exist_ok=True)
     if metrics:
         # the snapshot runner logs each snapshot's metrics into metrics.jsonl at its step, as well
-        snapshot_rows = [{"step": 0, "time": 1.7e9, "geometry/anisotropy": BASE_ANISOTROPY},
-                         {"step": N_STEPS, "time": 1.7e9 + 99, "geometry/anisotropy": CHECKPOINT_ANISOTROPY}]
+        snapshot_rows = [
+            {"step": 0, "time": 1.7e9, "geometry/anisotropy": BASE_ANISOTROPY},
+            {"step": N_STEPS, "time": 1.7e9 + 99, "geometry/anisotropy": CHECKPOINT_ANISOTROPY},
+        ]
         _write_jsonl(run_dir / "metrics.jsonl", snapshot_rows[:1] + _metrics_rows() + snapshot_rows[1:])
     if events:
         _write_jsonl(run_dir / "events.jsonl", EVENTS)
@@ -298,15 +332,17 @@ def test_user_text_is_escaped(full_report):
 def test_metrics_table_shows_change_against_base(full_report):
     _, text = full_report
     checkpoint = _section(text, "snapshot-30")
-    rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>geometry</h4>"):])}
+    rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>geometry</h4>") :])}
     assert rows["geometry/anisotropy"] == ["0.375", f"{CHECKPOINT_ANISOTROPY - BASE_ANISOTROPY:+.4g}"]
     assert rows["geometry/id_pca95"] == ["9", "0"]
-    retrieval = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>retrieval</h4>"):])}
+    retrieval = {
+        r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>retrieval</h4>") :])
+    }
     assert retrieval["retrieval/ndcg@10"] == ["0.625", "+0.125"]
-    drift = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>drift</h4>"):])}
+    drift = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(checkpoint[checkpoint.index("<h4>drift</h4>") :])}
     assert drift["drift/base/cka"] == ["0.9"]  # drift is already a comparison: no delta column
     base = _section(text, "snapshot-0")
-    base_rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(base[base.index("<h4>geometry</h4>"):])}
+    base_rows = {r[0].split(" ", 1)[0]: r[1:] for r in _table_rows(base[base.index("<h4>geometry</h4>") :])}
     assert base_rows["geometry/anisotropy"] == ["0.125"]
 
 
@@ -406,8 +442,14 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
 
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -423,7 +465,9 @@ def _chromium() -> str:
 
 def _run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(profile)})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(profile)}
+    )
 
 
 def _console_errors(stderr: str) -> list[str]:
@@ -446,8 +490,12 @@ def test_report_opens_in_headless_chromium(full_report, tmp_path):
     path, text = full_report
     screenshot = tmp_path / "report.png"
     result = _run_chromium(
-        path, tmp_path / "profile", "--enable-logging=stderr", "--v=0",
-        f"--screenshot={screenshot}", "--window-size=1280,2000",
+        path,
+        tmp_path / "profile",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--screenshot={screenshot}",
+        "--window-size=1280,2000",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not _console_errors(result.stderr), _console_errors(result.stderr)
@@ -501,7 +549,7 @@ def test_every_metric_in_the_tables_has_a_meaning(full_report):
         groups = [g for g in ("geometry", "retrieval", "drift", "attention") if f"<h4>{g}</h4>" in section]
         assert len(groups) == (3 if anchor == "snapshot-0" else 4)
         for group in groups:
-            for row in _table_rows(section[section.index(f"<h4>{group}</h4>"):]):
+            for row in _table_rows(section[section.index(f"<h4>{group}</h4>") :]):
                 name, _, meaning = row[0].partition(" ")
                 assert meaning.strip() and meaning.strip() == metric_meaning(name), name
     assert "the last layer is the one the contrastive objective shaped" in metric_meaning("layers/similarity.05")
@@ -511,12 +559,17 @@ def test_timeline_has_learning_rate_and_total_gradient_norm_with_captions(full_r
     _, text = full_report
     timeline = _section(text, "timeline")
     captions = [c for c in _parse(timeline).text if c.strip()]
-    for caption in ("Learning rate", "Total gradient norm", "Positive / negative similarity, hardest negative, gap and in-batch accuracy"):
+    for caption in (
+        "Learning rate",
+        "Total gradient norm",
+        "Positive / negative similarity, hardest negative, gap and in-batch accuracy",
+    ):
         assert caption in captions, caption
     assert timeline.count("Look for:") == TIMELINE_FIGURES
     rows = _metrics_rows()
-    figure = plots.scalar_curves(rows, ["optim/lr/group.0", "optim/lr/group.1", "optim/lr/absent"], title="lr", ylabel="lr",
-                                 log_scale=True)
+    figure = plots.scalar_curves(
+        rows, ["optim/lr/group.0", "optim/lr/group.1", "optim/lr/absent"], title="lr", ylabel="lr", log_scale=True
+    )
     lines = {l.get_label(): l for l in figure.axes[0].get_lines()}
     assert set(lines) == {"optim/lr/group.0", "optim/lr/group.1"} and figure.axes[0].get_yscale() == "log"
     np.testing.assert_allclose(lines["optim/lr/group.1"].get_ydata(), [r["optim/lr/group.1"] for r in rows])
@@ -577,7 +630,9 @@ def test_report_draws_each_umap_aligned_to_the_previous_snapshot(tmp_path, monke
     np.savez(folder / "arrays.npz", **arrays)
     drawn = []
     original = plots.umap_by_label
-    monkeypatch.setattr(plots, "umap_by_label", lambda umap, labels=None: drawn.append(np.asarray(umap)) or original(umap, labels))
+    monkeypatch.setattr(
+        plots, "umap_by_label", lambda umap, labels=None: drawn.append(np.asarray(umap)) or original(umap, labels)
+    )
     write_report(run_dir)
     assert len(drawn) == 2
     np.testing.assert_allclose(drawn[1], base_umap, atol=1e-4)  # float32 storage
@@ -601,6 +656,7 @@ def test_long_ood_texts_are_cut_and_unfold(tmp_path):
     assert f'<span class="probe">{html_escape("plain text")}</span>' in section  # short texts stay whole
 
 
+# an embedded page script (JS injected into the report page), kept verbatim as one string
 MEASURE = """<script>
 window.addEventListener("load", () => {
   const images = [...document.querySelectorAll("figure img")].map(i => [i.naturalWidth, i.getBoundingClientRect().width]);
@@ -609,7 +665,7 @@ window.addEventListener("load", () => {
   const timeline = document.getElementById("timeline").getBoundingClientRect().top;
   document.body.setAttribute("data-measure", JSON.stringify({images, folded, overview, timeline, width: window.innerWidth}));
 });
-</script>"""
+</script>"""  # noqa: E501
 
 
 @pytest.mark.chromium
@@ -622,7 +678,9 @@ def test_report_at_1400px_shows_figures_at_full_size_and_folds_long_texts(tmp_pa
     record_path.write_text(json.dumps(record))
     page = tmp_path / "measured.html"
     page.write_text(write_report(run_dir).read_text().replace("</body>", MEASURE + "</body>"))
-    result = _run_chromium(page, tmp_path / "profile", "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom")
+    result = _run_chromium(
+        page, tmp_path / "profile", "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (body,) = [attrs for tag, attrs in _parse(result.stdout).tags if tag == "body"]
     measure = json.loads(body["data-measure"])

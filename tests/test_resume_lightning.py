@@ -48,8 +48,14 @@ def _fit(model_path, tmp_path, callback, max_steps, ckpt_path=None):
     loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
     checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=2, save_top_k=-1)
     trainer = L.Trainer(
-        max_steps=max_steps, accelerator="cpu", devices=1, callbacks=[callback, checkpoints],
-        default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[callback, checkpoints],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(PairModule(model_path), loader, ckpt_path=ckpt_path)
     return trainer
@@ -99,5 +105,7 @@ def test_resume_restores_monitor_state_and_continues_steps(tiny_mean_model, tmp_
     assert [n for n in names if n not in rows[0]] == ["grad_norm/pooler"]
     logged = np.asarray([[r.get(name, 0.0) for r in rows] for name in names])
     np.testing.assert_array_equal(history[:, :total], logged)
-    np.testing.assert_array_equal(history[:, :FIRST_STEPS], np.asarray(saved["detector"]["history"], dtype=float)[:, :FIRST_STEPS])
+    np.testing.assert_array_equal(
+        history[:, :FIRST_STEPS], np.asarray(saved["detector"]["history"], dtype=float)[:, :FIRST_STEPS]
+    )
     assert np.isnan(history[:, total:]).all()

@@ -35,8 +35,13 @@ HOLDER = textwrap.dedent(
 
 
 def start_holder(run_dir: Path, mode: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), mode], stdout=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir), mode], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -95,9 +100,13 @@ def test_a_live_holder_blocks_a_child_process_too(tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir):
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-        code = "import sys\nfrom aquin_monitor.runlock import RunLock, RunFolderLocked\n" \
-               "try:\n    RunLock(sys.argv[1]).acquire()\nexcept RunFolderLocked as e:\n    print(e)\n"
-        out = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, env=env, check=True)
+        code = (
+            "import sys\nfrom aquin_monitor.runlock import RunLock, RunFolderLocked\n"
+            "try:\n    RunLock(sys.argv[1]).acquire()\nexcept RunFolderLocked as e:\n    print(e)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, env=env, check=True
+        )
         assert f"pid {os.getpid()}" in out.stdout and "is in use by another run" in out.stdout
 
 

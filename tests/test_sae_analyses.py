@@ -43,7 +43,9 @@ def test_decompose_shares_sum_to_one_and_activations_match_reference():
     x = torch.randn(16, generator=torch.Generator().manual_seed(3)) * 2.5
     result = decompose(sae, x, top=100)
     z = reference_code(sae, x[None])[0]
-    assert [f.feature for f in result.features] == [int(i) for i in torch.argsort(z, descending=True)[: int((z > 0).sum())]]
+    assert [f.feature for f in result.features] == [
+        int(i) for i in torch.argsort(z, descending=True)[: int((z > 0).sum())]
+    ]
     for f in result.features:
         assert f.activation == pytest.approx(float(z[f.feature]), rel=1e-5)
     x_hat = z @ sae.W_dec.double() + sae.b_dec.double()
@@ -62,7 +64,9 @@ def test_contrast_split_sums_to_true_cosine(scale_a, scale_b):
     a, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
     a, b = scale_a * a / a.norm(), scale_b * b / b.norm()
     split = contrast(sae, a, b, labels=[f"f{i}" for i in range(64)])
-    true_cosine = float(np.dot(a.numpy().astype(np.float64), b.numpy()) / (np.linalg.norm(a.numpy()) * np.linalg.norm(b.numpy())))
+    true_cosine = float(
+        np.dot(a.numpy().astype(np.float64), b.numpy()) / (np.linalg.norm(a.numpy()) * np.linalg.norm(b.numpy()))
+    )
     assert split.cosine == pytest.approx(true_cosine, abs=1e-6)
     total = sum(t.phi for t in split.terms) + split.bias_term + split.error_term
     assert abs(total - true_cosine) < 1e-5
@@ -133,7 +137,7 @@ def test_trace_classification_on_constructed_layers():
         sae.W_dec.copy_(torch.eye(8))
         sae.encoder.weight.copy_(torch.eye(8))
     e = torch.eye(8)
-    late = torch.stack([e[1], e[1], e[1], e[0], e[0]])         # feature 0 from layer 3 of 0..4
+    late = torch.stack([e[1], e[1], e[1], e[0], e[0]])  # feature 0 from layer 3 of 0..4
     progressive = torch.stack([e[1], 0.5 * e[0], e[0], e[0], e[0]])
     transient = torch.stack([e[0], e[0], e[1], e[1], e[1]])
     assert trace_feature(sae, late, 0).classification == "late-binding"
@@ -286,7 +290,7 @@ def test_faithfulness_random_baseline_has_the_same_activation_mass(retrieval_cas
     assert len(seen) == 3 * 5  # per feature: its own ablation, then 4 random draws
     for group in range(3):
         own, *draws = seen[5 * group : 5 * group + 5]
-        (feature, weight), = own.items()
+        ((feature, weight),) = own.items()
         assert weight == 1.0 and feature in {f.feature for f in result.features}
         for weights in draws:
             assert feature not in weights and all(0 < w <= 1 for w in weights.values())

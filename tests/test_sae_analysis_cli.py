@@ -40,7 +40,9 @@ def setup(tiny_mean_model, texts, tmp_path):
         sae.b_dec.copy_(torch.as_tensor(x.mean(0)))
     folder = sae.save(tmp_path / "sae")
     labels = [f"label {i}" for i in range(47)] + [HOSTILE]
-    (folder / "features.json").write_text(json.dumps({"n_texts": 0, "features": [{"id": i, "label": l} for i, l in enumerate(labels)]}))
+    (folder / "features.json").write_text(
+        json.dumps({"n_texts": 0, "features": [{"id": i, "label": l} for i, l in enumerate(labels)]})
+    )
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     return {"model": model, "sae": sae.eval(), "folder": str(folder), "corpus": str(corpus), "x": x, "labels": labels}
@@ -61,7 +63,9 @@ def test_decompose_and_contrast(setup, capsys):
     a, b = encoders.encode(setup["model"], [text_a, text_b])
     expected = decompose(setup["sae"], a, top=3, labels=setup["labels"])
     assert [f["feature"] for f in out["features"]] == [f.feature for f in expected.features]
-    assert [f["activation"] for f in out["features"]] == pytest.approx([f.activation for f in expected.features], rel=1e-5)
+    assert [f["activation"] for f in out["features"]] == pytest.approx(
+        [f.activation for f in expected.features], rel=1e-5
+    )
     assert out["features"][0]["label"] == setup["labels"][out["features"][0]["feature"]] and out["text"] == text_a
 
     out = run_json(capsys, ["sae", "contrast", setup["folder"], text_a, text_b])
@@ -89,19 +93,42 @@ def test_trace_writes_figure(setup, tmp_path, capsys):
 
 
 def test_steer_on_a_corpus(setup, capsys):
-    out = run_json(capsys, ["sae", "steer", setup["folder"], "the cat", "--feature", "3", "--delta", "0", "--corpus", setup["corpus"]])
+    out = run_json(
+        capsys,
+        ["sae", "steer", setup["folder"], "the cat", "--feature", "3", "--delta", "0", "--corpus", setup["corpus"]],
+    )
     assert [h["doc_id"] for h in out["before"]] == [h["doc_id"] for h in out["after"]]
     q = encoders.encode(setup["model"], ["the cat"])[0]
     scores = setup["x"] @ q / np.linalg.norm(setup["x"], axis=1) / np.linalg.norm(q)
     assert [h["doc_id"] for h in out["before"]] == [f"d{i}" for i in np.argsort(-scores, kind="stable")[:10]]
-    out = run_json(capsys, ["sae", "steer", setup["folder"], "the cat", "--feature", "3", "--delta", "5", "--corpus", setup["corpus"], "--top", "4"])
+    out = run_json(
+        capsys,
+        [
+            "sae",
+            "steer",
+            setup["folder"],
+            "the cat",
+            "--feature",
+            "3",
+            "--delta",
+            "5",
+            "--corpus",
+            setup["corpus"],
+            "--top",
+            "4",
+        ],
+    )
     assert len(out["after"]) == 4 and out["activation_after"] == pytest.approx(out["activation_before"] + 5)
 
 
 def test_faithfulness_on_pairs(setup, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"the {w}", "document": f"a {w} is on the {w}"}) + "\n" for w in WORDS))
-    out = run_json(capsys, ["sae", "faithfulness", setup["folder"], "--pairs", str(pairs), "--features", "5", "--random", "2"])
+    pairs.write_text(
+        "".join(json.dumps({"query": f"the {w}", "document": f"a {w} is on the {w}"}) + "\n" for w in WORDS)
+    )
+    out = run_json(
+        capsys, ["sae", "faithfulness", setup["folder"], "--pairs", str(pairs), "--features", "5", "--random", "2"]
+    )
     assert len(out["features"]) <= 5 and out["n_queries"] == len(WORDS)
     assert all(f["drop"] == pytest.approx(out["ndcg"] - f["ndcg"]) for f in out["features"])
 
@@ -134,13 +161,16 @@ def no_model_loading(monkeypatch):
     monkeypatch.setattr(encoders, "load_model", refuse)
 
 
-@pytest.mark.parametrize("argv,parts", [
-    (["trace", "{sae}", "text", "--feature", "48"], ["cfg.json", "--feature", "48"]),
-    (["steer", "{sae}", "q", "--feature", "-1", "--delta", "1", "--corpus", "{corpus}"], ["--feature", "-1"]),
-    (["steer", "{sae}", "q", "--feature", "1", "--delta", "nan", "--corpus", "{corpus}"], ["--delta"]),
-    (["decompose", "{sae}", "   "], ["TEXT", "empty"]),
-    (["contrast", "{missing}", "a", "b"], ["cfg.json", "missing"]),
-])
+@pytest.mark.parametrize(
+    "argv,parts",
+    [
+        (["trace", "{sae}", "text", "--feature", "48"], ["cfg.json", "--feature", "48"]),
+        (["steer", "{sae}", "q", "--feature", "-1", "--delta", "1", "--corpus", "{corpus}"], ["--feature", "-1"]),
+        (["steer", "{sae}", "q", "--feature", "1", "--delta", "nan", "--corpus", "{corpus}"], ["--delta"]),
+        (["decompose", "{sae}", "   "], ["TEXT", "empty"]),
+        (["contrast", "{missing}", "a", "b"], ["cfg.json", "missing"]),
+    ],
+)
 def test_bad_input_exits_2_before_loading(setup, tmp_path, capsys, no_model_loading, argv, parts):
     argv = [a.format(sae=setup["folder"], corpus=setup["corpus"], missing=str(tmp_path / "nothing")) for a in argv]
     assert cli.main(["sae", *argv, "--no-progress"]) == 2

@@ -9,15 +9,28 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from sae_planted import planted_sae
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.browser import browse_features
 from aquin_monitor.sae.labels import class_tfidf, ctfidf_labels
 from aquin_monitor.sae.model import SparseAutoencoder
-from sae_planted import planted_sae
 
-FILLER = ["river", "table", "window", "garden", "pencil", "yellow", "music", "doctor", "winter", "letter", "bottle", "forest"]
+FILLER = [
+    "river",
+    "table",
+    "window",
+    "garden",
+    "pencil",
+    "yellow",
+    "music",
+    "doctor",
+    "winter",
+    "letter",
+    "bottle",
+    "forest",
+]
 
 
 def test_sparse_activations_equal_dense_encode():

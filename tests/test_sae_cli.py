@@ -40,17 +40,45 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
     from aquin_monitor.sae.evaluate import feature_statistics
 
     out = tmp_path / "sae"
-    code = cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--num-latents", "64",
-                     "--k", "4", "--epochs", "3", "--no-progress", "--tensorboard"])
+    code = cli.main(
+        [
+            "sae",
+            "train",
+            tiny_mean_model,
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--num-latents",
+            "64",
+            "--k",
+            "4",
+            "--epochs",
+            "3",
+            "--no-progress",
+            "--tensorboard",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    assert {"cfg.json", "sae.safetensors", "features.json", "training.jsonl", "quality.json", "quality.txt",
-            "metrics.jsonl", "density.png", "training.png"} <= {p.name for p in out.iterdir()}
+    assert {
+        "cfg.json",
+        "sae.safetensors",
+        "features.json",
+        "training.jsonl",
+        "quality.json",
+        "quality.txt",
+        "metrics.jsonl",
+        "density.png",
+        "training.png",
+    } <= {p.name for p in out.iterdir()}
     sae = load_sae(out)
     assert (sae.d_in, sae.num_latents, sae.k) == (32, 64, 4) and sae.metadata["model"] == tiny_mean_model
     features = json.loads((out / "features.json").read_text())["features"]
     assert len(features) == 64
     alive = [f for f in features if f["frequency"] > 0]
-    assert alive and all(f["top"] and f["top"][0]["activation"] == pytest.approx(f["max_activation"], rel=1e-4) for f in alive)
+    assert alive and all(
+        f["top"] and f["top"][0]["activation"] == pytest.approx(f["max_activation"], rel=1e-4) for f in alive
+    )
     history = [json.loads(line) for line in (out / "training.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     streamed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -59,12 +87,18 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
 
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert [e.value for e in events.Scalars("sae/dead_fraction")] == pytest.approx([row["sae/dead_fraction"] for row in history])
+    assert [e.value for e in events.Scalars("sae/dead_fraction")] == pytest.approx(
+        [row["sae/dead_fraction"] for row in history]
+    )
     capsys.readouterr()
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"the {w}", "document": f"a {w} is on the {w}"}) + "\n" for w in WORDS))
-    code = cli.main(["sae", "eval", str(out), "--corpus", str(corpus), "--pairs", str(pairs), "--json", "-", "--no-progress"])
+    pairs.write_text(
+        "".join(json.dumps({"query": f"the {w}", "document": f"a {w} is on the {w}"}) + "\n" for w in WORDS)
+    )
+    code = cli.main(
+        ["sae", "eval", str(out), "--corpus", str(corpus), "--pairs", str(pairs), "--json", "-", "--no-progress"]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]

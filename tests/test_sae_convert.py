@@ -138,11 +138,15 @@ def _latentsae(tmp_path, name, **settings):
     return latentsae.Sae.load_from_disk(tmp_path / name).eval()
 
 
-@pytest.mark.parametrize("settings", [
-    {"num_latents": N, "k": 5},
-    {"num_latents": N, "k": 5, "mean_center": True},
-    {"num_latents": N, "k": 5, "sae_type": "matryoshka", "matryoshka_sizes": "16,64", "matryoshka_ks": "2,6"},
-], ids=["topk", "mean_center", "matryoshka"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"num_latents": N, "k": 5},
+        {"num_latents": N, "k": 5, "mean_center": True},
+        {"num_latents": N, "k": 5, "sae_type": "matryoshka", "matryoshka_sizes": "16,64", "matryoshka_ks": "2,6"},
+    ],
+    ids=["topk", "mean_center", "matryoshka"],
+)
 def test_latentsae_codes_and_reconstructions_match_latentsae(tmp_path, settings):
     theirs = _latentsae(tmp_path, "theirs", **settings)
     sae = convert_sae(tmp_path / "theirs", "latentsae")
@@ -169,11 +173,14 @@ def test_load_sae_points_foreign_folders_to_the_converter(tmp_path):
         load_sae(tmp_path / "csr")
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"num_latents": N, "k": 5, "sae_type": "gated"}, "sae_type"),
-    ({"num_latents": N, "k": 5, "sae_type": "abstopk"}, "sae_type"),
-    ({"num_latents": N, "k": 5, "use_skip": True}, "use_skip"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"num_latents": N, "k": 5, "sae_type": "gated"}, "sae_type"),
+        ({"num_latents": N, "k": 5, "sae_type": "abstopk"}, "sae_type"),
+        ({"num_latents": N, "k": 5, "use_skip": True}, "use_skip"),
+    ],
+)
 def test_latentsae_types_that_encode_differently_are_refused(tmp_path, settings, field):
     _latentsae(tmp_path, "theirs", **settings)
     with pytest.raises(SaeFormatError, match=rf"cfg.json:\d+: {field}: "):
@@ -209,15 +216,30 @@ def test_cli_convert_writes_a_folder_that_loads(tmp_path, capsys):
     csr = _csr()
     _save(csr, tmp_path / "csr")
     out = tmp_path / "out" / "sae"
-    code = cli.main(["sae", "convert", str(tmp_path / "csr"), "--from", "csr", "--out", str(out), "--model", "m",
-                     "--json", str(tmp_path / "summary.json")])
+    code = cli.main(
+        [
+            "sae",
+            "convert",
+            str(tmp_path / "csr"),
+            "--from",
+            "csr",
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--json",
+            str(tmp_path / "summary.json"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["d_in"], summary["num_latents"], summary["k"], summary["decoder_normalized"]) == (D, N, 4, False)
     x = torch.randn(50, D)
     codes, reconstruction, _ = _csr_outputs(csr, x)
     ours_codes, ours_reconstruction = _ours(load_sae(out), x)
-    assert torch.allclose(ours_codes, codes, atol=1e-5) and torch.allclose(ours_reconstruction, reconstruction, atol=1e-5)
+    assert torch.allclose(ours_codes, codes, atol=1e-5) and torch.allclose(
+        ours_reconstruction, reconstruction, atol=1e-5
+    )
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae.safetensors"]
 
 
@@ -232,14 +254,22 @@ def _write_csr(folder, config=None, **tensors):
     return folder
 
 
-@pytest.mark.parametrize("config, tensors, parts", [
-    ({"input_dim": 4, "hidden_dim": 8, "k": 2, "normalize": True}, {}, ["config.json:", "normalize:"]),
-    ({"input_dim": 4, "hidden_dim": 8, "k": 9}, {}, ["config.json:", "k: 9 is more than hidden_dim 8"]),
-    ({"input_dim": "$$", "hidden_dim": 8, "k": 2}, {}, ["config.json:2: input_dim:", "'$$'"]),
-    (None, {"pre_bias": torch.tensor([0.0, float("nan"), 0.0, 0.0])}, ["model.safetensors:0: pre_bias: not finite"]),
-    (None, {"latent_bias": torch.zeros(7)}, ["model.safetensors:0: latent_bias: shape (7,)"]),
-    (None, {"<script>": torch.zeros(1)}, ["model.safetensors:0: <script>: unexpected tensor"]),
-], ids=["layer-norm", "k", "odd-value", "nan", "shape", "odd-tensor"])
+@pytest.mark.parametrize(
+    "config, tensors, parts",
+    [
+        ({"input_dim": 4, "hidden_dim": 8, "k": 2, "normalize": True}, {}, ["config.json:", "normalize:"]),
+        ({"input_dim": 4, "hidden_dim": 8, "k": 9}, {}, ["config.json:", "k: 9 is more than hidden_dim 8"]),
+        ({"input_dim": "$$", "hidden_dim": 8, "k": 2}, {}, ["config.json:2: input_dim:", "'$$'"]),
+        (
+            None,
+            {"pre_bias": torch.tensor([0.0, float("nan"), 0.0, 0.0])},
+            ["model.safetensors:0: pre_bias: not finite"],
+        ),
+        (None, {"latent_bias": torch.zeros(7)}, ["model.safetensors:0: latent_bias: shape (7,)"]),
+        (None, {"<script>": torch.zeros(1)}, ["model.safetensors:0: <script>: unexpected tensor"]),
+    ],
+    ids=["layer-norm", "k", "odd-value", "nan", "shape", "odd-tensor"],
+)
 def test_cli_convert_bad_csr_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, config, tensors, parts):
     src = _write_csr(tmp_path / "csr", config, **tensors)
     out = tmp_path / "out"
@@ -254,7 +284,10 @@ def test_cli_convert_bad_paths_exit_2(tmp_path, capsys):
     blocker.write_text("x")
     assert cli.main(["sae", "convert", str(src), "--from", "csr", "--out", str(blocker)]) == 2
     one_line_error(capsys, "--out")
-    assert cli.main(["sae", "convert", str(tmp_path / "nowhere"), "--from", "latentsae", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        cli.main(["sae", "convert", str(tmp_path / "nowhere"), "--from", "latentsae", "--out", str(tmp_path / "o")])
+        == 2
+    )
     one_line_error(capsys, "nowhere", "SRC: not a folder")
     assert not (tmp_path / "o").exists()
     assert blocker.read_text() == "x"
@@ -269,7 +302,9 @@ def test_csr_saved_as_pytorch_bin_with_both_tied_names(tmp_path):
     x = torch.randn(100, D)
     codes, reconstruction, _ = _csr_outputs(csr, x)
     ours_codes, ours_reconstruction = _ours(convert_sae(tmp_path / "csr", "csr"), x)
-    assert torch.allclose(ours_codes, codes, atol=1e-5) and torch.allclose(ours_reconstruction, reconstruction, atol=1e-5)
+    assert torch.allclose(ours_codes, codes, atol=1e-5) and torch.allclose(
+        ours_reconstruction, reconstruction, atol=1e-5
+    )
 
 
 def test_converted_sparse_encoder_drives_sae_decompose(tiny_mean_model, tmp_path, capsys):
@@ -281,12 +316,19 @@ def test_converted_sparse_encoder_drives_sae_decompose(tiny_mean_model, tmp_path
     dense = SentenceTransformer(tiny_mean_model, device="cpu")
     width = dense.get_embedding_dimension()
     SparseEncoder(modules=[*dense, SparseAutoEncoder(input_dim=width, hidden_dim=2 * width, k=3)], device="cpu").save(
-        str(tmp_path / "sparse"))
+        str(tmp_path / "sparse")
+    )
     out = tmp_path / "converted"
-    assert cli.main(["sae", "convert", str(tmp_path / "sparse"), "--from", "csr", "--out", str(out),
-                     "--model", tiny_mean_model]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(
+            ["sae", "convert", str(tmp_path / "sparse"), "--from", "csr", "--out", str(out), "--model", tiny_mean_model]
+        )
+        == 0
+    ), capsys.readouterr().err
     capsys.readouterr()
-    assert cli.main(["sae", "decompose", str(out), "a cat on the mat", "--json", "-", "--no-cache", "--no-progress"]) == 0
+    assert (
+        cli.main(["sae", "decompose", str(out), "a cat on the mat", "--json", "-", "--no-cache", "--no-progress"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     sparse = SparseEncoder(str(tmp_path / "sparse"), device="cpu")
     codes = sparse.encode(["a cat on the mat"], convert_to_tensor=True, convert_to_sparse_tensor=False)[0]

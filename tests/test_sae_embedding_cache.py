@@ -114,7 +114,9 @@ def test_second_eval_reads_the_cache_without_loading_the_model(tiny_mean_model, 
     from aquin_monitor import cli, encoders
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"q {i} cat", "document": f"d {i} the cat"}) + "\n" for i in range(6)))
+    pairs.write_text(
+        "".join(json.dumps({"query": f"q {i} cat", "document": f"d {i} the cat"}) + "\n" for i in range(6))
+    )
     monkeypatch.setenv("AQUIN_MONITOR_CACHE", str(tmp_path / "cache"))
     assert cli.main(["eval", tiny_mean_model, "--pairs", str(pairs), "--json", "-", "--no-progress"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -140,7 +142,10 @@ def test_cached_model_arrays_survive_a_cut_entry_and_load_once(tmp_path):
 
     def compute(model):
         calls.append(model)
-        return {"embeddings": fake_encode(None, ["x", "yy"]), "layers": np.arange(12, dtype=np.float32).reshape(2, 2, 3)}
+        return {
+            "embeddings": fake_encode(None, ["x", "yy"]),
+            "layers": np.arange(12, dtype=np.float32).reshape(2, 2, 3),
+        }
 
     handle = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path))
     first = handle.arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
@@ -149,9 +154,16 @@ def test_cached_model_arrays_survive_a_cut_entry_and_load_once(tmp_path):
     assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
     (entry,) = tmp_path.glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:100])  # a write cut short
-    repaired = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
+    repaired = CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(
+        ["x", "yy"], {"kind": "probe_pass"}, compute
+    )
     assert load.calls == 2 and all(np.array_equal(first[k], repaired[k]) for k in first)
-    assert CachedModel(load, "fp", cache=EmbeddingCache(tmp_path)).arrays(["x", "yy"], {"kind": "probe_pass"}, compute).keys() == first.keys()
+    assert (
+        CachedModel(load, "fp", cache=EmbeddingCache(tmp_path))
+        .arrays(["x", "yy"], {"kind": "probe_pass"}, compute)
+        .keys()
+        == first.keys()
+    )
     assert load.calls == 2 and not list(tmp_path.glob("*.tmp"))
     # a mapped handle (LoRA merged on load) loads through the original, once
     mapped = CachedModel(load, "fp2", cache=EmbeddingCache(tmp_path)).map(lambda m: ("merged", m))

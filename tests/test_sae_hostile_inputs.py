@@ -31,7 +31,9 @@ def private_cache(tmp_path, monkeypatch):
 def corpus(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "corpus.jsonl"
-    path.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(WORDS, size=5)), "id": f"d{i}"}) for i in range(60)) + "\n")
+    path.write_text(
+        "\n".join(json.dumps({"text": " ".join(rng.choice(WORDS, size=5)), "id": f"d{i}"}) for i in range(60)) + "\n"
+    )
     return path
 
 
@@ -62,9 +64,12 @@ def one_line(capsys, *parts: str) -> str:
 def beir_folder(tmp_path: Path, scores: list[int]) -> Path:
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"cat dog {w}"}) + "\n"
-                                                 for i, w in enumerate(WORDS)))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"a {w}"}) + "\n" for i, w in enumerate(WORDS[:3])))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"cat dog {w}"}) + "\n" for i, w in enumerate(WORDS))
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": f"a {w}"}) + "\n" for i, w in enumerate(WORDS[:3]))
+    )
     rows = [f"q{i}\td{i}\t{score}" for i, score in enumerate(scores)]
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return folder
@@ -75,13 +80,31 @@ def beir_folder(tmp_path: Path, scores: list[int]) -> Path:
 
 @pytest.mark.parametrize("delta", ["nan", "inf", "-inf", "-nan", "1e999"])
 def test_steer_non_finite_delta_is_one_line(capsys, sae_folder, corpus, no_model_loads, delta):
-    assert cli.main(["sae", "steer", str(sae_folder), "cat", "--feature", "1", "--delta", delta, "--corpus", str(corpus)]) == 2
+    assert (
+        cli.main(["sae", "steer", str(sae_folder), "cat", "--feature", "1", "--delta", delta, "--corpus", str(corpus)])
+        == 2
+    )
     one_line(capsys, "--delta", "finite")
 
 
 def test_steer_negative_exponent_delta_is_a_value_not_an_option(capsys, sae_folder, corpus):
-    code = cli.main(["sae", "steer", str(sae_folder), "cat dog", "--feature", "1", "--delta", "-1e-3", "--corpus", str(corpus),
-                     "--json", "-", "--no-progress"])
+    code = cli.main(
+        [
+            "sae",
+            "steer",
+            str(sae_folder),
+            "cat dog",
+            "--feature",
+            "1",
+            "--delta",
+            "-1e-3",
+            "--corpus",
+            str(corpus),
+            "--json",
+            "-",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["delta"] == -1e-3
 
@@ -101,8 +124,23 @@ def test_steer_huge_delta_moves_the_query_onto_the_feature_direction(sae_folder)
 
 
 def test_steer_cli_huge_delta_scores_are_cosines_with_the_feature(capsys, sae_folder, corpus):
-    code = cli.main(["sae", "steer", str(sae_folder), "cat dog", "--feature", "3", "--delta", "1e308", "--corpus", str(corpus),
-                     "--json", "-", "--no-progress"])
+    code = cli.main(
+        [
+            "sae",
+            "steer",
+            str(sae_folder),
+            "cat dog",
+            "--feature",
+            "3",
+            "--delta",
+            "1e308",
+            "--corpus",
+            str(corpus),
+            "--json",
+            "-",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     assert result["cosine_shift"] != 0.0 and any(hit["score"] != 0.0 for hit in result["after"])
@@ -134,20 +172,30 @@ def test_sae_eval_refuses_nan_embeddings_naming_the_first_row(capsys, nan_model,
 # ------------------------------------------------------------------------- item 6: nonsense thresholds
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["faithfulness", "{sae}", "--beir", "{beir}", "--random", "-1"], "--random"),
-    (["browse", "{sae}", "--corpus", "{corpus}", "--threshold", "nan"], "--threshold"),
-    (["browse", "{sae}", "--corpus", "{corpus}", "--npmi", "nan"], "--npmi"),
-    (["browse", "{sae}", "--corpus", "{corpus}", "--npmi", "1.5"], "--npmi"),
-    (["diagnose", "{sae}", "--corpus", "{corpus}", "--threshold", "inf"], "--threshold"),
-    (["diagnose", "{sae}", "--corpus", "{corpus}", "--threshold", "-0.5"], "--threshold"),
-    (["match", "{sae}", "{sae}", "--corpus", "{corpus}", "--threshold", "nan"], "--threshold"),
-    (["train", "{model}", "--corpus", "{corpus}", "--out", "{out}", "--lr", "nan"], "--lr"),
-    (["train", "{model}", "--corpus", "{corpus}", "--out", "{out}", "--lr", "0"], "--lr"),
-])
-def test_nonsense_numbers_are_refused(capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, argv, flag):
-    names = {"sae": str(sae_folder), "corpus": str(corpus), "beir": str(beir_folder(tmp_path, [1, 1, 1])),
-             "model": tiny_mean_model, "out": str(tmp_path / "out")}
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["faithfulness", "{sae}", "--beir", "{beir}", "--random", "-1"], "--random"),
+        (["browse", "{sae}", "--corpus", "{corpus}", "--threshold", "nan"], "--threshold"),
+        (["browse", "{sae}", "--corpus", "{corpus}", "--npmi", "nan"], "--npmi"),
+        (["browse", "{sae}", "--corpus", "{corpus}", "--npmi", "1.5"], "--npmi"),
+        (["diagnose", "{sae}", "--corpus", "{corpus}", "--threshold", "inf"], "--threshold"),
+        (["diagnose", "{sae}", "--corpus", "{corpus}", "--threshold", "-0.5"], "--threshold"),
+        (["match", "{sae}", "{sae}", "--corpus", "{corpus}", "--threshold", "nan"], "--threshold"),
+        (["train", "{model}", "--corpus", "{corpus}", "--out", "{out}", "--lr", "nan"], "--lr"),
+        (["train", "{model}", "--corpus", "{corpus}", "--out", "{out}", "--lr", "0"], "--lr"),
+    ],
+)
+def test_nonsense_numbers_are_refused(
+    capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, argv, flag
+):
+    names = {
+        "sae": str(sae_folder),
+        "corpus": str(corpus),
+        "beir": str(beir_folder(tmp_path, [1, 1, 1])),
+        "model": tiny_mean_model,
+        "out": str(tmp_path / "out"),
+    }
     assert cli.main(["sae", *[a.format(**names) for a in argv]]) == 2
     one_line(capsys, flag)
     assert not (tmp_path / "out").exists()
@@ -163,45 +211,81 @@ def test_faithfulness_random_zero_is_allowed_by_the_parser():
 
 def test_train_k_above_num_latents_before_the_load(capsys, tmp_path, tiny_mean_model, corpus, no_model_loads):
     out = tmp_path / "out"
-    assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--k", "5000", "--num-latents", "10"]) == 2
+    assert (
+        cli.main(
+            [
+                "sae",
+                "train",
+                tiny_mean_model,
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--k",
+                "5000",
+                "--num-latents",
+                "10",
+            ]
+        )
+        == 2
+    )
     one_line(capsys, "--k", "5000", "10")
     # the default num_latents (4·d = 128 for the 32-dimensional tiny model) is known from the model's files
     assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--k", "129"]) == 2
     one_line(capsys, "--k", "129", "128")
-    assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--num-latents", "4"]) == 2
+    assert (
+        cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--num-latents", "4"])
+        == 2
+    )
     one_line(capsys, "--num-latents", "8")  # default k = 8 under 5k texts
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [
-    ["inspect", "{model}", "--probe", "{corpus}"],
-    ["eval", "{model}", "--beir", "{beir}"],
-    ["sae", "eval", "{sae}", "--corpus", "{corpus}"],
-    ["sae", "decompose", "{sae}", "cat"],
-    ["sae", "steer", "{sae}", "cat", "--feature", "1", "--delta", "1", "--corpus", "{corpus}"],
-    ["sae", "browse", "{sae}", "--corpus", "{corpus}"],
-    ["sae", "train", "{model}", "--corpus", "{corpus}", "--out", "{out}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "{model}", "--probe", "{corpus}"],
+        ["eval", "{model}", "--beir", "{beir}"],
+        ["sae", "eval", "{sae}", "--corpus", "{corpus}"],
+        ["sae", "decompose", "{sae}", "cat"],
+        ["sae", "steer", "{sae}", "cat", "--feature", "1", "--delta", "1", "--corpus", "{corpus}"],
+        ["sae", "browse", "{sae}", "--corpus", "{corpus}"],
+        ["sae", "train", "{model}", "--corpus", "{corpus}", "--out", "{out}"],
+    ],
+)
 @pytest.mark.parametrize("device", ["nonsense", "cuda:99", "tpu"])
-def test_bad_device_before_the_load(capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, argv, device):
-    names = {"sae": str(sae_folder), "corpus": str(corpus), "beir": str(beir_folder(tmp_path, [1, 1, 1])),
-             "model": tiny_mean_model, "out": str(tmp_path / "out")}
+def test_bad_device_before_the_load(
+    capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, argv, device
+):
+    names = {
+        "sae": str(sae_folder),
+        "corpus": str(corpus),
+        "beir": str(beir_folder(tmp_path, [1, 1, 1])),
+        "model": tiny_mean_model,
+        "out": str(tmp_path / "out"),
+    }
     assert cli.main([a.format(**names) for a in argv] + ["--device", device]) == 2
     one_line(capsys, "--device", device)
 
 
 @pytest.mark.parametrize("command", ["sae-eval", "sae-faithfulness", "eval"])
-def test_beir_qrels_all_zero_before_the_load(capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, command):
+def test_beir_qrels_all_zero_before_the_load(
+    capsys, tmp_path, sae_folder, corpus, tiny_mean_model, no_model_loads, command
+):
     beir = str(beir_folder(tmp_path, [0, 0, 0]))
-    argv = {"sae-eval": ["sae", "eval", str(sae_folder), "--corpus", str(corpus), "--beir", beir],
-            "sae-faithfulness": ["sae", "faithfulness", str(sae_folder), "--beir", beir],
-            "eval": ["eval", tiny_mean_model, "--beir", beir]}[command]
+    argv = {
+        "sae-eval": ["sae", "eval", str(sae_folder), "--corpus", str(corpus), "--beir", beir],
+        "sae-faithfulness": ["sae", "faithfulness", str(sae_folder), "--beir", beir],
+        "eval": ["eval", tiny_mean_model, "--beir", beir],
+    }[command]
     assert cli.main(argv) == 2
     one_line(capsys, str(Path(beir) / "qrels" / "test.tsv"), "score 0")
 
 
 @pytest.mark.parametrize("text, problem", [("\ud800", "surrogate"), ("a\x00b", "NUL")])
-def test_unencodable_texts_before_the_load(capsys, tmp_path, sae_folder, tiny_mean_model, no_model_loads, text, problem):
+def test_unencodable_texts_before_the_load(
+    capsys, tmp_path, sae_folder, tiny_mean_model, no_model_loads, text, problem
+):
     probe = tmp_path / "probe.jsonl"
     lines = [json.dumps({"text": t}) for t in ["a cat", "a dog", "the bank", text]]  # json escapes \ud800 and \u0000
     probe.write_text("\n".join(lines) + "\n")
@@ -219,8 +303,22 @@ def test_unencodable_texts_before_the_load(capsys, tmp_path, sae_folder, tiny_me
 
 
 def test_non_utf8_argument_is_one_line_exit_2(sae_folder):
-    argv = [sys.executable.encode(), b"-m", b"aquin_monitor.cli", b"sae", b"decompose", str(sae_folder).encode(), b"\xff\xfe"]
-    done = subprocess.run(argv, capture_output=True, timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    argv = [
+        sys.executable.encode(),
+        b"-m",
+        b"aquin_monitor.cli",
+        b"sae",
+        b"decompose",
+        str(sae_folder).encode(),
+        b"\xff\xfe",
+    ]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
     err = done.stderr.decode("utf-8", "replace").strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1, err
     assert "TEXT" in err and "not valid Unicode" in err and "Traceback" not in err
@@ -232,13 +330,24 @@ def test_non_utf8_argument_is_one_line_exit_2(sae_folder):
 def test_out_under_a_file_names_out(capsys, tmp_path, tiny_mean_model, corpus, no_model_loads):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(blocker / "sub" / "sae")]) == 2
+    assert (
+        cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(blocker / "sub" / "sae")]) == 2
+    )
     one_line(capsys, "--out", str(blocker))
 
 
-@pytest.mark.parametrize("held", [["metrics.jsonl", "events.jsonl", "snapshots/0/metrics.json"], [".aquin-monitor.lock"],
-                                  ["notes.txt"], ["cfg.json", "sae.safetensors", "metrics.jsonl"]])
-def test_out_that_holds_a_run_or_other_files_is_refused(capsys, tmp_path, tiny_mean_model, corpus, no_model_loads, held):
+@pytest.mark.parametrize(
+    "held",
+    [
+        ["metrics.jsonl", "events.jsonl", "snapshots/0/metrics.json"],
+        [".aquin-monitor.lock"],
+        ["notes.txt"],
+        ["cfg.json", "sae.safetensors", "metrics.jsonl"],
+    ],
+)
+def test_out_that_holds_a_run_or_other_files_is_refused(
+    capsys, tmp_path, tiny_mean_model, corpus, no_model_loads, held
+):
     run = tmp_path / "run"
     for name in held:
         (run / name).parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +361,27 @@ def test_out_that_holds_a_run_or_other_files_is_refused(capsys, tmp_path, tiny_m
 def test_out_that_is_an_empty_folder_is_used(capsys, tmp_path, tiny_mean_model, corpus):
     out = tmp_path / "empty"
     out.mkdir()
-    assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), "--num-latents", "64",
-                     "--k", "4", "--epochs", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(
+            [
+                "sae",
+                "train",
+                tiny_mean_model,
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--num-latents",
+                "64",
+                "--k",
+                "4",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert (out / "cfg.json").is_file()
 
 
@@ -273,7 +401,10 @@ def test_labels_with_terminal_controls_print_escaped(capsys, sae_folder):
 
 def test_category_names_with_controls_print_escaped(capsys, tmp_path, tiny_mean_model):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"query": f"q {w}", "document": f"d {w}", "category": "evil\x1b[2J" if i % 2 else "fine"} for i, w in enumerate(WORDS)]
+    rows = [
+        {"query": f"q {w}", "document": f"d {w}", "category": "evil\x1b[2J" if i % 2 else "fine"}
+        for i, w in enumerate(WORDS)
+    ]
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert cli.main(["eval", tiny_mean_model, "--pairs", str(pairs), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -286,12 +417,15 @@ def test_category_names_with_controls_print_escaped(capsys, tmp_path, tiny_mean_
 @pytest.mark.parametrize("command", ["sae-eval", "eval", "decompose"])
 def test_json_file_is_written_even_when_stdout_is_closed(tmp_path, sae_folder, corpus, tiny_mean_model, command):
     out = tmp_path / "out.json"
-    argv = {"sae-eval": ["sae", "eval", str(sae_folder), "--corpus", str(corpus)],
-            "eval": ["eval", tiny_mean_model, "--beir", str(beir_folder(tmp_path, [1, 1, 1]))],
-            "decompose": ["sae", "decompose", str(sae_folder), "cat dog"]}[command]
+    argv = {
+        "sae-eval": ["sae", "eval", str(sae_folder), "--corpus", str(corpus)],
+        "eval": ["eval", tiny_mean_model, "--beir", str(beir_folder(tmp_path, [1, 1, 1]))],
+        "decompose": ["sae", "decompose", str(sae_folder), "cat dog"],
+    }[command]
     process = subprocess.Popen(
         [sys.executable, "-m", "aquin_monitor.cli", *argv, "--json", str(out), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         # unbuffered: each print reaches the closed pipe at once, as a terminal pipe through `head -1` does
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
     )
@@ -317,7 +451,9 @@ def test_report_repairs_a_killed_resave_with_one_warning(capsys, tmp_path):
 
     run = tmp_path / "run"
     for step, value in ((0, 0.1), (2, 0.2), (4, 0.4)):
-        Snapshot(step=step, tag="base" if step == 0 else "checkpoint", model="tiny", metrics={"geometry/anisotropy": value}).save(run)
+        Snapshot(
+            step=step, tag="base" if step == 0 else "checkpoint", model="tiny", metrics={"geometry/anisotropy": value}
+        ).save(run)
     (run / "metrics.jsonl").write_text('{"step": 4, "contrastive/gap": 0.3}\n')
     snapshots = run / "snapshots"
     os.replace(snapshots / "4", snapshots / ".4-old")  # killed between the two renames of a re-save of 4
@@ -395,6 +531,13 @@ def test_sae_figures_render_with_usetex_on(usetex_without_latex):
     from aquin_monitor.sae.trace import LayerTrace, trace_figure
 
     feature_density_figure(np.array([0.0, 0.01, 0.2, 0.5])).savefig(io.BytesIO(), format="png")
-    trace = LayerTrace(feature=3, activations=[0.0, 0.5, 1.0], co_active=[[], [{"feature": 4, "activation": 0.2}], []],
-                       classification="progressive", onset_layer=1, label="$x$", text="t")
+    trace = LayerTrace(
+        feature=3,
+        activations=[0.0, 0.5, 1.0],
+        co_active=[[], [{"feature": 4, "activation": 0.2}], []],
+        classification="progressive",
+        onset_layer=1,
+        label="$x$",
+        text="t",
+    )
     trace_figure(trace).savefig(io.BytesIO(), format="png")

@@ -85,7 +85,9 @@ def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed():
     sae = _sae()
     x = torch.randn(256, 16)
     plan = RowPlan(len(x), block_rows=1024, val_fraction=0.01, seed=0, max_val_rows=3)
-    loop = StreamingTrainer(sae, ArrayRows(x.numpy()), plan, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64))
+    loop = StreamingTrainer(
+        sae, ArrayRows(x.numpy()), plan, x[:20], SaeTrainConfig(batch_size=32, lr=1e-2, dead_after=64)
+    )
     original_step = loop.optimizer.step
     seen = []
 
@@ -205,7 +207,10 @@ def test_sparse_backward_equals_dense_autograd():
             masked = pre.masked_fill(~dead_mask, float("-inf"))
             kth = masked.sort(dim=1, descending=True).values[:, 7:8]  # k_aux = d/2 = 8
             z_aux = torch.where((masked >= kth) & dead_mask, pre, torch.zeros_like(pre))
-            loss = loss + min(dead_mask.sum().item() / 8, 1.0) * ((z_aux @ W_dec - (x - x_hat).detach()) ** 2).sum() / variance
+            loss = (
+                loss
+                + min(dead_mask.sum().item() / 8, 1.0) * ((z_aux @ W_dec - (x - x_hat).detach()) ** 2).sum() / variance
+            )
         loss.backward()
         for name, p in params.items():
             assert torch.allclose(ours[name], p.grad, atol=1e-5), name

@@ -28,7 +28,9 @@ def trained():
     for row in codes:
         row[rng.choice(40, 3, replace=False)] = rng.uniform(0.5, 2.0, 3)
     x = _unit(codes @ directions + 0.02 * rng.normal(size=(3000, 32)))
-    sae = train_sae(x, SaeTrainConfig(num_latents=80, k=4, lr=1e-2, batch_size=256, max_epochs=12), show_progress=False).sae
+    sae = train_sae(
+        x, SaeTrainConfig(num_latents=80, k=4, lr=1e-2, batch_size=256, max_epochs=12), show_progress=False
+    ).sae
     return sae, x, rng
 
 
@@ -107,8 +109,10 @@ def test_bad_shapes_are_refused(trained):
 def test_figures_draw_hostile_text_as_plain_text():
     hostile = ["$$ \\frac{a}{b", "<script>alert(1)</script>", "x_1^2 $ 50% & {}"]
     movers = {
-        "gained": [{"feature": i, "frequency_before": 0.0, "frequency_after": 0.1 * (i + 1), "top_texts": [t]}
-                   for i, t in enumerate(hostile)],
+        "gained": [
+            {"feature": i, "frequency_before": 0.0, "frequency_after": 0.1 * (i + 1), "top_texts": [t]}
+            for i, t in enumerate(hostile)
+        ],
         "lost": [{"feature": 9, "frequency_before": 0.3, "frequency_after": 0.0, "top_texts": []}],
     }
     fig = feature_movers_figure(movers)
@@ -116,5 +120,8 @@ def test_figures_draw_hostile_text_as_plain_text():
     shown = [t.get_text() for ax in fig.axes for t in ax.texts]
     for text in hostile:
         assert any(text in s for s in shown)
-    for figure in (feature_density_figure(np.array([0, 0.001, 0.2])), training_curves_figure([{"epoch": 1, "sae/fvu": 0.4}])):
+    for figure in (
+        feature_density_figure(np.array([0, 0.001, 0.2])),
+        training_curves_figure([{"epoch": 1, "sae/fvu": 0.4}]),
+    ):
         figure.savefig(io.BytesIO(), format="png")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse
+from sae_planted import LATENTS, planted_corpus
 
 from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.diagnose import absorption_pairs, diagnose
 from aquin_monitor.sae.network import coactivation_network
-from sae_planted import LATENTS, planted_corpus
 
 
 def test_planted_activations_are_exact():
@@ -17,14 +17,14 @@ def test_planted_activations_are_exact():
     z = sparse_activations(sae, x).toarray()
     assert ((z > 0).sum(1) == 3).all()
     assert (z.argmax(1) == np.arange(320) % LATENTS).all()
-    assert (z[4::LATENTS, 5] == pytest.approx(1.0, abs=1e-5))
+    assert z[4::LATENTS, 5] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_coactivation_edge_for_an_always_together_pair_vanishes_when_columns_are_shuffled():
     sae, x, _ = planted_corpus()
     z = sparse_activations(sae, x)
     net = coactivation_network(z, threshold=0.3, min_support=5)
-    dense = (z.toarray() > 0)
+    dense = z.toarray() > 0
     edge = {(e.source, e.target): e for e in net.edges}[(4, 5)]
     both = int((dense[:, 4] & dense[:, 5]).sum())
     assert edge.count == both == int(dense[:, 4].sum())
@@ -89,9 +89,15 @@ def test_silhouette_equals_scikit_learns():
     rng = np.random.default_rng(3)
     for trial in range(5):
         x = rng.normal(size=(15, 8)) + (trial * 0.5) * np.r_[np.ones((7, 8)), -np.ones((8, 8))]
-        split = rng.permutation(np.r_[np.zeros(6, int), np.ones(9, int)]) if trial % 2 else np.r_[np.zeros(7, int), np.ones(8, int)]
+        split = (
+            rng.permutation(np.r_[np.zeros(6, int), np.ones(9, int)])
+            if trial % 2
+            else np.r_[np.zeros(7, int), np.ones(8, int)]
+        )
         distances = cosine_distances(x)
         np.fill_diagonal(distances, 0)
         assert silhouette(distances, split) == pytest.approx(silhouette_score(x, split, metric="cosine"), abs=1e-9)
     singleton = np.r_[0, np.ones(14, int)]
-    assert silhouette(cosine_distances(x), singleton) == pytest.approx(silhouette_score(x, singleton, metric="cosine"), abs=1e-9)
+    assert silhouette(cosine_distances(x), singleton) == pytest.approx(
+        silhouette_score(x, singleton, metric="cosine"), abs=1e-9
+    )

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from sae_planted import planted_corpus
 
 from aquin_monitor import cli, encoders
 from aquin_monitor.sae.activations import sparse_activations
@@ -16,7 +17,6 @@ from aquin_monitor.sae.diagnose import diagnose
 from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.network import CoactivationNetwork, Edge, Node, coactivation_network
 from aquin_monitor.sae.page import PAGE, PLACEHOLDER, page_data, separate_circles, write_page
-from sae_planted import planted_corpus
 
 HOSTILE = "<script>window.pwned=1</script> $$ &amp; <img src=x onerror=window.pwned=2>"
 
@@ -62,18 +62,28 @@ def test_page_in_headless_chromium_with_real_clicks(planted_page, tmp_path):
         first = browser.features[0]
         assert page.evaluate(f"document.querySelector('tr.examples[data-feature=\"{first.index}\"]').hidden") is True
         page.click(f'tr.feature[data-feature="{first.index}"]')
-        items = page.evaluate(f"[...document.querySelectorAll('tr.examples[data-feature=\"{first.index}\"] li')].map(li => li.textContent)")
+        items = page.evaluate(
+            f"[...document.querySelectorAll('tr.examples[data-feature=\"{first.index}\"] li')]"
+            ".map(li => li.textContent)"
+        )
         assert items == [f"{e.activation:.3f}: {e.text}" for e in first.examples]
         page.click(f'tr.feature[data-feature="{first.index}"]')
         assert page.evaluate(f"document.querySelector('tr.examples[data-feature=\"{first.index}\"]').hidden") is True
         # the label filter keeps only features whose label holds the typed text
         target = next(f for f in browser.features if f.label)
         page.type_text("#label-filter", target.label[0])
-        shown = page.evaluate("[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).map(r => +r.dataset.feature)")
-        assert shown == [f.index for f in browser.features if any(target.label[0] in t for t in [" ".join(f.label).lower()])]
+        shown = page.evaluate(
+            "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).map(r => +r.dataset.feature)"
+        )
+        assert shown == [
+            f.index for f in browser.features if any(target.label[0] in t for t in [" ".join(f.label).lower()])
+        ]
         # clicking a node lists its neighbours with their co-activation counts
         page.click('circle.node[data-feature="4"]')
-        listed = page.evaluate("[...document.querySelectorAll('#neighbour-list tr[data-feature]')].map(r => [...r.cells].map(c => c.textContent))")
+        listed = page.evaluate(
+            "[...document.querySelectorAll('#neighbour-list tr[data-feature]')]"
+            ".map(r => [...r.cells].map(c => c.textContent))"
+        )
         edge = next(e for e in network.edges if (e.source, e.target) == (4, 5))
         assert [row[0] for row in listed] == ["5"] and listed[0][2] == str(edge.count) and listed[0][3] == "100.00%"
         # hostile text is shown as text and never ran
@@ -82,7 +92,9 @@ def test_page_in_headless_chromium_with_real_clicks(planted_page, tmp_path):
         assert page.evaluate("document.querySelectorAll('img').length") == 0
         texts = page.evaluate("[...document.querySelectorAll('#absorption li')].map(li => li.textContent)")
         assert any(t.startswith(HOSTILE) for t in texts), texts
-        assert page.evaluate("[...document.querySelectorAll('#merged tr[data-feature]')].map(r => +r.dataset.feature)") == [9]
+        assert page.evaluate(
+            "[...document.querySelectorAll('#merged tr[data-feature]')].map(r => +r.dataset.feature)"
+        ) == [9]
         assert page.console_errors() == []
         if os.environ.get("AQUIN_SAE_PAGE_SCREENSHOT"):  # for a person to look at
             page.screenshot(tmp_path / "shot.png", full_page=True)
@@ -126,8 +138,22 @@ def test_browse_cli_writes_the_page_and_json(tiny_sae, corpus, tmp_path, capsys)
     from aquin_monitor.sae.model import load_sae
 
     out, page = tmp_path / "out" / "browse.json", tmp_path / "out" / "page.html"
-    code = cli.main(["sae", "browse", str(tiny_sae), "--corpus", str(corpus), "--html", str(page), "--json", str(out),
-                     "--no-progress", "--min-support", "3"])
+    code = cli.main(
+        [
+            "sae",
+            "browse",
+            str(tiny_sae),
+            "--corpus",
+            str(corpus),
+            "--html",
+            str(page),
+            "--json",
+            str(out),
+            "--no-progress",
+            "--min-support",
+            "3",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     sae = load_sae(tiny_sae)
@@ -179,7 +205,10 @@ def test_bad_input_exits_2_before_any_model_loads(tiny_sae, corpus, tmp_path, ca
     locked.chmod(0o500)
     try:
         if not os.access(locked, os.W_OK):  # root writes anywhere
-            assert cli.main(["sae", "browse", str(tiny_sae), "--corpus", str(corpus), "--html", str(locked / "p.html")]) == 2
+            assert (
+                cli.main(["sae", "browse", str(tiny_sae), "--corpus", str(corpus), "--html", str(locked / "p.html")])
+                == 2
+            )
             one_line(capsys, "--html", "not writable")
             assert not (locked / "p.html").exists()
     finally:
@@ -201,7 +230,9 @@ def test_page_lists_merged_features_apart(planted_page):
     _, browser, network, found = planted_page
     data = page_data(browser, network, found, polysemy_rows=1)
     assert len(data["diagnostics"]["polysemy"]) == 1
-    assert [p["feature"] for p in data["diagnostics"]["merged"]] == [p.feature for p in found.polysemy if p.merged] == [9]
+    assert (
+        [p["feature"] for p in data["diagnostics"]["merged"]] == [p.feature for p in found.polysemy if p.merged] == [9]
+    )
 
 
 # ------------------------------------------------------------------ issue 24: placeholders as user text, overlaps
@@ -250,14 +281,26 @@ def test_placeholder_page_works_with_real_clicks(placeholder_page, tmp_path):
         assert page.evaluate("document.getElementById('title').textContent") == title
         for feature in browser.features[:4]:
             page.click(f'tr.feature[data-feature="{feature.index}"]')
-            items = page.evaluate(f"[...document.querySelectorAll('tr.examples[data-feature=\"{feature.index}\"] li')].map(li => li.textContent)")
+            items = page.evaluate(
+                f"[...document.querySelectorAll('tr.examples[data-feature=\"{feature.index}\"] li')]"
+                ".map(li => li.textContent)"
+            )
             assert items == [f"{e.activation:.3f}: {e.text}" for e in feature.examples]
         labelled = browser.features[0]
-        cells = page.evaluate(f"[...document.querySelector('tr.feature[data-feature=\"{labelled.index}\"]').cells].map(c => c.textContent)")
+        cells = page.evaluate(
+            f"[...document.querySelector('tr.feature[data-feature=\"{labelled.index}\"]').cells]"
+            ".map(c => c.textContent)"
+        )
         assert cells[2] == ", ".join(labelled.label) and PLACEHOLDER_TEXT in cells[2]
         page.click('circle.node[data-feature="4"]')
         assert page.evaluate("document.querySelector('#neighbours h3').textContent").startswith("Feature 4: ")
-        assert [r[0] for r in page.evaluate("[...document.querySelectorAll('#neighbour-list tr[data-feature]')].map(r => [...r.cells].map(c => c.textContent))")] == ["5"]
+        assert [
+            r[0]
+            for r in page.evaluate(
+                "[...document.querySelectorAll('#neighbour-list tr[data-feature]')]"
+                ".map(r => [...r.cells].map(c => c.textContent))"
+            )
+        ] == ["5"]
         assert page.console_errors() == []
 
 
@@ -265,11 +308,22 @@ def crowded_network(n: int = 300) -> CoactivationNetwork:
     """``n`` nodes on a few spots (as a spring layout of a dense corpus piles them), largest sizes."""
     rng = np.random.default_rng(0)
     spots = rng.uniform(0.3, 0.7, size=(6, 2))
-    nodes = [Node(i, frequency=0.01 + 0.5 * rng.random(), mean_activation=float(rng.uniform(0.5, 1.0)), community=0,
-                  x=float(spots[i % 6, 0] + rng.normal(0, 0.005)), y=float(spots[i % 6, 1])) for i in range(n)]
+    nodes = [
+        Node(
+            i,
+            frequency=0.01 + 0.5 * rng.random(),
+            mean_activation=float(rng.uniform(0.5, 1.0)),
+            community=0,
+            x=float(spots[i % 6, 0] + rng.normal(0, 0.005)),
+            y=float(spots[i % 6, 1]),
+        )
+        for i in range(n)
+    ]
     nodes[1].x, nodes[1].y = nodes[0].x, nodes[0].y  # two exactly coincident centres
     edges = [Edge(i, i + 1, 5, 0.5, 0.5, 0.5) for i in range(0, n - 1, 2)]
-    return CoactivationNetwork(n_texts=1000, threshold=0.3, min_support=5, nodes=nodes, edges=edges, communities=[list(range(n))])
+    return CoactivationNetwork(
+        n_texts=1000, threshold=0.3, min_support=5, nodes=nodes, edges=edges, communities=[list(range(n))]
+    )
 
 
 def test_no_two_network_nodes_overlap():

@@ -77,7 +77,9 @@ def test_streamed_browser_equals_the_dense_browser(case):
     expected = dense.browse_features(sae, x, texts, examples=9)
     stats = stream_feature_stats(sae, ArrayRows(x), examples=9, block_rows=128)
     chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
-    got = browser_from_stats(stats, {r: texts[r] for r in np.unique(stats.top_rows[stats.top_rows >= 0])}, corpus=chunks)
+    got = browser_from_stats(
+        stats, {r: texts[r] for r in np.unique(stats.top_rows[stats.top_rows >= 0])}, corpus=chunks
+    )
     assert (got.n_texts, got.num_latents, got.dead) == (expected.n_texts, expected.num_latents, expected.dead)
     assert [f.index for f in got.features] == [f.index for f in expected.features]
     for new, old in zip(got.features, expected.features):
@@ -107,18 +109,27 @@ def test_streamed_network_absorption_and_polysemy_equal_the_dense_ones(case):
         got_net = coactivation_network(stats, threshold=threshold, min_support=support)
         want_net = dense.coactivation_network(z, threshold=threshold, min_support=support)
         # node sizes: mean activation from float64 sums now, float32 sums before
-        assert [n.mean_activation for n in got_net.nodes] == pytest.approx([n.mean_activation for n in want_net.nodes], rel=1e-6)
+        assert [n.mean_activation for n in got_net.nodes] == pytest.approx(
+            [n.mean_activation for n in want_net.nodes], rel=1e-6
+        )
         for node in got_net.nodes + want_net.nodes:
             node.mean_activation = 0.0
         assert got_net == want_net
     for threshold, support in ((0.9, 10), (0.3, 3)):
-        got = absorption_pairs(stats, texts, threshold=threshold, min_support=support,
-                               blocks=activation_blocks(sae, ArrayRows(x), block_rows=101))
+        got = absorption_pairs(
+            stats,
+            texts,
+            threshold=threshold,
+            min_support=support,
+            blocks=activation_blocks(sae, ArrayRows(x), block_rows=101),
+        )
         assert got == dense.absorption_pairs(z, texts, threshold=threshold, min_support=support)
     got_poly, got_base = polysemy(stats, ArrayRows(x), texts)
     want_poly, want_base = dense.polysemy(z, x, texts)
     assert got_base == want_base and got_poly == want_poly
-    assert diagnose(stats, ArrayRows(x), texts, blocks=activation_blocks(sae, ArrayRows(x), block_rows=101)) == dense.diagnose(z, x, texts)
+    assert diagnose(
+        stats, ArrayRows(x), texts, blocks=activation_blocks(sae, ArrayRows(x), block_rows=101)
+    ) == dense.diagnose(z, x, texts)
 
 
 def test_planted_absorption_is_found_through_the_stream():
@@ -131,9 +142,11 @@ def test_planted_absorption_is_found_through_the_stream():
 
 def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
     sae, x, texts = planted_corpus(1600)
-    expected = page_data(dense.browse_features(sae, x, texts, examples=8),
-                         dense.coactivation_network(sparse_activations(sae, x), min_support=10),
-                         dense.diagnose(sparse_activations(sae, x), x, texts))
+    expected = page_data(
+        dense.browse_features(sae, x, texts, examples=8),
+        dense.coactivation_network(sparse_activations(sae, x), min_support=10),
+        dense.diagnose(sparse_activations(sae, x), x, texts),
+    )
     asked: set[int] = set()
 
     class LazyTexts(dict):
@@ -141,8 +154,9 @@ def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
             asked.add(row)
             return texts[row]
 
-    browser, network, found = analyse_rows(sae, ArrayRows(x), LazyTexts(), corpus=[texts[:700], texts[700:]],
-                                           examples=8, block_rows=200)
+    browser, network, found = analyse_rows(
+        sae, ArrayRows(x), LazyTexts(), corpus=[texts[:700], texts[700:]], examples=8, block_rows=200
+    )
     got = page_data(browser, network, found)
     for part in ("features", "network"):  # totals and means: float64 sums now, float32 sums before
         mine = got[part] if part == "features" else got[part]["nodes"]

@@ -31,7 +31,16 @@ JOB = Path(__file__).parent / "ddp" / "sae_train_job.py"
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
 DDP_TOLERANCE = 1e-5
-_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +52,8 @@ def one_thread():
 
 
 def rows(n=1000, d=12, seed=1) -> np.ndarray:
-    """Sparse combinations of 30 random directions plus noise and an offset (what tests/ddp/sae_train_job.py trains on)."""
+    """Sparse combinations of 30 random directions plus noise and an offset (what tests/ddp/sae_train_job.py trains
+    on)."""
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(30, d))
     codes = (rng.random((n, 30)) < 0.1) * rng.uniform(0.5, 2, (n, 30))
@@ -141,7 +151,9 @@ def test_a_checkpoint_of_other_settings_or_a_cut_file_is_refused(tmp_path):
     train_rows(ArrayRows(x), config, show_progress=False)
     with pytest.raises(SaeTrainingError, match=r"state.pt: batch_size: 64 in the checkpoint, 32 now"):
         train_rows(ArrayRows(x), SaeTrainConfig(**{**config.__dict__, "batch_size": 32}), show_progress=False)
-    with pytest.raises(SaeTrainingError, match=r"rows: the checkpoint was trained on 400 rows of dimension 12, these are 300"):
+    with pytest.raises(
+        SaeTrainingError, match=r"rows: the checkpoint was trained on 400 rows of dimension 12, these are 300"
+    ):
         train_rows(ArrayRows(x[:300]), config, show_progress=False)
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     with pytest.raises(SaeTrainingError, match=r"state.pt: not a readable training checkpoint"):
@@ -168,8 +180,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def run_to_end(command: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(command, cwd=cwd, env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=_env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -196,8 +215,19 @@ def job_rows(tmp_path):
 def test_two_gloo_ranks_train_the_same_sae_as_one_process(job_rows):
     one = _job(job_rows, "one.pt")
     assert one.returncode == 0, one.stdout[-3000:]
-    two = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(JOB),
-                str(job_rows / "rows.npy"), str(job_rows / "two.pt")], job_rows)
+    two = run_to_end(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(JOB),
+            str(job_rows / "rows.npy"),
+            str(job_rows / "two.pt"),
+        ],
+        job_rows,
+    )
     assert two.returncode == 0, two.stdout[-3000:]
     a, b = _load(job_rows / "one.pt"), _load(job_rows / "two.pt")
     assert a["world_size"] == 1 and b["world_size"] == 2
@@ -226,11 +256,31 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_the_checkpoint_intac
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     checkpoint = job_rows / "state.pt"
-    command = [sys.executable, str(JOB), str(job_rows / "rows.npy"), str(job_rows / "never.pt"), "--checkpoint",
-               str(checkpoint), "--die-at-step", "5", "--die-rank", "1", "--die-how", "exit"]
-    procs = [subprocess.Popen(command, cwd=job_rows, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-             for r in range(2)]
+    command = [
+        sys.executable,
+        str(JOB),
+        str(job_rows / "rows.npy"),
+        str(job_rows / "never.pt"),
+        "--checkpoint",
+        str(checkpoint),
+        "--die-at-step",
+        "5",
+        "--die-rank",
+        "1",
+        "--die-how",
+        "exit",
+    ]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=job_rows,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
     try:
         outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
     finally:

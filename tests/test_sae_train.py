@@ -33,8 +33,9 @@ def one_thread():
 def test_planted_dictionary_is_recovered():
     # 64 directions in 48 dimensions: overcomplete, with little enough interference for a linear encoder
     x, directions = planted(d=48, m=64)
-    result = train_sae(x, SaeTrainConfig(num_latents=96, k=3, lr=1e-2, batch_size=256, max_epochs=25, patience=3),
-                       show_progress=False)
+    result = train_sae(
+        x, SaeTrainConfig(num_latents=96, k=3, lr=1e-2, batch_size=256, max_epochs=25, patience=3), show_progress=False
+    )
     learned = torch.nn.functional.normalize(result.sae.W_dec.detach(), dim=1).numpy()
     best_match = (directions @ learned.T).max(axis=1)
     assert best_match.min() > 0.9, np.sort(best_match)[:5]
@@ -46,7 +47,9 @@ def test_same_seed_same_weights_other_seed_other_weights():
     config = SaeTrainConfig(num_latents=32, k=3, batch_size=128, max_epochs=3, seed=7)
     a = train_sae(x, config, show_progress=False).sae.state_dict()
     b = train_sae(x, config, show_progress=False).sae.state_dict()
-    c = train_sae(x, SaeTrainConfig(num_latents=32, k=3, batch_size=128, max_epochs=3, seed=8), show_progress=False).sae.state_dict()
+    c = train_sae(
+        x, SaeTrainConfig(num_latents=32, k=3, batch_size=128, max_epochs=3, seed=8), show_progress=False
+    ).sae.state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert not torch.equal(a["W_dec"], c["W_dec"])
 
@@ -57,7 +60,9 @@ def test_epochs_stream_to_the_jsonl_sink_and_best_epoch_is_kept(tmp_path):
 
     x, _ = planted(n=1500)
     sink = JsonlSink(tmp_path)
-    result = train_sae(x, SaeTrainConfig(num_latents=32, k=3, batch_size=128, max_epochs=4), sinks=[sink], show_progress=False)
+    result = train_sae(
+        x, SaeTrainConfig(num_latents=32, k=3, batch_size=128, max_epochs=4), sinks=[sink], show_progress=False
+    )
     sink.close()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
@@ -76,8 +81,9 @@ def test_b_dec_starts_at_the_data_mean_and_lr_follows_the_rule():
     x = x + 5.0  # a large common offset, as sentence embeddings share
     result = train_sae(x, SaeTrainConfig(num_latents=32, k=3, max_epochs=1, lr=1e-12), show_progress=False)
     assert np.allclose(result.sae.b_dec.detach().numpy(), x[result.train_indices].mean(0), atol=1e-4)
-    assert train_sae(x, SaeTrainConfig(num_latents=64, k=3, max_epochs=1), show_progress=False).config["lr"] == pytest.approx(
-        2e-4 / np.sqrt(64 / 2**14))
+    assert train_sae(x, SaeTrainConfig(num_latents=64, k=3, max_epochs=1), show_progress=False).config[
+        "lr"
+    ] == pytest.approx(2e-4 / np.sqrt(64 / 2**14))
 
 
 def test_size_rule():

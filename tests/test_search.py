@@ -125,8 +125,15 @@ def test_retrieval_report_equals_retrieval_metrics(depth):
     ref = retrieval_metrics(queries, docs, relevant, **args)
     report, how = SearchIndex(docs, index="exact").retrieval_report(queries, relevant, depth=depth, **args)
     assert how.engine == ("full scan" if depth is None else "faiss-cpu")
-    cut = ["retrieval/recall@1", "retrieval/recall@5", "retrieval/recall@10", "retrieval/mrr@10", "retrieval/ndcg@10",
-           "retrieval/positive_sim", "retrieval/n_queries"]
+    cut = [
+        "retrieval/recall@1",
+        "retrieval/recall@5",
+        "retrieval/recall@10",
+        "retrieval/mrr@10",
+        "retrieval/ndcg@10",
+        "retrieval/positive_sim",
+        "retrieval/n_queries",
+    ]
     for key in cut:
         assert report.as_metrics()[key] == ref.as_metrics()[key], key
     assert report.by_category()["a"]["retrieval/ndcg@10"] == ref.by_category()["a"]["retrieval/ndcg@10"]
@@ -263,8 +270,15 @@ def test_embedding_store_searches_like_its_rows(tmp_path):
     from aquin_monitor.store import EmbeddingStore, write_store
 
     docs, queries = corpus_with_ties(12, n=1500)
-    write_store(tmp_path / "store", [docs[:700], docs[700:]], [f"d{i}" for i in range(len(docs))],
-                model_fingerprint="m", corpus_hash="c", shard_rows=400, durable=False)
+    write_store(
+        tmp_path / "store",
+        [docs[:700], docs[700:]],
+        [f"d{i}" for i in range(len(docs))],
+        model_fingerprint="m",
+        corpus_hash="c",
+        shard_rows=400,
+        durable=False,
+    )
     store = EmbeddingStore(tmp_path / "store")
     result = SearchIndex(store, index="exact", block_rows=256).search(queries, 10)
     ref_scores, ref_index = topk(queries, docs, 10)

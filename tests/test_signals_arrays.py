@@ -32,8 +32,11 @@ def test_unit_rows_match_scikit_learn_across_blocks_and_dtypes(monkeypatch):
     monkeypatch.setattr(arrays, "STREAM_BLOCK_ELEMENTS", 5 * 3)  # 3-row blocks of d=5
     x = np.random.default_rng(0).standard_normal((11, 5)).astype(np.float32)
     np.testing.assert_allclose(unit_rows(x), normalize(x.astype(np.float64)), atol=1e-15)
-    np.testing.assert_allclose(unit_rows(torch.from_numpy(x).to(torch.bfloat16)),
-                               normalize(torch.from_numpy(x).to(torch.bfloat16).float().double().numpy()), atol=1e-15)
+    np.testing.assert_allclose(
+        unit_rows(torch.from_numpy(x).to(torch.bfloat16)),
+        normalize(torch.from_numpy(x).to(torch.bfloat16).float().double().numpy()),
+        atol=1e-15,
+    )
     huge = np.array([[1e300, 1e300], [3.0, 4.0]])  # squares overflow float64: rescaled first
     np.testing.assert_allclose(unit_rows(huge), [[2**-0.5, 2**-0.5], [0.6, 0.8]], atol=1e-15)
     assert sum(block.shape[0] for block, _ in normalising_blocks(x)) == 11

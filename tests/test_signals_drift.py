@@ -377,9 +377,15 @@ def test_drift_summary_of_rotated_copy_is_zero_and_grows_with_noise():
     assert noisy.score == pytest.approx(drift_score(noisy.cka, noisy.knn.overlap, noisy.similarity.wasserstein))
     assert noisy.anisotropy_delta == pytest.approx(anisotropy(y) - anisotropy(x))
     metrics = noisy.as_metrics()
-    assert {"drift/cka", "drift/knn_overlap@10", "drift/score", "drift/anisotropy_delta",
-            "drift/similarity_wasserstein", "drift/centroid_shift_cosine_mean"} <= set(metrics)
+    assert {
+        "drift/cka",
+        "drift/knn_overlap@10",
+        "drift/score",
+        "drift/anisotropy_delta",
+        "drift/similarity_wasserstein",
+        "drift/centroid_shift_cosine_mean",
+    } <= set(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
-    assert set(noisy.as_metrics("drift/base")) == {"drift/base/" + m[len("drift/"):] for m in metrics}
+    assert set(noisy.as_metrics("drift/base")) == {"drift/base/" + m[len("drift/") :] for m in metrics}
     other_dimension = drift_summary(x, np.tanh(x[:, :5]), labels)  # CKA copes, Procrustes cannot
     assert other_dimension.centroids is None and 0 < other_dimension.cka < 1

@@ -62,9 +62,7 @@ def test_anisotropy_adversarial_cases():
     assert anisotropy(parallel) == pytest.approx(1.0, abs=1e-12)
     # antipodal pairs cancel exactly: mean cosine is -1/(n-1)
     v = rng.standard_normal((10, 3))
-    assert anisotropy(np.vstack([v, -v])) == pytest.approx(
-        brute_force_mean_cosine(np.vstack([v, -v])), abs=1e-12
-    )
+    assert anisotropy(np.vstack([v, -v])) == pytest.approx(brute_force_mean_cosine(np.vstack([v, -v])), abs=1e-12)
     assert anisotropy([[1.0, 0.0], [-1.0, 0.0]]) == -1.0
 
 
@@ -115,22 +113,20 @@ def test_baseline_integrates_to_one(d):
 def test_baseline_equals_integrated_density_and_has_variance_one_over_d(d):
     edges = np.linspace(-1, 1, 21)
     probabilities = uniform_sphere_cosine_bin_probabilities(edges, d)
-    by_quadrature = [integrate.quad(sphere_cosine_density, a, b, args=(d,))[0]
-                     for a, b in zip(edges[:-1], edges[1:])]
+    by_quadrature = [integrate.quad(sphere_cosine_density, a, b, args=(d,))[0] for a, b in zip(edges[:-1], edges[1:])]
     np.testing.assert_allclose(probabilities, by_quadrature, atol=1e-10)
     # closed form of the density's variance, then the fine-binned baseline against it
     variance = integrate.quad(lambda t: t * t * sphere_cosine_density(t, d), -1, 1)[0]
     assert variance == pytest.approx(1 / d, rel=1e-8)
     fine = np.linspace(-1, 1, 4001)
     middles = (fine[:-1] + fine[1:]) / 2
-    assert np.sum(uniform_sphere_cosine_bin_probabilities(fine, d) * middles**2) == pytest.approx(
-        1 / d, rel=1e-3
-    )
+    assert np.sum(uniform_sphere_cosine_bin_probabilities(fine, d) * middles**2) == pytest.approx(1 / d, rel=1e-3)
 
 
 def test_baseline_for_three_dimensions_is_uniform_and_d1_is_two_points():
-    np.testing.assert_allclose(uniform_sphere_cosine_bin_probabilities(np.linspace(-1, 1, 5), 3),
-                               [0.25] * 4, atol=1e-12)
+    np.testing.assert_allclose(
+        uniform_sphere_cosine_bin_probabilities(np.linspace(-1, 1, 5), 3), [0.25] * 4, atol=1e-12
+    )
     np.testing.assert_allclose(uniform_sphere_cosine_bin_probabilities([-1, 0, 1], 1), [0.5, 0.5])
 
 
@@ -174,8 +170,7 @@ def test_rogue_contributions_sum_to_anisotropy_and_match_pairs():
     result = rogue_dimensions(x, top=3)
     u = unit(x)
     n = len(u)
-    brute = np.array([(np.outer(u[:, k], u[:, k]).sum() - (u[:, k] ** 2).sum()) / (n * (n - 1))
-                      for k in range(12)])
+    brute = np.array([(np.outer(u[:, k], u[:, k]).sum() - (u[:, k] ** 2).sum()) / (n * (n - 1)) for k in range(12)])
     np.testing.assert_allclose(result.contributions, brute, atol=1e-13)
     assert result.contributions.sum() == pytest.approx(anisotropy(x), abs=1e-12)
     assert result.anisotropy == pytest.approx(anisotropy(x), abs=1e-12)
@@ -207,8 +202,7 @@ def test_pca_thresholds_equal_scikit_learn(seed, n, d, decay):
     expected = tuple(int(PCA(n_components=t, svd_solver="full").fit(x).n_components_) for t in thresholds)
     assert result.components == expected
     full = PCA(svd_solver="full").fit(x)
-    np.testing.assert_allclose(result.explained_variance_ratio, full.explained_variance_ratio_,
-                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(result.explained_variance_ratio, full.explained_variance_ratio_, rtol=1e-9, atol=1e-15)
 
 
 def test_pca_threshold_rule_is_strictly_greater():
@@ -226,7 +220,9 @@ def test_effective_rank_of_known_singular_values():
     flat = intrinsic_dimension(matrix_with_singular_values([3.0] * 5, 40, 12, seed=1))
     assert flat.effective_rank == pytest.approx(5.0, rel=1e-9)
     assert flat.as_metrics() == {
-        "geometry/id_pca90": 5.0, "geometry/id_pca95": 5.0, "geometry/id_pca99": 5.0,
+        "geometry/id_pca90": 5.0,
+        "geometry/id_pca95": 5.0,
+        "geometry/id_pca99": 5.0,
         "geometry/effective_rank": pytest.approx(5.0),
     }
 
@@ -256,8 +252,7 @@ def test_uniformity_equals_brute_force(monkeypatch, t):
     x = np.random.default_rng(8).standard_normal((40, 5)) + 0.4
     squared = pdist(unit(x), "sqeuclidean")
     # logsumexp keeps t = 50 exact, where exp(-t d^2) underflows in a naive mean
-    assert uniformity(x, t=t) == pytest.approx(logsumexp(-t * squared) - math.log(squared.size),
-                                               rel=1e-12)
+    assert uniformity(x, t=t) == pytest.approx(logsumexp(-t * squared) - math.log(squared.size), rel=1e-12)
     if t == 2.0:
         assert uniformity(x) == pytest.approx(np.log(np.mean(np.exp(-2 * squared))), rel=1e-12)
 
@@ -269,8 +264,9 @@ def test_label_alignment_equals_brute_force(monkeypatch):
     labels = rng.integers(0, 4, size=30)
     u = unit(x)
     for alpha in (2.0, 1.0):
-        distances = [np.linalg.norm(u[i] - u[j]) ** alpha for i in range(30) for j in range(i + 1, 30)
-                     if labels[i] == labels[j]]
+        distances = [
+            np.linalg.norm(u[i] - u[j]) ** alpha for i in range(30) for j in range(i + 1, 30) if labels[i] == labels[j]
+        ]
         assert label_alignment(x, labels, alpha) == pytest.approx(np.mean(distances), rel=1e-12)
     with pytest.raises(ValueError, match="two or more rows"):
         label_alignment(x[:3], [0, 1, 2])
@@ -328,12 +324,18 @@ def test_geometry_summary_combines_the_signals():
     assert summary.uniformity_rows == 50
     rows = np.sort(np.random.default_rng(3).choice(120, 50, replace=False))
     assert summary.uniformity == pytest.approx(uniformity(x[rows]))
-    assert {"geometry/id_pca90", "geometry/id_pca99", "geometry/effective_rank",
-            "geometry/uniformity", "geometry/ood_fraction", "geometry/pair_cosine_std"} <= set(metrics)
+    assert {
+        "geometry/id_pca90",
+        "geometry/id_pca99",
+        "geometry/effective_rank",
+        "geometry/uniformity",
+        "geometry/ood_fraction",
+        "geometry/pair_cosine_std",
+    } <= set(metrics)
     assert all(name == name.lower() and name.startswith("geometry/") for name in metrics)
     assert all(isinstance(value, float) for value in metrics.values())
     assert "geometry/alignment" not in geometry_summary(x).as_metrics()
-    assert set(summary.as_metrics("drift/base")) == {"drift/base/" + m[len("geometry/"):] for m in metrics}
+    assert set(summary.as_metrics("drift/base")) == {"drift/base/" + m[len("geometry/") :] for m in metrics}
 
 
 # --------------------------------------------------------------------------- bad input

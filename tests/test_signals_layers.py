@@ -16,7 +16,6 @@ from aquin_monitor.signals.layers import (
     summarize_attention_entropy,
 )
 
-
 # --------------------------------------------------------------------------- layer similarity
 
 
@@ -36,8 +35,7 @@ def test_layerwise_similarity_is_anisotropy_per_layer():
 def test_layerwise_similarity_accepts_layers_of_different_width():
     rng = np.random.default_rng(1)
     parts = [rng.standard_normal((10, 4)), rng.standard_normal((10, 6)) + 1]
-    np.testing.assert_allclose(layerwise_similarity(parts).similarity,
-                               [anisotropy(parts[0]), anisotropy(parts[1])])
+    np.testing.assert_allclose(layerwise_similarity(parts).similarity, [anisotropy(parts[0]), anisotropy(parts[1])])
 
 
 def test_layerwise_similarity_rejects_bad_input():
@@ -183,8 +181,9 @@ def test_summary_flags_collapsed_and_dead_heads():
     assert metrics["attention/dead_heads"] == 1.0
     assert metrics["attention/entropy_mean"] == pytest.approx(per_input.entropy.mean())
     assert metrics["attention/entropy.01"] == pytest.approx(per_input.entropy[:, 1].mean())
-    loose = summarize_attention_entropy(per_input.entropy, per_input.normalized,
-                                        collapsed_below=10.0, uniform_above=0.0)
+    loose = summarize_attention_entropy(
+        per_input.entropy, per_input.normalized, collapsed_below=10.0, uniform_above=0.0
+    )
     assert len(loose.collapsed_heads) == 6
     assert (0, 0) not in loose.dead_heads and len(loose.dead_heads) == 5  # one-hot: exactly 0
 
@@ -198,8 +197,7 @@ def test_summary_accumulates_over_batches():
         np.concatenate([first.entropy, rest.entropy]),
         np.concatenate([first.normalized, rest.normalized]),
     )
-    np.testing.assert_allclose(combined.entropy, summarize_attention_entropy(
-        whole.entropy, whole.normalized).entropy)
+    np.testing.assert_allclose(combined.entropy, summarize_attention_entropy(whole.entropy, whole.normalized).entropy)
 
 
 def test_summary_ignores_nan_normalised_entries_and_rejects_bad_input():
@@ -223,15 +221,20 @@ def test_padded_batch_of_a_real_bert_equals_each_input_alone():
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=32, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        attn_implementation="eager",
+    )
     model = BertModel(config).eval()
     lengths = [9, 4, 6]
     input_ids = torch.randint(5, 50, (3, 9))
     mask = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]).long()
     with torch.no_grad():
-        batch = model(input_ids=input_ids, attention_mask=mask, output_attentions=True,
-                      output_hidden_states=True)
+        batch = model(input_ids=input_ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
         batched = attention_entropy(batch.attentions, mask)
         for b, m in enumerate(lengths):
             alone = model(input_ids=input_ids[b : b + 1, :m], output_attentions=True)
@@ -239,6 +242,5 @@ def test_padded_batch_of_a_real_bert_equals_each_input_alone():
             np.testing.assert_allclose(batched.entropy[b], single.entropy[0], rtol=1e-5)
             np.testing.assert_allclose(batched.normalized[b], single.entropy[0] / math.log(m), rtol=1e-5)
     assert batched.entropy.shape == (3, 2, 4)
-    pooled = torch.stack([(h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-                          for h in batch.hidden_states])
+    pooled = torch.stack([(h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) for h in batch.hidden_states])
     assert layerwise_similarity(pooled).similarity.shape == (3,)

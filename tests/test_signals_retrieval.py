@@ -171,9 +171,14 @@ def sentence_transformers_metrics(queries, corpus, relevant, similarity):
         # ids sort like the indices, so the evaluator's tie order (corpus id ascending) is ours
         corpus={f"d{d:06d}": f"d{d}" for d in range(len(corpus))},
         relevant_docs={f"q{q}": {f"d{d:06d}" for d in rel} for q, rel in enumerate(relevant)},
-        mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[1, 5, 10], map_at_k=[10],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[1, 5, 10],
+        map_at_k=[10],
         score_functions={similarity: cos_sim if similarity == "cosine" else dot_score},
-        corpus_chunk_size=37, write_csv=False,
+        corpus_chunk_size=37,
+        write_csv=False,
     )
     model = _PrecomputedModel({f"q{q}": query_tensor[q] for q in range(len(queries))})
     return evaluator.compute_all_metrics(model, corpus_embeddings=corpus_tensor)[similarity]
@@ -207,12 +212,14 @@ def test_chunking_never_changes_ranks_or_topk():
             reference = rank_relevant(queries, corpus, relevant, similarity=similarity)
             ref_topk = topk(queries, corpus, 12, similarity=similarity)
             for qc, cc in [(1, 1), (2, 3), (5, 13), (23, 97), (7, 50), (100, 1000)]:
-                chunked = rank_relevant(queries, corpus, relevant, similarity=similarity,
-                                        query_chunk_size=qc, corpus_chunk_size=cc)
+                chunked = rank_relevant(
+                    queries, corpus, relevant, similarity=similarity, query_chunk_size=qc, corpus_chunk_size=cc
+                )
                 assert np.array_equal(chunked.rank, reference.rank)
                 assert np.array_equal(chunked.score, reference.score)
-                scores, index = topk(queries, corpus, 12, similarity=similarity,
-                                     query_chunk_size=qc, corpus_chunk_size=cc)
+                scores, index = topk(
+                    queries, corpus, 12, similarity=similarity, query_chunk_size=qc, corpus_chunk_size=cc
+                )
                 assert np.array_equal(index, ref_topk[1]) and np.array_equal(scores, ref_topk[0])
 
 
@@ -236,8 +243,8 @@ def test_topk_exclude_and_k_larger_than_corpus():
     for q in range(5):
         kept = [d for d in order[q] if d not in (exclude[q] or set())]
         assert got_index[q].tolist() == kept + [-1] * (12 - len(kept))
-        assert np.isneginf(got_scores[q, len(kept):]).all()
-        assert np.array_equal(got_scores[q, :len(kept)], scores[q, kept])
+        assert np.isneginf(got_scores[q, len(kept) :]).all()
+        assert np.array_equal(got_scores[q, : len(kept)], scores[q, kept])
 
 
 def test_memory_budget_bounds_working_memory():
@@ -247,9 +254,11 @@ def test_memory_budget_bounds_working_memory():
     relevant = [{int(rng.integers(4000)): 1} for _ in range(300)]
     budget = 256 * 1024  # the queries x corpus score matrix alone is 4.8 MB in float32
     expected = reference_ranks(reference_scores(queries, corpus, "cosine"))
-    runs = (lambda: rank_relevant(queries, corpus, relevant, max_memory_bytes=budget),
-            lambda: retrieval_metrics(queries, corpus, relevant, max_memory_bytes=budget),
-            lambda: topk(queries, corpus, 5, max_memory_bytes=budget))
+    runs = (
+        lambda: rank_relevant(queries, corpus, relevant, max_memory_bytes=budget),
+        lambda: retrieval_metrics(queries, corpus, relevant, max_memory_bytes=budget),
+        lambda: topk(queries, corpus, 5, max_memory_bytes=budget),
+    )
     for run in runs:
         run()  # first calls allocate lazily imported machinery that stays; measure the second
         tracemalloc.start()
@@ -332,8 +341,11 @@ def test_rank_histogram_counts_first_ranks():
     queries, corpus, relevant = tied_case(14)
     report = retrieval_metrics(queries, corpus, relevant)
     first = reference_ranks(reference_scores(queries, corpus, "cosine"))
-    expected_first = [min(first[q, d] for d, g in rel.items() if g > 0) for rel, q in
-                      zip(relevant, range(30)) if any(g > 0 for g in rel.values())]
+    expected_first = [
+        min(first[q, d] for d, g in rel.items() if g > 0)
+        for rel, q in zip(relevant, range(30))
+        if any(g > 0 for g in rel.values())
+    ]
     counts, edges = report.rank_histogram()
     assert edges.tolist() == [1, 2, 3, 4, 5, 6, 11, 21, 51, 81]
     assert np.array_equal(counts, np.histogram(expected_first, bins=edges)[0])
@@ -364,9 +376,12 @@ def test_rerank_against_trec_eval_and_retriever():
     report = rerank(query_texts, corpus_texts, candidates, scorer, relevant)
     assert calls == [30 * 20]
 
-    expected_order = np.array([sorted(row.tolist(), key=lambda d: (-table[(query_texts[q], corpus_texts[d])],
-                                                                    row.tolist().index(d)))
-                               for q, row in enumerate(candidates)])
+    expected_order = np.array(
+        [
+            sorted(row.tolist(), key=lambda d: (-table[(query_texts[q], corpus_texts[d])], row.tolist().index(d)))
+            for q, row in enumerate(candidates)
+        ]
+    )
     assert np.array_equal(report.reranked, expected_order)
 
     # after: trec_eval on the reranked lists (scores by position, so no ties)
@@ -377,7 +392,8 @@ def test_rerank_against_trec_eval_and_retriever():
         assert report.after.ndcg[q] == pytest.approx(reference[f"q{q}"]["ndcg_cut_10"], abs=1e-9)
         assert report.after.recall[5][q] == pytest.approx(reference[f"q{q}"]["recall_5"], abs=1e-12)
         assert report.after.reciprocal_rank[q] == pytest.approx(
-            reference[f"q{q}"]["recip_rank"] if report.after.first_rank[q] <= 10 else 0.0, abs=1e-12)
+            reference[f"q{q}"]["recip_rank"] if report.after.first_rank[q] <= 10 else 0.0, abs=1e-12
+        )
 
     # before: the candidate list is the retriever's top 20, so metrics at cutoffs <= 20 agree
     retriever = retrieval_metrics(queries, corpus, relevant).as_metrics()
@@ -488,8 +504,9 @@ def scifact_embeddings():
     relevant = [{doc_position[d]: g for d, g in qrels[q].items()} for q in query_ids]
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
-    corpus_emb = model.encode([(doc["title"] + " " + doc["text"]).strip() for doc in docs], batch_size=64,
-                              convert_to_numpy=True)
+    corpus_emb = model.encode(
+        [(doc["title"] + " " + doc["text"]).strip() for doc in docs], batch_size=64, convert_to_numpy=True
+    )
     query_emb = model.encode([query_text[q] for q in query_ids], batch_size=64, convert_to_numpy=True)
     return query_emb, corpus_emb, relevant
 

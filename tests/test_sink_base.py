@@ -74,8 +74,13 @@ def test_a_protocol_only_sink_gets_every_call_it_implements_and_no_optional_one(
     multi.update_config({"lr": 1e-4})
     multi.flush()
     multi.close()
-    assert plain.calls == [("scalars", {"contrastive/gap": 0.5}, 1), ("event", "spike"),
-                           ("embeddings", "probe", ["a", "b"], 1), ("flush",), ("close",)]
+    assert plain.calls == [
+        ("scalars", {"contrastive/gap": 0.5}, 1),
+        ("event", "spike"),
+        ("embeddings", "probe", ["a", "b"], 1),
+        ("flush",),
+        ("close",),
+    ]
     assert multi.switched_off == []
 
 
@@ -145,8 +150,18 @@ def test_settings_are_keyword_only():
 def distinct_values() -> dict:
     from aquin_monitor.alarms import AlarmConfig
 
-    return {"output_dir": "runs/x", "log_every": 3, "histogram_every": 7, "alarms": AlarmConfig(), "stop_on": ("nan",),
-            "strict": True, "snapshots": None, "snapshot_every": 4, "tensor_norms_every": 9, "report": False}
+    return {
+        "output_dir": "runs/x",
+        "log_every": 3,
+        "histogram_every": 7,
+        "alarms": AlarmConfig(),
+        "stop_on": ("nan",),
+        "strict": True,
+        "snapshots": None,
+        "snapshot_every": 4,
+        "tensor_norms_every": 9,
+        "report": False,
+    }
 
 
 @pytest.mark.parametrize("callback", ["lightning", "hf"])

@@ -39,8 +39,16 @@ def _user_figures():
     labels = [PRICE_TIERS[i % len(PRICE_TIERS)] for i in range(18)]
     points = np.random.default_rng(0).normal(size=(18, 2))
     events = [{"step": 2, "kind": "$$", "layer": "layer.00"}, {"step": 3, "kind": "$x$", "layer": None}]
-    rows = [{"step": s, "contrastive/loss": 1.0 / (s + 1), "grad_norm/layer.00": 0.5, "grad_norm/$$": 0.2,
-             "contrastive/gap": 0.1} for s in range(5)]
+    rows = [
+        {
+            "step": s,
+            "contrastive/loss": 1.0 / (s + 1),
+            "grad_norm/layer.00": 0.5,
+            "grad_norm/$$": 0.2,
+            "contrastive/gap": 0.1,
+        }
+        for s in range(5)
+    ]
     return {
         "umap": plots.umap_by_label(points, labels),
         "centroids": plots.centroid_drift_arrows(points[:6], points[6:12], PRICE_TIERS),
@@ -57,7 +65,9 @@ def test_user_labels_are_drawn_as_plain_text():
     shown = _rendered_strings(figures["umap"])
     assert {"$", "$$", "$$$$", "<script>", "50% off_{sale}"} <= set(shown)  # the legend says what the user wrote
     assert "$$" in _rendered_strings(figures["centroids"])
-    assert "alarm: $x$" in _rendered_strings(figures["loss"]) and "alarm: $$" in _rendered_strings(figures["contrastive"])
+    assert "alarm: $x$" in _rendered_strings(figures["loss"]) and "alarm: $$" in _rendered_strings(
+        figures["contrastive"]
+    )
     assert "$$" in _rendered_strings(figures["heatmap"])  # the layer-name tick label
 
 
@@ -127,7 +137,10 @@ def test_multisink_switches_off_only_the_failing_figure_and_call_kind():
     assert part.scalars == [0, 1, 2, 3]  # scalars never stopped
     assert part.figures == [("snapshot/layer_similarity", s) for s in range(4)]  # the other figure neither
     assert part.embedding_calls == 1  # the failing call kind is not retried
-    assert sorted(sink.switched_off) == [("FailingPart", "log_embeddings"), ("FailingPart", "log_figure snapshot/umap_by_label")]
+    assert sorted(sink.switched_off) == [
+        ("FailingPart", "log_embeddings"),
+        ("FailingPart", "log_figure snapshot/umap_by_label"),
+    ]
 
 
 PROBE_TEXTS = [f"item {i} costs {i * 7} dollars in tier {i % 3}" for i in range(18)]
@@ -144,8 +157,12 @@ def test_dollar_labels_with_umap_keep_metrics_jsonl_complete(tiny_mean_model, tm
         warnings.simplefilter("always")
         for step in range(9):
             if step % 4 == 0:
-                assert runner.record(model, step, tag="base" if step == 0 else "checkpoint",
-                                     run_dir=tmp_path, sinks=[sink]) is not None
+                assert (
+                    runner.record(
+                        model, step, tag="base" if step == 0 else "checkpoint", run_dir=tmp_path, sinks=[sink]
+                    )
+                    is not None
+                )
             sink.log_scalars({"contrastive/loss": 1.0 / (step + 1)}, step)
     sink.close()
     assert not [w for w in caught if issubclass(w.category, SinkWarning)]

@@ -82,8 +82,10 @@ def test_jsonl_events_and_snapshots(tmp_path):
     assert (tmp_path / "events.jsonl").read_text() == ""  # exists from the start: no alarm yet
     sink.log_event(ALARM)
     sink.log_event({"step": 5, "kind": "nan", "layer": None, "message": "NaN in loss", "value": float("nan")})
-    sink.log_summary({"geometry": {"anisotropy": np.float64(0.125), "id_pca95": np.int64(17)},
-                      "spectrum": np.array([1.0, np.nan])}, step=100)
+    sink.log_summary(
+        {"geometry": {"anisotropy": np.float64(0.125), "id_pca95": np.int64(17)}, "spectrum": np.array([1.0, np.nan])},
+        step=100,
+    )
     sink.close()
 
     events = [strict_json(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -110,7 +112,15 @@ def test_jsonl_histogram_summary_statistics_hand_checked(tmp_path):
     assert (full["min"], full["max"], full["mean"]) == (0.0, 100.0, 50.0)
     assert full["std"] == pytest.approx(np.sqrt((101**2 - 1) / 12))  # population sd of 0..n-1
     # linear-interpolation quantiles of 0..100 are the percentages themselves
-    assert full["quantiles"] == {"p01": 1.0, "p05": 5.0, "p25": 25.0, "p50": 50.0, "p75": 75.0, "p95": 95.0, "p99": 99.0}
+    assert full["quantiles"] == {
+        "p01": 1.0,
+        "p05": 5.0,
+        "p25": 25.0,
+        "p50": 50.0,
+        "p75": 75.0,
+        "p95": 95.0,
+        "p99": 99.0,
+    }
     assert (empty["count"], empty["nonfinite"], empty["mean"], empty["quantiles"]) == (0, 1, None, None)
 
 
@@ -300,9 +310,18 @@ def test_tensorboard_custom_scalars_one_chart_per_family_from_the_tags_logged(tm
     lora_b = [f"{layer}/lora_B" for layer in layers]
     contrastive = ["contrastive/pos_sim", "contrastive/neg_sim", "contrastive/gap"]
     sink = TensorBoardSink(log_dir=tmp_path)
-    step_one = {**dict.fromkeys(layers + lora_a + lora_b, 1.0), "grad_norm/total": 2.0, "grad_norm/embeddings": 0.5,
-                **dict.fromkeys(contrastive, 0.3), "contrastive/hardest_neg_sim": 0.8, "contrastive/in_batch_acc": 0.9,
-                "contrastive/loss": 1.2, "optim/lr/group.0": 1e-4, "optim/lr/group.1": 1e-5, "geometry/anisotropy": 0.4}
+    step_one = {
+        **dict.fromkeys(layers + lora_a + lora_b, 1.0),
+        "grad_norm/total": 2.0,
+        "grad_norm/embeddings": 0.5,
+        **dict.fromkeys(contrastive, 0.3),
+        "contrastive/hardest_neg_sim": 0.8,
+        "contrastive/in_batch_acc": 0.9,
+        "contrastive/loss": 1.2,
+        "optim/lr/group.0": 1e-4,
+        "optim/lr/group.1": 1e-5,
+        "geometry/anisotropy": 0.4,
+    }
     sink.log_scalars(step_one, step=1)
     sink.log_event({"step": 3, "kind": "spike", "layer": "layer.01", "message": "", "value": 9.0})
     sink.close()
@@ -310,7 +329,10 @@ def test_tensorboard_custom_scalars_one_chart_per_family_from_the_tags_logged(tm
     charts = latest_layout(tmp_path)
     # every chart lists exactly the tags of its family that were logged, and each listed tag exists
     logged = set(read_tensorboard(tmp_path).Tags()["scalars"])
-    members = {title: sorted(tag for tag in logged if any(re.search(p, tag) for p in patterns)) for title, patterns in charts.items()}
+    members = {
+        title: sorted(tag for tag in logged if any(re.search(p, tag) for p in patterns))
+        for title, patterns in charts.items()
+    }
     assert members == {
         "gradient norm per layer": sorted(layers + ["grad_norm/embeddings"]),
         "gradient norm lora_A": sorted(lora_a),
@@ -336,7 +358,9 @@ def test_tensorboard_layout_lists_the_lora_tags_a_real_monitor_logs(tmp_path, ti
 
     from aquin_monitor.monitor import StepMonitor
 
-    bert = get_peft_model(AutoModel.from_pretrained(tiny_mean_model), LoraConfig(r=2, target_modules=["query", "value"]))
+    bert = get_peft_model(
+        AutoModel.from_pretrained(tiny_mean_model), LoraConfig(r=2, target_modules=["query", "value"])
+    )
     monitor = StepMonitor([TensorBoardSink(log_dir=tmp_path)], histogram_every=0, strict=True, warn=False)
     ids = torch.randint(5, 90, (4, 7))
     for step in (1, 2):
@@ -396,8 +420,9 @@ def wandb_offline(tmp_path, monkeypatch):
 
 
 def wandb_records(run_dir):
-    """Parse a finished run's .wandb file (after ``wandb.teardown()``, which waits for the writer): LevelDB-log blocks of 32 KiB, 7-byte record headers
-    (crc32 of type byte + data, length, type FULL/FIRST/MIDDLE/LAST), after a 7-byte file header."""
+    """Parse a finished run's .wandb file (after ``wandb.teardown()``, which waits for the writer): LevelDB-log blocks
+    of 32 KiB, 7-byte record headers (crc32 of type byte + data, length, type FULL/FIRST/MIDDLE/LAST), after a 7-byte
+    file header."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
@@ -429,7 +454,9 @@ def history_rows(records):
     rows = []
     for record in records:
         if record.WhichOneof("record_type") == "history":
-            rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -459,9 +486,21 @@ def test_wandb_sink_joins_the_trainer_run_on_its_own_x_axis(wandb_offline, figur
 
     assert run_dir.name.startswith("offline-run-")
     records = wandb_records(run_dir)
-    metrics = {m.metric.name: m.metric.step_metric for m in records if m.WhichOneof("record_type") == "metric" and m.metric.name}
-    for key in ["contrastive/gap", "grad_norm/layer.00", "contrastive/pos_sim_hist", "alarm/spike", "events",
-                "geometry/spectrum", "probe", "geometry/anisotropy"]:
+    metrics = {
+        m.metric.name: m.metric.step_metric
+        for m in records
+        if m.WhichOneof("record_type") == "metric" and m.metric.name
+    }
+    for key in [
+        "contrastive/gap",
+        "grad_norm/layer.00",
+        "contrastive/pos_sim_hist",
+        "alarm/spike",
+        "events",
+        "geometry/spectrum",
+        "probe",
+        "geometry/anisotropy",
+    ]:
         assert metrics[key] == "aquin/step", key
 
     rows = history_rows(records)
@@ -474,7 +513,9 @@ def test_wandb_sink_joins_the_trainer_run_on_its_own_x_axis(wandb_offline, figur
     # keys against the trainer's "*" glob; harmless, they still carry aquin/step.
     assert [r for r in scalar_rows if "train/global_step" in r] == []
     assert [(r["aquin/step"], r["contrastive/gap"], r["grad_norm/layer.00"]) for r in ours[:2]] == [
-        (1, 0.5, 10.0), (2, 0.25, 20.0)]
+        (1, 0.5, 10.0),
+        (2, 0.25, 20.0),
+    ]
     assert ours[2]["aquin/step"] == 3 and np.isnan(ours[2]["contrastive/gap"])  # W&B keeps NaN
     hist = next(r for r in ours if "contrastive/pos_sim_hist/_type" in r)
     assert hist["contrastive/pos_sim_hist/_type"] == "histogram" and sum(hist["contrastive/pos_sim_hist/values"]) == 3
@@ -521,7 +562,11 @@ def test_wandb_sink_of_an_hf_run_shares_the_trainer_axis(wandb_offline, figure, 
     wandb.teardown()
 
     records = wandb_records(run_dir)
-    axes = {m.metric.name: m.metric.step_metric for m in records if m.WhichOneof("record_type") == "metric" and m.metric.name}
+    axes = {
+        m.metric.name: m.metric.step_metric
+        for m in records
+        if m.WhichOneof("record_type") == "metric" and m.metric.name
+    }
     assert axes["contrastive/gap"] == axes["snapshot/umap"] == "train/global_step"
     rows = history_rows(records)
     assert "aquin/step" not in {key for row in rows for key in row}
@@ -530,7 +575,13 @@ def test_wandb_sink_of_an_hf_run_shares_the_trainer_axis(wandb_offline, figure, 
         for key in ("contrastive/gap", "train/loss", "eval/loss", "snapshot/umap/_type", "snapshot/spectrum/_type"):
             if key in row:
                 at.setdefault(key, []).append(row["train/global_step"])
-    assert at == {"contrastive/gap": [1, 2], "train/loss": [1, 2, 5], "eval/loss": [2], "snapshot/umap/_type": [2], "snapshot/spectrum/_type": [4]}
+    assert at == {
+        "contrastive/gap": [1, 2],
+        "train/loss": [1, 2, 5],
+        "eval/loss": [2],
+        "snapshot/umap/_type": [2],
+        "snapshot/spectrum/_type": [4],
+    }
 
 
 def test_wandb_sink_opens_and_finishes_its_own_offline_run(wandb_offline, tmp_path):
@@ -562,8 +613,9 @@ def test_wandb_sink_config_and_probe_table_with_texts(wandb_offline, tmp_path):
     for record in records:
         if record.WhichOneof("record_type") == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
-    assert {k: config[k] for k in ("monitor/log_every", "monitor/device", "trainer/learning_rate", "trainer/optimizer")} == {
-        "monitor/log_every": 1, "monitor/device": 0.5, "trainer/learning_rate": 1e-4, "trainer/optimizer": "object"}
+    assert {
+        k: config[k] for k in ("monitor/log_every", "monitor/device", "trainer/learning_rate", "trainer/optimizer")
+    } == {"monitor/log_every": 1, "monitor/device": 0.5, "trainer/learning_rate": 1e-4, "trainer/optimizer": "object"}
     (row,) = [r for r in history_rows(records) if "probe/_type" in r]
     table = json.loads((run_dir / "files" / row["probe/path"]).read_text())
     assert table["columns"] == ["text", "label", "embedding"]
@@ -644,7 +696,9 @@ def test_tensorboard_rewind_makes_tensorboard_drop_the_replayed_steps(tmp_path):
     resumed.close()
 
     events = read_tensorboard(log_dir).Scalars("contrastive/gap")
-    assert [(e.step, e.value) for e in events] == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
+    assert [(e.step, e.value) for e in events] == [(s, float(s)) for s in range(1, 6)] + [
+        (s, 100.0 + s) for s in range(6, 9)
+    ]
 
 
 def test_jsonl_archive_previous_run_moves_every_artifact_and_loses_nothing(tmp_path):
@@ -683,7 +737,11 @@ def test_jsonl_evaluations_are_rewound_on_resume_and_moved_aside_by_a_fresh_run(
     resumed.rewind(4)
     resumed.log_evaluation({"eval_loss": 0.1}, 6)
     resumed.close()
-    assert [(r["step"], r["eval_loss"]) for r in read_jsonl(tmp_path / "evaluations.jsonl")] == [(2, 0.5), (4, 0.25), (6, 0.1)]
+    assert [(r["step"], r["eval_loss"]) for r in read_jsonl(tmp_path / "evaluations.jsonl")] == [
+        (2, 0.5),
+        (4, 0.25),
+        (6, 0.1),
+    ]
     fresh = JsonlSink(tmp_path)
     with pytest.warns(RuntimeWarning, match="earlier run"):
         target = fresh.archive_previous_run()

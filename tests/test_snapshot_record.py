@@ -24,14 +24,23 @@ ROOT = Path(__file__).parents[1]
 
 
 def make(step: int, value: float, tag: str = "checkpoint") -> Snapshot:
-    return Snapshot(step=step, tag=tag, model="tiny", metrics={"geometry/anisotropy": value}, arrays={"embeddings": np.full((3, 2), value, np.float32)})
+    return Snapshot(
+        step=step,
+        tag=tag,
+        model="tiny",
+        metrics={"geometry/anisotropy": value},
+        arrays={"embeddings": np.full((3, 2), value, np.float32)},
+    )
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env, capture_output=True, text=True
+    )
 
 
+# an embedded child script (run with python -c), kept verbatim as one string
 KILLED_BETWEEN_RENAMES = """
     import os, sys
     import numpy as np
@@ -45,7 +54,7 @@ KILLED_BETWEEN_RENAMES = """
         return real(src, dst)
     m.os.replace = dying_replace
     m.Snapshot(step=4, tag="checkpoint", model="tiny", metrics={"geometry/anisotropy": 0.9}, arrays={"embeddings": np.zeros((3, 2), np.float32)}).save(sys.argv[1])
-"""
+"""  # noqa: E501
 
 
 def test_kill_between_the_renames_is_recovered_on_the_next_start(tmp_path):
@@ -107,9 +116,16 @@ def test_nothing_is_repaired_while_another_live_process_holds_the_folder(tmp_pat
     make(4, 0.4).save(tmp_path)
     os.replace(tmp_path / "snapshots" / "4", tmp_path / "snapshots" / ".4-old")  # as if mid-replacement
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom aquin_monitor.runlock import RunLock\n"
-         "RunLock(sys.argv[1]).acquire(); print('ready', flush=True); time.sleep(60)", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom aquin_monitor.runlock import RunLock\n"
+            "RunLock(sys.argv[1]).acquire(); print('ready', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"

@@ -114,10 +114,17 @@ def test_geometry_against_brute_force_and_libraries(snapshots):
         assert snap.arrays["pair_hist_counts"].tolist() == counts.tolist()
         # uniform on the sphere S^(d-1): (1 + cos) / 2 follows Beta((d - 1) / 2, (d - 1) / 2)
         half = (x.shape[1] - 1) / 2
-        np.testing.assert_allclose(snap.arrays["pair_hist_baseline"], np.diff(beta.cdf((edges + 1) / 2, half, half)), atol=1e-9)
+        np.testing.assert_allclose(
+            snap.arrays["pair_hist_baseline"], np.diff(beta.cdf((edges + 1) / 2, half, half)), atol=1e-9
+        )
         # rogue dimensions: dimension k's share of the mean pair cosine, sum over pairs i != j of u_ik u_jk
         u = unit(x)
-        share = np.array([(np.outer(u[:, k], u[:, k]).sum() - u[:, k] @ u[:, k]) / (len(u) * (len(u) - 1)) for k in range(u.shape[1])])
+        share = np.array(
+            [
+                (np.outer(u[:, k], u[:, k]).sum() - u[:, k] @ u[:, k]) / (len(u) * (len(u) - 1))
+                for k in range(u.shape[1])
+            ]
+        )
         positive = np.sort(np.clip(share, 0, None))[::-1]
         assert m["geometry/rogue_top1_share"] == pytest.approx(positive[0] / positive.sum(), abs=1e-5)
         assert m["geometry/rogue_top5_share"] == pytest.approx(positive[:5].sum() / positive.sum(), abs=1e-5)
@@ -126,7 +133,9 @@ def test_geometry_against_brute_force_and_libraries(snapshots):
         sigma = np.linalg.svd(x - x.mean(0), compute_uv=False)
         np.testing.assert_allclose(snap.arrays["pca_cumulative"], np.cumsum(sigma**2) / np.sum(sigma**2), atol=1e-5)
         for tau in (0.90, 0.95, 0.99):
-            assert m[f"geometry/id_pca{round(tau * 100)}"] == PCA(n_components=tau, svd_solver="full").fit(x).n_components_
+            assert (
+                m[f"geometry/id_pca{round(tau * 100)}"] == PCA(n_components=tau, svd_solver="full").fit(x).n_components_
+            )
         p = sigma / sigma.sum()
         assert m["geometry/effective_rank"] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-5)
 
@@ -158,10 +167,17 @@ def test_layers_and_attention_from_the_raw_transformer(snapshots, tiny_mean_mode
         for text in TEXTS:  # one at a time: no padding to mask
             output = bert(**tokenizer(text, return_tensors="pt"), output_hidden_states=True, output_attentions=True)
             pooled.append([h[0].mean(0).double().numpy() for h in output.hidden_states])
-            head_entropy.append([[entropy(a[0, h].double().numpy(), axis=1).mean() for h in range(a.shape[1])] for a in output.attentions])
+            head_entropy.append(
+                [
+                    [entropy(a[0, h].double().numpy(), axis=1).mean() for h in range(a.shape[1])]
+                    for a in output.attentions
+                ]
+            )
     pooled = np.asarray(pooled)  # [texts, layers + 1, hidden]
     for layer in range(pooled.shape[1]):
-        assert base.metrics[f"layers/similarity.{layer:02d}"] == pytest.approx(pair_cosines(pooled[:, layer]).mean(), abs=1e-5)
+        assert base.metrics[f"layers/similarity.{layer:02d}"] == pytest.approx(
+            pair_cosines(pooled[:, layer]).mean(), abs=1e-5
+        )
     head_entropy = np.asarray(head_entropy)  # [texts, layers, heads]
     np.testing.assert_allclose(base.arrays["attention_entropy"], head_entropy.mean(0), atol=1e-5)
     assert base.metrics["attention/entropy_mean"] == pytest.approx(head_entropy.mean(), abs=1e-5)
@@ -169,17 +185,24 @@ def test_layers_and_attention_from_the_raw_transformer(snapshots, tiny_mean_mode
 
 def test_retrieval_against_pytrec_eval_with_graded_judgements(snapshots):
     for snap, x in zip(snapshots[:2], snapshots[2:]):
-        q, d = x[: len(QUERIES)], x[len(QUERIES):]
+        q, d = x[: len(QUERIES)], x[len(QUERIES) :]
         per_query = trec_eval(q, d)
-        for ours, theirs in (("ndcg@10", "ndcg_cut_10"), ("mrr@10", "recip_rank"), ("recall@1", "recall_1"),
-                             ("recall@5", "recall_5"), ("recall@10", "recall_10")):
+        for ours, theirs in (
+            ("ndcg@10", "ndcg_cut_10"),
+            ("mrr@10", "recip_rank"),
+            ("recall@1", "recall_1"),
+            ("recall@5", "recall_5"),
+            ("recall@10", "recall_10"),
+        ):
             expected = np.mean([per_query[qid][theirs] for qid in QUERIES])
             assert snap.metrics[f"retrieval/{ours}"] == pytest.approx(expected, abs=1e-6), ours
         # rank of the first relevant document, by sorting each query's cosines
         scores = unit(q) @ unit(d).T
         doc_ids = list(DOCS)
-        first = [min(list(np.argsort(-scores[qi])).index(doc_ids.index(did)) + 1 for did in QRELS[qid])
-                 for qi, qid in enumerate(QUERIES)]
+        first = [
+            min(list(np.argsort(-scores[qi])).index(doc_ids.index(did)) + 1 for did in QRELS[qid])
+            for qi, qid in enumerate(QUERIES)
+        ]
         assert snap.arrays["first_rank"].tolist() == first
         assert snap.metrics["retrieval/mean_first_rank"] == pytest.approx(np.mean(first))
         assert snap.metrics["retrieval/median_first_rank"] == pytest.approx(np.median(first))
@@ -189,10 +212,13 @@ def test_retrieval_against_pytrec_eval_with_graded_judgements(snapshots):
         closest_negative = [np.delete(scores[qi], rel).max() for qi, rel in enumerate(relevant)]
         assert snap.metrics["retrieval/positive_sim"] == pytest.approx(np.mean(closest_positive), abs=1e-5)
         assert snap.metrics["retrieval/negative_sim"] == pytest.approx(np.mean(closest_negative), abs=1e-5)
-        assert snap.metrics["retrieval/hard_negative_gap"] == pytest.approx(np.mean(closest_positive) - np.mean(closest_negative), abs=1e-5)
+        assert snap.metrics["retrieval/hard_negative_gap"] == pytest.approx(
+            np.mean(closest_positive) - np.mean(closest_negative), abs=1e-5
+        )
     base, moved = snapshots[:2]
     assert moved.metrics["drift/base/delta/ndcg@10"] == pytest.approx(
-        moved.metrics["retrieval/ndcg@10"] - base.metrics["retrieval/ndcg@10"], abs=1e-12)
+        moved.metrics["retrieval/ndcg@10"] - base.metrics["retrieval/ndcg@10"], abs=1e-12
+    )
 
 
 def test_drift_against_cka_knn_wasserstein_and_procrustes_formulas(snapshots):
@@ -224,4 +250,6 @@ def test_drift_against_cka_knn_wasserstein_and_procrustes_formulas(snapshots):
         shifts.append(1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert m["drift/base/centroid_shift_cosine_mean"] == pytest.approx(np.mean(shifts), abs=1e-6)
     assert m["drift/base/centroid_shift_cosine_max"] == pytest.approx(np.max(shifts), abs=1e-6)
-    assert moved.details["diff_base"]["centroid_shift"] == pytest.approx(dict(zip(sorted(set(LABELS)), shifts)), abs=1e-6)
+    assert moved.details["diff_base"]["centroid_shift"] == pytest.approx(
+        dict(zip(sorted(set(LABELS)), shifts)), abs=1e-6
+    )

@@ -49,7 +49,9 @@ def test_snapshot_signals_match_direct_computation(tiny_mean_model, tmp_path):
     # one relevant document per query (d_i for q_i): NDCG@10 = 1/log2(1 + rank), RR = 1/rank
     scores = cos[:6, 6:]
     ranks = np.array([1 + np.sum(scores[i] > scores[i, i]) for i in range(6)])
-    assert snap.metrics["retrieval/ndcg@10"] == pytest.approx(np.mean(np.where(ranks <= 10, 1 / np.log2(1 + ranks), 0.0)))
+    assert snap.metrics["retrieval/ndcg@10"] == pytest.approx(
+        np.mean(np.where(ranks <= 10, 1 / np.log2(1 + ranks), 0.0))
+    )
     assert snap.metrics["retrieval/mrr@10"] == pytest.approx(np.mean(np.where(ranks <= 10, 1 / ranks, 0.0)))
     assert snap.metrics["retrieval/recall@1"] == pytest.approx(np.mean(ranks == 1))
     assert snap.arrays["attention_entropy"].shape == (2, 4)  # 2 layers x 4 heads, from the first 8 texts
@@ -68,7 +70,9 @@ def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     runner = SnapshotRunner(probe, retrieval, umap=False)
     base = runner.take(model, 0, tag="base", run_dir=tmp_path)
     same = runner.take(model, 1, run_dir=tmp_path)
-    assert same.metrics["drift/base/cka"] == pytest.approx(1.0) and same.metrics["drift/base/score"] == pytest.approx(0.0, abs=1e-9)
+    assert same.metrics["drift/base/cka"] == pytest.approx(1.0) and same.metrics["drift/base/score"] == pytest.approx(
+        0.0, abs=1e-9
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -79,7 +83,13 @@ def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     assert moved.metrics["drift/base/cka"] == pytest.approx(cka, abs=1e-6) and cka < 0.999
     assert moved.metrics["drift/base/score"] > 0.0
     assert "drift/previous/cka" in moved.metrics
-    assert {"centroid_base_2d", "centroid_now_2d", "rank_before", "rank_after", "sim_base_values"} <= moved.arrays.keys()
+    assert {
+        "centroid_base_2d",
+        "centroid_now_2d",
+        "rank_before",
+        "rank_after",
+        "sim_base_values",
+    } <= moved.arrays.keys()
     direct = diff(base, moved)
     assert direct.metrics["drift/base/cka"] == pytest.approx(moved.metrics["drift/base/cka"])
     # every array and detail the runner and diff wrote is a declared key (the readers look them up by these names)
@@ -103,8 +113,12 @@ def test_diff_figures_show_the_pairs_and_centroids_the_metrics_measured():
     x = (rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(3, 8)) * 2, 100, axis=0)).astype(np.float32)
     y = (x + 0.5 * rng.normal(size=x.shape) + 0.3).astype(np.float32)
     first_before, first_after = np.array([1.0, 4.0, np.nan, 2.0]), np.array([2.0, 1.0, np.nan, 2.0])
-    before = Snapshot(step=0, tag="base", model="m", arrays={"embeddings": x, "labels": labels, "first_rank": first_before})
-    after = Snapshot(step=5, tag="checkpoint", model="m", arrays={"embeddings": y, "labels": labels, "first_rank": first_after})
+    before = Snapshot(
+        step=0, tag="base", model="m", arrays={"embeddings": x, "labels": labels, "first_rank": first_before}
+    )
+    after = Snapshot(
+        step=5, tag="checkpoint", model="m", arrays={"embeddings": y, "labels": labels, "first_rank": first_after}
+    )
     result = diff(before, after, max_pairs=700, seed=4)
 
     # pairs: the documented sampler (i uniform, j uniform among the others), 700 of 44,850
@@ -116,12 +130,17 @@ def test_diff_figures_show_the_pairs_and_centroids_the_metrics_measured():
     cos_x, cos_y = np.sum(xu[i] * xu[j], axis=1), np.sum(yu[i] * yu[j], axis=1)
     np.testing.assert_allclose(result.arrays["sim_base_values"], cos_x, atol=1e-6)
     np.testing.assert_allclose(result.arrays["sim_now_values"], cos_y, atol=1e-6)
-    assert result.metrics["drift/base/similarity_wasserstein"] == pytest.approx(wasserstein_distance(cos_x, cos_y), abs=1e-9)
+    assert result.metrics["drift/base/similarity_wasserstein"] == pytest.approx(
+        wasserstein_distance(cos_x, cos_y), abs=1e-9
+    )
+
     # the mean shift is exact over all pairs, not the sample's
     def mean_cosine(u):
         return (np.sum(u @ u.T) - len(u)) / (len(u) * (len(u) - 1))
 
-    assert result.metrics["drift/base/similarity_mean_shift"] == pytest.approx(mean_cosine(yu) - mean_cosine(xu), abs=1e-9)
+    assert result.metrics["drift/base/similarity_mean_shift"] == pytest.approx(
+        mean_cosine(yu) - mean_cosine(xu), abs=1e-9
+    )
 
     # centroids: Procrustes by SVD, then both sets of centroids on x's first two principal axes
     u, _, vt = np.linalg.svd(yu.T @ xu)
@@ -196,5 +215,7 @@ def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
     np.fill_diagonal(distances, 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap: random_state forces one thread
-        ref = umap.UMAP(n_components=2, n_neighbors=15, n_epochs=100, metric="precomputed", random_state=0, init="spectral").fit_transform(distances)
+        ref = umap.UMAP(
+            n_components=2, n_neighbors=15, n_epochs=100, metric="precomputed", random_state=0, init="spectral"
+        ).fit_transform(distances)
     np.testing.assert_array_equal(umap_2d(emb, 0), ref.astype(np.float32))

@@ -31,9 +31,14 @@ def stored(tmp_path):
     model.mkdir()
     (model / "weights.bin").write_bytes(b"not a real model")
     store = tmp_path / "store"
-    store_module.write_store(store, [x[:500], x[500:]], [f"t{i}" for i in range(len(texts))],
-                             model_fingerprint=model_fingerprint(str(model)),
-                             corpus_hash=embed_module.corpus_hash(corpus), shard_rows=400)
+    store_module.write_store(
+        store,
+        [x[:500], x[500:]],
+        [f"t{i}" for i in range(len(texts))],
+        model_fingerprint=model_fingerprint(str(model)),
+        corpus_hash=embed_module.corpus_hash(corpus),
+        shard_rows=400,
+    )
     sae.save(tmp_path / "sae")
     return sae, x, texts, {"corpus": corpus, "model": model, "store": store, "sae": tmp_path / "sae"}
 
@@ -47,9 +52,27 @@ def run(argv, capsys):
 def test_browse_over_a_store_equals_browse_over_the_embeddings_in_memory(stored, tmp_path, capsys):
     sae, x, texts, paths = stored
     out = tmp_path / "page.json"
-    code, _, err = run(["sae", "browse", str(paths["sae"]), "--corpus", str(paths["corpus"]), "--store", str(paths["store"]),
-                        "--model", str(paths["model"]), "--json", str(out), "--html", str(tmp_path / "page.html"),
-                        "--examples", "8", "--no-progress"], capsys)
+    code, _, err = run(
+        [
+            "sae",
+            "browse",
+            str(paths["sae"]),
+            "--corpus",
+            str(paths["corpus"]),
+            "--store",
+            str(paths["store"]),
+            "--model",
+            str(paths["model"]),
+            "--json",
+            str(out),
+            "--html",
+            str(tmp_path / "page.html"),
+            "--examples",
+            "8",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     got = json.loads(out.read_text())
     want = json.loads(json.dumps(page_data(*analyse_corpus(sae, x, texts, examples=8), title=got["title"])))
@@ -59,8 +82,23 @@ def test_browse_over_a_store_equals_browse_over_the_embeddings_in_memory(stored,
 
 def test_diagnose_over_a_store_finds_the_planted_pair(stored, tmp_path, capsys):
     _, _, texts, paths = stored
-    code, out, err = run(["sae", "diagnose", str(paths["sae"]), "--corpus", str(paths["corpus"]), "--store", str(paths["store"]),
-                          "--model", str(paths["model"]), "--json", "-", "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "sae",
+            "diagnose",
+            str(paths["sae"]),
+            "--corpus",
+            str(paths["corpus"]),
+            "--store",
+            str(paths["store"]),
+            "--model",
+            str(paths["model"]),
+            "--json",
+            "-",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     found = json.loads(out)
     assert [(p["source"], p["target"]) for p in found["absorption"]] == [(4, 5)]
@@ -85,8 +123,21 @@ def test_a_store_that_does_not_fit_is_refused_in_one_line(stored, tmp_path, caps
         SparseAutoencoder(16, 32, 2).save(sae_dir)
         expected = "dimension: the store holds 48-dimensional rows, the SAE takes 16"
     for verb in ("browse", "diagnose"):
-        code, _, err = run(["sae", verb, str(sae_dir), "--corpus", str(paths["corpus"]), "--store", str(paths["store"]),
-                              "--model", str(paths["model"]), "--no-progress"], capsys)
+        code, _, err = run(
+            [
+                "sae",
+                verb,
+                str(sae_dir),
+                "--corpus",
+                str(paths["corpus"]),
+                "--store",
+                str(paths["store"]),
+                "--model",
+                str(paths["model"]),
+                "--no-progress",
+            ],
+            capsys,
+        )
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 

@@ -43,14 +43,24 @@ class MonitorSettings:
     def as_config(self) -> dict[str, Any]:
         """The settings as a run config (``aquin_monitor/<name>``), for dashboards that keep one (W&B)."""
         values = {
-            "log_every": self.log_every, "histogram_every": self.histogram_every, "stop_on": list(self.stop_on),
-            "snapshots": self.snapshots is not None, "snapshot_every": self.snapshot_every,
-            "tensor_norms_every": self.tensor_norms_every, "alarms": asdict(self.alarms),
+            "log_every": self.log_every,
+            "histogram_every": self.histogram_every,
+            "stop_on": list(self.stop_on),
+            "snapshots": self.snapshots is not None,
+            "snapshot_every": self.snapshot_every,
+            "tensor_norms_every": self.tensor_norms_every,
+            "alarms": asdict(self.alarms),
         }
         return {f"aquin_monitor/{key}": value for key, value in values.items()}
 
     def build(
-        self, sinks: Sequence[Sink], *, rank_zero: bool, run_dir: str, grad_prefix: str = "grad_norm/", trainer_config: Mapping[str, Any] | None = None
+        self,
+        sinks: Sequence[Sink],
+        *,
+        rank_zero: bool,
+        run_dir: str,
+        grad_prefix: str = "grad_norm/",
+        trainer_config: Mapping[str, Any] | None = None,
     ) -> StepMonitor:
         """The monitor of one run: writes (and snapshots) on rank zero only, computes on every rank.
         Sinks that keep a run config (W&B) get these settings and ``trainer_config`` (the trainer's hyperparameters)."""
@@ -61,10 +71,14 @@ class MonitorSettings:
             try:
                 sink.update_config({**(trainer_config or {}), **self.as_config()})
             except Exception as exc:  # noqa: BLE001 - a config is not worth the run's metrics
-                report_failure("sending the run config", exc, strict=self.strict, outcome="is skipped; training goes on")
+                report_failure(
+                    "sending the run config", exc, strict=self.strict, outcome="is skipped; training goes on"
+                )
 
         writers = [MultiSink(list(sinks), strict=self.strict)] if rank_zero and sinks else []
-        schedule = SnapshotSchedule(self.snapshots, self.snapshot_every) if self.snapshots is not None and rank_zero else None
+        schedule = (
+            SnapshotSchedule(self.snapshots, self.snapshot_every) if self.snapshots is not None and rank_zero else None
+        )
         return StepMonitor(
             writers,
             log_every=self.log_every,

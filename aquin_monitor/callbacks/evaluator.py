@@ -32,8 +32,8 @@ __all__ = ["SnapshotEvaluator"]
 class SnapshotEvaluator(_Evaluator):
     """Take a snapshot at each evaluation and return its metrics (a sentence-transformers evaluator).
 
-    Built around a :class:`~aquin_monitor.snapshot_runner.SnapshotRunner`. Each call snapshots the model at the trainer's
-    ``global_step`` (``steps``; 0 outside training), diffs it against the runner's first and previous
+    Built around a :class:`~aquin_monitor.snapshot_runner.SnapshotRunner`. Each call snapshots the model at the
+    trainer's ``global_step`` (``steps``; 0 outside training), diffs it against the runner's first and previous
     snapshots, saves it under ``<run_dir>/snapshots/<step>/`` when ``run_dir`` is given (so the report
     and ``aquin-monitor diff`` read it like a monitor's snapshot) and logs it to ``sinks``. It returns
     every finite or NaN number of the snapshot under its metric name.
@@ -101,7 +101,11 @@ class SnapshotEvaluator(_Evaluator):
         snap = self.runner.record(model, step, tag="eval", run_dir=self.run_dir, sinks=self.sinks, strict=self.strict)
         if snap is None:
             return {}
-        return {k: float(v) for k, v in snap.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v)}
+        return {
+            k: float(v)
+            for k, v in snap.metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v)
+        }
 
     def get_config_dict(self) -> dict[str, object]:
         """What the model card records of this evaluator."""

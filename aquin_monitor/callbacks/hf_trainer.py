@@ -99,9 +99,16 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             "take_over_clipping": take_over_clipping,
         }
         self.settings = MonitorSettings(
-            output_dir=output_dir, log_every=log_every, histogram_every=histogram_every, alarms=alarms or AlarmConfig(),
-            stop_on=tuple(stop_on), strict=strict, snapshots=snapshots, snapshot_every=snapshot_every,
-            tensor_norms_every=tensor_norms_every, report=report,
+            output_dir=output_dir,
+            log_every=log_every,
+            histogram_every=histogram_every,
+            alarms=alarms or AlarmConfig(),
+            stop_on=tuple(stop_on),
+            strict=strict,
+            snapshots=snapshots,
+            snapshot_every=snapshot_every,
+            tensor_norms_every=tensor_norms_every,
+            report=report,
         )
         self.take_over_clipping = take_over_clipping
         self.monitor = None
@@ -114,7 +121,10 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
 
         self.run_dir = self.settings.output_dir or args.output_dir
         rank_zero = state.is_world_process_zero
-        makers = [("the trainer's report_to sinks", lambda: sinks_for_hf(args, self.run_dir)), ("the JSONL files", lambda: [JsonlSink(self.run_dir)])]
+        makers = [
+            ("the trainer's report_to sinks", lambda: sinks_for_hf(args, self.run_dir)),
+            ("the JSONL files", lambda: [JsonlSink(self.run_dir)]),
+        ]
         sinks = open_sinks(makers, strict=self.settings.strict) if rank_zero else []
         distributed_clipping = bool(getattr(args, "deepspeed", None)) or bool(getattr(args, "fsdp", None))
         clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
@@ -122,7 +132,9 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
             self._clip_norm = float(args.max_grad_norm)
             args.max_grad_norm = 0.0
         prefix = "grad_norm_post_clip/" if clipping and self._clip_norm is None else "grad_norm/"
-        self.monitor = self.settings.build(sinks, rank_zero=rank_zero, run_dir=self.run_dir, grad_prefix=prefix, trainer_config=args.to_dict())
+        self.monitor = self.settings.build(
+            sinks, rank_zero=rank_zero, run_dir=self.run_dir, grad_prefix=prefix, trainer_config=args.to_dict()
+        )
         restored = self._restored_state or self._read_checkpoint_state(args, state)
         if restored:
             self.monitor.load_state_dict(restored)

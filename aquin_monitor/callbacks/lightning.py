@@ -25,9 +25,9 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
     Every optimizer step (respecting ``accumulate_grad_batches``) it logs ``grad_norm/<group>``
     per encoder block, the contrastive decomposition ``contrastive/{pos_sim,neg_sim,hard_neg_sim,
     gap,in_batch_acc,loss}`` reported by your loss, the learning rate of the optimizer step
-    (``optim/lr``; ``optim/lr/group.N`` per parameter group when there are several) and ``alarm/<kind>`` events, to every logger of the
-    trainer (TensorBoard, W&B, CSV, ...) and to ``metrics.jsonl`` / ``events.jsonl`` in ``output_dir``
-    (default: the trainer's ``log_dir``).
+    (``optim/lr``; ``optim/lr/group.N`` per parameter group when there are several) and ``alarm/<kind>`` events, to
+    every logger of the trainer (TensorBoard, W&B, CSV, ...) and to ``metrics.jsonl`` / ``events.jsonl`` in
+    ``output_dir`` (default: the trainer's ``log_dir``).
 
     Gradients are read in ``on_before_optimizer_step``: after AMP unscaling and **before** gradient
     clipping (Lightning clips after this hook). The sentence-transformers twin,
@@ -84,9 +84,16 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
     ):
         super().__init__()
         self.settings = MonitorSettings(
-            output_dir=output_dir, log_every=log_every, histogram_every=histogram_every, alarms=alarms or AlarmConfig(),
-            stop_on=tuple(stop_on), strict=strict, snapshots=snapshots, snapshot_every=snapshot_every,
-            tensor_norms_every=tensor_norms_every, report=report,
+            output_dir=output_dir,
+            log_every=log_every,
+            histogram_every=histogram_every,
+            alarms=alarms or AlarmConfig(),
+            stop_on=tuple(stop_on),
+            strict=strict,
+            snapshots=snapshots,
+            snapshot_every=snapshot_every,
+            tensor_norms_every=tensor_norms_every,
+            report=report,
         )
         self.monitor: StepMonitor | None = None
         self._restored: dict | None = None
@@ -95,7 +102,9 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
     def state_key(self) -> str:
         # one key per configuration, as Lightning's own callbacks do: two monitors in one trainer (other
         # output folders or settings) keep their states apart
-        return self._generate_state_key(output_dir=self.settings.output_dir, log_every=self.settings.log_every, stop_on=list(self.settings.stop_on))
+        return self._generate_state_key(
+            output_dir=self.settings.output_dir, log_every=self.settings.log_every, stop_on=list(self.settings.stop_on)
+        )
 
     @property
     def _legacy_state_key(self) -> str:
@@ -111,9 +120,17 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
         self.run_dir = run_dir
         sinks = []
         if trainer.is_global_zero:
-            makers: list[tuple[str, Callable[[], list[Sink]]]] = [("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)), ("the JSONL files", lambda: [JsonlSink(run_dir)])]
+            makers: list[tuple[str, Callable[[], list[Sink]]]] = [
+                ("the trainer's loggers", lambda: sinks_for_lightning(trainer.loggers, run_dir)),
+                ("the JSONL files", lambda: [JsonlSink(run_dir)]),
+            ]
             sinks = open_sinks(makers, strict=self.settings.strict)
-        monitor = self.settings.build(sinks, rank_zero=trainer.is_global_zero, run_dir=run_dir, trainer_config=dict(getattr(pl_module, "hparams", {}) or {}))
+        monitor = self.settings.build(
+            sinks,
+            rank_zero=trainer.is_global_zero,
+            run_dir=run_dir,
+            trainer_config=dict(getattr(pl_module, "hparams", {}) or {}),
+        )
         self.monitor = monitor
         if self._restored is not None:
             monitor.load_state_dict(self._restored)
@@ -137,13 +154,17 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # the learning rates this optimizer step applies (Lightning steps schedulers after it)
         assert self.monitor is not None  # setup("fit") made it
-        self.monitor.on_optimizer_step(trainer.global_step + 1, pl_module, learning_rates=host_learning_rates(optimizer.param_groups))
+        self.monitor.on_optimizer_step(
+            trainer.global_step + 1, pl_module, learning_rates=host_learning_rates(optimizer.param_groups)
+        )
         if self.monitor.should_stop:
             trainer.should_stop = True
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.monitor is not None and not trainer.sanity_checking:
-            self.monitor.log_evaluation({name: _scalar(value) for name, value in trainer.callback_metrics.items()}, trainer.global_step)
+            self.monitor.log_evaluation(
+                {name: _scalar(value) for name, value in trainer.callback_metrics.items()}, trainer.global_step
+            )
 
     def on_train_end(self, trainer, pl_module) -> None:
         assert self.monitor is not None  # setup("fit") made it

@@ -23,11 +23,23 @@ from typing import Any
 # pay for torch; the names below load their module on first use.
 _EXPORTS = {
     "build_sae_folder": "build",
-    "FeatureStatistics": "evaluate", "feature_statistics": "evaluate", "quality_metrics": "evaluate",
-    "reconstruct": "evaluate", "retrieval_kept": "evaluate",
-    "SaeFormatError": "model", "SparseAutoencoder": "model", "default_sae_path": "model", "load_sae": "model",
-    "SaeSnapshot": "monitoring", "feature_movers": "monitoring", "snapshot_signals": "monitoring", "sae_choice": "monitoring",
-    "SaeTrainConfig": "config", "TrainResult": "train", "choose_sizes": "train", "train_sae": "train",
+    "FeatureStatistics": "evaluate",
+    "feature_statistics": "evaluate",
+    "quality_metrics": "evaluate",
+    "reconstruct": "evaluate",
+    "retrieval_kept": "evaluate",
+    "SaeFormatError": "model",
+    "SparseAutoencoder": "model",
+    "default_sae_path": "model",
+    "load_sae": "model",
+    "SaeSnapshot": "monitoring",
+    "feature_movers": "monitoring",
+    "snapshot_signals": "monitoring",
+    "sae_choice": "monitoring",
+    "SaeTrainConfig": "config",
+    "TrainResult": "train",
+    "choose_sizes": "train",
+    "train_sae": "train",
 }
 
 

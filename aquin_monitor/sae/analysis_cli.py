@@ -69,7 +69,9 @@ def _check_feature(sae: Any, feature: int, name: str) -> None:
     from .model import sae_folder
 
     if not 0 <= feature < sae.num_latents:
-        raise InputError(sae_folder(name) / "cfg.json", f"{feature} is outside 0..{sae.num_latents - 1}", line=1, field="--feature")
+        raise InputError(
+            sae_folder(name) / "cfg.json", f"{feature} is outside 0..{sae.num_latents - 1}", line=1, field="--feature"
+        )
 
 
 def _check_text(text: str, what: str) -> str:
@@ -93,8 +95,14 @@ def _decompose(args: argparse.Namespace) -> Any:
     sae, model, labels = _sae_and_model(args.sae, args.model)
     x = embed_texts(model, [text], args)[0]
     result = decompose(sae, x, top=args.top, labels=labels, text=text)
-    lines = [f"{_named(f.feature, f.label):<32} activation {f.activation:8.4f}  share {f.share:+.4f}" for f in result.features]
-    lines.append(f"bias share {result.bias_share:+.4f}   relative error {result.relative_error:.4f}   cos(x, x̂) {result.cosine_reconstruction:.4f}")
+    lines = [
+        f"{_named(f.feature, f.label):<32} activation {f.activation:8.4f}  share {f.share:+.4f}"
+        for f in result.features
+    ]
+    lines.append(
+        f"bias share {result.bias_share:+.4f}   relative error {result.relative_error:.4f}   "
+        f"cos(x, x̂) {result.cosine_reconstruction:.4f}"
+    )
     return _emit_analysis(result, args, "\n".join(lines))
 
 
@@ -105,10 +113,15 @@ def _contrast(args: argparse.Namespace) -> Any:
     sae, model, labels = _sae_and_model(args.sae, args.model)
     a, b = embed_texts(model, texts, args)
     result = contrast(sae, a, b, top=args.top, labels=labels, texts=texts)
-    lines = [f"cos(a, b) = {result.cosine:.5f} = Σφ {sum(t.phi for t in result.terms):+.5f} + bias {result.bias_term:+.5f}"
-             f" + error {result.error_term:+.5f} (error share {result.error_share:.3f})"]
-    lines += [f"{_named(t.feature, t.label):<32} a {t.activation_a:7.4f}  b {t.activation_b:7.4f}  diff {t.difference:+.4f}  φ {t.phi:+.5f}"
-              for t in result.differing]
+    lines = [
+        f"cos(a, b) = {result.cosine:.5f} = Σφ {sum(t.phi for t in result.terms):+.5f} + bias {result.bias_term:+.5f}"
+        f" + error {result.error_term:+.5f} (error share {result.error_share:.3f})"
+    ]
+    lines += [
+        f"{_named(t.feature, t.label):<32} a {t.activation_a:7.4f}  b {t.activation_b:7.4f}  "
+        f"diff {t.difference:+.4f}  φ {t.phi:+.5f}"
+        for t in result.differing
+    ]
     return _emit_analysis(result, args, "\n".join(lines))
 
 
@@ -130,8 +143,10 @@ def _trace(args: argparse.Namespace) -> Any:
         with atomic_path(args.figure) as tmp:
             trace_figure(result).savefig(tmp, format="png", dpi=90)
     lines = [f"feature {_named(result.feature, result.label)}: {result.classification}"]
-    lines += [f"layer {i:2d}  {a:8.4f}  co-active " + ", ".join(f"#{c['feature']}" for c in co)
-              for i, (a, co) in enumerate(zip(result.activations, result.co_active))]
+    lines += [
+        f"layer {i:2d}  {a:8.4f}  co-active " + ", ".join(f"#{c['feature']}" for c in co)
+        for i, (a, co) in enumerate(zip(result.activations, result.co_active))
+    ]
     return _emit_analysis(result, args, "\n".join(lines))
 
 
@@ -159,12 +174,25 @@ def _steer(args: argparse.Namespace) -> Any:
     q = embed_texts(model, [query], args)[0]
     documents = embed_texts(model, doc_texts, args, chunk_size=256)
     try:
-        result = steer(sae, q, documents, args.feature, args.delta, top=args.top, doc_ids=doc_ids, texts=doc_texts,
-                       labels=labels, query_text=query)
+        result = steer(
+            sae,
+            q,
+            documents,
+            args.feature,
+            args.delta,
+            top=args.top,
+            doc_ids=doc_ids,
+            texts=doc_texts,
+            labels=labels,
+            query_text=query,
+        )
     except ValueError as error:  # a steered query that is not finite: say which flag made it
         raise InputError("<command line>", str(error), field="--delta") from None
-    lines = [f"feature {_named(args.feature, result.label)}: z {result.activation_before:.4f} -> {result.activation_after:.4f}"
-             f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"]
+    lines = [
+        f"feature {_named(args.feature, result.label)}: "
+        f"z {result.activation_before:.4f} -> {result.activation_after:.4f}"
+        f" (measured {result.activation_measured:.4f}), cos(q, q') {result.cosine_shift:.4f}"
+    ]
     for name, hits in (("before", result.before), ("after", result.after)):
         lines.append(f"{name}:")
         lines += [f"  {h.rank:2d}. {h.score:.4f}  {h.doc_id}  {h.text[:80]!r}" for h in hits]  # type: ignore[index]  # texts=doc_texts: every hit has its text
@@ -182,13 +210,26 @@ def _faithfulness(args: argparse.Namespace) -> Any:
     queries = embed_texts(model, data.query_texts(), args)
     documents = embed_texts(model, data.doc_texts(), args, chunk_size=256)
     relevant, _, _ = data.positional()
-    result = retrieval_faithfulness(sae, queries, documents, relevant, features=args.features,
-                                    n_random=args.random, seed=args.seed, labels=labels, index=args.index)
+    result = retrieval_faithfulness(
+        sae,
+        queries,
+        documents,
+        relevant,
+        features=args.features,
+        n_random=args.random,
+        seed=args.seed,
+        labels=labels,
+        index=args.index,
+    )
     lines = [f"NDCG@{result.ndcg_k} {result.ndcg:.4f} over {result.n_queries} queries"]
     if result.search and result.search["recall_at_k"] is not None:
         lines.insert(0, SearchReport(**result.search).line())
-    lines += [f"{_named(f.feature, f.label):<32} drop {f.drop:+.4f}  random {f.random_drop_mean:+.4f}  excess {f.excess_drop:+.4f}"
-              f"  ({f.n_queries_active} queries)" for f in result.features[:20]]
+    lines += [
+        f"{_named(f.feature, f.label):<32} drop {f.drop:+.4f}  random {f.random_drop_mean:+.4f}  "
+        f"excess {f.excess_drop:+.4f}"
+        f"  ({f.n_queries_active} queries)"
+        for f in result.features[:20]
+    ]
     return _emit_analysis(result, args, "\n".join(lines))
 
 
@@ -202,14 +243,22 @@ def _match(args: argparse.Namespace) -> Any:
     x_b = x_a if model_b == model_a else embed_texts(model_b, texts, args)
     result = match_features(sae_a, x_a, sae_b, x_b, threshold=args.threshold, labels_a=labels_a, labels_b=labels_b)
     q = result.quality
-    lines = [f"{len(result.pairs)} one-to-one pairs, mean correlation {q['mean']:.3f}, {q['share_above_threshold']:.1%} ≥ {result.threshold}",
-             f"unmatched: {len(result.unmatched_a)} in A, {len(result.unmatched_b)} in B"]
-    lines += [f"{_named(p.feature_a, p.label_a):<28} ~ {_named(p.feature_b, p.label_b):<28} r {p.correlation:.3f}" for p in result.pairs[:20]]
+    lines = [
+        f"{len(result.pairs)} one-to-one pairs, mean correlation {q['mean']:.3f}, "
+        f"{q['share_above_threshold']:.1%} ≥ {result.threshold}",
+        f"unmatched: {len(result.unmatched_a)} in A, {len(result.unmatched_b)} in B",
+    ]
+    lines += [
+        f"{_named(p.feature_a, p.label_a):<28} ~ {_named(p.feature_b, p.label_b):<28} r {p.correlation:.3f}"
+        for p in result.pairs[:20]
+    ]
     return _emit_analysis(result, args, "\n".join(lines))
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="embedding model (default: the one recorded in the SAE's cfg.json)")
+    parser.add_argument(
+        "--model", default=None, help="embedding model (default: the one recorded in the SAE's cfg.json)"
+    )
 
 
 def _retrieval_options(parser: argparse.ArgumentParser, *, corpus: bool) -> None:
@@ -220,7 +269,9 @@ def _retrieval_options(parser: argparse.ArgumentParser, *, corpus: bool) -> None
         source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL")
     source.add_argument("--beir", metavar="DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     parser.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    parser.add_argument("--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
+    parser.add_argument(
+        "--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N"
+    )
 
 
 def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -230,17 +281,25 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     parents = [common, cache]
     sae_help = "SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)"
 
-    p = sub.add_parser("decompose", parents=parents, help="active features of one text, with their share of the reconstruction",
-                       description="The text's active SAE features by activation (label, activation, share of the "
-                       "reconstruction), the bias share and the reconstruction error.")
+    p = sub.add_parser(
+        "decompose",
+        parents=parents,
+        help="active features of one text, with their share of the reconstruction",
+        description="The text's active SAE features by activation (label, activation, share of the "
+        "reconstruction), the bias share and the reconstruction error.",
+    )
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--top", type=positive_int, default=20, help="features listed (default 20)")
     _model_option(p)
     p.set_defaults(handler=_decompose)
 
-    p = sub.add_parser("contrast", parents=parents, help="split cos(a, b) into per-feature terms",
-                       description="Features that differ between two texts, and cos(a, b) = Σφ_i + bias + error exactly.")
+    p = sub.add_parser(
+        "contrast",
+        parents=parents,
+        help="split cos(a, b) into per-feature terms",
+        description="Features that differ between two texts, and cos(a, b) = Σφ_i + bias + error exactly.",
+    )
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text_a", metavar="TEXT_A")
     p.add_argument("text_b", metavar="TEXT_B")
@@ -248,9 +307,13 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _model_option(p)
     p.set_defaults(handler=_contrast)
 
-    p = sub.add_parser("trace", parents=parents, help="a feature's activation at each encoder layer",
-                       description="Apply the SAE to each layer's pooled hidden state (through the model's own pooling "
-                       "and the modules after it) and follow one feature; classes it progressive or late-binding.")
+    p = sub.add_parser(
+        "trace",
+        parents=parents,
+        help="a feature's activation at each encoder layer",
+        description="Apply the SAE to each layer's pooled hidden state (through the model's own pooling "
+        "and the modules after it) and follow one feature; classes it progressive or late-binding.",
+    )
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--feature", type=int, required=True, metavar="F")
@@ -260,9 +323,13 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_trace)
     declare_outputs(p, files=["--figure"])
 
-    p = sub.add_parser("steer", parents=parents, help="steer a query along a feature and re-rank a corpus",
-                       description="q' = normalise(q + (z'_F − z_F)·d_F) with z'_F = max(z_F + delta, 0); the corpus "
-                       "ranked by cosine before and after.")
+    p = sub.add_parser(
+        "steer",
+        parents=parents,
+        help="steer a query along a feature and re-rank a corpus",
+        description="q' = normalise(q + (z'_F − z_F)·d_F) with z'_F = max(z_F + delta, 0); the corpus "
+        "ranked by cosine before and after.",
+    )
     p.add_argument("sae", metavar="SAE", help=sae_help)
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--feature", type=int, required=True, metavar="F")
@@ -274,27 +341,52 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _model_option(p)
     p.set_defaults(handler=_steer)
 
-    p = sub.add_parser("faithfulness", parents=parents, help="NDCG@10 drop when each top feature is zeroed in the queries",
-                       description="Zero each of the top-N features in every query embedding (x' = x − z_i·d_i), "
-                       "recompute NDCG@10, and compare with ablating random features of the same activation mass.")
+    p = sub.add_parser(
+        "faithfulness",
+        parents=parents,
+        help="NDCG@10 drop when each top feature is zeroed in the queries",
+        description="Zero each of the top-N features in every query embedding (x' = x − z_i·d_i), "
+        "recompute NDCG@10, and compare with ablating random features of the same activation mass.",
+    )
     p.add_argument("sae", metavar="SAE", help=sae_help)
-    p.add_argument("--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)")
-    p.add_argument("--random", type=non_negative_int, default=5, metavar="R", help="random same-mass ablations per feature (default 5)")
+    p.add_argument(
+        "--features", type=positive_int, default=100, metavar="N", help="top features by activation mass (default 100)"
+    )
+    p.add_argument(
+        "--random",
+        type=non_negative_int,
+        default=5,
+        metavar="R",
+        help="random same-mass ablations per feature (default 5)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--index", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
-                   help="document search (aquin_monitor.search): auto is exact up to 100,000 documents (default auto)")
+    p.add_argument(
+        "--index",
+        choices=("auto", "exact", "ivf", "hnsw"),
+        default="auto",
+        help="document search (aquin_monitor.search): auto is exact up to 100,000 documents (default auto)",
+    )
     _retrieval_options(p, corpus=False)
     _model_option(p)
     p.set_defaults(handler=_faithfulness)
 
-    p = sub.add_parser("match", parents=parents, help="match two SAEs' features by activation correlation",
-                       description="Correlate the two SAEs' activations on a shared corpus, match one-to-one "
-                       "(linear_sum_assignment) and many-to-one, and list each side's unmatched features.")
+    p = sub.add_parser(
+        "match",
+        parents=parents,
+        help="match two SAEs' features by activation correlation",
+        description="Correlate the two SAEs' activations on a shared corpus, match one-to-one "
+        "(linear_sum_assignment) and many-to-one, and list each side's unmatched features.",
+    )
     p.add_argument("sae_a", metavar="SAE_A", help=sae_help)
     p.add_argument("sae_b", metavar="SAE_B", help=sae_help)
     p.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
     p.add_argument("--text-field", default="text", metavar="NAME")
     p.add_argument("--model-a", default=None, help="model of SAE_A (default: recorded in its cfg.json)")
     p.add_argument("--model-b", default=None, help="model of SAE_B (default: recorded in its cfg.json)")
-    p.add_argument("--threshold", type=bounded_float(-1.0, 1.0), default=0.5, help="correlation under which a feature is unmatched (default 0.5)")
+    p.add_argument(
+        "--threshold",
+        type=bounded_float(-1.0, 1.0),
+        default=0.5,
+        help="correlation under which a feature is unmatched (default 0.5)",
+    )
     p.set_defaults(handler=_match)

@@ -79,11 +79,23 @@ def feature_table(activations: scipy.sparse.spmatrix | FeatureStats, *, examples
         at most ``examples``).
     """
     if isinstance(activations, FeatureStats) and examples > activations.top_rows.shape[1]:
-        raise ValueError(f"the statistics kept {activations.top_rows.shape[1]} top texts per feature, {examples} asked for")
-    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=examples)
+        raise ValueError(
+            f"the statistics kept {activations.top_rows.shape[1]} top texts per feature, {examples} asked for"
+        )
+    stats = (
+        activations
+        if isinstance(activations, FeatureStats)
+        else feature_stats_from_activations(activations, examples=examples)
+    )
     tops = [stats.top(j) for j in range(stats.num_latents)]
-    return {"total": stats.total, "frequency": stats.frequency, "mean": stats.mean, "max": stats.maximum,
-            "top_rows": [rows[:examples] for rows, _ in tops], "top_values": [values[:examples] for _, values in tops]}
+    return {
+        "total": stats.total,
+        "frequency": stats.frequency,
+        "mean": stats.mean,
+        "max": stats.maximum,
+        "top_rows": [rows[:examples] for rows, _ in tops],
+        "top_values": [values[:examples] for _, values in tops],
+    }
 
 
 def browse_features(
@@ -152,10 +164,20 @@ def browser_from_stats(
     features = []
     for j, label in zip(order, labels):
         rows, values = (part[:examples] for part in stats.top(j))
-        features.append(BrowserFeature(
-            index=int(j), label=label, total_activation=float(stats.total[j]),
-            frequency=float(frequency[j]), mean_activation=float(mean[j]), max_activation=float(stats.maximum[j]),
-            examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
-        ))
-    return FeatureBrowser(n_texts=stats.n_texts, num_latents=stats.num_latents, features=features,
-                          dead=int(stats.num_latents - len(alive)))
+        features.append(
+            BrowserFeature(
+                index=int(j),
+                label=label,
+                total_activation=float(stats.total[j]),
+                frequency=float(frequency[j]),
+                mean_activation=float(mean[j]),
+                max_activation=float(stats.maximum[j]),
+                examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
+            )
+        )
+    return FeatureBrowser(
+        n_texts=stats.n_texts,
+        num_latents=stats.num_latents,
+        features=features,
+        dead=int(stats.num_latents - len(alive)),
+    )

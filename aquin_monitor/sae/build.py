@@ -32,7 +32,10 @@ def write_features(sae: Any, embeddings: np.ndarray, texts: Sequence[str], folde
 
     stats = feature_statistics(sae, embeddings)
     values, rows = top_activations(sae, embeddings, top=top)
-    labels = {feature.index: ", ".join(feature.label) for feature in browse_features(sae, embeddings, texts, examples=top).features}
+    labels = {
+        feature.index: ", ".join(feature.label)
+        for feature in browse_features(sae, embeddings, texts, examples=top).features
+    }
     features = [
         {
             "id": i,
@@ -52,7 +55,10 @@ def write_figures(folder: Path, frequency: np.ndarray, history: Sequence[Mapping
     """``density.png`` (log10 firing frequency) and ``training.png`` (FVU, L0, dead over epochs)."""
     from .plots import feature_density_figure, training_curves_figure
 
-    for name, figure in (("density.png", feature_density_figure(frequency)), ("training.png", training_curves_figure(history))):
+    for name, figure in (
+        ("density.png", feature_density_figure(frequency)),
+        ("training.png", training_curves_figure(history)),
+    ):
         with atomic_path(folder / name) as tmp:
             figure.savefig(tmp, format="png", dpi=80)
 
@@ -62,7 +68,13 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     width = max((len(k) for k in metrics), default=0)
     lines = []
     for name, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}" if isinstance(value, float) else str(value)
+        shown = (
+            f"{value:.4f}"
+            if isinstance(value, float) and not float(value).is_integer()
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
+        )
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)
 
@@ -108,9 +120,16 @@ def build_sae_folder(
     return result, write_trained_folder(result, folder, model=model, extra_metrics=extra, show_progress=show_progress)
 
 
-def write_trained_folder(result: TrainResult, folder: Path, *, model: str, extra_metrics: Mapping[str, float] | None = None,
-                         show_progress: bool = True) -> dict[str, Any]:
-    """Write a trained SAE's folder but ``features.json``: weights, ``training.jsonl``, the held-out quality report, figures.
+def write_trained_folder(
+    result: TrainResult,
+    folder: Path,
+    *,
+    model: str,
+    extra_metrics: Mapping[str, float] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Write a trained SAE's folder but ``features.json``: weights, ``training.jsonl``, the held-out quality report,
+    figures.
 
     The quality report is computed on ``result.held_out`` (the rows evaluated each epoch), so a SAE
     trained from a store of any size needs no second pass over it.
@@ -124,8 +143,14 @@ def write_trained_folder(result: TrainResult, folder: Path, *, model: str, extra
     metrics, stats = quality_metrics(sae, result.held_out)
     metrics.update(extra_metrics or {})
     write_figures(folder, stats.frequency, result.history)
-    report = {"model": str(model), "held_out": "validation split", "config": result.config, "rule": result.rule,
-              "best_epoch": sae.metadata.get("best_epoch"), "metrics": metrics}
+    report = {
+        "model": str(model),
+        "held_out": "validation split",
+        "config": result.config,
+        "rule": result.rule,
+        "best_epoch": sae.metadata.get("best_epoch"),
+        "metrics": metrics,
+    }
     atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(folder / "quality.txt", format_report(metrics) + "\n")
     if show_progress:

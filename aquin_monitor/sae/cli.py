@@ -90,9 +90,15 @@ def config_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, str]:
         default = field.default
         text = helps.get(field.name, field.name).replace("``", "")
         text += "" if default is None else f" (default {default})"  # a None default is described by the field's help
-        parser.add_argument(flag, *TRAIN_FLAG_ALIASES.get(field.name, ()), dest=field.name, default=default,
-                            type=_flag_type(cls, field), metavar=field.name.upper(),
-                            help=text.replace("%", "%%"))
+        parser.add_argument(
+            flag,
+            *TRAIN_FLAG_ALIASES.get(field.name, ()),
+            dest=field.name,
+            default=default,
+            type=_flag_type(cls, field),
+            metavar=field.name.upper(),
+            help=text.replace("%", "%%"),
+        )
         flags[field.name] = flag
     return flags
 
@@ -107,11 +113,16 @@ def _check_train_out(out: Path) -> None:
     if held:
         from ..runlock import LOCK_NAME
 
-        run = [name for name in held if name in ("snapshots", "evaluations.jsonl", "report.html", "sae.html", LOCK_NAME)]
+        run = [
+            name for name in held if name in ("snapshots", "evaluations.jsonl", "report.html", "sae.html", LOCK_NAME)
+        ]
         kind = "a training run folder" if run else "an earlier SAE" if "cfg.json" in held else "not empty"
         shown = ", ".join(held[:6]) + (f", ... ({len(held)} entries)" if len(held) > 6 else "")
-        raise InputError(out, f"{kind} (holds {shown}); sae train writes only into a new or empty folder: "
-                         "choose another --out", field="--out")
+        raise InputError(
+            out,
+            f"{kind} (holds {shown}); sae train writes only into a new or empty folder: choose another --out",
+            field="--out",
+        )
 
 
 def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
@@ -131,8 +142,12 @@ def _check_sizes(args: argparse.Namespace, n_texts: int, location: str) -> None:
         latents, k = latents or default_latents, k or default_k
     if latents is not None and k is not None and k > latents:
         flag = "--k" if args.k else "--num-latents"
-        raise InputError("<command line>", f"k = {k} active features cannot exceed num_latents = {latents}"
-                         + ("" if args.k and args.num_latents else " (the other one by default)"), field=flag)
+        raise InputError(
+            "<command line>",
+            f"k = {k} active features cannot exceed num_latents = {latents}"
+            + ("" if args.k and args.num_latents else " (the other one by default)"),
+            field=flag,
+        )
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,15 +155,21 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from .train_dist import launched_by_torchrun
 
     if args.corpus and launched_by_torchrun():
-        raise InputError(args.corpus, "under torchrun every rank would embed the corpus; embed it once and pass "
-                         "--embeddings FILE.npy", line=0, field="--corpus")
+        raise InputError(
+            args.corpus,
+            "under torchrun every rank would embed the corpus; embed it once and pass --embeddings FILE.npy",
+            line=0,
+            field="--corpus",
+        )
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
     source = _open_embeddings(args.embeddings) if args.embeddings else _open_store(args.store) if args.store else None
     texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
     resolve_model(args.model)
     out = Path(args.out)
     _check_train_out(out)
-    _check_sizes(args, len(texts) if texts is not None else len(source), resolve_model(args.model))
+    rows = texts if texts is not None else source
+    assert rows is not None  # the parser requires exactly one of --corpus, --embeddings, --store
+    _check_sizes(args, len(rows), resolve_model(args.model))
     out.mkdir(parents=True, exist_ok=True)
     config.checkpoint = config.checkpoint or str(out / CHECKPOINT_NAME)
     if texts is not None:
@@ -177,16 +198,23 @@ def _open_embeddings(path: str) -> Any:
     except FileNotFoundError:
         raise InputError(path, "no such file", line=0, field="--embeddings") from None
     except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable .npy array ({' '.join(str(exc).split())[:120]})", line=0,
-                         field="--embeddings") from None
+        raise InputError(
+            path, f"not a readable .npy array ({' '.join(str(exc).split())[:120]})", line=0, field="--embeddings"
+        ) from None
     if not isinstance(array, np.ndarray) or array.ndim != 2 or array.shape[0] < 2 or array.dtype.kind != "f":
-        raise InputError(path, f"expected a float array [n >= 2, d], got {getattr(array, 'dtype', '?')} of shape "
-                         f"{getattr(array, 'shape', '?')}", line=0, field="--embeddings")
+        raise InputError(
+            path,
+            f"expected a float array [n >= 2, d], got {getattr(array, 'dtype', '?')} of shape "
+            f"{getattr(array, 'shape', '?')}",
+            line=0,
+            field="--embeddings",
+        )
     return ArrayRows(array)
 
 
 def _open_store(path: str) -> Any:
-    """An embedding store (:class:`~aquin_monitor.store.EmbeddingStore`, a row source); a bad one raises its one-line ``StoreError``."""
+    """An embedding store (:class:`~aquin_monitor.store.EmbeddingStore`, a row source); a bad one raises its one-line
+    ``StoreError``."""
     from ..store import EmbeddingStore
 
     return EmbeddingStore(path)
@@ -209,8 +237,9 @@ def _train_on_texts(args: argparse.Namespace, texts: list[str], out: Path, confi
     embeddings = embed_texts(args.model, texts, args)
     sinks = _sinks(args, out)
     try:
-        result, metrics = build_sae_folder(embeddings, texts, out, model=args.model, config=config, sinks=sinks,
-                                           show_progress=args.progress)
+        result, metrics = build_sae_folder(
+            embeddings, texts, out, model=args.model, config=config, sinks=sinks, show_progress=args.progress
+        )
     finally:
         for sink in sinks:
             sink.close()
@@ -225,13 +254,18 @@ def _train_on_rows(args: argparse.Namespace, source: Any, out: Path, config: Any
 
     with process_group(config.device or "cpu", timeout_s=args.collective_timeout) as (rank, world_size):
         if rank == 0 and args.progress:
-            print(f"{len(source)} embeddings from {args.embeddings or args.store}" + (f", {world_size} ranks" if world_size > 1 else ""),
-                  file=sys.stderr)
+            print(
+                f"{len(source)} embeddings from {args.embeddings or args.store}"
+                + (f", {world_size} ranks" if world_size > 1 else ""),
+                file=sys.stderr,
+            )
             if Path(config.checkpoint).exists():
                 print(f"resuming from {config.checkpoint}", file=sys.stderr)
         sinks = _sinks(args, out) if rank == 0 else []
         try:
-            result = train_rows(source, config, sinks=sinks, show_progress=args.progress, metadata={"model": str(args.model)})
+            result = train_rows(
+                source, config, sinks=sinks, show_progress=args.progress, metadata={"model": str(args.model)}
+            )
         except SaeTrainingError as exc:
             if isinstance(exc, ValueError):
                 raise
@@ -253,7 +287,13 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = load_sae_for(args.sae, args.model)
     texts = read_corpus(args.corpus, args.text_field)
-    retrieval = read_pairs(args.pairs) if args.pairs else read_beir(args.beir, args.split, max_corpus=args.max_corpus) if args.beir else None
+    retrieval = (
+        read_pairs(args.pairs)
+        if args.pairs
+        else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
+        if args.beir
+        else None
+    )
     embeddings = embed_texts(loaded.model, texts, args)
     loaded.check_width(embeddings.shape[1])
     metrics, _ = quality_metrics(loaded.sae, embeddings)
@@ -262,7 +302,9 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         documents = embed_texts(loaded.model, retrieval.doc_texts(), args, chunk_size=256)
         relevant, _, _ = retrieval.positional()
         metrics.update(retrieval_kept(loaded.sae, queries, documents, relevant))
-    return _emit_quality_report({"command": "sae eval", "sae": args.sae, "model": loaded.model, "n_texts": len(texts), "metrics": metrics}, args)
+    return _emit_quality_report(
+        {"command": "sae eval", "sae": args.sae, "model": loaded.model, "n_texts": len(texts), "metrics": metrics}, args
+    )
 
 
 def _emit_quality_report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -275,44 +317,69 @@ def _emit_quality_report(result: dict[str, Any], args: argparse.Namespace) -> di
 
 def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``sae train`` and ``sae eval`` to the ``aquin-monitor`` sub-command group ``commands``."""
-    sae = commands.add_parser("sae", help="sparse autoencoders on embeddings: train, eval, decompose, contrast, trace, steer, faithfulness, match, browse, diagnose, convert",
-                              description="Train, evaluate and analyse TopK sparse autoencoders on a model's embeddings.")
+    sae = commands.add_parser(
+        "sae",
+        help=(
+            "sparse autoencoders on embeddings: train, eval, decompose, contrast, trace, steer, faithfulness, match, "
+            "browse, diagnose, convert"
+        ),
+        description="Train, evaluate and analyse TopK sparse autoencoders on a model's embeddings.",
+    )
     sub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     cache_option(shared)
 
-    train = sub.add_parser("train", parents=[common], help="train a TopK SAE on MODEL's embeddings of a corpus",
-                           description="Embed the corpus (cached), train a TopK SAE with a held-out split and early "
-                           "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report). "
-                           "With --store or --embeddings, stream precomputed embeddings instead (bounded memory; under torchrun, "
-                           "data-parallel; no features.json). A killed run started again resumes from OUT/training_state.pt.")
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a TopK SAE on MODEL's embeddings of a corpus",
+        description="Embed the corpus (cached), train a TopK SAE with a held-out split and early "
+        "stopping, and write OUT (cfg.json, sae.safetensors, features.json, training.jsonl, quality report). "
+        "With --store or --embeddings, stream precomputed embeddings instead (bounded memory; under torchrun, "
+        "data-parallel; no features.json). A killed run started again resumes from OUT/training_state.pt.",
+    )
     rows = train.add_mutually_exclusive_group(required=True)
     rows.add_argument("--corpus", metavar="FILE", help="JSONL with one text per line")
-    rows.add_argument("--embeddings", metavar="FILE.npy", help="precomputed embeddings [n, d] (.npy, memory-mapped, streamed)")
+    rows.add_argument(
+        "--embeddings", metavar="FILE.npy", help="precomputed embeddings [n, d] (.npy, memory-mapped, streamed)"
+    )
     rows.add_argument("--store", metavar="DIR", help="an embedding store written by 'aquin-monitor embed' (streamed)")
     train.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     cache_option(train)
-    train.add_argument("--collective-timeout", type=positive_int, default=600, metavar="S",
-                       help="under torchrun: seconds a rank waits for a silent peer before stopping (default 600)")
-    train.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' = the bundled all-MiniLM-L6-v2")
+    train.add_argument(
+        "--collective-timeout",
+        type=positive_int,
+        default=600,
+        metavar="S",
+        help="under torchrun: seconds a rank waits for a silent peer before stopping (default 600)",
+    )
+    train.add_argument(
+        "model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' = the bundled all-MiniLM-L6-v2"
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
     config_flags(train, SaeTrainConfig)
     train.add_argument("--tensorboard", action="store_true", help="also stream sae/* per epoch to OUT/tensorboard")
     train.set_defaults(handler=_train)
     declare_outputs(train, folders=["--out"])
 
-    evaluate = sub.add_parser("eval", parents=[common, shared], help="quality report of a SAE on held-out texts",
-                              description="FVU, explained variance, L0, dead/dense fractions, cos(x, x̂), norm ratio, "
-                              "decoder redundancy, and retrieval kept (NDCG@10, Recall@10 with x̂ vs x).")
+    evaluate = sub.add_parser(
+        "eval",
+        parents=[common, shared],
+        help="quality report of a SAE on held-out texts",
+        description="FVU, explained variance, L0, dead/dense fractions, cos(x, x̂), norm ratio, "
+        "decoder redundancy, and retrieval kept (NDCG@10, Recall@10 with x̂ vs x).",
+    )
     evaluate.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
     evaluate.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     source = evaluate.add_mutually_exclusive_group()
     source.add_argument("--beir", metavar="DIR", help="BEIR folder for retrieval kept")
     source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for retrieval kept")
     evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    evaluate.add_argument("--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N")
+    evaluate.add_argument(
+        "--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N"
+    )
     evaluate.set_defaults(handler=_eval)
 
     from .analysis_cli import (

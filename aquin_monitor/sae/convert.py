@@ -75,7 +75,9 @@ def _read_json(path: Path) -> tuple[dict[str, Any], str]:
 def _integer(cfg: dict[str, Any], text: str, path: Path, name: str, minimum: int = 1) -> int:
     value = cfg.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}")
+        raise SaeFormatError(
+            f"{path}:{line_of_key(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}"
+        )
     return value
 
 
@@ -96,7 +98,9 @@ def _read_weights(folder: Path, names: tuple[str, ...]) -> tuple[Path, dict[str,
     raise SaeFormatError(f"{folder / names[0]}:0: {names[0]}: missing")
 
 
-def _checked(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], optional: set[str]) -> dict[str, Tensor]:
+def _checked(
+    path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], optional: set[str]
+) -> dict[str, Tensor]:
     """``tensors`` with each expected name present, of its shape and finite; float64 copies."""
     for name, shape in expected.items():
         if name not in tensors:
@@ -104,7 +108,9 @@ def _checked(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[i
                 continue
             raise SaeFormatError(f"{path}:0: {name}: missing tensor")
         if tuple(tensors[name].shape) != shape:
-            raise SaeFormatError(f"{path}:0: {name}: shape {tuple(tensors[name].shape)}, expected {shape} from the config")
+            raise SaeFormatError(
+                f"{path}:0: {name}: shape {tuple(tensors[name].shape)}, expected {shape} from the config"
+            )
         if not tensors[name].is_floating_point() or not torch.isfinite(tensors[name]).all():
             raise SaeFormatError(f"{path}:0: {name}: not finite floating-point values")
     return {name: tensors[name].detach().to(torch.float64) for name in expected if name in tensors}
@@ -118,11 +124,15 @@ def _csr_module_folder(src: Path) -> Path:
     listed: list[Any] = modules if isinstance(modules, list) else []
     found = [m for m in listed if isinstance(m, dict) and str(m.get("type", "")).endswith(CSR_TYPE_SUFFIX)]
     if len(found) != 1:
-        raise SaeFormatError(f"{src / 'modules.json'}:1: type: expected one module of type ...{CSR_TYPE_SUFFIX}, found {len(found)}")
+        raise SaeFormatError(
+            f"{src / 'modules.json'}:1: type: expected one module of type ...{CSR_TYPE_SUFFIX}, found {len(found)}"
+        )
     return src / str(found[0].get("path", ""))
 
 
-def _build(d_in: int, num_latents: int, k: int, weights: dict[str, Tensor], metadata: dict[str, Any]) -> SparseAutoencoder:
+def _build(
+    d_in: int, num_latents: int, k: int, weights: dict[str, Tensor], metadata: dict[str, Any]
+) -> SparseAutoencoder:
     norms = weights["W_dec"].norm(dim=1)
     unit = bool(torch.allclose(norms, torch.ones_like(norms), atol=UNIT_NORM_TOLERANCE, rtol=0))
     sae = SparseAutoencoder(d_in, num_latents, k, metadata=metadata, decoder_normalized=unit)
@@ -142,8 +152,10 @@ def from_csr(src: str | os.PathLike, metadata: dict[str, Any] | None = None) -> 
     if k > n:
         raise SaeFormatError(f"{cfg_path}:{line_of_key(text, 'k')}: k: {k} is more than hidden_dim {n}")
     if cfg.get("normalize", False) is not False:
-        raise SaeFormatError(f"{cfg_path}:{line_of_key(text, 'normalize')}: normalize: a per-input layer norm has no "
-                             "equivalent in a TopK SAE with fixed biases (only normalize=false converts)")
+        raise SaeFormatError(
+            f"{cfg_path}:{line_of_key(text, 'normalize')}: normalize: a per-input layer norm has no "
+            "equivalent in a TopK SAE with fixed biases (only normalize=false converts)"
+        )
     path, tensors = _read_weights(folder, ("model.safetensors", "pytorch_model.bin"))
     expected = {"encoder.weight": (n, d), "pre_bias": (d,), "latent_bias": (n,), "decoder.linear.weight": (n, d)}
     # the tied matrix is saved once, under either name (safetensors keeps one name of a shared tensor)
@@ -155,7 +167,12 @@ def from_csr(src: str | os.PathLike, metadata: dict[str, Any] | None = None) -> 
     if len(tied) == 2 and not torch.equal(weights[tied[0]], weights[tied[1]]):
         raise SaeFormatError(f"{path}:0: decoder.linear.weight: differs from encoder.weight (the CSR decoder is tied)")
     W = weights[tied[0]]
-    ours = {"encoder.weight": W, "encoder.bias": weights["latent_bias"], "W_dec": W.clone(), "b_dec": weights["pre_bias"]}
+    ours = {
+        "encoder.weight": W,
+        "encoder.bias": weights["latent_bias"],
+        "W_dec": W.clone(),
+        "b_dec": weights["pre_bias"],
+    }
     return _build(d, n, k, ours, {"converted_from": "csr", **(metadata or {})})
 
 
@@ -169,12 +186,16 @@ def _latentsae_k(cfg: dict[str, Any], text: str, path: Path, num_latents: int) -
         except ValueError:
             sizes = ks = []
         if not ks or len(ks) != len(sizes) or sizes[-1] != num_latents or not 0 < ks[-1] <= num_latents:
-            raise SaeFormatError(f"{path}:{line_of_key(text, 'matryoshka_ks')}: matryoshka_ks: expected k per level, "
-                                 f"the last level of num_latents {num_latents} latents")
+            raise SaeFormatError(
+                f"{path}:{line_of_key(text, 'matryoshka_ks')}: matryoshka_ks: expected k per level, "
+                f"the last level of num_latents {num_latents} latents"
+            )
         return ks[-1]
     if kind != "topk":
-        raise SaeFormatError(f"{path}:{line_of_key(text, 'sae_type')}: sae_type: only topk and matryoshka (without "
-                             f"BatchTopK) encode as a TopK SAE, got {kind!r}")
+        raise SaeFormatError(
+            f"{path}:{line_of_key(text, 'sae_type')}: sae_type: only topk and matryoshka (without "
+            f"BatchTopK) encode as a TopK SAE, got {kind!r}"
+        )
     k = _integer(cfg, text, path, "k")
     if k > num_latents:
         raise SaeFormatError(f"{path}:{line_of_key(text, 'k')}: k: {k} is more than num_latents {num_latents}")
@@ -189,12 +210,15 @@ def from_latentsae(src: str | os.PathLike, metadata: dict[str, Any] | None = Non
     if not isinstance(cfg, dict):
         raise SaeFormatError(f"{cfg_path}:1: cfg.json: expected a JSON object")
     if cfg.get("use_skip", False):
-        raise SaeFormatError(f"{cfg_path}:{line_of_key(text, 'use_skip')}: use_skip: a skip connection has no "
-                             "equivalent in a TopK SAE")
+        raise SaeFormatError(
+            f"{cfg_path}:{line_of_key(text, 'use_skip')}: use_skip: a skip connection has no equivalent in a TopK SAE"
+        )
     d = _integer(cfg, text, cfg_path, "d_in")
     n = cfg.get("num_latents") or _integer(cfg, text, cfg_path, "expansion_factor") * d
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SaeFormatError(f"{cfg_path}:{line_of_key(text, 'num_latents')}: num_latents: expected an integer >= 0, got {n!r}")
+        raise SaeFormatError(
+            f"{cfg_path}:{line_of_key(text, 'num_latents')}: num_latents: expected an integer >= 0, got {n!r}"
+        )
     k = _latentsae_k(cfg, text, cfg_path, n)
     path, tensors = _read_weights(folder, ("sae.safetensors",))
     expected = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,), "input_mean": (d,)}

@@ -101,8 +101,9 @@ class Decomposition:
         return asdict(self)
 
 
-def decompose(sae: Any, x: Any, *, top: int = 20, labels: Sequence[str | None] | None = None,
-              text: str | None = None) -> Decomposition:
+def decompose(
+    sae: Any, x: Any, *, top: int = 20, labels: Sequence[str | None] | None = None, text: str | None = None
+) -> Decomposition:
     """Active features of one embedding with their activation, label and share of the reconstruction.
 
     Args:
@@ -132,8 +133,10 @@ def decompose(sae: Any, x: Any, *, top: int = 20, labels: Sequence[str | None] |
     norm2 = float(x_hat @ x_hat) or 1.0
     shares = (torch.as_tensor(acts) * (decoder @ x_hat)).numpy() / norm2
     x_norm = float(vector.norm()) or 1.0
-    features = [ActiveFeature(int(i), float(a), float(s), _label(labels, int(i)))
-                for i, a, s in zip(indices[:top], acts[:top], shares[:top])]
+    features = [
+        ActiveFeature(int(i), float(a), float(s), _label(labels, int(i)))
+        for i, a, s in zip(indices[:top], acts[:top], shares[:top])
+    ]
     return Decomposition(
         features=features,
         n_active=len(indices),
@@ -177,8 +180,15 @@ class Contrast:
         return asdict(self)
 
 
-def contrast(sae: Any, a: Any, b: Any, *, top: int = 20, labels: Sequence[str | None] | None = None,
-             texts: Sequence[str | None] = (None, None)) -> Contrast:
+def contrast(
+    sae: Any,
+    a: Any,
+    b: Any,
+    *,
+    top: int = 20,
+    labels: Sequence[str | None] | None = None,
+    texts: Sequence[str | None] = (None, None),
+) -> Contrast:
     """Split ``cos(a, b)`` into per-feature terms plus a bias and an error term (exact; module docstring).
 
     Args:
@@ -207,7 +217,10 @@ def contrast(sae: Any, a: Any, b: Any, *, top: int = 20, labels: Sequence[str | 
     bias = 0.5 * (float(b_dec @ unit_b) / norm_a + float(b_dec @ unit_a) / norm_b)
     error = 0.5 * (float(error_a @ unit_b) / norm_a + float(error_b @ unit_a) / norm_b)
     active = sorted(set(idx_a.tolist()) | set(idx_b.tolist()))
-    terms = [ContrastTerm(i, float(za[i]), float(zb[i]), float(za[i] - zb[i]), float(phi[i]), _label(labels, i)) for i in active]
+    terms = [
+        ContrastTerm(i, float(za[i]), float(zb[i]), float(za[i] - zb[i]), float(phi[i]), _label(labels, i))
+        for i in active
+    ]
     total = sum(abs(t.phi) for t in terms) + abs(bias) + abs(error)
     return Contrast(
         cosine=float(unit_a @ unit_b),

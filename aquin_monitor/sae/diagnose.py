@@ -18,7 +18,10 @@ Example:
 
     >>> import numpy as np, scipy.sparse
     >>> z = scipy.sparse.csr_matrix(np.array([[1, 1], [1, 1], [0, 1], [0, 1.0]]))
-    >>> [(p.source, p.target, p.probability, p.support) for p in absorption_pairs(z, ["a", "b", "c", "d"], min_support=2)]
+    >>> [
+    ...     (p.source, p.target, p.probability, p.support)
+    ...     for p in absorption_pairs(z, ["a", "b", "c", "d"], min_support=2)
+    ... ]
     [(0, 1, 1.0, 2)]
 """
 
@@ -131,8 +134,18 @@ def absorption_pairs(
     n = stats.n_texts
     shared = first_shared_rows(blocks, [(int(a[t]), int(b[t])) for t in order], limit=examples) if len(order) else []
     texts = texts_for(texts, [r for rows in shared for r in rows])
-    return [AbsorptionPair(int(a[t]), int(b[t]), float(probability[t]), int(n_i[a[t]]), int(c[t]),
-                           float(n_i[b[t]] / n), [str(texts[r]) for r in rows]) for t, rows in zip(order, shared)]
+    return [
+        AbsorptionPair(
+            int(a[t]),
+            int(b[t]),
+            float(probability[t]),
+            int(n_i[a[t]]),
+            int(c[t]),
+            float(n_i[b[t]] / n),
+            [str(texts[r]) for r in rows],
+        )
+        for t, rows in zip(order, shared)
+    ]
 
 
 def _mean_pairwise_distance(distances: np.ndarray) -> float:
@@ -213,8 +226,18 @@ def polysemy(
         sizes = (int((split == 0).sum()), int((split == 1).sum()))
         score = silhouette(distances, split)
         sides = ([str(texts[r]) for r in rows[split == 0][:3]], [str(texts[r]) for r in rows[split == 1][:3]])
-        results.append(Polysemy(j, spread, baseline, spread - baseline, score,
-                                bool(score >= silhouette_threshold and min(sizes) >= 2), sizes, sides))
+        results.append(
+            Polysemy(
+                j,
+                spread,
+                baseline,
+                spread - baseline,
+                score,
+                bool(score >= silhouette_threshold and min(sizes) >= 2),
+                sizes,
+                sides,
+            )
+        )
     results.sort(key=lambda p: (-p.spread_excess, p.feature))
     return results, baseline
 
@@ -254,6 +277,13 @@ def diagnose(
     if n != n_texts or len(embeddings) != n:
         raise ValueError(f"{n} activation rows, {len(embeddings)} embeddings, {n_texts} texts")
     pairs = absorption_pairs(activations, texts, threshold=threshold, min_support=min_support, blocks=blocks)
-    found, baseline = polysemy(activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed)
-    return Diagnostics(absorption=pairs, polysemy=found, threshold=threshold, baseline=baseline,
-                       silhouette_threshold=silhouette_threshold)
+    found, baseline = polysemy(
+        activations, embeddings, texts, top=top, silhouette_threshold=silhouette_threshold, seed=seed
+    )
+    return Diagnostics(
+        absorption=pairs,
+        polysemy=found,
+        threshold=threshold,
+        baseline=baseline,
+        silhouette_threshold=silhouette_threshold,
+    )

@@ -51,19 +51,24 @@ def embed_corpus(
     """
     from tqdm.auto import tqdm
 
-    from ..encoders import declared_dimension
-    from ..encoders import encode, load_model, resolve_model
+    from ..encoders import declared_dimension, encode, load_model, resolve_model
 
     location = resolve_model(model)
-    handle = CachedModel(lambda: loaded if loaded is not None else load_model(model, device=device),
-                         model_fingerprint(location), cache=EmbeddingCache(cache_dir), enabled=cache,
-                         dimension=declared_dimension(location))
+    handle = CachedModel(
+        lambda: loaded if loaded is not None else load_model(model, device=device),
+        model_fingerprint(location),
+        cache=EmbeddingCache(cache_dir),
+        enabled=cache,
+        dimension=declared_dimension(location),
+    )
 
     def run(m: Any, chunk: list[str]) -> np.ndarray:
         return encode(m, chunk, batch_size=batch_size, prompt_name=prompt_name)
 
     # prompt_name joins the key only when set, so prompt-less entries keep their key
-    options: dict[str, Any] = {"kind": "final"} if prompt_name is None else {"kind": "final", "prompt_name": prompt_name}
+    options: dict[str, Any] = (
+        {"kind": "final"} if prompt_name is None else {"kind": "final", "prompt_name": prompt_name}
+    )
     texts = list(texts)
     parts = []
     starts = range(0, len(texts), chunk_size)

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FeatureStatistics", "feature_statistics", "quality_metrics", "reconstruct", "retrieval_kept", "top_activations"]
+__all__ = [
+    "FeatureStatistics",
+    "feature_statistics",
+    "quality_metrics",
+    "reconstruct",
+    "retrieval_kept",
+    "top_activations",
+]
 
 
 @dataclass
@@ -108,7 +115,9 @@ def reconstruct(sae: Any, x: np.ndarray | torch.Tensor, *, batch_size: int = 819
 
 
 @torch.no_grad()
-def top_activations(sae: Any, x: np.ndarray | torch.Tensor, *, top: int = 5, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def top_activations(
+    sae: Any, x: np.ndarray | torch.Tensor, *, top: int = 5, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """For each feature, the ``top`` inputs on which it is most active.
 
     Returns:
@@ -140,7 +149,9 @@ def decoder_redundancy(sae: Any) -> float:
         return float(cos.max(dim=1).values.mean())
 
 
-def quality_metrics(sae: Any, x: np.ndarray | torch.Tensor, *, dense_threshold: float = 0.1) -> tuple[dict[str, float], FeatureStatistics]:
+def quality_metrics(
+    sae: Any, x: np.ndarray | torch.Tensor, *, dense_threshold: float = 0.1
+) -> tuple[dict[str, float], FeatureStatistics]:
     """The ``sae/*`` quality metrics of ``sae`` on held-out inputs ``x`` (see the module docstring).
 
     Returns:
@@ -182,11 +193,16 @@ def retrieval_kept(
     from ..signals.retrieval import retrieval_metrics
 
     out: dict[str, float] = {}
-    pairs = {"original": (query_emb, doc_emb), "reconstructed": (reconstruct(sae, query_emb), reconstruct(sae, doc_emb))}
+    pairs = {
+        "original": (query_emb, doc_emb),
+        "reconstructed": (reconstruct(sae, query_emb), reconstruct(sae, doc_emb)),
+    }
     for name, (queries, docs) in pairs.items():
         metrics = retrieval_metrics(queries, docs, relevant, ks=(10,), ndcg_k=ndcg_k).as_metrics()
         out[f"sae/retrieval/{name}/ndcg@{ndcg_k}"] = metrics[f"retrieval/ndcg@{ndcg_k}"]
         out[f"sae/retrieval/{name}/recall@10"] = metrics["retrieval/recall@10"]
     original = out[f"sae/retrieval/original/ndcg@{ndcg_k}"]
-    out[f"sae/retrieval/kept_ndcg@{ndcg_k}"] = out[f"sae/retrieval/reconstructed/ndcg@{ndcg_k}"] / original if original else float("nan")
+    out[f"sae/retrieval/kept_ndcg@{ndcg_k}"] = (
+        out[f"sae/retrieval/reconstructed/ndcg@{ndcg_k}"] / original if original else float("nan")
+    )
     return out

@@ -78,8 +78,9 @@ class Faithfulness:
 class _Evaluator:
     """Per-query NDCG of the original queries; NDCG after subtracting a change from some queries."""
 
-    def __init__(self, queries: np.ndarray, documents: np.ndarray, relevant: Sequence[Any], ndcg_k: int,
-                 index: str = "auto"):
+    def __init__(
+        self, queries: np.ndarray, documents: np.ndarray, relevant: Sequence[Any], ndcg_k: int, index: str = "auto"
+    ):
         from ..search import SearchIndex
 
         # one index over the documents for every ablation (exact full scan up to search.EXACT_MAX_DOCS)
@@ -99,15 +100,17 @@ class _Evaluator:
         rows, change = rows[keep], change[keep]
         if not len(rows):
             return self.ndcg
-        report, _ = self.search.retrieval_report(self.queries[rows] - change, [self.relevant[r] for r in rows],
-                                                 ks=(self.k,), ndcg_k=self.k)
+        report, _ = self.search.retrieval_report(
+            self.queries[rows] - change, [self.relevant[r] for r in rows], ks=(self.k,), ndcg_k=self.k
+        )
         per_query = self.per_query.copy()
         per_query[rows] = report.ndcg
         return float(np.mean(per_query[self.evaluated]))
 
 
-def ablated_ndcg(sae: Any, queries: Any, documents: Any, relevant: Sequence[Any], weights: Mapping[int, float], *,
-                 ndcg_k: int = 10) -> float:
+def ablated_ndcg(
+    sae: Any, queries: Any, documents: Any, relevant: Sequence[Any], weights: Mapping[int, float], *, ndcg_k: int = 10
+) -> float:
     """NDCG@k after removing ``weight · z_i d_i`` from every query for each ``feature: weight`` (full recomputation).
 
     The reference :func:`retrieval_faithfulness` is tested against.
@@ -119,7 +122,9 @@ def ablated_ndcg(sae: Any, queries: Any, documents: Any, relevant: Sequence[Any]
         z = sae.encode(x)
         for feature, weight in weights.items():
             x = x - weight * z[:, feature : feature + 1] * sae.W_dec[feature]
-    return retrieval_metrics(x.numpy(), documents, relevant, ks=(ndcg_k,), ndcg_k=ndcg_k).as_metrics()[f"retrieval/ndcg@{ndcg_k}"]
+    return retrieval_metrics(x.numpy(), documents, relevant, ks=(ndcg_k,), ndcg_k=ndcg_k).as_metrics()[
+        f"retrieval/ndcg@{ndcg_k}"
+    ]
 
 
 def _random_mass_set(order: np.ndarray, mass: np.ndarray, target: float) -> dict[int, float]:
@@ -141,15 +146,26 @@ def _change(z: torch.Tensor, decoder: torch.Tensor, weights: Mapping[int, float]
     return rows.numpy(), (part[rows] @ decoder[columns]).numpy()
 
 
-def retrieval_faithfulness(sae: Any, queries: Any, documents: Any, relevant: Sequence[Any], *,
-                           features: int | Sequence[int] = 100, n_random: int = 5, ndcg_k: int = 10, seed: int = 0,
-                           labels: Sequence[str | None] | None = None, index: str = "auto") -> Faithfulness:
+def retrieval_faithfulness(
+    sae: Any,
+    queries: Any,
+    documents: Any,
+    relevant: Sequence[Any],
+    *,
+    features: int | Sequence[int] = 100,
+    n_random: int = 5,
+    ndcg_k: int = 10,
+    seed: int = 0,
+    labels: Sequence[str | None] | None = None,
+    index: str = "auto",
+) -> Faithfulness:
     """Zero each chosen feature in all query embeddings and measure the NDCG@k drop (module docstring).
 
     Args:
         sae: a :class:`~aquin_monitor.sae.model.SparseAutoencoder`.
         queries: query embeddings ``[Q, d_in]``; documents: corpus embeddings ``[N, d_in]``.
-        relevant: per query, ``{document index: grade}`` (as :func:`~aquin_monitor.signals.retrieval.retrieval_metrics`).
+        relevant: per query, ``{document index: grade}``
+            (as :func:`~aquin_monitor.signals.retrieval.retrieval_metrics`).
         features: an int N (the N features with the largest activation mass over the queries) or a list.
         n_random: random same-mass ablations per feature for the baseline (0: none).
         ndcg_k: NDCG cutoff.
@@ -187,11 +203,25 @@ def retrieval_faithfulness(sae: Any, queries: Any, documents: Any, relevant: Seq
         drop = evaluator.ndcg - ndcg
         mean = float(np.mean(drops)) if drops else 0.0
         std = float(np.std(drops, ddof=1)) if len(drops) > 1 else float("nan")
-        results.append(FeatureAblation(
-            feature=feature, mass=float(mass[feature]), n_queries_active=int((z[:, feature] > 0).sum()), ndcg=ndcg,
-            drop=drop, random_drop_mean=mean, random_drop_std=std, excess_drop=drop - mean,
-            z=(drop - mean) / std if std and np.isfinite(std) else float("nan"),
-            label=None if labels is None else labels[feature]))
+        results.append(
+            FeatureAblation(
+                feature=feature,
+                mass=float(mass[feature]),
+                n_queries_active=int((z[:, feature] > 0).sum()),
+                ndcg=ndcg,
+                drop=drop,
+                random_drop_mean=mean,
+                random_drop_std=std,
+                excess_drop=drop - mean,
+                z=(drop - mean) / std if std and np.isfinite(std) else float("nan"),
+                label=None if labels is None else labels[feature],
+            )
+        )
     results.sort(key=lambda r: (-r.drop, r.feature))
-    return Faithfulness(ndcg=evaluator.ndcg, ndcg_k=ndcg_k, n_queries=int(evaluator.evaluated.sum()), features=results,
-                        search=evaluator.search_report.to_json())
+    return Faithfulness(
+        ndcg=evaluator.ndcg,
+        ndcg_k=ndcg_k,
+        n_queries=int(evaluator.evaluated.sum()),
+        features=results,
+        search=evaluator.search_report.to_json(),
+    )

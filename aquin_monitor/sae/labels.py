@@ -31,7 +31,9 @@ from sklearn.preprocessing import normalize
 __all__ = ["class_tfidf", "ctfidf_labels"]
 
 
-def class_tfidf(counts: scipy.sparse.spmatrix | np.ndarray, *, words_per_class: float | None = None) -> scipy.sparse.csr_matrix:
+def class_tfidf(
+    counts: scipy.sparse.spmatrix | np.ndarray, *, words_per_class: float | None = None
+) -> scipy.sparse.csr_matrix:
     """BERTopic's c-TF-IDF weights from a class-by-term count matrix.
 
     Args:
@@ -80,7 +82,9 @@ def ctfidf_labels(
         weight 0 are left out.
     """
     if background and corpus is None and isinstance(texts, Mapping):
-        raise ValueError("ctfidf_labels: texts given as a mapping of rows need corpus= (the whole corpus) for the background")
+        raise ValueError(
+            "ctfidf_labels: texts given as a mapping of rows need corpus= (the whole corpus) for the background"
+        )
     documents = [" ".join(texts[i] for i in members) for members in classes]
     vectorizer = CountVectorizer(stop_words="english")
     try:
@@ -104,7 +108,9 @@ def ctfidf_labels(
     return labels
 
 
-def _background_counts(vectorizer: CountVectorizer, corpus: Iterable[Sequence[str] | Mapping[int, str]]) -> tuple[scipy.sparse.csr_matrix, int]:
+def _background_counts(
+    vectorizer: CountVectorizer, corpus: Iterable[Sequence[str] | Mapping[int, str]]
+) -> tuple[scipy.sparse.csr_matrix, int]:
     """Counts of ``vectorizer``'s terms over the whole corpus (one row) and the corpus's word count.
 
     One pass of the vectorizer's own analyser per text (the tokens ``CountVectorizer`` would count), both
@@ -116,7 +122,7 @@ def _background_counts(vectorizer: CountVectorizer, corpus: Iterable[Sequence[st
     words = 0
     for chunk in corpus:
         hits: list[int] = []
-        for text in (chunk.values() if isinstance(chunk, Mapping) else chunk):
+        for text in chunk.values() if isinstance(chunk, Mapping) else chunk:
             tokens = analyse(text)
             words += len(tokens)
             hits.extend(vocabulary[token] for token in tokens if token in vocabulary)

@@ -82,7 +82,9 @@ def _zscored_activations(sae: Any, x: Any, batch_size: int = 4096) -> tuple[np.n
 def activation_correlation(sae_a: Any, x_a: Any, sae_b: Any, x_b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(C [n_a, n_b], alive_a, alive_b)``: Pearson correlation of the two SAEs' activations on paired rows."""
     if len(x_a) != len(x_b):
-        raise ValueError(f"embeddings: the two corpora must be the same texts in the same order, got {len(x_a)} and {len(x_b)} rows")
+        raise ValueError(
+            f"embeddings: the two corpora must be the same texts in the same order, got {len(x_a)} and {len(x_b)} rows"
+        )
     za, alive_a = _zscored_activations(sae_a, x_a)
     zb, alive_b = _zscored_activations(sae_b, x_b)
     return za.T @ zb / len(za), alive_a, alive_b
@@ -92,8 +94,11 @@ def _quality(correlations: np.ndarray, threshold: float) -> dict[str, float]:
     if not len(correlations):
         return {"mean": float("nan"), "share_above_threshold": 0.0}
     quantiles = np.quantile(correlations, [0.1, 0.25, 0.5, 0.75, 0.9])
-    return {"mean": float(correlations.mean()), **{f"q{int(q * 100)}": float(v) for q, v in zip([0.1, 0.25, 0.5, 0.75, 0.9], quantiles)},
-            "share_above_threshold": float(np.mean(correlations >= threshold))}
+    return {
+        "mean": float(correlations.mean()),
+        **{f"q{int(q * 100)}": float(v) for q, v in zip([0.1, 0.25, 0.5, 0.75, 0.9], quantiles)},
+        "share_above_threshold": float(np.mean(correlations >= threshold)),
+    }
 
 
 def _best(c: np.ndarray, alive: np.ndarray) -> tuple[list[int], list[float]]:
@@ -101,11 +106,22 @@ def _best(c: np.ndarray, alive: np.ndarray) -> tuple[list[int], list[float]]:
         return [-1] * len(c), [float("nan")] * len(c)
     best = c.argmax(1)
     values = c[np.arange(len(c)), best]
-    return [int(b) if a else -1 for b, a in zip(best, alive)], [float(v) if a else float("nan") for v, a in zip(values, alive)]
+    return [int(b) if a else -1 for b, a in zip(best, alive)], [
+        float(v) if a else float("nan") for v, a in zip(values, alive)
+    ]
 
 
-def match_features(sae_a: Any, x_a: Any, sae_b: Any, x_b: Any, *, threshold: float = 0.5, same_space: bool | None = None,
-                   labels_a: Sequence[str | None] | None = None, labels_b: Sequence[str | None] | None = None) -> FeatureMatch:
+def match_features(
+    sae_a: Any,
+    x_a: Any,
+    sae_b: Any,
+    x_b: Any,
+    *,
+    threshold: float = 0.5,
+    same_space: bool | None = None,
+    labels_a: Sequence[str | None] | None = None,
+    labels_b: Sequence[str | None] | None = None,
+) -> FeatureMatch:
     """Match the features of two SAEs by their activation correlation on a shared corpus (module docstring).
 
     Args:
@@ -131,16 +147,29 @@ def match_features(sae_a: Any, x_a: Any, sae_b: Any, x_b: Any, *, threshold: flo
     pairs = []
     for i, j in zip(rows_alive[r], cols_alive[k]):
         cosine = float(wa[i] @ wb[j]) if same_space else None
-        pairs.append(MatchedPair(int(i), int(j), float(c[i, j]), cosine,
-                                 None if labels_a is None else labels_a[i], None if labels_b is None else labels_b[j]))
+        pairs.append(
+            MatchedPair(
+                int(i),
+                int(j),
+                float(c[i, j]),
+                cosine,
+                None if labels_a is None else labels_a[i],
+                None if labels_b is None else labels_b[j],
+            )
+        )
     pairs.sort(key=lambda p: (-p.correlation, p.feature_a))
     masked = np.where(alive_b[None, :], c, -np.inf)
     best_b, best_corr_a = _best(masked, alive_a)
     best_a, best_corr_b = _best(np.where(alive_a[:, None], c, -np.inf).T, alive_b)
     return FeatureMatch(
-        pairs=pairs, best_b_for_a=best_b, best_correlation_a=best_corr_a, best_a_for_b=best_a, best_correlation_b=best_corr_b,
+        pairs=pairs,
+        best_b_for_a=best_b,
+        best_correlation_a=best_corr_a,
+        best_a_for_b=best_a,
+        best_correlation_b=best_corr_b,
         quality=_quality(np.array([p.correlation for p in pairs]), threshold),
         unmatched_a=[i for i in rows_alive.tolist() if not best_corr_a[i] >= threshold],
         unmatched_b=[j for j in cols_alive.tolist() if not best_corr_b[j] >= threshold],
-        threshold=threshold, n_texts=len(x_a),
+        threshold=threshold,
+        n_texts=len(x_a),
     )

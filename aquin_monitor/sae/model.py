@@ -43,12 +43,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ForwardOutput", "SaeFormatError", "SparseAutoencoder", "TopKOutput", "default_sae_path", "load_sae", "sae_folder"]
+__all__ = [
+    "ForwardOutput",
+    "SaeFormatError",
+    "SparseAutoencoder",
+    "TopKOutput",
+    "default_sae_path",
+    "load_sae",
+    "sae_folder",
+]
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
-SPARSIFY_KEYS = ("activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "multi_topk",
-                 "skip_connection", "transcode")
+SPARSIFY_KEYS = (
+    "activation",
+    "expansion_factor",
+    "normalize_decoder",
+    "num_latents",
+    "k",
+    "multi_topk",
+    "skip_connection",
+    "transcode",
+)
 
 
 class SaeFormatError(ValueError):
@@ -127,11 +143,21 @@ class SparseAutoencoder(nn.Module):
             rows keep their trained norms: rescaling them would change which latents TopK selects.
     """
 
-    def __init__(self, d_in: int, num_latents: int, k: int, *, seed: int = 0, metadata: dict[str, Any] | None = None,
-                 decoder_normalized: bool = True) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        num_latents: int,
+        k: int,
+        *,
+        seed: int = 0,
+        metadata: dict[str, Any] | None = None,
+        decoder_normalized: bool = True,
+    ) -> None:
         super().__init__()
         if not (0 < k <= num_latents) or d_in < 1:
-            raise ValueError(f"need 0 < k <= num_latents and d_in >= 1, got d_in={d_in}, num_latents={num_latents}, k={k}")
+            raise ValueError(
+                f"need 0 < k <= num_latents and d_in >= 1, got d_in={d_in}, num_latents={num_latents}, k={k}"
+            )
         self.d_in, self.num_latents, self.k = int(d_in), int(num_latents), int(k)
         self.metadata = dict(metadata or {})
         self.decoder_normalized = bool(decoder_normalized)
@@ -149,7 +175,9 @@ class SparseAutoencoder(nn.Module):
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
         """The k active features of each row of ``x`` [n, d_in] (values and indices)."""
-        acts, indices, pre_acts = _SparseTopKEncoder.apply(x - self.b_dec, self.encoder.weight, self.encoder.bias, self.k)
+        acts, indices, pre_acts = _SparseTopKEncoder.apply(
+            x - self.b_dec, self.encoder.weight, self.encoder.bias, self.k
+        )
         return TopKOutput(acts, indices, pre_acts)
 
     def decode_topk(self, acts: Tensor, indices: Tensor) -> Tensor:
@@ -166,7 +194,12 @@ class SparseAutoencoder(nn.Module):
         return z @ self.W_dec + self.b_dec
 
     def forward(
-        self, x: Tensor, *, dead_mask: Tensor | None = None, auxk_coefficient: float = 1.0, total_variance: Tensor | None = None
+        self,
+        x: Tensor,
+        *,
+        dead_mask: Tensor | None = None,
+        auxk_coefficient: float = 1.0,
+        total_variance: Tensor | None = None,
     ) -> ForwardOutput:
         """Reconstruction, FVU of the batch and the AuxK loss (zero when no latent is dead).
 
@@ -250,8 +283,13 @@ class SparseAutoencoder(nn.Module):
         cfg = read_config(folder / CFG_NAME)
         tensors = _read_tensors(folder / WEIGHTS_NAME, cfg)
         metadata = {key: value for key, value in cfg.items() if key not in SPARSIFY_KEYS and key != "d_in"}
-        sae = cls(cfg["d_in"], cfg["num_latents"], cfg["k"], metadata=metadata,
-                  decoder_normalized=cfg.get("normalize_decoder", True) is not False)
+        sae = cls(
+            cfg["d_in"],
+            cfg["num_latents"],
+            cfg["k"],
+            metadata=metadata,
+            decoder_normalized=cfg.get("normalize_decoder", True) is not False,
+        )
         sae.load_state_dict({name: t.to(torch.float32) for name, t in tensors.items()})
         return sae
 
@@ -263,7 +301,10 @@ def read_config(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         hint = ""
         if (path.parent / "config.json").is_file() or (path.parent / "modules.json").is_file():
-            hint = "; a sentence-transformers SparseAutoEncoder (CSR)? convert it: aquin-monitor sae convert SRC --from csr --out DIR"
+            hint = (
+                "; a sentence-transformers SparseAutoEncoder (CSR)? convert it: "
+                "aquin-monitor sae convert SRC --from csr --out DIR"
+            )
         raise SaeFormatError(f"{path}:0: cfg.json: missing (not a SAE folder?){hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SaeFormatError(f"{path}:0: cfg.json: unreadable: {exc}") from None
@@ -277,7 +318,9 @@ def read_config(path: Path) -> dict[str, Any]:
     def integer(name: str, minimum: int, default: Any = None) -> int:
         value = cfg.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}")
+            raise SaeFormatError(
+                f"{path}:{line_of_key(text, name)}: {name}: expected an integer >= {minimum}, got {value!r}"
+            )
         return value
 
     cfg["d_in"] = integer("d_in", 1)
@@ -288,11 +331,15 @@ def read_config(path: Path) -> dict[str, Any]:
         raise SaeFormatError(f"{path}:{line_of_key(text, 'k')}: k: {cfg['k']} is more than num_latents {num_latents}")
     for name, supported in (("activation", "topk"), ("transcode", False), ("skip_connection", False)):
         if name in cfg and cfg[name] != supported:
-            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: only {supported!r} is supported, got {cfg[name]!r}")
+            raise SaeFormatError(
+                f"{path}:{line_of_key(text, name)}: {name}: only {supported!r} is supported, got {cfg[name]!r}"
+            )
     for name, plain in (("sae_type", "topk"), ("mean_center", False), ("use_skip", False)):  # latentsae's keys
         if name in cfg and (str(cfg[name]).lower() if name == "sae_type" else cfg[name]) != plain:
-            raise SaeFormatError(f"{path}:{line_of_key(text, name)}: {name}: a latentsae SAE with {name}={cfg[name]!r}; "
-                                 "convert it first: aquin-monitor sae convert SRC --from latentsae --out DIR")
+            raise SaeFormatError(
+                f"{path}:{line_of_key(text, name)}: {name}: a latentsae SAE with {name}={cfg[name]!r}; "
+                "convert it first: aquin-monitor sae convert SRC --from latentsae --out DIR"
+            )
     return cfg
 
 
@@ -321,13 +368,16 @@ def _read_tensors(path: Path, cfg: dict[str, Any]) -> dict[str, Tensor]:
             raise SaeFormatError(f"{path}:0: {name}: missing tensor")
         if tuple(tensors[name].shape) != shape:
             raise SaeFormatError(
-                f"{path}:0: {name}: shape {tuple(tensors[name].shape)} disagrees with cfg.json (d_in={d}, num_latents={n}: {shape})"
+                f"{path}:0: {name}: shape {tuple(tensors[name].shape)} disagrees with cfg.json "
+                f"(d_in={d}, num_latents={n}: {shape})"
             )
         if not tensors[name].is_floating_point() or not torch.isfinite(tensors[name]).all():
             raise SaeFormatError(f"{path}:0: {name}: not finite floating-point values")
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise SaeFormatError(f"{path}:0: {extra[0]}: unsupported tensor (skip connections and transcoders are not supported)")
+        raise SaeFormatError(
+            f"{path}:0: {extra[0]}: unsupported tensor (skip connections and transcoders are not supported)"
+        )
     return {name: tensors[name] for name in expected}
 
 

@@ -49,13 +49,23 @@ class SaeSnapshot:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-feature arrays under ``sae/…`` names, for a snapshot's ``.npz``."""
-        return {keys.SAE_FREQUENCY: self.frequency, keys.SAE_MEAN_ACTIVATION: self.mean_activation,
-                keys.SAE_TOP_ROWS: self.top_rows, keys.SAE_TOP_VALUES: self.top_values}
+        return {
+            keys.SAE_FREQUENCY: self.frequency,
+            keys.SAE_MEAN_ACTIVATION: self.mean_activation,
+            keys.SAE_TOP_ROWS: self.top_rows,
+            keys.SAE_TOP_VALUES: self.top_values,
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SaeSnapshot:
         """The per-feature view back from a saved snapshot's :meth:`arrays` (its metrics are not kept there)."""
-        return cls({}, arrays[keys.SAE_FREQUENCY], arrays[keys.SAE_MEAN_ACTIVATION], arrays[keys.SAE_TOP_ROWS], arrays[keys.SAE_TOP_VALUES])
+        return cls(
+            {},
+            arrays[keys.SAE_FREQUENCY],
+            arrays[keys.SAE_MEAN_ACTIVATION],
+            arrays[keys.SAE_TOP_ROWS],
+            arrays[keys.SAE_TOP_VALUES],
+        )
 
 
 @torch.no_grad()
@@ -129,7 +139,9 @@ def snapshot_signals(
     return SaeSnapshot(metrics, frequency, mean_activation, rows, values)
 
 
-def feature_movers(base: SaeSnapshot, now: SaeSnapshot, texts: Sequence[str], top: int = 10) -> dict[str, list[dict[str, Any]]]:
+def feature_movers(
+    base: SaeSnapshot, now: SaeSnapshot, texts: Sequence[str], top: int = 10
+) -> dict[str, list[dict[str, Any]]]:
     """Features whose firing frequency rose or fell most from ``base`` to ``now`` (same probe texts).
 
     Features are ordered by the change in firing frequency, ties broken by the change in mean
@@ -181,7 +193,12 @@ def sae_choice(choice: str, model: str) -> str | None:
     bundled model and none for any other (its embedding space is not the shipped SAE's); ``"none"`` is none;
     anything else (``"default"``, a folder) is passed on to :func:`~aquin_monitor.sae.load_sae`.
 
-    >>> sae_choice("auto", "default"), sae_choice("auto", "my/model"), sae_choice("none", "default"), sae_choice("sae/x", "m")
+    >>> (
+    ...     sae_choice("auto", "default"),
+    ...     sae_choice("auto", "my/model"),
+    ...     sae_choice("none", "default"),
+    ...     sae_choice("sae/x", "m"),
+    ... )
     ('default', None, None, 'sae/x')
     """
     if choice == "none" or (choice == "auto" and model != "default"):

@@ -32,7 +32,14 @@ import scipy.sparse
 
 from .stats import FeatureStats, feature_stats_from_activations
 
-__all__ = ["CoactivationNetwork", "Edge", "Node", "coactivation_counts", "coactivation_network", "communities_and_layout"]
+__all__ = [
+    "CoactivationNetwork",
+    "Edge",
+    "Node",
+    "coactivation_counts",
+    "coactivation_network",
+    "communities_and_layout",
+]
 
 
 @dataclass
@@ -76,14 +83,22 @@ class CoactivationNetwork:
 
     def neighbours(self, feature: int) -> list[tuple[int, Edge]]:
         """Edges of ``feature`` as ``(other feature, edge)``, strongest NPMI first."""
-        found = [(e.target if e.source == feature else e.source, e) for e in self.edges if feature in (e.source, e.target)]
+        found = [
+            (e.target if e.source == feature else e.source, e) for e in self.edges if feature in (e.source, e.target)
+        ]
         return sorted(found, key=lambda pair: (-pair[1].npmi, pair[0]))
 
 
-def coactivation_counts(activations: scipy.sparse.spmatrix | FeatureStats) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+def coactivation_counts(
+    activations: scipy.sparse.spmatrix | FeatureStats,
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """``(C, n_i)``: sparse co-activation counts ``BᵀB`` (diagonal = ``n_i``) and per-feature counts (float64),
     of an activation matrix or read from streamed :class:`~aquin_monitor.sae.stats.FeatureStats`."""
-    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=1)
+    stats = (
+        activations
+        if isinstance(activations, FeatureStats)
+        else feature_stats_from_activations(activations, examples=1)
+    )
     return stats.coactivation.astype(np.float64), stats.counts.astype(np.float64)
 
 
@@ -109,7 +124,11 @@ def coactivation_network(
     Returns:
         A :class:`CoactivationNetwork`; its nodes are the features left with at least one edge.
     """
-    stats = activations if isinstance(activations, FeatureStats) else feature_stats_from_activations(activations, examples=1)
+    stats = (
+        activations
+        if isinstance(activations, FeatureStats)
+        else feature_stats_from_activations(activations, examples=1)
+    )
     n = stats.n_texts
     counts, n_i = coactivation_counts(stats)
     upper = scipy.sparse.triu(counts, k=1).tocoo()
@@ -127,12 +146,16 @@ def coactivation_network(
         inside = np.isin(i, linked) & np.isin(j, linked)
         i, j, c, npmi = i[inside], j[inside], c[inside], npmi[inside]
         linked = np.unique(np.concatenate([i, j]))
-    edges = [Edge(int(a), int(b), int(k), float(s), float(k / n_i[a]), float(k / n_i[b])) for a, b, k, s in zip(i, j, c, npmi)]
+    edges = [
+        Edge(int(a), int(b), int(k), float(s), float(k / n_i[a]), float(k / n_i[b]))
+        for a, b, k, s in zip(i, j, c, npmi)
+    ]
     edges.sort(key=lambda e: (e.source, e.target))
     nodes = [Node(int(f), float(n_i[f] / n), float(total[f] / n_i[f])) for f in linked]
     communities = communities_and_layout(nodes, edges, seed)
-    return CoactivationNetwork(n_texts=n, threshold=threshold, min_support=min_support, nodes=nodes, edges=edges,
-                               communities=communities)
+    return CoactivationNetwork(
+        n_texts=n, threshold=threshold, min_support=min_support, nodes=nodes, edges=edges, communities=communities
+    )
 
 
 def communities_and_layout(nodes: list[Node], edges: list[Edge], seed: int) -> list[list[int]]:

@@ -86,8 +86,9 @@ def page_data(
     return data
 
 
-def network_drawing(network: CoactivationNetwork, *, width: float = 640.0, height: float = 480.0,
-                    gap: float = 1.0) -> dict[str, Any]:
+def network_drawing(
+    network: CoactivationNetwork, *, width: float = 640.0, height: float = 480.0, gap: float = 1.0
+) -> dict[str, Any]:
     """Pixel positions and radii of the network's nodes, no two circles overlapping, so every node can be clicked.
 
     Radius ``r = 3 + 9·sqrt(mean activation / largest mean activation)``; the spring layout's
@@ -101,12 +102,18 @@ def network_drawing(network: CoactivationNetwork, *, width: float = 640.0, heigh
     radius = 3.0 + 9.0 * np.sqrt(means / max(float(means.max(initial=0.0)), 1e-9))
     xy = np.array([[n.x, n.y] for n in network.nodes], dtype=np.float64).reshape(-1, 2)
     xy, size = separate_circles(xy, radius, (width, height), gap=gap)
-    return {"width": size[0], "height": size[1], "x": xy[:, 0].round(2).tolist(), "y": xy[:, 1].round(2).tolist(),
-            "r": radius.round(2).tolist()}
+    return {
+        "width": size[0],
+        "height": size[1],
+        "x": xy[:, 0].round(2).tolist(),
+        "y": xy[:, 1].round(2).tolist(),
+        "r": radius.round(2).tolist(),
+    }
 
 
-def separate_circles(unit_xy: np.ndarray, radius: np.ndarray, size: tuple[float, float], *, gap: float = 1.0,
-                     rounds: int = 300) -> tuple[np.ndarray, tuple[float, float]]:
+def separate_circles(
+    unit_xy: np.ndarray, radius: np.ndarray, size: tuple[float, float], *, gap: float = 1.0, rounds: int = 300
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Circle centres in a ``size`` canvas (grown if needed) where ``‖c_i − c_j‖ ≥ r_i + r_j + gap`` for all pairs.
 
     ``unit_xy`` [n, 2] in ``[0, 1]²`` is scaled to the canvas (a margin of the largest radius); then,
@@ -138,8 +145,11 @@ def separate_circles(unit_xy: np.ndarray, radius: np.ndarray, size: tuple[float,
             overlap = np.triu(need - distance, k=1) > 0
             if not overlap.any():
                 return xy, (round(width, 2), round(height, 2))
-            direction = np.where(distance[..., None] > 1e-9, delta / np.maximum(distance, 1e-9)[..., None],
-                                 fallback[:, None, :] - fallback[None, :, :])
+            direction = np.where(
+                distance[..., None] > 1e-9,
+                delta / np.maximum(distance, 1e-9)[..., None],
+                fallback[:, None, :] - fallback[None, :, :],
+            )
             push = np.where(overlap | overlap.T, (need - distance) / 2 + 1e-3, 0.0)[..., None] * direction
             xy = xy + push.sum(axis=1)
             xy = np.clip(xy, radius[:, None] + gap / 2, [width, height] - radius[:, None] - gap / 2)
@@ -194,13 +204,22 @@ def fill_placeholders(template: str, values: dict[str, str]) -> str:
 
 
 def analyse_corpus(
-    sae: Any, embeddings: np.ndarray, texts: Sequence[str], *, examples: int = 20, npmi: float = 0.3, threshold: float = 0.9, min_support: int = 10
+    sae: Any,
+    embeddings: np.ndarray,
+    texts: Sequence[str],
+    *,
+    examples: int = 20,
+    npmi: float = 0.3,
+    threshold: float = 0.9,
+    min_support: int = 10,
 ) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
     """Everything the page shows for ``texts`` (their ``embeddings`` under ``sae``): the feature browser,
     the co-activation network (edges of NPMI ≥ ``npmi``) and the diagnostics (absorption at P(B | A) ≥
     ``threshold``), all from one pass of :func:`~aquin_monitor.sae.stats.stream_feature_stats`;
     ``min_support`` texts at least per pair/edge. :func:`analyse_rows` with the texts in memory."""
-    return analyse_rows(sae, embeddings, texts, examples=examples, npmi=npmi, threshold=threshold, min_support=min_support)
+    return analyse_rows(
+        sae, embeddings, texts, examples=examples, npmi=npmi, threshold=threshold, min_support=min_support
+    )
 
 
 def analyse_rows(
@@ -237,18 +256,32 @@ def analyse_rows(
     stats = stream_feature_stats(sae, source, examples=max(examples, polysemy_top), block_rows=block_rows)
     browser = browser_from_stats(stats, texts, corpus=corpus, examples=examples)
     network = coactivation_network(stats, threshold=npmi, min_support=min_support)
-    found = diagnose(stats, embeddings, texts, threshold=threshold, min_support=min_support, top=polysemy_top,
-                     blocks=activation_blocks(sae, source, block_rows=block_rows))
+    found = diagnose(
+        stats,
+        embeddings,
+        texts,
+        threshold=threshold,
+        min_support=min_support,
+        top=polysemy_top,
+        blocks=activation_blocks(sae, source, block_rows=block_rows),
+    )
     return browser, network, found
 
 
-def write_page(path: str | os.PathLike, browser: FeatureBrowser, network: CoactivationNetwork | None = None,
-               diagnostics: Diagnostics | None = None, *, title: str = "SAE features") -> Path:
+def write_page(
+    path: str | os.PathLike,
+    browser: FeatureBrowser,
+    network: CoactivationNetwork | None = None,
+    diagnostics: Diagnostics | None = None,
+    *,
+    title: str = "SAE features",
+) -> Path:
     """Write :func:`render_page`'s page to ``path`` atomically (never half-written); returns the path."""
     atomic_write_text(path, render_page(browser, network, diagnostics, title=title))
     return Path(path)
 
 
+# An embedded page template (the page's HTML skeleton): left unwrapped, splitting it could change the markup.
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
@@ -274,8 +307,9 @@ PAGE = """<!DOCTYPE html>
 <script type="application/json" id="sae-data">%DATA%</script>
 <script>%SCRIPT%</script>
 </body></html>
-"""
+"""  # noqa: E501
 
+# An embedded page template (the page's style sheet): left unwrapped, its CSS rules read one group per line.
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1300px}
 table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
@@ -286,8 +320,9 @@ tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
 circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
 line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
 section{margin-top:1.5em}nav a{color:#1a4f8b}
-"""
+"""  # noqa: E501
 
+# An embedded page template (the page's script): left unwrapped, splitting it could change the JavaScript.
 SCRIPT = r"""
 (function(){
 'use strict';
@@ -390,4 +425,4 @@ else {
   polysemyRows('#merged tbody', G.merged);
 }
 })();
-"""
+"""  # noqa: E501

@@ -77,17 +77,29 @@ def _open_store(store_dir: str, corpus: str, sae: Any, model: str | None) -> tup
     store = EmbeddingStore(store_dir)
     manifest = Path(store_dir) / "manifest.json"
     if store.dimension != sae.d_in:
-        raise InputError(manifest, f"the store holds {store.dimension}-dimensional rows, the SAE takes {sae.d_in}",
-                         line=1, field="dimension")
+        raise InputError(
+            manifest,
+            f"the store holds {store.dimension}-dimensional rows, the SAE takes {sae.d_in}",
+            line=1,
+            field="dimension",
+        )
     source = corpus_file(corpus)
     if corpus_hash(source) != store.manifest.corpus_hash:
-        raise InputError(manifest, f"the store was written for another corpus file than {source} (its bytes differ)",
-                         line=1, field="corpus_hash")
+        raise InputError(
+            manifest,
+            f"the store was written for another corpus file than {source} (its bytes differ)",
+            line=1,
+            field="corpus_hash",
+        )
     if model:
         location = resolve_model(model)
         if os.path.isdir(location) and model_fingerprint(location) != store.manifest.model_fingerprint:
-            raise InputError(manifest, f"the store was written by another model than {model!r} (its files differ); "
-                             "pass --model", line=1, field="model_fingerprint")
+            raise InputError(
+                manifest,
+                f"the store was written by another model than {model!r} (its files differ); pass --model",
+                line=1,
+                field="model_fingerprint",
+            )
     # same bytes as the file `embed` read and validated line by line: its texts are the store's rows, in order
     return store, CorpusTexts(lambda: (text for _, text in iter_corpus(source, check_ids=False)))
 
@@ -107,10 +119,15 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
     lines = []
     for rank, f in enumerate(browser.features[: args.show], 1):
         top = f.examples[0].text if f.examples else ""
-        lines.append(f"{rank:>4} feature {f.index:>5}  {', '.join(f.label) or '-':<36} freq {f.frequency:7.2%}  "
-                     f"max {f.max_activation:6.3f}  {_clip([top], 70)}")
-    lines.append(f"{len(browser.features)} of {browser.num_latents} features fired on {browser.n_texts} texts; "
-                 f"network: {len(network.nodes)} nodes, {len(network.edges)} edges" + (f"; page: {args.html}" if args.html else ""))
+        lines.append(
+            f"{rank:>4} feature {f.index:>5}  {', '.join(f.label) or '-':<36} freq {f.frequency:7.2%}  "
+            f"max {f.max_activation:6.3f}  {_clip([top], 70)}"
+        )
+    lines.append(
+        f"{len(browser.features)} of {browser.num_latents} features fired on {browser.n_texts} texts; "
+        f"network: {len(network.nodes)} nodes, {len(network.edges)} edges"
+        + (f"; page: {args.html}" if args.html else "")
+    )
     emit(data, args.json, lines)
     return data
 
@@ -131,18 +148,33 @@ def _diagnose(args: argparse.Namespace) -> Any:
 
     (sae, _, _), texts, x = _inputs(args)
     source = ArrayRows(x) if isinstance(x, np.ndarray) else x
-    result = diagnose(stream_feature_stats(sae, source), x, texts, threshold=args.threshold, min_support=args.min_support,
-                      blocks=activation_blocks(sae, source))
+    result = diagnose(
+        stream_feature_stats(sae, source),
+        x,
+        texts,
+        threshold=args.threshold,
+        min_support=args.min_support,
+        blocks=activation_blocks(sae, source),
+    )
     lines = [f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}"]
-    lines += [f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  e.g. {_clip(p.examples)}"
-              for p in result.absorption[: args.show]]
+    lines += [
+        f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  "
+        f"e.g. {_clip(p.examples)}"
+        for p in result.absorption[: args.show]
+    ]
     lines.append(f"polysemy, widest spread of top texts (minus random texts' {result.baseline:.3f}):")
-    lines += [f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  {_clip(p.examples[0])} | {_clip(p.examples[1])}"
-              for p in result.polysemy[: args.show]]
+    lines += [
+        f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  "
+        f"{_clip(p.examples[0])} | {_clip(p.examples[1])}"
+        for p in result.polysemy[: args.show]
+    ]
     merged = sorted((p for p in result.polysemy if p.merged), key=lambda p: (-p.silhouette, p.feature))
     lines.append(f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}): {len(merged)}")
-    lines += [f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  {_clip(p.examples[0])} | {_clip(p.examples[1])}"
-              for p in merged[: args.show]]
+    lines += [
+        f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  "
+        f"{_clip(p.examples[0])} | {_clip(p.examples[1])}"
+        for p in merged[: args.show]
+    ]
     emit(dataclasses.asdict(result), args.json, lines)
     return result
 
@@ -152,27 +184,50 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
     shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
-    shared.add_argument("--store", metavar="DIR", default=None,
-                        help="read the corpus's embeddings from this store (`aquin-monitor embed`) instead of encoding: "
-                        "memory independent of the corpus size; --corpus names the file it was written from")
+    shared.add_argument(
+        "--store",
+        metavar="DIR",
+        default=None,
+        help="read the corpus's embeddings from this store (`aquin-monitor embed`) instead of encoding: "
+        "memory independent of the corpus size; --corpus names the file it was written from",
+    )
     shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
     shared.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
     cache_option(shared)
-    shared.add_argument("--threshold", type=bounded_float(0.0, 1.0), default=0.9, help="absorption: least P(B | A) (default 0.9)")
-    shared.add_argument("--min-support", type=positive_int, default=10, metavar="N",
-                        help="least texts for an absorption pair or a network edge (default 10)")
+    shared.add_argument(
+        "--threshold", type=bounded_float(0.0, 1.0), default=0.9, help="absorption: least P(B | A) (default 0.9)"
+    )
+    shared.add_argument(
+        "--min-support",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="least texts for an absorption pair or a network edge (default 10)",
+    )
     shared.add_argument("--show", type=positive_int, default=20, metavar="N", help="rows printed (default 20)")
 
-    browse = commands.add_parser("browse", parents=[common, shared], help="feature browser, co-activation network, diagnostics",
-                                 description="Rank the SAE's features over a corpus (labels by c-TF-IDF), build the co-activation "
-                                 "network and the absorption/polysemy diagnostics; --html writes one self-contained page.")
+    browse = commands.add_parser(
+        "browse",
+        parents=[common, shared],
+        help="feature browser, co-activation network, diagnostics",
+        description="Rank the SAE's features over a corpus (labels by c-TF-IDF), build the co-activation "
+        "network and the absorption/polysemy diagnostics; --html writes one self-contained page.",
+    )
     browse.add_argument("--html", metavar="OUT", default=None, help="write the interactive page to OUT")
-    browse.add_argument("--examples", type=positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)")
-    browse.add_argument("--npmi", type=bounded_float(-1.0, 1.0), default=0.3, help="least NPMI of a network edge (default 0.3)")
+    browse.add_argument(
+        "--examples", type=positive_int, default=20, metavar="N", help="top texts kept per feature (default 20)"
+    )
+    browse.add_argument(
+        "--npmi", type=bounded_float(-1.0, 1.0), default=0.3, help="least NPMI of a network edge (default 0.3)"
+    )
     browse.set_defaults(handler=_browse)
     declare_outputs(browse, files=["--html"])
 
-    diagnose = commands.add_parser("diagnose", parents=[common, shared], help="absorption pairs and polysemous features",
-                                   description="Absorption pairs (P(B | A) >= threshold, with support) and polysemy (spread of "
-                                   "top texts against random texts, 2-means split), with example texts.")
+    diagnose = commands.add_parser(
+        "diagnose",
+        parents=[common, shared],
+        help="absorption pairs and polysemous features",
+        description="Absorption pairs (P(B | A) >= threshold, with support) and polysemy (spread of "
+        "top texts against random texts, 2-means split), with example texts.",
+    )
     diagnose.set_defaults(handler=_diagnose)

@@ -58,7 +58,9 @@ def training_curves_figure(history: Sequence[Mapping[str, float]]):
     """
     epochs = [row["epoch"] for row in history]
     fig = _figure(figsize=(9, 3))
-    for i, (key, label) in enumerate((("sae/fvu", "held-out FVU"), ("sae/l0", "L0"), ("sae/dead_fraction", "dead fraction"))):
+    for i, (key, label) in enumerate(
+        (("sae/fvu", "held-out FVU"), ("sae/l0", "L0"), ("sae/dead_fraction", "dead fraction"))
+    ):
         ax = fig.add_subplot(1, 3, i + 1)
         ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", markersize=3)
         ax.set_xlabel("epoch")

@@ -118,13 +118,18 @@ class FeatureStatsAccumulator:
         if coo.shape[1] != self.num_latents:
             raise ValueError(f"activation block has {coo.shape[1]} features, expected {self.num_latents}")
         fired = coo.data > 0
-        rows, cols, values = coo.row[fired].astype(np.int64) + first_row, coo.col[fired], coo.data[fired].astype(np.float32)
+        rows, cols, values = (
+            coo.row[fired].astype(np.int64) + first_row,
+            coo.col[fired],
+            coo.data[fired].astype(np.float32),
+        )
         self.counts += np.bincount(cols, minlength=self.num_latents)
         self.total += np.bincount(cols, weights=values.astype(np.float64), minlength=self.num_latents)
         np.maximum.at(self.maximum, cols, values.astype(np.float64))
         self._merge_top(rows, cols, values)
-        binary = scipy.sparse.csr_matrix((np.ones(len(cols), dtype=np.int64), (rows - first_row, cols)),
-                                         shape=(coo.shape[0], self.num_latents))
+        binary = scipy.sparse.csr_matrix(
+            (np.ones(len(cols), dtype=np.int64), (rows - first_row, cols)), shape=(coo.shape[0], self.num_latents)
+        )
         self.coactivation = (self.coactivation + (binary.T @ binary).tocsr()).tocsr()
         self.n_texts += coo.shape[0]
 
@@ -152,11 +157,21 @@ class FeatureStatsAccumulator:
 
     def result(self) -> FeatureStats:
         """The statistics of every row added so far (copies: adding more later does not change them)."""
-        return FeatureStats(self.n_texts, self.num_latents, self.counts.copy(), self.total.copy(), self.maximum.copy(),
-                            self.top_rows.copy(), self.top_values.copy(), self.coactivation.copy())
+        return FeatureStats(
+            self.n_texts,
+            self.num_latents,
+            self.counts.copy(),
+            self.total.copy(),
+            self.maximum.copy(),
+            self.top_rows.copy(),
+            self.top_values.copy(),
+            self.coactivation.copy(),
+        )
 
 
-def activation_blocks(sae: Any, source: RowSource, *, block_rows: int = 8192) -> Iterator[tuple[int, scipy.sparse.csr_matrix]]:
+def activation_blocks(
+    sae: Any, source: RowSource, *, block_rows: int = 8192
+) -> Iterator[tuple[int, scipy.sparse.csr_matrix]]:
     """``(first_row, activations)`` of ``sae`` on ``source``, ``block_rows`` rows at a time (one block in memory)."""
     for start, rows in iter_blocks(source, block_rows):
         try:

@@ -91,15 +91,30 @@ def steered_query(sae: Any, q: Any, feature: int, delta: float) -> tuple[np.ndar
     return moved[0].float().numpy(), z_f, z_new
 
 
-def _hits(scores: np.ndarray, index: np.ndarray, doc_ids: Sequence[str] | None, texts: Sequence[str] | None) -> list[Hit]:
-    return [Hit(rank, int(i), float(s), None if doc_ids is None else doc_ids[i], None if texts is None else texts[i])
-            for rank, (s, i) in enumerate(zip(scores, index), 1) if i >= 0]
+def _hits(
+    scores: np.ndarray, index: np.ndarray, doc_ids: Sequence[str] | None, texts: Sequence[str] | None
+) -> list[Hit]:
+    return [
+        Hit(rank, int(i), float(s), None if doc_ids is None else doc_ids[i], None if texts is None else texts[i])
+        for rank, (s, i) in enumerate(zip(scores, index), 1)
+        if i >= 0
+    ]
 
 
-def steer(sae: Any, query: Any, documents: Any, feature: int, delta: float, *, top: int = 10,
-          doc_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-          labels: Sequence[str | None] | None = None, query_text: str | None = None,
-          index: str = "auto") -> Steering:
+def steer(
+    sae: Any,
+    query: Any,
+    documents: Any,
+    feature: int,
+    delta: float,
+    *,
+    top: int = 10,
+    doc_ids: Sequence[str] | None = None,
+    texts: Sequence[str] | None = None,
+    labels: Sequence[str | None] | None = None,
+    query_text: str | None = None,
+    index: str = "auto",
+) -> Steering:
     """Steer ``query`` along ``feature`` by ``delta`` and re-rank ``documents`` by cosine.
 
     Args:
@@ -129,11 +144,16 @@ def steer(sae: Any, query: Any, documents: Any, feature: int, delta: float, *, t
     cosine = float(original[0].astype(np.float64) @ moved / (np.linalg.norm(original[0].astype(np.float64)) or 1.0))
     before, after = set(index_before[0].tolist()), set(index_after[0].tolist())
     return Steering(
-        feature=feature, delta=float(delta), activation_before=z_f, activation_after=z_new,
-        activation_measured=measured, cosine_shift=cosine,
+        feature=feature,
+        delta=float(delta),
+        activation_before=z_f,
+        activation_after=z_new,
+        activation_measured=measured,
+        cosine_shift=cosine,
         before=_hits(scores_before[0], index_before[0], doc_ids, texts),
         after=_hits(scores_after[0], index_after[0], doc_ids, texts),
         entered=[i for i in index_after[0].tolist() if i not in before],
         left=[i for i in index_before[0].tolist() if i not in after],
-        label=None if labels is None else labels[feature], text=query_text,
+        label=None if labels is None else labels[feature],
+        text=query_text,
     )

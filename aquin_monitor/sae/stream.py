@@ -132,8 +132,15 @@ class BufferBatches:
 
 
 def buffer_batches(
-    source: RowSource, plan: RowPlan, blocks: list[int], permutation: torch.Tensor, batch_size: int,
-    *, rank: int = 0, world_size: int = 1, min_batch: int = 2,
+    source: RowSource,
+    plan: RowPlan,
+    blocks: list[int],
+    permutation: torch.Tensor,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    min_batch: int = 2,
 ) -> BufferBatches:
     """Read this rank's rows of a buffer made of ``blocks`` (training rows only, concatenated in that order).
 
@@ -160,5 +167,7 @@ def buffer_batches(
             rows = torch.from_numpy(source.read(start + int(train[0]), start + int(train[-1]) + 1))
             local[here] = rows[train - train[0]][positions[here] - offset]
         offset += len(train)
-    local_sizes = [rank_share(size, rank, world_size)[1] - rank_share(size, rank, world_size)[0] for size in global_sizes]
+    local_sizes = [
+        rank_share(size, rank, world_size)[1] - rank_share(size, rank, world_size)[0] for size in global_sizes
+    ]
     return BufferBatches(local, local_sizes, global_sizes)

@@ -68,8 +68,15 @@ def _classify(active: np.ndarray) -> tuple[str, int | None]:
     return ("late-binding" if onset >= len(active) - LATE_LAYERS else "progressive"), onset
 
 
-def trace_feature(sae: Any, layers: Any, feature: int, *, top: int = 5,
-                  labels: Sequence[str | None] | None = None, text: str | None = None) -> LayerTrace:
+def trace_feature(
+    sae: Any,
+    layers: Any,
+    feature: int,
+    *,
+    top: int = 5,
+    labels: Sequence[str | None] | None = None,
+    text: str | None = None,
+) -> LayerTrace:
     """Apply the SAE to each layer's input and follow one feature (module docstring).
 
     Args:
@@ -95,11 +102,23 @@ def trace_feature(sae: Any, layers: Any, feature: int, *, top: int = 5,
     co_active = []
     for row in z:
         values, indices = torch.topk(row, min(top + 1, sae.num_latents))
-        co_active.append([{"feature": int(i), "activation": float(v), "label": None if labels is None else labels[int(i)]}
-                          for v, i in zip(values, indices) if v > 0 and int(i) != feature][:top])
+        co_active.append(
+            [
+                {"feature": int(i), "activation": float(v), "label": None if labels is None else labels[int(i)]}
+                for v, i in zip(values, indices)
+                if v > 0 and int(i) != feature
+            ][:top]
+        )
     classification, onset = _classify(activations > 0)
-    return LayerTrace(feature, activations.tolist(), co_active, classification, onset,
-                      None if labels is None else labels[feature], text)
+    return LayerTrace(
+        feature,
+        activations.tolist(),
+        co_active,
+        classification,
+        onset,
+        None if labels is None else labels[feature],
+        text,
+    )
 
 
 def layer_inputs(model: Any, texts: Sequence[str], *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +137,7 @@ def layer_inputs(model: Any, texts: Sequence[str], *, batch_size: int = 32) -> t
 
     modules = list(model.children())
     pooling_at = next(i for i, m in enumerate(modules) if type(m).__name__ == "Pooling")
-    after = modules[pooling_at + 1:]
+    after = modules[pooling_at + 1 :]
     truncate_dim = getattr(model, "truncate_dim", None)
     layers, finals = [], []
     for batch in iter_forward(model, list(texts), batch_size=batch_size, attentions=False):

@@ -49,16 +49,37 @@ from .evaluate import feature_statistics
 from .model import SparseAutoencoder
 from .stream import RowPlan, buffer_batches, scan_source
 
-__all__ = ["DEAD_AFTER_CAP", "SaeCheckpointError", "SaeTrainConfig", "SaeTrainingError", "StreamingTrainer", "TrainResult", "choose_sizes",
-           "resolve_device", "train_rows", "train_sae"]
+__all__ = [
+    "DEAD_AFTER_CAP",
+    "SaeCheckpointError",
+    "SaeTrainConfig",
+    "SaeTrainingError",
+    "StreamingTrainer",
+    "TrainResult",
+    "choose_sizes",
+    "resolve_device",
+    "train_rows",
+    "train_sae",
+]
 
 DEAD_AFTER_CAP = 1_000_000
 """Default ``dead_after`` is one epoch, but never more samples than this (see ``SaeTrainConfig.dead_after``)."""
 
 CHECKPOINT_FORMAT = "aquin-monitor sae training state 1"
 # settings that shape the trajectory: a checkpoint only resumes a run that agrees on all of them
-_TRAJECTORY_FIELDS = ("num_latents", "k", "lr", "batch_size", "val_fraction", "auxk_coefficient", "dead_after", "seed",
-                      "block_rows", "buffer_blocks", "max_val_rows")
+_TRAJECTORY_FIELDS = (
+    "num_latents",
+    "k",
+    "lr",
+    "batch_size",
+    "val_fraction",
+    "auxk_coefficient",
+    "dead_after",
+    "seed",
+    "block_rows",
+    "buffer_blocks",
+    "max_val_rows",
+)
 
 
 class SaeTrainingError(RuntimeError):
@@ -84,12 +105,16 @@ class TrainResult:
     @property
     def val_indices(self) -> np.ndarray:
         """Sorted row numbers of the held-out rows."""
-        return np.concatenate([self.plan.split(b)[1].numpy() + self.plan.block_range(b)[0] for b in range(self.plan.n_blocks)])
+        return np.concatenate(
+            [self.plan.split(b)[1].numpy() + self.plan.block_range(b)[0] for b in range(self.plan.n_blocks)]
+        )
 
     @property
     def train_indices(self) -> np.ndarray:
         """Sorted row numbers of the training rows (n of them: for small corpora and tests)."""
-        return np.concatenate([self.plan.split(b)[0].numpy() + self.plan.block_range(b)[0] for b in range(self.plan.n_blocks)])
+        return np.concatenate(
+            [self.plan.split(b)[0].numpy() + self.plan.block_range(b)[0] for b in range(self.plan.n_blocks)]
+        )
 
 
 def choose_sizes(n_texts: int, d_in: int) -> tuple[int, int, str]:
@@ -113,7 +138,8 @@ def choose_sizes(n_texts: int, d_in: int) -> tuple[int, int, str]:
 
 
 def resolve_device(device: str | None) -> str:
-    """``None`` → ``"cpu"``; ``"auto"`` → ``"cuda"`` when CUDA is present, else ``"cpu"``; under ``torchrun`` on CUDA, this rank's GPU."""
+    """``None`` → ``"cpu"``; ``"auto"`` → ``"cuda"`` when CUDA is present, else ``"cpu"``; under ``torchrun`` on
+    CUDA, this rank's GPU."""
     device = device or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,7 +156,8 @@ def train_sae(
     show_progress: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a TopK SAE on ``embeddings`` [n, d] in memory (:func:`train_rows` over :class:`~aquin_monitor.rows.ArrayRows`).
+    """Train a TopK SAE on ``embeddings`` [n, d] in memory (:func:`train_rows` over
+    :class:`~aquin_monitor.rows.ArrayRows`).
 
     Args:
         embeddings: float array of embeddings, one row per text, used as given (not normalised).
@@ -151,7 +178,11 @@ def train_sae(
         >>> len(result.history), result.sae.num_latents
         (2, 32)
     """
-    x = embeddings.detach().cpu().float().numpy() if torch.is_tensor(embeddings) else np.asarray(embeddings, dtype=np.float32)
+    x = (
+        embeddings.detach().cpu().float().numpy()
+        if torch.is_tensor(embeddings)
+        else np.asarray(embeddings, dtype=np.float32)
+    )
     if x.ndim != 2 or x.shape[0] < 2 or not np.isfinite(x).all():
         raise ValueError(f"embeddings must be a finite [n >= 2, d] array, got shape {tuple(x.shape)}")
     return train_rows(ArrayRows(x), config, sinks=sinks, show_progress=show_progress, metadata=metadata)
@@ -199,14 +230,21 @@ def train_rows(
     with torch.no_grad():
         sae.b_dec.copy_(train_mean)
     rank, world_size = rank_and_world_size()
-    trainer = StreamingTrainer(sae, source, plan, held_out.to(config.device), config, rank=rank, world_size=world_size,
-                               on_step=on_step)
+    trainer = StreamingTrainer(
+        sae, source, plan, held_out.to(config.device), config, rank=rank, world_size=world_size, on_step=on_step
+    )
     if config.checkpoint and Path(config.checkpoint).exists():
         trainer.load_checkpoint(config.checkpoint)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.max_epochs, initial=len(trainer.history), desc="sae", unit="epoch",
-               disable=not show_progress or rank != 0, file=sys.stderr)
+    bar = tqdm(
+        total=config.max_epochs,
+        initial=len(trainer.history),
+        desc="sae",
+        unit="epoch",
+        disable=not show_progress or rank != 0,
+        file=sys.stderr,
+    )
     sink = MultiSink(sinks if rank == 0 else ())
     try:
         trainer.fit(sink, bar)
@@ -235,9 +273,18 @@ class StreamingTrainer:
     sums, the history and the best epoch's weights. Identical on every rank.
     """
 
-    def __init__(self, sae: SparseAutoencoder, source: RowSource, plan: RowPlan, held_out: torch.Tensor,
-                 config: SaeTrainConfig, *, rank: int = 0, world_size: int = 1,
-                 on_step: Callable[[StreamingTrainer], None] | None = None) -> None:
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        source: RowSource,
+        plan: RowPlan,
+        held_out: torch.Tensor,
+        config: SaeTrainConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        on_step: Callable[[StreamingTrainer], None] | None = None,
+    ) -> None:
         self.sae, self.source, self.plan, self.held_out, self.config = sae, source, plan, held_out, config
         self.rank, self.world_size, self.on_step = rank, world_size, on_step
         self.device = held_out.device
@@ -296,8 +343,15 @@ class StreamingTrainer:
             permutation = torch.randperm(n_rows, generator=self.shuffle_generator)
             if index < first_buffer:
                 continue  # resuming: this buffer was trained before the checkpoint
-            data = buffer_batches(self.source, self.plan, blocks, permutation, self.config.batch_size,
-                                  rank=self.rank, world_size=self.world_size)
+            data = buffer_batches(
+                self.source,
+                self.plan,
+                blocks,
+                permutation,
+                self.config.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
             rows = data.rows.pin_memory() if self.device.type == "cuda" else data.rows
             data.rows = rows.to(self.device, non_blocking=True)
             for batch, local, global_size in data.batches(first_batch if index == first_buffer else 0):
@@ -379,11 +433,19 @@ class StreamingTrainer:
             try:
                 yield
             except (RuntimeError, torch.distributed.DistError) as exc:
-                where = (f"the last checkpoint, {self.config.checkpoint} (step {self.checkpoint_step}), is intact: "
-                         "start the job again to resume from it") if self.checkpoint_step >= 0 else "no checkpoint was written"
+                where = (
+                    (
+                        f"the last checkpoint, {self.config.checkpoint} (step {self.checkpoint_step}), is intact: "
+                        "start the job again to resume from it"
+                    )
+                    if self.checkpoint_step >= 0
+                    else "no checkpoint was written"
+                )
                 reason = " ".join(str(exc).split())[:200]
-                raise SaeTrainingError(f"rank {self.rank} of {self.world_size}: another rank stopped answering during "
-                                       f"{what} at step {self.step + 1} ({reason}); {where}") from exc
+                raise SaeTrainingError(
+                    f"rank {self.rank} of {self.world_size}: another rank stopped answering during "
+                    f"{what} at step {self.step + 1} ({reason}); {where}"
+                ) from exc
 
         return guard()
 
@@ -400,7 +462,8 @@ class StreamingTrainer:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "generators": list(self.epoch_start_states),
             "position": list(self.position),
-            "seen": self.seen, "step": self.step,
+            "seen": self.seen,
+            "step": self.step,
             "last_fired": self.last_fired.cpu(),
             "sums": self.sums.cpu(),
             "history": self.history,
@@ -426,18 +489,24 @@ class StreamingTrainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # a foreign or cut file
-            raise SaeCheckpointError(f"{path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]}); "
-                                   "remove it to start afresh") from None
+            raise SaeCheckpointError(
+                f"{path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]}); "
+                "remove it to start afresh"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise SaeCheckpointError(f"{path}: not an aquin-monitor SAE training checkpoint; remove it to start afresh")
         if list(state["rows"]) != [self.plan.n_rows, self.source.dimension]:
-            raise SaeCheckpointError(f"{path}: rows: the checkpoint was trained on {state['rows'][0]} rows of dimension "
-                                   f"{state['rows'][1]}, these are {self.plan.n_rows} of {self.source.dimension}")
+            raise SaeCheckpointError(
+                f"{path}: rows: the checkpoint was trained on {state['rows'][0]} rows of dimension "
+                f"{state['rows'][1]}, these are {self.plan.n_rows} of {self.source.dimension}"
+            )
         now = {name: getattr(self.config, name) for name in _TRAJECTORY_FIELDS}
         for name, value in now.items():
             if state["settings"].get(name) != value:
-                raise SaeCheckpointError(f"{path}: {name}: {state['settings'].get(name)!r} in the checkpoint, {value!r} now; "
-                                       "resume with the same settings or remove the checkpoint")
+                raise SaeCheckpointError(
+                    f"{path}: {name}: {state['settings'].get(name)!r} in the checkpoint, {value!r} now; "
+                    "resume with the same settings or remove the checkpoint"
+                )
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch_start_states = tuple(state["generators"])

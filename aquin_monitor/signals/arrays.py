@@ -104,9 +104,7 @@ def _check_finite(array: np.ndarray, name: str) -> None:
             raise ValueError(f"{name} contains NaN or Inf in row(s) {_first_rows(np.asarray(~finite), start)}")
 
 
-def as_matrix(
-    x: object, name: str = "x", min_rows: int = 1, *, dtype: type | None = np.float64
-) -> np.ndarray:
+def as_matrix(x: object, name: str = "x", min_rows: int = 1, *, dtype: type | None = np.float64) -> np.ndarray:
     """``x`` as a finite real ``[n, d]`` matrix, or ``ValueError`` saying what is wrong.
 
     Args:
@@ -137,9 +135,7 @@ def as_matrix(
     return array
 
 
-def normalising_blocks(
-    x: object, name: str = "x", min_rows: int = 1
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def normalising_blocks(x: object, name: str = "x", min_rows: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield consecutive float64 row blocks of ``x`` with their inverse norms 1/‖xᵢ‖.
 
     Streams (``STREAM_BLOCK_ELEMENTS`` numbers per block) so that a float32 matrix of millions
@@ -170,9 +166,7 @@ def normalising_blocks(
         if suspicious.any():
             finite = np.isfinite(block).all(axis=1)
             if not finite.all():
-                raise ValueError(
-                    f"{name} contains NaN or Inf in row(s) {_first_rows(np.asarray(~finite), start)}"
-                )
+                raise ValueError(f"{name} contains NaN or Inf in row(s) {_first_rows(np.asarray(~finite), start)}")
             zero = ~block.any(axis=1)
             if zero.any():
                 raise ValueError(
@@ -212,9 +206,7 @@ def metric_name(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def row_blocks(
-    matrix: np.ndarray, columns: int | None = None
-) -> Iterator[tuple[int, int, np.ndarray]]:
+def row_blocks(matrix: np.ndarray, columns: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, rows)`` blocks of ``matrix`` sized so that a block times ``columns``
     (default: the number of rows, for a pairwise product) holds about ``BLOCK_ELEMENTS``
     numbers (~32 MB of float64).
@@ -315,9 +307,7 @@ def check_labels(labels: Sequence[object], n: int) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     label_array = np.asarray(labels)
     if label_array.ndim != 1 or label_array.shape[0] != n:
-        raise ValueError(
-            f"labels must be 1-D with one label per row ({n}), got shape {label_array.shape}"
-        )
+        raise ValueError(f"labels must be 1-D with one label per row ({n}), got shape {label_array.shape}")
     try:
         np.unique(label_array)
     except TypeError as exc:

@@ -96,7 +96,8 @@ def check_triplet(positive_distance: torch.Tensor, negative_distance: torch.Tens
     """
     if positive_distance.numel() != negative_distance.numel():
         raise ValueError(
-            f"positive and negative distances differ in shape: {tuple(positive_distance.shape)} vs {tuple(negative_distance.shape)}"
+            f"positive and negative distances differ in shape: {tuple(positive_distance.shape)} "
+            f"vs {tuple(negative_distance.shape)}"
         )
 
 
@@ -224,7 +225,11 @@ def finalize(sums: ContrastiveSums | torch.Tensor) -> dict[str, float]:
     d = dict(zip(STAT_FIELDS, v.detach().double().cpu().tolist()))
     if d["rows"] <= 0:
         return {}
-    out = {"pos_sim": d["pos_sum"] / d["rows"], "hardest_neg_sim": d["hardest_sum"] / d["rows"], "in_batch_acc": d["correct"] / d["rows"]}
+    out = {
+        "pos_sim": d["pos_sum"] / d["rows"],
+        "hardest_neg_sim": d["hardest_sum"] / d["rows"],
+        "in_batch_acc": d["correct"] / d["rows"],
+    }
     if d["neg_count"] > 0:
         out["neg_sim"] = d["neg_sum"] / d["neg_count"]
         out["gap"] = out["pos_sim"] - out["neg_sim"]

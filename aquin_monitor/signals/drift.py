@@ -131,9 +131,7 @@ def knn_overlap(x: object, y: object, k: int = 10) -> KnnOverlap:
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1}, got {k}")
     x_neighbours = np.sort(_cosine_neighbours(x_unit, k), axis=1)
     y_neighbours = np.sort(_cosine_neighbours(y_unit, k), axis=1)
-    shared = np.array(
-        [np.intersect1d(a, b, assume_unique=True).size for a, b in zip(x_neighbours, y_neighbours)]
-    )
+    shared = np.array([np.intersect1d(a, b, assume_unique=True).size for a, b in zip(x_neighbours, y_neighbours)])
     return KnnOverlap(
         k=k,
         per_input_overlap=shared / k,
@@ -182,9 +180,7 @@ def procrustes_align(x: object, y: object) -> ProcrustesAlignment:
     aligned = y_matrix @ rotation
     x_norm = np.linalg.norm(x_matrix)
     residual = np.linalg.norm(aligned - x_matrix) / x_norm if x_norm > 0 else math.nan
-    return ProcrustesAlignment(
-        rotation=rotation, aligned_y=aligned, relative_residual=float(residual)
-    )
+    return ProcrustesAlignment(rotation=rotation, aligned_y=aligned, relative_residual=float(residual))
 
 
 @dataclass(frozen=True)
@@ -208,9 +204,7 @@ class CentroidShift:
         return {
             metric_name(prefix, "centroid_shift_cosine_mean"): float(self.cosine_distance.mean()),
             metric_name(prefix, "centroid_shift_cosine_max"): float(self.cosine_distance.max()),
-            metric_name(prefix, "centroid_shift_euclidean_mean"): float(
-                self.euclidean_distance.mean()
-            ),
+            metric_name(prefix, "centroid_shift_euclidean_mean"): float(self.euclidean_distance.mean()),
         }
 
 
@@ -307,9 +301,7 @@ class SimilarityShift:
         }
 
 
-def similarity_shift(
-    x: object, y: object, max_pairs: int = 20000, seed: int = 0
-) -> SimilarityShift:
+def similarity_shift(x: object, y: object, max_pairs: int = 20000, seed: int = 0) -> SimilarityShift:
     """Shift of the distribution of pairwise cosines from x to y.
 
     The mean has a closed form, so it is exact over all n(n−1)/2 distinct pairs, in O(n·d)
@@ -535,15 +527,15 @@ def first_rank_change(rank_before: object, rank_after: object) -> FirstRankChang
         A :class:`FirstRankChange`.
 
     >>> change = first_rank_change([1, 5, 3, float("nan")], [2, 1, 3, 4])
-    >>> change.as_metrics()
-    {'drift/rank_improved_fraction': 0.3333333333333333, 'drift/rank_worsened_fraction': 0.3333333333333333, 'drift/rank_change_median': 0.0}
+    >>> change.as_metrics()  # doctest: +NORMALIZE_WHITESPACE
+    {'drift/rank_improved_fraction': 0.3333333333333333, 'drift/rank_worsened_fraction': 0.3333333333333333,
+     'drift/rank_change_median': 0.0}
     """
     before = np.asarray(rank_before, dtype=np.float64)
     after = np.asarray(rank_after, dtype=np.float64)
     if before.ndim != 1 or before.shape != after.shape:
         raise ValueError(
-            f"rank_before and rank_after must be 1-D of the same length, got shapes "
-            f"{before.shape} and {after.shape}"
+            f"rank_before and rank_after must be 1-D of the same length, got shapes {before.shape} and {after.shape}"
         )
     return FirstRankChange(rank_before=before, rank_after=after)
 

@@ -119,9 +119,7 @@ def uniform_sphere_cosine_bin_probabilities(edges: Sequence[float] | np.ndarray,
     return np.diff(beta_distribution.cdf((1.0 + edges_array) / 2.0, a, a))
 
 
-def pair_cosine_histogram(
-    x: object, bins: int = 50, max_pairs: int = 20000, seed: int = 0
-) -> PairCosineHistogram:
+def pair_cosine_histogram(x: object, bins: int = 50, max_pairs: int = 20000, seed: int = 0) -> PairCosineHistogram:
     """Histogram over [−1, 1] of cosines of distinct pairs of rows, with the uniform-sphere baseline.
 
     Uses all n(n−1)/2 pairs when there are at most ``max_pairs``, otherwise ``max_pairs``
@@ -265,9 +263,7 @@ class IntrinsicDimension:
         return metrics
 
 
-def intrinsic_dimension(
-    x: object, thresholds: Sequence[float] = (0.9, 0.95, 0.99)
-) -> IntrinsicDimension:
+def intrinsic_dimension(x: object, thresholds: Sequence[float] = (0.9, 0.95, 0.99)) -> IntrinsicDimension:
     """Linear intrinsic dimension from the singular values σ₁ ≥ … of the column-centred matrix.
 
     Explained-variance ratio rₖ = σₖ² / Σⱼ σⱼ²; for each threshold τ ∈ (0, 1) the number of
@@ -306,10 +302,7 @@ def intrinsic_dimension_from_singular_values(
         raise ValueError("x has zero variance (all rows identical): intrinsic dimension undefined")
     ratio = variances / total_variance
     cumulative = np.cumsum(ratio)
-    components = tuple(
-        int(min(np.searchsorted(cumulative, t, side="right") + 1, ratio.size))
-        for t in threshold_tuple
-    )
+    components = tuple(int(min(np.searchsorted(cumulative, t, side="right") + 1, ratio.size)) for t in threshold_tuple)
     weights = singular_values / singular_values.sum()
     nonzero = weights[weights > 0]
     effective_rank = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
@@ -342,8 +335,7 @@ def alignment(x_pos_a: object, x_pos_b: object, alpha: float = 2.0) -> float:
     b = unit_rows(x_pos_b, "x_pos_b")
     if a.shape != b.shape:
         raise ValueError(
-            f"x_pos_a and x_pos_b must have the same shape (row i = one positive pair), "
-            f"got {a.shape} and {b.shape}"
+            f"x_pos_a and x_pos_b must have the same shape (row i = one positive pair), got {a.shape} and {b.shape}"
         )
     distances = np.linalg.norm(a - b, axis=1)
     return float(np.mean(distances**alpha))
@@ -439,8 +431,7 @@ def ood_scores(x: object, reference: object | None = None, threshold: float = 0.
     reference_unit = unit if reference is None else unit_rows(reference, "reference")
     if reference_unit.shape[1] != unit.shape[1]:
         raise ValueError(
-            f"x and reference must have the same dimension, got {unit.shape[1]} and "
-            f"{reference_unit.shape[1]}"
+            f"x and reference must have the same dimension, got {unit.shape[1]} and {reference_unit.shape[1]}"
         )
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")

@@ -118,7 +118,9 @@ def group_parameters(named_parameters: Iterable[tuple[str, torch.nn.Parameter]])
     lookup = {n: i for i, n in enumerate(names)}
     device = params[0].device if params else torch.device("cpu")
     index = torch.tensor([lookup[g] for g in groups], dtype=torch.long, device=device)
-    return ParameterGroups(names, tuple(params), tuple(pnames), index, np.array([lookup[g] for g in groups], dtype=np.int64))
+    return ParameterGroups(
+        names, tuple(params), tuple(pnames), index, np.array([lookup[g] for g in groups], dtype=np.int64)
+    )
 
 
 def gradient_presence(groups: ParameterGroups) -> tuple[int, ...] | None:
@@ -151,7 +153,9 @@ def groups_with_gradient(groups: ParameterGroups, present: tuple[int, ...] | Non
 _ASK = object()  # grouped_grad_norms: look up which parameters have a gradient
 
 
-def parameter_grad_norms(groups: ParameterGroups, present=_ASK, gradients: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+def parameter_grad_norms(
+    groups: ParameterGroups, present=_ASK, gradients: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
     """``[len(present)]`` float32 device tensor: the L2 norm of each present parameter's gradient.
 
     One fused ``torch._foreach_norm`` (per device). ``present``: what :func:`gradient_presence`

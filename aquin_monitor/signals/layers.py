@@ -37,8 +37,7 @@ class LayerwiseSimilarity:
 
     def as_metrics(self, prefix: str = "layers") -> dict[str, float]:
         return {
-            metric_name(prefix, f"similarity.{layer:02d}"): float(value)
-            for layer, value in enumerate(self.similarity)
+            metric_name(prefix, f"similarity.{layer:02d}"): float(value) for layer, value in enumerate(self.similarity)
         }
 
 
@@ -61,21 +60,15 @@ def layerwise_similarity(layer_embeddings: object) -> LayerwiseSimilarity:
     else:
         array = to_numpy(layer_embeddings, "layer_embeddings")
         if array.ndim != 3:
-            raise ValueError(
-                f"layer_embeddings must be [L+1, n, h], got shape {tuple(array.shape)}"
-            )
+            raise ValueError(f"layer_embeddings must be [L+1, n, h], got shape {tuple(array.shape)}")
         if array.shape[0] == 0:
             raise ValueError("layer_embeddings is empty: expected L+1 layers of [n, h] states")
         layers = list(array)
     row_counts = {
-        int(array.shape[0])
-        for array in (to_numpy(layer, "layer_embeddings") for layer in layers)
-        if array.ndim > 0
+        int(array.shape[0]) for array in (to_numpy(layer, "layer_embeddings") for layer in layers) if array.ndim > 0
     }
     if len(row_counts) > 1:
-        raise ValueError(
-            f"every layer must hold the same inputs, got row counts {sorted(row_counts)}"
-        )
+        raise ValueError(f"every layer must hold the same inputs, got row counts {sorted(row_counts)}")
     values = []
     for index, layer in enumerate(layers):
         try:
@@ -98,9 +91,7 @@ class AttentionEntropy:
     num_tokens: np.ndarray
 
 
-def attention_entropy(
-    attentions: Sequence[object], attention_mask: object | None = None
-) -> AttentionEntropy:
+def attention_entropy(attentions: Sequence[object], attention_mask: object | None = None) -> AttentionEntropy:
     """Shannon entropy of each head's attention over the non-padding tokens of each input.
 
     For input b (m_b non-padding tokens), layer l, head h and non-padding query q, with
@@ -137,9 +128,7 @@ def attention_entropy(
     else:
         mask_array = to_numpy(attention_mask, "attention_mask")
         if mask_array.shape != (batch, tokens):
-            raise ValueError(
-                f"attention_mask must be [B, T] = {(batch, tokens)}, got {tuple(mask_array.shape)}"
-            )
+            raise ValueError(f"attention_mask must be [B, T] = {(batch, tokens)}, got {tuple(mask_array.shape)}")
         if not np.isin(mask_array, (0, 1)).all():
             raise ValueError("attention_mask must contain only 0/1 (or False/True)")
         mask = mask_array.astype(bool)
@@ -163,9 +152,7 @@ def attention_entropy(
             entropy[lo:hi, layer_index] = _chunk_entropy(weights[lo:hi], mask[lo:hi], layer_index, lo)
     log_tokens = np.log(num_tokens.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = np.where(
-            num_tokens[:, None, None] > 1, entropy / log_tokens[:, None, None], np.nan
-        )
+        normalized = np.where(num_tokens[:, None, None] > 1, entropy / log_tokens[:, None, None], np.nan)
     return AttentionEntropy(entropy=entropy, normalized=normalized, num_tokens=num_tokens)
 
 
@@ -247,9 +234,7 @@ class AttentionEntropySummary:
         known = self.normalized[~np.isnan(self.normalized)]
         metrics = {
             metric_name(prefix, "entropy_mean"): float(self.entropy.mean()),
-            metric_name(prefix, "normalized_entropy_mean"): (
-                float(known.mean()) if known.size else math.nan
-            ),
+            metric_name(prefix, "normalized_entropy_mean"): (float(known.mean()) if known.size else math.nan),
             metric_name(prefix, "collapsed_heads"): float(len(self.collapsed_heads)),
             metric_name(prefix, "dead_heads"): float(len(self.dead_heads)),
         }
@@ -286,15 +271,12 @@ def summarize_attention_entropy(
     ([[0.05, 2.0]], ((0, 0),), ((0, 1),))
     """
     entropy = np.asarray(to_numpy(per_input_entropy, "per_input_entropy"), dtype=np.float64)
-    normalized = np.asarray(
-        to_numpy(per_input_normalized, "per_input_normalized"), dtype=np.float64
-    )
+    normalized = np.asarray(to_numpy(per_input_normalized, "per_input_normalized"), dtype=np.float64)
     if entropy.ndim != 3 or entropy.shape[0] == 0:
         raise ValueError(f"per_input_entropy must be a non-empty [B, L, H], got {entropy.shape}")
     if normalized.shape != entropy.shape:
         raise ValueError(
-            f"per_input_normalized must have the shape of per_input_entropy {entropy.shape}, "
-            f"got {normalized.shape}"
+            f"per_input_normalized must have the shape of per_input_entropy {entropy.shape}, got {normalized.shape}"
         )
     if not np.isfinite(entropy).all() or (entropy < 0).any():
         raise ValueError("per_input_entropy must be finite and non-negative")
@@ -302,8 +284,7 @@ def summarize_attention_entropy(
         raise ValueError("per_input_normalized contains Inf")
     if not collapsed_below >= 0 or not 0 <= uniform_above <= 1:
         raise ValueError(
-            f"need collapsed_below >= 0 and 0 <= uniform_above <= 1, got {collapsed_below}, "
-            f"{uniform_above}"
+            f"need collapsed_below >= 0 and 0 <= uniform_above <= 1, got {collapsed_below}, {uniform_above}"
         )
     mean_entropy = entropy.mean(axis=0)
     counted = (~np.isnan(normalized)).sum(axis=0)

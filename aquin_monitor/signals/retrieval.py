@@ -300,8 +300,9 @@ def rank_relevant(
     queries, corpus = _check_embeddings(query_emb, corpus_emb)
     _check_similarity(similarity)
     pairs = _relevance_pairs(relevant, len(queries), len(corpus))
-    qc, cc = _plan_chunks(len(queries), len(corpus), corpus.shape[1], query_chunk_size,
-                          corpus_chunk_size, max_memory_bytes)
+    qc, cc = _plan_chunks(
+        len(queries), len(corpus), corpus.shape[1], query_chunk_size, corpus_chunk_size, max_memory_bytes
+    )
     scorer = _Scorer(queries, corpus, similarity, min(qc, len(queries)) * min(cc, len(corpus)))
     scores, ranks, _, _ = _scan_ranks(scorer, pairs, qc, cc, mine_negative=False)
     return RankResult(pairs.query, pairs.doc, pairs.grade, scores, ranks, len(queries), len(corpus))
@@ -338,8 +339,7 @@ def topk(
     n_queries, n_docs = len(queries), len(corpus)
     width = min(k, n_docs)
     excluded = _index_sets(exclude, n_queries, n_docs, "exclude")
-    qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size,
-                          max_memory_bytes)
+    qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size, max_memory_bytes)
     out_scores = np.empty((n_queries, width), dtype=np.float32)
     out_index = np.empty((n_queries, width), dtype=np.int64)
     scorer = _Scorer(queries, corpus, similarity, min(qc, n_queries) * min(cc, n_docs))
@@ -406,16 +406,29 @@ def retrieval_metrics(
         raise RetrievalInputError("no query has a relevant document (grade > 0): nothing to evaluate")
     labelled = _labelled_negatives(hard_negatives, pairs, n_queries, n_docs)
 
-    qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size,
-                          max_memory_bytes)
+    qc, cc = _plan_chunks(n_queries, n_docs, corpus.shape[1], query_chunk_size, corpus_chunk_size, max_memory_bytes)
     scorer = _Scorer(queries, corpus, similarity, min(qc, n_queries) * min(cc, n_docs))
     scores, ranks, neg_sim, neg_index = _scan_ranks(scorer, pairs, qc, cc, mine_negative=True)
-    return _assemble_report(pairs, scores, ranks, neg_sim, neg_index, labelled, scorer.pairs, n_queries, n_docs,
-                            ks, mrr_k, ndcg_k, categories)
+    return _assemble_report(
+        pairs,
+        scores,
+        ranks,
+        neg_sim,
+        neg_index,
+        labelled,
+        scorer.pairs,
+        n_queries,
+        n_docs,
+        ks,
+        mrr_k,
+        ndcg_k,
+        categories,
+    )
 
 
-def pair_scores(query_rows, doc_rows, *, similarity: str = "cosine",
-                corpus_max_norm: float | None = None) -> np.ndarray:
+def pair_scores(
+    query_rows, doc_rows, *, similarity: str = "cosine", corpus_max_norm: float | None = None
+) -> np.ndarray:
     """s(query_rows[i], doc_rows[i]) for aligned rows, as float32: the scores of :func:`topk` and :func:`rank_relevant`.
 
     The canonical score of the module docstring ("Score"), so a candidate list found by another
@@ -484,12 +497,26 @@ def ranked_list_report(
     neg_sim = np.full(n_queries, -np.inf, dtype=np.float32)
     rows = np.flatnonzero(has_negative)
     neg_sim[rows] = pair_score(rows, neg_index[rows]) if len(rows) else neg_sim[rows]
-    return _assemble_report(pairs, scores, ranks, neg_sim, neg_index, labelled, pair_score, n_queries, n_docs,
-                            ks, mrr_k, ndcg_k, categories)
+    return _assemble_report(
+        pairs, scores, ranks, neg_sim, neg_index, labelled, pair_score, n_queries, n_docs, ks, mrr_k, ndcg_k, categories
+    )
 
 
-def _assemble_report(pairs: _Pairs, scores, ranks, neg_sim, neg_index, labelled, pair_score, n_queries, n_docs,
-                     ks, mrr_k, ndcg_k, categories) -> RetrievalReport:
+def _assemble_report(
+    pairs: _Pairs,
+    scores,
+    ranks,
+    neg_sim,
+    neg_index,
+    labelled,
+    pair_score,
+    n_queries,
+    n_docs,
+    ks,
+    mrr_k,
+    ndcg_k,
+    categories,
+) -> RetrievalReport:
     """The report from the ranks and scores of the relevant pairs and each query's mined negative."""
     is_labelled = np.zeros(n_queries, dtype=bool)
     if len(labelled[0]):
@@ -503,8 +530,9 @@ def _assemble_report(pairs: _Pairs, scores, ranks, neg_sim, neg_index, labelled,
         is_labelled[labelled[0][firsts]] = True
 
     rank_result = RankResult(pairs.query, pairs.doc, pairs.grade, scores, ranks, n_queries, n_docs)
-    base = _ranking_metrics(pairs.query, ranks.astype(np.float64), pairs.grade, n_queries, ks,
-                            mrr_k, ndcg_k, categories)
+    base = _ranking_metrics(
+        pairs.query, ranks.astype(np.float64), pairs.grade, n_queries, ks, mrr_k, ndcg_k, categories
+    )
     positive = np.full(n_queries, np.nan)
     np.fmax.at(positive, pairs.query, scores.astype(np.float64))
     negative = np.where(neg_index >= 0, neg_sim.astype(np.float64), np.nan)
@@ -582,10 +610,13 @@ def rerank(
 
     rank_before = _position_in_rows(cand, pairs.query, pairs.doc)
     rank_after = _position_in_rows(reranked, pairs.query, pairs.doc)
-    metrics = [_ranking_metrics(pairs.query, r, pairs.grade, n_queries, ks, mrr_k, ndcg_k, categories)
-               for r in (rank_before, rank_after)]
-    return RerankReport(metrics[0], metrics[1], cand, reranked, reranked_scores, pairs.query,
-                        pairs.doc, rank_before, rank_after)
+    metrics = [
+        _ranking_metrics(pairs.query, r, pairs.grade, n_queries, ks, mrr_k, ndcg_k, categories)
+        for r in (rank_before, rank_after)
+    ]
+    return RerankReport(
+        metrics[0], metrics[1], cand, reranked, reranked_scores, pairs.query, pairs.doc, rank_before, rank_after
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,8 +633,9 @@ class _Scorer:
     absorbs (also around 0, where float32 alone would keep the noise).
     """
 
-    def __init__(self, queries: np.ndarray, corpus: np.ndarray, similarity: str, cells: int,
-                 corpus_max_norm: float | None = None):
+    def __init__(
+        self, queries: np.ndarray, corpus: np.ndarray, similarity: str, cells: int, corpus_max_norm: float | None = None
+    ):
         self.queries, self.corpus, self.similarity = queries, corpus, similarity
         self._f64 = np.empty(cells, dtype=np.float64)
         self._f32 = np.empty(cells, dtype=np.float32)
@@ -630,7 +662,7 @@ class _Scorer:
         exact = self._f64[: m * n].reshape(m, n)
         torch.matmul(torch.from_numpy(q_rows), torch.from_numpy(d_rows).T, out=torch.from_numpy(exact))
         scores = self._f32[: m * n].reshape(m, n)
-        self._round(exact, self.grid_scale[first_query:first_query + m, None], out=scores)
+        self._round(exact, self.grid_scale[first_query : first_query + m, None], out=scores)
         return scores
 
     def pairs(self, query_index: np.ndarray, doc_index: np.ndarray) -> np.ndarray:
@@ -638,9 +670,9 @@ class _Scorer:
         scores = np.empty(len(query_index), dtype=np.float32)
         step = 65536
         for start in range(0, len(query_index), step):
-            q, d = query_index[start:start + step], doc_index[start:start + step]
+            q, d = query_index[start : start + step], doc_index[start : start + step]
             exact = np.einsum("ij,ij->i", self.rows(self.queries[q]), self.rows(self.corpus[d]))
-            self._round(exact, self.grid_scale[q], out=scores[start:start + step])
+            self._round(exact, self.grid_scale[q], out=scores[start : start + step])
         return scores
 
     def _round(self, exact: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
@@ -649,14 +681,15 @@ class _Scorer:
         torch.from_numpy(out).copy_(values)
         if self.similarity == "dot" and out.size and not (np.isfinite(out.max()) and np.isfinite(out.min())):
             raise RetrievalInputError(
-                "dot-product scores overflow float32; rescale the embeddings or use similarity='cosine'")
+                "dot-product scores overflow float32; rescale the embeddings or use similarity='cosine'"
+            )
 
 
 def _row_norms(x: np.ndarray) -> np.ndarray:
     norms = np.empty(len(x))
     for start in range(0, len(x), 65536):
-        rows = x[start:start + 65536].astype(np.float64)
-        norms[start:start + 65536] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        rows = x[start : start + 65536].astype(np.float64)
+        norms[start : start + 65536] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     return norms
 
 
@@ -800,8 +833,7 @@ def _check_embeddings(query_emb, corpus_emb) -> tuple[np.ndarray, np.ndarray]:
     queries = _retrieval_matrix(query_emb, "query_emb")
     corpus = _retrieval_matrix(corpus_emb, "corpus_emb")
     if queries.shape[1] != corpus.shape[1]:
-        raise RetrievalInputError(
-            f"query_emb has dimension {queries.shape[1]} but corpus_emb has {corpus.shape[1]}")
+        raise RetrievalInputError(f"query_emb has dimension {queries.shape[1]} but corpus_emb has {corpus.shape[1]}")
     return queries, corpus
 
 
@@ -875,8 +907,11 @@ def _relevance_pairs(relevant, n_queries: int, n_docs: int) -> _Pairs:
                 queries.append(q)
                 docs.append(doc)
                 grades.append(grade)
-    query, doc, grade = (np.array(queries, dtype=np.int64), np.array(docs, dtype=np.int64),
-                         np.array(grades, dtype=np.float64))
+    query, doc, grade = (
+        np.array(queries, dtype=np.int64),
+        np.array(docs, dtype=np.int64),
+        np.array(grades, dtype=np.float64),
+    )
     order = np.lexsort((doc, query))
     query, doc, grade = query[order], doc[order], grade[order]
     slot = np.arange(len(query)) - np.searchsorted(query, query)
@@ -908,8 +943,8 @@ def _labelled_negatives(hard_negatives, pairs: _Pairs, n_queries: int, n_docs: i
     if clash.any():
         i = int(np.flatnonzero(clash)[0])
         raise RetrievalInputError(
-            f"hard_negatives[{labelled[0][i]}] contains corpus index {labelled[1][i]}, "
-            "which is relevant to that query")
+            f"hard_negatives[{labelled[0][i]}] contains corpus index {labelled[1][i]}, which is relevant to that query"
+        )
     return labelled
 
 

@@ -49,9 +49,7 @@ class Sink(Protocol):
         """Write a matplotlib Figure. The caller owns the figure and closes it."""
         ...
 
-    def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int
-    ) -> None:
+    def log_embeddings(self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int) -> None:
         """Write an (n, d) embedding matrix with optional per-row labels (TB projector, W&B table).
 
         A :class:`BaseSink` also takes ``texts=`` (one text per row; TensorBoard and W&B show them);
@@ -101,7 +99,12 @@ class BaseSink:
         raise NotImplementedError(f"{type(self).__name__}.log_figure")
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
         raise NotImplementedError(f"{type(self).__name__}.log_embeddings")
 
@@ -123,7 +126,8 @@ class BaseSink:
         """Drop what was logged after ``step`` (a resumed run replays those steps); a sink that cannot, does nothing."""
 
     def archive_previous_run(self) -> Any:
-        """Move what an earlier run left where this sink writes aside (a fresh start); returns where it went, or None."""
+        """Move what an earlier run left where this sink writes aside (a fresh start); returns where it went, or
+        None."""
         return None
 
     def update_config(self, values: Mapping[str, Any]) -> None:
@@ -162,7 +166,12 @@ class ProtocolSink(BaseSink):
         self.sink.log_figure(tag, figure, step)
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
         self.sink.log_embeddings(tag, embeddings, labels, step)  # the protocol's four arguments: no texts
 
@@ -298,7 +307,8 @@ class MultiSink(BaseSink):
 
     @property
     def switched_off(self) -> list[tuple[str, str]]:
-        """``(sink class name, part)`` of every part switched off, e.g. ``("JsonlSink", "log_figure snapshot/umap")``."""
+        """``(sink class name, part)`` of every part switched off, e.g.
+        ``("JsonlSink", "log_figure snapshot/umap")``."""
         return [(name, part) for (_, part), name in self._disabled.items()]
 
     def add(self, sink: Sink) -> None:
@@ -341,7 +351,11 @@ class MultiSink(BaseSink):
         self._call("log_figure", tag, figure, step, part=f"log_figure {tag}")
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
         texts: Sequence[str] | None = None,
     ) -> None:
         """Forward to every sink (``texts`` reaches the :class:`BaseSink` ones; see :func:`as_sink`)."""
@@ -374,7 +388,11 @@ class MultiSink(BaseSink):
 
 
 def send_embeddings(
-    sink: Any, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+    sink: Any,
+    tag: str,
+    embeddings: np.ndarray,
+    labels: Sequence[str] | None,
+    step: int,
     texts: Sequence[str] | None = None,
 ) -> None:
     """Call ``sink.log_embeddings``; ``texts=`` reaches a :class:`BaseSink` (a protocol-only sink gets four arguments).

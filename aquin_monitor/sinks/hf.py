@@ -53,7 +53,8 @@ def tensorboard_dir(args: Any, run_dir: str | os.PathLike) -> str:
 def sinks_for_hf(args: Any, run_dir: str | os.PathLike) -> list[Sink]:
     """Sinks that follow ``args.report_to``: ``"tensorboard"`` -> :class:`TensorBoardSink` at
     :func:`tensorboard_dir`, ``"wandb"`` -> :class:`WandbSink` (it joins the run HF's
-    ``WandbCallback`` opens, resolved at the first write, and logs on its ``train/global_step`` axis), ``"none"``/``[]`` -> none.
+    ``WandbCallback`` opens, resolved at the first write, and logs on its ``train/global_step`` axis),
+    ``"none"``/``[]`` -> none.
 
     The JSONL sink is not included: the caller always adds ``JsonlSink(run_dir)``. Call on the
     main process only (``state.is_world_process_zero``).
@@ -67,7 +68,9 @@ def sinks_for_hf(args: Any, run_dir: str | os.PathLike) -> list[Sink]:
         elif target == "wandb":
             from aquin_monitor.sinks.wandb import WandbSink
 
-            sinks.append(WandbSink(step_key=HF_STEP_KEY))  # HF's own axis: one step axis for the trainer's rows and ours
+            sinks.append(
+                WandbSink(step_key=HF_STEP_KEY)
+            )  # HF's own axis: one step axis for the trainer's rows and ours
         else:
             logger.info("aquin-monitor has no sink for report_to=%r; its metrics go to JSONL only", target)
     return sinks

@@ -39,7 +39,16 @@ from aquin_monitor.runlock import RunLock
 from aquin_monitor.sinks.base import BaseSink, check_step, finite_values, validate_event
 
 # the JSON helpers live in the neutral aquin_monitor.jsonio; kept importable from here
-__all__ = ["HISTOGRAM_QUANTILES", "JsonlFormatError", "JsonlSink", "iter_jsonl", "json_line", "read_jsonl", "slug", "to_jsonable"]
+__all__ = [
+    "HISTOGRAM_QUANTILES",
+    "JsonlFormatError",
+    "JsonlSink",
+    "iter_jsonl",
+    "json_line",
+    "read_jsonl",
+    "slug",
+    "to_jsonable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +109,9 @@ class _AppendOnlyLines:
                     break
                 end = start
         os.truncate(self.path, keep)
-        message = f"aquin-monitor: {self.path} ended in a partial line ({size - keep} bytes, left by a crash); it was cut off"
+        message = (
+            f"aquin-monitor: {self.path} ended in a partial line ({size - keep} bytes, left by a crash); it was cut off"
+        )
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
@@ -167,7 +178,8 @@ class JsonlSink(BaseSink):
         self._append("snapshots.jsonl", _stamped(metrics, step))
 
     def log_evaluation(self, metrics: Mapping[str, Any], step: int) -> None:
-        """The trainer's own evaluation metrics at ``step`` (the files only: the trainer puts them on its dashboards)."""
+        """The trainer's own evaluation metrics at ``step`` (the files only: the trainer puts them on its
+        dashboards)."""
         self._append("evaluations.jsonl", _stamped(metrics, step))
 
     def log_event(self, event: Mapping[str, Any]) -> None:
@@ -210,7 +222,12 @@ class JsonlSink(BaseSink):
             figure.savefig(partial, format="png")
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
         matrix = np.asarray(embeddings)
         if matrix.ndim != 2:
@@ -239,7 +256,9 @@ class JsonlSink(BaseSink):
             handle = self._files.pop(name, None)
             if handle is not None:
                 handle.close()
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if _at_or_before(line, step)]
+            kept = [
+                line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if _at_or_before(line, step)
+            ]
             atomic_write_text(path, "".join(kept))
         self._open_standing_files()
 
@@ -286,7 +305,17 @@ class JsonlSink(BaseSink):
 
 
 #: What a run leaves in its run directory (moved aside by :meth:`JsonlSink.archive_previous_run`).
-RUN_ARTIFACTS = ("metrics.jsonl", "events.jsonl", "snapshots.jsonl", "histograms.jsonl", "evaluations.jsonl", "figures", "embeddings", "snapshots", "report.html")
+RUN_ARTIFACTS = (
+    "metrics.jsonl",
+    "events.jsonl",
+    "snapshots.jsonl",
+    "histograms.jsonl",
+    "evaluations.jsonl",
+    "figures",
+    "embeddings",
+    "snapshots",
+    "report.html",
+)
 
 
 def _holds_something(path: Path) -> bool:

@@ -38,7 +38,12 @@ class LightningLoggerSink(BaseSink):
         """Not representable in a generic logger: ignored."""
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int, texts: Sequence[str] | None = None
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
         """Not representable in a generic logger: ignored."""
 

@@ -50,8 +50,11 @@ def custom_scalars_layout(tags: Iterable[str]) -> dict[str, dict[str, list[Any]]
         family = next((title for title, pattern in CHART_FAMILIES if re.search(pattern, tag)), None)
         if family is not None:
             members.setdefault(family, []).append(tag)
-    charts = {title: ["Multiline", [f"^{re.escape(tag)}$" for tag in members[title]]]
-              for title, _ in CHART_FAMILIES if title in members}
+    charts = {
+        title: ["Multiline", [f"^{re.escape(tag)}$" for tag in members[title]]]
+        for title, _ in CHART_FAMILIES
+        if title in members
+    }
     return {LAYOUT_CATEGORY: charts} if charts else {}
 
 
@@ -102,7 +105,9 @@ class TensorBoardSink(BaseSink):
         if charted:
             from torch.utils.tensorboard.summary import custom_scalars
 
-            layout = custom_scalars_layout(tag for tag in self._tags if any(re.search(p, tag) for _, p in CHART_FAMILIES))
+            layout = custom_scalars_layout(
+                tag for tag in self._tags if any(re.search(p, tag) for _, p in CHART_FAMILIES)
+            )
             file_writer = self._file_writer()
             if file_writer is not None:
                 file_writer.add_summary(custom_scalars(layout), step)
@@ -146,7 +151,11 @@ class TensorBoardSink(BaseSink):
         self.writer.add_figure(tag, figure, global_step=check_step(step), close=False)
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
         texts: Sequence[str] | None = None,
     ) -> None:
         matrix = np.asarray(embeddings, dtype=np.float32)
@@ -162,7 +171,9 @@ class TensorBoardSink(BaseSink):
             metadata = [[_cell(text), _cell(label)] for text, label in zip(texts, labels)]
         elif texts is not None or labels is not None:  # one column: no header
             metadata = [_cell(value) for value in (texts if texts is not None else labels or ())]
-        self.writer.add_embedding(matrix, metadata=metadata, metadata_header=header, tag=tag, global_step=check_step(step))
+        self.writer.add_embedding(
+            matrix, metadata=metadata, metadata_header=header, tag=tag, global_step=check_step(step)
+        )
 
     def log_summary(self, metrics: Mapping[str, Any], step: int) -> None:
         self.log_scalars(numeric_items(metrics), step)

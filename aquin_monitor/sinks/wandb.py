@@ -209,7 +209,11 @@ class WandbSink(BaseSink):
         self._log({tag: self._wandb.Image(figure, caption=f"step {step}")}, step)
 
     def log_embeddings(
-        self, tag: str, embeddings: np.ndarray, labels: Sequence[str] | None, step: int,
+        self,
+        tag: str,
+        embeddings: np.ndarray,
+        labels: Sequence[str] | None,
+        step: int,
         texts: Sequence[str] | None = None,
     ) -> None:
         matrix = np.asarray(embeddings, dtype=np.float64)

@@ -84,7 +84,10 @@ def shard(model: SentenceTransformer, mode: str) -> torch.nn.Module | None:
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         return FullyShardedDataParallel(
-            Embedder(model), use_orig_params=True, device_id=torch.device("cpu"), auto_wrap_policy=ModuleWrapPolicy({layer_type})
+            Embedder(model),
+            use_orig_params=True,
+            device_id=torch.device("cpu"),
+            auto_wrap_policy=ModuleWrapPolicy({layer_type}),
         )
     for module in model.modules():
         if isinstance(module, layer_type):
@@ -131,6 +134,7 @@ def break_monitor(monitor: StepMonitor, mode: str, rank: int) -> None:
 
         def failing_step(step, *args, **kwargs):
             if step == 3:
+
                 def cannot(*_args, **_kwargs):
                     raise RuntimeError("injected: this rank cannot read its shards")
 
@@ -153,7 +157,14 @@ def main(model_path: str, out_dir: str, mode: str, adapter: str | None = None) -
     optimizer = torch.optim.AdamW(trainable, lr=5e-3)
     reference_optimizer = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=5e-3)
 
-    monitor = StepMonitor([JsonlSink(out / f"rank{rank}")], strict=mode in ("full", "fsdp1"), warn=False, tensor_norms_every=2, stop_on=["nan"], histogram_every=0)
+    monitor = StepMonitor(
+        [JsonlSink(out / f"rank{rank}")],
+        strict=mode in ("full", "fsdp1"),
+        warn=False,
+        tensor_norms_every=2,
+        stop_on=["nan"],
+        histogram_every=0,
+    )
     monitor.start(model, 0, wrapper=wrapper)
     break_monitor(monitor, mode, rank)
     steps, stopped = [], []
@@ -162,7 +173,9 @@ def main(model_path: str, out_dir: str, mode: str, adapter: str | None = None) -
         loss = info_nce(*embed(model, local, wrapper))
         loss.backward()
         if mode in ("full", "fsdp1") and step == NAN_STEP and rank == 1:  # group layer.01, in rank 1's shard only
-            weight = next(p for n, p in model.named_parameters() if p.grad is not None and p.grad.numel() and ".layer.1." in n)
+            weight = next(
+                p for n, p in model.named_parameters() if p.grad is not None and p.grad.numel() and ".layer.1." in n
+            )
             local_tensor(weight.grad).view(-1)[0] = float("nan")
         monitor.on_optimizer_step(step, model)
         stopped.append(monitor.should_stop)

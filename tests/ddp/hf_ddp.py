@@ -57,14 +57,16 @@ def main(model_path: str, out_dir: str, max_steps: int) -> None:
         cos = F.normalize(a.detach().double(), dim=-1) @ F.normalize(b.detach().double(), dim=-1).T
         n = cos.shape[0]
         diag = torch.diagonal(cos)
-        local.append({
-            "pos_sum": float(diag.sum()),
-            "neg_sum": float(cos.sum() - diag.sum()),
-            "correct": int((cos.argmax(dim=1) == torch.arange(n)).sum()),
-            "rows": n,
-            "neg_count": n * (n - 1),
-            "loss": float(F.cross_entropy(cos * MNRL_SCALE, torch.arange(n))),
-        })
+        local.append(
+            {
+                "pos_sum": float(diag.sum()),
+                "neg_sum": float(cos.sum() - diag.sum()),
+                "correct": int((cos.argmax(dim=1) == torch.arange(n)).sum()),
+                "rows": n,
+                "neg_count": n * (n - 1),
+                "loss": float(F.cross_entropy(cos * MNRL_SCALE, torch.arange(n))),
+            }
+        )
         return scores
 
     runner = SnapshotRunner(PROBE, umap=False)

@@ -46,7 +46,10 @@ class FullGradientReference(TrainerCallback):
         def whole(p):
             return p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
 
-        pairs = [(n, SimpleNamespace(requires_grad=p.requires_grad, grad=None if p.grad is None else whole(p))) for n, p in model.named_parameters()]
+        pairs = [
+            (n, SimpleNamespace(requires_grad=p.requires_grad, grad=None if p.grad is None else whole(p)))
+            for n, p in model.named_parameters()
+        ]
         self.norms.append(reference_group_norms(pairs))
 
 
@@ -56,19 +59,38 @@ def main(model_path: str, out_dir: str, max_steps: int) -> None:
     reference = FullGradientReference()
     monitor = TrainerEmbeddingMonitor(output_dir=str(out / "run"), strict=True, report=False)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "trainer"), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=5e-4,
-        max_grad_norm=0.0, report_to=[], save_strategy="no", logging_steps=1, seed=0, data_seed=0,
-        use_cpu=not torch.cuda.is_available(), ddp_backend="nccl" if torch.cuda.is_available() else "gloo", dataloader_drop_last=True,
-        fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]},
+        output_dir=str(out / "trainer"),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=5e-4,
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        data_seed=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="nccl" if torch.cuda.is_available() else "gloo",
+        dataloader_drop_last=True,
+        fsdp="full_shard auto_wrap",
+        fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]},
     )
     data = Dataset.from_dict({"anchor": [a for a, _ in PAIRS], "positive": [p for _, p in PAIRS]})
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=monitored(MultipleNegativesRankingLoss(model)), callbacks=[reference, monitor]
+        model=model,
+        args=args,
+        train_dataset=data,
+        loss=monitored(MultipleNegativesRankingLoss(model)),
+        callbacks=[reference, monitor],
     )
     trainer.train()
     if trainer.is_world_process_zero():
         logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
-        evidence = {"reference": reference.norms, "trainer_grad_norm": [float(x) for x in logged], "sharded": monitor.monitor.sharded is not None}
+        evidence = {
+            "reference": reference.norms,
+            "trainer_grad_norm": [float(x) for x in logged],
+            "sharded": monitor.monitor.sharded is not None,
+        }
         (out / "rank0.json").write_text(json.dumps(evidence), encoding="utf-8")
 
 

@@ -59,13 +59,17 @@ class PairModule(L.LightningModule):
         self.local: list[dict] = []
 
     def encode(self, texts):
-        feats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.encoder.preprocess(list(texts)).items()}
+        feats = {
+            k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.encoder.preprocess(list(texts)).items()
+        }
         return self.encoder(feats)["sentence_embedding"]
 
     def training_step(self, batch, batch_idx):
         queries, documents = self.encode(batch[0]), self.encode(batch[1])
         loss = info_nce(queries, documents)
-        self.local.append({"step": self.global_step + 1, **local_sums(queries, documents), "loss": float(loss.detach())})
+        self.local.append(
+            {"step": self.global_step + 1, **local_sums(queries, documents), "loss": float(loss.detach())}
+        )
         return loss
 
     def configure_optimizers(self):

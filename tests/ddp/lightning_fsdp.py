@@ -65,7 +65,10 @@ class FullGradientReference(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         whole = [
-            (name, SimpleNamespace(requires_grad=p.requires_grad, grad=None if p.grad is None else p.grad.full_tensor()))
+            (
+                name,
+                SimpleNamespace(requires_grad=p.requires_grad, grad=None if p.grad is None else p.grad.full_tensor()),
+            )
             for name, p in pl_module.named_parameters()
         ]
         self.norms.append(reference_group_norms(whole))
@@ -90,7 +93,11 @@ def main(model_path: str, out_dir: str, max_steps: int) -> None:
         enable_checkpointing=False,
     )
     trainer.fit(PairModule(model_path), loader)
-    evidence = {"rank": trainer.global_rank, "reference": reference.norms, "sharded": monitor.monitor.sharded is not None}
+    evidence = {
+        "rank": trainer.global_rank,
+        "reference": reference.norms,
+        "sharded": monitor.monitor.sharded is not None,
+    }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(evidence), encoding="utf-8")
 
 

@@ -21,8 +21,19 @@ from aquin_monitor.rows import ArrayRows
 from aquin_monitor.sae.train import SaeTrainConfig, SaeTrainingError, train_rows
 from aquin_monitor.sae.train_dist import process_group
 
-CONFIG = {"num_latents": 96, "k": 4, "batch_size": 64, "max_epochs": 3, "patience": 5, "block_rows": 256, "buffer_blocks": 2,
-              "dead_after": 128, "lr": 3e-3, "seed": 5, "checkpoint_every": 2}
+CONFIG = {
+    "num_latents": 96,
+    "k": 4,
+    "batch_size": 64,
+    "max_epochs": 3,
+    "patience": 5,
+    "block_rows": 256,
+    "buffer_blocks": 2,
+    "dead_after": 128,
+    "lr": 3e-3,
+    "seed": 5,
+    "checkpoint_every": 2,
+}
 
 
 def main() -> int:
@@ -38,6 +49,7 @@ def main() -> int:
     config = SaeTrainConfig(**CONFIG, checkpoint=args.checkpoint)
 
     with process_group("cpu", timeout_s=60) as (rank, world_size):
+
         def on_step(trainer):
             if args.die_at_step is not None and trainer.step == args.die_at_step and rank == args.die_rank:
                 if args.die_how == "kill":
@@ -45,12 +57,16 @@ def main() -> int:
                 os._exit(3)
 
         try:
-            result = train_rows(ArrayRows(np.load(args.rows, mmap_mode="r")), config, show_progress=False, on_step=on_step)
+            result = train_rows(
+                ArrayRows(np.load(args.rows, mmap_mode="r")), config, show_progress=False, on_step=on_step
+            )
         except SaeTrainingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         if rank == 0:
-            torch.save({"state": result.sae.state_dict(), "history": result.history, "world_size": world_size}, args.out)
+            torch.save(
+                {"state": result.sae.state_dict(), "history": result.history, "world_size": world_size}, args.out
+            )
     return 0
 
 

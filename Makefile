@@ -11,6 +11,7 @@ demo: setup
 # The rules held by tools: ruff (imports, unused names, bugbear, line length) and mypy on the package.
 lint:
 	.venv/bin/ruff check aquin_monitor tests scripts recipes
+	.venv/bin/ruff format --check aquin_monitor tests scripts recipes
 	.venv/bin/mypy
 
 # The whole test suite (CI runs this): lint first, for a fast failure.

@@ -540,8 +540,37 @@ def _histogram_line(counts, edges) -> str:
 # Parser
 
 
+#: The MODEL argument's help, shared by the verbs.
+MODEL_HELP = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aquin-monitor`` parser; each subcommand sets ``args.handler``."""
+    common, model_options = _shared_options()
+    parser = CommandParser(
+        prog=PROG,
+        description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
+        epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "
+        f"{EXIT_MISSING_DEPENDENCY} missing optional dependency, {EXIT_INTERRUPTED} interrupted (Ctrl-C), "
+        f"{EXIT_BROKEN_PIPE} stdout closed by its reader.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [common, model_options]
+    _add_inspect(commands, parents)
+    _add_eval(commands, parents)
+    _add_diff(commands, parents)
+    _add_report(commands)
+    _add_embed(commands, [common])
+    from .sae.cli import (
+        add_sae_commands,  # argparse only; torch is imported by the handlers
+    )
+
+    add_sae_commands(commands, common)
+    return parser
+
+
+def _shared_options() -> tuple[CommandParser, CommandParser]:
+    """The parents every verb takes (output, batch, device, progress) and those of the verbs that load a model."""
     common = CommandParser(add_help=False)  # a parent lends its arguments only; typeshed wants the subparsers' class
     common.add_argument(
         "--json", metavar="OUT", help="also write the results as JSON to OUT ('-': JSON on stdout, no table)"
@@ -561,26 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapter", metavar="DIR", help="peft LoRA adapter directory loaded on top of the model"
     )
     cache_option(model_options)
+    return common, model_options
 
-    model_help = "checkpoint directory or Hugging Face Hub id; 'default' = the bundled all-MiniLM-L6-v2"
-    parser = CommandParser(
-        prog=PROG,
-        description="Look inside sentence-embedding checkpoints: geometry, retrieval, drift, reports.",
-        epilog=f"Exit status: {EXIT_OK} success, {EXIT_BAD_INPUT} bad input (one line on stderr), "
-        f"{EXIT_MISSING_DEPENDENCY} missing optional dependency, {EXIT_INTERRUPTED} interrupted (Ctrl-C), "
-        f"{EXIT_BROKEN_PIPE} stdout closed by its reader.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+def _add_inspect(commands: Any, parents: list[CommandParser]) -> None:
     inspect = commands.add_parser(
         "inspect",
-        parents=[common, model_options],
+        parents=parents,
         help="geometry, layers, attention, OOD and UMAP of a probe set",
         description="Embed a probe set (JSONL: text, optional label and id) and report the geometry, "
         "layer-wise similarity, attention entropy and OOD metrics, with 2-D UMAP coordinates in the JSON.",
     )
     inspect.add_argument(
-        "model", metavar="MODEL", nargs="?", default=None, help=model_help + " (optional with --store)"
+        "model", metavar="MODEL", nargs="?", default=None, help=MODEL_HELP + " (optional with --store)"
     )
     inspect.add_argument("--probe", metavar="FILE", help="probe set JSONL")
     inspect.add_argument(
@@ -610,16 +632,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
     declare_outputs(inspect, folders=["--run-dir"])
 
+
+def _add_eval(commands: Any, parents: list[CommandParser]) -> None:
     evaluate = commands.add_parser(
         "eval",
-        parents=[common, model_options],
+        parents=parents,
         help="retrieval metrics, per category, rank histogram, reranking",
         description="Retrieval metrics (recall@1/5/10, MRR@10, NDCG@10, first relevant rank, hard-negative gap) "
         "of MODEL on query/document pairs or a BEIR folder; queries and documents are encoded with the "
         "model's query/document prompts when it has them. With --cross-encoder, metrics before and after "
         "reranking each query's top-k.",
     )
-    evaluate.add_argument("model", metavar="MODEL", help=model_help)
+    evaluate.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--pairs", metavar="FILE", help="JSONL of query/document pairs (optional relevance, category, negative)"
@@ -645,20 +669,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=_eval)
 
+
+def _add_diff(commands: Any, parents: list[CommandParser]) -> None:
     compare = commands.add_parser(
         "diff",
-        parents=[common, model_options],
+        parents=parents,
         help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
         "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER.",
     )
-    compare.add_argument("base", metavar="BASE", help=model_help)
-    compare.add_argument("other", metavar="OTHER", help=model_help)
+    compare.add_argument("base", metavar="BASE", help=MODEL_HELP)
+    compare.add_argument("other", metavar="OTHER", help=MODEL_HELP)
     compare.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
     compare.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for rank changes")
     compare.set_defaults(handler=_diff)
 
+
+def _add_report(commands: Any) -> None:
     report = commands.add_parser(
         "report",
         help="write RUN_DIR/report.html",
@@ -669,15 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by the monitor")
     report.set_defaults(handler=_report)
 
+
+def _add_embed(commands: Any, parents: list[CommandParser]) -> None:
     embed = commands.add_parser(
         "embed",
-        parents=[common],
+        parents=parents,
         help="embed a corpus into a sharded, resumable embedding store",
         description="Embed every text of a corpus (a BEIR corpus.jsonl[.gz] or folder, or a probe JSONL) into an "
         "embedding store: fp16/fp32 .npy shards and a manifest naming the model's files and the corpus's hash. "
         "Rerun the same command after an interruption to resume after the last complete shard.",
     )
-    embed.add_argument("model", metavar="MODEL", help=model_help)
+    embed.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     embed.add_argument(
         "--corpus", required=True, metavar="FILE", help="corpus JSONL (_id/title/text or text/id), or a BEIR folder"
     )
@@ -695,13 +725,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     declare_outputs(embed, folders=["--out"])
     embed.set_defaults(handler=_embed)
-
-    from .sae.cli import (
-        add_sae_commands,  # argparse only; torch is imported by the handlers
-    )
-
-    add_sae_commands(commands, common)
-    return parser
 
 
 def _warning_line(

@@ -280,7 +280,12 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     cache_option(cache)
     parents = [common, cache]
     sae_help = "SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)"
+    _add_text_verbs(sub, parents, sae_help)
+    _add_retrieval_verbs(sub, parents, sae_help)
 
+
+def _add_text_verbs(sub: Any, parents: list[argparse.ArgumentParser], sae_help: str) -> None:
+    """decompose, contrast, trace: what a text (or a pair) is made of."""
     p = sub.add_parser(
         "decompose",
         parents=parents,
@@ -323,6 +328,9 @@ def add_analysis_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_trace)
     declare_outputs(p, files=["--figure"])
 
+
+def _add_retrieval_verbs(sub: Any, parents: list[argparse.ArgumentParser], sae_help: str) -> None:
+    """steer, faithfulness, match: features against retrieval and against another SAE."""
     p = sub.add_parser(
         "steer",
         parents=parents,

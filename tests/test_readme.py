@@ -55,3 +55,39 @@ def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypat
     for r in rows:
         assert {"grad_norm/total", "contrastive/pos_sim", "contrastive/gap", "optim/lr"} <= r.keys()
     assert sorted(int(p.name) for p in (run / "snapshots").iterdir() if p.name.isdigit()) == [0, 16]
+
+
+def bash_blocks(text: str) -> list[str]:
+    """The bodies of the ```bash fenced blocks of a Markdown text, in order."""
+    return re.findall(r"^```bash\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def test_readme_follow_up_commands_work_in_a_fresh_shell(tmp_path):
+    """Issue 25 point 1: after the set-up, a new shell that runs the README's activation line finds the tools.
+
+    The block after "The two commands" is run as written in a shell with an empty environment (no PATH entry
+    of this process, no virtualenv), on a run folder written here, so `tensorboard` and `aquin-monitor report`
+    must come from the activated `.venv`.
+    """
+    import subprocess
+
+    root = README.parent
+    if not (root / ".venv" / "bin" / "activate").exists():
+        pytest.skip("no .venv: this checkout was not set up with scripts/setup.sh (make test does it)")
+    block = next(b for b in bash_blocks(README.read_text(encoding="utf-8")) if "source .venv/bin/activate" in b)
+    run = tmp_path / "runs" / "infonce"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "contrastive/loss": 2.0}\n', encoding="utf-8")
+    script = block.replace("source .venv/bin/activate", f"source {root / '.venv' / 'bin' / 'activate'}")
+    script = script.replace("tensorboard --logdir runs/infonce", "tensorboard --version")  # the server would block
+    environment = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        ["bash", "-euc", script + "\npython -c 'import lightning, peft, sentence_transformers, aquin_monitor'\n"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "report.html").is_file()

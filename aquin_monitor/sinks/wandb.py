@@ -35,6 +35,7 @@ and W&B will drop yours; log your step as a metric instead (as HF and Lightning 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -206,7 +207,7 @@ class WandbSink(BaseSink):
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         step = check_step(step)
-        self._log({tag: self._wandb.Image(figure, caption=f"step {step}")}, step)
+        self._log({tag: self._wandb.Image(png_image(figure), caption=f"step {step}")}, step)
 
     def log_embeddings(
         self,
@@ -258,3 +259,16 @@ def _config_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_config_value(v) for v in value]
     return str(value)
+
+
+def png_image(figure: Any) -> Any:
+    """The figure drawn to PNG and decoded (a PIL image): wandb recognises matplotlib figures by their type's
+    module name only, so our figures (``plots.PlainTextFigure``, drawn with LaTeX off) are rendered here."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    image = Image.open(buffer)
+    image.load()
+    return image

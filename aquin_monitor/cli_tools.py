@@ -32,14 +32,13 @@ import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = [
     "NEGATIVE_NUMBER",
     "TERMINAL_CONTROLS",
     "CommandParser",
     "InputError",
-    "LoadedSae",
     "bounded_float",
     "cache_option",
     "check_command_text",
@@ -47,10 +46,8 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "declare_outputs",
-    "embed_texts",
     "emit",
     "finite_float",
-    "load_sae_for",
     "non_negative_int",
     "note",
     "positive_int",
@@ -346,68 +343,6 @@ def check_command_text(text: str, what: str) -> str:
 
 # --------------------------------------------------------------------------------------------
 # A SAE and its model
-
-
-class LoadedSae(NamedTuple):
-    """A SAE, the model whose embeddings it reads, and its ``cfg.json`` (named in errors)."""
-
-    sae: Any
-    model: str
-    cfg: str
-
-    def check_width(self, width: int) -> None:
-        """Raise :class:`InputError` unless embeddings of ``width`` columns fit the SAE's input."""
-        if width != self.sae.d_in:
-            raise InputError(
-                self.cfg,
-                f"the SAE takes {self.sae.d_in}-dimensional inputs but model {self.model!r} outputs {width}",
-                line=1,
-                field="d_in",
-            )
-
-
-def load_sae_for(name: str, model: str | None = None) -> LoadedSae:
-    """Load SAE ``name`` (a folder or ``"default"``) for ``model`` (default: the one its ``cfg.json`` records).
-
-    Raises :class:`InputError` when no model is given or recorded, and when the model's files declare
-    an embedding size other than the SAE's ``d_in`` (nothing is loaded for that check). A corrupt SAE
-    folder raises :class:`~aquin_monitor.sae.model.SaeFormatError` naming the file.
-    """
-    from .encoders import resolve_model
-    from .sae.model import CFG_NAME, load_sae, sae_folder
-
-    sae = load_sae(name)
-    cfg = str(sae_folder(name) / CFG_NAME)
-    model = model or sae.metadata.get("model")
-    if not model:
-        raise InputError(cfg, "not recorded; pass --model", line=1, field="model")
-    loaded = LoadedSae(sae, str(model), cfg)
-    location = resolve_model(loaded.model)
-    from .encoders import declared_dimension
-
-    dimension = declared_dimension(location) if os.path.isdir(location) else None
-    if dimension is not None:
-        loaded.check_width(dimension)
-    return loaded
-
-
-def embed_texts(model: str, texts: Sequence[str], args: argparse.Namespace, **kwargs: Any) -> Any:
-    """``texts`` embedded by ``model`` through the embedding cache, with the verb's ``--batch-size``,
-    ``--device``, ``--no-cache`` and ``--no-progress``; ``kwargs`` go to
-    :func:`~aquin_monitor.sae.embeddings.embed_corpus`."""
-    from .sae.embeddings import embed_corpus
-
-    embeddings = embed_corpus(
-        model,
-        list(texts),
-        batch_size=args.batch_size,
-        device=args.device,
-        cache=args.cache,
-        show_progress=args.progress,
-        **kwargs,
-    )
-    refuse_non_finite(embeddings, texts, model)
-    return embeddings
 
 
 def read_corpus(path: str, field: str, minimum: int = 2) -> list[str]:

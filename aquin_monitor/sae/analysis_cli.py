@@ -29,14 +29,13 @@ from ..cli_tools import (
     cache_option,
     check_command_text,
     declare_outputs,
-    embed_texts,
     emit,
     finite_float,
-    load_sae_for,
     non_negative_int,
     positive_int,
     read_corpus,
 )
+from .verb_inputs import embed_texts, load_sae_for
 
 __all__ = ["add_analysis_commands", "feature_labels"]
 

@@ -33,14 +33,13 @@ from ..cli_tools import (
     InputError,
     cache_option,
     declare_outputs,
-    embed_texts,
     emit,
     finite_float,
-    load_sae_for,
     positive_int,
     read_corpus,
 )
 from .config import SaeTrainConfig  # torch-free: the parser is built on every start
+from .verb_inputs import embed_texts, load_sae_for
 
 __all__ = ["add_sae_commands", "config_flags"]
 

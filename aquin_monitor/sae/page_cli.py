@@ -29,12 +29,11 @@ from ..cli_tools import (
     bounded_float,
     cache_option,
     declare_outputs,
-    embed_texts,
     emit,
-    load_sae_for,
     positive_int,
     read_corpus,
 )
+from .verb_inputs import embed_texts, load_sae_for
 
 __all__ = ["add_page_commands"]
 

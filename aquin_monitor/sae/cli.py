@@ -163,12 +163,12 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     config = SaeTrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SaeTrainConfig)})
     source = _open_embeddings(args.embeddings) if args.embeddings else _open_store(args.store) if args.store else None
     texts = read_corpus(args.corpus, args.text_field) if args.corpus else None
-    resolve_model(args.model)
+    location = resolve_model(args.model)  # an unknown model is named before the output folder is checked
     out = Path(args.out)
     _check_train_out(out)
     rows = texts if texts is not None else source
     assert rows is not None  # the parser requires exactly one of --corpus, --embeddings, --store
-    _check_sizes(args, len(rows), resolve_model(args.model))
+    _check_sizes(args, len(rows), location)
     out.mkdir(parents=True, exist_ok=True)
     config.checkpoint = config.checkpoint or str(out / CHECKPOINT_NAME)
     if texts is not None:

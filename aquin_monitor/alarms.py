@@ -4,6 +4,11 @@
   its own recent history (robust statistics over log-norms);
 - :class:`GapNarrowingCheck`: the positive–negative similarity gap narrowing while the loss falls
   (negatives are being pulled in);
+- :class:`FalseNegativeCheck`: positives no more similar to their anchors than the hardest negative,
+  abruptly, while the positives stay where they were (the batch's negatives hold duplicates of the
+  positives: false negatives);
+- :class:`PlateauCheck`: every learning rate 0 for several steps after having been positive (the
+  weights stopped moving);
 - a non-finite loss (``nan``).
 
 Everything here is host-side numpy on the small per-step vector :class:`~aquin_monitor.monitor.StepMonitor`
@@ -21,7 +26,7 @@ import numpy as np
 
 from .signals.gradients import row_nanmedian
 
-ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing")
+ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau")
 
 
 class AlarmWarning(UserWarning):
@@ -205,12 +210,25 @@ class AlarmConfig:
     Gap narrowing compares the first and second half of the last ``gap_window`` steps: it fires when
     the mean positive–negative gap dropped by more than ``gap_min_drop`` (similarity units) and by
     more than ``gap_rel_drop`` of its earlier value, while the mean loss fell.
+
+    False negatives (:class:`FalseNegativeCheck`) judge each step's margin ``pos_sim −
+    hardest_neg_sim`` against the median ``m̃`` of the last ``false_negative_window`` healthy steps
+    (at least ``false_negative_min_history`` of them): it fires when the margin falls to
+    ``false_negative_margin_ratio × m̃`` or below while ``pos_sim`` stays within
+    ``false_negative_positive_shift × m̃`` of its own median.
+
+    Plateau (:class:`PlateauCheck`): every learning rate 0 on ``plateau_patience`` consecutive steps.
     """
 
     gradients: DetectorConfig = field(default_factory=DetectorConfig)
     gap_window: int = 40
     gap_min_drop: float = 0.05
     gap_rel_drop: float = 0.2
+    false_negative_window: int = 50
+    false_negative_min_history: int = 10
+    false_negative_margin_ratio: float = 0.25
+    false_negative_positive_shift: float = 0.5
+    plateau_patience: int = 5
 
 
 @dataclass(frozen=True)
@@ -287,3 +305,126 @@ class GapNarrowingCheck:
     def load_state_dict(self, state: dict) -> None:
         self.history = deque((tuple(x) for x in state.get("gap_history", [])), maxlen=self.config.gap_window)
         self.cooldown_until = int(state.get("gap_cooldown_until", -1))
+
+
+class FalseNegativeCheck:
+    """Fires ``false_negatives`` when positives are suddenly no more similar than the hardest negative.
+
+    The margin ``m = pos_sim − hardest_neg_sim`` (:mod:`aquin_monitor.signals.contrastive`) of a batch
+    whose negatives include a duplicate of each row's positive is ≈ 0 (identical texts embed alike,
+    up to dropout), while a healthy batch keeps a margin of the order of its history. A collapse also
+    closes the margin, but by moving everything, the positives included (towards similarity 1); a
+    false negative leaves the positives where they were. So, with ``m̃`` and ``p̃`` the medians of the
+    margin and of ``pos_sim`` over the last ``false_negative_window`` healthy steps, a step fires when::
+
+        m ≤ false_negative_margin_ratio · m̃   and   |pos_sim − p̃| ≤ false_negative_positive_shift · m̃
+
+    (``m̃ > 0``, at least ``false_negative_min_history`` steps of history). A firing step is not added
+    to the history (the healthy margin stays the reference); after an alarm the check is quiet for one
+    window.
+
+    >>> check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=3))
+    >>> healthy = [(0.70, 0.30), (0.72, 0.33), (0.69, 0.31)]          # margins 0.40, 0.39, 0.38
+    >>> [check.update(s, {"pos_sim": p, "hardest_neg_sim": h}) for s, (p, h) in enumerate(healthy, 1)]
+    [None, None, None]
+    >>> check.update(4, {"pos_sim": 0.71, "hardest_neg_sim": 0.70}).kind   # margin 0.01, positives in place
+    'false_negatives'
+    >>> check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=3))
+    >>> _ = [check.update(s, {"pos_sim": p, "hardest_neg_sim": h}) for s, (p, h) in enumerate(healthy, 1)]
+    >>> check.update(4, {"pos_sim": 0.99, "hardest_neg_sim": 0.98}) is None   # everything moved: a collapse
+    True
+    """
+
+    def __init__(self, config: AlarmConfig):
+        self.config = config
+        self.history: deque[tuple[float, float]] = deque(maxlen=config.false_negative_window)
+        self.cooldown_until = -1
+
+    def update(self, step: int, contrastive: dict) -> Alarm | None:
+        """Record this step's (margin, pos_sim) from the ``contrastive`` means; the alarm, if it fires now."""
+        positive, hardest = contrastive.get("pos_sim"), contrastive.get("hardest_neg_sim")
+        if positive is None or hardest is None or not (math.isfinite(positive) and math.isfinite(hardest)):
+            return None
+        cfg = self.config
+        margin = positive - hardest
+        if len(self.history) >= cfg.false_negative_min_history:
+            typical_margin, typical_positive = np.median(np.asarray(self.history), axis=0)
+            if typical_margin > 0 and margin <= cfg.false_negative_margin_ratio * typical_margin:
+                # a closed margin is not history: the healthy one stays the reference
+                positives_in_place = (
+                    abs(positive - typical_positive) <= cfg.false_negative_positive_shift * typical_margin
+                )
+                if step < self.cooldown_until or not positives_in_place:
+                    return None
+                self.cooldown_until = step + cfg.false_negative_window
+                return Alarm(
+                    step,
+                    "false_negatives",
+                    None,
+                    f"positives are as similar as the hardest in-batch negative at step {step} (margin "
+                    f"{margin:.3f}, typical {typical_margin:.3f}; positive similarity {positive:.3f}, typical "
+                    f"{typical_positive:.3f}): the batch's negatives hold duplicates of its positives "
+                    "(false negatives)",
+                    float(margin),
+                )
+        self.history.append((margin, positive))
+        return None
+
+    def state_dict(self) -> dict:
+        return {
+            "false_negative_history": [list(x) for x in self.history],
+            "false_negative_cooldown_until": self.cooldown_until,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque(
+            (tuple(x) for x in state.get("false_negative_history", [])), maxlen=self.config.false_negative_window
+        )
+        self.cooldown_until = int(state.get("false_negative_cooldown_until", -1))
+
+
+class PlateauCheck:
+    """Fires ``plateau`` when every learning rate has been 0 for ``plateau_patience`` steps in a row.
+
+    With a learning rate of 0, no torch optimizer moves a weight (SGD, Adam and AdamW scale the step
+    and the decoupled weight decay by it): the run goes on, the loss stays where it is. The check
+    reads the learning rates the step applied (``optim/lr``); it arms once one was positive, so a
+    warm-up starting at 0 is no plateau, and fires once per stretch of zero rates. A run whose
+    trainer does not pass its learning rates is not checked.
+
+    >>> check = PlateauCheck(AlarmConfig(plateau_patience=2))
+    >>> [a is not None for a in (check.update(s, [lr]) for s, lr in enumerate([0, 1e-4, 1e-4, 0, 0, 0], 1))]
+    [False, False, False, False, True, False]
+    """
+
+    def __init__(self, config: AlarmConfig):
+        self.config = config
+        self.armed = False  # a positive learning rate was seen
+        self.zero_steps = 0
+
+    def update(self, step: int, learning_rates: Sequence[float] | None) -> Alarm | None:
+        """Record the step's learning rates (one per parameter group); the alarm, if it fires now."""
+        if not learning_rates:
+            return None
+        if any(lr > 0 for lr in learning_rates):
+            self.armed, self.zero_steps = True, 0
+            return None
+        if not self.armed:
+            return None
+        self.zero_steps += 1
+        if self.zero_steps != self.config.plateau_patience:
+            return None
+        return Alarm(
+            step,
+            "plateau",
+            None,
+            f"the learning rate has been 0 for {self.zero_steps} steps at step {step}: the weights no longer move",
+            0.0,
+        )
+
+    def state_dict(self) -> dict:
+        return {"plateau_armed": self.armed, "plateau_zero_steps": self.zero_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.armed = bool(state.get("plateau_armed", False))
+        self.zero_steps = int(state.get("plateau_zero_steps", 0))

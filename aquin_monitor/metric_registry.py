@@ -145,6 +145,8 @@ def _optimizer_and_alarms() -> tuple[MetricSpec, ...]:
         flag("spike", "a sudden gradient explosion in one block"),
         flag("nan", "a gradient norm or the loss is NaN or infinite"),
         flag("gap_narrowing", "the loss improves by pulling negatives closer: a shortcut or collapse"),
+        flag("false_negatives", "the batch's negatives hold duplicates of its positives (false negatives)"),
+        flag("plateau", "the learning rate is 0: the weights no longer move"),
     )
 
 

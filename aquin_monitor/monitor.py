@@ -42,8 +42,10 @@ from .alarms import (
     AlarmConfig,
     AlarmWarning,
     Anomaly,
+    FalseNegativeCheck,
     GapNarrowingCheck,
     GradientAnomalyDetector,
+    PlateauCheck,
     loss_alarm,
 )
 from .capture import ContrastiveTap, default_tap
@@ -239,6 +241,8 @@ class StepMonitor:
         self.groups: ParameterGroups | None = None
         self.detector: GradientAnomalyDetector | None = None
         self.gap_check = GapNarrowingCheck(self.alarm_config)
+        self.false_negative_check = FalseNegativeCheck(self.alarm_config)
+        self.plateau_check = PlateauCheck(self.alarm_config)
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self.background = background
@@ -527,7 +531,9 @@ class StepMonitor:
         if layout.learning_rates:
             metrics.update(learning_rate_metrics(layout.learning_rates))
 
-        alarms = self._alarms(step, norms if measured else None, loss, contrastive, tuple(sorted(silent)))
+        alarms = self._alarms(
+            step, norms if measured else None, loss, contrastive, tuple(sorted(silent)), layout.learning_rates
+        )
         for alarm in alarms:
             metrics[f"alarm/{alarm.kind}"] = 1.0
         self.last_step = step
@@ -544,9 +550,16 @@ class StepMonitor:
                 sink.log_event(alarm.as_event())
 
     def _alarms(
-        self, step: int, norms: np.ndarray | None, loss: float | None, contrastive: dict, no_gradient=()
+        self,
+        step: int,
+        norms: np.ndarray | None,
+        loss: float | None,
+        contrastive: dict,
+        no_gradient=(),
+        learning_rates: Sequence[float] = (),
     ) -> list[Alarm]:
-        """This step's alarms; ``norms`` None: the gradient norms are not known this step (nothing to detect)."""
+        """This step's alarms; ``norms`` None: the gradient norms are not known this step (nothing to detect);
+        ``learning_rates`` empty: not known (no plateau check)."""
         anomalies: list[Anomaly] = []
         if norms is not None:
             assert self.detector is not None  # attach() made it, before any norm is measured
@@ -554,7 +567,12 @@ class StepMonitor:
         found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in anomalies]
         found.extend(
             a
-            for a in (loss_alarm(step, loss), self.gap_check.update(step, contrastive.get("gap"), loss))
+            for a in (
+                loss_alarm(step, loss),
+                self.gap_check.update(step, contrastive.get("gap"), loss),
+                self.false_negative_check.update(step, contrastive),
+                self.plateau_check.update(step, learning_rates),
+            )
             if a is not None
         )
         self.alarms.extend(found)
@@ -682,12 +700,16 @@ class StepMonitor:
             "last_step": self.last_step,
             "detector": self.detector.state_dict() if self.detector else None,
             **self.gap_check.state_dict(),
+            **self.false_negative_check.state_dict(),
+            **self.plateau_check.state_dict(),
             "alarms": [a.as_event() for a in self.alarms],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state.get("last_step", 0))
         self.gap_check.load_state_dict(state)
+        self.false_negative_check.load_state_dict(state)
+        self.plateau_check.load_state_dict(state)
         self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
         self._pending_state = state.get("detector")
         if self.detector is not None and self._pending_state is not None:

@@ -1,0 +1,124 @@
+"""The false-negative and plateau alarms (aquin_monitor.alarms): hand-checked sequences, quiet on healthy
+histories and on a collapse, state kept across a resume, and wired through StepMonitor."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aquin_monitor.alarms import ALARM_KINDS, AlarmConfig, FalseNegativeCheck, PlateauCheck
+from aquin_monitor.capture import ContrastiveTap, report_similarity
+from aquin_monitor.monitor import StepMonitor
+
+
+def _stats(positive: float, hardest: float) -> dict:
+    return {"pos_sim": positive, "hardest_neg_sim": hardest}
+
+
+def _feed(check: FalseNegativeCheck, pairs, first_step: int = 1) -> list[int]:
+    return [s for s, (p, h) in enumerate(pairs, first_step) if check.update(s, _stats(p, h)) is not None]
+
+
+def test_new_kinds_are_alarm_kinds():
+    assert {"false_negatives", "plateau"} <= set(ALARM_KINDS)
+
+
+def test_false_negatives_fire_on_the_first_closed_margin_and_not_before():
+    # margins 0.40, 0.38, 0.42, 0.40 (median 0.40); then 0.12 is above 0.25 * 0.40 = 0.10: quiet;
+    # then 0.05 with the positives in place (|0.71 - 0.70| <= 0.5 * 0.40): the alarm
+    check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=4))
+    history = [(0.70, 0.30), (0.70, 0.32), (0.70, 0.28), (0.70, 0.30)]
+    assert _feed(check, history + [(0.70, 0.58), (0.71, 0.66)]) == [6]
+    assert check.history[-1][0] == pytest.approx(0.12)  # the 0.12 step was history, the firing step was not
+
+
+def test_false_negatives_quiet_while_the_history_is_short_and_on_a_collapse():
+    check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=4))
+    assert _feed(check, [(0.70, 0.30)] * 3 + [(0.70, 0.70)]) == []  # 3 steps of history < 4
+    check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=4))
+    # a collapse: the positives run to 1 with everything else (shift 0.29 > 0.5 * 0.40)
+    assert _feed(check, [(0.70, 0.30)] * 4 + [(0.99, 0.98), (0.999, 0.999)]) == []
+
+
+def test_false_negatives_cool_down_for_one_window_and_keep_the_healthy_reference():
+    config = AlarmConfig(false_negative_min_history=4, false_negative_window=10)
+    check = FalseNegativeCheck(config)
+    fired = _feed(check, [(0.70, 0.30)] * 4 + [(0.70, 0.70)] * 12)
+    assert fired == [5, 15]  # step 5, then quiet until 5 + 10
+    assert [m for m, _ in check.history] == pytest.approx([0.40] * 4)  # closed margins never became history
+
+
+def test_false_negatives_quiet_on_a_healthy_noisy_history():
+    rng = np.random.default_rng(0)
+    check = FalseNegativeCheck(AlarmConfig())
+    positives = 0.7 + rng.normal(0, 0.03, 300)
+    hardest = 0.35 + rng.normal(0, 0.05, 300)
+    assert _feed(check, zip(positives.tolist(), hardest.tolist())) == []
+
+
+def test_false_negatives_skip_missing_and_nonfinite_statistics():
+    check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=1))
+    assert check.update(1, {}) is None
+    assert check.update(2, _stats(math.nan, 0.1)) is None
+    assert len(check.history) == 0
+
+
+def test_false_negative_state_round_trip():
+    config = AlarmConfig(false_negative_min_history=4, false_negative_window=10)
+    check = FalseNegativeCheck(config)
+    _feed(check, [(0.70, 0.30)] * 4 + [(0.70, 0.70)])
+    resumed = FalseNegativeCheck(config)
+    resumed.load_state_dict(json.loads(json.dumps(check.state_dict())))
+    assert list(resumed.history) == list(check.history) and resumed.cooldown_until == check.cooldown_until == 15
+    assert _feed(resumed, [(0.70, 0.70)] * 10, first_step=6) == [15]
+
+
+def test_plateau_fires_once_per_stretch_of_zero_rates_after_a_positive_one():
+    check = PlateauCheck(AlarmConfig(plateau_patience=3))
+    rates = [0.0, 0.0, 0.0, 0.0, 1e-5, 1e-5, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-5, 0.0, 0.0, 0.0]
+    fired = [s for s, lr in enumerate(rates, 1) if check.update(s, [lr, lr]) is not None]
+    assert fired == [9, 15]  # a warm-up from 0 is no plateau; zero steps 7, 8, 9 and 13, 14, 15
+
+
+def test_plateau_needs_every_group_at_zero_and_known_rates():
+    check = PlateauCheck(AlarmConfig(plateau_patience=2))
+    assert [check.update(s, [1e-4, 0.0]) for s in range(1, 6)] == [None] * 5  # one group still moves
+    assert check.update(6, None) is None and check.update(7, []) is None
+    assert check.update(8, [0.0, 0.0]) is None and check.update(9, [0.0, 0.0]).kind == "plateau"
+
+
+def test_plateau_state_round_trip():
+    check = PlateauCheck(AlarmConfig(plateau_patience=3))
+    for step, lr in enumerate([1e-4, 0.0, 0.0], 1):
+        check.update(step, [lr])
+    resumed = PlateauCheck(AlarmConfig(plateau_patience=3))
+    resumed.load_state_dict(json.loads(json.dumps(check.state_dict())))
+    assert resumed.update(4, [0.0]).step == 4
+
+
+def test_monitor_raises_both_and_keeps_their_state(tmp_path):
+    """Through StepMonitor: the similarity matrices a loss reports and the learning rates a trainer passes."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    tap = ContrastiveTap(strict=True)
+    config = AlarmConfig(false_negative_min_history=4, plateau_patience=2)
+    monitor = StepMonitor([], alarms=config, histogram_every=0, tap=tap, strict=True, warn=False)
+    healthy = torch.tensor([[0.8, 0.3], [0.2, 0.7]])  # margins 0.5 and 0.5
+    duplicated = torch.tensor([[0.8, 0.8], [0.7, 0.7]])  # each row's positive reappears as its negative
+    schedule = [(healthy, 1e-4)] * 5 + [(duplicated, 1e-4), (healthy, 0.0), (healthy, 0.0)]
+    for step, (scores, lr) in enumerate(schedule, 1):
+        model(torch.randn(2, 3)).sum().backward()
+        report_similarity(scores, tap=tap)
+        monitor.on_optimizer_step(step, model, learning_rates=[lr])
+        model.zero_grad()
+    monitor.close()
+    assert [(a.step, a.kind) for a in monitor.alarms] == [(6, "false_negatives"), (8, "plateau")]
+    state = json.loads(json.dumps(monitor.state_dict()))
+    resumed = StepMonitor([], alarms=config, tap=ContrastiveTap(), warn=False)
+    resumed.load_state_dict(state)
+    assert resumed.false_negative_check.cooldown_until == 6 + config.false_negative_window
+    assert (resumed.plateau_check.armed, resumed.plateau_check.zero_steps) == (True, 2)

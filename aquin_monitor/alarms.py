@@ -7,6 +7,8 @@
 - :class:`FalseNegativeCheck`: positives no more similar to their anchors than the hardest negative,
   abruptly, while the positives stay where they were (the batch's negatives hold duplicates of the
   positives: false negatives);
+- :class:`CollapseCheck`: the mean similarity of in-batch negatives rising far above its own history (the
+  embeddings converge: the space is collapsing), unless false negatives explain it;
 - :class:`PlateauCheck`: every learning rate 0 for several steps after having been positive (the
   weights stopped moving);
 - a non-finite loss (``nan``).
@@ -26,7 +28,7 @@ import numpy as np
 
 from .signals.gradients import row_nanmedian
 
-ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau")
+ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau", "collapse")
 
 
 class AlarmWarning(UserWarning):
@@ -218,6 +220,10 @@ class AlarmConfig:
     ``false_negative_positive_shift × m̃`` of its own median.
 
     Plateau (:class:`PlateauCheck`): every learning rate 0 on ``plateau_patience`` consecutive steps.
+
+    Collapse (:class:`CollapseCheck`): ``neg_sim`` above the median of its last ``collapse_window`` healthy
+    steps by more than ``collapse_min_rise`` and by more than ``collapse_z`` robust standard deviations
+    (1.4826·MAD), on ``collapse_patience`` consecutive steps.
     """
 
     gradients: DetectorConfig = field(default_factory=DetectorConfig)
@@ -226,9 +232,14 @@ class AlarmConfig:
     gap_rel_drop: float = 0.2
     false_negative_window: int = 50
     false_negative_min_history: int = 10
-    false_negative_margin_ratio: float = 0.25
+    false_negative_margin_ratio: float = 0.1
     false_negative_positive_shift: float = 0.5
     plateau_patience: int = 5
+    collapse_window: int = 50
+    collapse_min_history: int = 10
+    collapse_z: float = 6.0
+    collapse_min_rise: float = 0.1
+    collapse_patience: int = 2
 
 
 @dataclass(frozen=True)
@@ -339,9 +350,11 @@ class FalseNegativeCheck:
         self.config = config
         self.history: deque[tuple[float, float]] = deque(maxlen=config.false_negative_window)
         self.cooldown_until = -1
+        self.explains_step = False  # this step's margin closed with the positives in place (alarm or cooldown)
 
     def update(self, step: int, contrastive: dict) -> Alarm | None:
         """Record this step's (margin, pos_sim) from the ``contrastive`` means; the alarm, if it fires now."""
+        self.explains_step = False
         positive, hardest = contrastive.get("pos_sim"), contrastive.get("hardest_neg_sim")
         if positive is None or hardest is None or not (math.isfinite(positive) and math.isfinite(hardest)):
             return None
@@ -428,3 +441,73 @@ class PlateauCheck:
     def load_state_dict(self, state: dict) -> None:
         self.armed = bool(state.get("plateau_armed", False))
         self.zero_steps = int(state.get("plateau_zero_steps", 0))
+
+
+class CollapseCheck:
+    """Fires ``collapse`` when the in-batch negatives' mean similarity rises far above its own history.
+
+    ``neg_sim`` (the mean cosine of non-matching pairs in the batch) is the batch's anisotropy: it stays
+    near its usual level while a fine-tune is healthy and climbs towards the positives' similarity, and
+    then 1, as the embeddings converge (a learning rate far too high, a broken schedule). With ``ñ`` the
+    median and ``s = 1.4826·MAD`` of ``neg_sim`` over the last ``collapse_window`` healthy steps (at least
+    ``collapse_min_history``), a step is *risen* when::
+
+        neg_sim − ñ > collapse_min_rise   and   neg_sim − ñ > collapse_z · s
+
+    and the alarm fires on the ``collapse_patience``-th risen step in a row. A risen step is not history;
+    after an alarm the check is quiet for one window. A step that :class:`FalseNegativeCheck` explains
+    (duplicates of the positives among the negatives raise ``neg_sim`` too, with the positives in place)
+    is neither risen nor history. Unlike ``gap_narrowing`` it does not ask the loss to fall: a collapse
+    driven by too large a step raises the loss.
+
+    >>> check = CollapseCheck(AlarmConfig(collapse_min_history=4))
+    >>> negatives = [0.07, 0.09, 0.05, 0.08, 0.06, 0.25, 0.36]   # median 0.07, MAD 0.01: s = 0.0148
+    >>> [(s, a.kind) for s, a in ((s, check.update(s, {"neg_sim": n})) for s, n in enumerate(negatives, 1)) if a]
+    [(7, 'collapse')]
+    """
+
+    def __init__(self, config: AlarmConfig):
+        self.config = config
+        self.history: deque[float] = deque(maxlen=config.collapse_window)
+        self.risen = 0
+        self.cooldown_until = -1
+
+    def update(self, step: int, contrastive: dict, explained: bool = False) -> Alarm | None:
+        """Record this step's ``neg_sim``; ``explained``: false negatives account for this step's similarities."""
+        negative = contrastive.get("neg_sim")
+        if negative is None or not math.isfinite(negative) or explained:
+            return None
+        cfg = self.config
+        if len(self.history) >= cfg.collapse_min_history:
+            history = np.asarray(self.history)
+            typical = float(np.median(history))
+            spread = 1.4826 * float(np.median(np.abs(history - typical)))
+            rise = negative - typical
+            if rise > cfg.collapse_min_rise and rise > cfg.collapse_z * spread:
+                self.risen += 1
+                if self.risen != cfg.collapse_patience or step < self.cooldown_until:
+                    return None
+                self.cooldown_until = step + cfg.collapse_window
+                return Alarm(
+                    step,
+                    "collapse",
+                    None,
+                    f"in-batch negatives' mean similarity rose to {negative:.3f} from a typical {typical:.3f} "
+                    f"({cfg.collapse_patience} steps in a row, step {step}): the embeddings are converging",
+                    float(negative),
+                )
+        self.risen = 0
+        self.history.append(negative)
+        return None
+
+    def state_dict(self) -> dict:
+        return {
+            "collapse_history": list(self.history),
+            "collapse_risen": self.risen,
+            "collapse_cooldown_until": self.cooldown_until,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque(state.get("collapse_history", []), maxlen=self.config.collapse_window)
+        self.risen = int(state.get("collapse_risen", 0))
+        self.cooldown_until = int(state.get("collapse_cooldown_until", -1))

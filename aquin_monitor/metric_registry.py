@@ -147,6 +147,7 @@ def _optimizer_and_alarms() -> tuple[MetricSpec, ...]:
         flag("gap_narrowing", "the loss improves by pulling negatives closer: a shortcut or collapse"),
         flag("false_negatives", "the batch's negatives hold duplicates of its positives (false negatives)"),
         flag("plateau", "the learning rate is 0: the weights no longer move"),
+        flag("collapse", "in-batch negatives converge on the positives: the embedding space is collapsing"),
     )
 
 

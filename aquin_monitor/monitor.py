@@ -42,6 +42,7 @@ from .alarms import (
     AlarmConfig,
     AlarmWarning,
     Anomaly,
+    CollapseCheck,
     FalseNegativeCheck,
     GapNarrowingCheck,
     GradientAnomalyDetector,
@@ -243,6 +244,7 @@ class StepMonitor:
         self.gap_check = GapNarrowingCheck(self.alarm_config)
         self.false_negative_check = FalseNegativeCheck(self.alarm_config)
         self.plateau_check = PlateauCheck(self.alarm_config)
+        self.collapse_check = CollapseCheck(self.alarm_config)
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self.background = background
@@ -571,6 +573,7 @@ class StepMonitor:
                 loss_alarm(step, loss),
                 self.gap_check.update(step, contrastive.get("gap"), loss),
                 self.false_negative_check.update(step, contrastive),
+                self.collapse_check.update(step, contrastive, self.false_negative_check.explains_step),
                 self.plateau_check.update(step, learning_rates),
             )
             if a is not None
@@ -702,6 +705,7 @@ class StepMonitor:
             **self.gap_check.state_dict(),
             **self.false_negative_check.state_dict(),
             **self.plateau_check.state_dict(),
+            **self.collapse_check.state_dict(),
             "alarms": [a.as_event() for a in self.alarms],
         }
 
@@ -710,6 +714,7 @@ class StepMonitor:
         self.gap_check.load_state_dict(state)
         self.false_negative_check.load_state_dict(state)
         self.plateau_check.load_state_dict(state)
+        self.collapse_check.load_state_dict(state)
         self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
         self._pending_state = state.get("detector")
         if self.detector is not None and self._pending_state is not None:

@@ -12,13 +12,14 @@ failure             injected at step t (1-based optimizer step)                a
 ==================  =========================================================  ==============================
 ``nan``             one NaN in the step-t batch's anchor embeddings (the       ``nan``
                     update is applied: the weights stay NaN after it)
-``lr_x100``         the scheduled learning rate times 100 from step t on       ``spike``, ``dead_layer``, ``nan``
+``lr_x100``         the scheduled learning rate times 100 from step t on       ``collapse``, ``spike``,
+                                                                               ``dead_layer``, ``nan``
 ``dead_layer``      the middle encoder block's gradients (block 3 of MiniLM's  ``dead_layer``
                     6) set to zero from step t on, after ``backward()``: a
                     frozen or dead layer
-``collapse``        ``--provoke collapse`` of the recipes from step t on: a    ``dead_layer``, ``spike``,
-                    full fine-tune jumping to lr 2e-3 with scale 100 (InfoNCE, ``gap_narrowing``, ``nan``
-                    ``recipes/infonce.py``) or lr 1e-2 (triplet,
+``collapse``        ``--provoke collapse`` of the recipes from step t on: a    ``collapse``, ``dead_layer``,
+                    full fine-tune jumping to lr 2e-3 with scale 100 (InfoNCE, ``spike``, ``gap_narrowing``,
+                    ``recipes/infonce.py``) or lr 1e-2 (triplet,               ``nan``
                     ``recipes/triplet.py``)
 ``false_negatives`` from step t on, every batch's in-batch negatives include   ``false_negatives``
                     a duplicate of each row's positive (InfoNCE: the batch is
@@ -76,9 +77,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 #: failure -> alarm kinds that count as detecting it (see the module docstring)
 FAILURE_ALARMS: dict[str, tuple[str, ...]] = {
     "nan": ("nan",),
-    "lr_x100": ("spike", "dead_layer", "nan"),
+    "lr_x100": ("spike", "dead_layer", "nan", "collapse"),
     "dead_layer": ("dead_layer",),
-    "collapse": ("dead_layer", "spike", "gap_narrowing", "nan"),
+    "collapse": ("collapse", "dead_layer", "spike", "gap_narrowing", "nan"),
     "false_negatives": ("false_negatives",),
     "plateau": ("plateau",),
 }
@@ -126,7 +127,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kinds", default=",".join(FAILURES), help="failures to inject, comma-separated")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--out", default="runs/bench_alarms.json", help="results JSON (written atomically after each run)")
-    p.add_argument("--traces", action="store_true", help="keep every run's per-step contrastive numbers in the JSON")
+    p.add_argument("--traces", action="store_true", help="keep every run's per-step scalars in the JSON")
+    p.add_argument(
+        "--replay",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="no training: merge these result files (written with --traces), a run in the tune set when its seed is "
+        "in --seeds-tune, in the report set when in --seeds-report, replaying the contrastive and learning-rate "
+        "checks with the current thresholds (see replay_checks)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -154,6 +164,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--batch-size must be >= 2 (in-batch negatives)")
     if not args.seeds_tune and not args.seeds_report:
         p.error("no seeds: give --seeds-tune or --seeds-report")
+    for path in args.replay:
+        if not Path(path).is_file():
+            p.error(f"--replay: {path}: no such file")
+    if set(args.seeds_tune) & set(args.seeds_report):
+        p.error(f"--seeds-tune and --seeds-report share seeds {sorted(set(args.seeds_tune) & set(args.seeds_report))}")
     return args
 
 
@@ -428,6 +443,55 @@ def score(results: Sequence[RunResult], horizon: int) -> dict[str, Any]:
     }
 
 
+#: alarm kinds decided from the per-step contrastive means and learning rates alone (replayable from a trace)
+REPLAYED_KINDS = ("gap_narrowing", "false_negatives", "plateau", "collapse")
+
+
+def replay_checks(trace: Sequence[dict]) -> list[dict]:
+    """The ``gap_narrowing``, ``false_negatives`` and ``plateau`` alarms the current default thresholds raise on a
+    recorded run: the same checks fed, step by step, the same numbers StepMonitor fed them (the trace's
+    ``contrastive/*`` means, loss and ``optim/lr``; non-finite values were recorded as null and are skipped by
+    the checks either way). None of them acts on the training, so a replay equals a rerun."""
+    from aquin_monitor.alarms import AlarmConfig, CollapseCheck, FalseNegativeCheck, GapNarrowingCheck, PlateauCheck
+
+    config = AlarmConfig()
+    gap, false_negatives, plateau = GapNarrowingCheck(config), FalseNegativeCheck(config), PlateauCheck(config)
+    collapse = CollapseCheck(config)
+    alarms = []
+    for row in trace:
+        step = row["step"]
+        contrastive = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("contrastive/") and v is not None}
+        rates = [v for k, v in sorted(row.items()) if k.startswith("optim/lr") and v is not None]
+        for alarm in (
+            gap.update(step, contrastive.get("gap"), contrastive.get("loss")),
+            false_negatives.update(step, contrastive),
+            collapse.update(step, contrastive, false_negatives.explains_step),
+            plateau.update(step, rates),
+        ):
+            if alarm is not None:
+                alarms.append({"step": alarm.step, "kind": alarm.kind, "layer": alarm.layer})
+    return alarms
+
+
+def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -> list[RunResult]:
+    """The runs of result files whose seed is in ``tune`` or ``report`` (their set), replayable alarms recomputed
+    (:func:`replay_checks`)."""
+    results = []
+    for path in paths:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            seed_set = "tune" if run["seed"] in tune else "report" if run["seed"] in report else None
+            if seed_set is None:
+                continue
+            if not run.get("trace"):
+                raise SystemExit(f"{path}: run {run['failure']} seed {run['seed']} has no trace (rerun with --traces)")
+            fields = {k: run[k] for k in RunSpec.__dataclass_fields__}
+            spec = RunSpec(**{**fields, "seed_set": seed_set})
+            kept = [a for a in run["alarms"] if a["kind"] not in REPLAYED_KINDS]
+            alarms = sorted(kept + replay_checks(run["trace"]), key=lambda a: a["step"])
+            results.append(RunResult(spec, alarms, run["seconds"], run["trace"]))
+    return results
+
+
 def write_results(path: Path, args: argparse.Namespace, results: Sequence[RunResult], planned: int) -> dict:
     """The JSON of everything measured so far (atomic: a reader never sees half a file)."""
     from aquin_monitor.alarms import AlarmConfig
@@ -487,8 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    runs = plan(args)
     out = Path(args.out)
+    if args.replay:
+        merged = replayed(args.replay, args.seeds_tune, args.seeds_report)
+        print(table(write_results(out, args, merged, len(merged))))
+        print(f"results: {out}")
+        return 0
+    runs = plan(args)
     bench = Bench(args)
     results: list[RunResult] = []
     for i, spec in enumerate(runs, 1):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aquin_monitor.alarms import ALARM_KINDS, AlarmConfig, FalseNegativeCheck, PlateauCheck
+from aquin_monitor.alarms import ALARM_KINDS, AlarmConfig, CollapseCheck, FalseNegativeCheck, PlateauCheck
 from aquin_monitor.capture import ContrastiveTap, report_similarity
 from aquin_monitor.monitor import StepMonitor
 
@@ -24,16 +24,16 @@ def _feed(check: FalseNegativeCheck, pairs, first_step: int = 1) -> list[int]:
 
 
 def test_new_kinds_are_alarm_kinds():
-    assert {"false_negatives", "plateau"} <= set(ALARM_KINDS)
+    assert {"false_negatives", "plateau", "collapse"} <= set(ALARM_KINDS)
 
 
 def test_false_negatives_fire_on_the_first_closed_margin_and_not_before():
-    # margins 0.40, 0.38, 0.42, 0.40 (median 0.40); then 0.12 is above 0.25 * 0.40 = 0.10: quiet;
-    # then 0.05 with the positives in place (|0.71 - 0.70| <= 0.5 * 0.40): the alarm
+    # margins 0.40, 0.38, 0.42, 0.40 (median 0.40); then 0.05 is above 0.1 * 0.40 = 0.04: quiet;
+    # then 0.01 with the positives in place (|0.71 - 0.70| <= 0.5 * 0.40): the alarm
     check = FalseNegativeCheck(AlarmConfig(false_negative_min_history=4))
     history = [(0.70, 0.30), (0.70, 0.32), (0.70, 0.28), (0.70, 0.30)]
-    assert _feed(check, history + [(0.70, 0.58), (0.71, 0.66)]) == [6]
-    assert check.history[-1][0] == pytest.approx(0.12)  # the 0.12 step was history, the firing step was not
+    assert _feed(check, history + [(0.70, 0.65), (0.71, 0.70)]) == [6]
+    assert check.history[-1][0] == pytest.approx(0.05)  # the 0.05 step was history, the firing step was not
 
 
 def test_false_negatives_quiet_while_the_history_is_short_and_on_a_collapse():
@@ -75,6 +75,48 @@ def test_false_negative_state_round_trip():
     resumed.load_state_dict(json.loads(json.dumps(check.state_dict())))
     assert list(resumed.history) == list(check.history) and resumed.cooldown_until == check.cooldown_until == 15
     assert _feed(resumed, [(0.70, 0.70)] * 10, first_step=6) == [15]
+
+
+def _negatives(check: CollapseCheck, values, explained=()) -> list[int]:
+    return [s for s, n in enumerate(values, 1) if check.update(s, {"neg_sim": n}, s in explained) is not None]
+
+
+def test_collapse_fires_on_the_second_risen_step_by_hand():
+    # history 0.07, 0.09, 0.05, 0.08, 0.06: median 0.07, MAD 0.01, s = 0.014826; risen above
+    # 0.07 + max(0.1, 6 s = 0.089) = 0.17: 0.25 is; 0.12 is not (and resets the count; history now has
+    # median 0.075, MAD 0.015, so risen above 0.075 + max(0.1, 0.133) = 0.208): 0.25 and 0.30 are
+    check = CollapseCheck(AlarmConfig(collapse_min_history=5))
+    history = [0.07, 0.09, 0.05, 0.08, 0.06]
+    assert _negatives(check, history + [0.25, 0.12, 0.25, 0.30]) == [9]
+    assert list(check.history) == history + [0.12]  # risen steps are not history
+
+
+def test_collapse_needs_both_an_absolute_and_a_robust_rise():
+    # a noisy history (s = 0.074): a rise of 0.3 is under 6 s = 0.44
+    check = CollapseCheck(AlarmConfig(collapse_min_history=5))
+    assert _negatives(check, [0.1, 0.2, 0.3, 0.2, 0.1, 0.5, 0.5, 0.5]) == []
+    # a flat history (s = 0): a rise of 0.05 is under collapse_min_rise
+    check = CollapseCheck(AlarmConfig(collapse_min_history=5))
+    assert _negatives(check, [0.1] * 5 + [0.15] * 4) == []
+
+
+def test_collapse_ignores_steps_false_negatives_explain_and_cools_down():
+    check = CollapseCheck(AlarmConfig(collapse_min_history=5, collapse_window=10))
+    assert _negatives(check, [0.07] * 5 + [0.6] * 4, explained={6, 7, 8, 9}) == []
+    check = CollapseCheck(AlarmConfig(collapse_min_history=5, collapse_window=10))
+    assert _negatives(check, [0.07] * 5 + [0.6] * 20) == [7]  # patience 2; then quiet: still the same stretch
+
+
+def test_collapse_quiet_on_a_healthy_noisy_history_and_state_round_trip():
+    rng = np.random.default_rng(3)
+    check = CollapseCheck(AlarmConfig())
+    assert _negatives(check, (0.07 + rng.normal(0, 0.025, 300)).tolist()) == []
+    config = AlarmConfig(collapse_min_history=5)
+    check = CollapseCheck(config)
+    _negatives(check, [0.07] * 5 + [0.5])
+    resumed = CollapseCheck(config)
+    resumed.load_state_dict(json.loads(json.dumps(check.state_dict())))
+    assert resumed.update(7, {"neg_sim": 0.5}).kind == "collapse"
 
 
 def test_plateau_fires_once_per_stretch_of_zero_rates_after_a_positive_one():

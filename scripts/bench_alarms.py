@@ -445,6 +445,8 @@ def score(results: Sequence[RunResult], horizon: int) -> dict[str, Any]:
 
 #: alarm kinds decided from the per-step contrastive means and learning rates alone (replayable from a trace)
 REPLAYED_KINDS = ("gap_narrowing", "false_negatives", "plateau", "collapse")
+#: settings that shape a run (a replay merges only files that agree on them)
+MEASURED_SETTINGS = ("model", "steps", "horizon", "batch_size", "seq_len")
 
 
 def replay_checks(trace: Sequence[dict]) -> list[dict]:
@@ -473,12 +475,17 @@ def replay_checks(trace: Sequence[dict]) -> list[dict]:
     return alarms
 
 
-def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -> list[RunResult]:
+def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -> tuple[list[RunResult], dict]:
     """The runs of result files whose seed is in ``tune`` or ``report`` (their set), replayable alarms recomputed
-    (:func:`replay_checks`)."""
-    results = []
+    (:func:`replay_checks`), and the settings the files were measured with (they must agree but for seeds)."""
+    results, settings = [], None
     for path in paths:
-        for run in json.loads(Path(path).read_text())["runs"]:
+        document = json.loads(Path(path).read_text())
+        measured = {k: v for k, v in document["settings"].items() if k in MEASURED_SETTINGS}
+        if settings is not None and measured != settings:
+            raise SystemExit(f"{path}: measured with {measured}, the files before it with {settings}")
+        settings = measured
+        for run in document["runs"]:
             seed_set = "tune" if run["seed"] in tune else "report" if run["seed"] in report else None
             if seed_set is None:
                 continue
@@ -489,7 +496,7 @@ def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -
             kept = [a for a in run["alarms"] if a["kind"] not in REPLAYED_KINDS]
             alarms = sorted(kept + replay_checks(run["trace"]), key=lambda a: a["step"])
             results.append(RunResult(spec, alarms, run["seconds"], run["trace"]))
-    return results
+    return results, settings or {}
 
 
 def write_results(path: Path, args: argparse.Namespace, results: Sequence[RunResult], planned: int) -> dict:
@@ -553,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.replay:
-        merged = replayed(args.replay, args.seeds_tune, args.seeds_report)
+        merged, measured = replayed(args.replay, args.seeds_tune, args.seeds_report)
+        vars(args).update(measured)
         print(table(write_results(out, args, merged, len(merged))))
         print(f"results: {out}")
         return 0

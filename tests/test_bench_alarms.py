@@ -92,7 +92,7 @@ def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path):
 def test_quick_run_on_a_tiny_model_detects_what_it_must(tmp_path, tiny_mean_model):
     out = tmp_path / "alarms.json"
     command = [sys.executable, str(SCRIPT), "--quick", "--model", tiny_mean_model, "--seeds-tune", ""]
-    command += ["--kinds", "nan,plateau,dead_layer", "--healthy", "1", "--threads", "1", "--out", str(out)]
+    command += ["--kinds", "nan,plateau,dead_layer", "--healthy", "1", "--threads", "1", "--traces", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     document = json.loads(out.read_text())
@@ -116,3 +116,12 @@ def test_quick_run_on_a_tiny_model_detects_what_it_must(tmp_path, tiny_mean_mode
     assert scores["failures"]["dead_layer"]["median_latency"] == 2
     assert scores["healthy"]["quiet_share"] == 1.0
     assert "| `plateau` | plateau | 1 | 1.00 | 4 | 4 |" in done.stdout
+
+    # a replay of the recorded traces with the same thresholds raises exactly the alarms the run raised
+    replay = tmp_path / "replayed.json"
+    command = [sys.executable, str(SCRIPT), "--replay", str(out), "--seeds-tune", "", "--seeds-report", "100"]
+    done = subprocess.run(command + ["--out", str(replay)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    replayed = json.loads(replay.read_text())
+    assert [r["alarms"] for r in replayed["runs"]] == [r["alarms"] for r in document["runs"]]
+    assert replayed["sets"]["report"] == document["sets"]["report"]

@@ -514,7 +514,12 @@ def write_results(path: Path, args: argparse.Namespace, results: Sequence[RunRes
         "complete": len(results) == planned,
         "sets": {name: s for name, s in sets.items() if any(r.spec.seed_set == name for r in results)},
         "runs": [
-            {**asdict(r.spec), "alarms": r.alarms, "seconds": r.seconds, **({"trace": r.trace} if r.trace else {})}
+            {
+                **asdict(r.spec),
+                "alarms": r.alarms,
+                "seconds": r.seconds,
+                **({"trace": r.trace} if args.traces and r.trace else {}),
+            }
             for r in results
         ],
     }

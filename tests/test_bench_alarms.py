@@ -125,3 +125,29 @@ def test_quick_run_on_a_tiny_model_detects_what_it_must(tmp_path, tiny_mean_mode
     replayed = json.loads(replay.read_text())
     assert [r["alarms"] for r in replayed["runs"]] == [r["alarms"] for r in document["runs"]]
     assert replayed["sets"]["report"] == document["sets"]["report"]
+
+
+def test_readme_table_is_the_committed_measurement(bench):
+    """The README's results are the table of the JSON committed beside it (docs/bench_alarms_minilm.json)."""
+    root = SCRIPT.parents[1]
+    document = json.loads((root / "docs" / "bench_alarms_minilm.json").read_text())
+    assert document["settings"]["model"] == "default" and document["settings"]["steps"] == 60
+    assert set(document["sets"]) == {"tune", "report"}
+    tune = {r["seed"] for r in document["runs"] if r["seed_set"] == "tune"}
+    report = {r["seed"] for r in document["runs"] if r["seed_set"] == "report"}
+    assert tune and report and not tune & report  # the report seeds were never used for tuning
+    rescored = {
+        name: bench.score(
+            [
+                bench.RunResult(
+                    bench.RunSpec(**{k: r[k] for k in bench.RunSpec.__dataclass_fields__}), r["alarms"], 0.0
+                )
+                for r in document["runs"]
+                if r["seed_set"] == name
+            ],
+            document["settings"]["horizon"],
+        )
+        for name in ("tune", "report")
+    }
+    assert rescored == document["sets"]
+    assert bench.table(document) in (root / "README.md").read_text(encoding="utf-8")

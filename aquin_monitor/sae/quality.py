@@ -28,7 +28,7 @@ Definitions (the ``sae eval`` numbers; ``docs/metrics.md`` holds the same):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "fit_pca_baseline",
     "k_sparse_probing",
     "probe_accuracy",
+    "probing_report",
     "reconstruction_fit",
     "seed_stability",
 ]
@@ -158,6 +159,38 @@ def k_sparse_probing(
     result = {name: float(np.mean(values)) if values else float("nan") for name, values in scores.items()}
     result["n_tasks"] = float(len(tasks))
     return result
+
+
+def probing_report(
+    sae: Any,
+    splits: Sequence[Any],
+    embed: Callable[[list[str]], np.ndarray],
+    ks: Sequence[int] = (1, 5, 20),
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`k_sparse_probing` on each labelled set of ``splits``, its numbers named ``sae/probe/<set name>/<number>``.
+
+    Args:
+        sae: the SAE.
+        splits: :class:`~aquin_monitor.sae.probe_data.LabelledSplits` (``name``, ``train_texts``,
+            ``train_labels``, ``test_texts``, ``test_labels``).
+        embed: texts -> embeddings [n, d_in] (the CLI's cached embedding of the SAE's model).
+        ks, seed: as :func:`k_sparse_probing`'s.
+    """
+    out: dict[str, float] = {}
+    for split in splits:
+        result = k_sparse_probing(
+            sae,
+            embed(list(split.train_texts)),
+            split.train_labels,
+            embed(list(split.test_texts)),
+            split.test_labels,
+            ks,
+            seed=seed,
+        )
+        out.update({f"sae/probe/{split.name}/{name}": value for name, value in result.items()})
+    return out
 
 
 def decoder_matrix(sae_or_decoder: Any) -> np.ndarray:

@@ -28,8 +28,11 @@ Definitions (the ``sae eval`` numbers; ``docs/metrics.md`` holds the same):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +42,9 @@ __all__ = [
     "PcaBaseline",
     "STABILITY_THRESHOLD",
     "WORSE_FVU_FACTOR",
+    "HELD_OUT_NAMES",
     "balanced_tasks",
+    "corpus_fit",
     "decoder_matrix",
     "domain_warning",
     "encode_dense",
@@ -47,6 +52,7 @@ __all__ = [
     "k_sparse_probing",
     "probe_accuracy",
     "probing_report",
+    "read_held_out",
     "reconstruction_fit",
     "seed_stability",
 ]
@@ -263,6 +269,51 @@ def fit_pca_baseline(x: np.ndarray, n_components: int, *, seed: int = 0) -> PcaB
     x = np.asarray(x, dtype=np.float32)
     n_components = int(min(n_components, *x.shape))
     return PcaBaseline(PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(x), n_components)
+
+
+#: The held-out figures ``sae eval`` sets beside the corpus's (``quality.json`` metric names).
+HELD_OUT_NAMES = ("sae/fvu", "sae/cosine", "sae/retrieval/kept_ndcg@10")
+
+
+def read_held_out(folder: str | os.PathLike) -> dict[str, float]:
+    """The SAE's own held-out figures (:data:`HELD_OUT_NAMES`) from ``folder/quality.json`` as
+    ``sae/held_out/<name>`` (empty when the folder has no readable report: a converted or hand-made SAE)."""
+    path = Path(folder) / "quality.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        "sae/held_out/" + name.removeprefix("sae/"): float(metrics[name])
+        for name in HELD_OUT_NAMES
+        if isinstance(metrics.get(name), (int, float))
+    }
+
+
+def corpus_fit(sae: Any, x: np.ndarray, held_out: Mapping[str, float], *, corpus: str) -> dict[str, Any]:
+    """The quality report of ``sae`` on the corpus ``x`` beside its held-out figures and a PCA of equal size: the
+    out-of-domain comparison of ``sae eval`` and of the SAE page, from one computation.
+
+    Returns:
+        ``{"metrics": quality_metrics(sae, x) + "sae/pca/fvu", "sae/pca/cosine", "sae/pca/n_components" (the rank-k
+        PCA fitted on x) + the ``held_out`` figures, "pca": the PcaBaseline, "warning": domain_warning's line or
+        None}``.
+    """
+    from .evaluate import quality_metrics
+
+    metrics, _ = quality_metrics(sae, x)
+    baseline = fit_pca_baseline(x, sae.k)
+    pca_fit = reconstruction_fit(x, baseline.reconstruct(x))
+    metrics.update(
+        {
+            "sae/pca/fvu": pca_fit["fvu"],
+            "sae/pca/cosine": pca_fit["cosine"],
+            "sae/pca/n_components": float(baseline.n_components),
+            **held_out,
+        }
+    )
+    warning = domain_warning(metrics["sae/fvu"], held_out.get("sae/held_out/fvu"), corpus=corpus)
+    return {"metrics": metrics, "pca": baseline, "warning": warning}
 
 
 def domain_warning(

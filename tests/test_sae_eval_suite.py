@@ -101,6 +101,9 @@ def test_eval_reports_every_research_number(tiny_mean_model, labelled, sae_folde
     warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "topics.jsonl reconstructs much worse" in warning[0]
     assert result["warnings"] == warning and result["probes"] == {"topics": str(path)}
+    from aquin_monitor.metric_registry import find_metric
+
+    assert [name for name in metrics if find_metric(name) is None] == []  # each defined in docs/metrics.md
 
 
 def test_no_warning_without_a_held_out_report(tiny_mean_model, labelled, tmp_path, capsys):

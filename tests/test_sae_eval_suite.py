@@ -172,3 +172,23 @@ def test_two_probe_files_of_one_name_are_refused(tiny_mean_model, labelled, sae_
     args = ["sae", "eval", str(sae_folder[0]), "--corpus", str(path), "--probe", str(path), "--probe", str(twin)]
     assert cli.main(args) == 2
     one_line_error(capsys, "--probe", "share a name")
+
+
+def test_page_shows_the_same_fit_as_sae_eval(tiny_mean_model, labelled, sae_folder, tmp_path, capsys):
+    """The SAE page's "fit on this corpus" numbers are sae eval's (one computation), with the warning line."""
+    path, _ = labelled
+    folder, _ = sae_folder
+    base = ["--corpus", str(path), "--no-progress"]
+    assert cli.main(["sae", "eval", str(folder), *base, "--no-probe", "--no-retrieval", "--json", "-"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["metrics"]
+    page = tmp_path / "page.html"
+    assert (
+        cli.main(["sae", "browse", str(folder), *base, "--html", str(page), "--json", "-", "--min-support", "2"]) == 0
+    )
+    captured = capsys.readouterr()
+    fit = json.loads(captured.out)["fit"]
+    for name in ("sae/fvu", "sae/cosine", "sae/pca/fvu", "sae/pca/cosine", "sae/held_out/fvu"):
+        assert fit["metrics"][name] == pytest.approx(evaluated[name], rel=1e-6), name
+    assert fit["warning"].startswith("warning: topics.jsonl") and fit["warning"] in captured.err
+    html = page.read_text()
+    assert 'id="fit-table"' in html and "reconstructs much worse" in html

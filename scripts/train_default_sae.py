@@ -16,6 +16,7 @@ Usage::
 
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR]
+    python scripts/train_default_sae.py --max-texts N --write-corpus FILE    # the corpus as JSONL, e.g. for sae eval
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-dir", default=None, help="also stream sae/* per epoch to DIR/metrics.jsonl")
     parser.add_argument(
+        "--write-corpus", metavar="FILE", default=None, help="only write the corpus as JSONL ({'text': ...} lines)"
+    )
+    parser.add_argument(
         "--weights-only",
         action="store_true",
         help="write cfg.json + sae.safetensors only (e.g. a second seed for `sae eval default --second-sae OUT`)",
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_texts:
         texts = texts[: args.max_texts]
     print(f"{len(texts)} texts", file=sys.stderr)
+    if args.write_corpus:
+        from aquin_monitor.atomic import atomic_write_text
+
+        atomic_write_text(args.write_corpus, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+        return 0
     embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
     if args.embed_only:
         return 0

@@ -392,6 +392,8 @@ def _seed_stability_on(embeddings: Any, sae: Any, folder: Path, args: argparse.N
     fields = {f.name for f in dataclasses.fields(SaeTrainConfig)} - {"seed", "device", "checkpoint", "dead_after"}
     settings = {key: value for key, value in recorded.items() if key in fields}
     settings.update(num_latents=sae.num_latents, k=sae.k)
+    if args.seed_epochs:
+        settings["max_epochs"] = args.seed_epochs
     decoders = []
     for seed in range(args.seeds):
         config = SaeTrainConfig(**settings, seed=seed, device=args.device)
@@ -503,6 +505,13 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N SAEs (seeds 0..N-1, this SAE's sizes and recorded settings) on the corpus and report their "
         "mean pairwise seed stability (default 1: none)",
+    )
+    evaluate.add_argument(
+        "--seed-epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--seeds: at most N epochs per SAE (default: the SAE's recorded max_epochs, else SaeTrainConfig's)",
     )
     evaluate.add_argument(
         "--second-sae", metavar="DIR", help="another SAE of the same input space: seed stability against it"

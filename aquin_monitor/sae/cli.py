@@ -455,6 +455,25 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.set_defaults(handler=_train)
     declare_outputs(train, folders=["--out"])
 
+    _add_eval_command(sub, common)
+
+    from .analysis_cli import (
+        add_analysis_commands,  # decompose, contrast, trace, steer, faithfulness, match
+    )
+
+    add_analysis_commands(sub, common)
+
+    from .page_cli import add_page_commands
+
+    add_page_commands(sub, common)
+
+    from .convert_cli import add_convert_command
+
+    add_convert_command(sub)
+
+
+def _add_eval_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``sae eval``'s parser: the corpus, retrieval, probing and stability options."""
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
@@ -517,17 +536,3 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--second-sae", metavar="DIR", help="another SAE of the same input space: seed stability against it"
     )
     evaluate.set_defaults(handler=_eval)
-
-    from .analysis_cli import (
-        add_analysis_commands,  # decompose, contrast, trace, steer, faithfulness, match
-    )
-
-    add_analysis_commands(sub, common)
-
-    from .page_cli import add_page_commands
-
-    add_page_commands(sub, common)
-
-    from .convert_cli import add_convert_command
-
-    add_convert_command(sub)

@@ -399,6 +399,45 @@ def _drift() -> tuple[MetricSpec, ...]:
     )
 
 
+def _verdict() -> tuple[MetricSpec, ...]:
+    """``verdict/<name>`` (this snapshot against the base) and ``verdict/previous/<name>`` (against the previous
+    snapshot): :mod:`aquin_monitor.verdict`."""
+    against = {"": "the base model", "previous/": "the previous snapshot"}
+    change = "change of a fraction, in [−1, 1]"
+    kinds = (
+        ("ndcg@10_delta", "mean change of per-query NDCG@10 against {}", change, True, (-1.0, 1.0)),
+        (
+            "ci_low",
+            "lower end of the 95 % paired bootstrap interval of that change (above 0: got better)",
+            change,
+            None,
+            (-1.0, 1.0),
+        ),
+        ("ci_high", "upper end of that interval (below 0: got worse)", change, None, (-1.0, 1.0)),
+        ("queries_better", "queries whose NDCG@10 rose against {}", "queries", True, NON_NEGATIVE),
+        ("queries_worse", "queries whose NDCG@10 fell against {}", "queries", False, NON_NEGATIVE),
+        ("queries_unchanged", "queries whose NDCG@10 stayed the same against {}", "queries", None, NON_NEGATIVE),
+        (
+            "direction",
+            "+1 retrieval got better, −1 worse, 0 no detectable change (the interval holds 0)",
+            "sign",
+            True,
+            (-1.0, 1.0),
+        ),
+    )
+    return tuple(
+        MetricSpec(
+            name=f"verdict/{prefix}{name}",
+            meaning=meaning.format(reference),
+            unit=unit,
+            higher_is_better=better,
+            bounds=bounds,
+        )
+        for prefix, reference in against.items()
+        for name, meaning, unit, better, bounds in kinds
+    )
+
+
 def _sae() -> tuple[MetricSpec, ...]:
     return (
         MetricSpec(
@@ -439,6 +478,7 @@ METRICS: tuple[MetricSpec, ...] = (
     + _layers_and_attention()
     + _retrieval()
     + _drift()
+    + _verdict()
     + _sae()
 )
 

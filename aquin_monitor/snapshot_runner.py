@@ -26,6 +26,7 @@ from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
 from .snapshot_record import Snapshot, diff, list_snapshots
+from .verdict import verdict_records
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -218,7 +219,8 @@ class SnapshotRunner:
         return True
 
     def attach_diffs(self, snap: Snapshot) -> None:
-        """Add the diffs against the base and the previous snapshot to ``snap``; it becomes the previous."""
+        """Add the diffs and the retrieval verdicts (:mod:`aquin_monitor.verdict`) against the base and the
+        previous snapshot to ``snap``; it becomes the previous."""
         if self.base is not None:
             d = diff(self.base, snap, name="base", seed=self.seed)
             snap.metrics.update(d.metrics)
@@ -228,6 +230,10 @@ class SnapshotRunner:
                 snap.details.update(self._sae_movers(self.base, snap))
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+        verdict_metrics, verdicts = verdict_records(snap, self.base, self.previous, seed=self.seed)
+        if verdicts:  # per-query NDCG@10 paired against the base (and the previous snapshot)
+            snap.metrics.update(verdict_metrics)
+            snap.details[keys.VERDICT] = verdicts
         if self.base is None:
             self.base = snap
         self.previous = snap
@@ -424,6 +430,8 @@ class SnapshotRunner:
         snap.metrics.update(report.as_metrics())
         snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
         snap.arrays[keys.HARD_NEGATIVE_GAP] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+        if report.ndcg_k == 10:  # the per-query scores behind retrieval/ndcg@10, paired by the verdict
+            snap.arrays[keys.QUERY_NDCG] = np.asarray(report.ndcg, dtype=np.float64)
         if by_category:
             snap.details[keys.RETRIEVAL_BY_CATEGORY] = by_category
 

@@ -226,6 +226,7 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .encoders import check_model
     from .snapshot_record import diff
     from .snapshot_runner import SnapshotRunner
+    from .verdict import retrieval_verdict
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
@@ -249,6 +250,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     change = diff(before, after, name="base")
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
+    verdict = retrieval_verdict(before, after, seed=runner.seed, names=(args.base, args.other))
+    if verdict is not None:  # with --pairs: did retrieval get better, per query, with its interval
+        metrics.update(verdict.as_metrics())
     result = {
         "command": "diff",
         "base": {"model": args.base, "metrics": before.metrics},
@@ -257,7 +261,11 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    emit(result, args.json, _metrics_table(metrics))
+    lines = _metrics_table(metrics)
+    if verdict is not None:
+        result["verdict"] = verdict.as_record()
+        lines = [verdict.sentence, ""] + lines
+    emit(result, args.json, lines)
     return result
 
 

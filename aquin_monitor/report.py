@@ -7,7 +7,10 @@ What it reads (every piece optional; a missing or broken piece becomes a note in
     RUN_DIR/snapshots/<step>/snapshot.json    {"step", "tag": "base"|"checkpoint", "model", "metrics", "details"}
     RUN_DIR/snapshots/<step>/arrays.npz       arrays for the figures (see :mod:`aquin_monitor.plots`)
 
-What it writes: a header (model, steps, alarm counts), a before/after table of the retrieval and
+What it writes: on the first line, the run's retrieval verdict (did retrieval get better from the base
+model to the last snapshot: NDCG@10 per query, paired bootstrap interval, queries better / worse, as
+:mod:`aquin_monitor.verdict` recorded it; or why there is none and how to give a retrieval set), then a
+header (model, steps, alarm counts), a before/after table of the retrieval and
 geometry metrics across every snapshot (change against the base, and a one-line meaning of each
 metric), the training timeline (loss; positive / negative similarity, hardest negative, gap and
 in-batch accuracy; learning rate; total gradient norm; gradient-norm heatmap; alarms table), then
@@ -56,6 +59,7 @@ from aquin_monitor.snapshot_record import (
     SnapshotView,
     recover_snapshots,
 )
+from aquin_monitor.verdict import run_verdict
 
 __all__ = [
     "RunDirectoryError",
@@ -436,6 +440,25 @@ def _header(run: Run) -> str:
         )
     rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
     return f'<header id="summary"><h1>aquin-monitor report</h1><table class="facts">{rows}</table></header>'
+
+
+def _verdict_line(run: Run) -> str:
+    """The report's first line: the run's retrieval verdict (:func:`aquin_monitor.verdict.run_verdict`), as
+    the last snapshot recorded it against the base, with the change since the previous snapshot under it;
+    without one, why there is none and how to get one."""
+    sentence, direction = run_verdict(run.snapshots)
+    css = {1: "better", -1: "worse", 0: "same"}.get(direction if direction is not None else 2, "none")
+    since_previous = ""
+    for snapshot in reversed(run.snapshots):
+        verdicts = snapshot.details.get(keys.VERDICT)
+        if isinstance(verdicts, dict) and isinstance(verdicts.get("base"), dict):
+            previous = verdicts.get("previous")
+            if isinstance(previous, dict) and isinstance(previous.get("sentence"), str):
+                since_previous = (
+                    f'<p class="verdict-previous">Since the previous snapshot: {_escape(previous["sentence"])}</p>'
+                )
+            break
+    return f'<div id="verdict" class="verdict {css}"><p>{_escape(sentence)}</p>{since_previous}</div>'
 
 
 def _problems_section(run: Run) -> str:
@@ -881,6 +904,11 @@ details.long-text[open] > summary .probe { display: none; }
 .delta.up, .delta.down { font-weight: 600; color: #333; } .delta.zero { color: #888; }
 .probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 code { font-size: 12px; }
+.verdict { margin: 14px 0 4px; padding: 8px 12px; border-left: 6px solid #888; background: #f4f6f8; font-size: 17px; }
+.verdict p { margin: 2px 0; } .verdict .verdict-previous { font-size: 13px; color: #444; }
+.verdict.better { border-left-color: #1a9641; background: #eef8ee; }
+.verdict.worse { border-left-color: #d7191c; background: #fdecea; }
+.verdict.none { border-left-color: #f0b400; background: #fff8e1; }
 summary { cursor: pointer; font-size: 14px; margin: 4px 0; }
 """  # noqa: E501
 
@@ -890,6 +918,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
     run = load_run(run_dir)
     title = f"aquin-monitor report: {run.model or run.directory.name}"
     body = [
+        _verdict_line(run),  # the first line: did retrieval get better (issue 25 point 3)
         _contents(run),
         _header(run),
         _problems_section(run),

@@ -90,12 +90,20 @@ class RetrievalVerdict:
     step_before: int | None
     step_after: int | None
     comparison: PairedComparison
+    names: tuple[str, str] | None = None  # what the sentence calls the two sides instead of their steps
+
+    @property
+    def where(self) -> str:
+        """``from step 0 (base) to step 28``, or ``from A to B`` with ``names``."""
+        if self.names is not None:
+            return f"from {self.names[0]} to {self.names[1]}"
+        return f"from step {self.step_before}{' (base)' if self.against == 'base' else ''} to step {self.step_after}"
 
     @property
     def sentence(self) -> str:
         """One sentence: the direction, the means, the change with its interval, the query counts."""
         c = self.comparison
-        where = f"from step {self.step_before}{' (base)' if self.against == 'base' else ''} to step {self.step_after}"
+        where = self.where
         opening = {
             1: f"Retrieval got better {where}",
             -1: f"Retrieval got worse {where}",
@@ -165,15 +173,21 @@ def _signed(value: float) -> str:
 
 
 def retrieval_verdict(
-    before: SnapshotLike, after: SnapshotLike, *, against: str = "base", seed: int = 0
+    before: SnapshotLike,
+    after: SnapshotLike,
+    *,
+    against: str = "base",
+    seed: int = 0,
+    names: tuple[str, str] | None = None,
 ) -> RetrievalVerdict | None:
     """The verdict from ``before`` to ``after``; None when either lacks per-query NDCG@10 or they
-    scored different numbers of queries (other queries cannot be paired)."""
+    scored different numbers of queries (other queries cannot be paired). ``names``: how the sentence
+    calls the two sides (``aquin-monitor diff``: the two models) instead of their steps."""
     x, y = before.arrays.get(keys.QUERY_NDCG), after.arrays.get(keys.QUERY_NDCG)
     if x is None or y is None or len(x) != len(y):
         return None
     comparison = paired_comparison(x, y, confidence=CONFIDENCE, n_resamples=N_RESAMPLES, seed=seed)
-    return RetrievalVerdict(against, before.step, after.step, comparison)
+    return RetrievalVerdict(against, before.step, after.step, comparison, names)
 
 
 def verdict_records(

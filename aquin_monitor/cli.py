@@ -250,9 +250,8 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     change = diff(before, after, name="base")
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
+    # with --pairs: did retrieval get better, per query, with its interval (printed first, kept under "verdict")
     verdict = retrieval_verdict(before, after, seed=runner.seed, names=(args.base, args.other))
-    if verdict is not None:  # with --pairs: did retrieval get better, per query, with its interval
-        metrics.update(verdict.as_metrics())
     result = {
         "command": "diff",
         "base": {"model": args.base, "metrics": before.metrics},

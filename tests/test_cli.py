@@ -636,6 +636,12 @@ def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_mod
     assert metrics["drift/centroid_shift_cosine_max"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["drift/delta/ndcg@10"] == pytest.approx(0.0, abs=1e-9)
     assert "drift/score" in out
+    # the retrieval verdict comes first: every query's NDCG@10 unchanged, so no detectable change
+    verdict = result["verdict"]
+    assert (verdict["delta"], verdict["ci_low"], verdict["ci_high"], verdict["direction"]) == (0.0, 0.0, 0.0, 0)
+    assert verdict["unchanged"] == verdict["queries"] > 0 and verdict["better"] == verdict["worse"] == 0
+    assert out.splitlines()[0] == verdict["sentence"]
+    assert verdict["sentence"].startswith(f"No detectable change in retrieval from {tiny_mean_model} to {tiny_mean_model}")
 
 
 def test_diff_between_two_models_matches_independent_cka(

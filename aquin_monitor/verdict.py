@@ -62,8 +62,7 @@ _HOW_TO = (
 )
 NO_SNAPSHOTS = f"No retrieval verdict: this run took no snapshots; {_HOW_TO} and pass it as snapshots= to the callback."
 NO_RETRIEVAL_SET = (
-    "No retrieval verdict: this run has no retrieval set, so nothing measured whether retrieval got better; "
-    f"{_HOW_TO}."
+    f"No retrieval verdict: this run has no retrieval set, so nothing measured whether retrieval got better; {_HOW_TO}."
 )
 ONLY_ONE_SNAPSHOT = (
     "No retrieval verdict yet: only one snapshot was taken; the verdict compares the last snapshot with the base."
@@ -77,8 +76,11 @@ NO_PER_QUERY_SCORES = (
 class SnapshotLike(Protocol):
     """What the verdict reads from a snapshot: a :class:`~aquin_monitor.snapshot_record.Snapshot` or a view."""
 
-    step: int | None
-    arrays: Mapping[str, Any]
+    @property
+    def step(self) -> int | None: ...
+
+    @property
+    def arrays(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,11 @@ def verdict_records(
 class RecordedSnapshot(Protocol):
     """What :func:`run_verdict` reads: a snapshot's metrics and details (a Snapshot or a report's view)."""
 
-    metrics: Mapping[str, Any]
-    details: Mapping[str, Any]
+    @property
+    def metrics(self) -> Mapping[str, Any]: ...
+
+    @property
+    def details(self) -> Mapping[str, Any]: ...
 
 
 def run_verdict(snapshots: Sequence[RecordedSnapshot]) -> tuple[str, int | None]:

@@ -641,7 +641,8 @@ def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_mod
     assert (verdict["delta"], verdict["ci_low"], verdict["ci_high"], verdict["direction"]) == (0.0, 0.0, 0.0, 0)
     assert verdict["unchanged"] == verdict["queries"] > 0 and verdict["better"] == verdict["worse"] == 0
     assert out.splitlines()[0] == verdict["sentence"]
-    assert verdict["sentence"].startswith(f"No detectable change in retrieval from {tiny_mean_model} to {tiny_mean_model}")
+    opening = f"No detectable change in retrieval from {tiny_mean_model} to {tiny_mean_model}: "
+    assert verdict["sentence"].startswith(opening)
 
 
 def test_diff_between_two_models_matches_independent_cka(

@@ -125,9 +125,13 @@ def test_sentence_says_the_direction_the_numbers_and_the_counts(before, after, o
     assert verdict is not None
     c = verdict.comparison
     sentence = verdict.sentence
-    assert sentence.startswith(opening) and sentence.count(".") == sentence.count("0.") + 1  # one sentence
+    assert sentence.startswith(opening) and sentence.endswith(" unchanged.") and ". " not in sentence  # one sentence
     assert f"NDCG@10 {np.mean(before):.4f} → {np.mean(after):.4f}" in sentence
-    assert f"95 % CI {c.ci_low:+.4f} … {c.ci_high:+.4f}".replace("-", "−") in sentence.replace("CI 0.0000", "CI +0.0000")
+
+    def signed(value: float) -> str:  # 4 decimals, a sign, a true minus; a rounded 0 unsigned
+        return "0.0000" if abs(value) < 5e-5 else f"{value:+.4f}".replace("-", "−")
+
+    assert f"({signed(c.delta)}, 95 % CI {signed(c.ci_low)} … {signed(c.ci_high)}, paired bootstrap over" in sentence
     assert f"{c.better} queries better, {c.worse} worse, {c.unchanged} unchanged" in sentence
     metrics = verdict.as_metrics()
     assert metrics["verdict/direction"] == c.direction and metrics["verdict/queries_worse"] == c.worse

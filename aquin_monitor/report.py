@@ -418,7 +418,7 @@ def _header(run: Run) -> str:
             "; counted from alarm/&lt;kind&gt; keys of metrics.jsonl)" if run.training_rows else ": not recorded)"
         )
     facts = [
-        ("Model", _escape(run.model or "unknown (no snapshot names it)")),
+        ("Model", _escape(run.model or "unknown (no snapshot names it: SnapshotRunner(..., model_name=...) does)")),
         ("Run directory", f"<code>{_escape(run.directory.resolve())}</code>"),
         ("Training", _escape(step_text)),
         (

@@ -447,7 +447,7 @@ def _verdict_line(run: Run) -> str:
     the last snapshot recorded it against the base, with the change since the previous snapshot under it;
     without one, why there is none and how to get one."""
     sentence, direction = run_verdict(run.snapshots)
-    css = {1: "better", -1: "worse", 0: "same"}.get(direction if direction is not None else 2, "none")
+    css = "none" if direction is None else {1: "better", -1: "worse"}.get(direction, "same")
     since_previous = ""
     for snapshot in reversed(run.snapshots):
         verdicts = snapshot.details.get(keys.VERDICT)
@@ -567,12 +567,13 @@ def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
         names = grouped.get(group)
         if not names:
             continue
-        headers = ["metric", "value"] + (["Δ vs base"] if compare and group != "drift" else [])
+        against_base = compare and group not in ("drift", "verdict")  # those are measured against a reference
+        headers = ["metric", "value"] + (["Δ vs base"] if against_base else [])
         rows = []
         for name in names:
             value = snapshot.metrics[name]
             row = [_metric_cell(name), _format_number(value)]
-            if compare and group != "drift":
+            if against_base:
                 assert base is not None  # compare implies it
                 delta, css = _format_delta(value, base.metrics.get(name))
                 row.append(f'<span class="delta {css}">{delta or "—"}</span>')

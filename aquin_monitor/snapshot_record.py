@@ -36,7 +36,7 @@ from .signals.drift import drift_summary, first_rank_change
 logger = logging.getLogger(__name__)
 
 #: The metric families of a snapshot (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``, ...).
-SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "sae")
+SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "verdict", "sae")
 
 # A snapshot being written (atomic.temporary_name), one written by mkdtemp (earlier versions), a replaced one
 # (atomic.set_aside_name).

@@ -228,7 +228,8 @@ def run_verdict(snapshots: Sequence[RecordedSnapshot]) -> tuple[str, int | None]
     True
     """
     for snapshot in reversed(snapshots):
-        record = (snapshot.details.get(keys.VERDICT) or {}).get("base")
+        verdicts = snapshot.details.get(keys.VERDICT)
+        record = verdicts.get("base") if isinstance(verdicts, Mapping) else None  # a hand-edited file: anything
         if isinstance(record, Mapping) and isinstance(record.get("sentence"), str):
             direction = record.get("direction")
             return record["sentence"], direction if isinstance(direction, int) else None

@@ -266,3 +266,31 @@ def test_runner_keeps_per_query_ndcg_and_records_the_verdict(tiny_mean_model, tm
     )
     assert record["better"] + record["worse"] + record["unchanged"] == 8 and record["unchanged"] < 8  # it moved
     assert record["sentence"].split(" from ")[1].startswith("step 0 (base) to step 7:")
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        {"base": {"sentence": "<script>alert(1)</script> $$ got better", "direction": "1"}},
+        {"base": 5, "previous": {"sentence": "<b>x</b>"}},
+        "not a mapping",
+    ],
+)
+def test_report_escapes_or_skips_a_hostile_verdict_record(tmp_path, recorded):
+    """A hand-edited or broken ``details["verdict"]`` is escaped (text) or left out (wrong types): the page still
+    opens with one verdict line and carries no markup from the record."""
+    from aquin_monitor.report import render_report
+
+    base, last = _snapshot(0, [0.2] * 5, "base"), _snapshot(10, [0.3] * 5)
+    last.details[keys.VERDICT] = recorded
+    for snap in (base, last):
+        snap.arrays[keys.EMBEDDINGS] = np.eye(3, dtype=np.float32)
+        snap.save(tmp_path)
+    body = render_report(tmp_path).split("<body>", 1)[1]
+    line = body[: body.index("</div>")]
+    assert line.startswith('<div id="verdict" class="verdict none"><p>')
+    assert "<script>" not in body and "<b>x</b>" not in body
+    if isinstance(recorded, dict) and isinstance(recorded["base"], dict):
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; $$ got better" in line
+    else:
+        assert NO_PER_QUERY_SCORES in line  # retrieval metrics but no usable record

@@ -201,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    try:  # sentence-transformers >= 6 (the old path warns that it is deprecated)
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     from aquin_monitor.callbacks import TrainerEmbeddingMonitor
     from aquin_monitor.capture import monitored

@@ -39,14 +39,31 @@ def test_readme_has_both_integration_snippets():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch):
+def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch, capfd):
+    """... without a deprecation warning caused by the block or our package (issue 25 point 6: the old
+    ``sentence_transformers.losses`` import, ``warmup_ratio``, which transformers reports on stderr),
+    and without writing outside its run folder (Lightning's ``./lightning_logs/``)."""
+    import warnings
+
     import aquin_monitor.encoders
 
     monkeypatch.setattr(aquin_monitor.encoders, "bundled_model_path", lambda: tiny_mean_model)
     monkeypatch.chdir(tmp_path)
     block = BLOCKS[index]
     namespace = {"__name__": f"readme_block_{index}"}
-    exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    ours = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        and (w.filename.startswith("README.md") or "aquin_monitor" in w.filename)
+    ]
+    assert not ours
+    printed = capfd.readouterr().err
+    assert "deprecated" not in printed.lower(), printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     run_dirs = re.findall(r'"(runs/[^"]+)"', block)
     assert run_dirs, "a snippet names the run folder it writes"
     run = tmp_path / run_dirs[0]

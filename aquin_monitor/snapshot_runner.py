@@ -132,10 +132,14 @@ class SnapshotRunner:
         self.seed = seed
         self.show_progress = show_progress
         self.model_name = model_name
+        #: per-feature labels of the SAE folder's ``features.json`` (the gained/lost tables name features by them)
+        self.sae_labels: list[str | None] | None = None
         if isinstance(sae, str):
             from .sae import load_sae
+            from .sae.labels import feature_labels
 
-            sae = load_sae(sae)
+            folder, sae = sae, load_sae(sae)
+            self.sae_labels = feature_labels(folder, sae.num_latents)
         self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
@@ -278,7 +282,10 @@ class SnapshotRunner:
         from .sae.monitoring import SaeSnapshot, feature_movers
 
         movers = feature_movers(
-            SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts
+            SaeSnapshot.from_arrays(base.arrays),
+            SaeSnapshot.from_arrays(now.arrays),
+            self.probe.texts,
+            labels=self.sae_labels,
         )
         return {keys.SAE_GAINED: movers["gained"], keys.SAE_LOST: movers["lost"]}
 

@@ -85,6 +85,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         umap=_inspect_needs_umap(args),
         show_progress=args.progress,
+        announce=args.progress,
         max_attention_texts=args.attention_texts,
     )
     snap = runner.take(
@@ -242,7 +243,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     note(probe.summary())
     if retrieval is not None:
         note(retrieval.summary())
-    runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
+    runner = SnapshotRunner(
+        probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress, announce=args.progress
+    )
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(
         _cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False

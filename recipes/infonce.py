@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         sae=sae_choice(args.sae, args.model),
         model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}",
+        announce=not args.no_progress,
     )
     monitor = TrainerEmbeddingMonitor(
         str(out), snapshots=runner, snapshot_every=1, report=False

@@ -152,7 +152,7 @@ def _steer(args: argparse.Namespace) -> Any:
     sae, model, labels = _sae_and_model(args.sae, args.model)
     _check_feature(sae, args.feature, args.sae)
     q = embed_texts(model, [query], args)[0]
-    documents = embed_texts(model, doc_texts, args, chunk_size=256)
+    documents = embed_texts(model, doc_texts, args, chunk_size=256, desc=f"Embedding {len(doc_texts):,} documents")
     try:
         result = steer(
             sae,
@@ -187,8 +187,10 @@ def _faithfulness(args: argparse.Namespace) -> Any:
         require("faiss", f"--index {args.index}")  # before any data is read or model loaded
     data = _retrieval_set(args)
     sae, model, labels = _sae_and_model(args.sae, args.model)
-    queries = embed_texts(model, data.query_texts(), args)
-    documents = embed_texts(model, data.doc_texts(), args, chunk_size=256)
+    queries = embed_texts(model, data.query_texts(), args, desc=f"Embedding {len(data.query_texts()):,} queries")
+    documents = embed_texts(
+        model, data.doc_texts(), args, chunk_size=256, desc=f"Embedding {len(data.doc_texts()):,} documents"
+    )
     relevant, _, _ = data.positional()
     result = retrieval_faithfulness(
         sae,

@@ -492,7 +492,7 @@ class MonitoredLoss(nn.Module):
             try:  # sentence-transformers >= 6 (the old path warns that it is deprecated)
                 from sentence_transformers.sentence_transformer.losses import TripletDistanceMetric
             except ImportError:
-                from sentence_transformers.losses import TripletDistanceMetric
+                from sentence_transformers.losses import TripletDistanceMetric  # type: ignore[no-redef]
 
             cosine = original is TripletDistanceMetric.COSINE
             distances: list[torch.Tensor] = []

@@ -144,8 +144,9 @@ class SnapshotRunner:
             from .sae import load_sae
             from .sae.labels import feature_labels
 
-            folder, sae = sae, load_sae(sae)
-            self.sae_labels = feature_labels(folder, sae.num_latents)
+            loaded = load_sae(sae)
+            self.sae_labels = feature_labels(sae, loaded.num_latents)
+            sae = loaded
         self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None

@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
+
     try:  # sentence-transformers >= 6 (the old path warns that it is deprecated)
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     except ImportError:

@@ -60,12 +60,15 @@ def main() -> None:
         with Browser(Path(tmp) / "profile", width=1280) as page:
             page.open(page_path)
             paged = page.evaluate("document.body.scrollHeight")
-            shown = page.evaluate("[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).length")
+            shown = page.evaluate(
+                "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).length"
+            )
             everything = page.evaluate(SHOW_EVERY_ROW)
             errors = page.console_errors()
         size = page_path.stat().st_size
     print(f"probe: {len(probe.texts)} texts; page: {size:,} bytes")
-    print(f"rows: {len(browser.features)} features ({shown} on the first page), {len(diagnostics.absorption)} absorption pairs")
+    pairs = len(diagnostics.absorption)
+    print(f"rows: {len(browser.features)} features ({shown} on the first page), {pairs} absorption pairs")
     print(f"height: every row shown {everything:,} px -> paged {paged:,} px ({everything / paged:.1f}x shorter)")
     print(f"imported from: {Path(sys.modules['aquin_monitor'].__file__).parent}")
     print(f"console errors: {errors or 'none'}")

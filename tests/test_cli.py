@@ -935,7 +935,9 @@ def test_inspect_table_says_what_each_number_means_and_skips_the_unshown_umap(
     assert lines["geometry/anisotropy"].endswith("  " + metric_meaning("geometry/anisotropy"))
     assert metric_meaning("geometry/anisotropy") and all(metric_meaning(name) in line for name, line in lines.items())
     code, out, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--no-progress", "--json", "-")
-    assert code == 0 and len(layouts) == 1 and np.asarray(json.loads(out)["umap"]["coordinates"]).shape == (len(PROBE), 2)
+    assert (
+        code == 0 and len(layouts) == 1 and np.asarray(json.loads(out)["umap"]["coordinates"]).shape == (len(PROBE), 2)
+    )
     code, _, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--no-progress", "--umap")
     assert code == 0 and len(layouts) == 2  # forced
     code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--umap", "--no-umap")

@@ -701,7 +701,10 @@ def test_sae_gained_and_lost_tables_are_labelled_supported_and_folded(tmp_path):
     before = np.r_[np.zeros(12), np.full(28, 100)].astype(int)
     after = np.r_[np.arange(12) * 10 + 20, np.full(27, 100), 4].astype(int)  # 12 born (20..130 texts), 1 lost
     before[-1], after[-2] = 8, 100  # feature 39: 8 -> 4 texts (below the support), unchanged 38
-    snap = lambda counts: SaeSnapshot({}, counts / n, np.ones(features), np.zeros((features, 1), int), np.ones((features, 1)))  # noqa: E731, E501
+
+    def snap(counts):
+        return SaeSnapshot({}, counts / n, np.ones(features), np.zeros((features, 1), int), np.ones((features, 1)))
+
     labels = [f"label {i}" for i in range(features)]
     labels[11] = '$$ <script>alert("x")</script>'
     movers = feature_movers(snap(before), snap(after), [f"t{i}" for i in range(n)], labels=labels)

@@ -141,7 +141,11 @@ def test_movers_below_the_support_are_left_out_and_the_rest_carry_labels_and_cou
     assert [e["feature"] for e in movers["lost"]] == [2, 3]  # 17 < 18: feature 4 left out
     born = movers["gained"][0]
     assert (born["label"], born["texts_before"], born["texts_after"], born["n_texts"], born["min_support"]) == (
-        "born <b>", 0, 60, 600, 18
+        "born <b>",
+        0,
+        60,
+        600,
+        18,
     )
     assert [e["label"] for e in movers["lost"]] == ["", "card, payment"]
     everything = feature_movers(base, now, texts, min_support=0)

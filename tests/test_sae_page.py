@@ -378,7 +378,9 @@ def test_long_feature_table_is_paged_and_the_filter_searches_every_page(tmp_path
     assert len(browser.features) > 60  # three pages at least
     path = write_page(tmp_path / "page.html", browser, title="many features")
     order = [f.index for f in browser.features]
-    visible = "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).map(r => +r.dataset.feature)"
+    visible = (
+        "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).map(r => +r.dataset.feature)"
+    )
     with Browser(tmp_path / "profile") as page:
         page.open(path)
         assert page.evaluate(visible) == order[:25]

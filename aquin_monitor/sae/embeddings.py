@@ -69,7 +69,7 @@ def embed_corpus(
         dimension=declared_dimension(location),
     )
     texts = list(texts)
-    label = desc or f"Embedding {len(texts):,} texts with {model}"
+    label = desc or f"Embedding {len(texts):,} text{'s' if len(texts) != 1 else ''} with {model}"
     bar = tqdm(total=len(texts), desc=label, unit="text", disable=not show_progress or not texts)
     step = PROGRESS_BATCHES * batch_size
 

@@ -83,8 +83,9 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     runner = SnapshotRunner(
         probe,
         batch_size=args.batch_size,
-        umap=not args.no_umap,
+        umap=_inspect_needs_umap(args),
         show_progress=args.progress,
+        announce=args.progress,
         max_attention_texts=args.attention_texts,
     )
     snap = runner.take(
@@ -107,6 +108,14 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
     emit(result, args.json, _metrics_table(snap.metrics))
     return result
+
+
+def _inspect_needs_umap(args: argparse.Namespace) -> bool:
+    """The UMAP layout (the slowest step of a small inspect) only where something shows it: the JSON
+    (``--json``) or the report's figure (``--run-dir``); ``--umap`` forces it, ``--no-umap`` skips it."""
+    if args.no_umap:
+        return False
+    return bool(args.umap or args.json is not None or args.run_dir)
 
 
 def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,7 +244,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     note(probe.summary())
     if retrieval is not None:
         note(retrieval.summary())
-    runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
+    runner = SnapshotRunner(
+        probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress, announce=args.progress
+    )
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(
         _cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False
@@ -508,8 +519,17 @@ def _format_value(value: Any) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any], indent: str = "") -> list[str]:
+    """One line per metric: name, value and what it measures (:func:`~aquin_monitor.metric_registry.metric_meaning`;
+    nothing for a name the registry does not declare)."""
+    from .metric_registry import metric_meaning
+
     width = max((len(name) for name in metrics), default=0)
-    return [f"{indent}{name:<{width}}  {_format_value(value)}" for name, value in metrics.items()]
+    values = {name: _format_value(value) for name, value in metrics.items()}
+    value_width = max((len(value) for value in values.values()), default=0)
+    return [
+        f"{indent}{name:<{width}}  {value:<{value_width}}  {metric_meaning(name)}".rstrip()
+        for name, value in values.items()
+    ]
 
 
 def _category_table(by_category: dict[str, dict[str, float]]) -> list[str]:
@@ -625,7 +645,13 @@ def _add_inspect(commands: Any, parents: list[CommandParser]) -> None:
         metavar="N",
         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)",
     )
-    inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
+    umap = inspect.add_mutually_exclusive_group()
+    umap.add_argument(
+        "--umap",
+        action="store_true",
+        help="compute the 2-D UMAP layout even without --json or --run-dir (default: only for them, which show it)",
+    )
+    umap.add_argument("--no-umap", action="store_true", help="skip the UMAP projection, even with --json/--run-dir")
     inspect.add_argument(
         "--attention-texts",
         type=positive_int,

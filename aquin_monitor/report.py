@@ -751,8 +751,15 @@ def _details_html(snapshot: SnapshotView) -> str:
     return "".join(parts)
 
 
+#: Gained / lost SAE features shown in a table; the rest of the list folds away under a ``<details>``.
+SAE_MOVERS_SHOWN = 5
+
+
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
-    """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
+    """The base SAE's features that fire more (gained) or less (lost) often than on the base model:
+    labelled, with the texts they fire on before → after, the top :data:`SAE_MOVERS_SHOWN` in a table
+    and the rest folded. The support filter is :func:`~aquin_monitor.sae.monitoring.feature_movers`'
+    (its entries say which); snapshots written before it are shown as they are."""
     parts = []
     for key, title in (
         (keys.SAE_GAINED, "SAE features gained against the base model"),
@@ -761,23 +768,44 @@ def _sae_movers_html(details: Mapping[str, Any]) -> str:
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
-        rows = [
-            (
-                _escape(item.get("feature", "?")),
-                f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}",
-                f"{_format_number(item.get('mean_activation_before'))} → "
-                f"{_format_number(item.get('mean_activation_after'))}",
-                "<br>".join(
-                    f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []
-                ),
+        headers = ["feature", "label", "texts it fires on", "mean activation", "top texts"]
+        rows = [_sae_mover_row(item) for item in movers]
+        parts.append(f"<h4>{_escape(title)}</h4>" + _sae_movers_note(movers[0], len(movers)))
+        parts.append(_table(headers, rows[:SAE_MOVERS_SHOWN], "metrics"))
+        if len(rows) > SAE_MOVERS_SHOWN:
+            parts.append(
+                f"<details><summary>{len(rows) - SAE_MOVERS_SHOWN} more, by the size of the change</summary>"
+                + _table(headers, rows[SAE_MOVERS_SHOWN:], "metrics")
+                + "</details>"
             )
-            for item in movers
-        ]
-        parts.append(
-            f"<h4>{_escape(title)}</h4>"
-            + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics")
-        )
     return "".join(parts)
+
+
+def _sae_movers_note(first: Mapping[str, Any], count: int) -> str:
+    """What the gained/lost list holds: its order and, when recorded, the support filter."""
+    text = f"{count} features, largest change in firing frequency first"
+    n_texts, support = first.get("n_texts"), first.get("min_support")
+    if isinstance(n_texts, int) and isinstance(support, int):
+        text += (
+            f"; only features firing on at least {support} of the {n_texts} probe texts on their busier side "
+            "(max(3, 3 % of the probe): smaller changes are noise)"
+        )
+    return _note(text + ". Labels: the SAE's c-TF-IDF terms (features.json).")
+
+
+def _sae_mover_row(item: Mapping[str, Any]) -> tuple[str, ...]:
+    before, after, n_texts = item.get("texts_before"), item.get("texts_after"), item.get("n_texts")
+    if isinstance(before, int) and isinstance(after, int) and isinstance(n_texts, int):
+        support = f"{before} → {after} of {n_texts}"
+    else:  # a snapshot written before the counts were recorded: frequencies
+        support = f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}"
+    return (
+        _escape(item.get("feature", "?")),
+        _escape(item.get("label") or "—"),
+        support,
+        f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
+        "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+    )
 
 
 def _snapshot_section(

@@ -257,7 +257,12 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    emit(result, args.json, _metrics_table(metrics))
+    lines = _metrics_table(metrics)
+    if "drift/p_value" in metrics:
+        from .signals.two_sample import drift_test_sentence
+
+        lines += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
+    emit(result, args.json, lines)
     return result
 
 

@@ -807,12 +807,9 @@ def _drift_test_html(snapshot: SnapshotView) -> str:
             lines.append(f"<li>{_escape(label)}: {_escape(drift_test_sentence(p_value, statistic))}</li>")
     if not lines:
         return ""
-    return (
-        f'<ul class="drift-test">{"".join(lines)}</ul>'
-        + _note(
-            "p: how often re-sampling the probe alone (same model, two random halves) moves the space this much; "
-            "its false-alarm rate at 0.05 is calibrated (README, Drift test calibration)."
-        )
+    return f'<ul class="drift-test">{"".join(lines)}</ul>' + _note(
+        "p: how often re-sampling the probe alone (same model, two random halves) moves the space this much; "
+        "its false-alarm rate at 0.05 is calibrated (README, Drift test calibration)."
     )
 
 

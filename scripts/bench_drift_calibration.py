@@ -55,13 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="default", help="model of the null comparisons ('default': bundled MiniLM)")
     p.add_argument("--splits", type=int, default=100, help="seeded splits per probe and kind (and per snapshot)")
     p.add_argument("--permutations", type=int, default=1000, help="permutations per test (as in every diff)")
-    p.add_argument(
-        "--probes", nargs="+", default=list(PROBES), choices=PROBES, help="probes of the null comparisons"
-    )
+    p.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES, help="probes of the null comparisons")
     p.add_argument("--probe-texts", type=int, default=PROBE_TEXTS, help="texts per Banking77 / AG News probe")
     p.add_argument("--scifact-docs", type=int, default=300, help="documents in the SciFact probe (the demo's 300)")
     p.add_argument("--seed-steps", type=int, default=3, help="optimizer steps of each lr-0 LoRA run")
     p.add_argument("--runs", nargs="*", default=[], help="run folders whose snapshots give the power")
+    p.add_argument("--skip-nulls", action="store_true", help="power only (the null comparisons take longest)")
     p.add_argument("--out", default="runs/drift_calibration.json", help="JSON output (written atomically)")
     return p.parse_args(argv)
 
@@ -176,12 +175,14 @@ def table(results: dict[str, Any]) -> list[str]:
     def interval(rate: dict[str, float]) -> str:
         return f"{rate['hits']}/{rate['trials']} = {rate['rate']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}]"
 
-    lines = ["| null comparison | probe | false alarms at α = 0.05 (95 % CI) |", "|---|---|---|"]
-    for kind in ("halves", "seeds"):
-        for probe, p_values in results["nulls"][kind].items():
-            lines.append(f"| {kind} | {probe} | {interval(rejection_rate(p_values))} |")
-        lines.append(f"| **{kind}, all probes** | | **{interval(results['false_alarms'][kind])}** |")
-    lines.append(f"| **both kinds** | | **{interval(results['false_alarms']['all'])}** |")
+    lines = []
+    if "nulls" in results:
+        lines += ["| null comparison | probe | false alarms at α = 0.05 (95 % CI) |", "|---|---|---|"]
+        for kind in ("halves", "seeds"):
+            for probe, p_values in results["nulls"][kind].items():
+                lines.append(f"| {kind} | {probe} | {interval(rejection_rate(p_values))} |")
+            lines.append(f"| **{kind}, all probes** | | **{interval(results['false_alarms'][kind])}** |")
+        lines.append(f"| **both kinds** | | **{interval(results['false_alarms']['all'])}** |")
     if results["power"]:
         lines += [
             "",
@@ -206,24 +207,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if missing:
         raise SystemExit(f"{missing[0]}: no snapshots/ folder (run the fine-tune first, e.g. make demo)")
     started = time.perf_counter()
-    nulls = null_comparisons(args)
-    every = {kind: [p for values in nulls[kind].values() for p in values] for kind in ("halves", "seeds")}
     results: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "alpha": DRIFT_TEST_ALPHA,
-        "nulls": {kind: nulls[kind] for kind in ("halves", "seeds")},
-        "seed_runs_max_abs_difference": nulls["seed_runs_max_abs_difference"],
-        "false_alarms": {
+    }
+    if not args.skip_nulls:
+        nulls = null_comparisons(args)
+        every = {kind: [p for values in nulls[kind].values() for p in values] for kind in ("halves", "seeds")}
+        results["nulls"] = {kind: nulls[kind] for kind in ("halves", "seeds")}
+        results["seed_runs_max_abs_difference"] = nulls["seed_runs_max_abs_difference"]
+        results["false_alarms"] = {
             "halves": rejection_rate(every["halves"]),
             "seeds": rejection_rate(every["seeds"]),
             "all": rejection_rate(every["halves"] + every["seeds"]),
-        },
-        "power": [row for run in args.runs for row in power_of_run(run, args.splits, args.permutations)],
-    }
+        }
+    results["power"] = [row for run in args.runs for row in power_of_run(run, args.splits, args.permutations)]
     results["seconds"] = round(time.perf_counter() - started, 1)
     lines = table(results)
-    differences = ", ".join(f"{k} {v:.1e}" for k, v in results["seed_runs_max_abs_difference"].items())
-    lines += ["", f"largest |difference| between the two lr-0 seed runs' embeddings: {differences}"]
+    if not args.skip_nulls:
+        differences = ", ".join(f"{k} {v:.1e}" for k, v in results["seed_runs_max_abs_difference"].items())
+        lines += ["", f"largest |difference| between the two lr-0 seed runs' embeddings: {differences}"]
     lines += [f"{results['seconds']:.0f} s in all"]
     print("\n".join(lines))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,9 @@ def test_report_says_one_sentence_per_test(tmp_path):
     later.save(tmp_path)
     page = render_report(tmp_path)
     for reference in ("base", "previous"):
-        sentence = drift_test_sentence(later.metrics[f"drift/{reference}/p_value"], later.metrics[f"drift/{reference}/mmd2"])
+        sentence = drift_test_sentence(
+            later.metrics[f"drift/{reference}/p_value"], later.metrics[f"drift/{reference}/mmd2"]
+        )
         assert sentence in page
         assert "moved more than re-sampling" in sentence
     assert "Against the base model" in page and "Against the previous snapshot" in page

@@ -136,7 +136,7 @@ def test_null_p_values_are_uniform_over_splits():
 def test_a_merged_cluster_and_a_collapse_are_detected():
     space, topics = clustered_space(300, seed=9)
     merged = space.copy()
-    merged[topics == 1] += (space[topics == 0].mean(axis=0) - space[topics == 1].mean(axis=0))  # topic 1 joins 0
+    merged[topics == 1] += space[topics == 0].mean(axis=0) - space[topics == 1].mean(axis=0)  # topic 1 joins 0
     collapsed = space * 0.05 + np.ones(16)  # every text points one way
     for after in (merged, collapsed):
         p_values = [drift_test(space, after, seed=s, n_permutations=199).p_value for s in range(10)]
@@ -147,7 +147,9 @@ def test_statistic_and_p_do_not_depend_on_the_rotation_of_either_space():
     space, topics = clustered_space(60, seed=10)
     moved = space + 3.0 * (topics == 2)[:, None]
     plain = drift_test(space, moved, seed=2, n_permutations=199)
-    turned = drift_test(space @ random_rotation(16, 3), 4.0 * moved @ random_rotation(16, 4), seed=2, n_permutations=199)
+    turned = drift_test(
+        space @ random_rotation(16, 3), 4.0 * moved @ random_rotation(16, 4), seed=2, n_permutations=199
+    )
     assert turned.statistic == pytest.approx(plain.statistic, abs=1e-9)
     assert turned.p_value == plain.p_value
 

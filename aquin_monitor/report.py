@@ -803,8 +803,9 @@ def _drift_test_html(snapshot: SnapshotView) -> str:
     for reference, label in (("base", "Against the base model"), ("previous", "Against the previous snapshot")):
         p_value = snapshot.metrics.get(f"drift/{reference}/p_value")
         statistic = snapshot.metrics.get(f"drift/{reference}/mmd2")
-        if _is_number(p_value) and _is_number(statistic):
-            lines.append(f"<li>{_escape(label)}: {_escape(drift_test_sentence(p_value, statistic))}</li>")
+        if isinstance(p_value, (int, float)) and isinstance(statistic, (int, float)):
+            sentence = drift_test_sentence(float(p_value), float(statistic))
+            lines.append(f"<li>{_escape(label)}: {_escape(sentence)}</li>")
     if not lines:
         return ""
     return f'<ul class="drift-test">{"".join(lines)}</ul>' + _note(

@@ -275,6 +275,10 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     if verdict is not None:
         result["verdict"] = verdict.as_record()
         lines = [verdict.sentence, ""] + lines
+    if "drift/p_value" in metrics:
+        from .signals.two_sample import drift_test_sentence
+
+        lines += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
     emit(result, args.json, lines)
     return result
 

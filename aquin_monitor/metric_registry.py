@@ -383,6 +383,20 @@ def _drift() -> tuple[MetricSpec, ...]:
             (0.0, 2.0),
         ),
         drift("score", "overall drift from the reference (0 = none, 1 = unrelated geometry)", "[0, 1]", None, FRACTION),
+        drift(
+            "p_value",
+            "two-sample test: chance that re-sampling the probe alone moves the space this much (small = it moved)",
+            "probability",
+            None,
+            FRACTION,
+        ),
+        drift(
+            "mmd2",
+            "two-sample test statistic: MMD² between similarity profiles before and after (about 0 = no move)",
+            "squared kernel distance",
+            None,
+            (-1.0, 2.0),
+        ),
         drift("rank_improved_fraction", ranks.format("improved"), "fraction", True, FRACTION),
         drift("rank_worsened_fraction", ranks.format("worsened"), "fraction", False, FRACTION),
         drift(

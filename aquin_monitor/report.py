@@ -54,6 +54,7 @@ from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
+from aquin_monitor.signals.two_sample import drift_test_sentence
 from aquin_monitor.snapshot_record import (
     SNAPSHOT_FAMILIES,
     SnapshotView,
@@ -836,6 +837,7 @@ def _snapshot_section(
 
     if not snapshot.is_base:  # the base is what the diffs are measured against
         parts.append("<h3>Diff against the base model</h3>")
+        parts.append(_drift_test_html(snapshot))
         if not any(key in snapshot.arrays for spec in diff_specs for key in spec.needs):
             parts.append(_note("No drift arrays in arrays.npz for this snapshot: no diff figures."))
         else:
@@ -845,6 +847,23 @@ def _snapshot_section(
     parts.append(_details_html(snapshot))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _drift_test_html(snapshot: SnapshotView) -> str:
+    """One plain sentence per two-sample drift test the snapshot logged (against the base, the previous)."""
+    lines = []
+    for reference, label in (("base", "Against the base model"), ("previous", "Against the previous snapshot")):
+        p_value = snapshot.metrics.get(f"drift/{reference}/p_value")
+        statistic = snapshot.metrics.get(f"drift/{reference}/mmd2")
+        if isinstance(p_value, (int, float)) and isinstance(statistic, (int, float)):
+            sentence = drift_test_sentence(float(p_value), float(statistic))
+            lines.append(f"<li>{_escape(label)}: {_escape(sentence)}</li>")
+    if not lines:
+        return ""
+    return f'<ul class="drift-test">{"".join(lines)}</ul>' + _note(
+        "p: how often re-sampling the probe alone (same model, two random halves) moves the space this much; "
+        "its false-alarm rate at 0.05 is calibrated (README, Drift test calibration)."
+    )
 
 
 def _snapshots_section(run: Run) -> str:

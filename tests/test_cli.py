@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from aquin_monitor.cli import main
+from aquin_monitor.signals.two_sample import drift_test, drift_test_sentence
 
 PROBE = [
     ("a cat sat on the mat", "animal"),
@@ -643,6 +644,10 @@ def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_mod
     assert out.splitlines()[0] == verdict["sentence"]
     opening = f"No detectable change in retrieval from {tiny_mean_model} to {tiny_mean_model}: "
     assert verdict["sentence"].startswith(opening)
+    # the two-sample test of a model against itself compares two random halves of the probe: its sentence is printed
+    assert 0.0 < metrics["drift/p_value"] <= 1.0
+    assert drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"]) in out
+    assert result["details"]["drift_test"]["n_permutations"] == 1000
 
 
 def test_diff_between_two_models_matches_independent_cka(
@@ -659,6 +664,9 @@ def test_diff_between_two_models_matches_independent_cka(
     assert metrics["drift/cka"] == pytest.approx(linear_cka(x, y), abs=1e-5)
     assert metrics["drift/cka"] < 0.99
     assert metrics["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
+    independent = drift_test(x, y, seed=0)  # the diff's test is this call on the runner's embeddings
+    assert metrics["drift/mmd2"] == pytest.approx(independent.statistic, abs=1e-5)
+    assert metrics["drift/p_value"] == pytest.approx(independent.p_value, abs=0.005)
     ux, uy = unit(x), unit(y)
     pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
     shift = np.mean([uy[i] @ uy[j] for i, j in pairs]) - np.mean([ux[i] @ ux[j] for i, j in pairs])

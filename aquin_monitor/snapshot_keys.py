@@ -59,6 +59,10 @@ SAE_FREQUENCY = "sae/frequency"
 SAE_MEAN_ACTIVATION = "sae/mean_activation"
 SAE_TOP_ROWS = "sae/top_rows"
 SAE_TOP_VALUES = "sae/top_values"
+#: ``[m, d]`` float32 embeddings of the retrieval set's relevant pairs (query rows, document rows; at most
+#: 1,000 pairs, evenly spaced), kept so a later snapshot can split each pair's cosine change into SAE features.
+SAE_PAIR_QUERIES = "sae/pair_queries"
+SAE_PAIR_DOCUMENTS = "sae/pair_documents"
 
 #: Every array key by family.
 ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -75,7 +79,7 @@ ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
         RANK_BEFORE,
         RANK_AFTER,
     ),
-    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES),
+    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES, SAE_PAIR_QUERIES, SAE_PAIR_DOCUMENTS),
 }
 
 # -- structured details (snapshot.json "details") --------------------------------------------------
@@ -92,5 +96,20 @@ DIFF_BASE = "diff_base"
 #: SAE features gained / lost against the base: ``[{"feature", "frequency_before", "frequency_after", "top_texts"}]``.
 SAE_GAINED = "sae/gained"
 SAE_LOST = "sae/lost"
+#: Drift explained by the base SAE (:mod:`aquin_monitor.sae.drift`): the features whose activation moved
+#: against the base (paired test, Benjamini-Hochberg) and the pairs whose cosine changed most, split into
+#: feature, bias and error terms.
+SAE_DRIFT_FEATURES = "sae/drift_features"
+SAE_DRIFT_PAIRS = "sae/drift_pairs"
 
-DETAIL_KEYS = (OOD_FLAGGED, ROGUE_DIMENSIONS, FLAGGED_HEADS, RETRIEVAL_BY_CATEGORY, DIFF_BASE, SAE_GAINED, SAE_LOST)
+DETAIL_KEYS = (
+    OOD_FLAGGED,
+    ROGUE_DIMENSIONS,
+    FLAGGED_HEADS,
+    RETRIEVAL_BY_CATEGORY,
+    DIFF_BASE,
+    SAE_GAINED,
+    SAE_LOST,
+    SAE_DRIFT_FEATURES,
+    SAE_DRIFT_PAIRS,
+)

@@ -289,6 +289,28 @@ def test_runner_explains_drift_against_base_in_snapshot_json(tiny_mean_model, tm
     assert "drift/base/sae_features_moved" in first.metrics and "drift/previous/sae_features_moved" not in first.metrics
 
 
+def test_report_shows_the_explanation_with_user_text_escaped(tiny_mean_model, tmp_path):
+    from aquin_monitor.report import render_report
+
+    torch.manual_seed(1)
+    model = load_model(tiny_mean_model)
+    dim = model.get_embedding_dimension()
+    evil = "<script>alert('x')</script>"
+    queries = {f"q{i}": f"{evil} query {i}" for i in range(4)}
+    docs = {f"d{i}": f"document $$ {i} & more" for i in range(6)}
+    retrieval = RetrievalSet(queries, docs, {f"q{i}": {f"d{i}": 1} for i in range(4)}, None, {}, "t")
+    labels = [f"<img src=x onerror=alert({i})>" for i in range(32)]
+    runner = SnapshotRunner(None, retrieval, umap=False, sae=SparseAutoencoder(dim, 32, 4), sae_labels=labels)
+    runner.take(model, 0, tag="base", run_dir=tmp_path)
+    snap = runner.take(_nudged(model, 0.1), 1, run_dir=tmp_path)
+    html = render_report(tmp_path)
+    assert "Drift explained by the base SAE" in html
+    assert evil not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; query" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(" in html
+    pairs = snap.details[keys.SAE_DRIFT_PAIRS]["pairs"]
+    assert len(pairs) == 4 and html.count("of the split)") == 4  # one table row per listed pair
+
+
 def test_runner_without_retrieval_explains_probe_pairs_and_a_failure_is_isolated(tiny_mean_model, monkeypatch):
     model = load_model(tiny_mean_model)
     dim = model.get_embedding_dimension()

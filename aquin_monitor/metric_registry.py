@@ -410,6 +410,20 @@ def _drift() -> tuple[MetricSpec, ...]:
         drift("delta/ndcg@10", "retrieval/ndcg@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/mrr@10", "retrieval/mrr@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/recall@10", "retrieval/recall@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
+        drift(
+            "sae_features_moved",
+            "base SAE features whose activation moved against the reference (paired signed-rank test, BH q < 0.05)",
+            "features",
+            None,
+            NON_NEGATIVE,
+        ),
+        drift(
+            "sae_pair_error_share",
+            "share of the largest pair-similarity changes the base SAE attributes to no feature",
+            "fraction",
+            False,
+            FRACTION,
+        ),
     )
 
 

@@ -21,8 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np

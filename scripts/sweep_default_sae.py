@@ -52,10 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aquin_monitor.atomic import atomic_write_text  # noqa: E402
+from train_default_sae import SHIPPED_TEXTS, default_corpus, scifact_retrieval  # noqa: E402
 
-SHIPPED_TEXTS = 67_584
-"""The shipped SAE's corpus: the first 33 cache chunks of 2,048 texts (the shortest ~80 % of each domain)."""
+from aquin_monitor.atomic import atomic_write_text  # noqa: E402
 
 MAX_DEAD_FRACTION = 0.02
 MIN_MARGIN = 0.005
@@ -198,8 +197,13 @@ def run_config(
     probing: Callable[[Any], dict[str, dict[str, float]]] | None,
     *,
     max_epochs: int,
+    save_to: Path | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one configuration and evaluate it; the row of the table (with its training time)."""
+    """Train one configuration and evaluate it; the row of the table (with its training time). With ``save_to``
+    the SAE is written there (``cfg.json`` + ``sae.safetensors``); with ``checkpoint`` the training state is kept
+    there after each epoch, so ``train_default_sae.py --checkpoint`` can continue the run to more epochs (the
+    result equals an uninterrupted run)."""
     from aquin_monitor.sae.train import SaeTrainConfig, train_sae
 
     settings = SaeTrainConfig(
@@ -208,11 +212,15 @@ def run_config(
         auxk_coefficient=config.auxk_coefficient,
         seed=config.seed,
         max_epochs=max_epochs,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_every=10**9,  # once per epoch
     )
     start = time.perf_counter()
     result = train_sae(embeddings, settings, show_progress=False)
     train_seconds = time.perf_counter() - start
     assert result.held_out is not None
+    if save_to is not None:
+        result.sae.save(save_to)
     row = {"name": config.name, **asdict(config), "epochs": len(result.history)}
     row.update(best_epoch=result.sae.metadata["best_epoch"], train_seconds=round(train_seconds, 1))
     row.update(evaluate_sae(result.sae, result.held_out, retrieval, probing))
@@ -275,8 +283,22 @@ def format_table(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any]
         f"rule: dead <= {100 * MAX_DEAD_FRACTION:g} %, score = 1/2 mean probing + 1/2 NDCG@10 kept; shipped "
         f"{selection['baseline']:.4f}, seed noise {noise:.4f}, margin {selection['margin']:.4f}"
     )
+    if selection.get("seed_stability") is not None:
+        lines.append(f"seed stability of the shipped configuration (seeds 0, 1): {selection['seed_stability']:.3f}")
     lines.append(f"winner: {selection['winner'] or 'none (the shipped SAE stays)'} ({selection['reason']})")
     return "\n".join(lines)
+
+
+def replicate_stability(out: Path) -> float | None:
+    """Seed stability (:func:`~aquin_monitor.sae.quality.seed_stability`) of the shipped configuration's two
+    seeds, when both SAEs are in ``OUT/saes/``."""
+    from aquin_monitor.sae.model import load_sae
+    from aquin_monitor.sae.quality import seed_stability
+
+    folders = [out / "saes" / SHIPPED.name, out / "saes" / SweepConfig(1536, 32, seed=1).name]
+    if not all((folder / "sae.safetensors").exists() for folder in folders):
+        return None
+    return seed_stability(load_sae(folders[0]), load_sae(folders[1]))
 
 
 def write_summary(out: Path, grid: Sequence[SweepConfig]) -> str:
@@ -284,6 +306,7 @@ def write_summary(out: Path, grid: Sequence[SweepConfig]) -> str:
     names = [SHIPPED_AS_IS, *(c.name for c in grid)]
     rows = [json.loads(path.read_text()) for name in names if (path := out / "configs" / f"{name}.json").exists()]
     selection = select(rows)
+    selection["seed_stability"] = replicate_stability(out)
     table = format_table(rows, selection)
     atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "selection": selection}, indent=1) + "\n")
     atomic_write_text(out / "sweep.txt", table + "\n")
@@ -308,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--only: unknown configuration {unknown[0]!r}; the grid: {', '.join(names)}")
         grid = [names[n] for n in args.only.split(",")]
     out = Path(args.out)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
+    for sub in ("configs", "saes", "checkpoints"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         run_grid(grid, out, args)
     print(write_summary(out, DEFAULT_GRID))
@@ -318,8 +342,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_grid(grid: Sequence[SweepConfig], out: Path, args: argparse.Namespace) -> None:
     """Train and evaluate every configuration of ``grid`` not finished yet, writing each row."""
     import torch
-
-    from train_default_sae import default_corpus, scifact_retrieval
 
     from aquin_monitor.sae.embeddings import embed_corpus
 
@@ -335,7 +357,15 @@ def run_grid(grid: Sequence[SweepConfig], out: Path, args: argparse.Namespace) -
     if not reference.exists():
         atomic_write_text(reference, json.dumps(shipped_row(embeddings, retrieval, probing), indent=1) + "\n")
     for config in todo:
-        row = run_config(config, embeddings, retrieval, probing, max_epochs=args.epochs)
+        row = run_config(
+            config,
+            embeddings,
+            retrieval,
+            probing,
+            max_epochs=args.epochs,
+            save_to=out / "saes" / config.name,
+            checkpoint=out / "checkpoints" / f"{config.name}.pt",
+        )
         atomic_write_text(out / "configs" / f"{config.name}.json", json.dumps(row, indent=1) + "\n")
         print(f"{config.name}: score {row['score']:.4f}, trained in {row['train_seconds']} s", file=sys.stderr)
         write_summary(out, DEFAULT_GRID)
@@ -360,8 +390,10 @@ def probing_on_shipped_sets() -> Callable[[Any], dict[str, dict[str, float]]]:
     ]
 
     def probe(sae: Any) -> dict[str, dict[str, float]]:
-        return {name: k_sparse_probing(sae, x_train, y_train, x_test, y_test, ks=PROBING_KS)
-                for name, x_train, y_train, x_test, y_test in sets}
+        return {
+            name: k_sparse_probing(sae, x_train, y_train, x_test, y_test, ks=PROBING_KS)
+            for name, x_train, y_train, x_test, y_test in sets
+        }
 
     return probe
 

@@ -15,7 +15,7 @@ write the folder (``cfg.json``, ``sae.safetensors``, ``features.json``, ``traini
 Usage::
 
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
-    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR]
+    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR] [--checkpoint FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aquin_monitor.data import bundled_dataset  # noqa: E402
+
+# The shipped SAE's settings (chosen by scripts/sweep_default_sae.py, table in the README) and corpus size: the
+# first 33 cache chunks of 2,048 texts, the shortest ~80 % of each domain.
+SHIPPED_TEXTS = 67_584
+SHIPPED_NUM_LATENTS = 1536
+SHIPPED_K = 32
+SHIPPED_AUXK = 1 / 32
 
 # A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
@@ -81,9 +88,22 @@ def default_corpus(min_chars: int = 25, max_chars: int = 600) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
-    parser.add_argument("--max-texts", type=int, default=None, help="use the N shortest texts")
+    parser.add_argument(
+        "--max-texts",
+        type=int,
+        default=SHIPPED_TEXTS,
+        help="use the first N texts (default: the shipped SAE's 67,584; 0: all 84,712)",
+    )
     parser.add_argument("--out", default=str(ROOT / "aquin_monitor" / "sae" / "default"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-latents", type=int, default=SHIPPED_NUM_LATENTS, help="dictionary size")
+    parser.add_argument("--k", type=int, default=SHIPPED_K, help="active features per text")
+    parser.add_argument("--auxk-coefficient", type=float, default=SHIPPED_AUXK, help="weight of the AuxK loss")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="training state to continue (e.g. a run of scripts/sweep_default_sae.py) and to keep after each epoch",
+    )
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)"
@@ -127,7 +147,15 @@ def _train_and_write(texts, embeddings, args) -> int:
     from aquin_monitor.sinks import JsonlSink
 
     torch.set_num_threads(args.threads)
-    config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
+    config = SaeTrainConfig(
+        num_latents=args.num_latents,
+        k=args.k,
+        auxk_coefficient=args.auxk_coefficient,
+        seed=args.seed,
+        max_epochs=args.epochs,
+        checkpoint=args.checkpoint,
+        checkpoint_every=10**9,  # once per epoch, as the sweep writes it
+    )
     retrieval = scifact_retrieval(args.max_corpus)
     sink = JsonlSink(args.log_dir) if args.log_dir else None
     build_sae_folder(

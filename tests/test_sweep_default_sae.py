@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sae_planted import D_IN, K, LATENTS, planted_sae
+from sae_planted import D_IN, LATENTS, K, planted_sae
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sweep_default_sae.py"
 

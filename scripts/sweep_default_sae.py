@@ -1,11 +1,13 @@
 """Sweep SAE configurations for the bundled all-MiniLM-L6-v2 and pick the one to ship (issue 23, item 5).
 
-Every configuration is trained by :func:`aquin_monitor.sae.train_sae` on the same embeddings as the shipped
-SAE (``scripts/train_default_sae.py``'s corpus, its first ``--max-texts`` texts, cached), all for the same
-``--epochs`` (early stopping on held-out FVU may end one sooner; the shipped configuration is retrained under
-the same budget, so the comparison is fair at that budget), and evaluated with the quality suite:
+Every configuration is trained by :func:`aquin_monitor.sae.train_sae` on the shipped SAE's corpus
+(``scripts/train_default_sae.py``: 67,584 texts in 33 cache chunks of 2,048; ``--chunks`` takes a subset of the
+chunks when time is short), all for the same ``--epochs`` (early stopping may end one sooner; the shipped
+configuration is retrained under the same budget, so the comparison is fair at that budget), and evaluated with
+the quality suite:
 
-- on its held-out split (5 %, chosen by the seed: the configurations of seed 0 share one split):
+- on one held-out set for every SAE: the rows of the shipped SAE's own held-out split (seed 0, 5 %) among the
+  chunks used; the other rows train (each run holds out 5 % of them for its early stopping):
   FVU, L0, dead and dense fractions, cos(x, x̂);
 - SciFact test retrieval with reconstructed queries and documents: NDCG@10 kept (x̂ / x);
 - k-sparse probing (:func:`aquin_monitor.sae.quality.k_sparse_probing`): test accuracy of a logistic
@@ -193,17 +195,18 @@ def evaluate_sae(
 def run_config(
     config: SweepConfig,
     embeddings: np.ndarray,
-    retrieval: Mapping[str, Any],
-    probing: Callable[[Any], dict[str, dict[str, float]]] | None,
+    held_out: np.ndarray,
+    evaluation: Callable[[], tuple[Mapping[str, Any], Callable[[Any], dict[str, dict[str, float]]] | None]],
     *,
     max_epochs: int,
     save_to: Path | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one configuration and evaluate it; the row of the table (with its training time). With ``save_to``
-    the SAE is written there (``cfg.json`` + ``sae.safetensors``); with ``checkpoint`` the training state is kept
-    there after each epoch, so ``train_default_sae.py --checkpoint`` can continue the run to more epochs (the
-    result equals an uninterrupted run)."""
+    """Train one configuration on ``embeddings`` (it holds out 5 % of them for early stopping) and evaluate it on
+    ``held_out`` with ``evaluation()``'s retrieval set and probing; the row of the table (with its training time).
+    With ``save_to`` the SAE is written there (``cfg.json`` + ``sae.safetensors``); with ``checkpoint`` the training
+    state is kept there after each epoch, so ``train_default_sae.py --checkpoint`` can continue the run to more
+    epochs (the result equals an uninterrupted run)."""
     from aquin_monitor.sae.train import SaeTrainConfig, train_sae
 
     settings = SaeTrainConfig(
@@ -218,40 +221,56 @@ def run_config(
     start = time.perf_counter()
     result = train_sae(embeddings, settings, show_progress=False)
     train_seconds = time.perf_counter() - start
-    assert result.held_out is not None
     if save_to is not None:
         result.sae.save(save_to)
     row = {"name": config.name, **asdict(config), "epochs": len(result.history)}
     row.update(best_epoch=result.sae.metadata["best_epoch"], train_seconds=round(train_seconds, 1))
-    row.update(evaluate_sae(result.sae, result.held_out, retrieval, probing))
+    row.update(evaluate_sae(result.sae, held_out, *evaluation()))
     row["score"] = score(row)
     return row
 
 
-def held_out_rows(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The rows :func:`~aquin_monitor.sae.train.train_sae` holds out with the default settings and ``seed``."""
-    from aquin_monitor.rows import ArrayRows
-    from aquin_monitor.sae.stream import RowPlan, scan_source
+def shipped_split(n_texts: int = SHIPPED_TEXTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row numbers ``(train, held_out)`` of the split :func:`~aquin_monitor.sae.train.train_sae` makes of
+    ``n_texts`` rows with the default settings and ``seed``: the shipped SAE's split of its corpus.
+
+    >>> train, held_out = shipped_split(1000)
+    >>> len(train), len(held_out), len(np.intersect1d(train, held_out))
+    (950, 50, 0)
+    """
+    from aquin_monitor.sae.stream import RowPlan
     from aquin_monitor.sae.train import SaeTrainConfig
 
     defaults = SaeTrainConfig(seed=seed)
-    plan = RowPlan(len(embeddings), defaults.block_rows, defaults.val_fraction, seed, defaults.max_val_rows)
-    return scan_source(ArrayRows(embeddings), plan)[1].numpy()
+    plan = RowPlan(n_texts, defaults.block_rows, defaults.val_fraction, seed, defaults.max_val_rows)
+    parts = [
+        [part.numpy() + plan.block_range(block)[0] for part in plan.split(block)] for block in range(plan.n_blocks)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def chunk_rows(chunks: Sequence[int], chunk_size: int = 2048, n_texts: int = SHIPPED_TEXTS) -> np.ndarray:
+    """Row numbers of the given cache chunks of the corpus.
+
+    >>> chunk_rows([0, 2], chunk_size=3, n_texts=8).tolist()
+    [0, 1, 2, 6, 7]
+    """
+    return np.concatenate([np.arange(c * chunk_size, min((c + 1) * chunk_size, n_texts)) for c in chunks])
 
 
 def shipped_row(
-    embeddings: np.ndarray,
+    held_out: np.ndarray,
     retrieval: Mapping[str, Any],
     probing: Callable[[Any], dict[str, dict[str, float]]] | None,
 ) -> dict[str, Any]:
-    """The reference row :data:`SHIPPED_AS_IS`: ``load_sae("default")`` evaluated as it is, on the seed-0 held-out
-    split it was trained beside."""
+    """The reference row :data:`SHIPPED_AS_IS`: ``load_sae("default")`` evaluated as it is on the same held-out
+    rows as the candidates (rows of its own held-out split, never trained on)."""
     from aquin_monitor.sae.model import load_sae
 
     sae = load_sae("default")
     epochs = int(sae.metadata["best_epoch"])
     row = {"name": SHIPPED_AS_IS, **asdict(SHIPPED), "epochs": epochs, "best_epoch": epochs, "train_seconds": None}
-    row.update(evaluate_sae(sae, held_out_rows(embeddings), retrieval, probing))
+    row.update(evaluate_sae(sae, held_out, retrieval, probing))
     row["score"] = score(row)
     return row
 
@@ -313,14 +332,35 @@ def write_summary(out: Path, grid: Sequence[SweepConfig]) -> str:
     return table
 
 
+def chunk_list(text: str) -> list[int]:
+    """``"0-2,7"`` → ``[0, 1, 2, 7]`` (the ``--chunks`` flag).
+
+    >>> chunk_list("0-2,7")
+    [0, 1, 2, 7]
+    """
+    chunks: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        chunks.extend(range(int(low), int(high or low) + 1))
+    if not chunks or min(chunks) < 0 or max(chunks) >= SHIPPED_TEXTS // 2048:
+        raise argparse.ArgumentTypeError(f"chunks 0 to {SHIPPED_TEXTS // 2048 - 1}, e.g. 0-7,29-32")
+    return sorted(set(chunks))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder of the sweep's rows and table")
     parser.add_argument("--only", default=None, help="comma-separated configuration names of the grid")
-    parser.add_argument("--max-texts", type=int, default=SHIPPED_TEXTS, help="the shipped SAE's corpus size")
+    parser.add_argument(
+        "--chunks",
+        type=chunk_list,
+        default=list(range(SHIPPED_TEXTS // 2048)),
+        help="cache chunks (2,048 texts each) of the shipped corpus to use, e.g. 0-7,29-32 (default: all 33)",
+    )
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept")
+    parser.add_argument("--no-reference", action="store_true", help="leave the shipped SAE's row to another run")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table from finished rows")
     args = parser.parse_args(argv)
     grid = list(DEFAULT_GRID)
@@ -340,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_grid(grid: Sequence[SweepConfig], out: Path, args: argparse.Namespace) -> None:
-    """Train and evaluate every configuration of ``grid`` not finished yet, writing each row."""
+    """Train and evaluate every configuration of ``grid`` not finished yet, writing each row.
+
+    Rows: the texts of ``args.chunks`` (cache chunks of 2,048 texts of the shipped corpus; all 33 by default).
+    Held out for every SAE alike: those of them in the shipped SAE's own held-out split; the others train.
+    The SciFact and probing embeddings are loaded after the first training (another process may be filling
+    the cache meanwhile).
+    """
     import torch
 
     from aquin_monitor.sae.embeddings import embed_corpus
@@ -348,27 +394,37 @@ def run_grid(grid: Sequence[SweepConfig], out: Path, args: argparse.Namespace) -
     torch.set_num_threads(args.threads)
     todo = [c for c in grid if not (out / "configs" / f"{c.name}.json").exists()]
     reference = out / "configs" / f"{SHIPPED_AS_IS}.json"
-    if not todo and reference.exists():
+    if not todo and (reference.exists() or args.no_reference):
         return
-    texts = default_corpus()[: args.max_texts]
-    embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
-    retrieval = scifact_retrieval(args.max_corpus)
-    probing = probing_on_shipped_sets()
-    if not reference.exists():
-        atomic_write_text(reference, json.dumps(shipped_row(embeddings, retrieval, probing), indent=1) + "\n")
+    texts = default_corpus()[:SHIPPED_TEXTS]
+    rows = chunk_rows(args.chunks)
+    embeddings = np.concatenate(
+        [
+            embed_corpus("default", texts[c * 2048 : (c + 1) * 2048], chunk_size=2048, show_progress=False)
+            for c in args.chunks
+        ]
+    )
+    held_out_mask = np.isin(rows, shipped_split()[1])
+    train, held_out = embeddings[~held_out_mask], embeddings[held_out_mask]
+    print(f"{len(train)} training rows, {len(held_out)} held out (chunks {args.chunks})", file=sys.stderr)
+    suite: list[Any] = []
+
+    def evaluation() -> tuple[Mapping[str, Any], Callable[[Any], dict[str, dict[str, float]]]]:
+        if not suite:
+            suite.extend((scifact_retrieval(args.max_corpus), probing_on_shipped_sets()))
+        return suite[0], suite[1]
+
     for config in todo:
+        sae_folder, checkpoint = out / "saes" / config.name, out / "checkpoints" / f"{config.name}.pt"
         row = run_config(
-            config,
-            embeddings,
-            retrieval,
-            probing,
-            max_epochs=args.epochs,
-            save_to=out / "saes" / config.name,
-            checkpoint=out / "checkpoints" / f"{config.name}.pt",
+            config, train, held_out, evaluation, max_epochs=args.epochs, save_to=sae_folder, checkpoint=checkpoint
         )
+        row.update(n_train=len(train), n_held_out=len(held_out), chunks=list(args.chunks))
         atomic_write_text(out / "configs" / f"{config.name}.json", json.dumps(row, indent=1) + "\n")
         print(f"{config.name}: score {row['score']:.4f}, trained in {row['train_seconds']} s", file=sys.stderr)
         write_summary(out, DEFAULT_GRID)
+    if not args.no_reference and not reference.exists():
+        atomic_write_text(reference, json.dumps(shipped_row(held_out, *evaluation()), indent=1) + "\n")
 
 
 def probing_on_shipped_sets() -> Callable[[Any], dict[str, dict[str, float]]]:

@@ -104,7 +104,7 @@ def test_one_configuration_trains_evaluates_and_lands_in_the_table(sweep, tmp_pa
         return {"toy": {"sae@1": 0.5, "sae@5": 0.75, "sae@20": 1.0}}
 
     config = sweep.SweepConfig(32, 4)
-    row = sweep.run_config(config, x, retrieval, probing, max_epochs=2)
+    row = sweep.run_config(config, x[:300], x[300:], lambda: (retrieval, probing), max_epochs=2)
     assert calls == [32]
     assert row["name"] == "L32-k4" and row["epochs"] == 2 and 1 <= row["best_epoch"] <= 2
     assert 0 < row["fvu"] < 1.5 and row["l0"] <= 4

@@ -424,12 +424,14 @@ def run_grid(grid: Sequence[SweepConfig], out: Path, args: argparse.Namespace) -
         print(f"{config.name}: score {row['score']:.4f}, trained in {row['train_seconds']} s", file=sys.stderr)
         write_summary(out, DEFAULT_GRID)
     if not args.no_reference and not reference.exists():
-        atomic_write_text(reference, json.dumps(shipped_row(held_out, *evaluation()), indent=1) + "\n")
+        probing = probing_on_shipped_sets(references=True)
+        atomic_write_text(reference, json.dumps(shipped_row(held_out, evaluation()[0], probing), indent=1) + "\n")
 
 
-def probing_on_shipped_sets() -> Callable[[Any], dict[str, dict[str, float]]]:
+def probing_on_shipped_sets(*, references: bool = False) -> Callable[[Any], dict[str, dict[str, float]]]:
     """k-sparse probing of a SAE on the shipped Banking77 and AG News splits (the suite's
-    :func:`~aquin_monitor.sae.probe_data.shipped_probe_splits`, embedded once, cached)."""
+    :func:`~aquin_monitor.sae.probe_data.shipped_probe_splits`, embedded once, cached); with ``references`` also
+    the probes on the embeddings and on the reconstructions (the shipped SAE's row has them)."""
     from aquin_monitor.sae.embeddings import embed_corpus
     from aquin_monitor.sae.probe_data import shipped_probe_splits
     from aquin_monitor.sae.quality import k_sparse_probing
@@ -447,7 +449,7 @@ def probing_on_shipped_sets() -> Callable[[Any], dict[str, dict[str, float]]]:
 
     def probe(sae: Any) -> dict[str, dict[str, float]]:
         return {
-            name: k_sparse_probing(sae, x_train, y_train, x_test, y_test, ks=PROBING_KS)
+            name: k_sparse_probing(sae, x_train, y_train, x_test, y_test, ks=PROBING_KS, references=references)
             for name, x_train, y_train, x_test, y_test in sets
         }
 

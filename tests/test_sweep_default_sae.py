@@ -118,3 +118,19 @@ def test_one_configuration_trains_evaluates_and_lands_in_the_table(sweep, tmp_pa
     assert saved["selection"]["winner"] is None
     assert "| L1536-k32 |" in table and "toy k=5" in table
     assert (tmp_path / "sweep.txt").read_text() == table + "\n"
+
+
+def test_probing_without_references_gives_the_same_sparse_probes():
+    """The sweep skips the embedding and reconstruction probes (the same for every SAE); the sparse ones stay."""
+    from sae_planted import planted_corpus
+
+    from aquin_monitor.sae.quality import k_sparse_probing
+
+    sae, x, texts = planted_corpus(n=640)
+    labels = [int(t.split()[3]) % 4 for t in texts]  # topic mod 4: four classes, each a union of features
+    args = (sae, x[::2], labels[::2], x[1::2], labels[1::2])
+    full = k_sparse_probing(*args, ks=(1, 5))
+    sparse = k_sparse_probing(*args, ks=(1, 5), references=False)
+    assert set(sparse) == {"sae@1", "sae@5", "n_tasks"}
+    assert {key: full[key] for key in sparse} == sparse
+    assert "embedding" in full and "reconstruction" in full

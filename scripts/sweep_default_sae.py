@@ -218,13 +218,14 @@ def run_config(
         checkpoint=str(checkpoint) if checkpoint else None,
         checkpoint_every=10**9,  # once per epoch
     )
+    resumed = checkpoint is not None and checkpoint.exists()  # then train_seconds counts this call's epochs only
     start = time.perf_counter()
     result = train_sae(embeddings, settings, show_progress=False)
     train_seconds = time.perf_counter() - start
     if save_to is not None:
         result.sae.save(save_to)
     row = {"name": config.name, **asdict(config), "epochs": len(result.history)}
-    row.update(best_epoch=result.sae.metadata["best_epoch"], train_seconds=round(train_seconds, 1))
+    row.update(best_epoch=result.sae.metadata["best_epoch"], train_seconds=round(train_seconds, 1), resumed=resumed)
     row.update(evaluate_sae(result.sae, held_out, *evaluation()))
     row["score"] = score(row)
     return row
@@ -293,11 +294,15 @@ def format_table(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any]
             *(f"{probing[name][f'sae@{k}']:.3f}" if name in probing else "–" for name in sets for k in PROBING_KS),
             f"{row['score']:.4f}",
             f"{row['best_epoch']}/{row['epochs']}",
-            "shipped" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}",
+            "shipped"
+            if row["train_seconds"] is None
+            else f"{row['train_seconds']:.0f}" + ("*" * row.get("resumed", 0)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     noise = selection["noise"]
     lines.append("")
+    if any(row.get("resumed") for row in rows):
+        lines.append("train s*: resumed from the configuration's checkpoint; the seconds of the resumed part only")
     lines.append(
         f"rule: dead <= {100 * MAX_DEAD_FRACTION:g} %, score = 1/2 mean probing + 1/2 NDCG@10 kept; shipped "
         f"{selection['baseline']:.4f}, seed noise {noise:.4f}, margin {selection['margin']:.4f}"

@@ -26,7 +26,8 @@ Selection rule (decided here, the issue names its parts only):
                least 0.005.
 
 Each finished configuration is written to ``OUT/configs/<name>.json`` (atomic; a second run skips it, so a
-cut sweep resumes, and two processes may share a grid with ``--only``); after each, ``OUT/sweep.json`` and
+cut sweep resumes, mid-configuration from ``OUT/checkpoints/<name>.pt``, and processes may share a grid with
+``--only``); after each, ``OUT/sweep.json`` and
 ``OUT/sweep.txt`` (the table, the rule, the winner) are rewritten from all rows present.
 
 Usage::
@@ -205,8 +206,8 @@ def run_config(
     """Train one configuration on ``embeddings`` (it holds out 5 % of them for early stopping) and evaluate it on
     ``held_out`` with ``evaluation()``'s retrieval set and probing; the row of the table (with its training time).
     With ``save_to`` the SAE is written there (``cfg.json`` + ``sae.safetensors``); with ``checkpoint`` the training
-    state is kept there after each epoch, so ``train_default_sae.py --checkpoint`` can continue the run to more
-    epochs (the result equals an uninterrupted run)."""
+    state is kept there after each epoch, and a run cut mid-configuration continues from it (the result equals an
+    uninterrupted run)."""
     from aquin_monitor.sae.train import SaeTrainConfig, train_sae
 
     settings = SaeTrainConfig(

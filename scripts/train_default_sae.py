@@ -12,6 +12,9 @@ write the folder (``cfg.json``, ``sae.safetensors``, ``features.json``, ``traini
 ``aquin_monitor/sae/default/`` and the quality report (``sae eval``) beside it as ``quality.json``
 / ``quality.txt``.
 
+With ``--checkpoint FILE`` the training state is kept after each epoch: a cut run started again with the same
+flags continues from it and ends with the SAE of an uninterrupted run.
+
 Usage::
 
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
@@ -32,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from aquin_monitor.data import bundled_dataset  # noqa: E402
 
-# The shipped SAE's settings (chosen by scripts/sweep_default_sae.py, table in the README) and corpus size: the
-# first 33 cache chunks of 2,048 texts, the shortest ~80 % of each domain.
+# The shipped SAE's settings and corpus size (the first 33 cache chunks of 2,048 texts, the shortest ~80 % of
+# each domain); scripts/sweep_default_sae.py compares other settings against them (table in the README).
 SHIPPED_TEXTS = 67_584
 SHIPPED_NUM_LATENTS = 1536
 SHIPPED_K = 32
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help="training state to continue (e.g. a run of scripts/sweep_default_sae.py) and to keep after each epoch",
+        help="training state file, kept after each epoch; a cut run started again with the same flags continues",
     )
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
     parser.add_argument(

@@ -3,9 +3,9 @@
 Every name aquin-monitor logs is declared here once, as ``docs/metrics.md`` documents it (with the
 same placeholders: ``NN`` a two-digit layer index, ``N`` an integer, ``<vs>`` ``base`` or ``previous``,
 ``<parameter>`` a parameter name, ``<metric>`` a retrieval metric without its ``retrieval/`` prefix,
-``<group>`` a gradient-norm group, ``<set>`` a labelled set's name). The report reads the meanings (:func:`metric_meaning`), the
-sentence-transformers evaluator the direction (:func:`higher_is_better`), and a test checks
-``docs/metrics.md`` against :data:`METRICS` (every declared name documented with the same unit, and
+``<group>`` a gradient-norm group, ``<set>`` a labelled set's name). The report reads the meanings
+(:func:`metric_meaning`), the sentence-transformers evaluator the direction (:func:`higher_is_better`), and a
+test checks ``docs/metrics.md`` against :data:`METRICS` (every declared name documented with the same unit, and
 every documented name declared). This is the torchmetrics model: metadata declared with the metric
 (``higher_is_better``, ``plot_lower_bound`` / ``plot_upper_bound``), read by plots, model selection
 and docs.

@@ -61,7 +61,9 @@ def test_eval_reports_every_research_number(tiny_mean_model, labelled, sae_folde
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"the {w}", "document": f"a {w} on the {w}"}) + "\n" for w in FILLER))
     args = ["sae", "eval", str(folder), "--corpus", str(path), "--probe", str(path), "--pairs", str(pairs)]
-    code = cli.main(args + ["--second-sae", str(shuffled), "--seeds", "2", "--json", "-", "--no-progress"])
+    code = cli.main(
+        args + ["--second-sae", str(shuffled), "--seeds", "2", "--seed-epochs", "3", "--json", "-", "--no-progress"]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)

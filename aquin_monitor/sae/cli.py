@@ -392,6 +392,8 @@ def _seed_stability_on(embeddings: Any, sae: Any, folder: Path, args: argparse.N
     fields = {f.name for f in dataclasses.fields(SaeTrainConfig)} - {"seed", "device", "checkpoint", "dead_after"}
     settings = {key: value for key, value in recorded.items() if key in fields}
     settings.update(num_latents=sae.num_latents, k=sae.k)
+    if args.seed_epochs:
+        settings["max_epochs"] = args.seed_epochs
     decoders = []
     for seed in range(args.seeds):
         config = SaeTrainConfig(**settings, seed=seed, device=args.device)
@@ -453,6 +455,25 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.set_defaults(handler=_train)
     declare_outputs(train, folders=["--out"])
 
+    _add_eval_command(sub, common)
+
+    from .analysis_cli import (
+        add_analysis_commands,  # decompose, contrast, trace, steer, faithfulness, match
+    )
+
+    add_analysis_commands(sub, common)
+
+    from .page_cli import add_page_commands
+
+    add_page_commands(sub, common)
+
+    from .convert_cli import add_convert_command
+
+    add_convert_command(sub)
+
+
+def _add_eval_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``sae eval``'s parser: the corpus, retrieval, probing and stability options."""
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
@@ -505,20 +526,13 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "mean pairwise seed stability (default 1: none)",
     )
     evaluate.add_argument(
+        "--seed-epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--seeds: at most N epochs per SAE (default: the SAE's recorded max_epochs, else SaeTrainConfig's)",
+    )
+    evaluate.add_argument(
         "--second-sae", metavar="DIR", help="another SAE of the same input space: seed stability against it"
     )
     evaluate.set_defaults(handler=_eval)
-
-    from .analysis_cli import (
-        add_analysis_commands,  # decompose, contrast, trace, steer, faithfulness, match
-    )
-
-    add_analysis_commands(sub, common)
-
-    from .page_cli import add_page_commands
-
-    add_page_commands(sub, common)
-
-    from .convert_cli import add_convert_command
-
-    add_convert_command(sub)

@@ -86,12 +86,12 @@ def balanced_tasks(
     [('a', 4, 2, 2), ('b', 2, 1, 2), ('c', 2, 1, 4)]
     """
     rng = np.random.default_rng(seed)
-    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
-    classes = [c for c in sorted(set(y_train.tolist())) if c in set(y_test.tolist())]
+    train_labels, test_labels = np.asarray(y_train), np.asarray(y_test)
+    classes = [c for c in sorted(set(train_labels.tolist())) if c in set(test_labels.tolist())]
     tasks = []
     for label in classes[:max_classes]:
         split_rows = []
-        for y in (y_train, y_test):
+        for y in (train_labels, test_labels):
             positive, negative = np.flatnonzero(y == label), np.flatnonzero(y != label)
             size = min(len(positive), len(negative))
             positive = rng.choice(positive, size=size, replace=False) if size < len(positive) else positive
@@ -159,7 +159,7 @@ def k_sparse_probing(
         if references
         else {}
     )
-    scores: dict[str, list[float]] = {f"sae@{k}": [] for k in ks} | {name: [] for name in views}
+    scores: dict[str, list[float]] = {name: [] for name in [f"sae@{k}" for k in ks] + list(views)}
     for _, train_rows, train_y, test_rows, test_y in tasks:
         z_task = z_train[train_rows]
         separation = np.abs(z_task[train_y].mean(0) - z_task[~train_y].mean(0))

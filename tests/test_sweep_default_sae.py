@@ -128,9 +128,10 @@ def test_probing_without_references_gives_the_same_sparse_probes():
 
     sae, x, texts = planted_corpus(n=640)
     labels = [int(t.split()[3]) % 4 for t in texts]  # topic mod 4: four classes, each a union of features
-    args = (sae, x[::2], labels[::2], x[1::2], labels[1::2])
+    args = (sae, x[:320], labels[:320], x[320:], labels[320:])
     full = k_sparse_probing(*args, ks=(1, 5))
     sparse = k_sparse_probing(*args, ks=(1, 5), references=False)
     assert set(sparse) == {"sae@1", "sae@5", "n_tasks"}
+    assert sparse["n_tasks"] == 4 and 0.5 < sparse["sae@1"] <= 1
     assert {key: full[key] for key in sparse} == sparse
     assert "embedding" in full and "reconstruction" in full

@@ -140,3 +140,15 @@ def test_domain_warning_threshold(corpus_fvu, held_out_fvu, warns):
     assert (line is not None) == warns
     if warns:
         assert "\n" not in line and line.startswith("warning: <script>x.jsonl reconstructs much worse")
+
+
+def test_two_seeds_trained_on_planted_features_find_them_both():
+    """Training and matching end to end: two seeds on sums of 3 of 32 orthonormal directions recover most of them
+    (measured 0.84 at 6,400 texts: the absorbed pair 4/5 and the merged feature 9 differ), untrained SAEs none."""
+    from aquin_monitor.sae.train import SaeTrainConfig, train_sae
+
+    _, x, _ = planted_corpus(n=6400)
+    config = {"num_latents": 32, "k": 3, "max_epochs": 30, "batch_size": 256}
+    trained = [train_sae(x, SaeTrainConfig(**config, seed=s), show_progress=False).sae for s in (0, 1)]
+    assert seed_stability(*trained) >= 0.7
+    assert seed_stability(SparseAutoencoder(48, 32, 3, seed=0), SparseAutoencoder(48, 32, 3, seed=1)) < 0.1

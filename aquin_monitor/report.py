@@ -54,6 +54,7 @@ from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
+from aquin_monitor.signals.two_sample import drift_test_sentence
 from aquin_monitor.snapshot_record import (
     SNAPSHOT_FAMILIES,
     SnapshotView,
@@ -748,11 +749,19 @@ def _details_html(snapshot: SnapshotView) -> str:
         rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
         parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
     parts.append(_sae_movers_html(snapshot.details))
+    parts.append(_sae_drift_html(snapshot.details))
     return "".join(parts)
 
 
+#: Gained / lost SAE features shown in a table; the rest of the list folds away under a ``<details>``.
+SAE_MOVERS_SHOWN = 5
+
+
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
-    """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
+    """The base SAE's features that fire more (gained) or less (lost) often than on the base model:
+    labelled, with the texts they fire on before → after, the top :data:`SAE_MOVERS_SHOWN` in a table
+    and the rest folded. The support filter is :func:`~aquin_monitor.sae.monitoring.feature_movers`'
+    (its entries say which); snapshots written before it are shown as they are."""
     parts = []
     for key, title in (
         (keys.SAE_GAINED, "SAE features gained against the base model"),
@@ -761,23 +770,110 @@ def _sae_movers_html(details: Mapping[str, Any]) -> str:
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
+        headers = ["feature", "label", "texts it fires on", "mean activation", "top texts"]
+        rows = [_sae_mover_row(item) for item in movers]
+        parts.append(f"<h4>{_escape(title)}</h4>" + _sae_movers_note(movers[0], len(movers)))
+        parts.append(_table(headers, rows[:SAE_MOVERS_SHOWN], "metrics"))
+        if len(rows) > SAE_MOVERS_SHOWN:
+            parts.append(
+                f"<details><summary>{len(rows) - SAE_MOVERS_SHOWN} more, by the size of the change</summary>"
+                + _table(headers, rows[SAE_MOVERS_SHOWN:], "metrics")
+                + "</details>"
+            )
+    return "".join(parts)
+
+
+def _sae_movers_note(first: Mapping[str, Any], count: int) -> str:
+    """What the gained/lost list holds: its order and, when recorded, the support filter."""
+    text = f"{count} features, largest change in firing frequency first"
+    n_texts, support = first.get("n_texts"), first.get("min_support")
+    if isinstance(n_texts, int) and isinstance(support, int):
+        text += (
+            f"; only features firing on at least {support} of the {n_texts} probe texts on their busier side "
+            "(max(3, 3 % of the probe): smaller changes are noise)"
+        )
+    return _note(text + ". Labels: the SAE's c-TF-IDF terms (features.json).")
+
+
+def _sae_mover_row(item: Mapping[str, Any]) -> tuple[str, ...]:
+    before, after, n_texts = item.get("texts_before"), item.get("texts_after"), item.get("n_texts")
+    if isinstance(before, int) and isinstance(after, int) and isinstance(n_texts, int):
+        support = f"{before} → {after} of {n_texts}"
+    else:  # a snapshot written before the counts were recorded: frequencies
+        support = f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}"
+    return (
+        _escape(item.get("feature", "?")),
+        _escape(item.get("label") or "—"),
+        support,
+        f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
+        "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+    )
+
+
+def _feature_name(feature: Any, label: Any) -> str:
+    """``#12 label`` as HTML: the feature's index and, when the SAE has one, its label (escaped)."""
+    name = f"#{_escape(feature)}"
+    return name + (f' <span class="probe">{_escape(label)}</span>' if label else "")
+
+
+def _sae_drift_html(details: Mapping[str, Any]) -> str:
+    """The drift against the base read through the base SAE (:mod:`aquin_monitor.sae.drift`): the features
+    whose activation moved (q < alpha) and the pairs whose cosine changed most, each split into terms."""
+    features = details.get(keys.SAE_DRIFT_FEATURES)
+    pairs = details.get(keys.SAE_DRIFT_PAIRS)
+    if not isinstance(features, dict) or not isinstance(pairs, dict):
+        return ""
+    parts = ["<h4>Drift explained by the base SAE</h4>"]
+    moved = [item for item in features.get("moved") or [] if isinstance(item, dict)]
+    parts.append(
+        _note(
+            f"{features.get('n_moved', '?')} of {features.get('n_tested', '?')} features tested moved "
+            f"(q < {features.get('alpha', '?')}) on {features.get('n_texts', '?')} probe texts; "
+            f"test: {features.get('test', '?')}."
+        )
+    )
+    if moved:
         rows = [
             (
-                _escape(item.get("feature", "?")),
-                f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}",
-                f"{_format_number(item.get('mean_activation_before'))} → "
-                f"{_format_number(item.get('mean_activation_after'))}",
-                "<br>".join(
-                    f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []
-                ),
+                _feature_name(item.get("feature", "?"), item.get("label")),
+                _format_number(item.get("mean_delta")),
+                f"{_format_number(item.get('firing_before'))} → {_format_number(item.get('firing_after'))}",
+                _format_number(item.get("q_value")),
             )
-            for item in movers
+            for item in moved[:MAX_TABLE_ROWS]
         ]
-        parts.append(
-            f"<h4>{_escape(title)}</h4>"
-            + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics")
+        parts.append(_table(["feature", "mean Δ activation", "firing rate", "q (BH)"], rows, "metrics"))
+    listed = [item for item in pairs.get("pairs") or [] if isinstance(item, dict)]
+    parts.append(
+        _note(
+            f"The {len(listed)} {pairs.get('source', '?')} pairs (of {pairs.get('candidates', '?')}) whose cosine "
+            f"changed most, each change split exactly: Δcos = Σ Δφ (features) + Δbias + Δerror; "
+            f"{pairs.get('note', '')}."
         )
+    )
+    if listed:
+        pair_rows = [_sae_pair_row(item) for item in listed[:MAX_TABLE_ROWS]]
+        headers = ["pair", "cos before → after", "Δcos", "features", "bias", "error", "top features"]
+        parts.append(_table(headers, pair_rows, "metrics"))
     return "".join(parts)
+
+
+def _sae_pair_row(item: Mapping[str, Any]) -> Sequence[str]:
+    texts = item.get("texts")
+    texts = texts if isinstance(texts, list) else []
+    terms = [t for t in item.get("terms") or [] if isinstance(t, dict)]
+    return (
+        "<br>".join(_ood_text(text) for text in texts[:2]),
+        f"{_format_number(item.get('cosine_before'))} → {_format_number(item.get('cosine_after'))}",
+        _format_number(item.get("delta")),
+        _format_number(item.get("feature_delta")),
+        _format_number(item.get("bias_delta")),
+        f"{_format_number(item.get('error_delta'))} ({_format_number(item.get('error_share'))} of the split)",
+        "<br>".join(
+            f"{_feature_name(t.get('feature', '?'), t.get('label'))} {_format_number(t.get('delta_phi'))}"
+            for t in terms
+        ),
+    )
 
 
 def _snapshot_section(
@@ -808,6 +904,7 @@ def _snapshot_section(
 
     if not snapshot.is_base:  # the base is what the diffs are measured against
         parts.append("<h3>Diff against the base model</h3>")
+        parts.append(_drift_test_html(snapshot))
         if not any(key in snapshot.arrays for spec in diff_specs for key in spec.needs):
             parts.append(_note("No drift arrays in arrays.npz for this snapshot: no diff figures."))
         else:
@@ -817,6 +914,23 @@ def _snapshot_section(
     parts.append(_details_html(snapshot))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _drift_test_html(snapshot: SnapshotView) -> str:
+    """One plain sentence per two-sample drift test the snapshot logged (against the base, the previous)."""
+    lines = []
+    for reference, label in (("base", "Against the base model"), ("previous", "Against the previous snapshot")):
+        p_value = snapshot.metrics.get(f"drift/{reference}/p_value")
+        statistic = snapshot.metrics.get(f"drift/{reference}/mmd2")
+        if isinstance(p_value, (int, float)) and isinstance(statistic, (int, float)):
+            sentence = drift_test_sentence(float(p_value), float(statistic))
+            lines.append(f"<li>{_escape(label)}: {_escape(sentence)}</li>")
+    if not lines:
+        return ""
+    return f'<ul class="drift-test">{"".join(lines)}</ul>' + _note(
+        "p: how often re-sampling the probe alone (same model, two random halves) moves the space this much; "
+        "its false-alarm rate at 0.05 is calibrated (README, Drift test calibration)."
+    )
 
 
 def _snapshots_section(run: Run) -> str:

@@ -45,7 +45,12 @@ def example_pairs_file(text: str) -> str:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch, capsys):
+def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch, capfd):
+    """... without a deprecation warning caused by the block or our package (issue 25 point 6: the old
+    ``sentence_transformers.losses`` import, ``warmup_ratio``, which transformers reports on stderr),
+    and without writing outside its run folder (Lightning's ``./lightning_logs/``)."""
+    import warnings
+
     import aquin_monitor.encoders
 
     monkeypatch.setattr(aquin_monitor.encoders, "bundled_model_path", lambda: tiny_mean_model)
@@ -55,10 +60,22 @@ def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypat
     if reads_example:  # the eval-pairs block reads the example file shown above it
         (tmp_path / "pairs.jsonl").write_text(example_pairs_file(README.read_text(encoding="utf-8")), encoding="utf-8")
     namespace = {"__name__": f"readme_block_{index}"}
-    exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    ours = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        and (w.filename.startswith("README.md") or "aquin_monitor" in w.filename)
+    ]
+    assert not ours
+    captured = capfd.readouterr()
+    assert "deprecated" not in captured.err.lower(), captured.err
     if reads_example:
         check_eval_pairs_block(namespace)
         return
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     run_dirs = re.findall(r'"(runs/[^"]+)"', block)
     assert run_dirs, "a snippet names the run folder it writes"
     run = tmp_path / run_dirs[0]
@@ -67,7 +84,7 @@ def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypat
     for r in rows:
         assert {"grad_norm/total", "contrastive/pos_sim", "contrastive/gap", "optim/lr"} <= r.keys()
     assert sorted(int(p.name) for p in (run / "snapshots").iterdir() if p.name.isdigit()) == [0, 16]
-    check_verdict_of_run(run, namespace["snapshots"], capsys.readouterr().out)
+    check_verdict_of_run(run, namespace["snapshots"], captured.out)
 
 
 def check_eval_pairs_block(namespace: dict) -> None:

@@ -682,7 +682,9 @@ def _add_diff(commands: Any, parents: list[CommandParser]) -> None:
         help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
-        "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER.",
+        "drift score (drift/score), and a two-sample test of whether the space moved more than re-sampling the "
+        "probe explains (drift/p_value, drift/mmd2); with --pairs also ranks of the relevant documents. "
+        "--adapter applies to OTHER.",
     )
     compare.add_argument("base", metavar="BASE", help=MODEL_HELP)
     compare.add_argument("other", metavar="OTHER", help=MODEL_HELP)

@@ -83,8 +83,9 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     runner = SnapshotRunner(
         probe,
         batch_size=args.batch_size,
-        umap=not args.no_umap,
+        umap=_inspect_needs_umap(args),
         show_progress=args.progress,
+        announce=args.progress,
         max_attention_texts=args.attention_texts,
     )
     snap = runner.take(
@@ -107,6 +108,14 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
     emit(result, args.json, _metrics_table(snap.metrics))
     return result
+
+
+def _inspect_needs_umap(args: argparse.Namespace) -> bool:
+    """The UMAP layout (the slowest step of a small inspect) only where something shows it: the JSON
+    (``--json``) or the report's figure (``--run-dir``); ``--umap`` forces it, ``--no-umap`` skips it."""
+    if args.no_umap:
+        return False
+    return bool(args.umap or args.json is not None or args.run_dir)
 
 
 def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,15 +235,26 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .encoders import check_model
     from .snapshot_record import diff
     from .snapshot_runner import SnapshotRunner
+    from .verdict import retrieval_verdict
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
     check_model(args.base)
     check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
+    sae, sae_labels = _diff_sae(args) if args.sae else (None, None)
     note(probe.summary())
     if retrieval is not None:
         note(retrieval.summary())
-    runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
+    runner = SnapshotRunner(
+        probe,
+        retrieval,
+        batch_size=args.batch_size,
+        umap=False,
+        show_progress=args.progress,
+        announce=args.progress,
+        sae=sae,
+        sae_labels=sae_labels,
+    )
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(
         _cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False
@@ -247,8 +267,18 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         diff_against_history=False,
     )
     change = diff(before, after, name="base")
+    lines: list[str] = []
+    explanation = runner.explain_sae_drift(before, after) if sae is not None else None
+    if explanation is not None:  # the same call the snapshot runner makes against the base
+        from .sae.drift import explanation_lines
+
+        change.metrics.update(explanation.metrics("drift/base"))
+        change.details.update(explanation.details())
+        lines = ["", *explanation_lines(change.details)]
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
+    # with --pairs: did retrieval get better, per query, with its interval (printed first, kept under "verdict")
+    verdict = retrieval_verdict(before, after, seed=runner.seed, names=(args.base, args.other))
     result = {
         "command": "diff",
         "base": {"model": args.base, "metrics": before.metrics},
@@ -257,13 +287,33 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    lines = _metrics_table(metrics)
+    table = _metrics_table(metrics)
+    if verdict is not None:
+        result["verdict"] = verdict.as_record()
+        table = [verdict.sentence, ""] + table
     if "drift/p_value" in metrics:
         from .signals.two_sample import drift_test_sentence
 
-        lines += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
-    emit(result, args.json, lines)
+        table += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
+    emit(result, args.json, table + lines)
     return result
+
+
+def _diff_sae(args: argparse.Namespace) -> tuple[Any, list[str | None] | None]:
+    """``diff --sae``: the SAE (a folder or ``default``) and its feature labels, checked before any model
+    loads: it must read the embeddings BASE and OTHER declare (their width, when their files say it)."""
+    from .encoders import declared_dimension, resolve_model
+    from .sae.model import feature_labels
+    from .sae.verb_inputs import load_sae_for
+
+    loaded = load_sae_for(args.sae, args.base)
+    for model in (args.base, args.other):
+        location = resolve_model(model)
+        width = declared_dimension(location) if os.path.isdir(location) else None
+        if width is not None:
+            loaded = loaded._replace(model=model)
+            loaded.check_width(width)
+    return loaded.sae, feature_labels(args.sae, loaded.sae.num_latents)
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
@@ -506,8 +556,17 @@ def _format_value(value: Any) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any], indent: str = "") -> list[str]:
+    """One line per metric: name, value and what it measures (:func:`~aquin_monitor.metric_registry.metric_meaning`;
+    nothing for a name the registry does not declare)."""
+    from .metric_registry import metric_meaning
+
     width = max((len(name) for name in metrics), default=0)
-    return [f"{indent}{name:<{width}}  {_format_value(value)}" for name, value in metrics.items()]
+    values = {name: _format_value(value) for name, value in metrics.items()}
+    value_width = max((len(value) for value in values.values()), default=0)
+    return [
+        f"{indent}{name:<{width}}  {value:<{value_width}}  {metric_meaning(name)}".rstrip()
+        for name, value in values.items()
+    ]
 
 
 def _category_table(by_category: dict[str, dict[str, float]]) -> list[str]:
@@ -623,7 +682,13 @@ def _add_inspect(commands: Any, parents: list[CommandParser]) -> None:
         metavar="N",
         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)",
     )
-    inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
+    umap = inspect.add_mutually_exclusive_group()
+    umap.add_argument(
+        "--umap",
+        action="store_true",
+        help="compute the 2-D UMAP layout even without --json or --run-dir (default: only for them, which show it)",
+    )
+    umap.add_argument("--no-umap", action="store_true", help="skip the UMAP projection, even with --json/--run-dir")
     inspect.add_argument(
         "--attention-texts",
         type=positive_int,
@@ -683,13 +748,21 @@ def _add_diff(commands: Any, parents: list[CommandParser]) -> None:
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
         "drift score (drift/score), and a two-sample test of whether the space moved more than re-sampling the "
-        "probe explains (drift/p_value, drift/mmd2); with --pairs also ranks of the relevant documents. "
-        "--adapter applies to OTHER.",
+        "probe explains (drift/p_value, drift/mmd2); with --pairs also ranks of the relevant documents. --adapter "
+        "applies to OTHER. With --sae, the drift read through BASE's sparse autoencoder: the features whose "
+        "activation moved (Wilcoxon signed-rank per feature, Benjamini-Hochberg q < 0.05) and the pairs whose "
+        "cosine changed most, each change split exactly into feature, bias and error terms.",
     )
     compare.add_argument("base", metavar="BASE", help=MODEL_HELP)
     compare.add_argument("other", metavar="OTHER", help=MODEL_HELP)
     compare.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
     compare.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for rank changes")
+    compare.add_argument(
+        "--sae",
+        metavar="SAE",
+        help="BASE's sparse autoencoder (a folder, or 'default' for the bundled model) to explain the drift by "
+        "its features; pairs: those of --pairs, else pairs of probe texts",
+    )
     compare.set_defaults(handler=_diff)
 
 

@@ -6,7 +6,7 @@ listed in :data:`ARRAY_FAMILIES`; a test checks that a real snapshot writes no a
 Ground floor: imports nothing from the package.
 
 >>> PAIR_HIST_COUNTS, SAE_FREQUENCY, ARRAY_FAMILIES["retrieval"]
-('pair_hist_counts', 'sae/frequency', ('first_rank', 'hard_negative_gap'))
+('pair_hist_counts', 'sae/frequency', ('first_rank', 'hard_negative_gap', 'query_ndcg@10'))
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ ATTENTION_ENTROPY_NORMALIZED = "attention_entropy_normalized"
 #: ``[queries]`` float64 rank of each query's first relevant document; float32 hard-negative gap per query.
 FIRST_RANK = "first_rank"
 HARD_NEGATIVE_GAP = "hard_negative_gap"
+#: ``[queries]`` float64 NDCG@10 of each query (NaN for a query without a relevant document): what the verdict pairs.
+QUERY_NDCG = "query_ndcg@10"
 
 # -- drift against the base (written by ``diff``) -------------------------------------------------
 #: Label centroids of both spaces on the base's first two principal axes, and their labels.
@@ -59,13 +61,17 @@ SAE_FREQUENCY = "sae/frequency"
 SAE_MEAN_ACTIVATION = "sae/mean_activation"
 SAE_TOP_ROWS = "sae/top_rows"
 SAE_TOP_VALUES = "sae/top_values"
+#: ``[m, d]`` float32 embeddings of the retrieval set's relevant pairs (query rows, document rows; at most
+#: 1,000 pairs, evenly spaced), kept so a later snapshot can split each pair's cosine change into SAE features.
+SAE_PAIR_QUERIES = "sae/pair_queries"
+SAE_PAIR_DOCUMENTS = "sae/pair_documents"
 
 #: Every array key by family.
 ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
     "probe": (EMBEDDINGS, LABELS, UMAP),
     "geometry": (PAIR_HIST_COUNTS, PAIR_HIST_EDGES, PAIR_HIST_BASELINE, PCA_CUMULATIVE, OOD_SCORE),
     "layers": (LAYER_SIMILARITY, ATTENTION_ENTROPY, ATTENTION_ENTROPY_NORMALIZED),
-    "retrieval": (FIRST_RANK, HARD_NEGATIVE_GAP),
+    "retrieval": (FIRST_RANK, HARD_NEGATIVE_GAP, QUERY_NDCG),
     "drift": (
         CENTROID_BASE_2D,
         CENTROID_NOW_2D,
@@ -75,7 +81,7 @@ ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
         RANK_BEFORE,
         RANK_AFTER,
     ),
-    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES),
+    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES, SAE_PAIR_QUERIES, SAE_PAIR_DOCUMENTS),
 }
 
 # -- structured details (snapshot.json "details") --------------------------------------------------
@@ -92,5 +98,24 @@ DIFF_BASE = "diff_base"
 #: SAE features gained / lost against the base: ``[{"feature", "frequency_before", "frequency_after", "top_texts"}]``.
 SAE_GAINED = "sae/gained"
 SAE_LOST = "sae/lost"
+#: The retrieval verdict against the base and the previous snapshot (:mod:`aquin_monitor.verdict`):
+#: ``{"base": {...}, "previous": {...}}``, each with its sentence and numbers.
+VERDICT = "verdict"
+#: Drift explained by the base SAE (:mod:`aquin_monitor.sae.drift`): the features whose activation moved
+#: against the base (paired test, Benjamini-Hochberg) and the pairs whose cosine changed most, split into
+#: feature, bias and error terms.
+SAE_DRIFT_FEATURES = "sae/drift_features"
+SAE_DRIFT_PAIRS = "sae/drift_pairs"
 
-DETAIL_KEYS = (OOD_FLAGGED, ROGUE_DIMENSIONS, FLAGGED_HEADS, RETRIEVAL_BY_CATEGORY, DIFF_BASE, SAE_GAINED, SAE_LOST)
+DETAIL_KEYS = (
+    OOD_FLAGGED,
+    ROGUE_DIMENSIONS,
+    FLAGGED_HEADS,
+    RETRIEVAL_BY_CATEGORY,
+    DIFF_BASE,
+    SAE_GAINED,
+    SAE_LOST,
+    VERDICT,
+    SAE_DRIFT_FEATURES,
+    SAE_DRIFT_PAIRS,
+)

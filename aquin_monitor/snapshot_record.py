@@ -37,7 +37,7 @@ from .signals.two_sample import DRIFT_TEST_MIN_TEXTS, drift_test
 logger = logging.getLogger(__name__)
 
 #: The metric families of a snapshot (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``, ...).
-SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "sae")
+SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "verdict", "sae")
 
 # A snapshot being written (atomic.temporary_name), one written by mkdtemp (earlier versions), a replaced one
 # (atomic.set_aside_name).
@@ -147,7 +147,7 @@ def read_arrays(
 class SnapshotView:
     """One snapshot folder read tolerantly (the report's reader): what could not be read is listed in
     ``problems`` instead of raising; ``step`` is None and ``tag`` ``"unknown"`` when unreadable.
-    The raw ``embeddings`` are not loaded (figures draw from the 2-D projections)."""
+    The raw ``embeddings`` (and the SAE pair embeddings) are not loaded (figures draw from the 2-D projections)."""
 
     directory: Path
     step: int | None
@@ -186,7 +186,10 @@ class SnapshotView:
         arrays_path = directory / "arrays.npz"
         if arrays_path.is_file():
             view.arrays = read_arrays(
-                arrays_path, skip=(keys.EMBEDDINGS,), problems=view.problems, label=f"{label}/arrays.npz"
+                arrays_path,
+                skip=(keys.EMBEDDINGS, keys.SAE_PAIR_QUERIES, keys.SAE_PAIR_DOCUMENTS),
+                problems=view.problems,
+                label=f"{label}/arrays.npz",
             )
         return view
 

@@ -10,6 +10,8 @@ base and previous snapshots, saved under ``<run>/snapshots/<step>/`` and logged 
 from __future__ import annotations
 
 import os
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
 from .snapshot_record import Snapshot, diff, list_snapshots
+from .verdict import verdict_records
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
     from .data import ProbeSet, RetrievalSet
     from .embedding_cache import CachedModel
+    from .sae.drift import DriftExplanation
     from .sae.model import SparseAutoencoder
     from .sinks.base import Sink
 
@@ -79,13 +83,20 @@ class SnapshotRunner:
             None (default): :func:`robust_ood_threshold` of the probe's own distances.
         umap: compute 2-D UMAP coordinates (needs ``aquin-monitor[umap]``).
         seed: seeds UMAP and the sampled pairs of the histograms and diffs.
-        show_progress: progress bars while encoding.
+        show_progress: progress bars while encoding (count, total, time left).
+        announce: one line on stderr as each snapshot starts (what it computes) and as it ends (its
+            elapsed time), bars or not: a snapshot in a training run can take minutes.
         model_name: how snapshots (and the report) name the model.
         sae: the *base* model's sparse autoencoder (:func:`aquin_monitor.sae.load_sae`; ``"default"``:
             the one shipped for the bundled all-MiniLM-L6-v2). Each snapshot then logs ``sae/fvu`` (how
             far the space has moved out of the base dictionary), ``sae/dead_fraction``, ``sae/l0``,
             ``sae/l0_effective`` and each feature's firing frequency, and its diff against the base lists
-            the features gained and lost (``sae/gained``, ``sae/lost`` in ``snapshot.json``).
+            the features gained and lost (``sae/gained``, ``sae/lost`` in ``snapshot.json``) and explains the
+            drift (:mod:`aquin_monitor.sae.drift`: the features whose activation moved, by a paired test with
+            Benjamini-Hochberg, and the pairs whose cosine changed most, each change split into feature, bias
+            and error terms; ``sae/drift_features``, ``sae/drift_pairs``, ``drift/<vs>/sae_features_moved``).
+        sae_labels: a label per SAE feature for those lists; None: the SAE folder's ``features.json`` when
+            ``sae`` is given by name, else no labels.
 
     Example::
 
@@ -111,6 +122,8 @@ class SnapshotRunner:
         show_progress: bool = False,
         model_name: str = "",
         sae: SparseAutoencoder | str | None = None,
+        announce: bool = True,
+        sae_labels: Sequence[str | None] | None = None,
     ):
         from .data import ProbeSet
 
@@ -131,12 +144,15 @@ class SnapshotRunner:
         self.umap = umap
         self.seed = seed
         self.show_progress = show_progress
+        self.announce = announce
         self.model_name = model_name
         if isinstance(sae, str):
-            from .sae import load_sae
+            from .sae.model import feature_labels, load_sae
 
-            sae = load_sae(sae)
+            name, sae = sae, load_sae(sae)
+            sae_labels = sae_labels if sae_labels is not None else feature_labels(name, sae.num_latents)
         self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
+        self.sae_labels = sae_labels
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
 
@@ -162,13 +178,37 @@ class SnapshotRunner:
         def inspectable(module: torch.nn.Module) -> torch.nn.Module:
             return merged_copy(cast("SentenceTransformer", module)) if has_lora(module) else module
 
+        started = time.perf_counter()
+        self._say(f"snapshot at step {step} ({tag}): {self.plan()}")
         inspected = model.map(inspectable) if isinstance(model, CachedModel) else inspectable(model)
         snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
         if diff_against_history:
             self.attach_diffs(snap)
         if run_dir is not None:
             snap.save(run_dir)
+        self._say(f"snapshot at step {step} ({tag}) done in {time.perf_counter() - started:.1f} s")
         return snap
+
+    def plan(self) -> str:
+        """What a snapshot computes, in words (the line :meth:`take` prints as it starts).
+
+        >>> SnapshotRunner(["a", "b", "c"], umap=False).plan()
+        'probe pass over 3 texts (hidden states, attention of 3)'
+        """
+        n = len(self.probe.texts)
+        steps = [f"probe pass over {n:,} texts (hidden states, attention of {min(n, self.max_attention_texts)})"]
+        if self.umap and n >= 10:
+            steps.append("UMAP layout")
+        if self.retrieval is not None:
+            queries, documents = len(self.retrieval.query_texts()), len(self.retrieval.doc_texts())
+            steps.append(f"retrieval: {queries:,} queries, {documents:,} documents")
+        if self.sae is not None:
+            steps.append(f"SAE of {self.sae.num_latents:,} features")
+        return "; ".join(steps)
+
+    def _say(self, line: str) -> None:
+        if self.announce:
+            print(f"aquin-monitor: {line}", file=sys.stderr, flush=True)
 
     def record(
         self,
@@ -218,7 +258,8 @@ class SnapshotRunner:
         return True
 
     def attach_diffs(self, snap: Snapshot) -> None:
-        """Add the diffs against the base and the previous snapshot to ``snap``; it becomes the previous."""
+        """Add the diffs and the retrieval verdicts (:mod:`aquin_monitor.verdict`) against the base and the
+        previous snapshot to ``snap``; it becomes the previous."""
         if self.base is not None:
             d = diff(self.base, snap, name="base", seed=self.seed)
             snap.metrics.update(d.metrics)
@@ -226,8 +267,14 @@ class SnapshotRunner:
             snap.details[keys.DIFF_BASE] = d.details
             if self.sae is not None and keys.SAE_FREQUENCY in self.base.arrays and keys.SAE_FREQUENCY in snap.arrays:
                 snap.details.update(self._sae_movers(self.base, snap))
+            self._attach_sae_drift(self.base, snap, "base")
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+            self._attach_sae_drift(self.previous, snap, "previous")
+        verdict_metrics, verdicts = verdict_records(snap, self.base, self.previous, seed=self.seed)
+        if verdicts:  # per-query NDCG@10 paired against the base (and the previous snapshot)
+            snap.metrics.update(verdict_metrics)
+            snap.details[keys.VERDICT] = verdicts
         if self.base is None:
             self.base = snap
         self.previous = snap
@@ -251,13 +298,14 @@ class SnapshotRunner:
                 warnings.warn(
                     f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2
                 )
-        if self.retrieval is not None:
-            self._add_retrieval(snap, model, emb)
+        retrieval_embeddings = self._add_retrieval(snap, model, emb) if self.retrieval is not None else None
         if self.sae is not None:
-            self._add_sae(snap, emb)
+            self._add_sae(snap, emb, retrieval_embeddings)
         return snap
 
-    def _add_sae(self, snap: Snapshot, emb: np.ndarray) -> None:
+    def _add_sae(
+        self, snap: Snapshot, emb: np.ndarray, retrieval_embeddings: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
         from .sae.monitoring import snapshot_signals
 
         assert self.sae is not None, "_add_sae runs only when the runner holds an SAE"
@@ -272,13 +320,72 @@ class SnapshotRunner:
         signals = snapshot_signals(self.sae, emb, self.probe.texts)
         snap.metrics.update(signals.metrics)
         snap.arrays.update(signals.arrays())
+        positions = self._sae_pair_positions()
+        if retrieval_embeddings is not None and positions:  # the pairs a later drift explanation splits
+            q_emb, d_emb = retrieval_embeddings
+            snap.arrays[keys.SAE_PAIR_QUERIES] = np.asarray(q_emb[[q for q, _ in positions]], dtype=np.float32)
+            snap.arrays[keys.SAE_PAIR_DOCUMENTS] = np.asarray(d_emb[[d for _, d in positions]], dtype=np.float32)
+
+    def _sae_pair_positions(self) -> list[tuple[int, int]]:
+        """The retrieval set's relevant (query, document) positions whose SAE split a drift explanation lists."""
+        from .sae.drift import relevant_pairs
+
+        return relevant_pairs(self.retrieval.positional()[0]) if self.retrieval is not None else []
+
+    def explain_sae_drift(self, reference: Snapshot, now: Snapshot) -> DriftExplanation | None:
+        """The drift from ``reference`` to ``now`` read through the runner's (base) SAE
+        (:mod:`aquin_monitor.sae.drift`): the features whose activation moved on the probe, and the pairs
+        whose cosine changed most, each change split exactly into feature, bias and error terms.
+
+        Pairs are the retrieval set's relevant query-document pairs when both snapshots carry their
+        embeddings, else pairs of probe texts. None without an SAE or when the SAE does not read these
+        embeddings (another width).
+        """
+        from .sae.drift import PairSet, explain_drift
+
+        before, after = reference.arrays.get(keys.EMBEDDINGS), now.arrays.get(keys.EMBEDDINGS)
+        if self.sae is None or before is None or after is None or before.shape[-1] != self.sae.d_in:
+            return None
+        pairs = None
+        queries = (reference.arrays.get(keys.SAE_PAIR_QUERIES), now.arrays.get(keys.SAE_PAIR_QUERIES))
+        documents = (reference.arrays.get(keys.SAE_PAIR_DOCUMENTS), now.arrays.get(keys.SAE_PAIR_DOCUMENTS))
+        positions = self._sae_pair_positions()
+        stored = [a for a in (*queries, *documents) if a is not None]
+        if len(stored) == 4 and all(a.shape == (len(positions), self.sae.d_in) for a in stored):
+            assert self.retrieval is not None  # positions come from it
+            q_texts, d_texts = self.retrieval.query_texts(), self.retrieval.doc_texts()
+            texts = [(q_texts[q], d_texts[d]) for q, d in positions]
+            pairs = PairSet(queries[0], documents[0], queries[1], documents[1], texts, positions)  # type: ignore[arg-type]
+        return explain_drift(self.sae, before, after, self.probe.texts, pairs=pairs, labels=self.sae_labels)
+
+    def _attach_sae_drift(self, reference: Snapshot, snap: Snapshot, name: str) -> None:
+        """Add the SAE's drift explanation against ``reference`` to ``snap``: the metrics always, the lists
+        against the base only. A failure here warns and leaves the rest of the snapshot as it is."""
+        try:
+            explanation = self.explain_sae_drift(reference, snap)
+        except Exception as exc:  # noqa: BLE001 - the explanation is not worth the snapshot
+            report_failure(
+                f"the SAE drift explanation against the {name} (step {snap.step})",
+                exc,
+                strict=False,
+                outcome="the snapshot is kept without it",
+            )
+            return
+        if explanation is None:
+            return
+        snap.metrics.update(explanation.metrics(f"drift/{name}"))
+        if name == "base":
+            snap.details.update(explanation.details())
 
     def _sae_movers(self, base: Snapshot, now: Snapshot) -> dict[str, list]:
         """Features gained and lost from ``base`` to ``now`` (both snapshots carry the SAE arrays)."""
         from .sae.monitoring import SaeSnapshot, feature_movers
 
         movers = feature_movers(
-            SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts
+            SaeSnapshot.from_arrays(base.arrays),
+            SaeSnapshot.from_arrays(now.arrays),
+            self.probe.texts,
+            labels=self.sae_labels,
         )
         return {keys.SAE_GAINED: movers["gained"], keys.SAE_LOST: movers["lost"]}
 
@@ -417,15 +524,21 @@ class SnapshotRunner:
 
         return embed(queries, q_prompt), embed(documents, d_prompt)
 
-    def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
+    def _add_retrieval(
+        self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add the retrieval metrics and arrays to ``snap``; return the query and document embeddings."""
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
         assert self.retrieval is not None  # _retrieval_embeddings checked it
         report, by_category, _ = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
         snap.metrics.update(report.as_metrics())
         snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
         snap.arrays[keys.HARD_NEGATIVE_GAP] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+        if report.ndcg_k == 10:  # the per-query scores behind retrieval/ndcg@10, paired by the verdict
+            snap.arrays[keys.QUERY_NDCG] = np.asarray(report.ndcg, dtype=np.float64)
         if by_category:
             snap.details[keys.RETRIEVAL_BY_CATEGORY] = by_category
+        return q_emb, d_emb
 
 
 class SnapshotSchedule:

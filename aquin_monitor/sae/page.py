@@ -9,11 +9,15 @@ Sections:
 
 - **Features**: ranked by total activation, with label, frequency, mean and max activation and
   the top 3 texts; clicking a feature's row expands all its kept examples with activations; a box
-  filters the features by label.
+  filters the features by label. 25 rows a page (previous / next), and a cell shows at most 3
+  texts of at most 160 characters (the whole text in its tooltip), so a page of a thousand features
+  over long abstracts stays a few screens tall; every table below is paged the same way.
 - **Co-activation network**: an inline SVG, node size = mean activation, colour = frequency
   (log scale), edges = NPMI above the threshold; clicking a node lists its neighbours with their
   co-activation counts and conditional frequencies.
 - **Diagnostics**: absorption pairs and the most polysemous features, with example texts.
+- **Fit on this corpus** (when given, :func:`~aquin_monitor.sae.quality.corpus_fit`): FVU and cos(x, x̂) on the
+  corpus beside the SAE's own held-out figures and a PCA of equal size, and the out-of-domain warning.
 
 Example:
 
@@ -57,9 +61,11 @@ def page_data(
     title: str = "SAE features",
     polysemy_rows: int = 25,
     merged_rows: int = 50,
+    fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The page's data (JSON-serialisable): the browser, the network and the diagnostics, as they are.
 
+    ``fit``: :func:`~aquin_monitor.sae.quality.corpus_fit`'s result, shown as its ``metrics`` and ``warning``.
     The diagnostics keep the ``polysemy_rows`` features of widest spread and, as ``merged``, the
     ``merged_rows`` flagged features of highest silhouette.
     """
@@ -73,6 +79,7 @@ def page_data(
         "labels": {str(k): v for k, v in labels.items()},
         "network": None,
         "diagnostics": None,
+        "fit": None if fit is None else {"metrics": _finite_or_none(fit["metrics"]), "warning": fit["warning"]},
     }
     if network is not None:
         data["network"] = dataclasses.asdict(network)
@@ -84,6 +91,11 @@ def page_data(
         found["polysemy"] = found["polysemy"][:polysemy_rows]
         data["diagnostics"] = found
     return data
+
+
+def _finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """NaN and infinities as None: the page's JSON block allows no non-finite number."""
+    return {name: float(value) if np.isfinite(value) else None for name, value in metrics.items()}
 
 
 def network_drawing(
@@ -167,6 +179,7 @@ def render_page(
     diagnostics: Diagnostics | None = None,
     *,
     title: str = "SAE features",
+    fit: Mapping[str, Any] | None = None,
 ) -> str:
     """The page as one HTML string.
 
@@ -175,11 +188,12 @@ def render_page(
         network: :func:`~aquin_monitor.sae.network.coactivation_network`' result (section left out if None).
         diagnostics: :func:`~aquin_monitor.sae.diagnose.diagnose`' result (section left out if None).
         title: the page title (escaped).
+        fit: :func:`~aquin_monitor.sae.quality.corpus_fit`'s result (section left out if None).
 
     Returns:
         A complete, self-contained HTML document.
     """
-    data = _script_json(page_data(browser, network, diagnostics, title=title))
+    data = _script_json(page_data(browser, network, diagnostics, title=title, fit=fit))
     return fill_placeholders(PAGE, {"TITLE": html.escape(title), "STYLE": STYLE, "DATA": data, "SCRIPT": SCRIPT})
 
 
@@ -275,9 +289,10 @@ def write_page(
     diagnostics: Diagnostics | None = None,
     *,
     title: str = "SAE features",
+    fit: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write :func:`render_page`'s page to ``path`` atomically (never half-written); returns the path."""
-    atomic_write_text(path, render_page(browser, network, diagnostics, title=title))
+    atomic_write_text(path, render_page(browser, network, diagnostics, title=title, fit=fit))
     return Path(path)
 
 
@@ -288,20 +303,25 @@ PAGE = """<!DOCTYPE html>
 <title>%TITLE%</title><style>%STYLE%</style></head>
 <body>
 <h1 id="title"></h1><p id="summary"></p>
+<section id="fit"><h2>Fit on this corpus</h2><p id="fit-warning" class="warning"></p>
+<table id="fit-table"><thead><tr><th></th><th>this corpus</th><th>SAE's held-out data</th><th>PCA, same k</th></tr></thead><tbody></tbody></table>
+<p id="fit-note"></p></section>
 <nav><a href="#browser">Features</a> · <a href="#network">Co-activation network</a> · <a href="#diagnostics">Diagnostics</a></nav>
 <section id="browser"><h2>Features</h2>
 <p>Ranked by total activation over the corpus. Labels: top c-TF-IDF terms of each feature's top texts against the corpus. Click a row for more examples.</p>
 <label>Filter by label <input id="label-filter" type="search" placeholder="e.g. card"></label> <span id="shown"></span>
+<div class="pager" id="features-pager"></div>
 <table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
 </section>
 <section id="network"><h2>Co-activation network</h2><p id="network-note"></p>
 <div class="net"><div class="graph-box"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg></div>
 <div id="neighbours"><p>Click a node to list its neighbours.</p></div></div></section>
 <section id="diagnostics"><h2>Diagnostics</h2><h3>Absorption pairs</h3><p id="absorption-note"></p>
+<div class="pager" id="absorption-pager"></div>
 <table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
-<h3>Polysemy</h3><p id="polysemy-note"></p>
+<h3>Polysemy</h3><p id="polysemy-note"></p><div class="pager" id="polysemy-pager"></div>
 <table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
-<h3>Merged features (two concepts)</h3><p id="merged-note"></p>
+<h3>Merged features (two concepts)</h3><p id="merged-note"></p><div class="pager" id="merged-pager"></div>
 <table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
 </section>
 <script type="application/json" id="sae-data">%DATA%</script>
@@ -319,7 +339,7 @@ tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
 .net{display:flex;gap:1em;align-items:flex-start}.graph-box{overflow:auto;max-width:760px;max-height:640px;flex:none}#graph{border:1px solid #ddd;background:#fff}
 circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
 line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
-section{margin-top:1.5em}nav a{color:#1a4f8b}
+section{margin-top:1.5em}nav a{color:#1a4f8b}.pager{margin:.4em 0}.pager button{margin:0 .4em}.warning{color:#a40000;font-weight:600}#fit-table{width:auto}
 """  # noqa: E501
 
 # An embedded page template (the page's script): left unwrapped, splitting it could change the JavaScript.
@@ -331,7 +351,12 @@ function el(tag, text, cls){const e=document.createElement(tag); if(text!==undef
 function fmt(x, d){return Number(x).toFixed(d===undefined?3:d);}
 function pct(x){return (100*x).toFixed(2)+'%';}
 function label(f){const l=D.labels[String(f)]; return l&&l.length? l.join(', ') : '—';}
-function textList(items){const ul=el('ul',undefined,'texts'); items.forEach(t=>ul.appendChild(el('li',t))); return ul;}
+// a table cell lists at most 3 texts of at most SHORT characters each (the whole text in its tooltip; a
+// feature row's click shows every example in full): a page of long abstracts stays a page, not a scroll
+const SHORT = 160;
+function textList(items){const ul=el('ul',undefined,'texts');
+  items.slice(0,3).forEach(function(t){const s=String(t), li=el('li', s.length>SHORT? s.slice(0,SHORT).trimEnd()+'…' : s); if(s.length>SHORT) li.title=s; ul.appendChild(li);});
+  return ul;}
 document.getElementById('title').textContent = D.title;
 document.getElementById('summary').textContent = D.n_texts+' texts, '+D.num_latents+' features, '+D.features.length+' fired, '+D.dead+' never fired.';
 
@@ -355,14 +380,33 @@ D.features.forEach(function(f, rank){
   });
   body.appendChild(tr); body.appendChild(more);
 });
+// a long table shows PAGE rows at a time (the rest hidden, not removed) under previous/next buttons
+const PAGE = 25;
+function pager(id, what, show){
+  const box = document.getElementById(id), prev = el('button', '◀ previous'), next = el('button', 'next ▶'), info = el('span');
+  prev.type = next.type = 'button'; box.appendChild(prev); box.appendChild(info); box.appendChild(next);
+  let page = 0, rows = [];
+  function draw(){
+    const pages = Math.max(1, Math.ceil(rows.length/PAGE)); page = Math.max(0, Math.min(page, pages-1));
+    rows.forEach((r, i)=>show(r, i >= page*PAGE && i < (page+1)*PAGE));
+    info.textContent = what+' '+(rows.length? page*PAGE+1 : 0)+'–'+Math.min(rows.length, (page+1)*PAGE)+' of '+rows.length+' (page '+(page+1)+' of '+pages+')';
+    prev.disabled = page === 0; next.disabled = page >= pages-1; box.hidden = rows.length <= PAGE;
+  }
+  prev.addEventListener('click', ()=>{page--; draw();}); next.addEventListener('click', ()=>{page++; draw();});
+  return function(list){rows = list; page = 0; draw();};
+}
 const filter = document.getElementById('label-filter');
+const featurePages = pager('features-pager', 'features', function(tr, visible){
+  tr.hidden = !visible; if(!visible){tr.nextElementSibling.hidden = true; tr.classList.remove('open');}
+});
 function applyFilter(){
-  const q = filter.value.trim().toLowerCase(); let shown = 0;
+  const q = filter.value.trim().toLowerCase(), keep = [];
   body.querySelectorAll('tr.feature').forEach(function(tr){
-    const keep = !q || tr.dataset.label.indexOf(q) >= 0; tr.hidden = !keep; if(keep) shown++;
-    const more = tr.nextElementSibling; if(!keep) {more.hidden = true; tr.classList.remove('open');}
+    if(!q || tr.dataset.label.indexOf(q) >= 0) keep.push(tr);
+    else {tr.hidden = true; tr.nextElementSibling.hidden = true; tr.classList.remove('open');}
   });
-  document.getElementById('shown').textContent = shown+' of '+D.features.length+' features shown';
+  featurePages(keep);
+  document.getElementById('shown').textContent = keep.length+' of '+D.features.length+' features match';
 }
 filter.addEventListener('input', applyFilter); applyFilter();
 
@@ -406,23 +450,37 @@ else {
   });
 }
 
+// ---------------------------------------------------------------- fit on this corpus
+const F = D.fit;
+if(!F){ document.getElementById('fit').hidden = true; }
+else {
+  const M = F.metrics, fb = document.querySelector('#fit-table tbody');
+  function cell(name){return M[name]===undefined||M[name]===null? '—' : fmt(M[name]);}
+  [['FVU', 'sae/fvu', 'sae/held_out/fvu', 'sae/pca/fvu'], ['cos(x, x̂)', 'sae/cosine', 'sae/held_out/cosine', 'sae/pca/cosine']].forEach(function(row){
+    const r = el('tr'); r.appendChild(el('th', row[0])); row.slice(1).forEach(n=>r.appendChild(el('td', cell(n), 'num'))); fb.appendChild(r);});
+  document.getElementById('fit-warning').textContent = F.warning || '';
+  document.getElementById('fit-note').textContent = 'PCA: '+M['sae/pca/n_components']+' principal components fitted on this corpus (the best rank-k linear reconstruction of it). Held-out: the SAE\'s quality.json ('+(M['sae/held_out/fvu']===undefined? 'absent' : 'retrieval kept '+cell('sae/held_out/retrieval/kept_ndcg@10'))+'). Definitions: docs/metrics.md.';
+}
+
 // ---------------------------------------------------------------- diagnostics
 const G = D.diagnostics;
 if(!G){ document.getElementById('diagnostics').hidden = true; }
 else {
   document.getElementById('absorption-note').textContent = G.absorption.length+' ordered pairs (A, B) where B fires on at least '+pct(G.threshold)+' of the texts A fires on.';
-  const ab = document.querySelector('#absorption tbody');
+  const ab = document.querySelector('#absorption tbody'), pairs = [];
   G.absorption.forEach(function(p){const r = el('tr');
     [p.source, label(p.source), p.target, label(p.target), pct(p.probability), p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
-    const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r);});
+    const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r); pairs.push(r);});
+  pager('absorption-pager', 'pairs', (r, visible)=>{r.hidden = !visible;})(pairs);
   document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first. Merged: a 2-means split of its top texts with a high silhouette.';
-  function polysemyRows(selector, rows){const tb = document.querySelector(selector);
+  function polysemyRows(selector, rows, pagerId){const tb = document.querySelector(selector), made = [];
     rows.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
       [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.silhouette), p.merged? 'yes' : 'no'].forEach(x=>r.appendChild(el('td',x)));
-      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r);});}
-  polysemyRows('#polysemy tbody', G.polysemy);
+      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r); made.push(r);});
+    pager(pagerId, 'features', (r, visible)=>{r.hidden = !visible;})(made);}
+  polysemyRows('#polysemy tbody', G.polysemy, 'polysemy-pager');
   document.getElementById('merged-note').textContent = G.merged.length+' features (highest silhouette first) whose top texts split into two groups with a silhouette of at least '+G.silhouette_threshold+'; examples of each side.';
-  polysemyRows('#merged tbody', G.merged);
+  polysemyRows('#merged tbody', G.merged, 'merged-pager');
 }
 })();
 """  # noqa: E501

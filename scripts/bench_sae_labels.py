@@ -160,14 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     encode = encoder()
     unseen = unseen_corpus(encode)
     shipped = shipped_features(encode)
-    print("| labels | features | first term in ≥ half | support, first term | support, any term | label AUC | cohesion |")
+    print(
+        "| labels | features | first term in ≥ half | support, first term | support, any term | label AUC | cohesion |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(row("shipped features.json, c-TF-IDF (before)", shipped["before"]))
     print(row("shipped features.json, key phrases (after)", shipped["after"]))
     for part in ("in-sample", "held-out"):
         print(row(f"unseen SNLI, c-TF-IDF (before), {part}", unseen[f"before {part}"]))
         print(row(f"unseen SNLI, key phrases (after), {part}", unseen[f"after {part}"]))
-    print(f"key phrases for {unseen['features']} features of {unseen['n_texts']} texts: {unseen['keyphrase_seconds']} s")
+    print(
+        f"key phrases for {unseen['features']} features of {unseen['n_texts']} texts: {unseen['keyphrase_seconds']} s"
+    )
     for example in unseen["examples"]:
         print(f"  {example['feature']:>5}  {', '.join(example['before']):<40} -> {', '.join(example['after'])}")
     if args.json:

@@ -68,7 +68,9 @@ def test_label_auc_and_cohesion_against_scikit_learn_and_numpy():
     expected = mean_pairwise_cosine(x[:3]) - mean_pairwise_cosine(x[random_rows])
     assert good.cohesion == pytest.approx(expected) and good.cohesion > 0
     summary = summarise([good, bad])
-    assert summary["share_first_term_in_half"] == 0.5 and summary["auc_median"] == pytest.approx((good.auc + bad.auc) / 2, abs=1e-4)
+    assert summary["share_first_term_in_half"] == 0.5 and summary["auc_median"] == pytest.approx(
+        (good.auc + bad.auc) / 2, abs=1e-4
+    )
     # without an encoder: no AUC, the rest is the same
     (plain, _) = score_labels(labels, top, x, texts, random_rows=random_rows)
     assert plain.auc is None and plain.support_first == 1.0 and summarise([plain])["auc_median"] is None
@@ -182,7 +184,10 @@ def test_absorption_by_base_rate_is_listed_but_not_flagged():
         assert pair.q_value == pytest.approx(q[key])
     # lift 1.67 < 2: by default not flagged; a lower bar flags it once q allows
     assert not real.flagged
-    again = {(p.source, p.target): p for p in absorption_pairs(scipy.sparse.csr_matrix(z), ["t"] * n, min_support=5, min_lift=1.5, alpha=0.5)}
+    again = {
+        (p.source, p.target): p
+        for p in absorption_pairs(scipy.sparse.csr_matrix(z), ["t"] * n, min_support=5, min_lift=1.5, alpha=0.5)
+    }
     assert again[(1, 2)].flagged == (q[(1, 2)] <= 0.5) and not again[(1, 0)].flagged
     assert [p.flagged for p in pairs] == sorted([p.flagged for p in pairs], reverse=True)
 

@@ -339,7 +339,9 @@ def polysemy(
             nulls[len(rows)] = random_set_null(pool, len(rows), draws=null_draws, seed=seed + 7919 * len(rows))
         null_spread, null_silhouette = nulls[len(rows)]
         x = vectors[np.searchsorted(needed, rows)]
-        spread, split, score = two_means_split(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), seed + j)
+        spread, split, score = two_means_split(
+            x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), seed + j
+        )
         sizes = (int((split == 0).sum()), int((split == 1).sum()))
         p_null = float((1 + np.sum(null_silhouette >= score - 1e-12)) / (1 + len(null_silhouette)))
         results.append(

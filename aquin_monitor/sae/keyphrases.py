@@ -20,8 +20,8 @@ For one feature with top texts ``T`` (``m`` of them) and corpus embeddings whose
    a run inside a chosen term (or the frame) or hold one.
 
 The label is the frame (if any) and then the chosen terms, ``top_terms`` in all; when fewer candidates
-than that reach ``min_share``, the rest come from those held by ``fill_share`` of ``T`` (2 texts at least). Nothing is downloaded:
-the embeddings are those of the model that the SAE reads, called once for all candidates.
+than that reach ``min_share``, the rest come from those held by ``fill_share`` of ``T`` (2 texts at least).
+Nothing is downloaded: the embeddings are those of the model that the SAE reads, called once for all candidates.
 
 Example (a toy encoder: one axis per word):
 
@@ -180,7 +180,7 @@ def keyphrase_labels(
     where = {p: k for k, p in enumerate(phrases)}
     mean = corpus_centre(embeddings, sample=corpus_sample, seed=seed) if centre is None else np.asarray(centre)
     member_vectors = _unit(gather_rows(embeddings, np.asarray(rows, dtype=np.int64)))
-    labels = []
+    labels: list[list[str]] = []
     for c, support in zip(members, supports):
         if not c:
             labels.append([])

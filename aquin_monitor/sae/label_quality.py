@@ -157,7 +157,8 @@ def score_labels(
     features = list(labels)
     phrases = [label_phrase(labels[j]) for j in features]
     label_vectors = encode([p or "-" for p in phrases]) if encode is not None and features else None
-    needed = np.unique(np.concatenate([np.asarray(top_rows[j], dtype=np.int64) for j in features] or [[]]))
+    parts = [np.asarray(top_rows[j], dtype=np.int64) for j in features]
+    needed = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     needed_vectors = gather_rows(embeddings, needed.astype(np.int64))
     scores = []
     for i, j in enumerate(features):

@@ -223,3 +223,19 @@ def test_polysemy_null_flags_the_planted_feature_only():
     # with the null switched to "any split passes" (alpha = 1), only the silhouette bar remains
     loose = diagnose(z, x, texts, top=20, alpha=1.0)
     assert {p.feature for p in loose.polysemy if p.merged} >= {9}
+
+
+def test_independent_features_give_no_flag_however_many_pairs_pass_the_bar():
+    """Null: 30 independent features firing on 2–97 % of 2,000 texts. Many pairs reach P(B | A) ≥ 0.9 through a
+    dense B; none is flagged (BH controls the chance of any false flag at alpha under this complete null)."""
+    rng = np.random.default_rng(4)
+    rates = np.linspace(0.02, 0.97, 30)
+    z = (rng.uniform(size=(2000, 30)) < rates).astype(np.float32)
+    pairs = absorption_pairs(scipy.sparse.csr_matrix(z), ["t"] * 2000)
+    assert len(pairs) > 50
+    assert not any(p.flagged for p in pairs)
+    assert max(p.lift for p in pairs) < 1.2
+    # one planted implication: 3 now fires only where 10 does (3 on ~4 % of texts, 10 on ~35 %: lift ~2.9)
+    z[:, 3] = z[:, 3] * z[:, 10]
+    flagged = [(p.source, p.target) for p in absorption_pairs(scipy.sparse.csr_matrix(z), ["t"] * 2000) if p.flagged]
+    assert (3, 10) in flagged and len(flagged) == 1

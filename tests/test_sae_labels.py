@@ -239,3 +239,26 @@ def test_independent_features_give_no_flag_however_many_pairs_pass_the_bar():
     z[:, 3] = z[:, 3] * z[:, 10]
     flagged = [(p.source, p.target) for p in absorption_pairs(scipy.sparse.csr_matrix(z), ["t"] * 2000) if p.flagged]
     assert (3, 10) in flagged and len(flagged) == 1
+
+
+def test_p_value_bounds_only_raise_q():
+    """Over many co-firing pairs the unlisted pairs' p-values are Chernoff–Hoeffding bounds: each bound is at least
+    scipy's exact tail, and the listed pairs' q can only grow (BH is monotone in the other p-values)."""
+    rng = np.random.default_rng(6)
+    z = (rng.uniform(size=(400, 25)) < np.linspace(0.03, 0.9, 25)).astype(np.float32)
+    z[:, 2] = z[:, 2] * z[:, 20]
+    matrix = scipy.sparse.csr_matrix(z)
+    exact = {(p.source, p.target): p for p in absorption_pairs(matrix, ["t"] * 400, min_support=5)}
+    bounded = {(p.source, p.target): p for p in absorption_pairs(matrix, ["t"] * 400, min_support=5, exact_limit=0)}
+    assert exact.keys() == bounded.keys() and (2, 20) in exact
+    for key, pair in exact.items():
+        assert bounded[key].p_value == pytest.approx(pair.p_value)  # listed pairs stay exact
+        assert bounded[key].q_value >= pair.q_value - 1e-12
+    c = z.T @ z
+    n_i = np.diag(c)
+    a, b = np.nonzero(~np.eye(25, dtype=bool) & (c > 0))
+    from aquin_monitor.sae.diagnose import co_firing_p_values
+
+    tail = hypergeom.sf(c[a, b] - 1, 400, n_i[b], n_i[a])
+    bound = co_firing_p_values(c[a, b], n_i[a], n_i[b], 400, exact=np.zeros(len(a), dtype=bool))
+    assert (bound >= tail - 1e-12).all() and (bound < 1).any()

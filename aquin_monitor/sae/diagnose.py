@@ -309,7 +309,7 @@ def two_means_split(unit: np.ndarray, seed: int) -> tuple[float, np.ndarray, flo
     return _mean_pairwise_distance(distances), split, silhouette(distances, split)
 
 
-def random_set_null(pool: np.ndarray, size: int, *, draws: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_set_null(pool: np.ndarray, size: int, *, draws: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Spreads and 2-means silhouettes of ``draws`` random sets of ``size`` rows of ``pool`` (unit rows): what
     :func:`two_means_split` reads off texts that share nothing but the corpus."""
     rng = np.random.default_rng(seed)
@@ -330,7 +330,7 @@ def polysemy(
     silhouette_threshold: float = 0.5,
     baseline_samples: int = 500,
     seed: int = 0,
-    null_draws: int = 200,
+    null_draws: int = 100,
     alpha: float = 0.05,
 ) -> tuple[list[Polysemy], float]:
     """Polysemy of every feature with at least ``min_examples`` firing texts.

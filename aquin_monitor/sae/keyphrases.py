@@ -19,8 +19,9 @@ For one feature with top texts ``T`` (``m`` of them) and corpus embeddings whose
    ``(1 − diversity)·relevance − diversity·max cos(e_c, e_chosen)``, skipping a candidate whose words are
    a run inside a chosen term (or the frame) or hold one.
 
-The label is the frame (if any) and then the chosen terms, ``top_terms`` in all; when fewer candidates
-than that reach ``min_share``, the rest come from those held by ``fill_share`` of ``T`` (2 texts at least).
+The label is the frame (if any) and then the chosen terms, ``top_terms`` in all, most shared first. MMR picks
+first among candidates held by ``majority_share`` (half) of ``T``, then by ``min_share``, then (when fewer
+than ``top_terms`` reach it) by ``fill_share`` of ``T`` (2 texts at least).
 Nothing is downloaded: the embeddings are those of the model that the SAE reads, called once for all candidates.
 
 Example (a toy encoder: one axis per word):
@@ -136,6 +137,7 @@ def keyphrase_labels(
     encode: Callable[[list[str]], np.ndarray],
     *,
     top_terms: int = 3,
+    majority_share: float = 0.5,
     min_share: float = 0.3,
     fill_share: float = 0.2,
     template_share: float = 0.6,
@@ -153,6 +155,7 @@ def keyphrase_labels(
         embeddings: the corpus embeddings by row (the class members and a random sample are read).
         encode: the model's encoder (phrases in, ``[n, d]`` out), called once with every candidate.
         top_terms: terms per label, the frame included.
+        majority_share: candidates held by this share of the texts are picked first.
         min_share: least share of a class's texts holding a candidate.
         fill_share: when fewer than ``top_terms`` candidates reach ``min_share``, the rest of the label is
             picked (the same way) among candidates held by at least this share (and 2 texts).
@@ -188,9 +191,11 @@ def keyphrase_labels(
         frame = template_frame([local[i] for i in c], min_share=template_share)
         centre = member_vectors[[order[i] for i in c]].mean(axis=0) - mean
         chosen = [frame] if frame else []
-        for tier in ([p for p, share in support.items() if share >= min_share - 1e-9], list(support)):
+        for least in (majority_share, min_share, 0.0):
+            tier = [p for p, share in support.items() if share >= least - 1e-9]
             chosen = _choose_terms(chosen, tier, phrase_vectors, where, centre, mean, top_terms, diversity)
-        labels.append(chosen)
+        terms = sorted(chosen[1 if frame else 0 :], key=lambda p: -support[p])  # stable: MMR order among equals
+        labels.append(([frame] if frame else []) + terms)
     return labels
 
 

@@ -456,7 +456,7 @@ class MonitoredLoss(nn.Module):
 
     Example::
 
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from aquin_monitor.capture import monitored
         loss = monitored(MultipleNegativesRankingLoss(model))
         trainer = SentenceTransformerTrainer(model=model, loss=loss, callbacks=[TrainerEmbeddingMonitor()], ...)
@@ -489,7 +489,10 @@ class MonitoredLoss(nn.Module):
         self._gather = bool(getattr(inner, "gather_across_devices", False))
         if _owns(inner, "distance_metric"):
             original = inner.distance_metric
-            from sentence_transformers.losses import TripletDistanceMetric
+            try:  # sentence-transformers >= 6 (the old path warns that it is deprecated)
+                from sentence_transformers.sentence_transformer.losses import TripletDistanceMetric
+            except ImportError:
+                from sentence_transformers.losses import TripletDistanceMetric  # type: ignore[no-redef]
 
             cosine = original is TripletDistanceMetric.COSINE
             distances: list[torch.Tensor] = []
@@ -626,7 +629,7 @@ def monitored(loss: nn.Module, tap: ContrastiveTap | None = None) -> MonitoredLo
         ::
 
             >>> import torch, torch.nn.functional as F
-            >>> from sentence_transformers.losses import MultipleNegativesRankingLoss
+            >>> from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
             >>> from aquin_monitor.encoders import load_model
             >>> from aquin_monitor.signals.contrastive import finalize
             >>> model = load_model(device="cpu").train()

@@ -83,8 +83,9 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     runner = SnapshotRunner(
         probe,
         batch_size=args.batch_size,
-        umap=not args.no_umap,
+        umap=_inspect_needs_umap(args),
         show_progress=args.progress,
+        announce=args.progress,
         max_attention_texts=args.attention_texts,
     )
     snap = runner.take(
@@ -107,6 +108,14 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
         result["umap"] = {"ids": probe.ids, "labels": probe.labels, "coordinates": snap.arrays["umap"]}
     emit(result, args.json, _metrics_table(snap.metrics))
     return result
+
+
+def _inspect_needs_umap(args: argparse.Namespace) -> bool:
+    """The UMAP layout (the slowest step of a small inspect) only where something shows it: the JSON
+    (``--json``) or the report's figure (``--run-dir``); ``--umap`` forces it, ``--no-umap`` skips it."""
+    if args.no_umap:
+        return False
+    return bool(args.umap or args.json is not None or args.run_dir)
 
 
 def _inspect_store(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,6 +235,7 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     from .encoders import check_model
     from .snapshot_record import diff
     from .snapshot_runner import SnapshotRunner
+    from .verdict import retrieval_verdict
 
     probe = _usable_probe(read_probe(args.probe))
     retrieval = _read_pairs(args.pairs) if args.pairs else None
@@ -234,7 +244,9 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     note(probe.summary())
     if retrieval is not None:
         note(retrieval.summary())
-    runner = SnapshotRunner(probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress)
+    runner = SnapshotRunner(
+        probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress, announce=args.progress
+    )
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(
         _cached_model(args.base, args, None), 0, tag="base", model_name=args.base, diff_against_history=False
@@ -249,6 +261,8 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     change = diff(before, after, name="base")
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
+    # with --pairs: did retrieval get better, per query, with its interval (printed first, kept under "verdict")
+    verdict = retrieval_verdict(before, after, seed=runner.seed, names=(args.base, args.other))
     result = {
         "command": "diff",
         "base": {"model": args.base, "metrics": before.metrics},
@@ -257,7 +271,15 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    emit(result, args.json, _metrics_table(metrics))
+    lines = _metrics_table(metrics)
+    if verdict is not None:
+        result["verdict"] = verdict.as_record()
+        lines = [verdict.sentence, ""] + lines
+    if "drift/p_value" in metrics:
+        from .signals.two_sample import drift_test_sentence
+
+        lines += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
+    emit(result, args.json, lines)
     return result
 
 
@@ -501,8 +523,17 @@ def _format_value(value: Any) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any], indent: str = "") -> list[str]:
+    """One line per metric: name, value and what it measures (:func:`~aquin_monitor.metric_registry.metric_meaning`;
+    nothing for a name the registry does not declare)."""
+    from .metric_registry import metric_meaning
+
     width = max((len(name) for name in metrics), default=0)
-    return [f"{indent}{name:<{width}}  {_format_value(value)}" for name, value in metrics.items()]
+    values = {name: _format_value(value) for name, value in metrics.items()}
+    value_width = max((len(value) for value in values.values()), default=0)
+    return [
+        f"{indent}{name:<{width}}  {value:<{value_width}}  {metric_meaning(name)}".rstrip()
+        for name, value in values.items()
+    ]
 
 
 def _category_table(by_category: dict[str, dict[str, float]]) -> list[str]:
@@ -618,7 +649,13 @@ def _add_inspect(commands: Any, parents: list[CommandParser]) -> None:
         metavar="N",
         help="with --store: rows (seeded sample) for the signals without a streaming form (default 10000)",
     )
-    inspect.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
+    umap = inspect.add_mutually_exclusive_group()
+    umap.add_argument(
+        "--umap",
+        action="store_true",
+        help="compute the 2-D UMAP layout even without --json or --run-dir (default: only for them, which show it)",
+    )
+    umap.add_argument("--no-umap", action="store_true", help="skip the UMAP projection, even with --json/--run-dir")
     inspect.add_argument(
         "--attention-texts",
         type=positive_int,

@@ -738,7 +738,7 @@ def encode(
         batch_size: Texts per forward pass.
         show_progress: Show a progress bar.
         desc: Label the bar with this (e.g. ``"Encoding queries"``), counting texts: the texts are then
-            encoded in chunks of ``16 * batch_size``, each one ``model.encode`` call (numbers equal up
+            encoded in chunks of ``4 * batch_size``, each one ``model.encode`` call (numbers equal up
             to float rounding: ``encode`` groups texts by length within a call). None: ``encode``'s own
             unlabelled bar over one call.
 
@@ -759,7 +759,7 @@ def encode(
     """
     texts = _as_text_list(texts)
     labelled = show_progress and desc is not None and len(texts) > 0
-    chunk = 16 * batch_size if labelled else max(len(texts), 1)
+    chunk = 4 * batch_size if labelled else max(len(texts), 1)
     bar = None
     if labelled:
         from tqdm.auto import tqdm

@@ -383,6 +383,20 @@ def _drift() -> tuple[MetricSpec, ...]:
             (0.0, 2.0),
         ),
         drift("score", "overall drift from the reference (0 = none, 1 = unrelated geometry)", "[0, 1]", None, FRACTION),
+        drift(
+            "p_value",
+            "two-sample test: chance that re-sampling the probe alone moves the space this much (small = it moved)",
+            "probability",
+            None,
+            FRACTION,
+        ),
+        drift(
+            "mmd2",
+            "two-sample test statistic: MMD² between similarity profiles before and after (about 0 = no move)",
+            "squared kernel distance",
+            None,
+            (-1.0, 2.0),
+        ),
         drift("rank_improved_fraction", ranks.format("improved"), "fraction", True, FRACTION),
         drift("rank_worsened_fraction", ranks.format("worsened"), "fraction", False, FRACTION),
         drift(
@@ -396,6 +410,45 @@ def _drift() -> tuple[MetricSpec, ...]:
         drift("delta/ndcg@10", "retrieval/ndcg@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/mrr@10", "retrieval/mrr@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/recall@10", "retrieval/recall@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
+    )
+
+
+def _verdict() -> tuple[MetricSpec, ...]:
+    """``verdict/<name>`` (this snapshot against the base) and ``verdict/previous/<name>`` (against the previous
+    snapshot): :mod:`aquin_monitor.verdict`."""
+    against = {"": "the base model", "previous/": "the previous snapshot"}
+    change = "change of a fraction, in [−1, 1]"
+    kinds = (
+        ("ndcg@10_delta", "mean change of per-query NDCG@10 against {}", change, True, (-1.0, 1.0)),
+        (
+            "ci_low",
+            "lower end of the 95 % paired bootstrap interval of that change (above 0: got better)",
+            change,
+            None,
+            (-1.0, 1.0),
+        ),
+        ("ci_high", "upper end of that interval (below 0: got worse)", change, None, (-1.0, 1.0)),
+        ("queries_better", "queries whose NDCG@10 rose against {}", "queries", True, NON_NEGATIVE),
+        ("queries_worse", "queries whose NDCG@10 fell against {}", "queries", False, NON_NEGATIVE),
+        ("queries_unchanged", "queries whose NDCG@10 stayed the same against {}", "queries", None, NON_NEGATIVE),
+        (
+            "direction",
+            "+1 retrieval got better, −1 worse, 0 no detectable change (the interval holds 0)",
+            "sign",
+            True,
+            (-1.0, 1.0),
+        ),
+    )
+    return tuple(
+        MetricSpec(
+            name=f"verdict/{prefix}{name}",
+            meaning=meaning.format(reference),
+            unit=unit,
+            higher_is_better=better,
+            bounds=bounds,
+        )
+        for prefix, reference in against.items()
+        for name, meaning, unit, better, bounds in kinds
     )
 
 
@@ -439,6 +492,7 @@ METRICS: tuple[MetricSpec, ...] = (
     + _layers_and_attention()
     + _retrieval()
     + _drift()
+    + _verdict()
     + _sae()
 )
 

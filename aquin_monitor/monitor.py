@@ -607,10 +607,33 @@ class StepMonitor:
             self.snapshot(model, step)
 
     def end(self, model: torch.nn.Module | None, step: int) -> None:
-        """Training ended at ``step``: the last snapshot (unless one was taken at this step), then :meth:`close`."""
+        """Training ended at ``step``: the last snapshot (unless one was taken at this step), then :meth:`close`,
+        then the run's retrieval verdict in one line on stdout (:meth:`say_verdict`)."""
         if self.snapshots is not None and model is not None and self.snapshots.at_end(step):
             self.snapshot(model, step)
         self.close()
+        self.say_verdict()
+
+    def say_verdict(self) -> str | None:
+        """Print the run's retrieval verdict (:func:`aquin_monitor.verdict.run_verdict`: the one the last
+        snapshot recorded against the base, or why there is none and how to get one), on the rank that
+        writes; returns the sentence (None on the other ranks). Never raises (``strict`` re-raises)."""
+        if not (self.warn and self.sinks):
+            return None
+        try:
+            from .verdict import run_verdict
+
+            runner = self.snapshots.runner if self.snapshots is not None else None
+            taken = []  # the base and the last snapshot, once each
+            if runner is not None and runner.base is not None:
+                last = runner.previous
+                taken = [runner.base] if last is None or last is runner.base else [runner.base, last]
+            sentence, _ = run_verdict(taken)
+            print(f"aquin-monitor: {sentence}", flush=True)
+            return sentence
+        except Exception as exc:  # noqa: BLE001 - a message is not worth the end of a run
+            report_failure("printing the retrieval verdict", exc, strict=self.strict, outcome="is skipped")
+            return None
 
     def log_evaluation(self, metrics: dict, step: int) -> None:
         """The trainer's own evaluation metrics at ``step`` (HF's ``eval_*``, Lightning's validation

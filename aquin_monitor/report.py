@@ -7,7 +7,10 @@ What it reads (every piece optional; a missing or broken piece becomes a note in
     RUN_DIR/snapshots/<step>/snapshot.json    {"step", "tag": "base"|"checkpoint", "model", "metrics", "details"}
     RUN_DIR/snapshots/<step>/arrays.npz       arrays for the figures (see :mod:`aquin_monitor.plots`)
 
-What it writes: a header (model, steps, alarm counts), a before/after table of the retrieval and
+What it writes: on the first line, the run's retrieval verdict (did retrieval get better from the base
+model to the last snapshot: NDCG@10 per query, paired bootstrap interval, queries better / worse, as
+:mod:`aquin_monitor.verdict` recorded it; or why there is none and how to give a retrieval set), then a
+header (model, steps, alarm counts), a before/after table of the retrieval and
 geometry metrics across every snapshot (change against the base, and a one-line meaning of each
 metric), the training timeline (loss; positive / negative similarity, hardest negative, gap and
 in-batch accuracy; learning rate; total gradient norm; gradient-norm heatmap; alarms table), then
@@ -51,11 +54,13 @@ from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
 from aquin_monitor.metric_registry import metric_meaning
+from aquin_monitor.signals.two_sample import drift_test_sentence
 from aquin_monitor.snapshot_record import (
     SNAPSHOT_FAMILIES,
     SnapshotView,
     recover_snapshots,
 )
+from aquin_monitor.verdict import run_verdict
 
 __all__ = [
     "RunDirectoryError",
@@ -414,7 +419,7 @@ def _header(run: Run) -> str:
             "; counted from alarm/&lt;kind&gt; keys of metrics.jsonl)" if run.training_rows else ": not recorded)"
         )
     facts = [
-        ("Model", _escape(run.model or "unknown (no snapshot names it)")),
+        ("Model", _escape(run.model or "unknown (no snapshot names it: SnapshotRunner(..., model_name=...) does)")),
         ("Run directory", f"<code>{_escape(run.directory.resolve())}</code>"),
         ("Training", _escape(step_text)),
         (
@@ -436,6 +441,25 @@ def _header(run: Run) -> str:
         )
     rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
     return f'<header id="summary"><h1>aquin-monitor report</h1><table class="facts">{rows}</table></header>'
+
+
+def _verdict_line(run: Run) -> str:
+    """The report's first line: the run's retrieval verdict (:func:`aquin_monitor.verdict.run_verdict`), as
+    the last snapshot recorded it against the base, with the change since the previous snapshot under it;
+    without one, why there is none and how to get one."""
+    sentence, direction = run_verdict(run.snapshots)
+    css = "none" if direction is None else {1: "better", -1: "worse"}.get(direction, "same")
+    since_previous = ""
+    for snapshot in reversed(run.snapshots):
+        verdicts = snapshot.details.get(keys.VERDICT)
+        if isinstance(verdicts, dict) and isinstance(verdicts.get("base"), dict):
+            previous = verdicts.get("previous")
+            if isinstance(previous, dict) and isinstance(previous.get("sentence"), str):
+                since_previous = (
+                    f'<p class="verdict-previous">Since the previous snapshot: {_escape(previous["sentence"])}</p>'
+                )
+            break
+    return f'<div id="verdict" class="verdict {css}"><p>{_escape(sentence)}</p>{since_previous}</div>'
 
 
 def _problems_section(run: Run) -> str:
@@ -544,12 +568,13 @@ def _metrics_tables(snapshot: SnapshotView, base: SnapshotView | None) -> str:
         names = grouped.get(group)
         if not names:
             continue
-        headers = ["metric", "value"] + (["Δ vs base"] if compare and group != "drift" else [])
+        against_base = compare and group not in ("drift", "verdict")  # those are measured against a reference
+        headers = ["metric", "value"] + (["Δ vs base"] if against_base else [])
         rows = []
         for name in names:
             value = snapshot.metrics[name]
             row = [_metric_cell(name), _format_number(value)]
-            if compare and group != "drift":
+            if against_base:
                 assert base is not None  # compare implies it
                 delta, css = _format_delta(value, base.metrics.get(name))
                 row.append(f'<span class="delta {css}">{delta or "—"}</span>')
@@ -727,8 +752,15 @@ def _details_html(snapshot: SnapshotView) -> str:
     return "".join(parts)
 
 
+#: Gained / lost SAE features shown in a table; the rest of the list folds away under a ``<details>``.
+SAE_MOVERS_SHOWN = 5
+
+
 def _sae_movers_html(details: Mapping[str, Any]) -> str:
-    """The base SAE's features that fire more (gained) or less (lost) often than on the base model."""
+    """The base SAE's features that fire more (gained) or less (lost) often than on the base model:
+    labelled, with the texts they fire on before → after, the top :data:`SAE_MOVERS_SHOWN` in a table
+    and the rest folded. The support filter is :func:`~aquin_monitor.sae.monitoring.feature_movers`'
+    (its entries say which); snapshots written before it are shown as they are."""
     parts = []
     for key, title in (
         (keys.SAE_GAINED, "SAE features gained against the base model"),
@@ -737,23 +769,44 @@ def _sae_movers_html(details: Mapping[str, Any]) -> str:
         movers = [item for item in details.get(key) or [] if isinstance(item, dict)]
         if not movers:
             continue
-        rows = [
-            (
-                _escape(item.get("feature", "?")),
-                f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}",
-                f"{_format_number(item.get('mean_activation_before'))} → "
-                f"{_format_number(item.get('mean_activation_after'))}",
-                "<br>".join(
-                    f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []
-                ),
+        headers = ["feature", "label", "texts it fires on", "mean activation", "top texts"]
+        rows = [_sae_mover_row(item) for item in movers]
+        parts.append(f"<h4>{_escape(title)}</h4>" + _sae_movers_note(movers[0], len(movers)))
+        parts.append(_table(headers, rows[:SAE_MOVERS_SHOWN], "metrics"))
+        if len(rows) > SAE_MOVERS_SHOWN:
+            parts.append(
+                f"<details><summary>{len(rows) - SAE_MOVERS_SHOWN} more, by the size of the change</summary>"
+                + _table(headers, rows[SAE_MOVERS_SHOWN:], "metrics")
+                + "</details>"
             )
-            for item in movers
-        ]
-        parts.append(
-            f"<h4>{_escape(title)}</h4>"
-            + _table(["feature", "firing frequency", "mean activation", "top texts"], rows, "metrics")
-        )
     return "".join(parts)
+
+
+def _sae_movers_note(first: Mapping[str, Any], count: int) -> str:
+    """What the gained/lost list holds: its order and, when recorded, the support filter."""
+    text = f"{count} features, largest change in firing frequency first"
+    n_texts, support = first.get("n_texts"), first.get("min_support")
+    if isinstance(n_texts, int) and isinstance(support, int):
+        text += (
+            f"; only features firing on at least {support} of the {n_texts} probe texts on their busier side "
+            "(max(3, 3 % of the probe): smaller changes are noise)"
+        )
+    return _note(text + ". Labels: the SAE's c-TF-IDF terms (features.json).")
+
+
+def _sae_mover_row(item: Mapping[str, Any]) -> tuple[str, ...]:
+    before, after, n_texts = item.get("texts_before"), item.get("texts_after"), item.get("n_texts")
+    if isinstance(before, int) and isinstance(after, int) and isinstance(n_texts, int):
+        support = f"{before} → {after} of {n_texts}"
+    else:  # a snapshot written before the counts were recorded: frequencies
+        support = f"{_format_number(item.get('frequency_before'))} → {_format_number(item.get('frequency_after'))}"
+    return (
+        _escape(item.get("feature", "?")),
+        _escape(item.get("label") or "—"),
+        support,
+        f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
+        "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+    )
 
 
 def _snapshot_section(
@@ -784,6 +837,7 @@ def _snapshot_section(
 
     if not snapshot.is_base:  # the base is what the diffs are measured against
         parts.append("<h3>Diff against the base model</h3>")
+        parts.append(_drift_test_html(snapshot))
         if not any(key in snapshot.arrays for spec in diff_specs for key in spec.needs):
             parts.append(_note("No drift arrays in arrays.npz for this snapshot: no diff figures."))
         else:
@@ -793,6 +847,23 @@ def _snapshot_section(
     parts.append(_details_html(snapshot))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _drift_test_html(snapshot: SnapshotView) -> str:
+    """One plain sentence per two-sample drift test the snapshot logged (against the base, the previous)."""
+    lines = []
+    for reference, label in (("base", "Against the base model"), ("previous", "Against the previous snapshot")):
+        p_value = snapshot.metrics.get(f"drift/{reference}/p_value")
+        statistic = snapshot.metrics.get(f"drift/{reference}/mmd2")
+        if isinstance(p_value, (int, float)) and isinstance(statistic, (int, float)):
+            sentence = drift_test_sentence(float(p_value), float(statistic))
+            lines.append(f"<li>{_escape(label)}: {_escape(sentence)}</li>")
+    if not lines:
+        return ""
+    return f'<ul class="drift-test">{"".join(lines)}</ul>' + _note(
+        "p: how often re-sampling the probe alone (same model, two random halves) moves the space this much; "
+        "its false-alarm rate at 0.05 is calibrated (README, Drift test calibration)."
+    )
 
 
 def _snapshots_section(run: Run) -> str:
@@ -881,6 +952,11 @@ details.long-text[open] > summary .probe { display: none; }
 .delta.up, .delta.down { font-weight: 600; color: #333; } .delta.zero { color: #888; }
 .probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 code { font-size: 12px; }
+.verdict { margin: 14px 0 4px; padding: 8px 12px; border-left: 6px solid #888; background: #f4f6f8; font-size: 17px; }
+.verdict p { margin: 2px 0; } .verdict .verdict-previous { font-size: 13px; color: #444; }
+.verdict.better { border-left-color: #1a9641; background: #eef8ee; }
+.verdict.worse { border-left-color: #d7191c; background: #fdecea; }
+.verdict.none { border-left-color: #f0b400; background: #fff8e1; }
 summary { cursor: pointer; font-size: 14px; margin: 4px 0; }
 """  # noqa: E501
 
@@ -890,6 +966,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
     run = load_run(run_dir)
     title = f"aquin-monitor report: {run.model or run.directory.name}"
     body = [
+        _verdict_line(run),  # the first line: did retrieval get better (issue 25 point 3)
         _contents(run),
         _header(run),
         _problems_section(run),

@@ -6,7 +6,7 @@ listed in :data:`ARRAY_FAMILIES`; a test checks that a real snapshot writes no a
 Ground floor: imports nothing from the package.
 
 >>> PAIR_HIST_COUNTS, SAE_FREQUENCY, ARRAY_FAMILIES["retrieval"]
-('pair_hist_counts', 'sae/frequency', ('first_rank', 'hard_negative_gap'))
+('pair_hist_counts', 'sae/frequency', ('first_rank', 'hard_negative_gap', 'query_ndcg@10'))
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ ATTENTION_ENTROPY_NORMALIZED = "attention_entropy_normalized"
 #: ``[queries]`` float64 rank of each query's first relevant document; float32 hard-negative gap per query.
 FIRST_RANK = "first_rank"
 HARD_NEGATIVE_GAP = "hard_negative_gap"
+#: ``[queries]`` float64 NDCG@10 of each query (NaN for a query without a relevant document): what the verdict pairs.
+QUERY_NDCG = "query_ndcg@10"
 
 # -- drift against the base (written by ``diff``) -------------------------------------------------
 #: Label centroids of both spaces on the base's first two principal axes, and their labels.
@@ -65,7 +67,7 @@ ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
     "probe": (EMBEDDINGS, LABELS, UMAP),
     "geometry": (PAIR_HIST_COUNTS, PAIR_HIST_EDGES, PAIR_HIST_BASELINE, PCA_CUMULATIVE, OOD_SCORE),
     "layers": (LAYER_SIMILARITY, ATTENTION_ENTROPY, ATTENTION_ENTROPY_NORMALIZED),
-    "retrieval": (FIRST_RANK, HARD_NEGATIVE_GAP),
+    "retrieval": (FIRST_RANK, HARD_NEGATIVE_GAP, QUERY_NDCG),
     "drift": (
         CENTROID_BASE_2D,
         CENTROID_NOW_2D,
@@ -92,5 +94,17 @@ DIFF_BASE = "diff_base"
 #: SAE features gained / lost against the base: ``[{"feature", "frequency_before", "frequency_after", "top_texts"}]``.
 SAE_GAINED = "sae/gained"
 SAE_LOST = "sae/lost"
+#: The retrieval verdict against the base and the previous snapshot (:mod:`aquin_monitor.verdict`):
+#: ``{"base": {...}, "previous": {...}}``, each with its sentence and numbers.
+VERDICT = "verdict"
 
-DETAIL_KEYS = (OOD_FLAGGED, ROGUE_DIMENSIONS, FLAGGED_HEADS, RETRIEVAL_BY_CATEGORY, DIFF_BASE, SAE_GAINED, SAE_LOST)
+DETAIL_KEYS = (
+    OOD_FLAGGED,
+    ROGUE_DIMENSIONS,
+    FLAGGED_HEADS,
+    RETRIEVAL_BY_CATEGORY,
+    DIFF_BASE,
+    SAE_GAINED,
+    SAE_LOST,
+    VERDICT,
+)

@@ -32,11 +32,12 @@ from .atomic import abandoned_temporary, atomic_directory
 from .jsonio import to_jsonable
 from .runlock import held_elsewhere
 from .signals.drift import drift_summary, first_rank_change
+from .signals.two_sample import DRIFT_TEST_MIN_TEXTS, drift_test
 
 logger = logging.getLogger(__name__)
 
 #: The metric families of a snapshot (``geometry/anisotropy``, ``drift/base/cka``, ``sae/fvu``, ...).
-SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "sae")
+SNAPSHOT_FAMILIES = ("geometry", "layers", "attention", "retrieval", "drift", "verdict", "sae")
 
 # A snapshot being written (atomic.temporary_name), one written by mkdtemp (earlier versions), a replaced one
 # (atomic.set_aside_name).
@@ -303,24 +304,35 @@ class Diff:
     details: dict[str, Any]
 
 
-def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: int = 20000, seed: int = 0) -> Diff:
+def diff(
+    before: Snapshot,
+    after: Snapshot,
+    *,
+    name: str = "base",
+    max_pairs: int = 20000,
+    seed: int = 0,
+    n_permutations: int = 1000,
+) -> Diff:
     """Rotation-invariant drift from ``before`` to ``after`` under ``drift/<name>/...``.
 
     Every number and array comes from one :func:`aquin_monitor.signals.drift.drift_summary` call
     (linear CKA, k-NN overlap, similarity-distribution shift, anisotropy delta, per-label centroid
     shift after orthogonal Procrustes alignment, the composite drift score) and, when both snapshots
     carry retrieval ranks, :func:`aquin_monitor.signals.drift.first_rank_change`; nothing is
-    recomputed here. Arrays for the figures: the centroids of both spaces on the first two principal
-    axes of ``before`` (``centroid_base_2d`` / ``centroid_now_2d``), the cosines of the pairs the
-    similarity shift sampled, in both spaces (``sim_base_values`` / ``sim_now_values``), and the first
-    relevant ranks before/after.
+    recomputed here. The two-sample test (``drift/<name>/p_value``, ``drift/<name>/mmd2``; probes of at
+    least 6 texts) is one :func:`aquin_monitor.signals.two_sample.drift_test` call, its split and
+    permutations seeded with ``seed``, its R/A/B sizes in ``details["drift_test"]``. Arrays for the
+    figures: the centroids of both spaces on the first two principal axes of ``before``
+    (``centroid_base_2d`` / ``centroid_now_2d``), the cosines of the pairs the similarity shift sampled,
+    in both spaces (``sim_base_values`` / ``sim_now_values``), and the first relevant ranks before/after.
 
     Args:
         before: the reference snapshot (base model or previous checkpoint).
         after: the snapshot of the same probe inputs, row for row.
         name: the reference's name in the metric keys.
         max_pairs: pairs sampled for the similarity distribution.
-        seed: seed of the pair sampler.
+        seed: seed of the pair sampler and of the two-sample test's split and permutations.
+        n_permutations: permutations of the two-sample test's p-value (1000: p resolved to 0.001).
 
     Returns:
         A :class:`Diff` of metrics, figure arrays and per-label details.
@@ -357,6 +369,16 @@ def diff(before: Snapshot, after: Snapshot, *, name: str = "base", max_pairs: in
     for key in ("retrieval/ndcg@10", "retrieval/mrr@10", "retrieval/recall@10", "geometry/anisotropy"):
         if key in before.metrics and key in after.metrics:
             metrics[f"{prefix}/delta/{key.split('/', 1)[1]}"] = after.metrics[key] - before.metrics[key]
+    if x.shape[0] >= DRIFT_TEST_MIN_TEXTS:
+        test = drift_test(x, y, n_permutations=n_permutations, seed=seed)
+        metrics.update(test.as_metrics(prefix))
+        details["drift_test"] = {
+            "n_reference": test.n_reference,
+            "n_before": test.n_before,
+            "n_after": test.n_after,
+            "n_permutations": test.n_permutations,
+            "bandwidth": test.bandwidth,
+        }
     return Diff(metrics, arrays, details)
 
 

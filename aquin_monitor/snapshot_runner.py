@@ -10,6 +10,8 @@ base and previous snapshots, saved under ``<run>/snapshots/<step>/`` and logged 
 from __future__ import annotations
 
 import os
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from .signals.geometry import robust_ood_threshold
 from .signals.neighbours import EXACT_KNN_MAX_POINTS, exact_knn
 from .sinks.base import send_embeddings
 from .snapshot_record import Snapshot, diff, list_snapshots
+from .verdict import verdict_records
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -79,7 +82,9 @@ class SnapshotRunner:
             None (default): :func:`robust_ood_threshold` of the probe's own distances.
         umap: compute 2-D UMAP coordinates (needs ``aquin-monitor[umap]``).
         seed: seeds UMAP and the sampled pairs of the histograms and diffs.
-        show_progress: progress bars while encoding.
+        show_progress: progress bars while encoding (count, total, time left).
+        announce: one line on stderr as each snapshot starts (what it computes) and as it ends (its
+            elapsed time), bars or not: a snapshot in a training run can take minutes.
         model_name: how snapshots (and the report) name the model.
         sae: the *base* model's sparse autoencoder (:func:`aquin_monitor.sae.load_sae`; ``"default"``:
             the one shipped for the bundled all-MiniLM-L6-v2). Each snapshot then logs ``sae/fvu`` (how
@@ -111,6 +116,7 @@ class SnapshotRunner:
         show_progress: bool = False,
         model_name: str = "",
         sae: SparseAutoencoder | str | None = None,
+        announce: bool = True,
     ):
         from .data import ProbeSet
 
@@ -131,11 +137,17 @@ class SnapshotRunner:
         self.umap = umap
         self.seed = seed
         self.show_progress = show_progress
+        self.announce = announce
         self.model_name = model_name
+        #: per-feature labels of the SAE folder's ``features.json`` (the gained/lost tables name features by them)
+        self.sae_labels: list[str | None] | None = None
         if isinstance(sae, str):
             from .sae import load_sae
+            from .sae.labels import feature_labels
 
-            sae = load_sae(sae)
+            loaded = load_sae(sae)
+            self.sae_labels = feature_labels(sae, loaded.num_latents)
+            sae = loaded
         self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
@@ -162,13 +174,37 @@ class SnapshotRunner:
         def inspectable(module: torch.nn.Module) -> torch.nn.Module:
             return merged_copy(cast("SentenceTransformer", module)) if has_lora(module) else module
 
+        started = time.perf_counter()
+        self._say(f"snapshot at step {step} ({tag}): {self.plan()}")
         inspected = model.map(inspectable) if isinstance(model, CachedModel) else inspectable(model)
         snap = self.compute(inspected, step, tag=tag, model_name=model_name or self.model_name)
         if diff_against_history:
             self.attach_diffs(snap)
         if run_dir is not None:
             snap.save(run_dir)
+        self._say(f"snapshot at step {step} ({tag}) done in {time.perf_counter() - started:.1f} s")
         return snap
+
+    def plan(self) -> str:
+        """What a snapshot computes, in words (the line :meth:`take` prints as it starts).
+
+        >>> SnapshotRunner(["a", "b", "c"], umap=False).plan()
+        'probe pass over 3 texts (hidden states, attention of 3)'
+        """
+        n = len(self.probe.texts)
+        steps = [f"probe pass over {n:,} texts (hidden states, attention of {min(n, self.max_attention_texts)})"]
+        if self.umap and n >= 10:
+            steps.append("UMAP layout")
+        if self.retrieval is not None:
+            queries, documents = len(self.retrieval.query_texts()), len(self.retrieval.doc_texts())
+            steps.append(f"retrieval: {queries:,} queries, {documents:,} documents")
+        if self.sae is not None:
+            steps.append(f"SAE of {self.sae.num_latents:,} features")
+        return "; ".join(steps)
+
+    def _say(self, line: str) -> None:
+        if self.announce:
+            print(f"aquin-monitor: {line}", file=sys.stderr, flush=True)
 
     def record(
         self,
@@ -218,7 +254,8 @@ class SnapshotRunner:
         return True
 
     def attach_diffs(self, snap: Snapshot) -> None:
-        """Add the diffs against the base and the previous snapshot to ``snap``; it becomes the previous."""
+        """Add the diffs and the retrieval verdicts (:mod:`aquin_monitor.verdict`) against the base and the
+        previous snapshot to ``snap``; it becomes the previous."""
         if self.base is not None:
             d = diff(self.base, snap, name="base", seed=self.seed)
             snap.metrics.update(d.metrics)
@@ -228,6 +265,10 @@ class SnapshotRunner:
                 snap.details.update(self._sae_movers(self.base, snap))
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+        verdict_metrics, verdicts = verdict_records(snap, self.base, self.previous, seed=self.seed)
+        if verdicts:  # per-query NDCG@10 paired against the base (and the previous snapshot)
+            snap.metrics.update(verdict_metrics)
+            snap.details[keys.VERDICT] = verdicts
         if self.base is None:
             self.base = snap
         self.previous = snap
@@ -278,7 +319,10 @@ class SnapshotRunner:
         from .sae.monitoring import SaeSnapshot, feature_movers
 
         movers = feature_movers(
-            SaeSnapshot.from_arrays(base.arrays), SaeSnapshot.from_arrays(now.arrays), self.probe.texts
+            SaeSnapshot.from_arrays(base.arrays),
+            SaeSnapshot.from_arrays(now.arrays),
+            self.probe.texts,
+            labels=self.sae_labels,
         )
         return {keys.SAE_GAINED: movers["gained"], keys.SAE_LOST: movers["lost"]}
 
@@ -424,6 +468,8 @@ class SnapshotRunner:
         snap.metrics.update(report.as_metrics())
         snap.arrays[keys.FIRST_RANK] = np.asarray(report.first_rank, dtype=np.float64)
         snap.arrays[keys.HARD_NEGATIVE_GAP] = np.asarray(report.hard_negative_gap, dtype=np.float32)
+        if report.ndcg_k == 10:  # the per-query scores behind retrieval/ndcg@10, paired by the verdict
+            snap.arrays[keys.QUERY_NDCG] = np.asarray(report.ndcg, dtype=np.float64)
         if by_category:
             snap.details[keys.RETRIEVAL_BY_CATEGORY] = by_category
 

@@ -201,7 +201,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    try:  # sentence-transformers >= 6 (the old path warns that it is deprecated)
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     from aquin_monitor.callbacks import TrainerEmbeddingMonitor
     from aquin_monitor.capture import monitored
@@ -227,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         sae=sae_choice(args.sae, args.model),
         model_name=f"{name}, {'full fine-tune' if args.full else f'LoRA r={args.lora_rank} on q/k/v'}",
+        announce=not args.no_progress,
     )
     monitor = TrainerEmbeddingMonitor(
         str(out), snapshots=runner, snapshot_every=1, report=False

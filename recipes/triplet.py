@@ -124,7 +124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
-    p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="hide Lightning's progress bar and the snapshots' start/end lines"
+    )
     p.add_argument("--device", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     args = p.parse_args(argv)
     for name in ("batch_size", "snapshot_every", "probe_triplets", "epochs", "max_seq_length"):
@@ -380,7 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         wandb_logger.log_hyperparams(vars(args))  # the run's config: this run's hyperparameters
         loggers.append(wandb_logger)
     runner = SnapshotRunner(
-        probe, batch_size=64, umap=not args.no_umap, seed=args.seed, sae=sae_choice(args.sae, args.model)
+        probe,
+        batch_size=64,
+        umap=not args.no_umap,
+        seed=args.seed,
+        sae=sae_choice(args.sae, args.model),
+        announce=not args.no_progress,
     )
     monitor = LightningEmbeddingMonitor(
         str(out), snapshots=runner, snapshot_every=1, stop_on=args.stop_on, report=False

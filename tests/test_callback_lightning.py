@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import lightning as L
 import pytest
@@ -200,3 +201,65 @@ def test_a_checkpoint_of_an_earlier_version_restores_the_monitor(tiny_mean_model
     state = {"last_step": 7, "detector": None, "gap_history": [], "gap_cooldown_until": -1, "alarms": []}
     call._call_callbacks_load_state_dict(trainer, {"callbacks": {"LightningEmbeddingMonitor": state}})
     assert cb._restored == state
+
+
+def _fit_with_lightning_defaults(module, callback, **trainer_options):
+    """A trainer as the README's snippet builds it: no logger=, no default_root_dir= (unless given)."""
+    torch.manual_seed(0)
+    loader = DataLoader(PAIRS, batch_size=8, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", devices=1, callbacks=[callback], enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1, **trainer_options,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_the_default_logger_and_checkpoints_land_in_the_run_folder(tiny_mean_model, tmp_path, monkeypatch):
+    """Issue 25 point 6: Lightning's default logger wrote ./lightning_logs/ outside the run folder."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "my-run"
+    trainer = _fit_with_lightning_defaults(PairModule(tiny_mean_model), LightningEmbeddingMonitor(str(run)))
+    assert not (tmp_path / "lightning_logs").exists(), sorted(p.name for p in tmp_path.iterdir())
+    version = run / "lightning_logs" / "version_0"
+    assert list(version.glob("events.out.tfevents.*")), sorted(p.name for p in run.rglob("*"))
+    assert list((version / "checkpoints").glob("*.ckpt"))  # ModelCheckpoint follows the logger
+    assert (run / "metrics.jsonl").exists() and trainer.log_dir == str(version)
+
+
+def test_a_logger_or_root_the_user_chose_is_left_alone(tiny_mean_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    _fit_with_lightning_defaults(
+        PairModule(tiny_mean_model), LightningEmbeddingMonitor(str(tmp_path / "run")), default_root_dir=str(root)
+    )
+    assert list((root / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "run" / "lightning_logs").exists()
+    chosen = L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="mine")  # in the working directory, chosen
+    _fit_with_lightning_defaults(
+        PairModule(tiny_mean_model), LightningEmbeddingMonitor(str(tmp_path / "run2")), logger=chosen
+    )
+    assert list((tmp_path / "mine" / "version_0").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "run2" / "lightning_logs").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_only_the_empty_default_folder_is_removed(tmp_path, monkeypatch):
+    from aquin_monitor.callbacks.lightning import remove_empty_log_folder
+
+    pid = os.getpid()
+    ours = tmp_path / "lightning_logs" / "version_1"
+    ours.mkdir(parents=True)
+    (ours / f"events.out.tfevents.1.my.host.{pid}.0").write_bytes(b"")
+    kept = tmp_path / "lightning_logs" / "version_0"  # an earlier run's: stays, and so does the parent
+    kept.mkdir()
+    (kept / f"events.out.tfevents.1.host.{pid + 1}.0").write_bytes(b"x")
+    remove_empty_log_folder(ours)
+    assert not ours.exists() and kept.exists() and (tmp_path / "lightning_logs").exists()
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    (foreign / f"events.out.tfevents.1.host.{pid}.0").write_bytes(b"")
+    (foreign / "hparams.yaml").write_text("a: 1\n")
+    remove_empty_log_folder(foreign)
+    assert sorted(p.name for p in foreign.iterdir())[-1] == "hparams.yaml"
+    remove_empty_log_folder(kept)  # another process's file: stays
+    assert kept.exists()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from aquin_monitor.cli import main
+from aquin_monitor.signals.two_sample import drift_test, drift_test_sentence
 
 PROBE = [
     ("a cat sat on the mat", "animal"),
@@ -302,8 +303,8 @@ def test_inspect_metrics_match_independent_computation(capsys, tmp_path, tiny_me
     assert result["probe"]["n_texts"] == len(PROBE) and result["probe"]["labels"] == ["animal", "finance"]
     assert "umap" not in result  # --no-umap
     metrics = result["metrics"]
-    # the table on stdout lists every metric, one per line
-    table = dict(line.split() for line in out.strip().splitlines())
+    # the table on stdout lists every metric, one per line: name, value, meaning
+    table = dict(line.split()[:2] for line in out.strip().splitlines())
     assert set(table) == set(metrics)
     assert float(table["geometry/anisotropy"]) == pytest.approx(metrics["geometry/anisotropy"], abs=1e-4)
 
@@ -636,6 +637,17 @@ def test_diff_of_a_model_with_itself_is_no_drift(capsys, tmp_path, tiny_mean_mod
     assert metrics["drift/centroid_shift_cosine_max"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["drift/delta/ndcg@10"] == pytest.approx(0.0, abs=1e-9)
     assert "drift/score" in out
+    # the retrieval verdict comes first: every query's NDCG@10 unchanged, so no detectable change
+    verdict = result["verdict"]
+    assert (verdict["delta"], verdict["ci_low"], verdict["ci_high"], verdict["direction"]) == (0.0, 0.0, 0.0, 0)
+    assert verdict["unchanged"] == verdict["queries"] > 0 and verdict["better"] == verdict["worse"] == 0
+    assert out.splitlines()[0] == verdict["sentence"]
+    opening = f"No detectable change in retrieval from {tiny_mean_model} to {tiny_mean_model}: "
+    assert verdict["sentence"].startswith(opening)
+    # the two-sample test of a model against itself compares two random halves of the probe: its sentence is printed
+    assert 0.0 < metrics["drift/p_value"] <= 1.0
+    assert drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"]) in out
+    assert result["details"]["drift_test"]["n_permutations"] == 1000
 
 
 def test_diff_between_two_models_matches_independent_cka(
@@ -652,6 +664,9 @@ def test_diff_between_two_models_matches_independent_cka(
     assert metrics["drift/cka"] == pytest.approx(linear_cka(x, y), abs=1e-5)
     assert metrics["drift/cka"] < 0.99
     assert metrics["drift/score"] == pytest.approx(reference_drift_score(x, y), abs=1e-5)
+    independent = drift_test(x, y, seed=0)  # the diff's test is this call on the runner's embeddings
+    assert metrics["drift/mmd2"] == pytest.approx(independent.statistic, abs=1e-5)
+    assert metrics["drift/p_value"] == pytest.approx(independent.p_value, abs=0.005)
     ux, uy = unit(x), unit(y)
     pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
     shift = np.mean([uy[i] @ uy[j] for i, j in pairs]) - np.mean([ux[i] @ ux[j] for i, j in pairs])
@@ -917,6 +932,31 @@ def test_eval_default_minilm_on_scifact_subset_matches_sentence_transformers(cap
     for k in (1, 5, 10):
         assert metrics[f"retrieval/recall@{k}"] == pytest.approx(expected["recall@k"][k], abs=1e-4)
     assert metrics["retrieval/ndcg@10"] > 0.6  # MiniLM on SciFact: ~0.65 on the full corpus
+
+
+def test_inspect_table_says_what_each_number_means_and_skips_the_unshown_umap(
+    capsys, tmp_path, tiny_mean_model, probe_file, monkeypatch
+):
+    """Issue 25 point 6: the table alone computed a UMAP only --json shows, and printed bare numbers."""
+    import aquin_monitor.snapshot_runner
+    from aquin_monitor.metric_registry import metric_meaning
+
+    layouts = []
+    real_umap = aquin_monitor.snapshot_runner.umap_2d
+    monkeypatch.setattr(aquin_monitor.snapshot_runner, "umap_2d", lambda *a: layouts.append(1) or real_umap(*a))
+    code, out, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--no-progress", "--no-cache")
+    assert code == 0 and layouts == []
+    lines = {line.split()[0]: line for line in out.strip().splitlines()}
+    assert lines["geometry/anisotropy"].endswith("  " + metric_meaning("geometry/anisotropy"))
+    assert metric_meaning("geometry/anisotropy") and all(metric_meaning(name) in line for name, line in lines.items())
+    code, out, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--no-progress", "--json", "-")
+    assert (
+        code == 0 and len(layouts) == 1 and np.asarray(json.loads(out)["umap"]["coordinates"]).shape == (len(PROBE), 2)
+    )
+    code, _, _ = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--no-progress", "--umap")
+    assert code == 0 and len(layouts) == 2  # forced
+    code, _, err = run(capsys, "inspect", tiny_mean_model, "--probe", probe_file, "--umap", "--no-umap")
+    assert code == 2 and "--umap" in err
 
 
 @pytest.mark.slow

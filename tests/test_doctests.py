@@ -45,6 +45,8 @@ DOCUMENTED = {
     "aquin_monitor.sae.stats": 8,
     "aquin_monitor.sae.corpus_texts": 4,
     "aquin_monitor.corpus_geometry": 4,
+    "aquin_monitor.verdict": 6,
+    "aquin_monitor.signals.comparison": 8,
 }
 
 

@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aquin_monitor.capture",
             "aquin_monitor.sharded_gradients",
             "aquin_monitor.snapshot_record",
+            "aquin_monitor.verdict",
             "aquin_monitor.embedding_cache",
             "aquin_monitor.embed",
             "aquin_monitor.corpus_geometry",

@@ -38,15 +38,44 @@ def test_readme_has_both_integration_snippets():
         assert "../shared" not in block
 
 
+def example_pairs_file(text: str) -> str:
+    """The README's example ``pairs.jsonl``: the ```json block under "Bring your own eval pairs"."""
+    section = text[text.index("### Bring your own eval pairs") :]
+    return re.findall(r"^```json\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)[0]
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch):
+def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypatch, capfd):
+    """... without a deprecation warning caused by the block or our package (issue 25 point 6: the old
+    ``sentence_transformers.losses`` import, ``warmup_ratio``, which transformers reports on stderr),
+    and without writing outside its run folder (Lightning's ``./lightning_logs/``)."""
+    import warnings
+
     import aquin_monitor.encoders
 
     monkeypatch.setattr(aquin_monitor.encoders, "bundled_model_path", lambda: tiny_mean_model)
     monkeypatch.chdir(tmp_path)
     block = BLOCKS[index]
+    reads_example = re.search(r'^eval_pairs = read_pairs\("pairs.jsonl"\)', block, flags=re.MULTILINE) is not None
+    if reads_example:  # the eval-pairs block reads the example file shown above it
+        (tmp_path / "pairs.jsonl").write_text(example_pairs_file(README.read_text(encoding="utf-8")), encoding="utf-8")
     namespace = {"__name__": f"readme_block_{index}"}
-    exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - the test's purpose
+    ours = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        and (w.filename.startswith("README.md") or "aquin_monitor" in w.filename)
+    ]
+    assert not ours
+    captured = capfd.readouterr()
+    assert "deprecated" not in captured.err.lower(), captured.err
+    if reads_example:
+        check_eval_pairs_block(namespace)
+        return
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     run_dirs = re.findall(r'"(runs/[^"]+)"', block)
     assert run_dirs, "a snippet names the run folder it writes"
     run = tmp_path / run_dirs[0]
@@ -55,6 +84,46 @@ def test_readme_block_runs_as_pasted(index, tiny_mean_model, tmp_path, monkeypat
     for r in rows:
         assert {"grad_norm/total", "contrastive/pos_sim", "contrastive/gap", "optim/lr"} <= r.keys()
     assert sorted(int(p.name) for p in (run / "snapshots").iterdir() if p.name.isdigit()) == [0, 16]
+    check_verdict_of_run(run, namespace["snapshots"], captured.out)
+
+
+def check_eval_pairs_block(namespace: dict) -> None:
+    """The README's 3-line pairs file reads as 3 queries over 4 documents (the negative is one), named as given."""
+    pairs = namespace["eval_pairs"]
+    assert len(pairs.queries) == 3 and len(pairs.corpus) == 4
+    assert sorted(grade for docs in pairs.qrels.values() for grade in docs.values()) == [1, 1, 2]
+    assert sum(len(negatives) for negatives in pairs.hard_negatives.values()) == 1
+    runner = namespace["snapshots"]
+    assert runner.retrieval is pairs and runner.model_name == "my-org/support-search-v2"
+    assert len(runner.probe.texts) == 7  # probe=None: the queries and documents themselves
+
+
+def check_verdict_of_run(run: Path, runner, printed: str) -> None:
+    """Issue 25 points 2 and 3: a run set up as the README says has retrieval rows, its model's name, and a verdict
+    (per-query NDCG@10 from the base to the last snapshot) printed at the end and on the report's first line."""
+    import json
+
+    import numpy as np
+
+    from aquin_monitor.signals.comparison import paired_comparison
+
+    last = json.loads((run / "snapshots" / "16" / "snapshot.json").read_text(encoding="utf-8"))
+    assert last["model"] == runner.model_name and "retrieval/ndcg@10" in last["metrics"]
+    record = last["details"]["verdict"]["base"]
+    base_scores = np.load(run / "snapshots" / "0" / "arrays.npz")["query_ndcg@10"]
+    last_scores = np.load(run / "snapshots" / "16" / "arrays.npz")["query_ndcg@10"]
+    assert len(last_scores) == len(runner.retrieval.queries)
+    expected = paired_comparison(base_scores, last_scores, seed=runner.seed)
+    assert (record["delta"], record["ci_low"], record["ci_high"]) == pytest.approx(
+        (expected.delta, expected.ci_low, expected.ci_high)
+    )
+    assert (record["better"], record["worse"]) == (expected.better, expected.worse)
+    assert last["metrics"]["verdict/queries_better"] == expected.better
+    assert f"aquin-monitor: {record['sentence']}" in printed.splitlines()
+    page = (run / "report.html").read_text(encoding="utf-8")
+    body = page[page.index("<body>") + len("<body>") :]
+    assert body.startswith('<div id="verdict"') and record["sentence"].split(":")[0] in body[:300]
+    assert runner.model_name in page
 
 
 def bash_blocks(text: str) -> list[str]:

@@ -23,30 +23,47 @@ def _recipe():
     return module
 
 
-def test_short_infonce_run_writes_metrics_snapshots_and_report(tiny_mean_model, tmp_path):
+def test_short_infonce_run_writes_metrics_snapshots_and_report(tiny_mean_model, tmp_path, capfd):
+    import warnings
+
     out = tmp_path / "run"
-    code = _recipe().main(
-        [
-            "--model",
-            tiny_mean_model,
-            "--output-dir",
-            str(out),
-            "--max-steps",
-            "4",
-            "--snapshot-every",
-            "2",
-            "--batch-size",
-            "8",
-            "--max-train",
-            "64",
-            "--probe-docs",
-            "283",
-            "--max-seq-length",
-            "32",
-            "--no-umap",
-        ]
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = _recipe().main(
+            [
+                "--model",
+                tiny_mean_model,
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                "4",
+                "--snapshot-every",
+                "2",
+                "--batch-size",
+                "8",
+                "--max-train",
+                "64",
+                "--probe-docs",
+                "283",
+                "--max-seq-length",
+                "32",
+                "--no-umap",
+            ]
+        )
     assert code == 0
+    # issue 25 point 6: no deprecation warning caused by the recipe or the package (the old losses import, ...)
+    ours = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        and ("recipes" in w.filename or "aquin_monitor" in w.filename)
+    ]
+    assert not ours
+    printed = capfd.readouterr().err
+    assert "deprecated" not in printed.lower(), printed
+    # issue 25 point 4: every snapshot says when it starts and how long it took
+    for step in (0, 2, 4):
+        assert f"aquin-monitor: snapshot at step {step} (" in printed and "done in" in printed
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all("contrastive/gap" in r and "grad_norm/total" in r for r in rows)

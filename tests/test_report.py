@@ -690,3 +690,38 @@ def test_report_at_1400px_shows_figures_at_full_size_and_folds_long_texts(tmp_pa
         assert natural > 0 and shown / natural >= 0.99, (natural, shown)  # no figure scaled down at 1,400 px
     assert measure["folded"] == [[False, False]]  # the long text is folded: its full version is not visible
     assert measure["overview"] < measure["timeline"]
+
+
+def test_sae_gained_and_lost_tables_are_labelled_supported_and_folded(tmp_path):
+    """Issue 25 point 5: unlabelled tables of every moved feature, 4 vs 8 texts of 600 included."""
+    from aquin_monitor.report import SAE_MOVERS_SHOWN
+    from aquin_monitor.sae.monitoring import SaeSnapshot, feature_movers
+
+    n, features = 600, 40
+    before = np.r_[np.zeros(12), np.full(28, 100)].astype(int)
+    after = np.r_[np.arange(12) * 10 + 20, np.full(27, 100), 4].astype(int)  # 12 born (20..130 texts), 1 lost
+    before[-1], after[-2] = 8, 100  # feature 39: 8 -> 4 texts (below the support), unchanged 38
+
+    def snap(counts):
+        return SaeSnapshot({}, counts / n, np.ones(features), np.zeros((features, 1), int), np.ones((features, 1)))
+
+    labels = [f"label {i}" for i in range(features)]
+    labels[11] = '$$ <script>alert("x")</script>'
+    movers = feature_movers(snap(before), snap(after), [f"t{i}" for i in range(n)], labels=labels)
+    assert [e["feature"] for e in movers["gained"]] == list(range(11, -1, -1)) and movers["lost"] == []
+    old_format = [{"feature": 3, "frequency_before": 0.5, "frequency_after": 0.25, "top_texts": ["x"]}]
+    run_dir = build_run(tmp_path / "run", metrics=False, events=False)
+    record_path = run_dir / "snapshots" / "30" / "snapshot.json"
+    record = json.loads(record_path.read_text())
+    record["details"].update({"sae/gained": movers["gained"], "sae/lost": old_format})
+    record_path.write_text(json.dumps(record))
+    section = _section(write_report(run_dir).read_text(), "snapshot-30")
+    gained = section[section.index("<h4>SAE features gained") : section.index("<h4>SAE features lost")]
+    shown = _table_rows(gained)
+    assert len(shown) == SAE_MOVERS_SHOWN == 5
+    assert shown[0][:3] == ["11", '$$ <script>alert("x")</script>', "0 → 130 of 600"]  # label as text
+    assert "<script>alert" not in gained and "at least 18 of the 600 probe texts" in gained
+    folded = gained[gained.index("<details>") :]
+    assert "7 more" in folded and [row[0] for row in _table_rows(folded)] == [str(i) for i in range(6, -1, -1)]
+    lost = section[section.index("<h4>SAE features lost") :]
+    assert _table_rows(lost)[0][:3] == ["3", "—", "0.5 → 0.25"]  # a snapshot written before: frequencies

@@ -87,7 +87,7 @@ def test_feature_movers_order_ties_and_unchanged_features():
     base = SaeSnapshot({}, freq_before, mean_before, rows, np.ones((5, 2)))
     now = SaeSnapshot({}, freq_after, mean_after, rows[::-1].copy(), np.ones((5, 2)))
     texts = ["alpha", "beta", "gamma"]
-    movers = feature_movers(base, now, texts, top=10)
+    movers = feature_movers(base, now, texts, top=10, min_support=0)
     # gained: feature 0 (+0.3), feature 4 (+0.1), feature 2 (0 frequency change, mean +0.5); 3 unchanged
     assert [e["feature"] for e in movers["gained"]] == [0, 4, 2]
     assert [e["feature"] for e in movers["lost"]] == [1]
@@ -95,7 +95,7 @@ def test_feature_movers_order_ties_and_unchanged_features():
     assert lost["top_texts"] == ["beta"]  # from the base snapshot's rows, -1 dropped
     assert movers["gained"][0]["top_texts"] == ["beta", "alpha"]  # from the new snapshot's rows
     assert lost["frequency_before"] == 0.5 and lost["frequency_after"] == pytest.approx(0.2)
-    assert feature_movers(base, now, texts, top=1)["gained"][0]["feature"] == 0
+    assert feature_movers(base, now, texts, top=1, min_support=0)["gained"][0]["feature"] == 0
 
 
 def test_bad_shapes_are_refused(trained):
@@ -125,3 +125,29 @@ def test_figures_draw_hostile_text_as_plain_text():
         training_curves_figure([{"epoch": 1, "sae/fvu": 0.4}]),
     ):
         figure.savefig(io.BytesIO(), format="png")
+
+
+def test_movers_below_the_support_are_left_out_and_the_rest_carry_labels_and_counts():
+    """Issue 25 point 5: a feature going from 4 to 8 of 600 texts was listed as gained."""
+    n = 600
+    counts_before = np.array([4, 0, 300, 30, 17])
+    counts_after = np.array([8, 60, 100, 10, 5])  # 0: +4 texts (noise); 1: born; 2, 3: lost; 4: lost below 18
+    base = SaeSnapshot({}, counts_before / n, np.ones(5), np.zeros((5, 1), int), np.ones((5, 1)))
+    now = SaeSnapshot({}, counts_after / n, np.ones(5), np.zeros((5, 1), int), np.ones((5, 1)))
+    texts = [f"text {i}" for i in range(n)]
+    labels = ["noise", "born <b>", None, "card, payment", "tiny"]
+    movers = feature_movers(base, now, texts, labels=labels)
+    assert [e["feature"] for e in movers["gained"]] == [1]  # 8 < 18 = max(3, ceil(0.03 * 600)) texts
+    assert [e["feature"] for e in movers["lost"]] == [2, 3]  # 17 < 18: feature 4 left out
+    born = movers["gained"][0]
+    assert (born["label"], born["texts_before"], born["texts_after"], born["n_texts"], born["min_support"]) == (
+        "born <b>",
+        0,
+        60,
+        600,
+        18,
+    )
+    assert [e["label"] for e in movers["lost"]] == ["", "card, payment"]
+    everything = feature_movers(base, now, texts, min_support=0)
+    assert [e["feature"] for e in everything["gained"]] == [1, 0] and len(everything["lost"]) == 3
+    assert feature_movers(base, now, texts, min_support=9)["gained"][0]["feature"] == 1

@@ -373,3 +373,48 @@ def test_every_network_node_opens_its_own_list(tmp_path):
             opened.append(page.evaluate("document.querySelector('#neighbours h3').textContent.split(':')[0]"))
         assert opened == [f"Feature {node.index}" for node in network.nodes]
         assert page.console_errors() == []
+
+
+@pytest.mark.chromium
+def test_long_feature_table_is_paged_and_the_filter_searches_every_page(tmp_path):
+    """Issue 25 point 5: the run's sae.html listed every fired feature at once (814,000 px tall)."""
+    from devtools_pipe import Browser
+
+    rng = np.random.default_rng(0)
+    words = ["cat", "dog", "bank", "card", "money", "science", "cell", "game", "team", "news", "rain", "sun"]
+    texts = [" ".join(rng.choice(words, size=6)) for _ in range(400)]
+    sae = SparseAutoencoder(16, 256, 8, seed=0)
+    x = rng.normal(size=(400, 16)).astype("float32")
+    browser = browse_features(sae, x, texts)
+    assert len(browser.features) > 60  # three pages at least
+    path = write_page(tmp_path / "page.html", browser, title="many features")
+    order = [f.index for f in browser.features]
+    visible = (
+        "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).map(r => +r.dataset.feature)"
+    )
+    with Browser(tmp_path / "profile") as page:
+        page.open(path)
+        assert page.evaluate(visible) == order[:25]
+        info = page.evaluate("document.querySelector('#features-pager span').textContent")
+        pages = -(-len(order) // 25)
+        assert info == f"features 1–25 of {len(order)} (page 1 of {pages})"
+        paged = page.evaluate("document.body.scrollHeight")
+        page.click("#features-pager button:last-child")  # next
+        assert page.evaluate(visible) == order[25:50]
+        page.click(f'tr.feature[data-feature="{order[25]}"]')  # a row of page 2 still opens its examples
+        assert page.evaluate(f"document.querySelector('tr.examples[data-feature=\"{order[25]}\"]').hidden") is False
+        page.click("#features-pager button:first-child")  # previous: page 2's open examples fold away
+        assert page.evaluate(visible) == order[:25]
+        assert page.evaluate(f"document.querySelector('tr.examples[data-feature=\"{order[25]}\"]').hidden") is True
+        word = "bank"
+        matching = [f.index for f in browser.features if word in " ".join(f.label).lower()]
+        assert 0 < len(matching) < len(order)
+        page.type_text("#label-filter", word)
+        assert page.evaluate(visible) == matching[:25]  # searched over every page, shown from the first
+        assert page.evaluate("document.getElementById('features-pager').hidden") is (len(matching) <= 25)
+        everything = page.evaluate(
+            "document.querySelectorAll('#features tr.feature').forEach(r => {r.hidden = false;}); "
+            "document.body.scrollHeight"
+        )
+        assert everything > 2 * paged
+        assert page.console_errors() == []

@@ -219,3 +219,22 @@ def test_umap_with_exact_neighbours_reproduces_umaps_exact_path():
             n_components=2, n_neighbors=15, n_epochs=100, metric="precomputed", random_state=0, init="spectral"
         ).fit_transform(distances)
     np.testing.assert_array_equal(umap_2d(emb, 0), ref.astype(np.float32))
+
+
+def test_each_snapshot_says_what_it_computes_as_it_starts_and_its_time_as_it_ends(tiny_mean_model, capsys):
+    """Issue 25 point 4: a snapshot in a training run worked for minutes without a line."""
+    import re
+
+    probe, retrieval = _sets()
+    model = load_model(tiny_mean_model)
+    capsys.readouterr()  # the model's loading bar
+    runner = SnapshotRunner(probe, retrieval, umap=False, max_attention_texts=4)
+    runner.take(model, 7, tag="checkpoint")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == (
+        "aquin-monitor: snapshot at step 7 (checkpoint): probe pass over 18 texts (hidden states, attention of 4); "
+        "retrieval: 6 queries, 12 documents"
+    )
+    assert re.fullmatch(r"aquin-monitor: snapshot at step 7 \(checkpoint\) done in \d+\.\d s", lines[-1]), lines
+    SnapshotRunner(probe, retrieval, umap=False, announce=False).take(model, 8)
+    assert capsys.readouterr().err == ""

@@ -62,7 +62,7 @@ class TrainerEmbeddingMonitor(TrainerCallback, ExportableState):
     Example::
 
         from sentence_transformers import SentenceTransformerTrainer
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from aquin_monitor.callbacks import TrainerEmbeddingMonitor
         from aquin_monitor.capture import monitored
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._optional import require
@@ -27,7 +29,10 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
     gap,in_batch_acc,loss}`` reported by your loss, the learning rate of the optimizer step
     (``optim/lr``; ``optim/lr/group.N`` per parameter group when there are several) and ``alarm/<kind>`` events, to
     every logger of the trainer (TensorBoard, W&B, CSV, ...) and to ``metrics.jsonl`` / ``events.jsonl`` in
-    ``output_dir`` (default: the trainer's ``log_dir``).
+    ``output_dir`` (default: the trainer's ``log_dir``). A trainer left with Lightning's default logger
+    (no ``logger=`` nor ``default_root_dir=``, which would write ``./lightning_logs/`` in the working
+    directory) logs into ``<output_dir>/lightning_logs/`` instead, its checkpoints too
+    (:func:`rehome_default_logger`).
 
     Gradients are read in ``on_before_optimizer_step``: after AMP unscaling and **before** gradient
     clipping (Lightning clips after this hook). The sentence-transformers twin,
@@ -116,6 +121,8 @@ class LightningEmbeddingMonitor(_pl.Callback):  # type: ignore[name-defined]  # 
             return
         from ..sinks import JsonlSink, sinks_for_lightning
 
+        if self.settings.output_dir is not None:
+            rehome_default_logger(trainer, self.settings.output_dir)
         run_dir = self.settings.output_dir or trainer.log_dir or trainer.default_root_dir
         self.run_dir = run_dir
         sinks = []
@@ -203,3 +210,56 @@ def _run_length(trainer) -> float | None:
         return float(trainer.estimated_stepping_batches)
     except Exception:  # noqa: BLE001 - no length known (an iterable loader without len): the fallback interval
         return None
+
+
+def rehome_default_logger(trainer, run_dir: str | os.PathLike) -> bool:
+    """Move Lightning's *default* logger from the working directory into ``run_dir``; True when moved.
+
+    ``L.Trainer()`` with neither ``logger=`` nor ``default_root_dir=`` logs to
+    ``<cwd>/lightning_logs/version_N/`` (TensorBoard, or CSV without tensorboard), and
+    ``ModelCheckpoint`` saves beside it: outside the run folder the monitor writes. That default
+    logger (its class exactly, named ``lightning_logs``, rooted at the working directory) is replaced,
+    through the trainer's public ``loggers`` setter, by the same class rooted at ``run_dir``. Any
+    logger the user chose, or a ``default_root_dir`` they set, is left alone.
+
+    Lightning creates the logger's experiment just before the callbacks' ``setup`` (where this runs),
+    so the default logger has already made ``version_N/`` with an empty event file; that folder is
+    removed when it holds nothing but event files of this process (and ``lightning_logs/`` when
+    that leaves it empty), nothing else.
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = list(trainer.loggers)
+    if len(loggers) != 1 or type(loggers[0]) not in (TensorBoardLogger, CSVLogger):
+        return False
+    logger = loggers[0]
+    cwd = os.getcwd()
+    at_cwd = os.path.abspath(str(logger.save_dir)) == cwd == os.path.abspath(str(trainer.default_root_dir))
+    if logger.name != "lightning_logs" or not at_cwd or os.path.abspath(os.fspath(run_dir)) == cwd:
+        return False
+    left_behind = Path(logger.log_dir)
+    if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+        logger.experiment.close()  # its empty event file, about to be removed
+    trainer.loggers = [type(logger)(save_dir=os.fspath(run_dir), name="lightning_logs")]
+    if trainer.is_global_zero:
+        remove_empty_log_folder(left_behind)
+    return True
+
+
+def remove_empty_log_folder(folder: Path) -> None:
+    """Remove ``folder`` if it holds only TensorBoard event files this process wrote (names end in
+    ``.<pid>.<n>``), then its parent if that left it empty; anything else stays."""
+    try:
+        files = list(folder.iterdir())
+        ours = [
+            f for f in files if f.is_file() and f.name.startswith("events.out.tfevents.")
+            and f.name.rsplit(".", 2)[-2] == str(os.getpid())
+        ]  # fmt: skip
+        if len(ours) != len(files):
+            return
+        for f in ours:
+            f.unlink()
+        folder.rmdir()
+        folder.parent.rmdir()  # only when empty: other versions stay
+    except OSError:
+        return

@@ -19,7 +19,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from .._optional import require
@@ -35,28 +34,10 @@ from ..cli_tools import (
     positive_int,
     read_corpus,
 )
+from .labels import feature_labels
 from .verb_inputs import embed_texts, load_sae_for
 
 __all__ = ["add_analysis_commands", "feature_labels"]
-
-
-def feature_labels(sae_name: str, num_latents: int) -> list[str | None] | None:
-    """Per-feature labels from the SAE folder's ``features.json`` (``label`` per feature), or None."""
-    from .model import sae_folder
-
-    try:
-        record = json.loads((sae_folder(sae_name) / "features.json").read_text(encoding="utf-8"))
-        features = record["features"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    labels: list[str | None] = [None] * num_latents
-    found = False
-    for entry in features if isinstance(features, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), int) and 0 <= entry["id"] < num_latents:
-            label = entry.get("label")
-            if isinstance(label, str):
-                labels[entry["id"]], found = label, True
-    return labels if found else None
 
 
 def _sae_and_model(name: str, model: str | None) -> tuple[Any, str, list[str | None] | None]:
@@ -171,7 +152,7 @@ def _steer(args: argparse.Namespace) -> Any:
     sae, model, labels = _sae_and_model(args.sae, args.model)
     _check_feature(sae, args.feature, args.sae)
     q = embed_texts(model, [query], args)[0]
-    documents = embed_texts(model, doc_texts, args, chunk_size=256)
+    documents = embed_texts(model, doc_texts, args, chunk_size=256, desc=f"Embedding {len(doc_texts):,} documents")
     try:
         result = steer(
             sae,
@@ -206,8 +187,10 @@ def _faithfulness(args: argparse.Namespace) -> Any:
         require("faiss", f"--index {args.index}")  # before any data is read or model loaded
     data = _retrieval_set(args)
     sae, model, labels = _sae_and_model(args.sae, args.model)
-    queries = embed_texts(model, data.query_texts(), args)
-    documents = embed_texts(model, data.doc_texts(), args, chunk_size=256)
+    queries = embed_texts(model, data.query_texts(), args, desc=f"Embedding {len(data.query_texts()):,} queries")
+    documents = embed_texts(
+        model, data.doc_texts(), args, chunk_size=256, desc=f"Embedding {len(data.doc_texts()):,} documents"
+    )
     relevant, _, _ = data.positional()
     result = retrieval_faithfulness(
         sae,

@@ -15,7 +15,11 @@ import numpy as np
 
 from ..embedding_cache import CachedModel, EmbeddingCache, model_fingerprint
 
-__all__ = ["embed_corpus"]
+__all__ = ["PROGRESS_BATCHES", "embed_corpus"]
+
+#: Batches encoded between two moves of the progress bar (each an ``encode`` call; within a call
+#: sentence-transformers sorts texts by length, so the numbers equal one call's up to float rounding).
+PROGRESS_BATCHES = 4
 
 
 def embed_corpus(
@@ -30,6 +34,7 @@ def embed_corpus(
     show_progress: bool = True,
     loaded: Any = None,
     prompt_name: str | None = None,
+    desc: str | None = None,
 ) -> np.ndarray:
     """Final embeddings (float32 ``[n, d]``) of ``texts`` by ``model``, chunk by chunk, cached on disk.
 
@@ -42,9 +47,11 @@ def embed_corpus(
         device: torch device for the model.
         cache: ``False`` neither reads nor writes the cache (``--no-cache``).
         cache_dir: cache folder (default ``$AQUIN_MONITOR_CACHE/embeddings``).
-        show_progress: a tqdm bar over chunks on stderr.
+        show_progress: a bar on stderr counting texts, with the rate and the time left (tqdm); chunks
+            read from the cache count at once, missing ones every ``PROGRESS_BATCHES`` batches.
         loaded: an already loaded SentenceTransformer for ``model`` (skips loading).
         prompt_name: the model's prompt to prepend (e.g. ``"query"``); part of the cache key.
+        desc: the bar's label (default ``"Embedding N texts with MODEL"``).
 
     Returns:
         The embeddings, one row per text, as the model's ``encode`` gives them.
@@ -61,20 +68,30 @@ def embed_corpus(
         enabled=cache,
         dimension=declared_dimension(location),
     )
+    texts = list(texts)
+    label = desc or f"Embedding {len(texts):,} text{'s' if len(texts) != 1 else ''} with {model}"
+    bar = tqdm(total=len(texts), desc=label, unit="text", disable=not show_progress or not texts)
+    step = PROGRESS_BATCHES * batch_size
 
     def run(m: Any, chunk: list[str]) -> np.ndarray:
-        return encode(m, chunk, batch_size=batch_size, prompt_name=prompt_name)
+        # a missing chunk is encoded a few batches at a time, so the bar (and its ETA) moves while it is
+        parts = []
+        for start in range(0, len(chunk), step):
+            parts.append(encode(m, chunk[start : start + step], batch_size=batch_size, prompt_name=prompt_name))
+            bar.update(len(parts[-1]))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # prompt_name joins the key only when set, so prompt-less entries keep their key
     options: dict[str, Any] = (
         {"kind": "final"} if prompt_name is None else {"kind": "final", "prompt_name": prompt_name}
     )
-    texts = list(texts)
     parts = []
-    starts = range(0, len(texts), chunk_size)
-    for start in tqdm(starts, desc="embedding", unit="chunk", disable=not show_progress or len(starts) < 2):
-        chunk = texts[start : start + chunk_size]
-        parts.append(handle.encode(chunk, options, run))
+    with bar:
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            counted = bar.n
+            parts.append(handle.encode(chunk, options, run))
+            bar.update(len(chunk) - (bar.n - counted))  # a chunk read from the cache counts at once
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(parts, axis=0)

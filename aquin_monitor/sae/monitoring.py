@@ -8,7 +8,8 @@ The pieces the snapshot runner calls (pure: arrays in, numbers and small arrays 
   features per text with activation above ``threshold``), and each feature's firing frequency and
   mean activation.
 - :func:`feature_movers`: the features whose firing frequency rose (``gained``) or fell
-  (``lost``) most between two snapshots of the same probe texts, with their top texts.
+  (``lost``) most between two snapshots of the same probe texts, with their labels, supports
+  (texts they fire on, at least :func:`movers_min_support`) and top texts.
 
 A collapsing fine-tune (all embeddings pushed onto one direction) shows as FVU rising (the
 residual is measured against the probe's now tiny variance) and features dying.
@@ -16,6 +17,7 @@ residual is measured against the probe's now tiny variance) and features dying.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ import torch
 from .. import snapshot_keys as keys
 from .evaluate import top_activations
 
-__all__ = ["SaeSnapshot", "feature_movers", "sae_choice", "snapshot_signals"]
+__all__ = ["SaeSnapshot", "feature_movers", "movers_min_support", "sae_choice", "snapshot_signals"]
 
 
 @dataclass
@@ -139,52 +141,91 @@ def snapshot_signals(
     return SaeSnapshot(metrics, frequency, mean_activation, rows, values)
 
 
+def movers_min_support(n_texts: int) -> int:
+    """The support a feature needs to be listed as gained or lost: ``max(3, ceil(3 % of the probe))`` texts.
+
+    A feature going from 4 to 8 of 600 texts doubles its firing frequency on a handful of texts:
+    noise, not a change the fine-tune made. 3 % of the probe (18 of 600) keeps features whose
+    change concerns a visible share of it; 3 texts is the floor for small probes.
+
+    >>> movers_min_support(600), movers_min_support(1000), movers_min_support(12)
+    (18, 30, 3)
+    """
+    return max(3, math.ceil(0.03 * n_texts))
+
+
 def feature_movers(
-    base: SaeSnapshot, now: SaeSnapshot, texts: Sequence[str], top: int = 10
+    base: SaeSnapshot,
+    now: SaeSnapshot,
+    texts: Sequence[str],
+    top: int = 20,
+    *,
+    min_support: int | None = None,
+    labels: Sequence[str | None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Features whose firing frequency rose or fell most from ``base`` to ``now`` (same probe texts).
 
     Features are ordered by the change in firing frequency, ties broken by the change in mean
-    activation; a feature whose frequency and mean activation are both unchanged is not listed.
+    activation; a feature whose frequency and mean activation are both unchanged is not listed, nor
+    one firing on fewer than ``min_support`` probe texts on its busier side (after for a gained
+    feature, before for a lost one; a feature born or dead in the fine-tune has 0 on the other).
 
     Args:
         base: :func:`snapshot_signals` of the base model's embeddings.
         now: the same for the checkpoint.
         texts: the probe texts both snapshots were taken on.
         top: features per list.
+        min_support: texts a listed feature fires on at least (on its busier side); None:
+            :func:`movers_min_support` of the probe size; 0 lists every moved feature.
+        labels: a label per feature (the SAE folder's ``features.json``:
+            :func:`~aquin_monitor.sae.labels.feature_labels`).
 
     Returns:
-        ``{"gained": [...], "lost": [...]}``, each entry ``{"feature", "frequency_before",
-        "frequency_after", "mean_activation_before", "mean_activation_after", "top_texts"}``;
-        top texts are those where the feature fires most *now* (gained) or *before* (lost).
+        ``{"gained": [...], "lost": [...]}``, each entry ``{"feature", "label", "frequency_before",
+        "frequency_after", "texts_before", "texts_after", "n_texts", "min_support",
+        "mean_activation_before", "mean_activation_after", "top_texts"}`` (``texts_*``: probe texts the
+        feature fires on, of ``n_texts``); top texts are those where the feature fires most *now*
+        (gained) or *before* (lost).
 
     Example:
 
         >>> f = lambda freq: SaeSnapshot({}, np.array(freq), np.array(freq), np.array([[0], [1]]), np.ones((2, 1)))
-        >>> m = feature_movers(f([0.1, 0.5]), f([0.4, 0.2]), ["a", "b"])
+        >>> m = feature_movers(f([0.1, 0.5]), f([0.4, 0.2]), ["a", "b"], min_support=0)
         >>> [e["feature"] for e in m["gained"]], [e["feature"] for e in m["lost"]]
         ([0], [1])
+        >>> m = feature_movers(f([0.01, 0.5]), f([0.02, 0.2]), [str(i) for i in range(600)], labels=["x", "y"])
+        >>> [(e["feature"], e["label"], e["texts_before"], e["texts_after"]) for e in m["gained"] + m["lost"]]
+        [(1, 'y', 300, 120)]
     """
     if base.frequency.shape != now.frequency.shape:
         raise ValueError("snapshots of different SAEs")
+    n = len(texts)
+    needed = movers_min_support(n) if min_support is None else int(min_support)
     d_freq = now.frequency.astype(np.float64) - base.frequency
     d_mean = now.mean_activation.astype(np.float64) - base.mean_activation
     order = np.lexsort((d_mean, d_freq))  # ascending by frequency change, then by mean change
     moved = (d_freq != 0) | (d_mean != 0)
+    before = np.rint(base.frequency.astype(np.float64) * n).astype(np.int64)  # frequency = count / n
+    after = np.rint(now.frequency.astype(np.float64) * n).astype(np.int64)
 
     def entry(i: int, source: SaeSnapshot) -> dict[str, Any]:
         rows = [int(r) for r in source.top_rows[i] if r >= 0]
         return {
             "feature": int(i),
+            "label": (labels[i] or "") if labels is not None and i < len(labels) else "",
             "frequency_before": float(base.frequency[i]),
             "frequency_after": float(now.frequency[i]),
+            "texts_before": int(before[i]),
+            "texts_after": int(after[i]),
+            "n_texts": n,
+            "min_support": needed,
             "mean_activation_before": float(base.mean_activation[i]),
             "mean_activation_after": float(now.mean_activation[i]),
             "top_texts": [texts[r] for r in rows],
         }
 
-    gained = [i for i in order[::-1] if moved[i] and (d_freq[i], d_mean[i]) > (0, 0)][:top]
-    lost = [i for i in order if moved[i] and (d_freq[i], d_mean[i]) < (0, 0)][:top]
+    gained = [i for i in order[::-1] if moved[i] and (d_freq[i], d_mean[i]) > (0, 0) and after[i] >= needed][:top]
+    lost = [i for i in order if moved[i] and (d_freq[i], d_mean[i]) < (0, 0) and before[i] >= needed][:top]
     return {"gained": [entry(i, now) for i in gained], "lost": [entry(i, base) for i in lost]}
 
 

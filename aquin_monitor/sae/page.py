@@ -9,7 +9,9 @@ Sections:
 
 - **Features**: ranked by total activation, with label, frequency, mean and max activation and
   the top 3 texts; clicking a feature's row expands all its kept examples with activations; a box
-  filters the features by label.
+  filters the features by label. 25 rows a page (previous / next), and a cell shows at most 3
+  texts of at most 160 characters (the whole text in its tooltip), so a page of a thousand features
+  over long abstracts stays a few screens tall; every table below is paged the same way.
 - **Co-activation network**: an inline SVG, node size = mean activation, colour = frequency
   (log scale), edges = NPMI above the threshold; clicking a node lists its neighbours with their
   co-activation counts and conditional frequencies.
@@ -310,16 +312,18 @@ PAGE = """<!DOCTYPE html>
 <section id="browser"><h2>Features</h2>
 <p>Ranked by total activation over the corpus. Click a row for more examples.</p><p id="label-note"></p>
 <label>Filter by label <input id="label-filter" type="search" placeholder="e.g. card"></label> <span id="shown"></span>
+<div class="pager" id="features-pager"></div>
 <table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th title="top texts holding the label's first term (any term)">label support</th><th title="ROC AUC: the label's embedding separates the top texts from random texts">label AUC</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
 </section>
 <section id="network"><h2>Co-activation network</h2><p id="network-note"></p>
 <div class="net"><div class="graph-box"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg></div>
 <div id="neighbours"><p>Click a node to list its neighbours.</p></div></div></section>
 <section id="diagnostics"><h2>Diagnostics</h2><h3>Absorption pairs</h3><p id="absorption-note"></p>
+<div class="pager" id="absorption-pager"></div>
 <table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>P(B)</th><th>lift</th><th>q (BH)</th><th>verdict</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
-<h3>Polysemy</h3><p id="polysemy-note"></p>
+<h3>Polysemy</h3><p id="polysemy-note"></p><div class="pager" id="polysemy-pager"></div>
 <table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>spread z (random sets)</th><th>2-means silhouette</th><th>p (random sets)</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
-<h3>Merged features (two concepts)</h3><p id="merged-note"></p>
+<h3>Merged features (two concepts)</h3><p id="merged-note"></p><div class="pager" id="merged-pager"></div>
 <table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>spread z (random sets)</th><th>2-means silhouette</th><th>p (random sets)</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
 </section>
 <script type="application/json" id="sae-data">%DATA%</script>
@@ -337,7 +341,7 @@ tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
 .net{display:flex;gap:1em;align-items:flex-start}.graph-box{overflow:auto;max-width:760px;max-height:640px;flex:none}#graph{border:1px solid #ddd;background:#fff}
 circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
 line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
-section{margin-top:1.5em}nav a{color:#1a4f8b}
+section{margin-top:1.5em}nav a{color:#1a4f8b}.pager{margin:.4em 0}.pager button{margin:0 .4em}
 """  # noqa: E501
 
 # An embedded page template (the page's script): left unwrapped, splitting it could change the JavaScript.
@@ -349,7 +353,12 @@ function el(tag, text, cls){const e=document.createElement(tag); if(text!==undef
 function fmt(x, d){return Number(x).toFixed(d===undefined?3:d);}
 function pct(x){return (100*x).toFixed(2)+'%';}
 function label(f){const l=D.labels[String(f)]; return l&&l.length? l.join(', ') : '—';}
-function textList(items){const ul=el('ul',undefined,'texts'); items.forEach(t=>ul.appendChild(el('li',t))); return ul;}
+// a table cell lists at most 3 texts of at most SHORT characters each (the whole text in its tooltip; a
+// feature row's click shows every example in full): a page of long abstracts stays a page, not a scroll
+const SHORT = 160;
+function textList(items){const ul=el('ul',undefined,'texts');
+  items.slice(0,3).forEach(function(t){const s=String(t), li=el('li', s.length>SHORT? s.slice(0,SHORT).trimEnd()+'…' : s); if(s.length>SHORT) li.title=s; ul.appendChild(li);});
+  return ul;}
 document.getElementById('title').textContent = D.title;
 document.getElementById('summary').textContent = D.n_texts+' texts, '+D.num_latents+' features, '+D.features.length+' fired, '+D.dead+' never fired.';
 
@@ -376,14 +385,33 @@ D.features.forEach(function(f, rank){
   });
   body.appendChild(tr); body.appendChild(more);
 });
+// a long table shows PAGE rows at a time (the rest hidden, not removed) under previous/next buttons
+const PAGE = 25;
+function pager(id, what, show){
+  const box = document.getElementById(id), prev = el('button', '◀ previous'), next = el('button', 'next ▶'), info = el('span');
+  prev.type = next.type = 'button'; box.appendChild(prev); box.appendChild(info); box.appendChild(next);
+  let page = 0, rows = [];
+  function draw(){
+    const pages = Math.max(1, Math.ceil(rows.length/PAGE)); page = Math.max(0, Math.min(page, pages-1));
+    rows.forEach((r, i)=>show(r, i >= page*PAGE && i < (page+1)*PAGE));
+    info.textContent = what+' '+(rows.length? page*PAGE+1 : 0)+'–'+Math.min(rows.length, (page+1)*PAGE)+' of '+rows.length+' (page '+(page+1)+' of '+pages+')';
+    prev.disabled = page === 0; next.disabled = page >= pages-1; box.hidden = rows.length <= PAGE;
+  }
+  prev.addEventListener('click', ()=>{page--; draw();}); next.addEventListener('click', ()=>{page++; draw();});
+  return function(list){rows = list; page = 0; draw();};
+}
 const filter = document.getElementById('label-filter');
+const featurePages = pager('features-pager', 'features', function(tr, visible){
+  tr.hidden = !visible; if(!visible){tr.nextElementSibling.hidden = true; tr.classList.remove('open');}
+});
 function applyFilter(){
-  const q = filter.value.trim().toLowerCase(); let shown = 0;
+  const q = filter.value.trim().toLowerCase(), keep = [];
   body.querySelectorAll('tr.feature').forEach(function(tr){
-    const keep = !q || tr.dataset.label.indexOf(q) >= 0; tr.hidden = !keep; if(keep) shown++;
-    const more = tr.nextElementSibling; if(!keep) {more.hidden = true; tr.classList.remove('open');}
+    if(!q || tr.dataset.label.indexOf(q) >= 0) keep.push(tr);
+    else {tr.hidden = true; tr.nextElementSibling.hidden = true; tr.classList.remove('open');}
   });
-  document.getElementById('shown').textContent = shown+' of '+D.features.length+' features shown';
+  featurePages(keep);
+  document.getElementById('shown').textContent = keep.length+' of '+D.features.length+' features match';
 }
 filter.addEventListener('input', applyFilter); applyFilter();
 (function(){const L = D.label_summary, note = document.getElementById('label-note');
@@ -439,20 +467,22 @@ if(!G){ document.getElementById('diagnostics').hidden = true; }
 else {
   const flagged = G.absorption.filter(p=>p.flagged).length;
   document.getElementById('absorption-note').textContent = G.absorption.length+' ordered pairs (A, B) where B fires on at least '+pct(G.threshold)+' of the texts A fires on; '+flagged+' flagged as absorption (lift P(B | A)/P(B) ≥ '+G.min_lift+' and Benjamini–Hochberg q ≤ '+G.alpha+' over '+G.pairs_tested+' pairs tested, one-sided hypergeometric test against B\'s base rate); the other '+(G.absorption.length-flagged)+' are what B\'s base rate explains.';
-  const ab = document.querySelector('#absorption tbody');
+  const ab = document.querySelector('#absorption tbody'), pairs = [];
   G.absorption.forEach(function(p){const r = el('tr'); r.dataset.flagged = p.flagged? 'yes' : 'no';
     const verdict = p.flagged? 'absorption (lift '+fmt(p.lift,1)+', q '+p.q_value.toExponential(1)+')' : 'base rate (lift '+fmt(p.lift,2)+(p.lift>=G.min_lift? ', q '+p.q_value.toExponential(1) : '')+')';
     [p.source, label(p.source), p.target, label(p.target), pct(p.probability), pct(p.target_frequency), fmt(p.lift,2), p.q_value.toExponential(1), verdict, p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
-    const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r);});
+    const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r); pairs.push(r);});
+  pager('absorption-pager', 'pairs', (r, visible)=>{r.hidden = !visible;})(pairs);
   document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first; z: in standard deviations of the spread of random sets of as many corpus texts. Merged: a 2-means split of its top texts with a silhouette of at least '+G.silhouette_threshold+' that random sets of as many texts reach with p ≤ '+G.alpha+' at most.';
-  function polysemyRows(selector, rows){const tb = document.querySelector(selector);
+  function polysemyRows(selector, rows, pagerId){const tb = document.querySelector(selector), made = [];
     rows.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
       const why = 'silhouette '+fmt(p.silhouette,2)+(p.silhouette>=G.silhouette_threshold? ' ≥ ' : ' < ')+G.silhouette_threshold+', p '+fmt(p.silhouette_p,3)+(p.silhouette_p<=G.alpha? ' ≤ ' : ' > ')+G.alpha;
       [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.spread_z,1), fmt(p.silhouette), fmt(p.silhouette_p,3), (p.merged? 'yes (' : 'no (')+why+')'].forEach(x=>r.appendChild(el('td',x)));
-      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r);});}
-  polysemyRows('#polysemy tbody', G.polysemy);
+      p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r); made.push(r);});
+    pager(pagerId, 'features', (r, visible)=>{r.hidden = !visible;})(made);}
+  polysemyRows('#polysemy tbody', G.polysemy, 'polysemy-pager');
   document.getElementById('merged-note').textContent = G.merged.length+' features (highest silhouette first) whose top texts split into two groups with a silhouette of at least '+G.silhouette_threshold+'; examples of each side.';
-  polysemyRows('#merged tbody', G.merged);
+  polysemyRows('#merged tbody', G.merged, 'merged-pager');
 }
 })();
 """  # noqa: E501

@@ -262,3 +262,16 @@ def test_p_value_bounds_only_raise_q():
     tail = hypergeom.sf(c[a, b] - 1, 400, n_i[b], n_i[a])
     bound = co_firing_p_values(c[a, b], n_i[a], n_i[b], 400, exact=np.zeros(len(a), dtype=bool))
     assert (bound >= tail - 1e-12).all() and (bound < 1).any()
+
+
+@pytest.mark.parametrize(
+    "flags", [["--alpha", "nan"], ["--alpha", "1.5"], ["--min-lift", "0.5"], ["--min-lift", "inf"], ["--labels", "$$"]]
+)
+def test_bad_diagnostic_flags_exit_2_before_anything_loads(flags, tmp_path, capsys):
+    from aquin_monitor import cli
+
+    verb = "browse" if flags[0] == "--labels" else "diagnose"
+    code = cli.main(["sae", verb, "default", "--corpus", str(tmp_path / "missing.jsonl"), *flags])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert flags[0] in err and len(err.splitlines()) == 1

@@ -241,11 +241,19 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
     retrieval = _read_pairs(args.pairs) if args.pairs else None
     check_model(args.base)
     check_model(args.other, adapter=args.adapter)  # a bad OTHER fails now, not after BASE has been encoded
+    sae, sae_labels = _diff_sae(args) if args.sae else (None, None)
     note(probe.summary())
     if retrieval is not None:
         note(retrieval.summary())
     runner = SnapshotRunner(
-        probe, retrieval, batch_size=args.batch_size, umap=False, show_progress=args.progress, announce=args.progress
+        probe,
+        retrieval,
+        batch_size=args.batch_size,
+        umap=False,
+        show_progress=args.progress,
+        announce=args.progress,
+        sae=sae,
+        sae_labels=sae_labels,
     )
     # One model in memory at a time (and none when the cache holds both passes).
     before = runner.take(
@@ -259,6 +267,14 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         diff_against_history=False,
     )
     change = diff(before, after, name="base")
+    lines: list[str] = []
+    explanation = runner.explain_sae_drift(before, after) if sae is not None else None
+    if explanation is not None:  # the same call the snapshot runner makes against the base
+        from .sae.drift import explanation_lines
+
+        change.metrics.update(explanation.metrics("drift/base"))
+        change.details.update(explanation.details())
+        lines = ["", *explanation_lines(change.details)]
     # One comparison only, so the keys drop the reference: drift/base/score -> drift/score.
     metrics = {key.replace("drift/base/", "drift/", 1): value for key, value in change.metrics.items()}
     # with --pairs: did retrieval get better, per query, with its interval (printed first, kept under "verdict")
@@ -271,16 +287,33 @@ def _diff(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "details": change.details,
     }
-    lines = _metrics_table(metrics)
+    table = _metrics_table(metrics)
     if verdict is not None:
         result["verdict"] = verdict.as_record()
-        lines = [verdict.sentence, ""] + lines
+        table = [verdict.sentence, ""] + table
     if "drift/p_value" in metrics:
         from .signals.two_sample import drift_test_sentence
 
-        lines += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
-    emit(result, args.json, lines)
+        table += ["", drift_test_sentence(metrics["drift/p_value"], metrics["drift/mmd2"])]
+    emit(result, args.json, table + lines)
     return result
+
+
+def _diff_sae(args: argparse.Namespace) -> tuple[Any, list[str | None] | None]:
+    """``diff --sae``: the SAE (a folder or ``default``) and its feature labels, checked before any model
+    loads: it must read the embeddings BASE and OTHER declare (their width, when their files say it)."""
+    from .encoders import declared_dimension, resolve_model
+    from .sae.model import feature_labels
+    from .sae.verb_inputs import load_sae_for
+
+    loaded = load_sae_for(args.sae, args.base)
+    for model in (args.base, args.other):
+        location = resolve_model(model)
+        width = declared_dimension(location) if os.path.isdir(location) else None
+        if width is not None:
+            loaded = loaded._replace(model=model)
+            loaded.check_width(width)
+    return loaded.sae, feature_labels(args.sae, loaded.sae.num_latents)
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
@@ -714,12 +747,21 @@ def _add_diff(commands: Any, parents: list[CommandParser]) -> None:
         help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
-        "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER.",
+        "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER. "
+        "With --sae, the drift read through BASE's sparse autoencoder: the features whose activation moved "
+        "(Wilcoxon signed-rank per feature, Benjamini-Hochberg q < 0.05) and the pairs whose cosine changed most, "
+        "each change split exactly into feature, bias and error terms.",
     )
     compare.add_argument("base", metavar="BASE", help=MODEL_HELP)
     compare.add_argument("other", metavar="OTHER", help=MODEL_HELP)
     compare.add_argument("--probe", required=True, metavar="FILE", help="probe set JSONL")
     compare.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for rank changes")
+    compare.add_argument(
+        "--sae",
+        metavar="SAE",
+        help="BASE's sparse autoencoder (a folder, or 'default' for the bundled model) to explain the drift by "
+        "its features; pairs: those of --pairs, else pairs of probe texts",
+    )
     compare.set_defaults(handler=_diff)
 
 

@@ -3,9 +3,9 @@
 Every name aquin-monitor logs is declared here once, as ``docs/metrics.md`` documents it (with the
 same placeholders: ``NN`` a two-digit layer index, ``N`` an integer, ``<vs>`` ``base`` or ``previous``,
 ``<parameter>`` a parameter name, ``<metric>`` a retrieval metric without its ``retrieval/`` prefix,
-``<group>`` a gradient-norm group). The report reads the meanings (:func:`metric_meaning`), the
-sentence-transformers evaluator the direction (:func:`higher_is_better`), and a test checks
-``docs/metrics.md`` against :data:`METRICS` (every declared name documented with the same unit, and
+``<group>`` a gradient-norm group, ``<set>`` a labelled set's name). The report reads the meanings
+(:func:`metric_meaning`), the sentence-transformers evaluator the direction (:func:`higher_is_better`), and a
+test checks ``docs/metrics.md`` against :data:`METRICS` (every declared name documented with the same unit, and
 every documented name declared). This is the torchmetrics model: metadata declared with the metric
 (``higher_is_better``, ``plot_lower_bound`` / ``plot_upper_bound``), read by plots, model selection
 and docs.
@@ -35,6 +35,7 @@ PLACEHOLDERS = {
     "<parameter>": ".+",
     "<metric>": "[^/]+",
     "<group>": ".+",
+    "<set>": "[^/]+",
 }
 
 Bounds = tuple[float | None, float | None]
@@ -410,6 +411,20 @@ def _drift() -> tuple[MetricSpec, ...]:
         drift("delta/ndcg@10", "retrieval/ndcg@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/mrr@10", "retrieval/mrr@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
         drift("delta/recall@10", "retrieval/recall@10 now − at the reference", "fraction", True, (-1.0, 1.0)),
+        drift(
+            "sae_features_moved",
+            "base SAE features whose activation moved against the reference (paired signed-rank test, BH q < 0.05)",
+            "features",
+            None,
+            NON_NEGATIVE,
+        ),
+        drift(
+            "sae_pair_error_share",
+            "share of the largest pair-similarity changes the base SAE attributes to no feature",
+            "fraction",
+            False,
+            FRACTION,
+        ),
     )
 
 
@@ -483,6 +498,46 @@ def _sae() -> tuple[MetricSpec, ...]:
     )
 
 
+def _sae_eval() -> tuple[MetricSpec, ...]:
+    """What ``aquin-monitor sae eval`` reports beside the logged ``sae/*`` numbers (aquin_monitor/sae/quality.py)."""
+
+    def spec(name: str, unit: str, better: bool | None, bounds: Bounds, meaning: str) -> MetricSpec:
+        return MetricSpec(name=name, unit=unit, higher_is_better=better, bounds=bounds, meaning=meaning)
+
+    accuracy = "accuracy in [0, 1]"
+    retrieval = (
+        spec("sae/retrieval/original/ndcg@10", "fraction", True, FRACTION, "NDCG@10 with the embeddings x"),
+        spec("sae/retrieval/original/recall@10", "fraction", True, FRACTION, "Recall@10 with the embeddings x"),
+        spec("sae/retrieval/reconstructed/ndcg@10", "fraction", True, FRACTION, "NDCG@10 with the SAE's x̂"),
+        spec("sae/retrieval/reconstructed/recall@10", "fraction", True, FRACTION, "Recall@10 with the SAE's x̂"),
+        spec("sae/retrieval/kept_ndcg@10", "ratio", True, NON_NEGATIVE, "share of NDCG@10 the SAE's x̂ keeps"),
+        spec("sae/pca/retrieval/reconstructed/ndcg@10", "fraction", True, FRACTION, "NDCG@10 with the PCA's x̂"),
+        spec("sae/pca/retrieval/reconstructed/recall@10", "fraction", True, FRACTION, "Recall@10 with the PCA's x̂"),
+        spec("sae/pca/retrieval/kept_ndcg@10", "ratio", True, NON_NEGATIVE, "share of NDCG@10 the PCA's x̂ keeps"),
+    )
+    return retrieval + (
+        spec("sae/explained_variance", "fraction", True, UNBOUNDED, "1 − FVU"),
+        spec("sae/dense_fraction", "fraction", False, FRACTION, "features firing on more than 10 % of the texts"),
+        spec("sae/norm_ratio", "ratio", None, NON_NEGATIVE, "mean ‖x̂‖/‖x‖ (1 = norms kept)"),
+        spec("sae/redundancy", "cosine", False, COSINE, "mean largest decoder cosine between two features"),
+        spec("sae/n_texts", "texts", None, NON_NEGATIVE, "texts evaluated"),
+        spec("sae/num_latents", "features", None, NON_NEGATIVE, "dictionary size"),
+        spec("sae/k", "features", None, NON_NEGATIVE, "active features per text (TopK)"),
+        spec("sae/pca/fvu", "fraction", False, FRACTION, "FVU of the rank-k PCA fitted on the corpus"),
+        spec("sae/pca/cosine", "cosine", True, COSINE, "mean cos(x, x̂) of the rank-k PCA"),
+        spec("sae/pca/n_components", "components", None, NON_NEGATIVE, "the PCA's rank (k, at most n and d)"),
+        spec("sae/held_out/fvu", "fraction", False, UNBOUNDED, "FVU on the SAE's own held-out split"),
+        spec("sae/held_out/cosine", "cosine", True, COSINE, "mean cos(x, x̂) on the SAE's own held-out split"),
+        spec("sae/held_out/retrieval/kept_ndcg@10", "ratio", True, NON_NEGATIVE, "retrieval kept in its report"),
+        spec("sae/probe/<set>/sae@N", accuracy, True, FRACTION, "probe accuracy on the N best SAE features"),
+        spec("sae/probe/<set>/embedding", accuracy, True, FRACTION, "probe accuracy on the embeddings"),
+        spec("sae/probe/<set>/reconstruction", accuracy, True, FRACTION, "probe accuracy on the reconstructions"),
+        spec("sae/probe/<set>/n_tasks", "classes", None, NON_NEGATIVE, "one-vs-rest tasks averaged"),
+        spec("sae/stability/seeds", "fraction", True, FRACTION, "features found again by another seed's SAE"),
+        spec("sae/stability/second_sae", "fraction", True, FRACTION, "features found again in the second SAE"),
+    )
+
+
 #: Every metric aquin-monitor logs, by family, in the order of ``docs/metrics.md``.
 METRICS: tuple[MetricSpec, ...] = (
     _grad_norms()
@@ -494,6 +549,7 @@ METRICS: tuple[MetricSpec, ...] = (
     + _drift()
     + _verdict()
     + _sae()
+    + _sae_eval()
 )
 
 

@@ -749,6 +749,7 @@ def _details_html(snapshot: SnapshotView) -> str:
         rows = [(_escape(item.get("dim", "?")), _format_number(item.get("share"))) for item in rogue]
         parts.append("<h4>Rogue dimensions</h4>" + _table(["dimension", "share of anisotropy"], rows, "metrics"))
     parts.append(_sae_movers_html(snapshot.details))
+    parts.append(_sae_drift_html(snapshot.details))
     return "".join(parts)
 
 
@@ -806,6 +807,72 @@ def _sae_mover_row(item: Mapping[str, Any]) -> tuple[str, ...]:
         support,
         f"{_format_number(item.get('mean_activation_before'))} → {_format_number(item.get('mean_activation_after'))}",
         "<br>".join(f'<span class="probe">{_escape(str(text)[:200])}</span>' for text in item.get("top_texts") or []),
+    )
+
+
+def _feature_name(feature: Any, label: Any) -> str:
+    """``#12 label`` as HTML: the feature's index and, when the SAE has one, its label (escaped)."""
+    name = f"#{_escape(feature)}"
+    return name + (f' <span class="probe">{_escape(label)}</span>' if label else "")
+
+
+def _sae_drift_html(details: Mapping[str, Any]) -> str:
+    """The drift against the base read through the base SAE (:mod:`aquin_monitor.sae.drift`): the features
+    whose activation moved (q < alpha) and the pairs whose cosine changed most, each split into terms."""
+    features = details.get(keys.SAE_DRIFT_FEATURES)
+    pairs = details.get(keys.SAE_DRIFT_PAIRS)
+    if not isinstance(features, dict) or not isinstance(pairs, dict):
+        return ""
+    parts = ["<h4>Drift explained by the base SAE</h4>"]
+    moved = [item for item in features.get("moved") or [] if isinstance(item, dict)]
+    parts.append(
+        _note(
+            f"{features.get('n_moved', '?')} of {features.get('n_tested', '?')} features tested moved "
+            f"(q < {features.get('alpha', '?')}) on {features.get('n_texts', '?')} probe texts; "
+            f"test: {features.get('test', '?')}."
+        )
+    )
+    if moved:
+        rows = [
+            (
+                _feature_name(item.get("feature", "?"), item.get("label")),
+                _format_number(item.get("mean_delta")),
+                f"{_format_number(item.get('firing_before'))} → {_format_number(item.get('firing_after'))}",
+                _format_number(item.get("q_value")),
+            )
+            for item in moved[:MAX_TABLE_ROWS]
+        ]
+        parts.append(_table(["feature", "mean Δ activation", "firing rate", "q (BH)"], rows, "metrics"))
+    listed = [item for item in pairs.get("pairs") or [] if isinstance(item, dict)]
+    parts.append(
+        _note(
+            f"The {len(listed)} {pairs.get('source', '?')} pairs (of {pairs.get('candidates', '?')}) whose cosine "
+            f"changed most, each change split exactly: Δcos = Σ Δφ (features) + Δbias + Δerror; "
+            f"{pairs.get('note', '')}."
+        )
+    )
+    if listed:
+        pair_rows = [_sae_pair_row(item) for item in listed[:MAX_TABLE_ROWS]]
+        headers = ["pair", "cos before → after", "Δcos", "features", "bias", "error", "top features"]
+        parts.append(_table(headers, pair_rows, "metrics"))
+    return "".join(parts)
+
+
+def _sae_pair_row(item: Mapping[str, Any]) -> Sequence[str]:
+    texts = item.get("texts")
+    texts = texts if isinstance(texts, list) else []
+    terms = [t for t in item.get("terms") or [] if isinstance(t, dict)]
+    return (
+        "<br>".join(_ood_text(text) for text in texts[:2]),
+        f"{_format_number(item.get('cosine_before'))} → {_format_number(item.get('cosine_after'))}",
+        _format_number(item.get("delta")),
+        _format_number(item.get("feature_delta")),
+        _format_number(item.get("bias_delta")),
+        f"{_format_number(item.get('error_delta'))} ({_format_number(item.get('error_share'))} of the split)",
+        "<br>".join(
+            f"{_feature_name(t.get('feature', '?'), t.get('label'))} {_format_number(t.get('delta_phi'))}"
+            for t in terms
+        ),
     )
 
 

@@ -61,6 +61,10 @@ SAE_FREQUENCY = "sae/frequency"
 SAE_MEAN_ACTIVATION = "sae/mean_activation"
 SAE_TOP_ROWS = "sae/top_rows"
 SAE_TOP_VALUES = "sae/top_values"
+#: ``[m, d]`` float32 embeddings of the retrieval set's relevant pairs (query rows, document rows; at most
+#: 1,000 pairs, evenly spaced), kept so a later snapshot can split each pair's cosine change into SAE features.
+SAE_PAIR_QUERIES = "sae/pair_queries"
+SAE_PAIR_DOCUMENTS = "sae/pair_documents"
 
 #: Every array key by family.
 ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -77,7 +81,7 @@ ARRAY_FAMILIES: dict[str, tuple[str, ...]] = {
         RANK_BEFORE,
         RANK_AFTER,
     ),
-    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES),
+    "sae": (SAE_FREQUENCY, SAE_MEAN_ACTIVATION, SAE_TOP_ROWS, SAE_TOP_VALUES, SAE_PAIR_QUERIES, SAE_PAIR_DOCUMENTS),
 }
 
 # -- structured details (snapshot.json "details") --------------------------------------------------
@@ -97,6 +101,11 @@ SAE_LOST = "sae/lost"
 #: The retrieval verdict against the base and the previous snapshot (:mod:`aquin_monitor.verdict`):
 #: ``{"base": {...}, "previous": {...}}``, each with its sentence and numbers.
 VERDICT = "verdict"
+#: Drift explained by the base SAE (:mod:`aquin_monitor.sae.drift`): the features whose activation moved
+#: against the base (paired test, Benjamini-Hochberg) and the pairs whose cosine changed most, split into
+#: feature, bias and error terms.
+SAE_DRIFT_FEATURES = "sae/drift_features"
+SAE_DRIFT_PAIRS = "sae/drift_pairs"
 
 DETAIL_KEYS = (
     OOD_FLAGGED,
@@ -107,4 +116,6 @@ DETAIL_KEYS = (
     SAE_GAINED,
     SAE_LOST,
     VERDICT,
+    SAE_DRIFT_FEATURES,
+    SAE_DRIFT_PAIRS,
 )

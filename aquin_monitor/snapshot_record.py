@@ -147,7 +147,7 @@ def read_arrays(
 class SnapshotView:
     """One snapshot folder read tolerantly (the report's reader): what could not be read is listed in
     ``problems`` instead of raising; ``step`` is None and ``tag`` ``"unknown"`` when unreadable.
-    The raw ``embeddings`` are not loaded (figures draw from the 2-D projections)."""
+    The raw ``embeddings`` (and the SAE pair embeddings) are not loaded (figures draw from the 2-D projections)."""
 
     directory: Path
     step: int | None
@@ -186,7 +186,10 @@ class SnapshotView:
         arrays_path = directory / "arrays.npz"
         if arrays_path.is_file():
             view.arrays = read_arrays(
-                arrays_path, skip=(keys.EMBEDDINGS,), problems=view.problems, label=f"{label}/arrays.npz"
+                arrays_path,
+                skip=(keys.EMBEDDINGS, keys.SAE_PAIR_QUERIES, keys.SAE_PAIR_DOCUMENTS),
+                problems=view.problems,
+                label=f"{label}/arrays.npz",
             )
         return view
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from .data import ProbeSet, RetrievalSet
     from .embedding_cache import CachedModel
+    from .sae.drift import DriftExplanation
     from .sae.model import SparseAutoencoder
     from .sinks.base import Sink
 
@@ -90,7 +91,12 @@ class SnapshotRunner:
             the one shipped for the bundled all-MiniLM-L6-v2). Each snapshot then logs ``sae/fvu`` (how
             far the space has moved out of the base dictionary), ``sae/dead_fraction``, ``sae/l0``,
             ``sae/l0_effective`` and each feature's firing frequency, and its diff against the base lists
-            the features gained and lost (``sae/gained``, ``sae/lost`` in ``snapshot.json``).
+            the features gained and lost (``sae/gained``, ``sae/lost`` in ``snapshot.json``) and explains the
+            drift (:mod:`aquin_monitor.sae.drift`: the features whose activation moved, by a paired test with
+            Benjamini-Hochberg, and the pairs whose cosine changed most, each change split into feature, bias
+            and error terms; ``sae/drift_features``, ``sae/drift_pairs``, ``drift/<vs>/sae_features_moved``).
+        sae_labels: a label per SAE feature for those lists; None: the SAE folder's ``features.json`` when
+            ``sae`` is given by name, else no labels.
 
     Example::
 
@@ -117,6 +123,7 @@ class SnapshotRunner:
         model_name: str = "",
         sae: SparseAutoencoder | str | None = None,
         announce: bool = True,
+        sae_labels: Sequence[str | None] | None = None,
     ):
         from .data import ProbeSet
 
@@ -139,16 +146,13 @@ class SnapshotRunner:
         self.show_progress = show_progress
         self.announce = announce
         self.model_name = model_name
-        #: per-feature labels of the SAE folder's ``features.json`` (the gained/lost tables name features by them)
-        self.sae_labels: list[str | None] | None = None
         if isinstance(sae, str):
-            from .sae import load_sae
-            from .sae.labels import feature_labels
+            from .sae.model import feature_labels, load_sae
 
-            loaded = load_sae(sae)
-            self.sae_labels = feature_labels(sae, loaded.num_latents)
-            sae = loaded
+            name, sae = sae, load_sae(sae)
+            sae_labels = sae_labels if sae_labels is not None else feature_labels(name, sae.num_latents)
         self.sae = cast("SparseAutoencoder | None", sae)  # a str was loaded just above
+        self.sae_labels = sae_labels
         self.base: Snapshot | None = None
         self.previous: Snapshot | None = None
 
@@ -263,8 +267,10 @@ class SnapshotRunner:
             snap.details[keys.DIFF_BASE] = d.details
             if self.sae is not None and keys.SAE_FREQUENCY in self.base.arrays and keys.SAE_FREQUENCY in snap.arrays:
                 snap.details.update(self._sae_movers(self.base, snap))
+            self._attach_sae_drift(self.base, snap, "base")
         if self.previous is not None and self.previous is not self.base:
             snap.metrics.update(diff(self.previous, snap, name="previous", seed=self.seed).metrics)
+            self._attach_sae_drift(self.previous, snap, "previous")
         verdict_metrics, verdicts = verdict_records(snap, self.base, self.previous, seed=self.seed)
         if verdicts:  # per-query NDCG@10 paired against the base (and the previous snapshot)
             snap.metrics.update(verdict_metrics)
@@ -292,13 +298,14 @@ class SnapshotRunner:
                 warnings.warn(
                     f"aquin-monitor: UMAP failed, snapshot kept without it: {exc!r}", RuntimeWarning, stacklevel=2
                 )
-        if self.retrieval is not None:
-            self._add_retrieval(snap, model, emb)
+        retrieval_embeddings = self._add_retrieval(snap, model, emb) if self.retrieval is not None else None
         if self.sae is not None:
-            self._add_sae(snap, emb)
+            self._add_sae(snap, emb, retrieval_embeddings)
         return snap
 
-    def _add_sae(self, snap: Snapshot, emb: np.ndarray) -> None:
+    def _add_sae(
+        self, snap: Snapshot, emb: np.ndarray, retrieval_embeddings: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
         from .sae.monitoring import snapshot_signals
 
         assert self.sae is not None, "_add_sae runs only when the runner holds an SAE"
@@ -313,6 +320,62 @@ class SnapshotRunner:
         signals = snapshot_signals(self.sae, emb, self.probe.texts)
         snap.metrics.update(signals.metrics)
         snap.arrays.update(signals.arrays())
+        positions = self._sae_pair_positions()
+        if retrieval_embeddings is not None and positions:  # the pairs a later drift explanation splits
+            q_emb, d_emb = retrieval_embeddings
+            snap.arrays[keys.SAE_PAIR_QUERIES] = np.asarray(q_emb[[q for q, _ in positions]], dtype=np.float32)
+            snap.arrays[keys.SAE_PAIR_DOCUMENTS] = np.asarray(d_emb[[d for _, d in positions]], dtype=np.float32)
+
+    def _sae_pair_positions(self) -> list[tuple[int, int]]:
+        """The retrieval set's relevant (query, document) positions whose SAE split a drift explanation lists."""
+        from .sae.drift import relevant_pairs
+
+        return relevant_pairs(self.retrieval.positional()[0]) if self.retrieval is not None else []
+
+    def explain_sae_drift(self, reference: Snapshot, now: Snapshot) -> DriftExplanation | None:
+        """The drift from ``reference`` to ``now`` read through the runner's (base) SAE
+        (:mod:`aquin_monitor.sae.drift`): the features whose activation moved on the probe, and the pairs
+        whose cosine changed most, each change split exactly into feature, bias and error terms.
+
+        Pairs are the retrieval set's relevant query-document pairs when both snapshots carry their
+        embeddings, else pairs of probe texts. None without an SAE or when the SAE does not read these
+        embeddings (another width).
+        """
+        from .sae.drift import PairSet, explain_drift
+
+        before, after = reference.arrays.get(keys.EMBEDDINGS), now.arrays.get(keys.EMBEDDINGS)
+        if self.sae is None or before is None or after is None or before.shape[-1] != self.sae.d_in:
+            return None
+        pairs = None
+        queries = (reference.arrays.get(keys.SAE_PAIR_QUERIES), now.arrays.get(keys.SAE_PAIR_QUERIES))
+        documents = (reference.arrays.get(keys.SAE_PAIR_DOCUMENTS), now.arrays.get(keys.SAE_PAIR_DOCUMENTS))
+        positions = self._sae_pair_positions()
+        stored = [a for a in (*queries, *documents) if a is not None]
+        if len(stored) == 4 and all(a.shape == (len(positions), self.sae.d_in) for a in stored):
+            assert self.retrieval is not None  # positions come from it
+            q_texts, d_texts = self.retrieval.query_texts(), self.retrieval.doc_texts()
+            texts = [(q_texts[q], d_texts[d]) for q, d in positions]
+            pairs = PairSet(queries[0], documents[0], queries[1], documents[1], texts, positions)  # type: ignore[arg-type]
+        return explain_drift(self.sae, before, after, self.probe.texts, pairs=pairs, labels=self.sae_labels)
+
+    def _attach_sae_drift(self, reference: Snapshot, snap: Snapshot, name: str) -> None:
+        """Add the SAE's drift explanation against ``reference`` to ``snap``: the metrics always, the lists
+        against the base only. A failure here warns and leaves the rest of the snapshot as it is."""
+        try:
+            explanation = self.explain_sae_drift(reference, snap)
+        except Exception as exc:  # noqa: BLE001 - the explanation is not worth the snapshot
+            report_failure(
+                f"the SAE drift explanation against the {name} (step {snap.step})",
+                exc,
+                strict=False,
+                outcome="the snapshot is kept without it",
+            )
+            return
+        if explanation is None:
+            return
+        snap.metrics.update(explanation.metrics(f"drift/{name}"))
+        if name == "base":
+            snap.details.update(explanation.details())
 
     def _sae_movers(self, base: Snapshot, now: Snapshot) -> dict[str, list]:
         """Features gained and lost from ``base`` to ``now`` (both snapshots carry the SAE arrays)."""
@@ -461,7 +524,10 @@ class SnapshotRunner:
 
         return embed(queries, q_prompt), embed(documents, d_prompt)
 
-    def _add_retrieval(self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray) -> None:
+    def _add_retrieval(
+        self, snap: Snapshot, model: torch.nn.Module | CachedModel, emb: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add the retrieval metrics and arrays to ``snap``; return the query and document embeddings."""
         q_emb, d_emb = self._retrieval_embeddings(model, emb)
         assert self.retrieval is not None  # _retrieval_embeddings checked it
         report, by_category, _ = evaluate_retrieval_set(self.retrieval, q_emb, d_emb)
@@ -472,6 +538,7 @@ class SnapshotRunner:
             snap.arrays[keys.QUERY_NDCG] = np.asarray(report.ndcg, dtype=np.float64)
         if by_category:
             snap.details[keys.RETRIEVAL_BY_CATEGORY] = by_category
+        return q_emb, d_emb
 
 
 class SnapshotSchedule:

@@ -16,6 +16,7 @@ Usage::
 
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR]
+    python scripts/train_default_sae.py --max-texts N --write-corpus FILE    # the corpus as JSONL, e.g. for sae eval
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         "--max-corpus", type=int, default=1000, help="SciFact documents for retrieval kept (judged + others)"
     )
     parser.add_argument("--log-dir", default=None, help="also stream sae/* per epoch to DIR/metrics.jsonl")
+    parser.add_argument(
+        "--write-corpus", metavar="FILE", default=None, help="only write the corpus as JSONL ({'text': ...} lines)"
+    )
+    parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="write cfg.json + sae.safetensors only (e.g. a second seed for `sae eval default --second-sae OUT`)",
+    )
     args = parser.parse_args(argv)
 
     from aquin_monitor.sae.embeddings import embed_corpus
@@ -100,10 +109,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_texts:
         texts = texts[: args.max_texts]
     print(f"{len(texts)} texts", file=sys.stderr)
+    if args.write_corpus:
+        from aquin_monitor.atomic import atomic_write_text
+
+        atomic_write_text(args.write_corpus, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+        return 0
     embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
     if args.embed_only:
         return 0
+    if args.weights_only:
+        return _train_weights_only(embeddings, args)
     return _train_and_write(texts, embeddings, args)
+
+
+def _train_weights_only(embeddings, args) -> int:
+    import torch
+
+    from aquin_monitor.sae.train import SaeTrainConfig, train_sae
+
+    torch.set_num_threads(args.threads)
+    config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
+    result = train_sae(embeddings, config, metadata={"model": "sentence-transformers/all-MiniLM-L6-v2"})
+    result.sae.save(args.out)
+    print(f"wrote {args.out} (best held-out FVU {min(row['sae/fvu'] for row in result.history):.4f})", file=sys.stderr)
+    return 0
 
 
 def scifact_retrieval(max_corpus: int) -> dict:
@@ -131,7 +160,7 @@ def _train_and_write(texts, embeddings, args) -> int:
     config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
     retrieval = scifact_retrieval(args.max_corpus)
     sink = JsonlSink(args.log_dir) if args.log_dir else None
-    build_sae_folder(
+    result, _ = build_sae_folder(
         embeddings,
         texts,
         args.out,
@@ -143,7 +172,38 @@ def _train_and_write(texts, embeddings, args) -> int:
     )
     if sink:
         sink.close()
+    add_suite_metrics(Path(args.out), result, retrieval)
     return 0
+
+
+def add_suite_metrics(folder: Path, result, retrieval: dict) -> dict:
+    """Add the research numbers of ``sae eval`` (docs/metrics.md) to the held-out report ``quality.json`` / ``.txt``:
+    a rank-k PCA fitted on the held-out rows (FVU, cos, retrieval kept) and k-sparse probing on the shipped
+    Banking77 and AG News splits."""
+    from aquin_monitor.atomic import atomic_write_text
+    from aquin_monitor.sae.build import format_report
+    from aquin_monitor.sae.embeddings import embed_corpus
+    from aquin_monitor.sae.evaluate import reconstructed_retrieval
+    from aquin_monitor.sae.probe_data import shipped_probe_splits
+    from aquin_monitor.sae.quality import fit_pca_baseline, probing_report, reconstruction_fit
+
+    report = json.loads((folder / "quality.json").read_text(encoding="utf-8"))
+    pca = fit_pca_baseline(result.held_out, result.sae.k)
+    fit = reconstruction_fit(result.held_out, pca.reconstruct(result.held_out))
+    metrics = {"sae/pca/fvu": fit["fvu"], "sae/pca/cosine": fit["cosine"], "sae/pca/n_components": pca.n_components}
+    kept = reconstructed_retrieval(
+        pca.reconstruct, retrieval["queries"], retrieval["documents"], retrieval["relevant"], prefix="sae/pca/retrieval"
+    )
+    metrics.update({name: value for name, value in kept.items() if "/original/" not in name})
+    metrics.update(
+        probing_report(
+            result.sae, shipped_probe_splits(), lambda texts: embed_corpus("default", texts, show_progress=False)
+        )
+    )
+    report["metrics"].update(metrics)
+    atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(folder / "quality.txt", format_report(report["metrics"]) + "\n")
+    return report
 
 
 if __name__ == "__main__":

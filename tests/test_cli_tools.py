@@ -174,6 +174,7 @@ def test_sae_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "replace", interrupted)
     code = cli.main(
         ["sae", "eval", "default", "--corpus", str(corpus), "--json", str(out), "--no-progress", "--no-cache"]
+        + ["--no-probe", "--no-retrieval"]
     )
     monkeypatch.undo()
     assert code == 130

@@ -37,6 +37,7 @@ EXAMPLE_VALUES = {
     "<parameter>": "0.auto_model.pooler.dense.weight",
     "<metric>": "ndcg@10",
     "<group>": "layer.01",
+    "<set>": "banking77",
 }
 
 

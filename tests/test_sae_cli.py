@@ -98,6 +98,7 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
     )
     code = cli.main(
         ["sae", "eval", str(out), "--corpus", str(corpus), "--pairs", str(pairs), "--json", "-", "--no-progress"]
+        + ["--no-probe"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)

@@ -5,6 +5,7 @@
 - :func:`train_sae` with :class:`SaeTrainConfig`; :func:`build_sae_folder` writes a complete folder.
 - :func:`quality_metrics`, :func:`retrieval_kept`: the ``sae eval`` report.
 - :func:`snapshot_signals`, :func:`feature_movers`: SAE signals for checkpoint snapshots.
+- :func:`explain_drift`: the drift between two checkpoints by the base SAE's features (moved features, pair splits).
 
 Example::
 
@@ -23,6 +24,8 @@ from typing import Any
 # pay for torch; the names below load their module on first use.
 _EXPORTS = {
     "build_sae_folder": "build",
+    "DriftExplanation": "drift",
+    "explain_drift": "drift",
     "FeatureStatistics": "evaluate",
     "feature_statistics": "evaluate",
     "quality_metrics": "evaluate",
@@ -50,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DriftExplanation",
     "FeatureStatistics",
     "SaeFormatError",
     "SaeSnapshot",
@@ -59,6 +63,7 @@ __all__ = [
     "build_sae_folder",
     "choose_sizes",
     "default_sae_path",
+    "explain_drift",
     "feature_movers",
     "feature_statistics",
     "load_sae",

@@ -34,10 +34,17 @@ from ..cli_tools import (
     positive_int,
     read_corpus,
 )
-from .labels import feature_labels
 from .verb_inputs import embed_texts, load_sae_for
 
 __all__ = ["add_analysis_commands", "feature_labels"]
+
+
+def feature_labels(sae_name: str, num_latents: int) -> list[str | None] | None:
+    """Per-feature labels of SAE ``sae_name`` (:func:`aquin_monitor.sae.model.feature_labels`; imported
+    when called: building the parser imports no torch)."""
+    from .model import feature_labels as read_feature_labels
+
+    return read_feature_labels(sae_name, num_latents)
 
 
 def _sae_and_model(name: str, model: str | None) -> tuple[Any, str, list[str | None] | None]:

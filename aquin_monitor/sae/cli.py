@@ -280,30 +280,126 @@ def _train_on_rows(args: argparse.Namespace, source: Any, out: Path, config: Any
         return write_trained_folder(result, out, model=args.model, show_progress=args.progress), result.rule
 
 
-def _eval(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data import read_beir, read_pairs
-    from .evaluate import quality_metrics, retrieval_kept
+#: The shipped texts no shipped SAE trained on (SciFact claims): ``sae eval``'s corpus when --corpus is not given.
+DEFAULT_EVAL_CORPUS = ("scifact", "queries.jsonl")
+#: SciFact documents (judged + others) of the default retrieval-kept evaluation (as the shipped quality.json).
+DEFAULT_RETRIEVAL_DOCS = 1000
 
-    loaded = load_sae_for(args.sae, args.model)
-    texts = read_corpus(args.corpus, args.text_field)
-    retrieval = (
-        read_pairs(args.pairs)
-        if args.pairs
-        else read_beir(args.beir, args.split, max_corpus=args.max_corpus)
-        if args.beir
-        else None
+
+def _eval_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Every input of ``sae eval``, read and checked before any model loads (corpus, probes, retrieval, SAEs)."""
+    from ..data import bundled_dataset, read_beir, read_pairs
+    from .model import load_sae, sae_folder
+    from .probe_data import labelled_file_splits, shipped_probe_splits
+
+    corpus = args.corpus or str(bundled_dataset(DEFAULT_EVAL_CORPUS[0]) / DEFAULT_EVAL_CORPUS[1])
+    texts = read_corpus(corpus, args.text_field)
+    splits = (
+        []
+        if args.no_probe
+        else [labelled_file_splits(p, text_field=args.text_field, label_field=args.label_field) for p in args.probe]
+        if args.probe
+        else shipped_probe_splits()
     )
-    embeddings = embed_texts(loaded.model, texts, args)
+    if len({split.name for split in splits}) != len(splits):
+        raise InputError("<command line>", "two --probe files share a name (their file stem)", field="--probe")
+    retrieval = (
+        None
+        if args.no_retrieval
+        else read_pairs(args.pairs)
+        if args.pairs
+        else read_beir(args.beir or bundled_dataset("scifact"), args.split, max_corpus=_max_corpus(args))
+    )
+    loaded = load_sae_for(args.sae, args.model)
+    second = load_sae(args.second_sae) if args.second_sae else None
+    if second is not None and second.d_in != loaded.sae.d_in:
+        raise InputError(
+            args.second_sae,
+            f"reads {second.d_in}-dimensional inputs, the SAE {args.sae} reads {loaded.sae.d_in}",
+            field="--second-sae",
+        )
+    return {
+        "corpus": corpus,
+        "texts": texts,
+        "splits": splits,
+        "retrieval": retrieval,
+        "loaded": loaded,
+        "second": second,
+        "folder": sae_folder(args.sae),
+    }
+
+
+def _max_corpus(args: argparse.Namespace) -> int | None:
+    return args.max_corpus if args.max_corpus or args.beir else DEFAULT_RETRIEVAL_DOCS
+
+
+def _eval(args: argparse.Namespace) -> dict[str, Any]:
+    """``sae eval``: quality on the corpus beside the held-out figures and a PCA of equal size, retrieval kept (SAE
+    and PCA), k-sparse probing, seed stability; the out-of-domain warning on stderr and in the report."""
+    from .evaluate import reconstructed_retrieval, retrieval_kept
+    from .quality import corpus_fit, probing_report, read_held_out, seed_stability
+
+    inputs = _eval_inputs(args)
+    loaded, sae = inputs["loaded"], inputs["loaded"].sae
+    embeddings = embed_texts(loaded.model, inputs["texts"], args)
     loaded.check_width(embeddings.shape[1])
-    metrics, _ = quality_metrics(loaded.sae, embeddings)
+    fit = corpus_fit(sae, embeddings, read_held_out(inputs["folder"]), corpus=Path(inputs["corpus"]).name)
+    metrics = fit["metrics"]
+    retrieval = inputs["retrieval"]
     if retrieval is not None:
         queries = embed_texts(loaded.model, retrieval.query_texts(), args)
         documents = embed_texts(loaded.model, retrieval.doc_texts(), args, chunk_size=256)
         relevant, _, _ = retrieval.positional()
-        metrics.update(retrieval_kept(loaded.sae, queries, documents, relevant))
-    return _emit_quality_report(
-        {"command": "sae eval", "sae": args.sae, "model": loaded.model, "n_texts": len(texts), "metrics": metrics}, args
-    )
+        metrics.update(retrieval_kept(sae, queries, documents, relevant))
+        pca = reconstructed_retrieval(fit["pca"].reconstruct, queries, documents, relevant, prefix="sae/pca/retrieval")
+        metrics.update({k: v for k, v in pca.items() if "/original/" not in k})
+    metrics.update(probing_report(sae, inputs["splits"], lambda texts: embed_texts(loaded.model, texts, args)))
+    if inputs["second"] is not None:
+        metrics["sae/stability/second_sae"] = seed_stability(sae, inputs["second"])
+    if args.seeds > 1:
+        metrics["sae/stability/seeds"] = _seed_stability_on(embeddings, sae, inputs["folder"], args)
+    warnings = [fit["warning"]] if fit["warning"] else []
+    for line in warnings:
+        print(line, file=sys.stderr)
+    result = {
+        "command": "sae eval",
+        "sae": args.sae,
+        "model": loaded.model,
+        "corpus": inputs["corpus"],
+        "n_texts": len(inputs["texts"]),
+        "retrieval": None if retrieval is None else retrieval.source,
+        "probes": {split.name: split.source for split in inputs["splits"]},
+        "warnings": warnings,
+        "metrics": metrics,
+    }
+    return _emit_quality_report(result, args)
+
+
+def _seed_stability_on(embeddings: Any, sae: Any, folder: Path, args: argparse.Namespace) -> float:
+    """Mean over pairs of :func:`~aquin_monitor.sae.quality.seed_stability` of ``args.seeds`` SAEs trained on the
+    corpus's ``embeddings`` with seeds 0, 1, ..., the SAE's sizes and its recorded training settings."""
+    import itertools
+    import json
+
+    from .quality import seed_stability
+    from .train import train_sae
+
+    recorded: dict[str, Any] = {}
+    try:
+        recorded = json.loads((folder / "quality.json").read_text(encoding="utf-8")).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        pass
+    fields = {f.name for f in dataclasses.fields(SaeTrainConfig)} - {"seed", "device", "checkpoint", "dead_after"}
+    settings = {key: value for key, value in recorded.items() if key in fields}
+    settings.update(num_latents=sae.num_latents, k=sae.k)
+    if args.seed_epochs:
+        settings["max_epochs"] = args.seed_epochs
+    decoders = []
+    for seed in range(args.seeds):
+        config = SaeTrainConfig(**settings, seed=seed, device=args.device)
+        decoders.append(train_sae(embeddings, config, show_progress=args.progress).sae)
+    pairs = list(itertools.combinations(decoders, 2))
+    return sum(seed_stability(a, b) for a, b in pairs) / len(pairs)
 
 
 def _emit_quality_report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -325,10 +421,6 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Train, evaluate and analyse TopK sparse autoencoders on a model's embeddings.",
     )
     sub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--corpus", required=True, metavar="FILE", help="JSONL with one text per line")
-    shared.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
-    cache_option(shared)
 
     train = sub.add_parser(
         "train",
@@ -363,23 +455,7 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.set_defaults(handler=_train)
     declare_outputs(train, folders=["--out"])
 
-    evaluate = sub.add_parser(
-        "eval",
-        parents=[common, shared],
-        help="quality report of a SAE on held-out texts",
-        description="FVU, explained variance, L0, dead/dense fractions, cos(x, x̂), norm ratio, "
-        "decoder redundancy, and retrieval kept (NDCG@10, Recall@10 with x̂ vs x).",
-    )
-    evaluate.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
-    evaluate.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
-    source = evaluate.add_mutually_exclusive_group()
-    source.add_argument("--beir", metavar="DIR", help="BEIR folder for retrieval kept")
-    source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for retrieval kept")
-    evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    evaluate.add_argument(
-        "--max-corpus", type=positive_int, default=None, metavar="N", help="BEIR: judged documents plus others up to N"
-    )
-    evaluate.set_defaults(handler=_eval)
+    _add_eval_command(sub, common)
 
     from .analysis_cli import (
         add_analysis_commands,  # decompose, contrast, trace, steer, faithfulness, match
@@ -394,3 +470,69 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     from .convert_cli import add_convert_command
 
     add_convert_command(sub)
+
+
+def _add_eval_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``sae eval``'s parser: the corpus, retrieval, probing and stability options."""
+    evaluate = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="quality report of a SAE: reconstruction, retrieval kept, k-sparse probing, seed stability",
+        description="On the corpus: FVU, explained variance, L0, dead/dense fractions, cos(x, x̂), norm ratio, "
+        "decoder redundancy, beside the SAE's own held-out figures (its quality.json) and a PCA with k components "
+        "fitted on the corpus (a one-line warning when the corpus's FVU exceeds 1.5x the held-out FVU). Retrieval "
+        "kept (NDCG@10, Recall@10 with x̂ vs x; SAE and PCA) on SciFact or --beir/--pairs. k-sparse probing "
+        "(k = 1, 5, 20 features) on Banking77 and AG News or --probe files. Seed stability with --seeds or "
+        "--second-sae. Definitions: docs/metrics.md.",
+    )
+    evaluate.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="JSONL with one text per line (default: the shipped SciFact claims, which no shipped SAE trained on)",
+    )
+    evaluate.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
+    cache_option(evaluate)
+    evaluate.add_argument("sae", metavar="SAE", help="SAE folder, or 'default' (shipped for all-MiniLM-L6-v2)")
+    evaluate.add_argument("--model", default=None, help="embedding model (default: the one recorded in cfg.json)")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--beir", metavar="DIR", help="BEIR folder for retrieval kept (default: the shipped SciFact)")
+    source.add_argument("--pairs", metavar="FILE", help="query/document pairs JSONL for retrieval kept")
+    source.add_argument("--no-retrieval", action="store_true", help="skip retrieval kept")
+    evaluate.add_argument("--split", default="test", help="BEIR qrels split (default test)")
+    evaluate.add_argument(
+        "--max-corpus",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"BEIR: judged documents plus others up to N (default: all; {DEFAULT_RETRIEVAL_DOCS} for the shipped "
+        "SciFact)",
+    )
+    probes = evaluate.add_mutually_exclusive_group()
+    probes.add_argument(
+        "--probe",
+        action="append",
+        metavar="FILE",
+        help="labelled JSONL (text and label fields) for k-sparse probing, split half/half by a seeded permutation; "
+        "repeatable (default: the shipped Banking77 and AG News)",
+    )
+    probes.add_argument("--no-probe", action="store_true", help="skip k-sparse probing")
+    evaluate.add_argument("--label-field", default="label", metavar="NAME", help="--probe files' label field")
+    evaluate.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train N SAEs (seeds 0..N-1, this SAE's sizes and recorded settings) on the corpus and report their "
+        "mean pairwise seed stability (default 1: none)",
+    )
+    evaluate.add_argument(
+        "--seed-epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--seeds: at most N epochs per SAE (default: the SAE's recorded max_epochs, else SaeTrainConfig's)",
+    )
+    evaluate.add_argument(
+        "--second-sae", metavar="DIR", help="another SAE of the same input space: seed stability against it"
+    )
+    evaluate.set_defaults(handler=_eval)

@@ -17,7 +17,7 @@ Definitions (held-out embeddings ``x`` [n, d], reconstructions ``x̂``, activati
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "feature_statistics",
     "quality_metrics",
     "reconstruct",
+    "reconstructed_retrieval",
     "retrieval_kept",
     "top_activations",
 ]
@@ -190,19 +191,39 @@ def retrieval_kept(
         ``sae/retrieval/original/{ndcg@10,recall@10}``, ``sae/retrieval/reconstructed/…`` and
         ``sae/retrieval/kept_ndcg@10`` (reconstructed / original).
     """
+    return reconstructed_retrieval(lambda x: reconstruct(sae, x), query_emb, doc_emb, relevant, ndcg_k=ndcg_k)
+
+
+def reconstructed_retrieval(
+    reconstruct_rows: Callable[[np.ndarray], np.ndarray],
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    relevant: Sequence[Mapping[int, float]],
+    *,
+    ndcg_k: int = 10,
+    prefix: str = "sae/retrieval",
+) -> dict[str, float]:
+    """:func:`retrieval_kept` for any reconstruction ``reconstruct_rows`` (a SAE's, a PCA baseline's), its names
+    under ``prefix``.
+
+    >>> import numpy as np
+    >>> x = np.eye(3, dtype="float32")
+    >>> reconstructed_retrieval(lambda rows: rows, x, x, [{0: 1}, {1: 1}, {2: 1}])["sae/retrieval/kept_ndcg@10"]
+    1.0
+    """
     from ..signals.retrieval import retrieval_metrics
 
     out: dict[str, float] = {}
     pairs = {
         "original": (query_emb, doc_emb),
-        "reconstructed": (reconstruct(sae, query_emb), reconstruct(sae, doc_emb)),
+        "reconstructed": (reconstruct_rows(query_emb), reconstruct_rows(doc_emb)),
     }
     for name, (queries, docs) in pairs.items():
         metrics = retrieval_metrics(queries, docs, relevant, ks=(10,), ndcg_k=ndcg_k).as_metrics()
-        out[f"sae/retrieval/{name}/ndcg@{ndcg_k}"] = metrics[f"retrieval/ndcg@{ndcg_k}"]
-        out[f"sae/retrieval/{name}/recall@10"] = metrics["retrieval/recall@10"]
-    original = out[f"sae/retrieval/original/ndcg@{ndcg_k}"]
-    out[f"sae/retrieval/kept_ndcg@{ndcg_k}"] = (
-        out[f"sae/retrieval/reconstructed/ndcg@{ndcg_k}"] / original if original else float("nan")
+        out[f"{prefix}/{name}/ndcg@{ndcg_k}"] = metrics[f"retrieval/ndcg@{ndcg_k}"]
+        out[f"{prefix}/{name}/recall@10"] = metrics["retrieval/recall@10"]
+    original = out[f"{prefix}/original/ndcg@{ndcg_k}"]
+    out[f"{prefix}/kept_ndcg@{ndcg_k}"] = (
+        out[f"{prefix}/reconstructed/ndcg@{ndcg_k}"] / original if original else float("nan")
     )
     return out

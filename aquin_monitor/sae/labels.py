@@ -21,8 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +28,7 @@ import scipy.sparse
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
-__all__ = ["class_tfidf", "ctfidf_labels", "feature_labels"]
+__all__ = ["class_tfidf", "ctfidf_labels"]
 
 
 def class_tfidf(
@@ -130,28 +128,3 @@ def _background_counts(
             hits.extend(vocabulary[token] for token in tokens if token in vocabulary)
         total += np.bincount(np.asarray(hits, dtype=np.int64), minlength=len(vocabulary))
     return scipy.sparse.csr_matrix(total[None, :]), words
-
-
-def feature_labels(sae_name: str | os.PathLike, num_latents: int) -> list[str | None] | None:
-    """Per-feature labels from the SAE folder's ``features.json`` (``label`` per feature, the c-TF-IDF terms
-    :func:`ctfidf_labels` gave when the folder was built), or None when it has none.
-
-    >>> labels = feature_labels("default", 1536)
-    >>> len(labels), labels[0]
-    (1536, 'nortel, clathrin, pg')
-    """
-    from .model import sae_folder
-
-    try:
-        record = json.loads((sae_folder(sae_name) / "features.json").read_text(encoding="utf-8"))
-        features = record["features"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    labels: list[str | None] = [None] * num_latents
-    found = False
-    for entry in features if isinstance(features, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), int) and 0 <= entry["id"] < num_latents:
-            label = entry.get("label")
-            if isinstance(label, str):
-                labels[entry["id"]], found = label, True
-    return labels if found else None

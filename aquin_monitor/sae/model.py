@@ -49,6 +49,7 @@ __all__ = [
     "SparseAutoencoder",
     "TopKOutput",
     "default_sae_path",
+    "feature_labels",
     "load_sae",
     "sae_folder",
 ]
@@ -415,3 +416,28 @@ def load_sae(name_or_path: str | os.PathLike = "default") -> SparseAutoencoder:
         (384, 32)
     """
     return SparseAutoencoder.load(sae_folder(name_or_path)).eval()
+
+
+def feature_labels(name_or_path: str | os.PathLike, num_latents: int) -> list[str | None] | None:
+    """Per-feature labels from a SAE folder's ``features.json`` (``label`` per feature), or None without any.
+
+    An unreadable or malformed ``features.json`` gives None (labels are an aid, never a reason to stop);
+    entries with an ``id`` outside ``0..num_latents-1`` or a non-string ``label`` are skipped.
+
+    >>> labels = feature_labels("default", 1536)
+    >>> len(labels), isinstance(labels[0], str)
+    (1536, True)
+    """
+    try:
+        record = json.loads((sae_folder(name_or_path) / "features.json").read_text(encoding="utf-8"))
+        features = record["features"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    labels: list[str | None] = [None] * num_latents
+    found = False
+    for entry in features if isinstance(features, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), int) and 0 <= entry["id"] < num_latents:
+            label = entry.get("label")
+            if isinstance(label, str):
+                labels[entry["id"]], found = label, True
+    return labels if found else None

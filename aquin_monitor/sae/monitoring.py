@@ -178,7 +178,7 @@ def feature_movers(
         min_support: texts a listed feature fires on at least (on its busier side); None:
             :func:`movers_min_support` of the probe size; 0 lists every moved feature.
         labels: a label per feature (the SAE folder's ``features.json``:
-            :func:`~aquin_monitor.sae.labels.feature_labels`).
+            :func:`~aquin_monitor.sae.model.feature_labels`).
 
     Returns:
         ``{"gained": [...], "lost": [...]}``, each entry ``{"feature", "label", "frequency_before",

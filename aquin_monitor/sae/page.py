@@ -16,6 +16,8 @@ Sections:
   (log scale), edges = NPMI above the threshold; clicking a node lists its neighbours with their
   co-activation counts and conditional frequencies.
 - **Diagnostics**: absorption pairs and the most polysemous features, with example texts.
+- **Fit on this corpus** (when given, :func:`~aquin_monitor.sae.quality.corpus_fit`): FVU and cos(x, x̂) on the
+  corpus beside the SAE's own held-out figures and a PCA of equal size, and the out-of-domain warning.
 
 Example:
 
@@ -59,9 +61,11 @@ def page_data(
     title: str = "SAE features",
     polysemy_rows: int = 25,
     merged_rows: int = 50,
+    fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The page's data (JSON-serialisable): the browser, the network and the diagnostics, as they are.
 
+    ``fit``: :func:`~aquin_monitor.sae.quality.corpus_fit`'s result, shown as its ``metrics`` and ``warning``.
     The diagnostics keep the ``polysemy_rows`` features of widest spread and, as ``merged``, the
     ``merged_rows`` flagged features of highest silhouette.
     """
@@ -77,6 +81,7 @@ def page_data(
         "label_summary": browser.label_summary,
         "network": None,
         "diagnostics": None,
+        "fit": None if fit is None else {"metrics": _finite_or_none(fit["metrics"]), "warning": fit["warning"]},
     }
     if network is not None:
         data["network"] = dataclasses.asdict(network)
@@ -88,6 +93,11 @@ def page_data(
         found["polysemy"] = found["polysemy"][:polysemy_rows]
         data["diagnostics"] = found
     return data
+
+
+def _finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """NaN and infinities as None: the page's JSON block allows no non-finite number."""
+    return {name: float(value) if np.isfinite(value) else None for name, value in metrics.items()}
 
 
 def network_drawing(
@@ -171,6 +181,7 @@ def render_page(
     diagnostics: Diagnostics | None = None,
     *,
     title: str = "SAE features",
+    fit: Mapping[str, Any] | None = None,
 ) -> str:
     """The page as one HTML string.
 
@@ -179,11 +190,12 @@ def render_page(
         network: :func:`~aquin_monitor.sae.network.coactivation_network`' result (section left out if None).
         diagnostics: :func:`~aquin_monitor.sae.diagnose.diagnose`' result (section left out if None).
         title: the page title (escaped).
+        fit: :func:`~aquin_monitor.sae.quality.corpus_fit`'s result (section left out if None).
 
     Returns:
         A complete, self-contained HTML document.
     """
-    data = _script_json(page_data(browser, network, diagnostics, title=title))
+    data = _script_json(page_data(browser, network, diagnostics, title=title, fit=fit))
     return fill_placeholders(PAGE, {"TITLE": html.escape(title), "STYLE": STYLE, "DATA": data, "SCRIPT": SCRIPT})
 
 
@@ -295,9 +307,10 @@ def write_page(
     diagnostics: Diagnostics | None = None,
     *,
     title: str = "SAE features",
+    fit: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write :func:`render_page`'s page to ``path`` atomically (never half-written); returns the path."""
-    atomic_write_text(path, render_page(browser, network, diagnostics, title=title))
+    atomic_write_text(path, render_page(browser, network, diagnostics, title=title, fit=fit))
     return Path(path)
 
 
@@ -308,6 +321,9 @@ PAGE = """<!DOCTYPE html>
 <title>%TITLE%</title><style>%STYLE%</style></head>
 <body>
 <h1 id="title"></h1><p id="summary"></p>
+<section id="fit"><h2>Fit on this corpus</h2><p id="fit-warning" class="warning"></p>
+<table id="fit-table"><thead><tr><th></th><th>this corpus</th><th>SAE's held-out data</th><th>PCA, same k</th></tr></thead><tbody></tbody></table>
+<p id="fit-note"></p></section>
 <nav><a href="#browser">Features</a> · <a href="#network">Co-activation network</a> · <a href="#diagnostics">Diagnostics</a></nav>
 <section id="browser"><h2>Features</h2>
 <p>Ranked by total activation over the corpus. Click a row for more examples.</p><p id="label-note"></p>
@@ -341,7 +357,7 @@ tr.examples td{background:#fafcff}.label{font-weight:600;color:#1a4f8b}
 .net{display:flex;gap:1em;align-items:flex-start}.graph-box{overflow:auto;max-width:760px;max-height:640px;flex:none}#graph{border:1px solid #ddd;background:#fff}
 circle.node{cursor:pointer;stroke:#333;stroke-width:.6}circle.node.selected{stroke:#d00;stroke-width:2.5}
 line.edge{stroke:#999;stroke-opacity:.5}#neighbours{min-width:300px;max-width:560px}
-section{margin-top:1.5em}nav a{color:#1a4f8b}.pager{margin:.4em 0}.pager button{margin:0 .4em}
+section{margin-top:1.5em}nav a{color:#1a4f8b}.pager{margin:.4em 0}.pager button{margin:0 .4em}.warning{color:#a40000;font-weight:600}#fit-table{width:auto}
 """  # noqa: E501
 
 # An embedded page template (the page's script): left unwrapped, splitting it could change the JavaScript.
@@ -459,6 +475,18 @@ else {
     const tip = document.createElementNS(NS,'title'); tip.textContent = 'feature '+n.index+': '+label(n.index); c.appendChild(tip);
     c.addEventListener('click', ()=>show(n, c)); svg.appendChild(c);
   });
+}
+
+// ---------------------------------------------------------------- fit on this corpus
+const F = D.fit;
+if(!F){ document.getElementById('fit').hidden = true; }
+else {
+  const M = F.metrics, fb = document.querySelector('#fit-table tbody');
+  function cell(name){return M[name]===undefined||M[name]===null? '—' : fmt(M[name]);}
+  [['FVU', 'sae/fvu', 'sae/held_out/fvu', 'sae/pca/fvu'], ['cos(x, x̂)', 'sae/cosine', 'sae/held_out/cosine', 'sae/pca/cosine']].forEach(function(row){
+    const r = el('tr'); r.appendChild(el('th', row[0])); row.slice(1).forEach(n=>r.appendChild(el('td', cell(n), 'num'))); fb.appendChild(r);});
+  document.getElementById('fit-warning').textContent = F.warning || '';
+  document.getElementById('fit-note').textContent = 'PCA: '+M['sae/pca/n_components']+' principal components fitted on this corpus (the best rank-k linear reconstruction of it). Held-out: the SAE\'s quality.json ('+(M['sae/held_out/fvu']===undefined? 'absent' : 'retrieval kept '+cell('sae/held_out/retrieval/kept_ndcg@10'))+'). Definitions: docs/metrics.md.';
 }
 
 // ---------------------------------------------------------------- diagnostics

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,11 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
         alpha=args.alpha,
     )
     title = f"SAE {args.sae} on {Path(args.corpus).name} ({model})"
+    fit = _corpus_fit(sae, x, args)
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        write_page(args.html, browser, network, diagnostics, title=title)
-    data = page_data(browser, network, diagnostics, title=title)
+        write_page(args.html, browser, network, diagnostics, title=title, fit=fit)
+    data = page_data(browser, network, diagnostics, title=title, fit=fit)
     lines = []
     for rank, f in enumerate(browser.features[: args.show], 1):
         top = f.examples[0].text if f.examples else ""
@@ -153,6 +155,22 @@ def _label_encoder(args: argparse.Namespace, model: str) -> Any:
         )
 
     return encode
+
+
+def _corpus_fit(sae: Any, x: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The page's "fit on this corpus" section for embeddings in memory (None for a store: the PCA would need them
+    all in memory); its warning line also goes to stderr."""
+    import numpy as np
+
+    from .model import sae_folder
+    from .quality import corpus_fit, read_held_out
+
+    if not isinstance(x, np.ndarray):
+        return None
+    fit = corpus_fit(sae, x, read_held_out(sae_folder(args.sae)), corpus=Path(args.corpus).name)
+    if fit["warning"]:
+        print(fit["warning"], file=sys.stderr)
+    return fit
 
 
 def _clip(texts: list[str], width: int = 60) -> str:

@@ -189,6 +189,7 @@ def _train_and_write(texts, embeddings, args) -> int:
     import torch
 
     from aquin_monitor.sae.build import build_sae_folder
+    from aquin_monitor.sae.embeddings import embed_corpus
     from aquin_monitor.sinks import JsonlSink
 
     torch.set_num_threads(args.threads)
@@ -203,6 +204,7 @@ def _train_and_write(texts, embeddings, args) -> int:
         config=config,
         sinks=[sink] if sink else [],
         retrieval=retrieval,
+        label_encode=lambda phrases: embed_corpus("default", phrases, chunk_size=4096, show_progress=False),
     )
     if sink:
         sink.close()

@@ -747,10 +747,11 @@ def _add_diff(commands: Any, parents: list[CommandParser]) -> None:
         help="embedding drift from BASE to OTHER on a probe set",
         description="Rotation-invariant drift from BASE to OTHER on the same probe texts: linear CKA, k-NN "
         "overlap, similarity-distribution shift, anisotropy delta, per-label centroid shift and the composite "
-        "drift score (drift/score); with --pairs also ranks of the relevant documents. --adapter applies to OTHER. "
-        "With --sae, the drift read through BASE's sparse autoencoder: the features whose activation moved "
-        "(Wilcoxon signed-rank per feature, Benjamini-Hochberg q < 0.05) and the pairs whose cosine changed most, "
-        "each change split exactly into feature, bias and error terms.",
+        "drift score (drift/score), and a two-sample test of whether the space moved more than re-sampling the "
+        "probe explains (drift/p_value, drift/mmd2); with --pairs also ranks of the relevant documents. --adapter "
+        "applies to OTHER. With --sae, the drift read through BASE's sparse autoencoder: the features whose "
+        "activation moved (Wilcoxon signed-rank per feature, Benjamini-Hochberg q < 0.05) and the pairs whose "
+        "cosine changed most, each change split exactly into feature, bias and error terms.",
     )
     compare.add_argument("base", metavar="BASE", help=MODEL_HELP)
     compare.add_argument("other", metavar="OTHER", help=MODEL_HELP)

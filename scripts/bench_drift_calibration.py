@@ -13,6 +13,8 @@ test texts, both drawn with seed 0), ``--splits`` seeded splits each:
           the second is also encoded with batch size 16 instead of 32, so the two are not bit-identical (the
           largest |difference| of their embeddings is printed). With lr 0 and LoRA's B = 0 the function is the
           base model's: what differs is everything a seed touches, as between two real runs, minus learning.
+          Its splits are drawn from other seeds than the halves kind's (10,000 + i), so the two kinds are
+          independent draws.
 
 Each kind's false-alarm rate at alpha = 0.05 comes with its exact (Clopper-Pearson) 95 % interval; the target is
 0.05 ± 0.02. Power: for each run folder of ``--runs`` (``make demo`` writes runs/infonce), the fraction of
@@ -76,9 +78,16 @@ def rejection_rate(p_values: Sequence[float], alpha: float = DRIFT_TEST_ALPHA) -
     return {"hits": hits, "trials": trials, "rate": hits / trials, "ci_low": interval.low, "ci_high": interval.high}
 
 
-def split_p_values(before: np.ndarray, after: np.ndarray, splits: int, permutations: int) -> list[float]:
-    """p-values of :func:`drift_test` at split seeds 0 … ``splits`` − 1."""
-    return [drift_test(before, after, seed=s, n_permutations=permutations).p_value for s in range(splits)]
+#: The seeds kind draws its splits from seeds 10,000 + i, so its comparisons are not the halves kind's splits again.
+SEEDS_KIND_FIRST_SPLIT = 10_000
+
+
+def split_p_values(
+    before: np.ndarray, after: np.ndarray, splits: int, permutations: int, first_seed: int = 0
+) -> list[float]:
+    """p-values of :func:`drift_test` at split seeds ``first_seed`` … ``first_seed + splits − 1``."""
+    seeds = range(first_seed, first_seed + splits)
+    return [drift_test(before, after, seed=s, n_permutations=permutations).p_value for s in seeds]
 
 
 def null_probes(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -139,7 +148,7 @@ def null_comparisons(args: argparse.Namespace) -> dict[str, Any]:
         first = encode(lr0_lora_run(args.model, 2 * index, pairs, args.seed_steps), texts, batch_size=32)
         second = encode(lr0_lora_run(args.model, 2 * index + 1, pairs, args.seed_steps), texts, batch_size=16)
         results["seed_runs_max_abs_difference"][name] = float(np.abs(first - second).max())
-        results["seeds"][name] = split_p_values(first, second, args.splits, args.permutations)
+        results["seeds"][name] = split_p_values(first, second, args.splits, args.permutations, SEEDS_KIND_FIRST_SPLIT)
         print(f"  {name}: {len(texts)} texts, both null kinds done", file=sys.stderr)
     return results
 

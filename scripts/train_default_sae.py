@@ -12,10 +12,13 @@ write the folder (``cfg.json``, ``sae.safetensors``, ``features.json``, ``traini
 ``aquin_monitor/sae/default/`` and the quality report (``sae eval``) beside it as ``quality.json``
 / ``quality.txt``.
 
+With ``--checkpoint FILE`` the training state is kept after each epoch: a cut run started again with the same
+flags continues from it and ends with the SAE of an uninterrupted run.
+
 Usage::
 
     HF_HUB_OFFLINE=1 python scripts/train_default_sae.py --embed-only        # fill the cache first
-    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR]
+    HF_HUB_OFFLINE=1 python scripts/train_default_sae.py [--max-texts N] [--out DIR] [--checkpoint FILE]
     python scripts/train_default_sae.py --max-texts N --write-corpus FILE    # the corpus as JSONL, e.g. for sae eval
 """
 
@@ -32,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aquin_monitor.data import bundled_dataset  # noqa: E402
+
+# The shipped SAE's settings and corpus size (the first 33 cache chunks of 2,048 texts, the shortest ~80 % of
+# each domain); scripts/sweep_default_sae.py compares other settings against them (table in the README).
+SHIPPED_TEXTS = 67_584
+SHIPPED_NUM_LATENTS = 1536
+SHIPPED_K = 32
+SHIPPED_AUXK = 1 / 32
 
 # A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
@@ -82,9 +92,22 @@ def default_corpus(min_chars: int = 25, max_chars: int = 600) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
-    parser.add_argument("--max-texts", type=int, default=None, help="use the N shortest texts")
+    parser.add_argument(
+        "--max-texts",
+        type=int,
+        default=SHIPPED_TEXTS,
+        help="use the first N texts (default: the shipped SAE's 67,584; 0: all 84,712)",
+    )
     parser.add_argument("--out", default=str(ROOT / "aquin_monitor" / "sae" / "default"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-latents", type=int, default=SHIPPED_NUM_LATENTS, help="dictionary size")
+    parser.add_argument("--k", type=int, default=SHIPPED_K, help="active features per text")
+    parser.add_argument("--auxk-coefficient", type=float, default=SHIPPED_AUXK, help="weight of the AuxK loss")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="training state file, kept after each epoch; a cut run started again with the same flags continues",
+    )
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on held-out FVU)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)"
@@ -122,14 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     return _train_and_write(texts, embeddings, args)
 
 
+def train_config(args: argparse.Namespace):
+    """The :class:`~aquin_monitor.sae.train.SaeTrainConfig` of the flags (the shipped settings by default)."""
+    from aquin_monitor.sae.train import SaeTrainConfig
+
+    return SaeTrainConfig(
+        num_latents=args.num_latents,
+        k=args.k,
+        auxk_coefficient=args.auxk_coefficient,
+        seed=args.seed,
+        max_epochs=args.epochs,
+        checkpoint=args.checkpoint,
+        checkpoint_every=10**9,  # once per epoch
+    )
+
+
 def _train_weights_only(embeddings, args) -> int:
     import torch
 
-    from aquin_monitor.sae.train import SaeTrainConfig, train_sae
+    from aquin_monitor.sae.train import train_sae
 
     torch.set_num_threads(args.threads)
-    config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
-    result = train_sae(embeddings, config, metadata={"model": "sentence-transformers/all-MiniLM-L6-v2"})
+    result = train_sae(embeddings, train_config(args), metadata={"model": "sentence-transformers/all-MiniLM-L6-v2"})
     result.sae.save(args.out)
     print(f"wrote {args.out} (best held-out FVU {min(row['sae/fvu'] for row in result.history):.4f})", file=sys.stderr)
     return 0
@@ -152,11 +189,11 @@ def _train_and_write(texts, embeddings, args) -> int:
     import torch
 
     from aquin_monitor.sae.build import build_sae_folder
-    from aquin_monitor.sae.train import SaeTrainConfig
+    from aquin_monitor.sae.embeddings import embed_corpus
     from aquin_monitor.sinks import JsonlSink
 
     torch.set_num_threads(args.threads)
-    config = SaeTrainConfig(seed=args.seed, max_epochs=args.epochs)
+    config = train_config(args)
     retrieval = scifact_retrieval(args.max_corpus)
     sink = JsonlSink(args.log_dir) if args.log_dir else None
     result, _ = build_sae_folder(
@@ -167,6 +204,7 @@ def _train_and_write(texts, embeddings, args) -> int:
         config=config,
         sinks=[sink] if sink else [],
         retrieval=retrieval,
+        label_encode=lambda phrases: embed_corpus("default", phrases, chunk_size=4096, show_progress=False),
     )
     if sink:
         sink.close()

@@ -30,6 +30,7 @@ DOCUMENTED = {
     "aquin_monitor.report": 5,
     "aquin_monitor.signals.contrastive": 6,
     "aquin_monitor.signals.drift": 6,
+    "aquin_monitor.signals.two_sample": 8,
     "aquin_monitor.signals.geometry": 6,
     "aquin_monitor.signals.gradients": 2,
     "aquin_monitor.signals.layers": 2,

@@ -159,9 +159,11 @@ def test_browse_cli_writes_the_page_and_json(tiny_sae, corpus, tmp_path, capsys)
     sae = load_sae(tiny_sae)
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     x = embed_corpus(sae.metadata["model"], texts, show_progress=False)
-    expected = browse_features(sae, x, texts)
+    model = sae.metadata["model"]
+    expected = browse_features(sae, x, texts, encode=lambda p: embed_corpus(model, p, show_progress=False))
     assert [f["index"] for f in data["features"]] == [f.index for f in expected.features]
     assert [f["label"] for f in data["features"]] == [f.label for f in expected.features]
+    assert data["labeller"] == "key phrases" and data["label_summary"] == expected.label_summary
     assert data["network"]["min_support"] == 3 and data["diagnostics"]["threshold"] == 0.9
     html = page.read_text()
     assert "<script>window" not in html and html.count("<script") == 2
@@ -172,7 +174,16 @@ def test_diagnose_cli_json_on_stdout(tiny_sae, corpus, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     data = json.loads(captured.out)
-    assert set(data) == {"absorption", "polysemy", "threshold", "baseline", "silhouette_threshold"}
+    assert set(data) == {
+        "absorption",
+        "polysemy",
+        "threshold",
+        "baseline",
+        "silhouette_threshold",
+        "min_lift",
+        "alpha",
+        "pairs_tested",
+    }
 
 
 def one_line(capsys, *parts):

@@ -5,8 +5,12 @@ For feature ``i`` over ``n`` texts with activations ``z[:, i]`` (as :func:`spars
 - ``total_activation`` = Σ_t z[t, i] (the ranking key); ``frequency`` = share of texts with z > 0;
 - ``mean_activation`` = mean of z over the texts where it fires; ``max_activation`` = max z;
 - ``examples``: the texts with the largest z, descending (ties: earlier text first);
-- ``label``: the top c-TF-IDF terms of its first ``label_texts`` (10) examples against the corpus
-  (:func:`aquin_monitor.sae.labels.ctfidf_labels`).
+- ``label``: from its first ``label_texts`` (10) examples: with the model's encoder, a frame and key
+  phrases shared by them (:func:`aquin_monitor.sae.keyphrases.keyphrase_labels`); without it, the top
+  c-TF-IDF terms against the corpus (:func:`aquin_monitor.sae.labels.ctfidf_labels`);
+- ``label_score``: the label's term support on those examples, its AUC (with the encoder) and the
+  examples' cohesion (:func:`aquin_monitor.sae.label_quality.score_labels`); the browser's
+  ``label_summary`` is their distribution.
 
 Example:
 
@@ -21,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,8 @@ import scipy.sparse
 
 from .activations import sparse_activations
 from .corpus_texts import CorpusTexts, texts_for
+from .keyphrases import keyphrase_labels
+from .label_quality import LabelScore, score_labels, summarise
 from .labels import ctfidf_labels
 from .stats import FeatureStats, feature_stats_from_activations
 
@@ -56,6 +62,8 @@ class BrowserFeature:
     mean_activation: float
     max_activation: float
     examples: list[Example] = field(default_factory=list)
+    label_score: LabelScore | None = None
+    """Term support, AUC and cohesion of the label on the texts it was made from (None without embeddings)."""
 
 
 @dataclass
@@ -67,6 +75,10 @@ class FeatureBrowser:
     features: list[BrowserFeature]
     dead: int
     """Features that never fired on the corpus (not listed)."""
+    label_summary: dict[str, float | int | None] | None = None
+    """Distribution of the label scores (:func:`~aquin_monitor.sae.label_quality.summarise`)."""
+    labeller: str = "c-TF-IDF"
+    """How the labels were made: ``"key phrases"`` (with the model's encoder) or ``"c-TF-IDF"``."""
 
 
 def feature_table(activations: scipy.sparse.spmatrix | FeatureStats, *, examples: int = 20) -> dict[str, Any]:
@@ -107,6 +119,7 @@ def browse_features(
     label_texts: int = 10,
     label_terms: int = 3,
     activations: scipy.sparse.spmatrix | None = None,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> FeatureBrowser:
     """Rank ``sae``'s features over a corpus and label them.
 
@@ -118,6 +131,7 @@ def browse_features(
         label_texts: top texts a label is computed from.
         label_terms: terms per label.
         activations: a precomputed :func:`sparse_activations` matrix.
+        encode: the model's encoder: labels become key phrases (see :func:`browser_from_stats`).
 
     Returns:
         A :class:`FeatureBrowser` listing every feature that fired at least once.
@@ -126,7 +140,10 @@ def browse_features(
     if z.shape[0] != len(texts):
         raise ValueError(f"{z.shape[0]} activation rows for {len(texts)} texts")
     stats = feature_stats_from_activations(z, examples=examples)
-    return browser_from_stats(stats, texts, label_texts=label_texts, label_terms=label_terms)
+    scored = embeddings if isinstance(embeddings, np.ndarray) and len(embeddings) == len(texts) else None
+    return browser_from_stats(
+        stats, texts, label_texts=label_texts, label_terms=label_terms, embeddings=scored, encode=encode
+    )
 
 
 def browser_from_stats(
@@ -137,6 +154,8 @@ def browser_from_stats(
     examples: int | None = None,
     label_texts: int = 10,
     label_terms: int = 3,
+    embeddings: np.ndarray | Any = None,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> FeatureBrowser:
     """The :class:`FeatureBrowser` of streamed :class:`~aquin_monitor.sae.stats.FeatureStats`.
 
@@ -150,6 +169,9 @@ def browser_from_stats(
         examples: top texts listed per feature (default: all that ``stats`` kept).
         label_texts: top texts a label is computed from.
         label_terms: terms per label.
+        embeddings: the corpus embeddings (an array or a row source): with them, each label is scored.
+        encode: the model's encoder (phrases in, ``[n, d]`` out): with it and ``embeddings``, labels are key
+            phrases (:func:`~aquin_monitor.sae.keyphrases.keyphrase_labels`) and their AUC is measured.
     """
     alive = np.flatnonzero(stats.counts > 0)
     order = alive[np.lexsort((alive, -stats.total[alive]))]
@@ -159,7 +181,15 @@ def browser_from_stats(
     texts = texts_for(texts, listed_rows[listed_rows >= 0].tolist())
     if corpus is None and isinstance(texts, CorpusTexts):
         corpus = texts.chunks()
-    labels = ctfidf_labels(texts, classes, top_terms=label_terms, corpus=corpus)
+    if encode is not None and embeddings is not None:
+        labels = keyphrase_labels(texts, classes, embeddings, encode, top_terms=label_terms)
+    else:
+        labels = ctfidf_labels(texts, classes, top_terms=label_terms, corpus=corpus)
+    scores: dict[int, LabelScore] = {}
+    if embeddings is not None:
+        by_feature = {int(j): label for j, label in zip(order, labels)}
+        top_rows = {int(j): rows for j, rows in zip(order, classes)}
+        scores = {s.feature: s for s in score_labels(by_feature, top_rows, embeddings, texts, encode=encode)}
     frequency, mean = stats.frequency, stats.mean
     features = []
     for j, label in zip(order, labels):
@@ -173,6 +203,7 @@ def browser_from_stats(
                 mean_activation=float(mean[j]),
                 max_activation=float(stats.maximum[j]),
                 examples=[Example(int(r), str(texts[r]), float(v)) for r, v in zip(rows, values)],
+                label_score=scores.get(int(j)),
             )
         )
     return FeatureBrowser(
@@ -180,4 +211,6 @@ def browser_from_stats(
         num_latents=stats.num_latents,
         features=features,
         dead=int(stats.num_latents - len(alive)),
+        label_summary=summarise(list(scores.values())) if scores else None,
+        labeller="key phrases" if encode is not None and embeddings is not None else "c-TF-IDF",
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,25 @@ from .train import SaeTrainConfig, TrainResult, train_sae
 __all__ = ["build_sae_folder", "format_report", "write_features", "write_figures", "write_trained_folder"]
 
 
-def write_features(sae: Any, embeddings: np.ndarray, texts: Sequence[str], folder: Path, *, top: int = 5) -> None:
+def write_features(
+    sae: Any,
+    embeddings: np.ndarray,
+    texts: Sequence[str],
+    folder: Path,
+    *,
+    top: int = 5,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+) -> None:
     """``features.json``: per feature frequency, mean/max activation, top texts over ``texts`` and a label
-    (the top c-TF-IDF terms of its top texts against ``texts``, :func:`~aquin_monitor.sae.browser.browse_features`)."""
+    of its top texts (:func:`~aquin_monitor.sae.browser.browse_features`: key phrases ranked by the model's
+    ``encode`` when given, else the top c-TF-IDF terms against ``texts``)."""
     from .browser import browse_features
 
     stats = feature_statistics(sae, embeddings)
     values, rows = top_activations(sae, embeddings, top=top)
     labels = {
         feature.index: ", ".join(feature.label)
-        for feature in browse_features(sae, embeddings, texts, examples=top).features
+        for feature in browse_features(sae, embeddings, texts, examples=top, encode=encode).features
     }
     features = [
         {
@@ -89,6 +98,7 @@ def build_sae_folder(
     sinks: Sequence[Any] = (),
     retrieval: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    label_encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train on ``embeddings`` of ``texts``, write the SAE folder ``out`` and return its quality report.
 
@@ -102,6 +112,7 @@ def build_sae_folder(
         retrieval: optional ``{"queries", "documents", "relevant"}`` embeddings and judgements for
             the retrieval-kept metrics.
         show_progress: progress bar and the size rule on stderr.
+        label_encode: the model's encoder for key-phrase labels in ``features.json`` (default: c-TF-IDF).
 
     Returns:
         ``(train_result, quality_metrics)``; the report is also printed on stderr.
@@ -113,7 +124,7 @@ def build_sae_folder(
     result = train_sae(embeddings, config, sinks=sinks, show_progress=show_progress, metadata={"model": str(model)})
     if show_progress:
         print(f"sizes: {result.rule}", file=sys.stderr)
-    write_features(result.sae, embeddings, texts, folder)
+    write_features(result.sae, embeddings, texts, folder, encode=label_encode)
     extra = None
     if retrieval is not None:
         extra = retrieval_kept(result.sae, retrieval["queries"], retrieval["documents"], retrieval["relevant"])

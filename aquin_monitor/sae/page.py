@@ -38,7 +38,7 @@ import html
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ def page_data(
         "dead": browser.dead,
         "features": [dataclasses.asdict(f) for f in browser.features],
         "labels": {str(k): v for k, v in labels.items()},
+        "labeller": browser.labeller,
+        "label_summary": browser.label_summary,
         "network": None,
         "diagnostics": None,
         "fit": None if fit is None else {"metrics": _finite_or_none(fit["metrics"]), "warning": fit["warning"]},
@@ -226,13 +228,21 @@ def analyse_corpus(
     npmi: float = 0.3,
     threshold: float = 0.9,
     min_support: int = 10,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
     """Everything the page shows for ``texts`` (their ``embeddings`` under ``sae``): the feature browser,
     the co-activation network (edges of NPMI ≥ ``npmi``) and the diagnostics (absorption at P(B | A) ≥
     ``threshold``), all from one pass of :func:`~aquin_monitor.sae.stats.stream_feature_stats`;
     ``min_support`` texts at least per pair/edge. :func:`analyse_rows` with the texts in memory."""
     return analyse_rows(
-        sae, embeddings, texts, examples=examples, npmi=npmi, threshold=threshold, min_support=min_support
+        sae,
+        embeddings,
+        texts,
+        examples=examples,
+        npmi=npmi,
+        threshold=threshold,
+        min_support=min_support,
+        encode=encode,
     )
 
 
@@ -248,6 +258,9 @@ def analyse_rows(
     min_support: int = 10,
     block_rows: int = 8192,
     polysemy_top: int = 20,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+    min_lift: float = 2.0,
+    alpha: float = 0.05,
 ) -> tuple[FeatureBrowser, CoactivationNetwork, Diagnostics]:
     """The page's browser, network and diagnostics over a corpus of any size, in memory independent of its size.
 
@@ -260,6 +273,9 @@ def analyse_rows(
         examples, npmi, threshold, min_support: as :func:`analyse_corpus`.
         block_rows: rows encoded at a time.
         polysemy_top: top texts per feature the polysemy diagnostics measure.
+        encode: the model's encoder: labels are key phrases with their AUC (default: c-TF-IDF labels).
+        min_lift, alpha: an absorption pair is flagged at lift ≥ ``min_lift`` and BH q ≤ ``alpha``; a merged
+            feature's split must beat random sets at p ≤ ``alpha``.
     """
     from .browser import browser_from_stats
     from .diagnose import diagnose
@@ -268,7 +284,7 @@ def analyse_rows(
 
     source = ArrayRows(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
     stats = stream_feature_stats(sae, source, examples=max(examples, polysemy_top), block_rows=block_rows)
-    browser = browser_from_stats(stats, texts, corpus=corpus, examples=examples)
+    browser = browser_from_stats(stats, texts, corpus=corpus, examples=examples, embeddings=embeddings, encode=encode)
     network = coactivation_network(stats, threshold=npmi, min_support=min_support)
     found = diagnose(
         stats,
@@ -278,6 +294,8 @@ def analyse_rows(
         min_support=min_support,
         top=polysemy_top,
         blocks=activation_blocks(sae, source, block_rows=block_rows),
+        min_lift=min_lift,
+        alpha=alpha,
     )
     return browser, network, found
 
@@ -308,21 +326,21 @@ PAGE = """<!DOCTYPE html>
 <p id="fit-note"></p></section>
 <nav><a href="#browser">Features</a> · <a href="#network">Co-activation network</a> · <a href="#diagnostics">Diagnostics</a></nav>
 <section id="browser"><h2>Features</h2>
-<p>Ranked by total activation over the corpus. Labels: top c-TF-IDF terms of each feature's top texts against the corpus. Click a row for more examples.</p>
+<p>Ranked by total activation over the corpus. Click a row for more examples.</p><p id="label-note"></p>
 <label>Filter by label <input id="label-filter" type="search" placeholder="e.g. card"></label> <span id="shown"></span>
 <div class="pager" id="features-pager"></div>
-<table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
+<table id="features"><thead><tr><th>#</th><th>feature</th><th>label</th><th title="top texts holding the label's first term (any term)">label support</th><th title="ROC AUC: the label's embedding separates the top texts from random texts">label AUC</th><th>total</th><th>frequency</th><th>mean</th><th>max</th><th>top texts</th></tr></thead><tbody></tbody></table>
 </section>
 <section id="network"><h2>Co-activation network</h2><p id="network-note"></p>
 <div class="net"><div class="graph-box"><svg id="graph" viewBox="0 0 640 480" width="640" height="480" role="img" aria-label="co-activation network"></svg></div>
 <div id="neighbours"><p>Click a node to list its neighbours.</p></div></div></section>
 <section id="diagnostics"><h2>Diagnostics</h2><h3>Absorption pairs</h3><p id="absorption-note"></p>
 <div class="pager" id="absorption-pager"></div>
-<table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
+<table id="absorption"><thead><tr><th>A</th><th>label A</th><th>B</th><th>label B</th><th>P(B | A)</th><th>P(B)</th><th>lift</th><th>q (BH)</th><th>verdict</th><th>texts with A</th><th>with both</th><th>examples</th></tr></thead><tbody></tbody></table>
 <h3>Polysemy</h3><p id="polysemy-note"></p><div class="pager" id="polysemy-pager"></div>
-<table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
+<table id="polysemy"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>spread z (random sets)</th><th>2-means silhouette</th><th>p (random sets)</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
 <h3>Merged features (two concepts)</h3><p id="merged-note"></p><div class="pager" id="merged-pager"></div>
-<table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>2-means silhouette</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
+<table id="merged"><thead><tr><th>feature</th><th>label</th><th>spread − baseline</th><th>spread z (random sets)</th><th>2-means silhouette</th><th>p (random sets)</th><th>merged?</th><th>side 1</th><th>side 2</th></tr></thead><tbody></tbody></table>
 </section>
 <script type="application/json" id="sae-data">%DATA%</script>
 <script>%SCRIPT%</script>
@@ -366,11 +384,14 @@ D.features.forEach(function(f, rank){
   const tr = el('tr', undefined, 'feature'); tr.dataset.feature = f.index; tr.dataset.label = f.label.join(' ').toLowerCase();
   [rank+1, f.index].forEach(v=>tr.appendChild(el('td', v, 'num')));
   tr.appendChild(el('td', f.label.length? f.label.join(', ') : '—', 'label'));
+  const S = f.label_score;
+  tr.appendChild(el('td', S? Math.round(S.support_first*S.n_top)+'/'+S.n_top+' (any '+Math.round(S.support_any*S.n_top)+')' : '—', 'num'));
+  tr.appendChild(el('td', S&&S.auc!==null? fmt(S.auc,2) : '—', 'num'));
   tr.appendChild(el('td', fmt(f.total_activation,1), 'num')); tr.appendChild(el('td', pct(f.frequency), 'num'));
   tr.appendChild(el('td', fmt(f.mean_activation), 'num')); tr.appendChild(el('td', fmt(f.max_activation), 'num'));
   const top = el('td'); top.appendChild(textList(f.examples.slice(0,3).map(e=>e.text))); tr.appendChild(top);
   const more = el('tr', undefined, 'examples'); more.hidden = true; more.dataset.feature = f.index;
-  const cell = el('td'); cell.colSpan = 8; more.appendChild(cell);
+  const cell = el('td'); cell.colSpan = 10; more.appendChild(cell);
   tr.addEventListener('click', function(){
     if(!cell.firstChild){
       cell.appendChild(el('p', f.examples.length+' top texts of feature '+f.index+' (activation: text)'));
@@ -409,6 +430,12 @@ function applyFilter(){
   document.getElementById('shown').textContent = keep.length+' of '+D.features.length+' features match';
 }
 filter.addEventListener('input', applyFilter); applyFilter();
+(function(){const L = D.label_summary, note = document.getElementById('label-note');
+  let t = 'Labels: '+D.labeller+(D.labeller==='key phrases'? ' (a frame the top texts begin with, then phrases most of them hold, ranked by the model\'s own embeddings)' : ' (top c-TF-IDF terms of the top texts against the corpus)')+'.';
+  if(L){ t += ' Over '+L.n+' labels: first term in at least half of the top texts for '+pct(L.share_first_term_in_half)+'; median support of the first term '+pct(L.support_first_median)+' (quartiles '+pct(L.support_first_q1)+'–'+pct(L.support_first_q3)+')';
+    if(L.auc_median!==null) t += '; median label AUC '+fmt(L.auc_median,2)+' (quartiles '+fmt(L.auc_q1,2)+'–'+fmt(L.auc_q3,2)+'; 0.5 = chance)';
+    t += '; median cohesion of the top texts (mean pairwise cosine minus random texts\') '+fmt(L.cohesion_median)+'.'; }
+  note.textContent = t;})();
 
 // ---------------------------------------------------------------- network
 const N = D.network, svg = document.getElementById('graph'), NS = 'http://www.w3.org/2000/svg';
@@ -466,16 +493,19 @@ else {
 const G = D.diagnostics;
 if(!G){ document.getElementById('diagnostics').hidden = true; }
 else {
-  document.getElementById('absorption-note').textContent = G.absorption.length+' ordered pairs (A, B) where B fires on at least '+pct(G.threshold)+' of the texts A fires on.';
+  const flagged = G.absorption.filter(p=>p.flagged).length;
+  document.getElementById('absorption-note').textContent = G.absorption.length+' ordered pairs (A, B) where B fires on at least '+pct(G.threshold)+' of the texts A fires on; '+flagged+' flagged as absorption (lift P(B | A)/P(B) ≥ '+G.min_lift+' and Benjamini–Hochberg q ≤ '+G.alpha+' over '+G.pairs_tested+' pairs tested, one-sided hypergeometric test against B\'s base rate); the other '+(G.absorption.length-flagged)+' are what B\'s base rate explains.';
   const ab = document.querySelector('#absorption tbody'), pairs = [];
-  G.absorption.forEach(function(p){const r = el('tr');
-    [p.source, label(p.source), p.target, label(p.target), pct(p.probability), p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
+  G.absorption.forEach(function(p){const r = el('tr'); r.dataset.flagged = p.flagged? 'yes' : 'no';
+    const verdict = p.flagged? 'absorption (lift '+fmt(p.lift,1)+', q '+p.q_value.toExponential(1)+')' : 'base rate (lift '+fmt(p.lift,2)+(p.lift>=G.min_lift? ', q '+p.q_value.toExponential(1) : '')+')';
+    [p.source, label(p.source), p.target, label(p.target), pct(p.probability), pct(p.target_frequency), fmt(p.lift,2), p.q_value.toExponential(1), verdict, p.support, p.both].forEach(x=>r.appendChild(el('td',x)));
     const td = el('td'); td.appendChild(textList(p.examples)); r.appendChild(td); ab.appendChild(r); pairs.push(r);});
   pager('absorption-pager', 'pairs', (r, visible)=>{r.hidden = !visible;})(pairs);
-  document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first. Merged: a 2-means split of its top texts with a high silhouette.';
+  document.getElementById('polysemy-note').textContent = 'Spread: mean pairwise cosine distance of a feature\'s top texts, minus that of random corpus texts ('+fmt(G.baseline)+'); largest first; z: in standard deviations of the spread of random sets of as many corpus texts. Merged: a 2-means split of its top texts with a silhouette of at least '+G.silhouette_threshold+' that random sets of as many texts reach with p ≤ '+G.alpha+' at most.';
   function polysemyRows(selector, rows, pagerId){const tb = document.querySelector(selector), made = [];
     rows.forEach(function(p){const r = el('tr'); r.dataset.feature = p.feature;
-      [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.silhouette), p.merged? 'yes' : 'no'].forEach(x=>r.appendChild(el('td',x)));
+      const why = 'silhouette '+fmt(p.silhouette,2)+(p.silhouette>=G.silhouette_threshold? ' ≥ ' : ' < ')+G.silhouette_threshold+', p '+fmt(p.silhouette_p,3)+(p.silhouette_p<=G.alpha? ' ≤ ' : ' > ')+G.alpha;
+      [p.feature, label(p.feature), fmt(p.spread_excess), fmt(p.spread_z,1), fmt(p.silhouette), fmt(p.silhouette_p,3), (p.merged? 'yes (' : 'no (')+why+')'].forEach(x=>r.appendChild(el('td',x)));
       p.examples.forEach(function(side){const td = el('td'); td.appendChild(textList(side)); r.appendChild(td);}); tb.appendChild(r); made.push(r);});
     pager(pagerId, 'features', (r, visible)=>{r.hidden = !visible;})(made);}
   polysemyRows('#polysemy tbody', G.polysemy, 'polysemy-pager');

@@ -109,7 +109,16 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
 
     (sae, model, _), texts, x = _inputs(args)
     browser, network, diagnostics = analyse_rows(
-        sae, x, texts, examples=args.examples, npmi=args.npmi, threshold=args.threshold, min_support=args.min_support
+        sae,
+        x,
+        texts,
+        examples=args.examples,
+        npmi=args.npmi,
+        threshold=args.threshold,
+        min_support=args.min_support,
+        encode=_label_encoder(args, model),
+        min_lift=args.min_lift,
+        alpha=args.alpha,
     )
     title = f"SAE {args.sae} on {Path(args.corpus).name} ({model})"
     fit = _corpus_fit(sae, x, args)
@@ -131,6 +140,21 @@ def _browse(args: argparse.Namespace) -> dict[str, Any]:
     )
     emit(data, args.json, lines)
     return data
+
+
+def _label_encoder(args: argparse.Namespace, model: str) -> Any:
+    """The model's encoder for key-phrase labels (through the embedding cache), or None for c-TF-IDF labels:
+    ``--labels auto`` uses the model when the corpus was encoded by it here, not over a ``--store``."""
+    if args.labels == "ctfidf" or (args.labels == "auto" and args.store is not None):
+        return None
+    from .embeddings import embed_corpus
+
+    def encode(phrases: list[str]) -> Any:
+        return embed_corpus(
+            model, phrases, batch_size=args.batch_size, device=args.device, cache=args.cache, show_progress=False
+        )
+
+    return encode
 
 
 def _corpus_fit(sae: Any, x: Any, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -172,23 +196,35 @@ def _diagnose(args: argparse.Namespace) -> Any:
         threshold=args.threshold,
         min_support=args.min_support,
         blocks=activation_blocks(sae, source),
+        min_lift=args.min_lift,
+        alpha=args.alpha,
     )
-    lines = [f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}"]
+    flagged = sum(p.flagged for p in result.absorption)
+    lines = [
+        f"absorption pairs (P(B | A) >= {result.threshold}): {len(result.absorption)}, flagged {flagged} "
+        f"(lift >= {result.min_lift} and BH q <= {result.alpha} over {result.pairs_tested} pairs tested); "
+        f"the rest B's base rate explains"
+    ]
     lines += [
-        f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  A fires on {p.support}, both on {p.both}  "
+        f"  {p.source:>5} -> {p.target:<5} P={p.probability:.3f}  P(B)={p.target_frequency:.3f}  lift {p.lift:.2f}  "
+        f"q {p.q_value:.1e}  {'ABSORPTION' if p.flagged else 'base rate'}  A fires on {p.support}, both on {p.both}  "
         f"e.g. {_clip(p.examples)}"
         for p in result.absorption[: args.show]
     ]
     lines.append(f"polysemy, widest spread of top texts (minus random texts' {result.baseline:.3f}):")
     lines += [
-        f"  {p.feature:>5} excess {p.spread_excess:+.3f}  silhouette {p.silhouette:.2f}  "
+        f"  {p.feature:>5} excess {p.spread_excess:+.3f} (z {p.spread_z:+.1f})  silhouette {p.silhouette:.2f} "
+        f"(p {p.silhouette_p:.3f})  "
         f"{_clip(p.examples[0])} | {_clip(p.examples[1])}"
         for p in result.polysemy[: args.show]
     ]
     merged = sorted((p for p in result.polysemy if p.merged), key=lambda p: (-p.silhouette, p.feature))
-    lines.append(f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}): {len(merged)}")
+    lines.append(
+        f"merged (2-means split of top texts, silhouette >= {result.silhouette_threshold}, random sets of as many "
+        f"texts reach it with p <= {result.alpha}): {len(merged)}"
+    )
     lines += [
-        f"  {p.feature:>5} silhouette {p.silhouette:.2f}  sides {p.split_sizes}  "
+        f"  {p.feature:>5} silhouette {p.silhouette:.2f} (p {p.silhouette_p:.3f})  sides {p.split_sizes}  "
         f"{_clip(p.examples[0])} | {_clip(p.examples[1])}"
         for p in merged[: args.show]
     ]
@@ -221,6 +257,19 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="least texts for an absorption pair or a network edge (default 10)",
     )
+    shared.add_argument(
+        "--min-lift",
+        type=bounded_float(1.0, 1e9),
+        default=2.0,
+        metavar="X",
+        help="absorption: least lift P(B | A) / P(B) of a flagged pair (default 2)",
+    )
+    shared.add_argument(
+        "--alpha",
+        type=bounded_float(0.0, 1.0),
+        default=0.05,
+        help="largest Benjamini-Hochberg q of a flagged absorption pair and null p of a merged feature (default 0.05)",
+    )
     shared.add_argument("--show", type=positive_int, default=20, metavar="N", help="rows printed (default 20)")
 
     browse = commands.add_parser(
@@ -236,6 +285,13 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     browse.add_argument(
         "--npmi", type=bounded_float(-1.0, 1.0), default=0.3, help="least NPMI of a network edge (default 0.3)"
+    )
+    browse.add_argument(
+        "--labels",
+        choices=("auto", "keyphrases", "ctfidf"),
+        default="auto",
+        help="keyphrases: a frame and phrases shared by the top texts, ranked by the model's embeddings; "
+        "ctfidf: top c-TF-IDF terms; auto (default): keyphrases, but ctfidf over a --store (no model loads)",
     )
     browse.set_defaults(handler=_browse)
     declare_outputs(browse, files=["--html"])

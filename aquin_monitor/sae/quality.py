@@ -128,6 +128,7 @@ def k_sparse_probing(
     *,
     seed: int = 0,
     max_classes: int | None = None,
+    references: bool = True,
 ) -> dict[str, float]:
     """k-sparse probing of ``sae`` on a labelled set, beside probes on the embeddings and on the reconstructions.
 
@@ -138,6 +139,8 @@ def k_sparse_probing(
         ks: numbers of features the sparse probes may use.
         seed: draws the negatives of each balanced task.
         max_classes: probe only the first classes in sorted order (all by default).
+        references: also probe the embeddings and the reconstructions (``False``: the sparse probes only, for a
+            sweep over many SAEs, where the embedding probe is the same every time and costs the most).
 
     Returns:
         ``{"sae@K": mean test accuracy with the top-K features, for each K in ks, "embedding": ..., "reconstruction":
@@ -148,10 +151,14 @@ def k_sparse_probing(
 
     tasks = balanced_tasks(y_train, y_test, seed=seed, max_classes=max_classes)
     z_train, z_test = encode_dense(sae, x_train), encode_dense(sae, x_test)
-    views = {
-        "embedding": (np.asarray(x_train, dtype=np.float32), np.asarray(x_test, dtype=np.float32)),
-        "reconstruction": (reconstruct(sae, x_train), reconstruct(sae, x_test)),
-    }
+    views = (
+        {
+            "embedding": (np.asarray(x_train, dtype=np.float32), np.asarray(x_test, dtype=np.float32)),
+            "reconstruction": (reconstruct(sae, x_train), reconstruct(sae, x_test)),
+        }
+        if references
+        else {}
+    )
     scores: dict[str, list[float]] = {name: [] for name in [f"sae@{k}" for k in ks] + list(views)}
     for _, train_rows, train_y, test_rows, test_y in tasks:
         z_task = z_train[train_rows]

@@ -9,6 +9,7 @@
   positives: false negatives);
 - :class:`CollapseCheck`: the mean similarity of in-batch negatives rising far above its own history (the
   embeddings converge: the space is collapsing), unless false negatives explain it;
+- :class:`LearningRateJumpCheck`: a learning rate ten times above anything it had been (``lr_jump``);
 - :class:`PlateauCheck`: every learning rate 0 for several steps after having been positive (the
   weights stopped moving);
 - a non-finite loss (``nan``).
@@ -28,7 +29,7 @@ import numpy as np
 
 from .signals.gradients import row_nanmedian
 
-ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau", "collapse")
+ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau", "collapse", "lr_jump")
 
 
 class AlarmWarning(UserWarning):
@@ -221,6 +222,9 @@ class AlarmConfig:
 
     Plateau (:class:`PlateauCheck`): every learning rate 0 on ``plateau_patience`` consecutive steps.
 
+    Learning-rate jump (:class:`LearningRateJumpCheck`): a group's learning rate above ``lr_jump_ratio`` times
+    the largest rate that group had on any earlier step.
+
     Collapse (:class:`CollapseCheck`): ``neg_sim`` above the median of its last ``collapse_window`` healthy
     steps by more than ``collapse_min_rise`` and by more than ``collapse_z`` robust standard deviations
     (1.4826·MAD), on ``collapse_patience`` consecutive steps.
@@ -235,6 +239,7 @@ class AlarmConfig:
     false_negative_margin_ratio: float = 0.1
     false_negative_positive_shift: float = 0.5
     plateau_patience: int = 5
+    lr_jump_ratio: float = 10.0
     collapse_window: int = 50
     collapse_min_history: int = 10
     collapse_z: float = 6.0
@@ -394,6 +399,60 @@ class FalseNegativeCheck:
             (tuple(x) for x in state.get("false_negative_history", [])), maxlen=self.config.false_negative_window
         )
         self.cooldown_until = int(state.get("false_negative_cooldown_until", -1))
+
+
+class LearningRateJumpCheck:
+    """Fires ``lr_jump`` when a parameter group's learning rate exceeds ``lr_jump_ratio`` × the largest rate it
+    had on any earlier step.
+
+    A schedule only ever returns to rates it has had (warm restarts go back to the first peak) or climbs to
+    them gradually (a linear warm-up at most doubles the running maximum per step once positive; a one-cycle
+    ramp rises by a few percent per step), so a rate ten times the group's running maximum in one step is a
+    change of configuration: a scheduler stepped with the wrong unit, a rate multiplied on resume, a
+    ``param_groups`` edit. It reads the rates the step applied (``optim/lr``) and fires once per jump (the
+    running maximum takes the new rate). A run whose trainer does not pass its rates is not checked.
+
+    >>> check = LearningRateJumpCheck(AlarmConfig())
+    >>> rates = [0.0, 1e-5, 2e-5, 3e-5, 2e-5, 3e-5, 3e-3, 3e-3]
+    >>> [s for s, lr in enumerate(rates, 1) if check.update(s, [lr]) is not None]
+    [7]
+    """
+
+    def __init__(self, config: AlarmConfig):
+        self.config = config
+        self.running_max: list[float] = []  # per parameter group, the largest rate seen so far
+
+    def update(self, step: int, learning_rates: Sequence[float] | None) -> Alarm | None:
+        """Record the step's learning rates (one per parameter group); the alarm, if it fires now."""
+        if not learning_rates:
+            return None
+        rates = [float(lr) for lr in learning_rates]
+        if len(rates) != len(self.running_max):  # groups added or first step: start afresh, nothing to compare
+            self.running_max = [max(lr, 0.0) if math.isfinite(lr) else 0.0 for lr in rates]
+            return None
+        jumped = [
+            (group, lr, before)
+            for group, (lr, before) in enumerate(zip(rates, self.running_max))
+            if math.isfinite(lr) and before > 0 and lr > self.config.lr_jump_ratio * before
+        ]
+        self.running_max = [max(b, lr) if math.isfinite(lr) else b for lr, b in zip(rates, self.running_max)]
+        if not jumped:
+            return None
+        group, lr, before = max(jumped, key=lambda item: item[1] / item[2])
+        return Alarm(
+            step,
+            "lr_jump",
+            f"group.{group}",
+            f"learning rate of group {group} jumped to {lr:.3g} at step {step}, {lr / before:.0f}x the largest "
+            f"it had before ({before:.3g}): a changed schedule or configuration",
+            lr,
+        )
+
+    def state_dict(self) -> dict:
+        return {"lr_jump_running_max": list(self.running_max)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.running_max = [float(x) for x in state.get("lr_jump_running_max", [])]
 
 
 class PlateauCheck:

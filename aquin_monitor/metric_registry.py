@@ -149,6 +149,7 @@ def _optimizer_and_alarms() -> tuple[MetricSpec, ...]:
         flag("false_negatives", "the batch's negatives hold duplicates of its positives (false negatives)"),
         flag("plateau", "the learning rate is 0: the weights no longer move"),
         flag("collapse", "in-batch negatives converge on the positives: the embedding space is collapsing"),
+        flag("lr_jump", "the learning rate jumped tenfold above anything it had been: a changed schedule"),
     )
 
 

@@ -46,6 +46,7 @@ from .alarms import (
     FalseNegativeCheck,
     GapNarrowingCheck,
     GradientAnomalyDetector,
+    LearningRateJumpCheck,
     PlateauCheck,
     loss_alarm,
 )
@@ -244,6 +245,7 @@ class StepMonitor:
         self.gap_check = GapNarrowingCheck(self.alarm_config)
         self.false_negative_check = FalseNegativeCheck(self.alarm_config)
         self.plateau_check = PlateauCheck(self.alarm_config)
+        self.lr_jump_check = LearningRateJumpCheck(self.alarm_config)
         self.collapse_check = CollapseCheck(self.alarm_config)
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
@@ -575,6 +577,7 @@ class StepMonitor:
                 self.false_negative_check.update(step, contrastive),
                 self.collapse_check.update(step, contrastive, self.false_negative_check.explains_step),
                 self.plateau_check.update(step, learning_rates),
+                self.lr_jump_check.update(step, learning_rates),
             )
             if a is not None
         )
@@ -728,6 +731,7 @@ class StepMonitor:
             **self.gap_check.state_dict(),
             **self.false_negative_check.state_dict(),
             **self.plateau_check.state_dict(),
+            **self.lr_jump_check.state_dict(),
             **self.collapse_check.state_dict(),
             "alarms": [a.as_event() for a in self.alarms],
         }
@@ -737,6 +741,7 @@ class StepMonitor:
         self.gap_check.load_state_dict(state)
         self.false_negative_check.load_state_dict(state)
         self.plateau_check.load_state_dict(state)
+        self.lr_jump_check.load_state_dict(state)
         self.collapse_check.load_state_dict(state)
         self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
         self._pending_state = state.get("detector")

@@ -77,9 +77,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 #: failure -> alarm kinds that count as detecting it (see the module docstring)
 FAILURE_ALARMS: dict[str, tuple[str, ...]] = {
     "nan": ("nan",),
-    "lr_x100": ("spike", "dead_layer", "nan", "collapse"),
+    "lr_x100": ("spike", "dead_layer", "nan", "collapse", "lr_jump"),
     "dead_layer": ("dead_layer",),
-    "collapse": ("collapse", "dead_layer", "spike", "gap_narrowing", "nan"),
+    "collapse": ("collapse", "dead_layer", "spike", "gap_narrowing", "nan", "lr_jump"),
     "false_negatives": ("false_negatives",),
     "plateau": ("plateau",),
 }
@@ -444,7 +444,7 @@ def score(results: Sequence[RunResult], horizon: int) -> dict[str, Any]:
 
 
 #: alarm kinds decided from the per-step contrastive means and learning rates alone (replayable from a trace)
-REPLAYED_KINDS = ("gap_narrowing", "false_negatives", "plateau", "collapse")
+REPLAYED_KINDS = ("gap_narrowing", "false_negatives", "plateau", "collapse", "lr_jump")
 #: settings that shape a run (a replay merges only files that agree on them)
 MEASURED_SETTINGS = ("model", "steps", "horizon", "batch_size", "seq_len")
 
@@ -454,11 +454,18 @@ def replay_checks(trace: Sequence[dict]) -> list[dict]:
     recorded run: the same checks fed, step by step, the same numbers StepMonitor fed them (the trace's
     ``contrastive/*`` means, loss and ``optim/lr``; non-finite values were recorded as null and are skipped by
     the checks either way). None of them acts on the training, so a replay equals a rerun."""
-    from aquin_monitor.alarms import AlarmConfig, CollapseCheck, FalseNegativeCheck, GapNarrowingCheck, PlateauCheck
+    from aquin_monitor.alarms import (
+        AlarmConfig,
+        CollapseCheck,
+        FalseNegativeCheck,
+        GapNarrowingCheck,
+        LearningRateJumpCheck,
+        PlateauCheck,
+    )
 
     config = AlarmConfig()
     gap, false_negatives, plateau = GapNarrowingCheck(config), FalseNegativeCheck(config), PlateauCheck(config)
-    collapse = CollapseCheck(config)
+    collapse, lr_jump = CollapseCheck(config), LearningRateJumpCheck(config)
     alarms = []
     for row in trace:
         step = row["step"]
@@ -469,6 +476,7 @@ def replay_checks(trace: Sequence[dict]) -> list[dict]:
             false_negatives.update(step, contrastive),
             collapse.update(step, contrastive, false_negatives.explains_step),
             plateau.update(step, rates),
+            lr_jump.update(step, rates),
         ):
             if alarm is not None:
                 alarms.append({"step": alarm.step, "kind": alarm.kind, "layer": alarm.layer})

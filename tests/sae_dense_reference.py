@@ -236,13 +236,13 @@ def absorption_pairs(
         shared = np.intersect1d(rows_a, rows_b)[:examples]
         pairs.append(
             AbsorptionPair(
-                int(a[t]),
-                int(b[t]),
-                float(probability[t]),
-                int(n_i[a[t]]),
-                int(c[t]),
-                float(n_i[b[t]] / n),
-                [str(texts[r]) for r in shared],
+                source=int(a[t]),
+                target=int(b[t]),
+                probability=float(probability[t]),
+                support=int(n_i[a[t]]),
+                both=int(c[t]),
+                target_frequency=float(n_i[b[t]] / n),
+                examples=[str(texts[r]) for r in shared],
             )
         )
     return pairs

@@ -1,5 +1,5 @@
-"""The false-negative and plateau alarms (aquin_monitor.alarms): hand-checked sequences, quiet on healthy
-histories and on a collapse, state kept across a resume, and wired through StepMonitor."""
+"""The false-negative, plateau, collapse and learning-rate-jump alarms (aquin_monitor.alarms): hand-checked
+sequences, quiet on healthy histories and on a collapse, state kept across a resume, and wired through StepMonitor."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from aquin_monitor.alarms import ALARM_KINDS, AlarmConfig, CollapseCheck, FalseNegativeCheck, PlateauCheck
+from aquin_monitor.alarms import (
+    ALARM_KINDS,
+    AlarmConfig,
+    CollapseCheck,
+    FalseNegativeCheck,
+    LearningRateJumpCheck,
+    PlateauCheck,
+)
 from aquin_monitor.capture import ContrastiveTap, report_similarity
 from aquin_monitor.monitor import StepMonitor
 
@@ -24,7 +31,7 @@ def _feed(check: FalseNegativeCheck, pairs, first_step: int = 1) -> list[int]:
 
 
 def test_new_kinds_are_alarm_kinds():
-    assert {"false_negatives", "plateau", "collapse"} <= set(ALARM_KINDS)
+    assert {"false_negatives", "plateau", "collapse", "lr_jump"} <= set(ALARM_KINDS)
 
 
 def test_false_negatives_fire_on_the_first_closed_margin_and_not_before():
@@ -164,3 +171,67 @@ def test_monitor_raises_both_and_keeps_their_state(tmp_path):
     resumed.load_state_dict(state)
     assert resumed.false_negative_check.cooldown_until == 6 + config.false_negative_window
     assert (resumed.plateau_check.armed, resumed.plateau_check.zero_steps) == (True, 2)
+
+
+def _jumps(check: LearningRateJumpCheck, schedule) -> list[tuple[int, str | None]]:
+    fired = (check.update(step, rates) for step, rates in enumerate(schedule, 1))
+    return [(a.step, a.layer) for a in fired if a is not None]
+
+
+def test_lr_jump_fires_once_at_a_hundredfold_rate_and_never_on_warm_up_or_decay():
+    """Linear warm-up from 0 over 10 steps to 1e-4, linear decay, then the scheduled rate × 100 from step 31."""
+    peak = 1e-4
+    rates = [peak * s / 10 for s in range(10)] + [peak * (1 - s / 40) for s in range(20)]
+    rates += [100 * peak * (1 - s / 40) for s in range(20, 30)]
+    assert _jumps(LearningRateJumpCheck(AlarmConfig()), [[lr] for lr in rates]) == [(31, "group.0")]
+
+
+@pytest.mark.parametrize("name", ["one_cycle", "cosine_warm_restarts", "linear_warmup_then_step_decay"])
+def test_lr_jump_is_quiet_on_torch_schedulers(name):
+    """torch's own schedulers (the rates a trainer applies): one-cycle's 25-fold ramp, warm restarts back to the
+    peak, a warm-up from 1 % then step decay: none is a tenfold jump over the running maximum."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    schedulers = {
+        "one_cycle": lambda: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=600),
+        "cosine_warm_restarts": lambda: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=50),
+        "linear_warmup_then_step_decay": lambda: torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [
+                torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=30),
+                torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1),
+            ],
+            milestones=[30],
+        ),
+    }
+    scheduler = schedulers[name]()
+    schedule = []
+    for _ in range(590):
+        schedule.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert max(r[0] for r in schedule) / min(r[0] for r in schedule if r[0] > 0) > 10  # the range is wide
+    assert _jumps(LearningRateJumpCheck(AlarmConfig()), schedule) == []
+
+
+def test_lr_jump_names_the_group_that_jumped_and_keeps_its_state():
+    check = LearningRateJumpCheck(AlarmConfig(lr_jump_ratio=10.0))
+    assert _jumps(check, [[1e-4, 1e-3], [1e-4, 1e-3], [1e-4, 2e-2]]) == [(3, "group.1")]
+    resumed = LearningRateJumpCheck(AlarmConfig(lr_jump_ratio=10.0))
+    resumed.load_state_dict(json.loads(json.dumps(check.state_dict())))
+    assert resumed.running_max == [1e-4, 2e-2]
+    assert resumed.update(4, [1e-4, 1.9e-1]) is None  # 9.5x the new maximum: not a jump
+    alarm = resumed.update(5, [2e-3, 0.0])
+    assert (alarm.kind, alarm.layer, alarm.value) == ("lr_jump", "group.0", 2e-3)
+
+
+def test_lr_jump_through_the_monitor():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    monitor = StepMonitor([], histogram_every=0, strict=True, warn=False)
+    for step, lr in enumerate([0.0, 1e-5, 2e-5, 2e-5, 2e-3, 2e-3], 1):
+        model(torch.randn(2, 3)).sum().backward()
+        monitor.on_optimizer_step(step, model, learning_rates=[lr])
+        model.zero_grad()
+    monitor.close()
+    assert [(a.step, a.kind) for a in monitor.alarms if a.kind == "lr_jump"] == [(5, "lr_jump")]
+    assert StepMonitor([], warn=False).state_dict().get("lr_jump_running_max") == []

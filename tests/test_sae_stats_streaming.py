@@ -123,13 +123,36 @@ def test_streamed_network_absorption_and_polysemy_equal_the_dense_ones(case):
             min_support=support,
             blocks=activation_blocks(sae, ArrayRows(x), block_rows=101),
         )
-        assert got == dense.absorption_pairs(z, texts, threshold=threshold, min_support=support)
+        # the stream gives exactly what the in-memory matrix gives, base-rate test included
+        assert got == absorption_pairs(z, texts, threshold=threshold, min_support=support)
+        # and the reference's pairs, counts and examples (the pre-test fields; the base-rate test is checked
+        # against scipy in test_sae_labels), listed in the reference's order within flagged / not flagged
+        want = dense.absorption_pairs(z, texts, threshold=threshold, min_support=support)
+        assert sorted(map(_reference_pair, got)) == sorted(map(_reference_pair, want))
     got_poly, got_base = polysemy(stats, ArrayRows(x), texts)
+    in_memory_poly, in_memory_base = polysemy(z, x, texts)
+    assert got_base == in_memory_base and got_poly == in_memory_poly
     want_poly, want_base = dense.polysemy(z, x, texts)
-    assert got_base == want_base and got_poly == want_poly
+    assert got_base == want_base and list(map(_reference_polysemy, got_poly)) == list(
+        map(_reference_polysemy, want_poly)
+    )
     assert diagnose(
         stats, ArrayRows(x), texts, blocks=activation_blocks(sae, ArrayRows(x), block_rows=101)
-    ) == dense.diagnose(z, x, texts)
+    ) == diagnose(z, x, texts)
+
+
+_CHANCE_FIELDS = ("lift", "p_value", "q_value", "flagged", "spread_z", "silhouette_p", "merged")
+
+
+def _reference_pair(pair) -> tuple:
+    """An absorption pair's fields that the dense reference computes (all but the base-rate test)."""
+    return tuple((k, str(v)) for k, v in sorted(dataclasses.asdict(pair).items()) if k not in _CHANCE_FIELDS)
+
+
+def _reference_polysemy(feature) -> tuple:
+    """A polysemy result's fields that the dense reference computes (all but the random-set null and the
+    verdict that rests on it)."""
+    return tuple((k, str(v)) for k, v in sorted(dataclasses.asdict(feature).items()) if k not in _CHANCE_FIELDS)
 
 
 def test_planted_absorption_is_found_through_the_stream():
@@ -145,7 +168,7 @@ def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
     expected = page_data(
         dense.browse_features(sae, x, texts, examples=8),
         dense.coactivation_network(sparse_activations(sae, x), min_support=10),
-        dense.diagnose(sparse_activations(sae, x), x, texts),
+        diagnose(sparse_activations(sae, x), x, texts),  # the in-memory path (its parts: the test above)
     )
     asked: set[int] = set()
 
@@ -158,6 +181,12 @@ def test_analyse_rows_over_a_row_source_gives_the_dense_page_data():
         sae, ArrayRows(x), LazyTexts(), corpus=[texts[:700], texts[700:]], examples=8, block_rows=200
     )
     got = page_data(browser, network, found)
+    # label scores are the streamed browser's own (sae/label_quality.py, checked in test_sae_labels.py); the
+    # dense reference predates them: every feature has one, about itself, and the summary counts them all
+    assert [f.pop("label_score")["feature"] for f in got["features"]] == [f["index"] for f in got["features"]]
+    assert got.pop("label_summary")["n"] == len(got["features"]) and expected.pop("label_summary", None) is None
+    for feature in expected["features"]:
+        assert feature.pop("label_score", None) is None
     for part in ("features", "network"):  # totals and means: float64 sums now, float32 sums before
         mine = got[part] if part == "features" else got[part]["nodes"]
         theirs = expected[part] if part == "features" else expected[part]["nodes"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from aquin_monitor import cli, encoders
+from aquin_monitor.sae.label_quality import holds_term
 from aquin_monitor.sae.model import SparseAutoencoder, load_sae
 
 WORDS = ["cat", "dog", "bank", "card", "money", "science", "cell", "game", "team", "news", "the", "a", "is", "on"]
@@ -173,3 +174,42 @@ def test_out_that_is_a_file(tmp_path, tiny_mean_model, corpus, capsys, no_model_
     target.write_text("x")
     assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(target)]) == 2
     one_line_error(capsys, "--out", "not a folder")
+
+
+@pytest.mark.parametrize("labels", ["keyphrases", "ctfidf"])
+def test_train_writes_key_phrase_labels_with_the_models_encoder(tiny_mean_model, corpus, tmp_path, monkeypatch, labels):
+    from aquin_monitor.sae import browser, keyphrases
+
+    calls = []
+
+    def spy(texts, classes, embeddings, encode, **kwargs):
+        phrases = []
+
+        def recording_encode(batch):
+            phrases.extend(batch)
+            return encode(batch)
+
+        result = keyphrases.keyphrase_labels(texts, classes, embeddings, recording_encode, **kwargs)
+        calls.append((result, phrases, encode(["man"])))
+        return result
+
+    monkeypatch.setattr(browser, "keyphrase_labels", spy)
+    out = tmp_path / "sae"
+    flags = ["--num-latents", "32", "--k", "4", "--epochs", "1", "--no-progress", "--labels", labels]
+    assert cli.main(["sae", "train", tiny_mean_model, "--corpus", str(corpus), "--out", str(out), *flags]) == 0
+    features = json.loads((out / "features.json").read_text())["features"]
+    written = [f["label"] for f in features if f["top"]]
+    if labels == "ctfidf":
+        assert calls == [] and any(written)
+        return
+    [(result, phrases, man)] = calls
+    # the encoder the CLI passed is MODEL's: its vector of "man" is the tiny model's own
+    expect = encoders.encode(encoders.load_model(tiny_mean_model, device="cpu"), ["man"])
+    assert np.allclose(man, expect, atol=1e-5)
+    assert phrases and not any("<" in p or "$" in p for p in phrases)
+    assert sorted(written) == sorted(", ".join(label) for label in result)
+    for feature in features:
+        tops = [t["text"] for t in feature["top"]]
+        for term in filter(None, feature["label"].split(", ")):
+            # a key phrase is held by 2 of the feature's top texts at least (c-TF-IDF words need not be)
+            assert term.endswith("…") or sum(holds_term(text, term) for text in tops) >= 2

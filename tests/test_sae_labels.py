@@ -13,12 +13,13 @@ from aquin_monitor.sae.activations import sparse_activations
 from aquin_monitor.sae.browser import browse_features
 from aquin_monitor.sae.diagnose import absorption_pairs, benjamini_hochberg, diagnose, pairs_tested
 from aquin_monitor.sae.keyphrases import (
+    best_separating_set,
     candidate_phrases,
     keyphrase_labels,
     maximal_marginal_relevance,
     template_frame,
 )
-from aquin_monitor.sae.label_quality import mean_pairwise_cosine, score_labels, summarise, term_support
+from aquin_monitor.sae.label_quality import mean_pairwise_cosine, rank_auc, score_labels, summarise, term_support
 
 WORDS = ["guitar", "man", "playing", "dog", "beach", "red", "car", "cat", "sits", "sun", "piano", "woman"]
 
@@ -127,6 +128,124 @@ def test_keyphrase_label_is_the_shared_phrase_not_a_word_of_one_text():
         bag_encoder,
     )
     assert framed[0] == "a man is …" and "man" not in framed[1:]
+
+
+def test_rank_auc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 5, size=(6, 7)) / 4, rng.integers(0, 5, size=(6, 30)) / 4  # many ties
+    expect = [roc_auc_score(np.r_[np.ones(7), np.zeros(30)], np.r_[p, n]) for p, n in zip(pos, neg)]
+    assert rank_auc(pos, neg) == pytest.approx(expect, abs=1e-12)
+
+
+def guitar_case():
+    """Ten top texts all say "man" (as do 30 of 75 random texts) and six say "guitar" (no random text does)."""
+    others = ["beach", "red", "car", "cat", "sun", "piano", "dog", "sits", "woman", "playing"]
+    top = [f"man {w} guitar" for w in others[:6]] + [f"man {w}" for w in others[6:]]
+    background = [f"man {a}" for a in others] * 3 + [f"{a} {b}" for a in others for b in others if a < b]
+    texts = top + background
+    return texts, top, bag_encoder(texts), np.arange(len(top), len(texts))
+
+
+def sklearn_auc(direction, x, positives, negatives):
+    unit = direction / np.linalg.norm(direction)
+    cos = x @ unit / np.linalg.norm(x, axis=1)
+    return roc_auc_score(
+        np.r_[np.ones(len(positives)), np.zeros(len(negatives))], np.r_[cos[positives], cos[negatives]]
+    )
+
+
+def test_the_label_is_the_supported_set_that_separates_best_by_brute_force():
+    texts, top, x, negatives = guitar_case()
+    positives = np.arange(10)
+    man, guitar = bag_encoder(["man"])[0], bag_encoder(["guitar"])[0]
+    # by hand: "man" is in every top text but also in most random ones; "guitar" in 6 of 10 and no random text
+    assert sklearn_auc(guitar, x, positives, negatives) > sklearn_auc(man, x, positives, negatives)
+
+    def label(**kwargs):
+        return keyphrase_labels(texts, [list(positives)], x, bag_encoder, negative_rows=negatives, **kwargs)[0]
+
+    # one term: "guitar" covers 6 of 10 texts, "man" 10: with a cover slack of 0.5 the better separator wins ...
+    assert label(top_terms=1, coverage_slack=0.5) == ["guitar"]
+    # ... with the default slack (0.1: one text of ten) the label must cover as many texts as "man" does
+    assert label(top_terms=1) == ["man"]
+    # two terms: every allowed set (cover >= 1.0 - 0.1, a term of the majority tier), scored by scikit-learn on
+    # the normalised sum of its unit embeddings; the most shared term first
+    candidates = candidate_phrases(texts, [list(positives)], min_share=0.2)[0]
+    assert set(candidates) == {"man", "guitar"}  # no other run of words is in 2 top texts
+    unit = {t: v / np.linalg.norm(v) for t, v in zip(candidates, bag_encoder(list(candidates)))}
+    allowed = [("man",), ("man", "guitar")]  # ("guitar",) covers 0.6 < 0.9
+    scores = {s: sklearn_auc(sum(unit[t] for t in s), x, positives, negatives) for s in allowed}
+    assert scores[("man", "guitar")] > scores[("man",)]
+    assert label(top_terms=2) == ["man", "guitar"]
+    # min_terms above what a set can hold falls back to the largest sets that can be formed
+    assert label(top_terms=1, min_terms=3, coverage_slack=0.5) == ["guitar"]
+
+
+def test_the_label_keeps_a_term_of_the_strongest_support_tier():
+    # "sun" is in 3 of 10 top texts and no random text (it separates best); "dog" is in 6 of them and in
+    # random texts too: a label of one term must name what half the texts share, not the rarer sharper word
+    own = ["beach", "red", "car", "cat", "sits", "piano", "woman", "playing", "man", "guitar"]
+    top = [f"dog {w}" for w in own[:6]] + [f"sun {w}" for w in own[6:9]] + ["car red"]
+    background = [f"dog {a}" for a in own] * 6 + [f"{a} {b}" for a in own for b in own if a != b]
+    texts = top + background
+    x, negatives = bag_encoder(texts), np.arange(10, len(texts))
+    label = keyphrase_labels(
+        texts, [list(range(10))], x, bag_encoder, negative_rows=negatives, top_terms=1, coverage_slack=1.0
+    )
+    assert label == [["dog"]]
+    # with no tier rule (tiers the candidates cannot reach), the sharper word wins
+    sun, dog = bag_encoder(["sun"])[0], bag_encoder(["dog"])[0]
+    assert sklearn_auc(sun, x, np.arange(10), negatives) > sklearn_auc(dog, x, np.arange(10), negatives)
+    vectors = bag_encoder(["dog", "sun"])
+    unit_x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    free = best_separating_set(
+        {"dog": 0.6, "sun": 0.3},
+        vectors,
+        unit_x[:10],
+        unit_x[negatives],
+        top,
+        top_terms=1,
+        tiers=(2.0,),
+        coverage_slack=1.0,
+    )
+    assert free == ["sun"]
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [[[0, 1, 2, 3]], [[4]], [[]], [[5, 6]], [[0, 1], [4], [], [5, 6, 7]]],
+    ids=["hostile", "one-text", "empty-class", "empty-texts", "all-at-once"],
+)
+def test_hostile_texts_give_word_labels_or_none_and_one_encoder_call(classes):
+    texts = [
+        "$$ <script>alert(1)</script> guitar",
+        "<script> guitar $$",
+        "guitar $$ man",
+        "man $$",
+        "A man is playing guitar",
+        "",
+        "   ",
+        "$$",
+    ]
+    texts += [f"{a} {b}" for a in WORDS for b in WORDS if a != b]
+    calls = []
+
+    def encode(phrases):
+        calls.append(list(phrases))
+        return bag_encoder(phrases)
+
+    labels = keyphrase_labels(texts, classes, bag_encoder(texts), encode)
+    assert len(labels) == len(classes) and len(calls) <= 1
+    for label, members in zip(labels, classes):
+        for term in label:
+            assert term and "<" not in term and "$" not in term and ">" not in term
+            assert term.endswith("…") or term_support([term], [texts[i] for i in members])[0] * len(members) >= 2
+    if classes == [[0, 1, 2, 3]]:  # "guitar" and "man" are the words those texts share; "script" is in 2 of 4
+        assert labels[0][0] in {"guitar", "man"}
+    if classes == [[4]]:  # one text: its head is all a label can say (no phrase is in 2 texts)
+        assert labels == [["a man is playing …"]]
+    if classes in ([[]], [[5, 6]]):
+        assert labels == [[]]  # no text, or no word: no label
 
 
 def test_browser_scores_its_labels_and_uses_key_phrases_with_an_encoder():

@@ -35,7 +35,7 @@ def write_features(
     encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> None:
     """``features.json``: per feature frequency, mean/max activation, top texts over ``texts`` and a label
-    of its top texts (:func:`~aquin_monitor.sae.browser.browse_features`: key phrases ranked by the model's
+    of its top texts (:func:`~aquin_monitor.sae.browser.browse_features`: key phrases chosen with the model's
     ``encode`` when given, else the top c-TF-IDF terms against ``texts``)."""
     from .browser import browse_features
 

@@ -39,7 +39,7 @@ from ..cli_tools import (
     read_corpus,
 )
 from .config import SaeTrainConfig  # torch-free: the parser is built on every start
-from .verb_inputs import embed_texts, load_sae_for
+from .verb_inputs import embed_texts, load_sae_for, phrase_encoder
 
 __all__ = ["add_sae_commands", "config_flags"]
 
@@ -237,7 +237,14 @@ def _train_on_texts(args: argparse.Namespace, texts: list[str], out: Path, confi
     sinks = _sinks(args, out)
     try:
         result, metrics = build_sae_folder(
-            embeddings, texts, out, model=args.model, config=config, sinks=sinks, show_progress=args.progress
+            embeddings,
+            texts,
+            out,
+            model=args.model,
+            config=config,
+            sinks=sinks,
+            show_progress=args.progress,
+            label_encode=None if args.labels == "ctfidf" else phrase_encoder(args.model, args),
         )
     finally:
         for sink in sinks:
@@ -452,6 +459,13 @@ def add_sae_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the SAE into")
     config_flags(train, SaeTrainConfig)
     train.add_argument("--tensorboard", action="store_true", help="also stream sae/* per epoch to OUT/tensorboard")
+    train.add_argument(
+        "--labels",
+        choices=("keyphrases", "ctfidf"),
+        default="keyphrases",
+        help="features.json labels: keyphrases (default): a frame and phrases shared by the top texts, chosen by "
+        "how well MODEL's embedding of them singles those texts out; ctfidf: top c-TF-IDF terms (no phrase encoded)",
+    )
     train.set_defaults(handler=_train)
     declare_outputs(train, folders=["--out"])
 

@@ -1,37 +1,42 @@
-"""Feature labels as key phrases shared by the top texts, ranked by the model's own embeddings (KeyBERT-like).
+"""Feature labels as key phrases shared by the top texts, chosen to single those texts out in the model's own space.
 
-For one feature with top texts ``T`` (``m`` of them) and corpus embeddings whose unit rows average to ``μ``
-(over a random sample of the corpus):
+For one feature with top texts ``T`` (``m`` of them) and a random sample ``R`` of corpus texts (not in ``T``):
 
 1. **Frame**: the longest leading word run of 2–4 words (case folded) that at least ``template_share`` of
    ``T`` begin with and that holds a content word (not only stop words), e.g. ``"a man is …"`` when most
-   top texts read "A man is <verb>-ing": the feature is a template, and the label says so.
-2. **Candidates**: the 1-, 2- and 3-word runs of ``T`` (scikit-learn's ``CountVectorizer``, every word
-   kept, so a candidate is a run of whole words as the text has it) that neither start nor end with a
-   stop word, held by at least ``min_share`` of ``T`` (and by 2 texts at least): a label term must be
-   shared by a good part of the top texts.
-3. **Relevance**: ``cos(e_c − μ, c_T − μ)`` with ``e_c`` the candidate's embedding and ``c_T`` the mean
-   of ``T``'s unit embeddings (KeyBERT's document–phrase cosine, Grootendorst 2020; BERTopic's
-   ``KeyBERTInspired``), both centred on the corpus mean so that what every text shares (the model's
-   common direction) does not count.
-4. **Maximal marginal relevance** (Carbonell & Goldstein 1998; BERTopic's ``MaximalMarginalRelevance``):
-   pick the most relevant candidate, then repeatedly the one maximising
-   ``(1 − diversity)·relevance − diversity·max cos(e_c, e_chosen)``, skipping a candidate whose words are
-   a run inside a chosen term (or the frame) or hold one.
+   top texts read "A man is <verb>-ing": the feature is a template, and the label may say so.
+2. **Candidates**: the frame and the 1-, 2- and 3-word runs of ``T`` (scikit-learn's ``CountVectorizer``,
+   every word kept, so a candidate is a run of whole words as the text has it) that neither start nor end
+   with a stop word, held by at least ``fill_share`` of ``T`` (and by 2 texts at least): a label term must
+   be shared by a good part of the top texts. All candidates of all features are embedded in one call.
+3. **Separation**: a phrase with unit embedding ``e`` scores ``AUC(e)``, the ROC AUC with which ``cos(e, x)``
+   ranks the texts of ``T`` above those of ``R`` (:func:`~aquin_monitor.sae.label_quality.rank_auc`),
+   ties broken by the margin ``mean_T cos − mean_R cos``: the label-free score that
+   :mod:`~aquin_monitor.sae.label_quality` reports, computed here on ``T`` only (in-sample selection).
+4. **Pool**: ``pool`` candidates picked by maximal marginal relevance (Carbonell & Goldstein 1998; BERTopic's
+   ``MaximalMarginalRelevance``) on their AUC: the best, then each time the one maximising
+   ``(1 − diversity)·AUC − diversity·max cos(e_c, e_chosen)``.
+5. **Label**: among the sets of ``min_terms`` to ``top_terms`` pool phrases (fewer when no larger set can be
+   formed) in which no phrase's words are a run inside another's, keep those that (a) hold a phrase of the
+   strongest support tier any candidate reaches (held by ``majority_share`` of ``T``, else ``min_share``), so
+   the first term is as shared as the tiers allow, and (b) cover (some phrase held by a text) at least the best
+   cover of any set minus ``coverage_slack``; pick the set whose embedding separates best (AUC, then margin).
+   A set is embedded as its phrases' normalised sum of unit embeddings: an approximation of the joined phrase
+   (:func:`~aquin_monitor.sae.label_quality.label_phrase`) that the score embeds, which spares an encoder
+   call per set. A set of fewer terms may separate better (a term every random text holds too only blurs
+   the label) but holds fewer texts.
 
-The label is the frame (if any) and then the chosen terms, ``top_terms`` in all, most shared first. MMR picks
-first among candidates held by ``majority_share`` (half) of ``T``, then by ``min_share``, then (when fewer
-than ``top_terms`` reach it) by ``fill_share`` of ``T`` (2 texts at least).
-Nothing is downloaded: the embeddings are those of the model that the SAE reads, called once for all candidates.
+The label is the chosen set, the frame first, then the terms most shared first. Nothing is downloaded: the
+embeddings are those of the model that the SAE reads, called once for all candidates.
 
-Example (a toy encoder: one axis per word):
+Example (a toy encoder: one axis per word; "cat sat" is in both texts of the first class, "dog ran" in both of
+the second, and the random texts hold neither):
 
-    >>> words = ["cat", "sat", "dog", "ran", "mat"]
+    >>> words = ["cat", "sat", "dog", "ran", "mat", "sun"]
     >>> def encode(phrases):
     ...     return np.array([[float(w in p.split()) for w in words] for p in phrases]) + 1e-3
-    >>> texts = ["the cat sat", "a cat sat down", "the dog ran", "a dog ran off", "mat"]
-    >>> vectors = encode(texts)
-    >>> keyphrase_labels(texts, [[0, 1], [2, 3]], vectors, encode, top_terms=1)
+    >>> texts = ["the cat sat", "a cat sat down", "the dog ran", "a dog ran off", "mat", "sun", "mat sun"]
+    >>> keyphrase_labels(texts, [[0, 1], [2, 3]], encode(texts), encode, top_terms=1)
     [['cat sat'], ['dog ran']]
 """
 
@@ -39,14 +44,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from itertools import combinations
 
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
+from threadpoolctl import threadpool_limits
 
 from ..rows import RowSource, gather_rows
-from .label_quality import holds_term, word_tokens
+from .label_quality import holds_term, label_phrase, rank_auc, word_tokens
 
-__all__ = ["candidate_phrases", "corpus_centre", "keyphrase_labels", "maximal_marginal_relevance", "template_frame"]
+__all__ = [
+    "best_separating_set",
+    "candidate_phrases",
+    "keyphrase_labels",
+    "maximal_marginal_relevance",
+    "separation_scores",
+    "template_frame",
+]
 
 
 def template_frame(texts: Sequence[str], *, min_share: float = 0.6, widths: Sequence[int] = (4, 3, 2)) -> str | None:
@@ -137,105 +151,194 @@ def keyphrase_labels(
     encode: Callable[[list[str]], np.ndarray],
     *,
     top_terms: int = 3,
+    min_terms: int = 1,
     majority_share: float = 0.5,
     min_share: float = 0.3,
     fill_share: float = 0.2,
     template_share: float = 0.6,
     diversity: float = 0.3,
+    pool: int = 8,
+    coverage_slack: float = 0.1,
     max_candidates: int = 40,
-    corpus_sample: int = 2048,
+    negatives: int = 512,
     seed: int = 0,
-    centre: np.ndarray | None = None,
+    negative_rows: np.ndarray | None = None,
 ) -> list[list[str]]:
     """Labels of classes of texts (each feature's top texts) as frames and key phrases (module docstring).
 
     Args:
         texts: the corpus texts by row (a mapping needs the class members only).
         classes: per class, rows of ``texts`` (its top-activating texts, best first).
-        embeddings: the corpus embeddings by row (the class members and a random sample are read).
+        embeddings: the corpus embeddings by row (the class members and the random sample are read).
         encode: the model's encoder (phrases in, ``[n, d]`` out), called once with every candidate.
-        top_terms: terms per label, the frame included.
-        majority_share: candidates held by this share of the texts are picked first.
-        min_share: least share of a class's texts holding a candidate.
-        fill_share: when fewer than ``top_terms`` candidates reach ``min_share``, the rest of the label is
-            picked (the same way) among candidates held by at least this share (and 2 texts).
+        top_terms: most terms per label, the frame included.
+        min_terms: fewest terms per label, when that many candidates can be combined (fewer terms can
+            separate better but hold fewer texts: the any-term support falls).
+        majority_share: a label holds a candidate of this share of the texts when there is one.
+        min_share: else one of this share, when there is one.
+        fill_share: least share of a class's texts (and 2 texts) holding a candidate.
         template_share: least share of a class's texts beginning with a frame.
-        diversity: MMR's weight on novelty (0: by relevance alone).
-        max_candidates: most supported candidates per class that are embedded and ranked.
-        corpus_sample: random corpus rows whose mean unit embedding centres the cosines.
+        diversity: MMR's weight on novelty when the pool is drawn (0: by AUC alone).
+        pool: candidates per class drawn by MMR, among which the label's terms are chosen.
+        coverage_slack: a label may cover (hold a term of) this share of the texts fewer than the best cover.
+        max_candidates: most supported candidates per class that are embedded and scored.
+        negatives: random corpus rows whose texts a label must separate the class from (a class's own rows are
+            left out of its negatives).
         seed: seeds the sample.
-        centre: the corpus's mean unit embedding, when known (then no sample is read).
+        negative_rows: the random rows to use instead of drawing them.
 
     Returns:
-        Per class, up to ``top_terms`` terms (a frame ends in ``…``); ``[]`` for an empty class.
+        Per class, up to ``top_terms`` terms (a frame ends in ``…``); ``[]`` for an empty class or one whose
+        texts share no phrase.
     """
     members = [[int(i) for i in c] for c in classes]
     local = {i: str(texts[i]) for c in members for i in c}
     rows = sorted(local)
     order = {r: k for k, r in enumerate(rows)}
-    ordered_texts = [local[r] for r in rows]
     supports = candidate_phrases(
-        ordered_texts, [[order[i] for i in c] for c in members], min_share=min(min_share, fill_share)
+        [local[r] for r in rows], [[order[i] for i in c] for c in members], min_share=min(min_share, fill_share)
     )
-    supports = [dict(list(s.items())[:max_candidates]) for s in supports]
-    phrases = sorted({p for s in supports for p in s})
+    candidates = [
+        _with_frame(dict(list(support.items())[:max_candidates]), [local[i] for i in c], template_share)
+        for c, support in zip(members, supports)
+    ]
+    phrases = sorted({label_phrase([term]) for terms in candidates for term in terms})
     phrase_vectors = _unit(np.asarray(encode(phrases), dtype=np.float64)) if phrases else np.zeros((0, 1))
     where = {p: k for k, p in enumerate(phrases)}
-    mean = corpus_centre(embeddings, sample=corpus_sample, seed=seed) if centre is None else np.asarray(centre)
-    member_vectors = _unit(gather_rows(embeddings, np.asarray(rows, dtype=np.int64)))
-    labels: list[list[str]] = []
-    for c, support in zip(members, supports):
-        if not c:
-            labels.append([])
-            continue
-        frame = template_frame([local[i] for i in c], min_share=template_share)
-        centre = member_vectors[[order[i] for i in c]].mean(axis=0) - mean
-        chosen = [frame] if frame else []
-        for least in (majority_share, min_share, 0.0):
-            tier = [p for p, share in support.items() if share >= least - 1e-9]
-            chosen = _choose_terms(chosen, tier, phrase_vectors, where, centre, mean, top_terms, diversity)
-        terms = sorted(chosen[1 if frame else 0 :], key=lambda p: -support[p])  # stable: MMR order among equals
-        labels.append(([frame] if frame else []) + terms)
+    n = len(embeddings)
+    sample = (
+        np.sort(np.random.default_rng(seed).choice(n, size=min(negatives, n), replace=False))
+        if negative_rows is None
+        else np.asarray(negative_rows, dtype=np.int64)
+    )
+    sample_vectors = _unit(np.asarray(gather_rows(embeddings, sample), dtype=np.float64))
+    member_vectors = _unit(np.asarray(gather_rows(embeddings, np.asarray(rows, dtype=np.int64)), dtype=np.float64))
+    labels = []
+    with threadpool_limits(limits=1, user_api="blas"):  # each class's products are tiny: BLAS threads only contend
+        for c, terms in zip(members, candidates):
+            labels.append(
+                best_separating_set(
+                    terms,
+                    phrase_vectors[[where[label_phrase([t])] for t in terms]],
+                    member_vectors[[order[i] for i in c]],
+                    sample_vectors[~np.isin(sample, c)] if np.isin(c, sample).any() else sample_vectors,
+                    [local[i] for i in c],
+                    top_terms=top_terms,
+                    min_terms=min_terms,
+                    tiers=(majority_share, min_share),
+                    pool=pool,
+                    diversity=diversity,
+                    coverage_slack=coverage_slack,
+                )
+                if terms
+                else []
+            )
     return labels
 
 
-def corpus_centre(embeddings: np.ndarray | RowSource, *, sample: int = 2048, seed: int = 0) -> np.ndarray:
-    """Mean unit embedding ``μ`` of ``sample`` random rows (all rows when fewer)."""
-    n = len(embeddings)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
-    return _unit(gather_rows(embeddings, rows)).mean(axis=0)
+def _with_frame(support: dict[str, float], texts: list[str], template_share: float) -> dict[str, float]:
+    """The class's candidates with its frame (if any) first, at the share of texts holding the frame's words."""
+    frame = template_frame(texts, min_share=template_share) if texts else None
+    if frame is None:
+        return support
+    return {frame: float(np.mean([holds_term(t, frame) for t in texts])), **support}
+
+
+def separation_scores(cosine_pos: np.ndarray, cosine_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per direction (row): ``(AUC, margin)`` of the cosines of ``positives`` ``[k, m]`` against ``negatives``
+    ``[k, n]`` to it.
+
+    AUC as :func:`~aquin_monitor.sae.label_quality.rank_auc`; margin = mean cosine of the positives minus that of
+    the negatives. Without negatives (or positives): AUC ½ and margin 0 (nothing to separate).
+
+    >>> auc, margin = separation_scores(np.array([[0.9, 0.7], [0.1, 0.2]]), np.array([[0.2], [0.3]]))
+    >>> auc.tolist(), np.round(margin, 2).tolist()
+    ([1.0, 0.0], [0.6, -0.15])
+    """
+    k = len(cosine_pos)
+    if not cosine_neg.shape[1] or not cosine_pos.shape[1]:
+        return np.full(k, 0.5), np.zeros(k)
+    return rank_auc(cosine_pos, cosine_neg), cosine_pos.mean(axis=1) - cosine_neg.mean(axis=1)
+
+
+def best_separating_set(
+    terms: Mapping[str, float],
+    vectors: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    texts: Sequence[str],
+    *,
+    top_terms: int = 3,
+    min_terms: int = 1,
+    tiers: Sequence[float] = (0.5, 0.3),
+    pool: int = 8,
+    diversity: float = 0.3,
+    coverage_slack: float = 0.1,
+) -> list[str]:
+    """The label of one class (steps 3–5 of the module docstring): the set of up to ``top_terms`` of ``terms``
+    whose normalised sum of unit embeddings best separates ``positives`` (the class's texts) from ``negatives``.
+
+    The cosine of a set ``S`` to a text ``x`` is ``Σ_{t∈S} cos(e_t, x) / ‖Σ_{t∈S} e_t‖`` (unit ``x``, ``e_t``), so
+    every set is scored from the terms' cosines and their Gram matrix, without a matrix product per set.
+
+    Args:
+        terms: candidate phrase → share of ``texts`` holding it (a frame ends in ``…``).
+        vectors: the candidates' embeddings, in the order of ``terms``.
+        positives: the class texts' unit embeddings; ``texts`` are their texts.
+        negatives: random corpus texts' unit embeddings.
+        min_terms: fewest terms of a set, or as many as any allowed set holds when fewer.
+        tiers: support shares, strongest first: the set holds a term of the first one some candidate reaches.
+
+    Returns:
+        The set's terms, a frame first, then most shared first; ``[]`` without terms.
+    """
+    names = list(terms)
+    if not names:
+        return []
+    vectors = _unit(np.asarray(vectors, dtype=np.float64))
+    cosine_pos, cosine_neg = vectors @ positives.T, vectors @ negatives.T
+    auc, _ = separation_scores(cosine_pos, cosine_neg)
+    gram = vectors @ vectors.T
+    picked = maximal_marginal_relevance(auc, gram, pool, diversity=diversity)
+    support = np.array([terms[t] for t in names])
+    need = next((t for t in tiers if (support >= t - 1e-9).any()), 0.0)
+    if not (support[picked] >= need - 1e-9).any():
+        picked.append(int(np.flatnonzero(support >= need - 1e-9)[np.argmax(auc[support >= need - 1e-9])]))
+    sets = _term_sets(names, picked, support >= need - 1e-9, texts, (min_terms, top_terms), coverage_slack)
+    member = np.zeros((len(sets), len(names)))
+    for row, combo in enumerate(sets):
+        member[row, list(combo)] = 1.0
+    norms = np.sqrt(np.maximum(((member @ gram) * member).sum(axis=1), 1e-24))[:, None]
+    set_auc, set_margin = separation_scores(member @ cosine_pos / norms, member @ cosine_neg / norms)
+    best = sets[int(np.lexsort((np.arange(len(sets)), -set_margin, -set_auc))[0])]
+    return sorted((names[k] for k in best), key=lambda t: (not t.endswith("…"), -terms[t]))
+
+
+def _term_sets(
+    names: list[str],
+    picked: list[int],
+    strong: np.ndarray,
+    texts: Sequence[str],
+    sizes: tuple[int, int],
+    slack: float,
+) -> list[tuple[int, ...]]:
+    """Sets of the ``picked`` terms: none nested in another, one ``strong`` term at least, of ``sizes[0]`` (or the
+    most that can be formed, when fewer) to ``sizes[1]`` terms, covering at least the best cover of ``texts``
+    (share holding a term) less ``slack``; in enumeration order."""
+    nested = {(a, b) for a in picked for b in picked if a != b and holds_term(names[a], names[b])}
+    held = {k: np.array([holds_term(text, names[k]) for text in texts], dtype=bool) for k in picked}
+    sets = [
+        combo
+        for size in range(1, sizes[1] + 1)
+        for combo in combinations(picked, size)
+        if strong[list(combo)].any()
+        and not any((a, b) in nested or (b, a) in nested for a, b in combinations(combo, 2))
+    ]
+    fewest = min(sizes[0], max((len(combo) for combo in sets), default=0))
+    sets = [combo for combo in sets if len(combo) >= fewest]
+    cover = np.array([np.any([held[k] for k in combo], axis=0).mean() if len(texts) else 0.0 for combo in sets])
+    return [combo for combo, c in zip(sets, cover) if c >= cover.max() - slack - 1e-9]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _choose_terms(
-    chosen: list[str],
-    candidates: list[str],
-    phrase_vectors: np.ndarray,
-    where: dict[str, int],
-    centre: np.ndarray,
-    mean: np.ndarray,
-    top_terms: int,
-    diversity: float,
-) -> list[str]:
-    """``chosen`` (the frame, terms of a stronger tier), then MMR's pick among ``candidates`` (relevance: centred
-    cosine to the class centre), skipping any whose words a chosen term holds or that holds a chosen term."""
-    chosen = list(chosen)
-    said = [t.replace("…", "").strip() for t in chosen]
-    candidates = [p for p in candidates if not any(holds_term(t, p) or holds_term(p, t) for t in said)]
-    if not candidates or len(chosen) >= top_terms:
-        return chosen[:top_terms]
-    vectors = phrase_vectors[[where[p] for p in candidates]]
-    centred = _unit(vectors - mean)
-    relevance = centred @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
-    similarity = vectors @ vectors.T
-    for k in maximal_marginal_relevance(relevance, similarity, len(candidates), diversity=diversity):
-        phrase = candidates[k]
-        if any(holds_term(phrase, t.replace("…", "")) or holds_term(t.replace("…", ""), phrase) for t in chosen):
-            continue
-        chosen.append(phrase)
-        if len(chosen) >= top_terms:
-            break
-    return chosen

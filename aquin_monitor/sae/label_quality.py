@@ -6,8 +6,9 @@ For feature ``j`` with label terms ``t_1, …, t_k`` and top-activating texts ``
   folded: :func:`holds_term`), ``support_any`` = share holding at least one ``t_i``. A label whose first
   term sits in 1 of 10 top texts names that one text, not the feature.
 - **label AUC**: embed the label phrase ``"t_1, …, t_k"`` with the model itself; score each text by
-  cosine to it; ROC AUC of ``T_j`` (positives) against random corpus texts (negatives), scikit-learn's
-  ``roc_auc_score``: 1 = every top text is closer to the label than every random text, 0.5 = chance.
+  cosine to it; ROC AUC of ``T_j`` (positives) against random corpus texts (negatives), in its Mann–Whitney
+  form (:func:`rank_auc`, equal to scikit-learn's ``roc_auc_score``): 1 = every top text is closer to
+  the label than every random text, 0.5 = chance.
 - **cohesion**: mean pairwise cosine of ``T_j``'s embeddings minus that of the random texts (exact,
   ``(‖Σ x̂‖² − m) / (m(m − 1))``); above 0: the top texts share more than any texts of the corpus do.
   It scores the feature, not its label (a label cannot be better than its texts are alike).
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from ..rows import RowSource, gather_rows
 
@@ -42,6 +43,7 @@ __all__ = [
     "label_phrase",
     "mean_pairwise_cosine",
     "score_labels",
+    "rank_auc",
     "summarise",
     "term_support",
     "word_tokens",
@@ -176,10 +178,24 @@ def score_labels(
 def _separation_auc(label: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
     """ROC AUC of cosine-to-``label``: ``positives`` against ``negatives``."""
     unit = label / max(float(np.linalg.norm(label)), 1e-12)
-    both = np.concatenate([positives, negatives])
-    cosine = both @ unit / np.maximum(np.linalg.norm(both, axis=1), 1e-12)
-    truth = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-    return float(roc_auc_score(truth, cosine))
+    cosine_pos = positives @ unit / np.maximum(np.linalg.norm(positives, axis=1), 1e-12)
+    cosine_neg = negatives @ unit / np.maximum(np.linalg.norm(negatives, axis=1), 1e-12)
+    return float(rank_auc(cosine_pos[None, :], cosine_neg[None, :])[0])
+
+
+def rank_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
+    """Per row, the ROC AUC of the scores: ``positive_scores`` ``[k, m]`` against ``negative_scores`` ``[k, n]``.
+
+    Mann–Whitney form: ``AUC = (1 / (m·n)) Σᵢ Σⱼ ([pᵢ > nⱼ] + ½ [pᵢ = nⱼ]) = (R₊ − m(m + 1)/2) / (m·n)`` with ``R₊``
+    the positives' rank sum among all ``m + n`` scores (ties at their mean rank: scipy's ``rankdata``), which
+    is scikit-learn's ``roc_auc_score`` on the row.
+
+    >>> rank_auc(np.array([[0.9, 0.5], [0.1, 0.5]]), np.array([[0.5, 0.2], [0.5, 0.2]])).tolist()
+    [0.875, 0.375]
+    """
+    m, n = positive_scores.shape[1], negative_scores.shape[1]
+    ranks = rankdata(np.concatenate([positive_scores, negative_scores], axis=1), axis=1)
+    return (ranks[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
 
 
 def summarise(scores: Sequence[LabelScore], *, half: float = 0.5) -> dict[str, float | int | None]:

@@ -431,7 +431,7 @@ function applyFilter(){
 }
 filter.addEventListener('input', applyFilter); applyFilter();
 (function(){const L = D.label_summary, note = document.getElementById('label-note');
-  let t = 'Labels: '+D.labeller+(D.labeller==='key phrases'? ' (a frame the top texts begin with, then phrases most of them hold, ranked by the model\'s own embeddings)' : ' (top c-TF-IDF terms of the top texts against the corpus)')+'.';
+  let t = 'Labels: '+D.labeller+(D.labeller==='key phrases'? ' (phrases shared by the top texts, or a frame they begin with, chosen so that the model\'s embedding of the label singles them out from random texts)' : ' (top c-TF-IDF terms of the top texts against the corpus)')+'.';
   if(L){ t += ' Over '+L.n+' labels: first term in at least half of the top texts for '+pct(L.share_first_term_in_half)+'; median support of the first term '+pct(L.support_first_median)+' (quartiles '+pct(L.support_first_q1)+'–'+pct(L.support_first_q3)+')';
     if(L.auc_median!==null) t += '; median label AUC '+fmt(L.auc_median,2)+' (quartiles '+fmt(L.auc_q1,2)+'–'+fmt(L.auc_q3,2)+'; 0.5 = chance)';
     t += '; median cohesion of the top texts (mean pairwise cosine minus random texts\') '+fmt(L.cohesion_median)+'.'; }

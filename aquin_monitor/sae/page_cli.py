@@ -147,14 +147,9 @@ def _label_encoder(args: argparse.Namespace, model: str) -> Any:
     ``--labels auto`` uses the model when the corpus was encoded by it here, not over a ``--store``."""
     if args.labels == "ctfidf" or (args.labels == "auto" and args.store is not None):
         return None
-    from .embeddings import embed_corpus
+    from .verb_inputs import phrase_encoder
 
-    def encode(phrases: list[str]) -> Any:
-        return embed_corpus(
-            model, phrases, batch_size=args.batch_size, device=args.device, cache=args.cache, show_progress=False
-        )
-
-    return encode
+    return phrase_encoder(model, args)
 
 
 def _corpus_fit(sae: Any, x: Any, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -290,7 +285,8 @@ def add_page_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--labels",
         choices=("auto", "keyphrases", "ctfidf"),
         default="auto",
-        help="keyphrases: a frame and phrases shared by the top texts, ranked by the model's embeddings; "
+        help="keyphrases: a frame and phrases shared by the top texts, chosen by how well the model's embedding "
+        "of them singles those texts out; "
         "ctfidf: top c-TF-IDF terms; auto (default): keyphrases, but ctfidf over a --store (no model loads)",
     )
     browse.set_defaults(handler=_browse)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from ..cli_tools import InputError, refuse_non_finite
 
-__all__ = ["LoadedSae", "embed_texts", "load_sae_for"]
+__all__ = ["LoadedSae", "embed_texts", "load_sae_for", "phrase_encoder"]
 
 
 class LoadedSae(NamedTuple):
@@ -76,3 +76,17 @@ def embed_texts(model: str, texts: Sequence[str], args: argparse.Namespace, **kw
     )
     refuse_non_finite(embeddings, texts, model)
     return embeddings
+
+
+def phrase_encoder(model: str, args: argparse.Namespace) -> Any:
+    """``model``'s encoder for the key-phrase labels (phrases in, ``[n, d]`` out, through the embedding cache, with
+    the verb's ``--batch-size``, ``--device`` and ``--no-cache``; no progress bar): what ``sae train`` and
+    ``sae browse`` pass to :func:`~aquin_monitor.sae.keyphrases.keyphrase_labels`."""
+    from .embeddings import embed_corpus
+
+    def encode(phrases: list[str]) -> Any:
+        return embed_corpus(
+            model, phrases, batch_size=args.batch_size, device=args.device, cache=args.cache, show_progress=False
+        )
+
+    return encode

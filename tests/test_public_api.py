@@ -66,7 +66,7 @@ def test_unknown_name_is_an_attribute_error():
 
 def test_building_the_cli_parser_loads_no_framework():
     """``aquin-monitor --help`` (and every verb's help) answers without torch, transformers or numpy: the
-    parser is built, and every sub-command's help formatted, in a fresh interpreter."""
+    parser is built, every sub-command's help formatted and ``main(["--help"])`` run, in a fresh interpreter."""
     loaded = _modules_after(
         "import argparse\n"
         "from aquin_monitor.cli import build_parser\n"
@@ -76,7 +76,12 @@ def test_building_the_cli_parser_loads_no_framework():
         "        if isinstance(action, argparse._SubParsersAction):\n"
         "            for sub in action.choices.values():\n"
         "                walk(sub)\n"
-        "walk(build_parser())"
+        "walk(build_parser())\n"
+        "import contextlib, io\n"
+        "from aquin_monitor.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as shown:\n"
+        "    assert main(['--help']) == 0 and main(['sae', 'convert', '--help']) == 0\n"
+        "assert '--from' in shown.getvalue()"
     )
     assert "aquin_monitor.cli" in loaded and "aquin_monitor.sae.convert_cli" in loaded
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

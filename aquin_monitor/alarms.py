@@ -14,6 +14,11 @@
   weights stopped moving);
 - a non-finite loss (``nan``).
 
+:class:`HostSideChecks` holds the five checks that read a step's contrastive means, loss and learning rates
+(gap narrowing, false negatives, collapse, plateau, lr_jump) and feeds them in one order, for the monitor and
+the alarm benchmark's replay alike. The kinds themselves (name, meaning, colour) are registered once, in
+:data:`~aquin_monitor.metric_registry.ALARM_REGISTRY` (re-exported here with :data:`ALARM_KINDS`).
+
 Everything here is host-side numpy on the small per-step vector :class:`~aquin_monitor.monitor.StepMonitor`
 reads back; every check keeps its state in ``state_dict`` form so a resumed run keeps its history.
 """

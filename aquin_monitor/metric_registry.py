@@ -578,6 +578,7 @@ def _sae_eval() -> tuple[MetricSpec, ...]:
         spec("sae/held_out/fvu", "fraction", False, UNBOUNDED, "FVU on the SAE's own held-out split"),
         spec("sae/held_out/cosine", "cosine", True, COSINE, "mean cos(x, x̂) on the SAE's own held-out split"),
         spec("sae/held_out/retrieval/kept_ndcg@10", "ratio", True, NON_NEGATIVE, "retrieval kept in its report"),
+        spec("sae/held_out/stability/second_sae", "fraction", True, FRACTION, "seed stability in its report"),
         spec("sae/probe/<set>/sae@N", accuracy, True, FRACTION, "probe accuracy on the N best SAE features"),
         spec("sae/probe/<set>/embedding", accuracy, True, FRACTION, "probe accuracy on the embeddings"),
         spec("sae/probe/<set>/reconstruction", accuracy, True, FRACTION, "probe accuracy on the reconstructions"),

@@ -124,7 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write cfg.json + sae.safetensors only (e.g. a second seed for `sae eval default --second-sae OUT`)",
     )
+    parser.add_argument(
+        "--record-stability",
+        metavar="DIR",
+        default=None,
+        help="only record the seed stability of the SAE in --out against the replicate in DIR (e.g. one written with "
+        "--seed 1 --weights-only) in its quality.json / quality.txt as sae/stability/second_sae",
+    )
     args = parser.parse_args(argv)
+    if args.record_stability:
+        record_stability(Path(args.out), Path(args.record_stability))
+        return 0
 
     from aquin_monitor.sae.embeddings import embed_corpus
 
@@ -240,6 +250,24 @@ def add_suite_metrics(folder: Path, result, retrieval: dict) -> dict:
     atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(folder / "quality.txt", format_report(report["metrics"]) + "\n")
     return report
+
+
+def record_stability(folder: Path, replicate: Path) -> float:
+    """Write the seed stability of the SAE in ``folder`` against ``replicate`` (the share of its features whose
+    Hungarian match by decoder cosine is >= 0.7; docs/metrics.md) into ``folder``'s quality report, where
+    ``sae eval`` reads it as ``sae/held_out/stability/second_sae``."""
+    from aquin_monitor.atomic import atomic_write_text
+    from aquin_monitor.sae.build import format_report
+    from aquin_monitor.sae.model import load_sae
+    from aquin_monitor.sae.quality import seed_stability
+
+    report = json.loads((folder / "quality.json").read_text(encoding="utf-8"))
+    stability = seed_stability(load_sae(folder), load_sae(replicate))
+    report["metrics"]["sae/stability/second_sae"] = stability
+    atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(folder / "quality.txt", format_report(report["metrics"]) + "\n")
+    print(f"seed stability {stability:.4f} recorded in {folder / 'quality.json'}", file=sys.stderr)
+    return stability
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@
   weights stopped moving);
 - a non-finite loss (``nan``).
 
+:class:`HostSideChecks` holds the five checks that read a step's contrastive means, loss and learning rates
+(gap narrowing, false negatives, collapse, plateau, lr_jump) and feeds them in one order, for the monitor and
+the alarm benchmark's replay alike. The kinds themselves (name, meaning, colour) are registered once, in
+:data:`~aquin_monitor.metric_registry.ALARM_REGISTRY` (re-exported here with :data:`ALARM_KINDS`).
+
 Everything here is host-side numpy on the small per-step vector :class:`~aquin_monitor.monitor.StepMonitor`
 reads back; every check keeps its state in ``state_dict`` form so a resumed run keeps its history.
 """
@@ -27,9 +32,28 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .metric_registry import ALARM_COLOURS, ALARM_KINDS, ALARM_REGISTRY, AlarmKind
 from .signals.gradients import row_nanmedian
 
-ALARM_KINDS = ("dead_layer", "spike", "nan", "gap_narrowing", "false_negatives", "plateau", "collapse", "lr_jump")
+__all__ = [
+    "ALARM_KINDS",
+    "ALARM_REGISTRY",
+    "ALARM_COLOURS",
+    "AlarmKind",
+    "AlarmWarning",
+    "DetectorConfig",
+    "Anomaly",
+    "GradientAnomalyDetector",
+    "AlarmConfig",
+    "Alarm",
+    "loss_alarm",
+    "GapNarrowingCheck",
+    "FalseNegativeCheck",
+    "LearningRateJumpCheck",
+    "PlateauCheck",
+    "CollapseCheck",
+    "HostSideChecks",
+]
 
 
 class AlarmWarning(UserWarning):
@@ -570,3 +594,69 @@ class CollapseCheck:
         self.history = deque(state.get("collapse_history", []), maxlen=self.config.collapse_window)
         self.risen = int(state.get("collapse_risen", 0))
         self.cooldown_until = int(state.get("collapse_cooldown_until", -1))
+
+
+class HostSideChecks:
+    """The alarm checks that read a step's contrastive means, loss and learning rates: one object, one order.
+
+    :class:`~aquin_monitor.monitor.StepMonitor` feeds it each logged step's numbers, and the alarm benchmark
+    replays recorded runs through it (``scripts/bench_alarms.py``), so both raise the same alarms from the
+    same numbers. Per step, in this order: :class:`GapNarrowingCheck` (``contrastive["gap"]`` and the loss),
+    :class:`FalseNegativeCheck`, :class:`CollapseCheck` (told whether false negatives explain the step),
+    :class:`PlateauCheck` and :class:`LearningRateJumpCheck` (the learning rates; none given: neither checks).
+    Its :meth:`state_dict` is the five checks' keys side by side, flat, as ``StepMonitor.state_dict`` has
+    always written them, so a checkpoint from before this class loads.
+
+    >>> checks = HostSideChecks(AlarmConfig(plateau_patience=2))
+    >>> [[a.kind for a in checks.update(s, {}, None, [lr])] for s, lr in enumerate([1e-4, 0.0, 0.0, 1e-2], 1)]
+    [[], [], ['plateau'], ['lr_jump']]
+    >>> resumed = HostSideChecks(AlarmConfig(plateau_patience=2))
+    >>> resumed.load_state_dict(checks.state_dict())
+    >>> resumed.lr_jump.running_max, resumed.plateau.armed
+    ([0.01], True)
+    """
+
+    #: the alarm kinds these checks raise
+    KINDS = ("gap_narrowing", "false_negatives", "collapse", "plateau", "lr_jump")
+
+    def __init__(self, config: AlarmConfig | None = None):
+        self.config = config or AlarmConfig()
+        self.gap = GapNarrowingCheck(self.config)
+        self.false_negatives = FalseNegativeCheck(self.config)
+        self.collapse = CollapseCheck(self.config)
+        self.plateau = PlateauCheck(self.config)
+        self.lr_jump = LearningRateJumpCheck(self.config)
+
+    @property
+    def checks(
+        self,
+    ) -> tuple[GapNarrowingCheck, FalseNegativeCheck, CollapseCheck, PlateauCheck, LearningRateJumpCheck]:
+        """The five checks, in the order :meth:`update` feeds them."""
+        return (self.gap, self.false_negatives, self.collapse, self.plateau, self.lr_jump)
+
+    def update(
+        self, step: int, contrastive: dict, loss: float | None, learning_rates: Sequence[float] | None = None
+    ) -> list[Alarm]:
+        """This step's alarms, in check order. ``contrastive``: the step's means by field name (``pos_sim``,
+        ``neg_sim``, ``hardest_neg_sim``, ``gap``, …; absent or non-finite ones are skipped by the checks
+        that read them); ``loss``: the step's mean loss or None; ``learning_rates``: one per parameter group."""
+        fired = (
+            self.gap.update(step, contrastive.get("gap"), loss),
+            self.false_negatives.update(step, contrastive),
+            self.collapse.update(step, contrastive, self.false_negatives.explains_step),
+            self.plateau.update(step, learning_rates),
+            self.lr_jump.update(step, learning_rates),
+        )
+        return [alarm for alarm in fired if alarm is not None]
+
+    def state_dict(self) -> dict:
+        """The checks' states in one flat dict (their keys do not overlap)."""
+        state: dict = {}
+        for check in self.checks:
+            state.update(check.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`, or from any dict holding its keys (a monitor's whole state)."""
+        for check in self.checks:
+            check.load_state_dict(state)

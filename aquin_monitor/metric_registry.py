@@ -8,7 +8,8 @@ same placeholders: ``NN`` a two-digit layer index, ``N`` an integer, ``<vs>`` ``
 test checks ``docs/metrics.md`` against :data:`METRICS` (every declared name documented with the same unit, and
 every documented name declared). This is the torchmetrics model: metadata declared with the metric
 (``higher_is_better``, ``plot_lower_bound`` / ``plot_upper_bound``), read by plots, model selection
-and docs.
+and docs. The alarm kinds are declared here too (:data:`ALARM_REGISTRY`: name, meaning, colour), so the
+figures below the monitor read the same list the monitor checks ``stop_on`` against.
 
 Ground floor: imports nothing from the package.
 
@@ -25,7 +26,19 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-__all__ = ["MetricSpec", "METRICS", "PLACEHOLDERS", "name_pattern", "find_metric", "metric_meaning", "higher_is_better"]
+__all__ = [
+    "MetricSpec",
+    "METRICS",
+    "PLACEHOLDERS",
+    "AlarmKind",
+    "ALARM_REGISTRY",
+    "ALARM_KINDS",
+    "ALARM_COLOURS",
+    "name_pattern",
+    "find_metric",
+    "metric_meaning",
+    "higher_is_better",
+]
 
 #: Placeholders of a declared name and the regex each stands for.
 PLACEHOLDERS = {
@@ -125,9 +138,48 @@ def _contrastive() -> tuple[MetricSpec, ...]:
     )
 
 
+@dataclass(frozen=True)
+class AlarmKind:
+    """One kind of alarm: logged as ``alarm/<name>``, explained by ``meaning``, drawn in ``colour``.
+
+    The colour marks the kind's alarms in every figure (:mod:`aquin_monitor.plots`) and its badge in the
+    report; it keeps a contrast of at least 3:1 against white (the axes' and the badge text's colour).
+    """
+
+    name: str
+    meaning: str
+    colour: str
+
+
+#: Every alarm kind the monitor raises, in the order the docs list them: the one list that the monitor's
+#: ``stop_on`` check, the recipes' ``--stop-on`` choices, the figures' colours, the report's badges and the
+#: ``alarm/<kind>`` entries of :data:`METRICS` read (:mod:`aquin_monitor.alarms` re-exports it).
+ALARM_REGISTRY: tuple[AlarmKind, ...] = (
+    AlarmKind("dead_layer", "a block stopped learning (vanishing gradient, frozen by mistake, collapsed)", "#7b3294"),
+    AlarmKind("spike", "a sudden gradient explosion in one block", "#e66101"),
+    AlarmKind("nan", "a gradient norm or the loss is NaN or infinite", "#d7191c"),
+    AlarmKind("gap_narrowing", "the loss improves by pulling negatives closer: a shortcut or collapse", "#0571b0"),
+    AlarmKind("false_negatives", "the batch's negatives hold duplicates of its positives (false negatives)", "#c51b7d"),
+    AlarmKind("plateau", "the learning rate is 0: the weights no longer move", "#8c510a"),
+    AlarmKind("collapse", "in-batch negatives converge on the positives: the embedding space is collapsing", "#01665e"),
+    AlarmKind("lr_jump", "the learning rate jumped tenfold above anything it had been: a changed schedule", "#7f7f00"),
+)
+
+#: The registered alarm kinds' names.
+#:
+#: >>> ALARM_KINDS[:4]
+#: ('dead_layer', 'spike', 'nan', 'gap_narrowing')
+ALARM_KINDS: tuple[str, ...] = tuple(kind.name for kind in ALARM_REGISTRY)
+
+#: Colour of each registered alarm kind (figures and report badges).
+ALARM_COLOURS: dict[str, str] = {kind.name: kind.colour for kind in ALARM_REGISTRY}
+
+
 def _optimizer_and_alarms() -> tuple[MetricSpec, ...]:
-    def flag(kind: str, meaning: str) -> MetricSpec:
-        return MetricSpec(name=f"alarm/{kind}", meaning=meaning, unit="flag", higher_is_better=False, bounds=FRACTION)
+    def flag(kind: AlarmKind) -> MetricSpec:
+        return MetricSpec(
+            name=f"alarm/{kind.name}", meaning=kind.meaning, unit="flag", higher_is_better=False, bounds=FRACTION
+        )
 
     return (
         MetricSpec(
@@ -142,14 +194,7 @@ def _optimizer_and_alarms() -> tuple[MetricSpec, ...]:
             unit="learning rate",
             bounds=NON_NEGATIVE,
         ),
-        flag("dead_layer", "a block stopped learning (vanishing gradient, frozen by mistake, collapsed)"),
-        flag("spike", "a sudden gradient explosion in one block"),
-        flag("nan", "a gradient norm or the loss is NaN or infinite"),
-        flag("gap_narrowing", "the loss improves by pulling negatives closer: a shortcut or collapse"),
-        flag("false_negatives", "the batch's negatives hold duplicates of its positives (false negatives)"),
-        flag("plateau", "the learning rate is 0: the weights no longer move"),
-        flag("collapse", "in-batch negatives converge on the positives: the embedding space is collapsing"),
-        flag("lr_jump", "the learning rate jumped tenfold above anything it had been: a changed schedule"),
+        *(flag(kind) for kind in ALARM_REGISTRY),
     )
 
 
@@ -533,6 +578,7 @@ def _sae_eval() -> tuple[MetricSpec, ...]:
         spec("sae/held_out/fvu", "fraction", False, UNBOUNDED, "FVU on the SAE's own held-out split"),
         spec("sae/held_out/cosine", "cosine", True, COSINE, "mean cos(x, x̂) on the SAE's own held-out split"),
         spec("sae/held_out/retrieval/kept_ndcg@10", "ratio", True, NON_NEGATIVE, "retrieval kept in its report"),
+        spec("sae/held_out/stability/second_sae", "fraction", True, FRACTION, "seed stability in its report"),
         spec("sae/probe/<set>/sae@N", accuracy, True, FRACTION, "probe accuracy on the N best SAE features"),
         spec("sae/probe/<set>/embedding", accuracy, True, FRACTION, "probe accuracy on the embeddings"),
         spec("sae/probe/<set>/reconstruction", accuracy, True, FRACTION, "probe accuracy on the reconstructions"),

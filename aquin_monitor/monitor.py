@@ -46,6 +46,7 @@ from .alarms import (
     FalseNegativeCheck,
     GapNarrowingCheck,
     GradientAnomalyDetector,
+    HostSideChecks,
     LearningRateJumpCheck,
     PlateauCheck,
     loss_alarm,
@@ -242,11 +243,7 @@ class StepMonitor:
         self.last_step = 0
         self.groups: ParameterGroups | None = None
         self.detector: GradientAnomalyDetector | None = None
-        self.gap_check = GapNarrowingCheck(self.alarm_config)
-        self.false_negative_check = FalseNegativeCheck(self.alarm_config)
-        self.plateau_check = PlateauCheck(self.alarm_config)
-        self.lr_jump_check = LearningRateJumpCheck(self.alarm_config)
-        self.collapse_check = CollapseCheck(self.alarm_config)
+        self.host_checks = HostSideChecks(self.alarm_config)
         self._pending: tuple | None = None
         self._host: torch.Tensor | None = None  # pinned buffer of the asynchronous host copy (CUDA)
         self.background = background
@@ -257,6 +254,27 @@ class StepMonitor:
         self._joins_reduce = True  # False once every rank has switched its monitor off
         self.sharded: ShardedGradientNorms | None = None  # set by attach when the gradients are sharded
         self._wrapper: torch.nn.Module | None = None  # the strategy's wrapper of the model (see attach)
+
+    # the host-side checks, by the names they had as attributes of their own
+    @property
+    def gap_check(self) -> GapNarrowingCheck:
+        return self.host_checks.gap
+
+    @property
+    def false_negative_check(self) -> FalseNegativeCheck:
+        return self.host_checks.false_negatives
+
+    @property
+    def collapse_check(self) -> CollapseCheck:
+        return self.host_checks.collapse
+
+    @property
+    def plateau_check(self) -> PlateauCheck:
+        return self.host_checks.plateau
+
+    @property
+    def lr_jump_check(self) -> LearningRateJumpCheck:
+        return self.host_checks.lr_jump
 
     # -- wiring -------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module, wrapper: torch.nn.Module | None = None) -> None:
@@ -569,18 +587,10 @@ class StepMonitor:
             assert self.detector is not None  # attach() made it, before any norm is measured
             anomalies = self.detector.update(norms, step, no_gradient)
         found = [Alarm(step, a.kind, a.group, a.message, a.value) for a in anomalies]
-        found.extend(
-            a
-            for a in (
-                loss_alarm(step, loss),
-                self.gap_check.update(step, contrastive.get("gap"), loss),
-                self.false_negative_check.update(step, contrastive),
-                self.collapse_check.update(step, contrastive, self.false_negative_check.explains_step),
-                self.plateau_check.update(step, learning_rates),
-                self.lr_jump_check.update(step, learning_rates),
-            )
-            if a is not None
-        )
+        loss_is_nan = loss_alarm(step, loss)
+        if loss_is_nan is not None:
+            found.append(loss_is_nan)
+        found.extend(self.host_checks.update(step, contrastive, loss, learning_rates))
         self.alarms.extend(found)
         for alarm in found:
             if self.warn and self.sinks:
@@ -728,21 +738,13 @@ class StepMonitor:
         return {
             "last_step": self.last_step,
             "detector": self.detector.state_dict() if self.detector else None,
-            **self.gap_check.state_dict(),
-            **self.false_negative_check.state_dict(),
-            **self.plateau_check.state_dict(),
-            **self.lr_jump_check.state_dict(),
-            **self.collapse_check.state_dict(),
+            **self.host_checks.state_dict(),  # flat keys, as before HostSideChecks: old checkpoints load
             "alarms": [a.as_event() for a in self.alarms],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state.get("last_step", 0))
-        self.gap_check.load_state_dict(state)
-        self.false_negative_check.load_state_dict(state)
-        self.plateau_check.load_state_dict(state)
-        self.lr_jump_check.load_state_dict(state)
-        self.collapse_check.load_state_dict(state)
+        self.host_checks.load_state_dict(state)
         self.alarms = [Alarm(**a) for a in state.get("alarms", [])]
         self._pending_state = state.get("detector")
         if self.detector is not None and self._pending_state is not None:

@@ -40,6 +40,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from . import snapshot_keys as keys
+from .metric_registry import ALARM_COLOURS
 
 __all__ = [
     "NoDataError",
@@ -63,8 +64,8 @@ __all__ = [
     "snapshot_figure_inputs",
 ]
 
-#: Colour of each alarm kind's markers (any other kind is drawn in grey).
-ALARM_COLOURS = {"dead_layer": "#7b3294", "spike": "#e66101", "nan": "#d7191c", "gap_narrowing": "#0571b0"}
+# Alarm markers take their kind's colour from the registry (ALARM_COLOURS: each registered kind its own);
+# a kind outside it (an events file written by something else) is drawn in grey.
 _OTHER_ALARM_COLOUR = "#666666"
 _WIDE = (9.0, 3.6)
 _SQUARE = (6.0, 4.8)

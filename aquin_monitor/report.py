@@ -53,7 +53,7 @@ from aquin_monitor import plots
 from aquin_monitor import snapshot_keys as keys
 from aquin_monitor.atomic import atomic_write_text
 from aquin_monitor.jsonio import iter_jsonl
-from aquin_monitor.metric_registry import metric_meaning
+from aquin_monitor.metric_registry import ALARM_COLOURS, metric_meaning
 from aquin_monitor.signals.two_sample import drift_test_sentence
 from aquin_monitor.snapshot_record import (
     SNAPSHOT_FAMILIES,
@@ -1012,10 +1012,6 @@ details.long-text[open] > summary .probe { display: none; }
 .problems { background: #fdecea; border: 1px solid #d7191c; padding: 4px 14px; }
 .badge { display: inline-block; padding: 1px 8px; margin: 0 3px; border-radius: 10px; font-size: 12px; background: #666; color: #fff; }
 .badge.ok { background: #1a9641; }
-.badge.alarm-dead_layer { background: #7b3294; }
-.badge.alarm-spike { background: #e66101; }
-.badge.alarm-nan { background: #d7191c; }
-.badge.alarm-gap_narrowing { background: #0571b0; }
 .delta.up, .delta.down { font-weight: 600; color: #333; } .delta.zero { color: #888; }
 .probe { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 code { font-size: 12px; }
@@ -1026,6 +1022,8 @@ code { font-size: 12px; }
 .verdict.none { border-left-color: #f0b400; background: #fff8e1; }
 summary { cursor: pointer; font-size: 14px; margin: 4px 0; }
 """  # noqa: E501
+# each registered alarm kind's badge in the colour its figures draw it in (an unregistered kind: the grey badge)
+_CSS += "".join(f".badge.alarm-{kind} {{ background: {colour}; }}\n" for kind, colour in ALARM_COLOURS.items())
 
 
 def render_report(run_dir: str | os.PathLike) -> str:

@@ -51,6 +51,8 @@ COLLAPSE_LR = 1e-2
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from aquin_monitor.metric_registry import ALARM_KINDS  # the alarm registry, without torch: --help stays quick
+
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -119,8 +121,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--stop-on",
         nargs="*",
         default=[],
-        choices=["dead_layer", "spike", "nan", "gap_narrowing"],
-        help="alarms that stop training",
+        choices=ALARM_KINDS,
+        metavar="KIND",
+        help=f"alarms that stop training: any of {', '.join(ALARM_KINDS)}",
     )
     p.add_argument("--no-umap", action="store_true", help="skip UMAP coordinates in snapshots (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")

@@ -443,49 +443,33 @@ def score(results: Sequence[RunResult], horizon: int) -> dict[str, Any]:
     }
 
 
-#: alarm kinds decided from the per-step contrastive means and learning rates alone (replayable from a trace)
-REPLAYED_KINDS = ("gap_narrowing", "false_negatives", "plateau", "collapse", "lr_jump")
 #: settings that shape a run (a replay merges only files that agree on them)
 MEASURED_SETTINGS = ("model", "steps", "horizon", "batch_size", "seq_len")
 
 
 def replay_checks(trace: Sequence[dict]) -> list[dict]:
-    """The ``gap_narrowing``, ``false_negatives`` and ``plateau`` alarms the current default thresholds raise on a
-    recorded run: the same checks fed, step by step, the same numbers StepMonitor fed them (the trace's
-    ``contrastive/*`` means, loss and ``optim/lr``; non-finite values were recorded as null and are skipped by
-    the checks either way). None of them acts on the training, so a replay equals a rerun."""
-    from aquin_monitor.alarms import (
-        AlarmConfig,
-        CollapseCheck,
-        FalseNegativeCheck,
-        GapNarrowingCheck,
-        LearningRateJumpCheck,
-        PlateauCheck,
-    )
+    """The alarms of the host-side checks (:class:`~aquin_monitor.alarms.HostSideChecks`: ``gap_narrowing``,
+    ``false_negatives``, ``collapse``, ``plateau``, ``lr_jump``) that the current default thresholds raise on a
+    recorded run: the object StepMonitor feeds, fed step by step the same numbers (the trace's ``contrastive/*``
+    means, loss and ``optim/lr``; non-finite values were recorded as null and are skipped by the checks either
+    way). None of them acts on the training, so a replay equals a rerun."""
+    from aquin_monitor.alarms import AlarmConfig, HostSideChecks
 
-    config = AlarmConfig()
-    gap, false_negatives, plateau = GapNarrowingCheck(config), FalseNegativeCheck(config), PlateauCheck(config)
-    collapse, lr_jump = CollapseCheck(config), LearningRateJumpCheck(config)
+    checks = HostSideChecks(AlarmConfig())
     alarms = []
     for row in trace:
-        step = row["step"]
         contrastive = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("contrastive/") and v is not None}
         rates = [v for k, v in sorted(row.items()) if k.startswith("optim/lr") and v is not None]
-        for alarm in (
-            gap.update(step, contrastive.get("gap"), contrastive.get("loss")),
-            false_negatives.update(step, contrastive),
-            collapse.update(step, contrastive, false_negatives.explains_step),
-            plateau.update(step, rates),
-            lr_jump.update(step, rates),
-        ):
-            if alarm is not None:
-                alarms.append({"step": alarm.step, "kind": alarm.kind, "layer": alarm.layer})
+        for alarm in checks.update(row["step"], contrastive, contrastive.get("loss"), rates):
+            alarms.append({"step": alarm.step, "kind": alarm.kind, "layer": alarm.layer})
     return alarms
 
 
 def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -> tuple[list[RunResult], dict]:
     """The runs of result files whose seed is in ``tune`` or ``report`` (their set), replayable alarms recomputed
     (:func:`replay_checks`), and the settings the files were measured with (they must agree but for seeds)."""
+    from aquin_monitor.alarms import HostSideChecks
+
     results, settings = [], None
     for path in paths:
         document = json.loads(Path(path).read_text())
@@ -501,7 +485,7 @@ def replayed(paths: Sequence[str], tune: Sequence[int], report: Sequence[int]) -
                 raise SystemExit(f"{path}: run {run['failure']} seed {run['seed']} has no trace (rerun with --traces)")
             fields = {k: run[k] for k in RunSpec.__dataclass_fields__}
             spec = RunSpec(**{**fields, "seed_set": seed_set})
-            kept = [a for a in run["alarms"] if a["kind"] not in REPLAYED_KINDS]
+            kept = [a for a in run["alarms"] if a["kind"] not in HostSideChecks.KINDS]
             alarms = sorted(kept + replay_checks(run["trace"]), key=lambda a: a["step"])
             results.append(RunResult(spec, alarms, run["seconds"], run["trace"]))
     return results, settings or {}

@@ -100,6 +100,7 @@ DEFAULT_GRID = (
     SweepConfig(2304, 32),
     SweepConfig(3072, 48),
     SweepConfig(3072, 32, auxk_coefficient=0.0),
+    SweepConfig(1536, 64, seed=1),  # the winner's seed replicate: its seed stability (run at full budget only)
 )
 SHIPPED_AS_IS = "shipped"
 """The row of ``load_sae("default")`` evaluated as it is (trained 40 epochs): a reference, not a candidate."""
@@ -310,17 +311,20 @@ def format_table(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any]
     )
     if selection.get("seed_stability") is not None:
         lines.append(f"seed stability of the shipped configuration (seeds 0, 1): {selection['seed_stability']:.3f}")
+    if selection.get("winner_seed_stability") is not None:
+        lines.append(f"seed stability of the winner (seeds 0, 1): {selection['winner_seed_stability']:.3f}")
     lines.append(f"winner: {selection['winner'] or 'none (the shipped SAE stays)'} ({selection['reason']})")
     return "\n".join(lines)
 
 
-def replicate_stability(out: Path) -> float | None:
-    """Seed stability (:func:`~aquin_monitor.sae.quality.seed_stability`) of the shipped configuration's two
-    seeds, when both SAEs are in ``OUT/saes/``."""
+def replicate_stability(out: Path, config: SweepConfig = SHIPPED) -> float | None:
+    """Seed stability (:func:`~aquin_monitor.sae.quality.seed_stability`) of a configuration's seeds 0 and 1
+    (the shipped configuration's by default), when both SAEs are in ``OUT/saes/``."""
     from aquin_monitor.sae.model import load_sae
     from aquin_monitor.sae.quality import seed_stability
 
-    folders = [out / "saes" / SHIPPED.name, out / "saes" / SweepConfig(1536, 32, seed=1).name]
+    replicate = SweepConfig(config.num_latents, config.k, config.auxk_coefficient, seed=1)
+    folders = [out / "saes" / config.name, out / "saes" / replicate.name]
     if not all((folder / "sae.safetensors").exists() for folder in folders):
         return None
     return seed_stability(load_sae(folders[0]), load_sae(folders[1]))
@@ -332,6 +336,9 @@ def write_summary(out: Path, grid: Sequence[SweepConfig]) -> str:
     rows = [json.loads(path.read_text()) for name in names if (path := out / "configs" / f"{name}.json").exists()]
     selection = select(rows)
     selection["seed_stability"] = replicate_stability(out)
+    if selection.get("winner"):
+        winner = next(c for c in grid if c.name == selection["winner"])
+        selection["winner_seed_stability"] = replicate_stability(out, winner)
     table = format_table(rows, selection)
     atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "selection": selection}, indent=1) + "\n")
     atomic_write_text(out / "sweep.txt", table + "\n")

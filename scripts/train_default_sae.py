@@ -124,7 +124,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write cfg.json + sae.safetensors only (e.g. a second seed for `sae eval default --second-sae OUT`)",
     )
+    parser.add_argument(
+        "--record-stability",
+        metavar="DIR",
+        default=None,
+        help="only record the seed stability of the SAE in --out against the replicate in DIR (e.g. one written with "
+        "--seed 1 --weights-only) in its quality.json / quality.txt as sae/stability/second_sae",
+    )
+    parser.add_argument(
+        "--features-only",
+        action="store_true",
+        help="only rewrite features.json of the SAE in --out (top texts, key-phrase and c-TF-IDF labels), e.g. "
+        "after the labeller changed",
+    )
     args = parser.parse_args(argv)
+    if args.record_stability:
+        record_stability(Path(args.out), Path(args.record_stability))
+        return 0
 
     from aquin_monitor.sae.embeddings import embed_corpus
 
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
     if args.embed_only:
         return 0
+    if args.features_only:
+        return _rewrite_features(texts, embeddings, Path(args.out))
     if args.weights_only:
         return _train_weights_only(embeddings, args)
     return _train_and_write(texts, embeddings, args)
@@ -172,6 +190,21 @@ def _train_weights_only(embeddings, args) -> int:
     return 0
 
 
+def _label_encoder(phrases: list[str]):
+    from aquin_monitor.sae.embeddings import embed_corpus
+
+    return embed_corpus("default", phrases, chunk_size=4096, show_progress=False)
+
+
+def _rewrite_features(texts, embeddings, folder: Path) -> int:
+    from aquin_monitor.sae.build import write_features
+    from aquin_monitor.sae.model import load_sae
+
+    write_features(load_sae(folder), embeddings, texts, folder, encode=_label_encoder)
+    print(f"wrote {folder / 'features.json'}", file=sys.stderr)
+    return 0
+
+
 def scifact_retrieval(max_corpus: int) -> dict:
     """SciFact test queries and (judged + other, up to ``max_corpus``) documents, embedded (cached)."""
     from aquin_monitor.data import read_beir
@@ -189,7 +222,6 @@ def _train_and_write(texts, embeddings, args) -> int:
     import torch
 
     from aquin_monitor.sae.build import build_sae_folder
-    from aquin_monitor.sae.embeddings import embed_corpus
     from aquin_monitor.sinks import JsonlSink
 
     torch.set_num_threads(args.threads)
@@ -204,7 +236,7 @@ def _train_and_write(texts, embeddings, args) -> int:
         config=config,
         sinks=[sink] if sink else [],
         retrieval=retrieval,
-        label_encode=lambda phrases: embed_corpus("default", phrases, chunk_size=4096, show_progress=False),
+        label_encode=_label_encoder,
     )
     if sink:
         sink.close()
@@ -240,6 +272,24 @@ def add_suite_metrics(folder: Path, result, retrieval: dict) -> dict:
     atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(folder / "quality.txt", format_report(report["metrics"]) + "\n")
     return report
+
+
+def record_stability(folder: Path, replicate: Path) -> float:
+    """Write the seed stability of the SAE in ``folder`` against ``replicate`` (the share of its features whose
+    Hungarian match by decoder cosine is >= 0.7; docs/metrics.md) into ``folder``'s quality report, where
+    ``sae eval`` reads it as ``sae/held_out/stability/second_sae``."""
+    from aquin_monitor.atomic import atomic_write_text
+    from aquin_monitor.sae.build import format_report
+    from aquin_monitor.sae.model import load_sae
+    from aquin_monitor.sae.quality import seed_stability
+
+    report = json.loads((folder / "quality.json").read_text(encoding="utf-8"))
+    stability = seed_stability(load_sae(folder), load_sae(replicate))
+    report["metrics"]["sae/stability/second_sae"] = stability
+    atomic_write_text(folder / "quality.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(folder / "quality.txt", format_report(report["metrics"]) + "\n")
+    print(f"seed stability {stability:.4f} recorded in {folder / 'quality.json'}", file=sys.stderr)
+    return stability
 
 
 if __name__ == "__main__":

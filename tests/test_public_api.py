@@ -62,3 +62,26 @@ def test_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no_such_thing"):
         aquin_monitor.no_such_thing  # noqa: B018
+
+
+def test_building_the_cli_parser_loads_no_framework():
+    """``aquin-monitor --help`` (and every verb's help) answers without torch, transformers or numpy: the
+    parser is built, every sub-command's help formatted and ``main(["--help"])`` run, in a fresh interpreter."""
+    loaded = _modules_after(
+        "import argparse\n"
+        "from aquin_monitor.cli import build_parser\n"
+        "def walk(parser):\n"
+        "    parser.format_help()\n"
+        "    for action in parser._actions:\n"
+        "        if isinstance(action, argparse._SubParsersAction):\n"
+        "            for sub in action.choices.values():\n"
+        "                walk(sub)\n"
+        "walk(build_parser())\n"
+        "import contextlib, io\n"
+        "from aquin_monitor.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as shown:\n"
+        "    assert main(['--help']) == 0 and main(['sae', 'convert', '--help']) == 0\n"
+        "assert '--from' in shown.getvalue()"
+    )
+    assert "aquin_monitor.cli" in loaded and "aquin_monitor.sae.convert_cli" in loaded
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

@@ -360,3 +360,13 @@ def test_wandb_offline_one_axis_config_probe_table_and_clean_exit(tiny_mean_mode
     assert [row[1] for row in table["data"]] == saved["labels"].tolist()
     assert len(table["data"]) == 3 * 4 and all(isinstance(row[0], str) and row[0] for row in table["data"])
     np.testing.assert_allclose(np.array([row[2] for row in table["data"]]), saved["embeddings"], rtol=1e-6)
+
+
+def test_stop_on_takes_every_registered_alarm_kind(recipe, capsys):
+    """``--stop-on`` choices come from the alarm registry: the kinds added after the recipe are accepted."""
+    assert recipe.parse_args(["--stop-on", *ALARM_KINDS]).stop_on == list(ALARM_KINDS)
+    assert recipe.parse_args(["--stop-on", "lr_jump", "collapse"]).stop_on == ["lr_jump", "collapse"]
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.parse_args(["--stop-on", "lr_jumps"])
+    assert exit_info.value.code == 2
+    assert "--stop-on: invalid choice: 'lr_jumps'" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def labelled(tmp_path):
 def sae_folder(tmp_path, tiny_mean_model):
     sae = SparseAutoencoder(32, 48, 4, seed=0, metadata={"model": tiny_mean_model})
     folder = sae.save(tmp_path / "sae")
-    report = {"metrics": {"sae/fvu": 0.01, "sae/cosine": 0.99, "sae/retrieval/kept_ndcg@10": 0.9}, "config": {}}
+    recorded = {"sae/fvu": 0.01, "sae/cosine": 0.99, "sae/retrieval/kept_ndcg@10": 0.9, "sae/stability/second_sae": 0.3}
+    report = {"metrics": recorded, "config": {}}
     (folder / "quality.json").write_text(json.dumps(report))
     shuffled = SparseAutoencoder(32, 48, 4, seed=0, metadata={"model": tiny_mean_model})
     order = torch.randperm(48, generator=torch.Generator().manual_seed(0))
@@ -97,6 +98,7 @@ def test_eval_reports_every_research_number(tiny_mean_model, labelled, sae_folde
     assert "sae/pca/retrieval/original/ndcg@10" not in metrics  # the same as sae/retrieval/original/ndcg@10
 
     assert metrics["sae/held_out/fvu"] == 0.01 and metrics["sae/held_out/retrieval/kept_ndcg@10"] == 0.9
+    assert metrics["sae/held_out/stability/second_sae"] == 0.3  # as recorded in quality.json
     assert metrics["sae/stability/second_sae"] == 1.0  # the same decoder rows, shuffled
     assert 0 <= metrics["sae/stability/seeds"] <= 1
     # an untrained SAE reconstructs far worse than the 0.01 its quality.json claims: one warning line, also in JSON

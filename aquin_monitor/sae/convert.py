@@ -47,11 +47,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .convert_formats import SOURCES
 from .model import SaeFormatError, SparseAutoencoder, line_of_key
 
 __all__ = ["SOURCES", "convert_sae", "from_csr", "from_latentsae"]
 
-SOURCES = ("csr", "latentsae", "sparsify")
 CSR_TYPE_SUFFIX = "SparseAutoEncoder"
 UNIT_NORM_TOLERANCE = 1e-4
 

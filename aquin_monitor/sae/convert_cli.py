@@ -15,6 +15,7 @@ import argparse
 from typing import Any
 
 from ..cli_tools import declare_outputs, emit
+from .convert_formats import SOURCES
 
 __all__ = ["add_convert_command"]
 
@@ -52,8 +53,6 @@ def _convert(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_convert_command(commands: Any) -> None:
     """Add ``convert`` to the ``aquin-monitor sae`` sub-command group ``commands``."""
-    from .convert import SOURCES
-
     convert = commands.add_parser(
         "convert",
         help="load a CSR (sentence-transformers), latentsae or sparsify SAE",

@@ -279,7 +279,7 @@ def fit_pca_baseline(x: np.ndarray, n_components: int, *, seed: int = 0) -> PcaB
 
 
 #: The held-out figures ``sae eval`` sets beside the corpus's (``quality.json`` metric names).
-HELD_OUT_NAMES = ("sae/fvu", "sae/cosine", "sae/retrieval/kept_ndcg@10")
+HELD_OUT_NAMES = ("sae/fvu", "sae/cosine", "sae/retrieval/kept_ndcg@10", "sae/stability/second_sae")
 
 
 def read_held_out(folder: str | os.PathLike) -> dict[str, float]:

@@ -205,13 +205,7 @@ def keyphrase_labels(
     phrases = sorted({label_phrase([term]) for terms in candidates for term in terms})
     phrase_vectors = _unit(np.asarray(encode(phrases), dtype=np.float64)) if phrases else np.zeros((0, 1))
     where = {p: k for k, p in enumerate(phrases)}
-    n = len(embeddings)
-    sample = (
-        np.sort(np.random.default_rng(seed).choice(n, size=min(negatives, n), replace=False))
-        if negative_rows is None
-        else np.asarray(negative_rows, dtype=np.int64)
-    )
-    sample_vectors = _unit(np.asarray(gather_rows(embeddings, sample), dtype=np.float64))
+    sample, sample_vectors = _negative_sample(embeddings, negatives, seed, negative_rows)
     member_vectors = _unit(np.asarray(gather_rows(embeddings, np.asarray(rows, dtype=np.int64)), dtype=np.float64))
     labels = []
     with threadpool_limits(limits=1, user_api="blas"):  # each class's products are tiny: BLAS threads only contend
@@ -234,6 +228,17 @@ def keyphrase_labels(
                 else []
             )
     return labels
+
+
+def _negative_sample(
+    embeddings: np.ndarray | RowSource, size: int, seed: int, rows: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, unit float64 embeddings)`` of ``size`` random corpus rows (all rows when fewer), or of ``rows``."""
+    n = len(embeddings)
+    if rows is None:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows, _unit(np.asarray(gather_rows(embeddings, rows), dtype=np.float64))
 
 
 def _with_frame(support: dict[str, float], texts: list[str], template_share: float) -> dict[str, float]:

@@ -10,7 +10,8 @@ Two corpora, the shipped SAE (``load_sae("default")``) and its model (all-MiniLM
   feature's top 10 texts over this corpus, as ``sae browse`` computes them. Scored on those 10 texts
   (``in-sample``) and, for features with 20 top texts, on texts 11–20, which no label saw (``held-out``).
   The labeller's settings were chosen on the held-out scores of one seeded half of the features (``half A``,
-  seed 0): the rows of the other half (``half B``) are the untouched report.
+  seed 0) of the k = 32 SAE shipped before the k = 64 one: the rows of the other half (``half B``) are the
+  untouched report (and every row of an SAE other than that one).
 
 Scores (:mod:`aquin_monitor.sae.label_quality`): term support (share of top texts holding the label's first
 term / any term; "first ≥ half": share of labels whose first term is in at least half of the top texts),

@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only record the seed stability of the SAE in --out against the replicate in DIR (e.g. one written with "
         "--seed 1 --weights-only) in its quality.json / quality.txt as sae/stability/second_sae",
     )
+    parser.add_argument(
+        "--features-only",
+        action="store_true",
+        help="only rewrite features.json of the SAE in --out (top texts, key-phrase and c-TF-IDF labels), e.g. "
+        "after the labeller changed",
+    )
     args = parser.parse_args(argv)
     if args.record_stability:
         record_stability(Path(args.out), Path(args.record_stability))
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = embed_corpus("default", texts, chunk_size=2048, batch_size=64)
     if args.embed_only:
         return 0
+    if args.features_only:
+        return _rewrite_features(texts, embeddings, Path(args.out))
     if args.weights_only:
         return _train_weights_only(embeddings, args)
     return _train_and_write(texts, embeddings, args)
@@ -182,6 +190,21 @@ def _train_weights_only(embeddings, args) -> int:
     return 0
 
 
+def _label_encoder(phrases: list[str]):
+    from aquin_monitor.sae.embeddings import embed_corpus
+
+    return embed_corpus("default", phrases, chunk_size=4096, show_progress=False)
+
+
+def _rewrite_features(texts, embeddings, folder: Path) -> int:
+    from aquin_monitor.sae.build import write_features
+    from aquin_monitor.sae.model import load_sae
+
+    write_features(load_sae(folder), embeddings, texts, folder, encode=_label_encoder)
+    print(f"wrote {folder / 'features.json'}", file=sys.stderr)
+    return 0
+
+
 def scifact_retrieval(max_corpus: int) -> dict:
     """SciFact test queries and (judged + other, up to ``max_corpus``) documents, embedded (cached)."""
     from aquin_monitor.data import read_beir
@@ -199,7 +222,6 @@ def _train_and_write(texts, embeddings, args) -> int:
     import torch
 
     from aquin_monitor.sae.build import build_sae_folder
-    from aquin_monitor.sae.embeddings import embed_corpus
     from aquin_monitor.sinks import JsonlSink
 
     torch.set_num_threads(args.threads)
@@ -214,7 +236,7 @@ def _train_and_write(texts, embeddings, args) -> int:
         config=config,
         sinks=[sink] if sink else [],
         retrieval=retrieval,
-        label_encode=lambda phrases: embed_corpus("default", phrases, chunk_size=4096, show_progress=False),
+        label_encode=_label_encoder,
     )
     if sink:
         sink.close()

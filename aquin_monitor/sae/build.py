@@ -36,15 +36,19 @@ def write_features(
 ) -> None:
     """``features.json``: per feature frequency, mean/max activation, top texts over ``texts`` and a label
     of its top texts (:func:`~aquin_monitor.sae.browser.browse_features`: key phrases ranked by the model's
-    ``encode`` when given, else the top c-TF-IDF terms against ``texts``)."""
+    ``encode`` when given, with the top c-TF-IDF terms against ``texts`` kept beside them as ``label_ctfidf``;
+    else the c-TF-IDF terms alone)."""
     from .browser import browse_features
 
     stats = feature_statistics(sae, embeddings)
     values, rows = top_activations(sae, embeddings, top=top)
-    labels = {
-        feature.index: ", ".join(feature.label)
-        for feature in browse_features(sae, embeddings, texts, examples=top, encode=encode).features
-    }
+
+    def labels_by(encoder: Callable[[list[str]], np.ndarray] | None) -> dict[int, str]:
+        browsed = browse_features(sae, embeddings, texts, examples=top, encode=encoder)
+        return {feature.index: ", ".join(feature.label) for feature in browsed.features}
+
+    labels = labels_by(encode)
+    ctfidf = labels_by(None) if encode is not None else {}
     features = [
         {
             "id": i,
@@ -53,6 +57,7 @@ def write_features(
             "mean_activation": round(float(stats.mean_activation[i]), 5),
             "max_activation": round(float(stats.max_activation[i]), 5),
             "top": [{"text": texts[r], "activation": round(float(v), 5)} for v, r in zip(values[i], rows[i]) if r >= 0],
+            **({"label_ctfidf": ctfidf.get(i, "")} if encode is not None else {}),
         }
         for i in range(sae.num_latents)
     ]

@@ -5,8 +5,9 @@ the shipped SAE over a probe's embeddings, ``min_support=3``. The probe is the i
 (``scifact_probe(n_docs=300)``: the 300 SciFact test queries and 300 documents), embedded by the bundled
 all-MiniLM-L6-v2 (the base model: a run's last snapshot differs, the table sizes are alike). Headless chromium
 (1280 px wide) measures ``document.body.scrollHeight`` as the page opens (tables paged) and after every row is
-shown again with the pagers hidden (what the page showed before paging), in the same page; also the file's size
-and the rows each table holds.
+shown again with the pagers hidden (what the page showed before paging), in the same page; also the file's size,
+the time it takes to open (navigation start to the load event, which waits for the page's script: the median of
+three opens) and the rows each table holds.
 
     python scripts/measure_sae_page.py [--docs 300] [--keep page.html] [--package-root /other/checkout]
 
@@ -58,7 +59,10 @@ def main() -> None:
         if args.keep:
             shutil.copyfile(page_path, args.keep)
         with Browser(Path(tmp) / "profile", width=1280) as page:
-            page.open(page_path)
+            loads = []
+            for _ in range(3):  # the median of three opens: navigation start to the load event (script run)
+                page.open(page_path)
+                loads.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd"))
             paged = page.evaluate("document.body.scrollHeight")
             shown = page.evaluate(
                 "[...document.querySelectorAll('#features tr.feature')].filter(r => !r.hidden).length"
@@ -66,7 +70,7 @@ def main() -> None:
             everything = page.evaluate(SHOW_EVERY_ROW)
             errors = page.console_errors()
         size = page_path.stat().st_size
-    print(f"probe: {len(probe.texts)} texts; page: {size:,} bytes")
+    print(f"probe: {len(probe.texts)} texts; page: {size:,} bytes; opens in {sorted(loads)[1]:.0f} ms (median of 3)")
     pairs = len(diagnostics.absorption)
     print(f"rows: {len(browser.features)} features ({shown} on the first page), {pairs} absorption pairs")
     print(f"height: every row shown {everything:,} px -> paged {paged:,} px ({everything / paged:.1f}x shorter)")

@@ -17,6 +17,7 @@ from aquin_monitor.sae.diagnose import diagnose
 from aquin_monitor.sae.model import SparseAutoencoder
 from aquin_monitor.sae.network import CoactivationNetwork, Edge, Node, coactivation_network
 from aquin_monitor.sae.page import PAGE, PLACEHOLDER, page_data, separate_circles, write_page
+from aquin_monitor.sae.page_compact import compact_page_data, expand_page_data
 
 HOSTILE = "<script>window.pwned=1</script> $$ &amp; <img src=x onerror=window.pwned=2>"
 
@@ -38,14 +39,19 @@ def planted_page(tmp_path):
     return path, browser, network, found
 
 
+def embedded_data(html: str) -> dict:
+    """The page's JSON block, parsed (the compact form the page carries)."""
+    start = html.index('id="sae-data">') + len('id="sae-data">')
+    return json.loads(html[start : html.index("</script>", start)])
+
+
 def test_page_data_is_the_analyses_results(planted_page):
     path, browser, network, found = planted_page
     html = path.read_text()
     assert "<script>window" not in html and "<img" not in html
-    start = html.index('id="sae-data">') + len('id="sae-data">')
-    data = json.loads(html[start : html.index("</script>", start)])
-    assert data == json.loads(json.dumps(page_data(browser, network, found, title="planted <SAE> $$")))
-    assert [f["index"] for f in data["features"]] == [f.index for f in browser.features]
+    data = embedded_data(html)
+    assert_shows_the_same(expand_page_data(data), page_data(browser, network, found, title="planted <SAE> $$"))
+    assert [f["index"] for f in expand_page_data(data)["features"]] == [f.index for f in browser.features]
 
 
 @pytest.mark.chromium
@@ -274,10 +280,8 @@ def placeholder_page(tmp_path):
 def test_placeholder_names_in_user_text_stay_text(placeholder_page):
     path, browser, network, found, title = placeholder_page
     html = path.read_text()
-    start = html.index('id="sae-data">') + len('id="sae-data">')
-    data = json.loads(html[start : html.index("</script>", start)])
-    assert data == json.loads(json.dumps(page_data(browser, network, found, title=title)))
-    assert html.count("const D = JSON.parse") == 1 and html.count("body{font:") == 1
+    assert_shows_the_same(expand_page_data(embedded_data(html)), page_data(browser, network, found, title=title))
+    assert html.count("const D = expandPageData(JSON.parse") == 1 and html.count("body{font:") == 1
     assert f"<title>{title}</title>" in html
 
 
@@ -417,4 +421,207 @@ def test_long_feature_table_is_paged_and_the_filter_searches_every_page(tmp_path
             "document.body.scrollHeight"
         )
         assert everything > 2 * paged
+        assert page.console_errors() == []
+
+
+# --------------------------------------------------------- the page's data: each text once, what the page reads
+
+#: Fields of the plain page data that no view of the page reads, left out of it (checked by hand against the
+#: page's script: the drawing holds the node positions, the verdicts use q, not p).
+UNREAD = {
+    "example": {"row"},
+    "label_score": {"feature", "cohesion"},
+    "node": {"x", "y"},
+    "absorption": {"p_value"},
+    "polysemy": {"spread", "baseline", "split_sizes"},
+}
+
+#: Decimals the page shows a number with (its ``fmt(x, d)``), for the numbers it rounds.
+SHOWN = {"total_activation": 1, "mean_activation": 3, "max_activation": 3, "activation": 3, "auc": 2}
+
+
+def shown_alike(got: dict, want: dict, unread: set[str] = frozenset()) -> None:
+    """``got`` holds ``want``'s fields but ``unread``; those in :data:`SHOWN` alike at the page's digits
+    (and within half a last digit), every other field equal."""
+    assert set(got) == set(want) - unread, (set(got), set(want))
+    for name, value in got.items():
+        if name in SHOWN and value is not None:
+            digits = SHOWN[name]
+            assert f"{value:.{digits}f}" == f"{want[name]:.{digits}f}", (name, value, want[name])
+            assert abs(value - want[name]) <= 0.5 * 10**-digits + 1e-12
+        else:
+            assert value == want[name], (name, value, want[name])
+
+
+def assert_shows_the_same(expanded: dict, plain: dict) -> None:
+    """The expanded page data against :func:`page_data`'s plain structure: the same texts, in the same
+    places, and every number the page shows alike at the digits it shows."""
+    plain = json.loads(json.dumps(plain))
+    parts = ("features", "network", "diagnostics")
+    assert set(expanded) == set(plain)
+    assert {k: v for k, v in expanded.items() if k not in parts} == {k: v for k, v in plain.items() if k not in parts}
+    assert len(expanded["features"]) == len(plain["features"])
+    for got, want in zip(expanded["features"], plain["features"]):
+        shown_alike(
+            {k: v for k, v in got.items() if k not in ("examples", "label_score")},
+            {k: v for k, v in want.items() if k not in ("examples", "label_score")},
+        )
+        assert (got["label_score"] is None) == (want["label_score"] is None)
+        if want["label_score"] is not None:
+            shown_alike(got["label_score"], want["label_score"], UNREAD["label_score"])
+        assert [e["text"] for e in got["examples"]] == [e["text"] for e in want["examples"]]
+        for e, w in zip(got["examples"], want["examples"]):
+            shown_alike(e, w, UNREAD["example"])
+    if plain["network"] is None:
+        assert expanded["network"] is None
+    else:
+        got, want = expanded["network"], plain["network"]
+        assert {k: v for k, v in got.items() if k not in ("nodes", "edges")} == {
+            k: v for k, v in want.items() if k not in ("nodes", "edges")
+        }
+        assert len(got["nodes"]) == len(want["nodes"]) and got["edges"] == want["edges"]
+        for node, wanted in zip(got["nodes"], want["nodes"]):
+            shown_alike(node, wanted, UNREAD["node"])
+    if plain["diagnostics"] is None:
+        assert expanded["diagnostics"] is None
+        return
+    got, want = expanded["diagnostics"], plain["diagnostics"]
+    lists = ("absorption", "polysemy", "merged")
+    assert {k: v for k, v in got.items() if k not in lists} == {k: v for k, v in want.items() if k not in lists}
+    for name in lists:
+        assert len(got[name]) == len(want[name])
+        for row, wanted in zip(got[name], want[name]):
+            shown_alike(row, wanted, UNREAD["absorption" if name == "absorption" else "polysemy"])
+
+
+def all_shown_texts(plain: dict) -> list[str]:
+    """Every text the plain page data shows (feature examples, absorption and polysemy examples)."""
+    texts = [e["text"] for f in plain["features"] for e in f["examples"]]
+    if plain["diagnostics"] is not None:
+        found = plain["diagnostics"]
+        texts += [t for p in found["absorption"] for t in p["examples"]]
+        texts += [t for p in found["polysemy"] + found["merged"] for side in p["examples"] for t in side]
+    return texts
+
+
+#: Texts a corpus may hold: markup that would end the data block, a template placeholder, `$$` (a
+#: replacement pattern), unicode of every width, right-to-left override, an empty text.
+HOSTILE_TEXTS = [
+    "</script><script>window.pwned=3</script>",
+    "$$ $& $1",
+    "<script>",
+    "ünïcødé — 中文 🙂 \u202eevil",
+    "",
+    "%DATA% <!-- a & b -->",
+]
+
+
+@pytest.fixture
+def hostile_page(tmp_path):
+    sae, x, texts = planted_corpus(1600)
+    texts = [HOSTILE_TEXTS[(i // 3) % len(HOSTILE_TEXTS)] if i % 3 == 0 else t for i, t in enumerate(texts)]
+    z = sparse_activations(sae, x)
+    browser = browse_features(sae, x, texts, activations=z)
+    network = coactivation_network(z, threshold=0.3, min_support=5)
+    found = diagnose(z, x, texts, min_support=10)
+    path = write_page(tmp_path / "page.html", browser, network, found, title="hostile </script> $$")
+    return path, page_data(browser, network, found, title="hostile </script> $$"), browser
+
+
+def test_each_text_is_in_the_page_once_and_expands_to_the_plain_data(hostile_page):
+    path, plain, _ = hostile_page
+    html = path.read_text(encoding="utf-8")
+    data = embedded_data(html)
+    shown = all_shown_texts(plain)
+    assert len(shown) > 1.5 * len(set(shown))  # texts repeat across features: the case the compact form is for
+    assert sorted(data["texts"]) == sorted(set(shown))  # each distinct text once, nothing else
+    assert set(HOSTILE_TEXTS) <= set(data["texts"])
+    assert_shows_the_same(expand_page_data(data), plain)
+    # still escaped: the only script tags and closers are the page's own two, no comment opens
+    assert html.count("<script") == 2 and html.count("</script>") == 2 and "<!--" not in html
+    assert "\\u003c/script\\u003e" in html and html.isascii() is False  # the title is utf-8 text, the data ascii
+    block = html[html.index('id="sae-data">') : html.index("</script>", html.index('id="sae-data">'))]
+    assert block.isascii()
+
+
+def test_a_long_text_repeated_in_many_features_is_stored_once(tmp_path):
+    from collections import Counter
+
+    sae, x, texts = planted_corpus(320)  # 10 texts a topic: a feature's top 20 reach texts of other topics
+    abstract = "A long abstract " + "word " * 400
+    texts = [f"{abstract}{i}|" for i in range(len(texts))]
+    browser = browse_features(sae, x, texts)
+    plain = page_data(browser)
+    text, repeats = Counter(e["text"] for f in plain["features"] for e in f["examples"]).most_common(1)[0]
+    assert repeats >= 3  # a top text of three features: its topic's and two weak ones'
+    html = write_page(tmp_path / "page.html", browser).read_text()
+    assert html.count(text) == 1
+    plain_size = len(json.dumps(plain, separators=(",", ":")))
+    assert len(json.dumps(compact_page_data(plain), separators=(",", ":"))) < plain_size / 2
+
+
+def test_shown_numbers_are_rounded_once_to_the_digits_shown():
+    plain = {
+        "features": [
+            {
+                "index": 0,
+                "label": [],
+                "total_activation": 0.25,  # exact in binary: a tie at 1 decimal
+                "frequency": 1 / 3,  # coloured by, shown with 2 decimals of a percentage: kept
+                "mean_activation": 0.1234999,
+                "max_activation": 2.0005000001,
+                "label_score": {
+                    "feature": 0,
+                    "support_first": 0.5,
+                    "support_any": 1.0,
+                    "auc": 0.675,
+                    "cohesion": 1.0,
+                    "n_top": 2,
+                },
+                "examples": [
+                    {"row": 0, "text": "t", "activation": 0.00049},
+                    {"row": 1, "text": "t", "activation": 2.1},
+                ],
+            }
+        ],
+        "network": None,
+        "diagnostics": None,
+    }
+    got = expand_page_data(compact_page_data(plain))["features"][0]
+    assert (got["total_activation"], got["mean_activation"], got["max_activation"]) == (0.2, 0.123, 2.001)
+    assert got["frequency"] == 1 / 3 and got["label_score"] == {
+        "support_first": 0.5,
+        "support_any": 1.0,
+        "auc": 0.68,
+        "n_top": 2,
+    }
+    assert got["examples"] == [{"text": "t", "activation": 0.0}, {"text": "t", "activation": 2.1}]
+
+
+@pytest.mark.chromium
+def test_the_page_script_expands_the_data_as_python_does(hostile_page, tmp_path):
+    from devtools_pipe import Browser
+
+    path, plain, browser = hostile_page
+    expected = expand_page_data(embedded_data(path.read_text(encoding="utf-8")))
+    with Browser(tmp_path / "profile") as page:
+        page.open(path)
+        got = page.evaluate(
+            "JSON.stringify(expandPageData(JSON.parse(document.getElementById('sae-data').textContent)))"
+        )
+        assert json.loads(got) == expected
+        assert page.evaluate("window.pwned === undefined") is True
+        for feature in browser.features:  # every feature's expanded examples, hostile texts as text
+            page.evaluate("document.querySelectorAll('#features tr.feature').forEach(r => {r.hidden = false;}); 0")
+            page.click(f'tr.feature[data-feature="{feature.index}"]')
+            items = page.evaluate(
+                f"[...document.querySelectorAll('tr.examples[data-feature=\"{feature.index}\"] li')]"
+                ".map(li => li.textContent)"
+            )
+            assert items == [f"{e.activation:.3f}: {e.text}" for e in feature.examples]
+        cells = page.evaluate(
+            "[...document.querySelectorAll('#polysemy tr[data-feature] li')].map(li => li.textContent)"
+        )
+        wanted = [t[:160] for p in plain["diagnostics"]["polysemy"] for side in p["examples"] for t in side[:3]]
+        assert cells == wanted
         assert page.console_errors() == []

@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--relabel", action="store_true", help="write the key-phrase labels into the shipped features.json"
     )
+    parser.add_argument("--write-unseen", metavar="FILE", default=None, help="only write the unseen corpus as JSONL")
     args = parser.parse_args(argv)
+    if args.write_unseen:
+        from aquin_monitor.atomic import atomic_write_text
+
+        atomic_write_text(args.write_unseen, "".join(json.dumps({"text": t}) + "\n" for t in unseen_snli()))
+        return 0
     encode = encoder()
     unseen = unseen_corpus(encode)
     shipped = shipped_features(encode)

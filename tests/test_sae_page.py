@@ -361,6 +361,73 @@ def test_separate_circles_leaves_apart_circles_where_they_are():
     assert size == (100.0, 100.0) and np.allclose(xy, 4.0 + unit * 92.0)
 
 
+def planted_three_cliques(seed: int) -> CoactivationNetwork:
+    """Three communities of 30 features, each firing on ~60 % of its own 200 texts only (so 3 cliques)."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(1)
+    fires = np.zeros((600, 90))
+    for group in range(3):
+        rows, cols = slice(200 * group, 200 * group + 200), slice(30 * group, 30 * group + 30)
+        fires[rows, cols] = (rng.random((200, 30)) < 0.6) * rng.uniform(0.2, 2.0, size=(200, 30))
+    return coactivation_network(scipy.sparse.csr_matrix(fires), threshold=0.1, min_support=5, seed=seed)
+
+
+def all_pairs_separation(unit_xy, radius, size, gap=1.0, rounds=300):
+    """Reference for :func:`separate_circles`: the same pushes, found by checking every pair in Python loops."""
+    n = len(radius)
+    width, height = size
+    grow = max(1.0, np.sqrt(np.sum(np.pi * (radius + gap) ** 2) / (0.35 * width * height)))
+    width, height = width * grow, height * grow
+    fallback = np.stack([np.cos(np.arange(n) * 2.399963), np.sin(np.arange(n) * 2.399963)], axis=1)
+    while True:
+        pad = radius.max() + gap
+        xy = pad + np.clip(unit_xy, 0, 1) * [width - 2 * pad, height - 2 * pad]
+        for _ in range(rounds):
+            move = np.zeros_like(xy)
+            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            short = [radius[i] + radius[j] + gap - np.hypot(*(xy[i] - xy[j])) for i, j in pairs]
+            if max(short) <= 0:
+                return xy, (round(width, 2), round(height, 2))
+            for (i, j), s in zip(pairs, short):
+                if s > 0:
+                    d = xy[i] - xy[j]
+                    u = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else fallback[i] - fallback[j]
+                    move[i] += (s / 2 + 1e-3) * u
+                    move[j] -= (s / 2 + 1e-3) * u
+            xy = np.clip(xy + move, radius[:, None] + gap / 2, [width, height] - radius[:, None] - gap / 2)
+        width, height = width * 1.2, height * 1.2
+
+
+def test_network_drawing_of_planted_communities_is_apart_grouped_and_seeded():
+    from scipy.spatial.distance import pdist
+
+    from aquin_monitor.sae.page import network_drawing
+
+    network = planted_three_cliques(seed=3)
+    assert len(network.nodes) == 90 and len(network.communities) == 3
+    drawing = network_drawing(network)
+    xy, r = np.column_stack([drawing["x"], drawing["y"]]), np.array(drawing["r"])
+    pair_r = pdist(r[:, None], lambda a, b: a[0] + b[0])
+    assert (pdist(xy) - pair_r).min() >= 0.97  # gap 1; x, y and r each rounded to 0.01
+    community = np.array([node.community for node in network.nodes])
+    centres = np.stack([xy[community == c].mean(axis=0) for c in range(3)])
+    nearest = np.linalg.norm(xy[:, None, :] - centres[None], axis=2).argmin(axis=1)
+    assert (nearest == community).all()  # each node sits nearest its own community's centre
+    assert network_drawing(planted_three_cliques(seed=3)) == drawing  # same seed, same drawing
+    assert network_drawing(planted_three_cliques(seed=4)) != drawing
+
+
+def test_separate_circles_equals_the_all_pairs_reference():
+    network = crowded_network(60)
+    unit = np.array([[n.x, n.y] for n in network.nodes])
+    radius = np.random.default_rng(2).uniform(3.0, 12.0, size=60)
+    xy, size = separate_circles(unit, radius, (200.0, 150.0))
+    want_xy, want_size = all_pairs_separation(unit, radius, (200.0, 150.0))
+    assert size == want_size and size[0] > 200.0  # it had to grow the canvas
+    np.testing.assert_allclose(xy, want_xy, atol=1e-6)
+
+
 @pytest.mark.chromium
 def test_every_network_node_opens_its_own_list(tmp_path):
     from devtools_pipe import Browser

@@ -413,7 +413,7 @@ def load_sae(name_or_path: str | os.PathLike = "default") -> SparseAutoencoder:
 
         >>> sae = load_sae("default")
         >>> sae.d_in, sae.k
-        (384, 32)
+        (384, 64)
     """
     return SparseAutoencoder.load(sae_folder(name_or_path)).eval()
 

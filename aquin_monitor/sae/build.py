@@ -39,16 +39,16 @@ def write_features(
     ``encode`` when given, with the top c-TF-IDF terms against ``texts`` kept beside them as ``label_ctfidf``;
     else the c-TF-IDF terms alone)."""
     from .browser import browse_features
+    from .labels import ctfidf_labels
 
     stats = feature_statistics(sae, embeddings)
     values, rows = top_activations(sae, embeddings, top=top)
-
-    def labels_by(encoder: Callable[[list[str]], np.ndarray] | None) -> dict[int, str]:
-        browsed = browse_features(sae, embeddings, texts, examples=top, encode=encoder)
-        return {feature.index: ", ".join(feature.label) for feature in browsed.features}
-
-    labels = labels_by(encode)
-    ctfidf = labels_by(None) if encode is not None else {}
+    browsed = browse_features(sae, embeddings, texts, examples=top, encode=encode).features
+    labels = {feature.index: ", ".join(feature.label) for feature in browsed}
+    ctfidf: dict[int, str] = {}
+    if encode is not None:  # the label browse_features gives without an encoder: c-TF-IDF of the same top texts
+        terms = ctfidf_labels(texts, [[example.row for example in feature.examples] for feature in browsed])
+        ctfidf = {feature.index: ", ".join(words) for feature, words in zip(browsed, terms)}
     features = [
         {
             "id": i,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_errors import one_line_error
 
 from aquin_monitor import cli, encoders
 from aquin_monitor.sae.label_quality import holds_term
@@ -27,14 +28,6 @@ def corpus(tmp_path):
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AQUIN_MONITOR_CACHE", str(tmp_path / "cache"))
-
-
-def one_line_error(capsys, *parts):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for part in parts:
-        assert part in err, err
-    return err
 
 
 def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from cli_errors import one_line_error
 
 from aquin_monitor import cli
 from aquin_monitor.sae.convert import convert_sae
@@ -202,14 +203,6 @@ def test_sparsify_folder_converts_to_itself(tmp_path):
     back = sparsify.SparseCoder.load_from_disk(tmp_path / "ours")
     with torch.no_grad():
         assert torch.allclose(back(y).sae_out, sae(y).reconstruction, atol=1e-5)
-
-
-def one_line_error(capsys, *parts):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for part in parts:
-        assert part in err, err
-    return err
 
 
 def test_cli_convert_writes_a_folder_that_loads(tmp_path, capsys):

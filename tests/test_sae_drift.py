@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import norm, rankdata
+from tiny_sets import DOCS, QUERIES, probe_and_retrieval
 
 from aquin_monitor import snapshot_keys as keys
-from aquin_monitor.data import ProbeSet, RetrievalSet
+from aquin_monitor.data import RetrievalSet
 from aquin_monitor.encoders import load_model
 from aquin_monitor.sae.drift import (
     PairSet,
@@ -236,18 +237,6 @@ def test_explanation_lines_keep_hostile_text_plain():
 # ------------------------------------------------------------------ the snapshot runner
 
 
-QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
-DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}
-QRELS = {f"q{i}": {f"d{i}": 1} for i in range(6)}
-
-
-def _sets():
-    retrieval = RetrievalSet(QUERIES, DOCS, QRELS, None, {q: [] for q in QUERIES}, "test")
-    texts = list(QUERIES.values()) + list(DOCS.values())
-    probe = ProbeSet(texts, ["query"] * 6 + ["document"] * 12, [str(i) for i in range(18)], "test")
-    return probe, retrieval
-
-
 def _nudged(model, scale: float):
     with torch.no_grad():
         for p in model.parameters():
@@ -259,7 +248,7 @@ def test_runner_explains_drift_against_base_in_snapshot_json(tiny_mean_model, tm
     torch.manual_seed(0)
     model = load_model(tiny_mean_model)
     dim = model.get_embedding_dimension()
-    probe, retrieval = _sets()
+    probe, retrieval = probe_and_retrieval()
     labels = [f"<i>feature {i}</i>" for i in range(64)]
     runner = SnapshotRunner(probe, retrieval, umap=False, sae=SparseAutoencoder(dim, 64, 8), sae_labels=labels)
     base = runner.take(model, 0, tag="base", run_dir=tmp_path)
@@ -314,7 +303,7 @@ def test_report_shows_the_explanation_with_user_text_escaped(tiny_mean_model, tm
 def test_runner_without_retrieval_explains_probe_pairs_and_a_failure_is_isolated(tiny_mean_model, monkeypatch):
     model = load_model(tiny_mean_model)
     dim = model.get_embedding_dimension()
-    probe, _ = _sets()
+    probe, _ = probe_and_retrieval()
     runner = SnapshotRunner(probe, umap=False, sae=SparseAutoencoder(dim, 32, 4))
     runner.take(model, 0, tag="base")
     snap = runner.take(_nudged(model, 0.05), 1)

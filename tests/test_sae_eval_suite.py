@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_errors import one_line_error
 
 from aquin_monitor import cli, encoders
 from aquin_monitor.sae.model import SparseAutoencoder
@@ -127,14 +128,6 @@ def no_model_loading(monkeypatch):
         raise AssertionError("a model was loaded before the input was validated")
 
     monkeypatch.setattr(encoders, "load_model", refuse)
-
-
-def one_line_error(capsys, *parts):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for part in parts:
-        assert part in err, err
-    return err
 
 
 @pytest.mark.parametrize(

@@ -8,23 +8,12 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
+from tiny_sets import probe_and_retrieval
 
 from aquin_monitor import snapshot_keys
-from aquin_monitor.data import ProbeSet, RetrievalSet
 from aquin_monitor.encoders import load_model
 from aquin_monitor.snapshot_record import Snapshot, diff, list_snapshots
 from aquin_monitor.snapshot_runner import SnapshotRunner
-
-QUERIES = {f"q{i}": f"what is topic number {i} about" for i in range(6)}
-DOCS = {f"d{i}": f"topic number {i} is about the thing {i}" for i in range(12)}
-QRELS = {f"q{i}": {f"d{i}": 1} for i in range(6)}
-
-
-def _sets():
-    retrieval = RetrievalSet(QUERIES, DOCS, QRELS, None, {q: [] for q in QUERIES}, "test")
-    texts = list(QUERIES.values()) + list(DOCS.values())
-    probe = ProbeSet(texts, ["query"] * 6 + ["document"] * 12, [str(i) for i in range(18)], "test")
-    return probe, retrieval
 
 
 class _Collect:
@@ -37,7 +26,7 @@ class _Collect:
 
 def test_snapshot_signals_match_direct_computation(tiny_mean_model, tmp_path):
     model = load_model(tiny_mean_model)
-    probe, retrieval = _sets()
+    probe, retrieval = probe_and_retrieval()
     runner = SnapshotRunner(probe, retrieval, umap=True, batch_size=4, max_attention_texts=8)
     sink = _Collect()
     snap = runner.record(model, 0, tag="base", run_dir=tmp_path, sinks=[sink], strict=True)
@@ -66,7 +55,7 @@ def test_snapshot_signals_match_direct_computation(tiny_mean_model, tmp_path):
 
 def test_diff_against_base_and_previous(tiny_mean_model, tmp_path):
     model = load_model(tiny_mean_model)
-    probe, retrieval = _sets()
+    probe, retrieval = probe_and_retrieval()
     runner = SnapshotRunner(probe, retrieval, umap=False)
     base = runner.take(model, 0, tag="base", run_dir=tmp_path)
     same = runner.take(model, 1, run_dir=tmp_path)
@@ -167,7 +156,7 @@ def test_lora_snapshot_uses_merged_copy_and_leaves_training_model_alone(tiny_lor
     base, adapter = tiny_lora
     model = load_model(base, adapter=adapter)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    probe, _ = _sets()
+    probe, _ = probe_and_retrieval()
     snap = SnapshotRunner(probe, umap=False).take(model, 0, tag="base")
     from peft import PeftModel
 
@@ -225,7 +214,7 @@ def test_each_snapshot_says_what_it_computes_as_it_starts_and_its_time_as_it_end
     """Issue 25 point 4: a snapshot in a training run worked for minutes without a line."""
     import re
 
-    probe, retrieval = _sets()
+    probe, retrieval = probe_and_retrieval()
     model = load_model(tiny_mean_model)
     capsys.readouterr()  # the model's loading bar
     runner = SnapshotRunner(probe, retrieval, umap=False, max_attention_texts=4)

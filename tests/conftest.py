@@ -228,3 +228,14 @@ def tiny_cross_encoder(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     return minilm_model_path()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if any model is loaded (bad input must be refused before that)."""
+    from aquin_monitor import encoders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was validated")
+
+    monkeypatch.setattr(encoders, "load_model", refuse)

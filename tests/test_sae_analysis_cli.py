@@ -154,14 +154,6 @@ def test_match_a_permuted_copy(setup, tmp_path, capsys):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was validated")
-
-    monkeypatch.setattr(encoders, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     "argv,parts",
     [

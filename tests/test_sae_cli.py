@@ -107,14 +107,6 @@ def test_train_then_eval(tiny_mean_model, corpus, tmp_path, capsys):
         assert key in metrics
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was validated")
-
-    monkeypatch.setattr(encoders, "load_model", refuse)
-
-
 def _saved(tmp_path, d_in=32, model="default"):
     sae = SparseAutoencoder(d_in, 16, 2, metadata={"model": model})
     return sae.save(tmp_path / "s")

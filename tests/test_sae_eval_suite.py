@@ -122,14 +122,6 @@ def test_no_warning_without_a_held_out_report(tiny_mean_model, labelled, tmp_pat
     assert not any(k.startswith(("sae/held_out/", "sae/probe/", "sae/stability/")) for k in result["metrics"])
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was validated")
-
-    monkeypatch.setattr(encoders, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     ("content", "parts"),
     [

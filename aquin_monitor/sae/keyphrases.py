@@ -307,9 +307,10 @@ def best_separating_set(
     picked = maximal_marginal_relevance(auc, gram, pool, diversity=diversity)
     support = np.array([terms[t] for t in names])
     need = next((t for t in tiers if (support >= t - 1e-9).any()), 0.0)
-    if not (support[picked] >= need - 1e-9).any():
-        picked.append(int(np.flatnonzero(support >= need - 1e-9)[np.argmax(auc[support >= need - 1e-9])]))
-    sets = _term_sets(names, picked, support >= need - 1e-9, texts, (min_terms, top_terms), coverage_slack)
+    strong = support >= need - 1e-9
+    if not strong[picked].any():
+        picked.append(int(np.flatnonzero(strong)[np.argmax(auc[strong])]))
+    sets = _term_sets(names, picked, strong, texts, (min_terms, top_terms), coverage_slack)
     member = np.zeros((len(sets), len(names)))
     for row, combo in enumerate(sets):
         member[row, list(combo)] = 1.0
